@@ -1,0 +1,267 @@
+//! The `sessions` and `refresh_tokens` tables.
+//!
+//! A session is live while `revoked_at IS NULL` and both expiries lie in the
+//! future; every query that accepts a session repeats that condition, with
+//! the caller's `now`, so the rule lives in SQL and nowhere in memory.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use super::users::{USER_COLUMNS, UserRecord};
+use crate::crypto::opaque::TokenHash;
+use crate::error::AppError;
+
+/// The condition for "session `s` is live at the bind parameter `now`".
+fn live(now: &str) -> String {
+    format!("s.revoked_at IS NULL AND s.idle_expires_at > {now} AND s.absolute_expires_at > {now}")
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct NewSession {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub idle_expires_at: DateTime<Utc>,
+    pub absolute_expires_at: DateTime<Utc>,
+}
+
+pub async fn create(tx: &mut PgConnection, s: &NewSession, now: DateTime<Utc>) -> Result<(), AppError> {
+    sqlx::query(
+        "INSERT INTO sessions (id, user_id, created_at, last_used_at, idle_expires_at, absolute_expires_at)
+         VALUES ($1, $2, $3, $3, $4, $5)",
+    )
+    .bind(s.id)
+    .bind(s.user_id)
+    .bind(now)
+    .bind(s.idle_expires_at)
+    .bind(s.absolute_expires_at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn insert_refresh_token(
+    tx: &mut PgConnection,
+    hash: &TokenHash,
+    session_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), AppError> {
+    sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1, $2, $3)")
+        .bind(hash.as_bytes())
+        .bind(session_id)
+        .bind(now)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// The account behind a live session, in one round trip (GetMe).
+pub async fn live_user<'e>(
+    db: impl PgExecutor<'e>,
+    user_id: Uuid,
+    session_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<UserRecord>, AppError> {
+    let sql = format!(
+        "SELECT {USER_COLUMNS} FROM sessions s JOIN users u ON u.id = s.user_id
+         WHERE s.user_id = $1 AND s.id = $2 AND {live}",
+        live = live("$3")
+    );
+    Ok(sqlx::query_as::<_, UserRecord>(&sql)
+        .bind(user_id)
+        .bind(session_id)
+        .bind(now)
+        .fetch_optional(db)
+        .await?)
+}
+
+/// Whether the session exists, belongs to the user and is live.
+pub async fn is_live<'e>(
+    db: impl PgExecutor<'e>,
+    user_id: Uuid,
+    session_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<bool, AppError> {
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM sessions s WHERE s.user_id = $1 AND s.id = $2 AND {live})",
+        live = live("$3")
+    );
+    Ok(sqlx::query_scalar(&sql)
+        .bind(user_id)
+        .bind(session_id)
+        .bind(now)
+        .fetch_one(db)
+        .await?)
+}
+
+/// Locks a live session row for the rest of the transaction; `None` when
+/// the session is not live.
+pub async fn lock_live(
+    tx: &mut PgConnection,
+    user_id: Uuid,
+    session_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, AppError> {
+    let sql = format!(
+        "SELECT s.idle_expires_at FROM sessions s WHERE s.user_id = $1 AND s.id = $2 AND {live} FOR UPDATE",
+        live = live("$3")
+    );
+    Ok(sqlx::query_scalar(&sql)
+        .bind(user_id)
+        .bind(session_id)
+        .bind(now)
+        .fetch_optional(tx)
+        .await?)
+}
+
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct RotatedSession {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub idle_expires_at: DateTime<Utc>,
+}
+
+/// Consumes a refresh token of a live session and slides the session's idle
+/// expiry (never past its absolute one), atomically: of two concurrent calls
+/// with one token, exactly one gets `Some`.
+pub async fn consume_refresh_token(
+    tx: &mut PgConnection,
+    hash: &TokenHash,
+    now: DateTime<Utc>,
+    idle_ttl: chrono::Duration,
+) -> Result<Option<RotatedSession>, AppError> {
+    let sql = format!(
+        "WITH consumed AS (
+             UPDATE refresh_tokens SET consumed_at = $3
+             WHERE token_hash = $1 AND consumed_at IS NULL
+             RETURNING session_id)
+         UPDATE sessions s
+            SET last_used_at = $3,
+                idle_expires_at = LEAST($3 + $2, s.absolute_expires_at)
+           FROM consumed
+          WHERE s.id = consumed.session_id AND {live}
+         RETURNING s.id, s.user_id, s.idle_expires_at",
+        live = live("$3")
+    );
+    Ok(sqlx::query_as::<_, RotatedSession>(&sql)
+        .bind(hash.as_bytes())
+        .bind(idle_ttl)
+        .bind(now)
+        .fetch_optional(tx)
+        .await?)
+}
+
+/// What is known of a refresh token that could not be consumed.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct TokenState {
+    pub session_id: Uuid,
+    pub consumed_at: Option<DateTime<Utc>>,
+    pub session_live: bool,
+    /// The latest consumption in the token's session.
+    pub last_consumed_at: Option<DateTime<Utc>>,
+}
+
+pub async fn refresh_token_state(
+    tx: &mut PgConnection,
+    hash: &TokenHash,
+    now: DateTime<Utc>,
+) -> Result<Option<TokenState>, AppError> {
+    let sql = format!(
+        "SELECT rt.session_id, rt.consumed_at, ({live}) AS session_live,
+                (SELECT max(o.consumed_at) FROM refresh_tokens o WHERE o.session_id = rt.session_id) AS last_consumed_at
+           FROM refresh_tokens rt JOIN sessions s ON s.id = rt.session_id
+          WHERE rt.token_hash = $1",
+        live = live("$2")
+    );
+    Ok(sqlx::query_as::<_, TokenState>(&sql)
+        .bind(hash.as_bytes())
+        .bind(now)
+        .fetch_optional(tx)
+        .await?)
+}
+
+/// Ends one session. Returns whether it was live until now.
+pub async fn revoke<'e>(
+    db: impl PgExecutor<'e>,
+    session_id: Uuid,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, AppError> {
+    let done = sqlx::query("UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL")
+        .bind(session_id)
+        .bind(now)
+        .bind(reason)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Ends the session a refresh token (consumed or not) belongs to. `None`
+/// when the token is unknown.
+pub async fn revoke_by_refresh_token<'e>(
+    db: impl PgExecutor<'e>,
+    hash: &TokenHash,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Uuid>, AppError> {
+    Ok(sqlx::query_scalar(
+        "WITH target AS (SELECT session_id FROM refresh_tokens WHERE token_hash = $1)
+         UPDATE sessions s SET revoked_at = COALESCE(s.revoked_at, $2),
+                               revoked_reason = COALESCE(s.revoked_reason, $3)
+           FROM target WHERE s.id = target.session_id
+         RETURNING s.id",
+    )
+    .bind(hash.as_bytes())
+    .bind(now)
+    .bind(reason)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Ends every session of a user, except `keep` if given.
+pub async fn revoke_all_for_user<'e>(
+    db: impl PgExecutor<'e>,
+    user_id: Uuid,
+    keep: Option<Uuid>,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<u64, AppError> {
+    let done = sqlx::query(
+        "UPDATE sessions SET revoked_at = $3, revoked_reason = $4
+          WHERE user_id = $1 AND revoked_at IS NULL AND ($2::uuid IS NULL OR id <> $2)",
+    )
+    .bind(user_id)
+    .bind(keep)
+    .bind(now)
+    .bind(reason)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Drops every refresh token of a session (used when a new pair replaces
+/// them outright, e.g. after a password change).
+pub async fn delete_refresh_tokens(tx: &mut PgConnection, session_id: Uuid) -> Result<(), AppError> {
+    sqlx::query("DELETE FROM refresh_tokens WHERE session_id = $1")
+        .bind(session_id)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Deletes sessions (and by cascade their tokens) that ended more than
+/// `retention` ago, so the tables do not grow forever.
+pub async fn delete_dead<'e>(
+    db: impl PgExecutor<'e>,
+    now: DateTime<Utc>,
+    retention: chrono::Duration,
+) -> Result<u64, AppError> {
+    let done = sqlx::query(
+        "DELETE FROM sessions
+          WHERE LEAST(COALESCE(revoked_at, 'infinity'), idle_expires_at, absolute_expires_at) < $1",
+    )
+    .bind(now - retention)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,144 @@
+//! The `users` table.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+use crate::error::AppError;
+
+/// An account as stored, minus the password hash.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct UserRecord {
+    pub id: Uuid,
+    pub email: String,
+    pub username: Option<String>,
+    pub full_name: String,
+    pub phone: String,
+    pub image_url: String,
+    pub email_verified: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Columns of `UserRecord`, for queries that join other tables.
+pub const USER_COLUMNS: &str = "u.id, u.email, u.username, u.full_name, u.phone, u.image_url, \
+     u.email_verified, u.created_at, u.updated_at";
+
+pub struct NewUserRow<'a> {
+    pub id: Uuid,
+    pub email: &'a str,
+    pub username: Option<&'a str>,
+    pub full_name: &'a str,
+    pub phone: &'a str,
+    pub image_url: &'a str,
+    pub password_hash: &'a str,
+    pub now: DateTime<Utc>,
+}
+
+/// Inserts an account. Uniqueness is the database's job: a violation of the
+/// email or username index (also under a race) becomes ALREADY_EXISTS.
+pub async fn insert(db: &PgPool, new: NewUserRow<'_>) -> Result<UserRecord, AppError> {
+    sqlx::query_as::<_, UserRecord>(
+        "INSERT INTO users AS u (id, email, username, full_name, phone, image_url, password_hash, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
+         RETURNING u.id, u.email, u.username, u.full_name, u.phone, u.image_url, u.email_verified, u.created_at, u.updated_at",
+    )
+    .bind(new.id)
+    .bind(new.email)
+    .bind(new.username)
+    .bind(new.full_name)
+    .bind(new.phone)
+    .bind(new.image_url)
+    .bind(new.password_hash)
+    .bind(new.now)
+    .fetch_one(db)
+    .await
+    .map_err(map_unique_violation)
+}
+
+fn map_unique_violation(err: sqlx::Error) -> AppError {
+    if let sqlx::Error::Database(db) = &err {
+        match db.constraint() {
+            Some("users_email_key") => return AppError::EmailTaken,
+            Some("users_username_key") => return AppError::UsernameTaken,
+            _ => {}
+        }
+    }
+    err.into()
+}
+
+#[derive(sqlx::FromRow)]
+pub struct Credentials {
+    #[sqlx(flatten)]
+    pub user: UserRecord,
+    pub password_hash: String,
+}
+
+pub enum LoginKey<'a> {
+    Email(&'a str),
+    Username(&'a str),
+}
+
+pub async fn find_credentials(db: &PgPool, key: LoginKey<'_>) -> Result<Option<Credentials>, AppError> {
+    let (condition, value) = match key {
+        LoginKey::Email(e) => ("lower(u.email) = lower($1)", e),
+        LoginKey::Username(n) => ("lower(u.username) = lower($1)", n),
+    };
+    let sql = format!("SELECT {USER_COLUMNS}, u.password_hash FROM users u WHERE {condition}");
+    Ok(sqlx::query_as::<_, Credentials>(&sql)
+        .bind(value)
+        .fetch_optional(db)
+        .await?)
+}
+
+pub async fn password_hash<'e>(db: impl PgExecutor<'e>, user_id: Uuid) -> Result<Option<String>, AppError> {
+    Ok(sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_optional(db)
+        .await?)
+}
+
+pub async fn set_password_hash<'e>(
+    db: impl PgExecutor<'e>,
+    user_id: Uuid,
+    hash: &str,
+    now: DateTime<Utc>,
+) -> Result<(), AppError> {
+    sqlx::query("UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1")
+        .bind(user_id)
+        .bind(hash)
+        .bind(now)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Replaces the hash only if it is still `old`; false when it changed.
+pub async fn replace_password_hash<'e>(
+    db: impl PgExecutor<'e>,
+    user_id: Uuid,
+    old: &str,
+    new: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, AppError> {
+    let done = sqlx::query("UPDATE users SET password_hash = $3, updated_at = $4 WHERE id = $1 AND password_hash = $2")
+        .bind(user_id)
+        .bind(old)
+        .bind(new)
+        .bind(now)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Rehash after a parameter upgrade, only if the hash is still the one we
+/// verified (a concurrent password change wins).
+pub async fn upgrade_password_hash(db: &PgPool, user_id: Uuid, old: &str, new: &str) -> Result<(), AppError> {
+    sqlx::query("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2")
+        .bind(user_id)
+        .bind(old)
+        .bind(new)
+        .execute(db)
+        .await?;
+    Ok(())
+}

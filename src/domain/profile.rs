@@ -1,0 +1,132 @@
+use super::has_control;
+
+/// A display name: trimmed, at most 200 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullName(String);
+
+impl FullName {
+    pub const MAX_LEN: usize = 200;
+
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let s = input.trim();
+        if s.chars().count() > Self::MAX_LEN {
+            return Err(format!("must be at most {} characters", Self::MAX_LEN));
+        }
+        if has_control(s) {
+            return Err("must not contain control characters".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A phone number normalised to E.164 (`+` and 8–15 digits). Spaces, dashes,
+/// dots and parentheses in the input are ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Phone(String);
+
+impl Phone {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let s = input.trim();
+        if s.len() > 32 {
+            return Err("must be a phone number in international form, like +15551234567".into());
+        }
+        let Some(rest) = s.strip_prefix('+') else {
+            return Err("must start with + and the country code, like +15551234567".into());
+        };
+        let mut digits = String::with_capacity(16);
+        for c in rest.chars() {
+            match c {
+                '0'..='9' => digits.push(c),
+                ' ' | '-' | '.' | '(' | ')' => {}
+                _ => return Err("may only contain digits after the +".into()),
+            }
+        }
+        if !(8..=15).contains(&digits.len()) || digits.starts_with('0') {
+            return Err("must have 8 to 15 digits after the +, not starting with 0".into());
+        }
+        Ok(Self(format!("+{digits}")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An absolute http(s) URL of an image, at most 2048 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageUrl(String);
+
+impl ImageUrl {
+    pub const MAX_LEN: usize = 2048;
+
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let s = input.trim();
+        if s.len() > Self::MAX_LEN {
+            return Err(format!("must be at most {} bytes", Self::MAX_LEN));
+        }
+        if has_control(s) || s.contains(char::is_whitespace) {
+            return Err("must not contain spaces or control characters".into());
+        }
+        let lower = s.to_ascii_lowercase();
+        let rest = lower
+            .strip_prefix("https://")
+            .or_else(|| lower.strip_prefix("http://"))
+            .ok_or("must be an http:// or https:// URL")?;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        // Userinfo in an avatar URL is a phishing vector, never a need.
+        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+        if host.is_empty() || authority.contains('@') {
+            return Err("must name a host, like https://example.com/me.png".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_name_limits() {
+        assert_eq!(FullName::parse("  Ada Lovelace ").map(|n| n.0), Ok("Ada Lovelace".into()));
+        assert!(FullName::parse(&"é".repeat(200)).is_ok());
+        assert!(FullName::parse(&"é".repeat(201)).is_err());
+        assert!(FullName::parse("Ada\u{0}").is_err());
+        assert!(FullName::parse("Ada\nLovelace").is_err());
+    }
+
+    #[test]
+    fn phone_normalises_to_e164() {
+        assert_eq!(Phone::parse("+1 (555) 123-4567").map(|p| p.0), Ok("+15551234567".into()));
+        assert_eq!(Phone::parse("+49.30.1234567").map(|p| p.0), Ok("+49301234567".into()));
+        for bad in ["5551234567", "+", "+123", "+0123456789", "+1555abc4567", "+1234567890123456"] {
+            assert!(Phone::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn image_url_must_be_http() {
+        assert!(ImageUrl::parse("https://cdn.example.com/a.png").is_ok());
+        assert!(ImageUrl::parse("http://example.com:8080/a.png?x=1").is_ok());
+        for bad in [
+            "javascript:alert(1)",
+            "data:image/png;base64,AAAA",
+            "ftp://example.com/a.png",
+            "https://",
+            "https://user:pw@example.com/a.png",
+            "https://exa mple.com/a.png",
+            "//example.com/a.png",
+        ] {
+            assert!(ImageUrl::parse(bad).is_err(), "{bad}");
+        }
+        assert!(ImageUrl::parse(&format!("https://e.com/{}", "a".repeat(2048))).is_err());
+    }
+}

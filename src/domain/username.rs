@@ -1,0 +1,67 @@
+/// An optional handle: 3–32 characters of `[A-Za-z0-9._-]`, starting with a
+/// letter or digit. Never contains '@', so a login string is unambiguous.
+/// Unique case-insensitively (the database enforces it on `lower(username)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username(String);
+
+impl Username {
+    pub const MIN_LEN: usize = 3;
+    pub const MAX_LEN: usize = 32;
+
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let s = input.trim();
+        let len = s.chars().count();
+        if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&len) {
+            return Err(format!(
+                "must be {} to {} characters long",
+                Self::MIN_LEN,
+                Self::MAX_LEN
+            ));
+        }
+        if !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err("may only contain letters a-z, digits, '.', '_' and '-'".into());
+        }
+        if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            return Err("must start with a letter or digit".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Username;
+
+    #[test]
+    fn accepts_conservative_handles() {
+        for ok in ["bob", "Alice_99", "j.doe-x", "a1b", &"x".repeat(32)] {
+            assert!(Username::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn rejects_everything_else() {
+        for bad in [
+            "",
+            "ab",
+            &"x".repeat(33),
+            "bob@example.com",
+            "_bob",
+            ".bob",
+            "bo b",
+            "böb",
+            "bob\n",
+            "bob;--",
+            "Ⅻbob",
+        ] {
+            assert!(Username::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! `auth.v1.AuthService`: each handler converts its request, calls the use
+//! case with the current time, and converts the answer. No logic lives here.
+
+use chrono::Utc;
+use tonic::{Request, Response, Status};
+
+use super::auth_layer::bearer;
+use super::convert::timestamp;
+use crate::pb::auth::v1::{self as pb, auth_service_server::AuthService};
+use crate::service::{Core, Introspection, RegisterInput};
+
+pub struct AuthApi {
+    core: Core,
+}
+
+impl AuthApi {
+    pub fn new(core: Core) -> Self {
+        Self { core }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Reply<pb::RegisterResponse> {
+        let r = request.into_inner();
+        let input = RegisterInput {
+            email: r.email,
+            password: r.password,
+            username: r.username,
+            full_name: r.full_name,
+            phone: r.phone,
+            image_url: r.image_url,
+        };
+        let user = self.core.register(input, Utc::now()).await?;
+        Ok(Response::new(pb::RegisterResponse { user: Some(user.into()) }))
+    }
+
+    async fn login(&self, request: Request<pb::LoginRequest>) -> Reply<pb::LoginResponse> {
+        let r = request.into_inner();
+        let (tokens, user) = self.core.login(&r.login, &r.password, Utc::now()).await?;
+        Ok(Response::new(pb::LoginResponse {
+            tokens: Some(tokens.into()),
+            user: Some(user.into()),
+        }))
+    }
+
+    async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Reply<pb::RefreshResponse> {
+        let tokens = self.core.refresh(&request.get_ref().refresh_token, Utc::now()).await?;
+        Ok(Response::new(pb::RefreshResponse { tokens: Some(tokens.into()) }))
+    }
+
+    async fn logout(&self, request: Request<pb::LogoutRequest>) -> Reply<pb::LogoutResponse> {
+        self.core.logout(&request.get_ref().refresh_token, Utc::now()).await?;
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    async fn forgot_password(&self, _request: Request<pb::ForgotPasswordRequest>) -> Reply<pb::ForgotPasswordResponse> {
+        Err(Status::unimplemented("ForgotPassword is not available yet"))
+    }
+
+    async fn reset_password(&self, _request: Request<pb::ResetPasswordRequest>) -> Reply<pb::ResetPasswordResponse> {
+        Err(Status::unimplemented("ResetPassword is not available yet"))
+    }
+
+    async fn get_me(&self, request: Request<pb::GetMeRequest>) -> Reply<pb::GetMeResponse> {
+        let user = self.core.get_me(bearer(&request)?, Utc::now()).await?;
+        Ok(Response::new(pb::GetMeResponse { user: Some(user.into()) }))
+    }
+
+    async fn change_password(&self, request: Request<pb::ChangePasswordRequest>) -> Reply<pb::ChangePasswordResponse> {
+        let who = bearer(&request)?;
+        let r = request.into_inner();
+        let tokens = self
+            .core
+            .change_password(who, &r.current_password, &r.new_password, Utc::now())
+            .await?;
+        Ok(Response::new(pb::ChangePasswordResponse { tokens: Some(tokens.into()) }))
+    }
+
+    async fn get_jwks(&self, _request: Request<pb::GetJwksRequest>) -> Reply<pb::GetJwksResponse> {
+        let keys = self
+            .core
+            .tokens
+            .jwks()
+            .map(|k| pb::Jwk {
+                kid: k.kid.clone(),
+                kty: k.kty.into(),
+                crv: k.crv.into(),
+                x: k.x.clone(),
+                y: k.y.clone(),
+                n: String::new(),
+                e: String::new(),
+                alg: k.alg.into(),
+                r#use: k.use_.into(),
+            })
+            .collect();
+        Ok(Response::new(pb::GetJwksResponse {
+            keys,
+            jwks_json: self.core.tokens.jwks_json().to_owned(),
+        }))
+    }
+
+    async fn introspect_token(&self, request: Request<pb::IntrospectTokenRequest>) -> Reply<pb::IntrospectTokenResponse> {
+        let answer = self.core.introspect(&request.get_ref().access_token, Utc::now()).await?;
+        Ok(Response::new(match answer {
+            Introspection::Inactive => pb::IntrospectTokenResponse::default(),
+            Introspection::Active(v) => pb::IntrospectTokenResponse {
+                active: true,
+                user_id: v.user_id.to_string(),
+                session_id: v.session_id.to_string(),
+                expires_at: chrono::DateTime::from_timestamp(v.expires_at, 0).map(timestamp),
+            },
+        }))
+    }
+}

@@ -1,0 +1,8 @@
+//! The gRPC face of authd: a thin `AuthService` over `service::Core`, the
+//! conversions between protobuf and domain types, and the bearer layer.
+
+pub mod auth_layer;
+mod convert;
+mod handlers;
+
+pub use handlers::AuthApi;

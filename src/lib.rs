@@ -1,0 +1,13 @@
+//! authd: an identity service over gRPC.
+
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod local_pg;
+pub mod pb;
+pub mod service;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,104 @@
+//! Register and GetMe.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::Core;
+use crate::crypto::jwt::VerifiedAccess;
+use crate::db::{self, users::UserRecord};
+use crate::domain::{Email, FullName, ImageUrl, Password, Phone, Username};
+use crate::error::{AppError, TokenProblem, Violation};
+
+/// Register's raw input, exactly as received.
+#[derive(Default)]
+pub struct RegisterInput {
+    pub email: String,
+    pub password: String,
+    pub username: String,
+    pub full_name: String,
+    pub phone: String,
+    pub image_url: String,
+}
+
+struct NewAccount {
+    email: Email,
+    password: Password,
+    username: Option<Username>,
+    full_name: FullName,
+    phone: Option<Phone>,
+    image_url: Option<ImageUrl>,
+}
+
+impl NewAccount {
+    /// Parses every field and reports every bad one, not just the first.
+    fn parse(input: &RegisterInput, core: &Core) -> Result<Self, AppError> {
+        let email = Email::parse(&input.email);
+        let username = optional(&input.username, Username::parse);
+        let full_name = FullName::parse(&input.full_name);
+        let phone = optional(&input.phone, Phone::parse);
+        let image_url = optional(&input.image_url, ImageUrl::parse);
+        let identifiers = [
+            input.email.trim(),
+            username.as_ref().ok().and_then(|u| u.as_ref()).map_or("", Username::as_str),
+        ];
+        let password = core.policy.parse_new(&input.password, &identifiers);
+        let mut violations = Vec::new();
+        note("email", &email, &mut violations);
+        note("password", &password, &mut violations);
+        note("username", &username, &mut violations);
+        note("full_name", &full_name, &mut violations);
+        note("phone", &phone, &mut violations);
+        note("image_url", &image_url, &mut violations);
+        match (email, password, username, full_name, phone, image_url) {
+            (Ok(email), Ok(password), Ok(username), Ok(full_name), Ok(phone), Ok(image_url)) => Ok(Self {
+                email,
+                password,
+                username,
+                full_name,
+                phone,
+                image_url,
+            }),
+            _ => Err(AppError::Validation(violations)),
+        }
+    }
+}
+
+/// Records the failure of one field's parse.
+pub(super) fn note<T>(field: &'static str, parsed: &Result<T, String>, violations: &mut Vec<Violation>) {
+    if let Err(e) = parsed {
+        violations.push(Violation::new(field, e.clone()));
+    }
+}
+
+/// Empty input means "not given".
+fn optional<T>(input: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, String> {
+    if input.trim().is_empty() { Ok(None) } else { parse(input).map(Some) }
+}
+
+impl Core {
+    pub async fn register(&self, input: RegisterInput, now: DateTime<Utc>) -> Result<UserRecord, AppError> {
+        let account = NewAccount::parse(&input, self)?;
+        let hash = self.hasher.hash(&account.password).await?;
+        db::users::insert(
+            &self.db,
+            db::users::NewUserRow {
+                id: Uuid::new_v4(),
+                email: account.email.as_str(),
+                username: account.username.as_ref().map(Username::as_str),
+                full_name: account.full_name.as_str(),
+                phone: account.phone.as_ref().map_or("", Phone::as_str),
+                image_url: account.image_url.as_ref().map_or("", ImageUrl::as_str),
+                password_hash: &hash,
+                now,
+            },
+        )
+        .await
+    }
+
+    /// The bearer's account, provided its session is still live.
+    pub async fn get_me(&self, bearer: VerifiedAccess, now: DateTime<Utc>) -> Result<UserRecord, AppError> {
+        db::sessions::live_user(&self.db, bearer.user_id, bearer.session_id, now)
+            .await?
+            .ok_or(AppError::Token(TokenProblem::SessionRevoked))
+    }
+}

@@ -1,0 +1,100 @@
+//! Login: check a password, start a session.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{Core, TokenPair, chrono_duration, seconds_until};
+use crate::crypto::opaque::{NewToken, TokenKind};
+use crate::crypto::password::Verified;
+use crate::db::{self, users::LoginKey, users::UserRecord};
+use crate::domain::{Email, Password, Username};
+use crate::error::{AppError, Violation};
+
+/// Longest login string worth looking up (an email's maximum).
+const MAX_LOGIN_LEN: usize = 254;
+
+impl Core {
+    pub async fn login(&self, login: &str, password: &str, now: DateTime<Utc>) -> Result<(TokenPair, UserRecord), AppError> {
+        let login = login.trim();
+        let mut violations = Vec::new();
+        if login.is_empty() {
+            violations.push(Violation::new("login", "is required (an email address or username)"));
+        } else if login.len() > MAX_LOGIN_LEN {
+            violations.push(Violation::new("login", format!("must be at most {MAX_LOGIN_LEN} bytes")));
+        }
+        let password = Password::normalize(password);
+        super::accounts::note("password", &password, &mut violations);
+        let Ok(password) = password else {
+            return Err(AppError::Validation(violations));
+        };
+        if !violations.is_empty() {
+            return Err(AppError::Validation(violations));
+        }
+
+        // A login that cannot name an account still costs a lookup and a
+        // hash, so neither timing nor answer tells which accounts exist.
+        let credentials = if login.contains('@') {
+            match Email::parse(login) {
+                Ok(email) => db::users::find_credentials(&self.db, LoginKey::Email(email.as_str())).await?,
+                Err(_) => None,
+            }
+        } else {
+            match Username::parse(login) {
+                Ok(name) => db::users::find_credentials(&self.db, LoginKey::Username(name.as_str())).await?,
+                Err(_) => None,
+            }
+        };
+        let stored = credentials.as_ref().map(|c| c.password_hash.as_str());
+        let verified = self.hasher.verify(&password, stored).await?;
+        let Some(credentials) = credentials else {
+            return Err(AppError::InvalidCredentials);
+        };
+        match verified {
+            Verified::No => return Err(AppError::InvalidCredentials),
+            Verified::Yes => {}
+            Verified::YesRehashed(new_hash) => {
+                db::users::upgrade_password_hash(&self.db, credentials.user.id, &credentials.password_hash, &new_hash)
+                    .await?;
+            }
+        }
+        let pair = self.start_session(credentials.user.id, now).await?;
+        Ok((pair, credentials.user))
+    }
+
+    /// Creates a session with its first refresh token, in one transaction.
+    pub(super) async fn start_session(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<TokenPair, AppError> {
+        let absolute = now + chrono_duration(self.sessions.max_ttl);
+        let session = db::sessions::NewSession {
+            id: Uuid::new_v4(),
+            user_id,
+            idle_expires_at: (now + chrono_duration(self.sessions.idle_ttl)).min(absolute),
+            absolute_expires_at: absolute,
+        };
+        let refresh = NewToken::generate(TokenKind::Refresh).map_err(AppError::internal)?;
+        let hash = refresh.hash;
+        // Signed before the commit, so a committed session always has tokens.
+        let pair = self.pair(user_id, session.id, refresh, session.idle_expires_at, now)?;
+        let mut tx = self.db.begin().await?;
+        db::sessions::create(&mut tx, &session, now).await?;
+        db::sessions::insert_refresh_token(&mut tx, &hash, session.id, now).await?;
+        tx.commit().await?;
+        Ok(pair)
+    }
+
+    pub(super) fn pair(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        refresh: NewToken,
+        refresh_expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<TokenPair, AppError> {
+        let access = self.tokens.issue(user_id, session_id, now).map_err(AppError::Internal)?;
+        Ok(TokenPair {
+            access_token: access.token,
+            refresh_token: refresh.secret,
+            expires_in: access.expires_in,
+            refresh_expires_in: seconds_until(now, refresh_expires_at),
+        })
+    }
+}

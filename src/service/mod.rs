@@ -1,0 +1,55 @@
+//! Use cases of authd, free of gRPC types: each takes parsed or raw input and
+//! the current time, and returns domain values or an `AppError`.
+
+mod accounts;
+mod login;
+mod sessions;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use sqlx::PgPool;
+
+use crate::crypto::jwt::AccessTokens;
+use crate::crypto::password::PasswordHasher;
+use crate::domain::PasswordPolicy;
+
+pub use accounts::RegisterInput;
+pub use sessions::Introspection;
+
+/// Session lifetimes and rotation rules.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSettings {
+    pub idle_ttl: Duration,
+    pub max_ttl: Duration,
+    pub reuse_grace: Duration,
+}
+
+/// A token pair as handed to a client.
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: SecretString,
+    pub expires_in: Duration,
+    pub refresh_expires_in: Duration,
+}
+
+/// Everything the use cases need; cheap to clone (all parts are shared).
+#[derive(Clone)]
+pub struct Core {
+    pub db: PgPool,
+    pub hasher: PasswordHasher,
+    pub tokens: AccessTokens,
+    pub policy: PasswordPolicy,
+    pub sessions: SessionSettings,
+}
+
+/// `chrono::Duration` from a configured `std::time::Duration`, saturating.
+fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Seconds from `now` until `then`, never negative.
+fn seconds_until(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
+    (then - now).to_std().unwrap_or(Duration::ZERO)
+}

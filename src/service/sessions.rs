@@ -1,0 +1,137 @@
+//! Refresh (rotation with reuse detection), Logout, ChangePassword and
+//! IntrospectToken.
+
+use chrono::{DateTime, Utc};
+
+use super::{Core, TokenPair, chrono_duration};
+use crate::crypto::jwt::VerifiedAccess;
+use crate::crypto::opaque::{self, NewToken, TokenKind};
+use crate::crypto::password::Verified;
+use crate::db;
+use crate::domain::Password;
+use crate::error::{AppError, TokenProblem, Violation};
+
+/// Answer of IntrospectToken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Introspection {
+    Inactive,
+    Active(VerifiedAccess),
+}
+
+fn require_refresh_token(presented: &str) -> Result<opaque::TokenHash, AppError> {
+    if presented.trim().is_empty() {
+        return Err(AppError::invalid("refresh_token", "is required"));
+    }
+    opaque::parse_presented(TokenKind::Refresh, presented).ok_or(AppError::InvalidRefreshToken)
+}
+
+impl Core {
+    /// Rotates a refresh token: the presented one is consumed and a new pair
+    /// issued in the same transaction. A token that was already consumed is
+    /// a replay (RFC 9700 §4.14.2): the whole session ends, unless it is the
+    /// immediately previous token replayed within the configured grace.
+    pub async fn refresh(&self, presented: &str, now: DateTime<Utc>) -> Result<TokenPair, AppError> {
+        let hash = require_refresh_token(presented)?;
+        let mut tx = self.db.begin().await?;
+        let idle = chrono_duration(self.sessions.idle_ttl);
+        if let Some(session) = db::sessions::consume_refresh_token(&mut tx, &hash, now, idle).await? {
+            let next = NewToken::generate(TokenKind::Refresh).map_err(AppError::internal)?;
+            db::sessions::insert_refresh_token(&mut tx, &next.hash, session.id, now).await?;
+            let pair = self.pair(session.user_id, session.id, next, session.idle_expires_at, now)?;
+            tx.commit().await?;
+            return Ok(pair);
+        }
+        let Some(state) = db::sessions::refresh_token_state(&mut tx, &hash, now).await? else {
+            return Err(AppError::InvalidRefreshToken);
+        };
+        match state.consumed_at {
+            // Unconsumed, so the session itself is over (expired or revoked).
+            None => Err(AppError::InvalidRefreshToken),
+            Some(_) if !state.session_live => Err(AppError::RefreshTokenReused),
+            Some(consumed_at) => {
+                let grace = chrono_duration(self.sessions.reuse_grace);
+                let latest = state.last_consumed_at == Some(consumed_at);
+                if !grace.is_zero() && latest && now - consumed_at <= grace {
+                    tracing::info!(session_id = %state.session_id, "refresh token replayed within grace; session kept");
+                    return Err(AppError::RefreshTokenReused);
+                }
+                db::sessions::revoke(&mut *tx, state.session_id, "refresh_token_reused", now).await?;
+                tx.commit().await?;
+                tracing::warn!(session_id = %state.session_id, "refresh token reused; session ended");
+                Err(AppError::RefreshTokenReused)
+            }
+        }
+    }
+
+    /// Ends the session of a refresh token. Ending an ended session is OK.
+    pub async fn logout(&self, presented: &str, now: DateTime<Utc>) -> Result<(), AppError> {
+        let hash = require_refresh_token(presented)?;
+        match db::sessions::revoke_by_refresh_token(&self.db, &hash, "logout", now).await? {
+            Some(_) => Ok(()),
+            None => Err(AppError::InvalidRefreshToken),
+        }
+    }
+
+    /// Whether an access token is active now: valid signature and claims,
+    /// and a live session.
+    pub async fn introspect(&self, access_token: &str, now: DateTime<Utc>) -> Result<Introspection, AppError> {
+        if access_token.trim().is_empty() {
+            return Err(AppError::invalid("access_token", "is required"));
+        }
+        let Ok(verified) = self.tokens.verify(access_token.trim()) else {
+            return Ok(Introspection::Inactive);
+        };
+        let live = db::sessions::is_live(&self.db, verified.user_id, verified.session_id, now).await?;
+        Ok(if live { Introspection::Active(verified) } else { Introspection::Inactive })
+    }
+
+    /// Changes the bearer's password: checks the current one (same rules as
+    /// Login), applies the policy to the new one, ends the user's other
+    /// sessions and replaces this session's refresh tokens with a new pair.
+    pub async fn change_password(
+        &self,
+        bearer: VerifiedAccess,
+        current: &str,
+        new: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TokenPair, AppError> {
+        let current = Password::normalize(current);
+        let user = db::sessions::live_user(&self.db, bearer.user_id, bearer.session_id, now)
+            .await?
+            .ok_or(AppError::Token(TokenProblem::SessionRevoked))?;
+        let identifiers = [user.email.as_str(), user.username.as_deref().unwrap_or_default()];
+        let new = self.policy.parse_new(new, &identifiers);
+        let mut violations: Vec<Violation> = Vec::new();
+        super::accounts::note("current_password", &current, &mut violations);
+        super::accounts::note("new_password", &new, &mut violations);
+        let (Ok(current), Ok(new)) = (current, new) else {
+            return Err(AppError::Validation(violations));
+        };
+
+        let stored = db::users::password_hash(&self.db, user.id).await?;
+        if self.hasher.verify(&current, stored.as_deref()).await? == Verified::No {
+            return Err(AppError::InvalidCredentials);
+        }
+        let new_hash = self.hasher.hash(&new).await?;
+        let next = NewToken::generate(TokenKind::Refresh).map_err(AppError::internal)?;
+        let next_hash = next.hash;
+
+        let mut tx = self.db.begin().await?;
+        let Some(idle_expires_at) = db::sessions::lock_live(&mut tx, user.id, bearer.session_id, now).await? else {
+            return Err(AppError::Token(TokenProblem::SessionRevoked));
+        };
+        // Compare-and-set on the hash we verified: a concurrent change of the
+        // password makes this one fail instead of silently overwriting it.
+        if !db::users::replace_password_hash(&mut *tx, user.id, stored.as_deref().unwrap_or_default(), &new_hash, now)
+            .await?
+        {
+            return Err(AppError::InvalidCredentials);
+        }
+        db::sessions::revoke_all_for_user(&mut *tx, user.id, Some(bearer.session_id), "password_changed", now).await?;
+        db::sessions::delete_refresh_tokens(&mut tx, bearer.session_id).await?;
+        db::sessions::insert_refresh_token(&mut tx, &next_hash, bearer.session_id, now).await?;
+        let pair = self.pair(user.id, bearer.session_id, next, idle_expires_at, now)?;
+        tx.commit().await?;
+        Ok(pair)
+    }
+}

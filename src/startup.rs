@@ -1,0 +1,273 @@
+//! Builds the running service: database (external or the private development
+//! cluster), migrations, keys, the gRPC server with its layers, health and
+//! reflection, background tasks, and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use secrecy::ExposeSecret as _;
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use tokio::sync::oneshot;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::Config;
+use crate::crypto::jwt::AccessTokens;
+use crate::crypto::keys;
+use crate::crypto::password::PasswordHasher;
+use crate::db;
+use crate::domain::PasswordPolicy;
+use crate::grpc::AuthApi;
+use crate::grpc::auth_layer::BearerAuthLayer;
+use crate::local_pg::{Durability, LocalPostgres};
+use crate::pb;
+use crate::pb::auth::v1::auth_service_server::AuthServiceServer;
+use crate::service::{Core, SessionSettings};
+
+/// Largest request authd decodes; its messages are a few hundred bytes.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+const HEALTH_SERVICE: &str = "auth.v1.AuthService";
+
+type ServeFuture = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
+/// The database authd talks to, and the private cluster if it runs one.
+pub struct Database {
+    pub options: PgConnectOptions,
+    pub local: Option<LocalPostgres>,
+}
+
+/// `DATABASE_URL`, or the private development cluster under the data folder.
+pub async fn open_database(config: &Config) -> anyhow::Result<Database> {
+    if let Some(url) = &config.database_url {
+        let options = PgConnectOptions::from_str(url.expose_secret()).context("DATABASE_URL is not a valid URL")?;
+        return Ok(Database { options, local: None });
+    }
+    let root = config.data_dir.join("postgres");
+    let local = tokio::task::spawn_blocking(move || LocalPostgres::start(&root, Durability::Durable)).await??;
+    local.ensure_database("authd").await?;
+    tracing::warn!(
+        pgdata = %local.data_dir().display(),
+        url = %local.url("authd"),
+        "DEVELOPMENT SETUP: DATABASE_URL is not set, so authd runs its own PostgreSQL in the data folder \
+         and stops it on exit. Set DATABASE_URL for anything but local development."
+    );
+    Ok(Database {
+        options: local.connect_options("authd"),
+        local: Some(local),
+    })
+}
+
+pub struct Application {
+    local_addr: SocketAddr,
+    core: Core,
+    serve: ServeFuture,
+    stop_serving: oneshot::Sender<()>,
+    health: HealthReporter,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    drain: Duration,
+    local_pg: Option<LocalPostgres>,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let database = open_database(&config).await?;
+        let pool = db::connect_lazy(database.options, config.db_max_connections);
+        db::migrate(&pool).await.context("running migrations")?;
+
+        let signing_keys = keys::load(&config.signing_keys, &config.data_dir)?;
+        let tokens = AccessTokens::new(signing_keys, &config.issuer, &config.audience, config.access_token_ttl)?;
+        let hasher = PasswordHasher::new(config.argon2, config.hash_workers)?;
+        let core = Core {
+            db: pool.clone(),
+            hasher,
+            tokens: tokens.clone(),
+            policy: PasswordPolicy {
+                min_chars: config.password_min_length,
+            },
+            sessions: SessionSettings {
+                idle_ttl: config.session_idle_ttl,
+                max_ttl: config.session_max_ttl,
+                reuse_grace: config.refresh_reuse_grace,
+            },
+        };
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_service_status("", ServingStatus::NotServing).await;
+        health.set_service_status(HEALTH_SERVICE, ServingStatus::NotServing).await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let auth = AuthServiceServer::new(AuthApi::new(core.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(1024 * 1024);
+
+        // tonic leaves streams and reset floods unlimited unless told.
+        let mut server = Server::builder()
+            .timeout(config.request_timeout)
+            .concurrency_limit_per_connection(256)
+            .load_shed(true)
+            .max_concurrent_streams(128)
+            .http2_max_pending_accept_reset_streams(Some(64))
+            .http2_max_local_error_reset_streams(Some(256))
+            .http2_max_header_list_size(16 * 1024)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()));
+        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+            let cert = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+            let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+            server = server.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
+        }
+        let router = server
+            .layer(BearerAuthLayer::new(tokens))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(auth);
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
+        let (stop_serving, stopped) = oneshot::channel::<()>();
+        let serve = Box::pin(router.serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        }));
+
+        let background = vec![
+            tokio::spawn(monitor_database(pool.clone(), health.clone(), config.health_check_interval)),
+            tokio::spawn(clean_up_periodically(pool.clone())),
+        ];
+        Ok(Self {
+            local_addr,
+            core,
+            serve,
+            stop_serving,
+            health,
+            background,
+            drain: config.shutdown_drain,
+            local_pg: database.local,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting calls, lets
+    /// in-flight ones finish within the drain time, and releases everything.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr, "authd listening");
+        let mut server = tokio::spawn(self.serve);
+        let outcome = tokio::select! {
+            result = &mut server => Some(result),
+            () = shutdown => None,
+        };
+        let result = match outcome {
+            Some(result) => result.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into)),
+            None => {
+                tracing::info!(drain = ?self.drain, "shutting down: draining in-flight calls");
+                for task in &self.background {
+                    task.abort();
+                }
+                self.health.set_service_status("", ServingStatus::NotServing).await;
+                self.health.set_service_status(HEALTH_SERVICE, ServingStatus::NotServing).await;
+                let _ = self.stop_serving.send(());
+                match tokio::time::timeout(self.drain, &mut server).await {
+                    Ok(joined) => joined.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into)),
+                    Err(_) => {
+                        tracing::warn!("drain time exceeded; abandoning remaining calls");
+                        server.abort();
+                        Ok(())
+                    }
+                }
+            }
+        };
+        for task in &self.background {
+            task.abort();
+        }
+        self.core.db.close().await;
+        if let Some(pg) = self.local_pg {
+            tokio::task::spawn_blocking(move || pg.stop()).await?;
+        }
+        tracing::info!("authd stopped");
+        result
+    }
+}
+
+/// Reports NOT_SERVING while PostgreSQL does not answer, SERVING once it does.
+async fn monitor_database(pool: PgPool, health: HealthReporter, every: Duration) {
+    let mut serving: Option<bool> = None;
+    loop {
+        let ok = matches!(
+            tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&pool)).await,
+            Ok(Ok(_))
+        );
+        if serving != Some(ok) {
+            let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+            health.set_service_status("", status).await;
+            health.set_service_status(HEALTH_SERVICE, status).await;
+            if ok {
+                tracing::info!("database reachable: SERVING");
+            } else {
+                tracing::warn!("database unreachable: NOT_SERVING");
+            }
+            serving = Some(ok);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Deletes sessions that ended more than a day ago, every ten minutes.
+async fn clean_up_periodically(pool: PgPool) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tick.tick().await;
+        match db::sessions::delete_dead(&pool, chrono::Utc::now(), chrono::Duration::days(1)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "removed ended sessions"),
+            Err(e) => tracing::warn!(error = %e, "session clean-up failed"),
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
