@@ -99,10 +99,10 @@ impl Config {
         let mut c = Self::default();
         let mut errors = Vec::new();
         let mut field = |key: &str, apply: &mut dyn FnMut(&str) -> Result<(), String>| {
-            if let Some(value) = get(key) {
-                if let Err(e) = apply(value.trim()) {
-                    errors.push(format!("{key}: {e}"));
-                }
+            if let Some(value) = get(key)
+                && let Err(e) = apply(value.trim())
+            {
+                errors.push(format!("{key}: {e}"));
             }
         };
         field("DATABASE_URL", &mut |v| {
@@ -123,14 +123,29 @@ impl Config {
             Ok(())
         });
         field("AUTHD_SIGNING_KEYS", &mut |v| {
-            c.signing_keys = v.split(',').map(str::trim).filter(|p| !p.is_empty()).map(PathBuf::from).collect();
+            c.signing_keys = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect();
             Ok(())
         });
-        field("AUTHD_ACCESS_TOKEN_TTL", &mut |v| duration_into(v, &mut c.access_token_ttl));
-        field("AUTHD_SESSION_IDLE_TTL", &mut |v| duration_into(v, &mut c.session_idle_ttl));
-        field("AUTHD_SESSION_MAX_TTL", &mut |v| duration_into(v, &mut c.session_max_ttl));
-        field("AUTHD_RESET_TOKEN_TTL", &mut |v| duration_into(v, &mut c.reset_token_ttl));
-        field("AUTHD_REFRESH_REUSE_GRACE", &mut |v| duration_into(v, &mut c.refresh_reuse_grace));
+        field("AUTHD_ACCESS_TOKEN_TTL", &mut |v| {
+            duration_into(v, &mut c.access_token_ttl)
+        });
+        field("AUTHD_SESSION_IDLE_TTL", &mut |v| {
+            duration_into(v, &mut c.session_idle_ttl)
+        });
+        field("AUTHD_SESSION_MAX_TTL", &mut |v| {
+            duration_into(v, &mut c.session_max_ttl)
+        });
+        field("AUTHD_RESET_TOKEN_TTL", &mut |v| {
+            duration_into(v, &mut c.reset_token_ttl)
+        });
+        field("AUTHD_REFRESH_REUSE_GRACE", &mut |v| {
+            duration_into(v, &mut c.refresh_reuse_grace)
+        });
         field("AUTHD_SMTP_URL", &mut |v| {
             c.smtp_url = Some(SecretString::from(v.to_owned()));
             Ok(())
@@ -166,15 +181,31 @@ impl Config {
             };
             Ok(())
         });
-        field("AUTHD_ARGON2_MEMORY_KIB", &mut |v| parse_into(v, &mut c.argon2.memory_kib));
-        field("AUTHD_ARGON2_ITERATIONS", &mut |v| parse_into(v, &mut c.argon2.iterations));
-        field("AUTHD_ARGON2_PARALLELISM", &mut |v| parse_into(v, &mut c.argon2.parallelism));
+        field("AUTHD_ARGON2_MEMORY_KIB", &mut |v| {
+            parse_into(v, &mut c.argon2.memory_kib)
+        });
+        field("AUTHD_ARGON2_ITERATIONS", &mut |v| {
+            parse_into(v, &mut c.argon2.iterations)
+        });
+        field("AUTHD_ARGON2_PARALLELISM", &mut |v| {
+            parse_into(v, &mut c.argon2.parallelism)
+        });
         field("AUTHD_HASH_WORKERS", &mut |v| parse_into(v, &mut c.hash_workers));
-        field("AUTHD_PASSWORD_MIN_LENGTH", &mut |v| parse_into(v, &mut c.password_min_length));
-        field("AUTHD_PEER_RATE_LIMIT", &mut |v| parse_into(v, &mut c.peer_rate_limit));
-        field("AUTHD_DB_MAX_CONNECTIONS", &mut |v| parse_into(v, &mut c.db_max_connections));
-        field("AUTHD_SHUTDOWN_DRAIN", &mut |v| duration_into(v, &mut c.shutdown_drain));
-        field("AUTHD_REQUEST_TIMEOUT", &mut |v| duration_into(v, &mut c.request_timeout));
+        field("AUTHD_PASSWORD_MIN_LENGTH", &mut |v| {
+            parse_into(v, &mut c.password_min_length)
+        });
+        field("AUTHD_PEER_RATE_LIMIT", &mut |v| {
+            parse_into(v, &mut c.peer_rate_limit)
+        });
+        field("AUTHD_DB_MAX_CONNECTIONS", &mut |v| {
+            parse_into(v, &mut c.db_max_connections)
+        });
+        field("AUTHD_SHUTDOWN_DRAIN", &mut |v| {
+            duration_into(v, &mut c.shutdown_drain)
+        });
+        field("AUTHD_REQUEST_TIMEOUT", &mut |v| {
+            duration_into(v, &mut c.request_timeout)
+        });
         if c.tls_cert.is_some() != c.tls_key.is_some() {
             errors.push("AUTHD_TLS_CERT and AUTHD_TLS_KEY must be set together".into());
         }
@@ -213,7 +244,9 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
     let v = v.trim();
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (number, unit) = v.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("'{v}' is not a duration like 30s, 15m, 7d"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{v}' is not a duration like 30s, 15m, 7d"))?;
     let secs = match unit.trim() {
         "ms" => return Ok(Duration::from_millis(n)),
         "" | "s" => 1,

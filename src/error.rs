@@ -160,11 +160,9 @@ impl From<AppError> for Status {
                 "invalid login or password",
                 info("INVALID_CREDENTIALS"),
             ),
-            AppError::Token(problem) => Status::with_error_details(
-                Code::Unauthenticated,
-                problem.message(),
-                info(problem.reason()),
-            ),
+            AppError::Token(problem) => {
+                Status::with_error_details(Code::Unauthenticated, problem.message(), info(problem.reason()))
+            }
             AppError::InvalidRefreshToken => Status::with_error_details(
                 Code::Unauthenticated,
                 "invalid refresh token",

@@ -45,7 +45,11 @@ impl LocalPostgres {
             bin_dir,
             pgdata: root.join("pg"),
             socket_dir: root.join("pg-run"),
-            run_as: if is_root()? { Some("postgres".to_owned()) } else { None },
+            run_as: if is_root()? {
+                Some("postgres".to_owned())
+            } else {
+                None
+            },
             stopped: false.into(),
         };
         std::fs::create_dir_all(&pg.socket_dir)?;
@@ -60,7 +64,9 @@ impl LocalPostgres {
         } else {
             pg.pg_ctl_start(&root, durability)?;
         }
-        pg.spawn_watchdog(std::process::id())?;
+        // A throwaway cluster's folder goes away with it.
+        let remove = (durability == Durability::Throwaway).then_some(root.as_path());
+        pg.spawn_watchdog(std::process::id(), remove)?;
         Ok(pg)
     }
 
@@ -99,7 +105,9 @@ impl LocalPostgres {
                 name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
                 "bad database name {name}"
             );
-            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await?;
         }
         conn.close().await?;
         Ok(())
@@ -127,7 +135,7 @@ impl LocalPostgres {
     pub fn stop_for_restart(&self) -> anyhow::Result<()> {
         run(self
             .command("pg_ctl")
-            .args(["stop", "-m", "immediate", "-w", "-D"])
+            .args(["stop", "-m", "fast", "-w", "-D"])
             .arg(&self.pgdata))
     }
 
@@ -172,7 +180,12 @@ impl LocalPostgres {
             .arg(root.join("postgres.log"))
             .arg("-o")
             .arg(options))
-        .with_context(|| format!("starting PostgreSQL failed; see {}", root.join("postgres.log").display()))
+        .with_context(|| {
+            format!(
+                "starting PostgreSQL failed; see {}",
+                root.join("postgres.log").display()
+            )
+        })
     }
 
     fn is_running(&self) -> bool {
@@ -188,11 +201,17 @@ impl LocalPostgres {
 
     /// A shell that waits for `pid` to exit, then stops the cluster, so a
     /// killed authd or test binary does not leave PostgreSQL running.
-    fn spawn_watchdog(&self, pid: u32) -> anyhow::Result<()> {
+    fn spawn_watchdog(&self, pid: u32, remove: Option<&Path>) -> anyhow::Result<()> {
         let stop = self.command("pg_ctl");
         let mut script = String::from("while kill -0 \"$0\" 2>/dev/null; do sleep 1; done; ");
         script.push_str(&shell_words(stop.get_program(), stop.get_args()));
-        script.push_str(&format!(" stop -m fast -D '{}' >/dev/null 2>&1", self.pgdata.display()));
+        script.push_str(&format!(
+            " stop -m immediate -D '{}' >/dev/null 2>&1",
+            self.pgdata.display()
+        ));
+        if let Some(dir) = remove {
+            script.push_str(&format!("; rm -rf '{}'", dir.display()));
+        }
         Command::new("sh")
             .arg("-c")
             .arg(script)
@@ -236,7 +255,10 @@ fn shell_words<'a>(program: &'a std::ffi::OsStr, args: impl Iterator<Item = &'a 
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{:?} exited with {}: {}{}",
@@ -286,10 +308,18 @@ pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
             .filter_map(Result::ok)
             .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
             .collect();
-        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         candidates.extend(versions.into_iter().map(|(_, p)| p));
     }
-    candidates.extend(["/usr/local/pgsql/bin", "/opt/homebrew/bin", "/usr/local/bin", "/usr/bin"].map(PathBuf::from));
+    candidates.extend(
+        [
+            "/usr/local/pgsql/bin",
+            "/opt/homebrew/bin",
+            "/usr/local/bin",
+            "/usr/bin",
+        ]
+        .map(PathBuf::from),
+    );
     if let Some(path) = std::env::var_os("PATH") {
         candidates.extend(std::env::split_paths(&path));
     }

@@ -46,11 +46,13 @@ pub struct Database {
 /// `DATABASE_URL`, or the private development cluster under the data folder.
 pub async fn open_database(config: &Config) -> anyhow::Result<Database> {
     if let Some(url) = &config.database_url {
-        let options = PgConnectOptions::from_str(url.expose_secret()).context("DATABASE_URL is not a valid URL")?;
+        let options =
+            PgConnectOptions::from_str(url.expose_secret()).context("DATABASE_URL is not a valid URL")?;
         return Ok(Database { options, local: None });
     }
     let root = config.data_dir.join("postgres");
-    let local = tokio::task::spawn_blocking(move || LocalPostgres::start(&root, Durability::Durable)).await??;
+    let local =
+        tokio::task::spawn_blocking(move || LocalPostgres::start(&root, Durability::Durable)).await??;
     local.ensure_database("authd").await?;
     tracing::warn!(
         pgdata = %local.data_dir().display(),
@@ -82,7 +84,12 @@ impl Application {
         db::migrate(&pool).await.context("running migrations")?;
 
         let signing_keys = keys::load(&config.signing_keys, &config.data_dir)?;
-        let tokens = AccessTokens::new(signing_keys, &config.issuer, &config.audience, config.access_token_ttl)?;
+        let tokens = AccessTokens::new(
+            signing_keys,
+            &config.issuer,
+            &config.audience,
+            config.access_token_ttl,
+        )?;
         let hasher = PasswordHasher::new(config.argon2, config.hash_workers)?;
         let core = Core {
             db: pool.clone(),
@@ -100,7 +107,9 @@ impl Application {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_service_status("", ServingStatus::NotServing).await;
-        health.set_service_status(HEALTH_SERVICE, ServingStatus::NotServing).await;
+        health
+            .set_service_status(HEALTH_SERVICE, ServingStatus::NotServing)
+            .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -150,7 +159,11 @@ impl Application {
         }));
 
         let background = vec![
-            tokio::spawn(monitor_database(pool.clone(), health.clone(), config.health_check_interval)),
+            tokio::spawn(monitor_database(
+                pool.clone(),
+                health.clone(),
+                config.health_check_interval,
+            )),
             tokio::spawn(clean_up_periodically(pool.clone())),
         ];
         Ok(Self {
@@ -183,17 +196,25 @@ impl Application {
             () = shutdown => None,
         };
         let result = match outcome {
-            Some(result) => result.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into)),
+            Some(result) => result
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r.map_err(Into::into)),
             None => {
                 tracing::info!(drain = ?self.drain, "shutting down: draining in-flight calls");
                 for task in &self.background {
                     task.abort();
                 }
-                self.health.set_service_status("", ServingStatus::NotServing).await;
-                self.health.set_service_status(HEALTH_SERVICE, ServingStatus::NotServing).await;
+                self.health
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+                self.health
+                    .set_service_status(HEALTH_SERVICE, ServingStatus::NotServing)
+                    .await;
                 let _ = self.stop_serving.send(());
                 match tokio::time::timeout(self.drain, &mut server).await {
-                    Ok(joined) => joined.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into)),
+                    Ok(joined) => joined
+                        .map_err(anyhow::Error::from)
+                        .and_then(|r| r.map_err(Into::into)),
                     Err(_) => {
                         tracing::warn!("drain time exceeded; abandoning remaining calls");
                         server.abort();
@@ -223,7 +244,11 @@ async fn monitor_database(pool: PgPool, health: HealthReporter, every: Duration)
             Ok(Ok(_))
         );
         if serving != Some(ok) {
-            let status = if ok { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let status = if ok {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
             health.set_service_status("", status).await;
             health.set_service_status(HEALTH_SERVICE, status).await;
             if ok {

@@ -73,7 +73,11 @@ impl AccessTokens {
         let mut by_kid = HashMap::new();
         let mut verifying = Vec::with_capacity(keys.len());
         for (i, key) in keys.into_iter().enumerate() {
-            anyhow::ensure!(by_kid.insert(key.kid.clone(), i).is_none(), "duplicate signing key {}", key.kid);
+            anyhow::ensure!(
+                by_kid.insert(key.kid.clone(), i).is_none(),
+                "duplicate signing key {}",
+                key.kid
+            );
             // Built once per key, not per request.
             let mut validation = Validation::new(key.alg);
             validation.leeway = LEEWAY_SECS;

@@ -68,7 +68,11 @@ impl NewToken {
 pub fn parse_presented(kind: TokenKind, presented: &str) -> Option<TokenHash> {
     let body = presented.trim().strip_prefix(kind.prefix())?;
     // 32 bytes in unpadded base64url are 43 characters.
-    if body.len() != 43 || !body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if body.len() != 43
+        || !body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return None;
     }
     Some(hash_token(presented.trim()))
@@ -95,7 +99,14 @@ mod tests {
 
     #[test]
     fn malformed_tokens_are_refused() {
-        for bad in ["", "rt_", "rt_short", "pr_AAAA", "eyJhbGciOi.x.y", &format!("rt_{}", "a".repeat(44))] {
+        for bad in [
+            "",
+            "rt_",
+            "rt_short",
+            "pr_AAAA",
+            "eyJhbGciOi.x.y",
+            &format!("rt_{}", "a".repeat(44)),
+        ] {
             assert_eq!(parse_presented(TokenKind::Refresh, bad), None, "{bad}");
         }
     }

@@ -92,14 +92,18 @@ impl PasswordHasher {
         let bytes = password.expose().as_bytes().to_vec();
         self.run(move || {
             let Ok(parsed) = PasswordHash::new(&stored) else {
-                return Err(AppError::internal(anyhow::anyhow!("stored password hash is malformed")));
+                return Err(AppError::internal(anyhow::anyhow!(
+                    "stored password hash is malformed"
+                )));
             };
             let ok = argon2_for(&inner.params).verify_password(&bytes, &parsed).is_ok();
             if !ok || !is_real {
                 return Ok(Verified::No);
             }
             if is_outdated(&parsed, &inner.params) {
-                return hash_with(&inner.params, &bytes).map(Verified::YesRehashed).map_err(AppError::Internal);
+                return hash_with(&inner.params, &bytes)
+                    .map(Verified::YesRehashed)
+                    .map_err(AppError::Internal);
             }
             Ok(Verified::Yes)
         })
@@ -107,12 +111,7 @@ impl PasswordHasher {
     }
 
     async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, AppError> {
-        let _permit = self
-            .inner
-            .permits
-            .acquire()
-            .await
-            .map_err(AppError::internal)?;
+        let _permit = self.inner.permits.acquire().await.map_err(AppError::internal)?;
         tokio::task::spawn_blocking(work)
             .await
             .map_err(AppError::internal)
@@ -137,9 +136,7 @@ fn is_outdated(hash: &PasswordHash<'_>, current: &Params) -> bool {
     }
     match Params::try_from(hash) {
         Ok(p) => {
-            p.m_cost() != current.m_cost()
-                || p.t_cost() != current.t_cost()
-                || p.p_cost() != current.p_cost()
+            p.m_cost() != current.m_cost() || p.t_cost() != current.t_cost() || p.p_cost() != current.p_cost()
         }
         Err(_) => true,
     }

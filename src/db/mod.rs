@@ -34,7 +34,9 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     loop {
         match MIGRATOR.run(pool).await {
             Ok(()) => return Ok(()),
-            Err(sqlx::migrate::MigrateError::Execute(e)) if crate::error::is_connectivity_error(&e) && attempts < 10 => {
+            Err(sqlx::migrate::MigrateError::Execute(e))
+                if crate::error::is_connectivity_error(&e) && attempts < 10 =>
+            {
                 tracing::warn!(error = %e, "database not reachable yet; retrying migrations");
             }
             Err(e) => return Err(e.into()),

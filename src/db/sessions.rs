@@ -187,12 +187,14 @@ pub async fn revoke<'e>(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<bool, AppError> {
-    let done = sqlx::query("UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL")
-        .bind(session_id)
-        .bind(now)
-        .bind(reason)
-        .execute(db)
-        .await?;
+    let done = sqlx::query(
+        "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(session_id)
+    .bind(now)
+    .bind(reason)
+    .execute(db)
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 

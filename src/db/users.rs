@@ -92,10 +92,12 @@ pub async fn find_credentials(db: &PgPool, key: LoginKey<'_>) -> Result<Option<C
 }
 
 pub async fn password_hash<'e>(db: impl PgExecutor<'e>, user_id: Uuid) -> Result<Option<String>, AppError> {
-    Ok(sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
-        .bind(user_id)
-        .fetch_optional(db)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_optional(db)
+            .await?,
+    )
 }
 
 pub async fn set_password_hash<'e>(
@@ -121,13 +123,15 @@ pub async fn replace_password_hash<'e>(
     new: &str,
     now: DateTime<Utc>,
 ) -> Result<bool, AppError> {
-    let done = sqlx::query("UPDATE users SET password_hash = $3, updated_at = $4 WHERE id = $1 AND password_hash = $2")
-        .bind(user_id)
-        .bind(old)
-        .bind(new)
-        .bind(now)
-        .execute(db)
-        .await?;
+    let done = sqlx::query(
+        "UPDATE users SET password_hash = $3, updated_at = $4 WHERE id = $1 AND password_hash = $2",
+    )
+    .bind(user_id)
+    .bind(old)
+    .bind(new)
+    .bind(now)
+    .execute(db)
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 

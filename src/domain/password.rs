@@ -91,12 +91,41 @@ impl PasswordPolicy {
 mod common {
     /// A small built-in list of the most used passwords; see SECURITY.md.
     const COMMON: &[&str] = &[
-        "password", "password1", "password123", "12345678", "123456789", "1234567890",
-        "qwertyuiop", "qwerty123", "iloveyou", "sunshine", "princess", "football",
-        "baseball", "welcome1", "letmein1", "passw0rd", "abc12345", "11111111",
-        "00000000", "87654321", "qwerty12", "trustno1", "1q2w3e4r", "zaq12wsx",
-        "superman", "starwars", "whatever", "dragon12", "monkey12", "changeme",
-        "administrator", "1qaz2wsx", "asdfghjkl", "123123123", "password!",
+        "password",
+        "password1",
+        "password123",
+        "12345678",
+        "123456789",
+        "1234567890",
+        "qwertyuiop",
+        "qwerty123",
+        "iloveyou",
+        "sunshine",
+        "princess",
+        "football",
+        "baseball",
+        "welcome1",
+        "letmein1",
+        "passw0rd",
+        "abc12345",
+        "11111111",
+        "00000000",
+        "87654321",
+        "qwerty12",
+        "trustno1",
+        "1q2w3e4r",
+        "zaq12wsx",
+        "superman",
+        "starwars",
+        "whatever",
+        "dragon12",
+        "monkey12",
+        "changeme",
+        "administrator",
+        "1qaz2wsx",
+        "asdfghjkl",
+        "123123123",
+        "password!",
     ];
 
     pub fn is_common(lowercased: &str) -> bool {
@@ -134,9 +163,17 @@ mod tests {
     fn common_and_personal_passwords_are_refused() {
         let policy = PasswordPolicy::default();
         assert!(policy.parse_new("Password1", &[]).is_err());
-        assert!(policy.parse_new("alice.smith-2024", &["alice.smith@example.com"]).is_err());
+        assert!(
+            policy
+                .parse_new("alice.smith-2024", &["alice.smith@example.com"])
+                .is_err()
+        );
         assert!(policy.parse_new("xx-bobby99-xx", &["a@b.co", "bobby99"]).is_err());
-        assert!(policy.parse_new("correct horse battery", &["alice@example.com"]).is_ok());
+        assert!(
+            policy
+                .parse_new("correct horse battery", &["alice@example.com"])
+                .is_ok()
+        );
     }
 
     #[test]

@@ -96,7 +96,10 @@ mod tests {
 
     #[test]
     fn full_name_limits() {
-        assert_eq!(FullName::parse("  Ada Lovelace ").map(|n| n.0), Ok("Ada Lovelace".into()));
+        assert_eq!(
+            FullName::parse("  Ada Lovelace ").map(|n| n.0),
+            Ok("Ada Lovelace".into())
+        );
         assert!(FullName::parse(&"é".repeat(200)).is_ok());
         assert!(FullName::parse(&"é".repeat(201)).is_err());
         assert!(FullName::parse("Ada\u{0}").is_err());
@@ -105,9 +108,22 @@ mod tests {
 
     #[test]
     fn phone_normalises_to_e164() {
-        assert_eq!(Phone::parse("+1 (555) 123-4567").map(|p| p.0), Ok("+15551234567".into()));
-        assert_eq!(Phone::parse("+49.30.1234567").map(|p| p.0), Ok("+49301234567".into()));
-        for bad in ["5551234567", "+", "+123", "+0123456789", "+1555abc4567", "+1234567890123456"] {
+        assert_eq!(
+            Phone::parse("+1 (555) 123-4567").map(|p| p.0),
+            Ok("+15551234567".into())
+        );
+        assert_eq!(
+            Phone::parse("+49.30.1234567").map(|p| p.0),
+            Ok("+49301234567".into())
+        );
+        for bad in [
+            "5551234567",
+            "+",
+            "+123",
+            "+0123456789",
+            "+1555abc4567",
+            "+1234567890123456",
+        ] {
             assert!(Phone::parse(bad).is_err(), "{bad}");
         }
     }

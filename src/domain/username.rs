@@ -57,7 +57,7 @@ mod tests {
             ".bob",
             "bo b",
             "böb",
-            "bob\n",
+            "bo\nb",
             "bob;--",
             "Ⅻbob",
         ] {

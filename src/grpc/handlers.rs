@@ -34,7 +34,9 @@ impl AuthService for AuthApi {
             image_url: r.image_url,
         };
         let user = self.core.register(input, Utc::now()).await?;
-        Ok(Response::new(pb::RegisterResponse { user: Some(user.into()) }))
+        Ok(Response::new(pb::RegisterResponse {
+            user: Some(user.into()),
+        }))
     }
 
     async fn login(&self, request: Request<pb::LoginRequest>) -> Reply<pb::LoginResponse> {
@@ -47,36 +49,56 @@ impl AuthService for AuthApi {
     }
 
     async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Reply<pb::RefreshResponse> {
-        let tokens = self.core.refresh(&request.get_ref().refresh_token, Utc::now()).await?;
-        Ok(Response::new(pb::RefreshResponse { tokens: Some(tokens.into()) }))
+        let tokens = self
+            .core
+            .refresh(&request.get_ref().refresh_token, Utc::now())
+            .await?;
+        Ok(Response::new(pb::RefreshResponse {
+            tokens: Some(tokens.into()),
+        }))
     }
 
     async fn logout(&self, request: Request<pb::LogoutRequest>) -> Reply<pb::LogoutResponse> {
-        self.core.logout(&request.get_ref().refresh_token, Utc::now()).await?;
+        self.core
+            .logout(&request.get_ref().refresh_token, Utc::now())
+            .await?;
         Ok(Response::new(pb::LogoutResponse {}))
     }
 
-    async fn forgot_password(&self, _request: Request<pb::ForgotPasswordRequest>) -> Reply<pb::ForgotPasswordResponse> {
+    async fn forgot_password(
+        &self,
+        _request: Request<pb::ForgotPasswordRequest>,
+    ) -> Reply<pb::ForgotPasswordResponse> {
         Err(Status::unimplemented("ForgotPassword is not available yet"))
     }
 
-    async fn reset_password(&self, _request: Request<pb::ResetPasswordRequest>) -> Reply<pb::ResetPasswordResponse> {
+    async fn reset_password(
+        &self,
+        _request: Request<pb::ResetPasswordRequest>,
+    ) -> Reply<pb::ResetPasswordResponse> {
         Err(Status::unimplemented("ResetPassword is not available yet"))
     }
 
     async fn get_me(&self, request: Request<pb::GetMeRequest>) -> Reply<pb::GetMeResponse> {
         let user = self.core.get_me(bearer(&request)?, Utc::now()).await?;
-        Ok(Response::new(pb::GetMeResponse { user: Some(user.into()) }))
+        Ok(Response::new(pb::GetMeResponse {
+            user: Some(user.into()),
+        }))
     }
 
-    async fn change_password(&self, request: Request<pb::ChangePasswordRequest>) -> Reply<pb::ChangePasswordResponse> {
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Reply<pb::ChangePasswordResponse> {
         let who = bearer(&request)?;
         let r = request.into_inner();
         let tokens = self
             .core
             .change_password(who, &r.current_password, &r.new_password, Utc::now())
             .await?;
-        Ok(Response::new(pb::ChangePasswordResponse { tokens: Some(tokens.into()) }))
+        Ok(Response::new(pb::ChangePasswordResponse {
+            tokens: Some(tokens.into()),
+        }))
     }
 
     async fn get_jwks(&self, _request: Request<pb::GetJwksRequest>) -> Reply<pb::GetJwksResponse> {
@@ -102,8 +124,14 @@ impl AuthService for AuthApi {
         }))
     }
 
-    async fn introspect_token(&self, request: Request<pb::IntrospectTokenRequest>) -> Reply<pb::IntrospectTokenResponse> {
-        let answer = self.core.introspect(&request.get_ref().access_token, Utc::now()).await?;
+    async fn introspect_token(
+        &self,
+        request: Request<pb::IntrospectTokenRequest>,
+    ) -> Reply<pb::IntrospectTokenResponse> {
+        let answer = self
+            .core
+            .introspect(&request.get_ref().access_token, Utc::now())
+            .await?;
         Ok(Response::new(match answer {
             Introspection::Inactive => pb::IntrospectTokenResponse::default(),
             Introspection::Active(v) => pb::IntrospectTokenResponse {

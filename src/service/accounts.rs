@@ -39,7 +39,11 @@ impl NewAccount {
         let image_url = optional(&input.image_url, ImageUrl::parse);
         let identifiers = [
             input.email.trim(),
-            username.as_ref().ok().and_then(|u| u.as_ref()).map_or("", Username::as_str),
+            username
+                .as_ref()
+                .ok()
+                .and_then(|u| u.as_ref())
+                .map_or("", Username::as_str),
         ];
         let password = core.policy.parse_new(&input.password, &identifiers);
         let mut violations = Vec::new();
@@ -72,7 +76,11 @@ pub(super) fn note<T>(field: &'static str, parsed: &Result<T, String>, violation
 
 /// Empty input means "not given".
 fn optional<T>(input: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, String> {
-    if input.trim().is_empty() { Ok(None) } else { parse(input).map(Some) }
+    if input.trim().is_empty() {
+        Ok(None)
+    } else {
+        parse(input).map(Some)
+    }
 }
 
 impl Core {

@@ -14,13 +14,24 @@ use crate::error::{AppError, Violation};
 const MAX_LOGIN_LEN: usize = 254;
 
 impl Core {
-    pub async fn login(&self, login: &str, password: &str, now: DateTime<Utc>) -> Result<(TokenPair, UserRecord), AppError> {
+    pub async fn login(
+        &self,
+        login: &str,
+        password: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(TokenPair, UserRecord), AppError> {
         let login = login.trim();
         let mut violations = Vec::new();
         if login.is_empty() {
-            violations.push(Violation::new("login", "is required (an email address or username)"));
+            violations.push(Violation::new(
+                "login",
+                "is required (an email address or username)",
+            ));
         } else if login.len() > MAX_LOGIN_LEN {
-            violations.push(Violation::new("login", format!("must be at most {MAX_LOGIN_LEN} bytes")));
+            violations.push(Violation::new(
+                "login",
+                format!("must be at most {MAX_LOGIN_LEN} bytes"),
+            ));
         }
         let password = Password::normalize(password);
         super::accounts::note("password", &password, &mut violations);
@@ -53,8 +64,13 @@ impl Core {
             Verified::No => return Err(AppError::InvalidCredentials),
             Verified::Yes => {}
             Verified::YesRehashed(new_hash) => {
-                db::users::upgrade_password_hash(&self.db, credentials.user.id, &credentials.password_hash, &new_hash)
-                    .await?;
+                db::users::upgrade_password_hash(
+                    &self.db,
+                    credentials.user.id,
+                    &credentials.password_hash,
+                    &new_hash,
+                )
+                .await?;
             }
         }
         let pair = self.start_session(credentials.user.id, now).await?;
@@ -62,7 +78,11 @@ impl Core {
     }
 
     /// Creates a session with its first refresh token, in one transaction.
-    pub(super) async fn start_session(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<TokenPair, AppError> {
+    pub(super) async fn start_session(
+        &self,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<TokenPair, AppError> {
         let absolute = now + chrono_duration(self.sessions.max_ttl);
         let session = db::sessions::NewSession {
             id: Uuid::new_v4(),
@@ -89,7 +109,10 @@ impl Core {
         refresh_expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<TokenPair, AppError> {
-        let access = self.tokens.issue(user_id, session_id, now).map_err(AppError::Internal)?;
+        let access = self
+            .tokens
+            .issue(user_id, session_id, now)
+            .map_err(AppError::Internal)?;
         Ok(TokenPair {
             access_token: access.token,
             refresh_token: refresh.secret,

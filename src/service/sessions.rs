@@ -74,7 +74,11 @@ impl Core {
 
     /// Whether an access token is active now: valid signature and claims,
     /// and a live session.
-    pub async fn introspect(&self, access_token: &str, now: DateTime<Utc>) -> Result<Introspection, AppError> {
+    pub async fn introspect(
+        &self,
+        access_token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Introspection, AppError> {
         if access_token.trim().is_empty() {
             return Err(AppError::invalid("access_token", "is required"));
         }
@@ -82,7 +86,11 @@ impl Core {
             return Ok(Introspection::Inactive);
         };
         let live = db::sessions::is_live(&self.db, verified.user_id, verified.session_id, now).await?;
-        Ok(if live { Introspection::Active(verified) } else { Introspection::Inactive })
+        Ok(if live {
+            Introspection::Active(verified)
+        } else {
+            Introspection::Inactive
+        })
     }
 
     /// Changes the bearer's password: checks the current one (same rules as
@@ -117,17 +125,31 @@ impl Core {
         let next_hash = next.hash;
 
         let mut tx = self.db.begin().await?;
-        let Some(idle_expires_at) = db::sessions::lock_live(&mut tx, user.id, bearer.session_id, now).await? else {
+        let Some(idle_expires_at) = db::sessions::lock_live(&mut tx, user.id, bearer.session_id, now).await?
+        else {
             return Err(AppError::Token(TokenProblem::SessionRevoked));
         };
         // Compare-and-set on the hash we verified: a concurrent change of the
         // password makes this one fail instead of silently overwriting it.
-        if !db::users::replace_password_hash(&mut *tx, user.id, stored.as_deref().unwrap_or_default(), &new_hash, now)
-            .await?
+        if !db::users::replace_password_hash(
+            &mut *tx,
+            user.id,
+            stored.as_deref().unwrap_or_default(),
+            &new_hash,
+            now,
+        )
+        .await?
         {
             return Err(AppError::InvalidCredentials);
         }
-        db::sessions::revoke_all_for_user(&mut *tx, user.id, Some(bearer.session_id), "password_changed", now).await?;
+        db::sessions::revoke_all_for_user(
+            &mut *tx,
+            user.id,
+            Some(bearer.session_id),
+            "password_changed",
+            now,
+        )
+        .await?;
         db::sessions::delete_refresh_tokens(&mut tx, bearer.session_id).await?;
         db::sessions::insert_refresh_token(&mut tx, &next_hash, bearer.session_id, now).await?;
         let pair = self.pair(user.id, bearer.session_id, next, idle_expires_at, now)?;

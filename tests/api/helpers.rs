@@ -1,0 +1,239 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use authd::config::Config;
+use authd::crypto::password::Argon2Settings;
+use authd::local_pg::{Durability, LocalPostgres};
+use authd::pb::auth::v1::{self as pb, auth_service_client::AuthServiceClient};
+use authd::startup::Application;
+use secrecy::SecretString;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+pub type Client = AuthServiceClient<Channel>;
+
+/// One PostgreSQL cluster per test binary; it stops (and its folder goes)
+/// when the binary exits.
+fn cluster() -> &'static LocalPostgres {
+    static CLUSTER: OnceLock<LocalPostgres> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let root = scratch_dir("cluster");
+        LocalPostgres::start(&root, Durability::Throwaway).expect("starting the test PostgreSQL cluster")
+    })
+}
+
+pub fn scratch_dir(what: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("authd-test-{what}-{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// Cheap argon2 parameters: the suite hashes hundreds of passwords on two
+/// cores. Parameter handling itself is unit-tested with other values.
+pub const TEST_ARGON2: Argon2Settings = Argon2Settings {
+    memory_kib: 4096,
+    iterations: 1,
+    parallelism: 1,
+};
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: Client,
+    pub db: PgPool,
+    pub config: Config,
+    /// PKCS#8 PEM of the signing key, so tests can forge tokens with it.
+    pub signing_pem: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A fresh database on the shared cluster and a server for it.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let database = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
+    pg.ensure_database(&database).await.unwrap();
+    let url = pg.url(&database);
+    spawn_app_on(&url, tweak).await
+}
+
+/// A server on an existing database (a second replica, or another cluster).
+pub async fn spawn_app_on(database_url: &str, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    init_logs();
+    let data_dir = scratch_dir("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let signing_pem = authd::crypto::keys::generate_ed25519_pem().unwrap();
+    let key_path = data_dir.join("signing.pem");
+    std::fs::write(&key_path, &signing_pem).unwrap();
+    let mut config = Config {
+        database_url: Some(SecretString::from(database_url.to_owned())),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir,
+        issuer: "https://authd.test".into(),
+        audience: "test-services".into(),
+        signing_keys: vec![key_path],
+        argon2: TEST_ARGON2,
+        db_max_connections: 5,
+        health_check_interval: Duration::from_millis(200),
+        peer_rate_limit: 0.0,
+        ..Config::default()
+    };
+    tweak(&mut config);
+    let pem_paths = config.signing_keys.clone();
+    let signing_pem = match pem_paths.first() {
+        Some(p) => std::fs::read_to_string(p).unwrap_or(signing_pem),
+        None => signing_pem,
+    };
+    let app = Application::build(config.clone())
+        .await
+        .expect("building the app");
+    let addr = app.local_addr();
+    let db = app.core().db.clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    let client = connect(addr).await;
+    TestApp {
+        addr,
+        client,
+        db,
+        config,
+        signing_pem,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+pub async fn connect(addr: SocketAddr) -> Client {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connecting to the test server");
+    AuthServiceClient::new(channel)
+}
+
+fn init_logs() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            authd::telemetry::init(authd::config::LogFormat::Pretty);
+        }
+    });
+}
+
+impl TestApp {
+    /// Stops the server gracefully and reports how that went.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(handle) => handle.await?,
+            None => Ok(()),
+        }
+    }
+
+    pub async fn register(&self, email: &str, password: &str) -> pb::User {
+        self.client
+            .clone()
+            .register(pb::RegisterRequest {
+                email: email.into(),
+                password: password.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("register")
+            .into_inner()
+            .user
+            .expect("user")
+    }
+
+    pub async fn login(&self, login: &str, password: &str) -> Result<pb::LoginResponse, Status> {
+        self.client
+            .clone()
+            .login(pb::LoginRequest {
+                login: login.into(),
+                password: password.into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Registers a fresh account and logs it in; returns its tokens.
+    pub async fn signed_in_user(&self) -> (pb::User, pb::TokenPair) {
+        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+        let user = self.register(&email, PASSWORD).await;
+        let tokens = self
+            .login(&email, PASSWORD)
+            .await
+            .expect("login")
+            .tokens
+            .expect("tokens");
+        (user, tokens)
+    }
+
+    pub async fn get_me(&self, access_token: &str) -> Result<pb::User, Status> {
+        self.client
+            .clone()
+            .get_me(with_bearer(pb::GetMeRequest {}, access_token))
+            .await
+            .map(|r| r.into_inner().user.expect("user"))
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = std::fs::remove_dir_all(&self.config.data_dir);
+    }
+}
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// The `ErrorInfo.reason` of an error, if it has one.
+pub fn reason(status: &Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+/// Fields named in the error's `BadRequest` details, sorted.
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    let mut fields: Vec<String> = status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default();
+    fields.sort();
+    fields
+}
+
+#[track_caller]
+pub fn assert_error(
+    result: Result<impl std::fmt::Debug, Status>,
+    code: Code,
+    expected_reason: &str,
+) -> Status {
+    let status = result.expect_err("expected an error");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(reason(&status), expected_reason, "{status:?}");
+    status
+}

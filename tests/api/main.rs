@@ -1,0 +1,12 @@
+//! The integration suite: one binary, a real PostgreSQL cluster started once
+//! for it, a fresh database and a real server on a real socket per test, and
+//! the generated tonic client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod health;
+mod login;
+mod register;
+mod tokens;
