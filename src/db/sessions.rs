@@ -123,7 +123,8 @@ pub struct RotatedSession {
 
 /// Consumes a refresh token of a live session and slides the session's idle
 /// expiry (never past its absolute one), atomically: of two concurrent calls
-/// with one token, exactly one gets `Some`.
+/// with one token, exactly one gets `Some`. On `None` the caller must roll
+/// back: a session revoked concurrently can leave the token consumed here.
 pub async fn consume_refresh_token(
     tx: &mut PgConnection,
     hash: &TokenHash,
@@ -132,9 +133,11 @@ pub async fn consume_refresh_token(
 ) -> Result<Option<RotatedSession>, AppError> {
     let sql = format!(
         "WITH consumed AS (
-             UPDATE refresh_tokens SET consumed_at = $3
-             WHERE token_hash = $1 AND consumed_at IS NULL
-             RETURNING session_id)
+             UPDATE refresh_tokens rt SET consumed_at = $3
+               FROM sessions s
+              WHERE rt.token_hash = $1 AND rt.consumed_at IS NULL
+                AND s.id = rt.session_id AND {live}
+             RETURNING rt.session_id)
          UPDATE sessions s
             SET last_used_at = $3,
                 idle_expires_at = LEAST($3 + $2, s.absolute_expires_at)

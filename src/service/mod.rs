@@ -49,7 +49,10 @@ fn chrono_duration(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
-/// Seconds from `now` until `then`, never negative.
+/// Time from `now` until `then` in whole seconds, rounded to the nearest
+/// (the database keeps microseconds, so exact lifetimes come back a hair
+/// short), never negative.
 fn seconds_until(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
-    (then - now).to_std().unwrap_or(Duration::ZERO)
+    let millis = (then - now).num_milliseconds().max(0);
+    Duration::from_secs(u64::try_from((millis + 500) / 1000).unwrap_or(0))
 }

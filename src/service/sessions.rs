@@ -41,6 +41,8 @@ impl Core {
             tx.commit().await?;
             return Ok(pair);
         }
+        tx.rollback().await?;
+        let mut tx = self.db.begin().await?;
         let Some(state) = db::sessions::refresh_token_state(&mut tx, &hash, now).await? else {
             return Err(AppError::InvalidRefreshToken);
         };

@@ -9,4 +9,5 @@ mod helpers;
 mod health;
 mod login;
 mod register;
+mod sessions;
 mod tokens;

@@ -1,0 +1,388 @@
+use std::time::Duration;
+
+use authd::pb::auth::v1 as pb;
+use secrecy::ExposeSecret;
+use tonic::Code;
+
+use crate::helpers::*;
+use crate::register::futures_join_all;
+
+async fn refresh(app: &TestApp, token: &str) -> Result<pb::TokenPair, tonic::Status> {
+    app.client
+        .clone()
+        .refresh(pb::RefreshRequest {
+            refresh_token: token.into(),
+        })
+        .await
+        .map(|r| r.into_inner().tokens.expect("tokens"))
+}
+
+async fn logout(app: &TestApp, token: &str) -> Result<(), tonic::Status> {
+    app.client
+        .clone()
+        .logout(pb::LogoutRequest {
+            refresh_token: token.into(),
+        })
+        .await
+        .map(drop)
+}
+
+async fn change_password(
+    app: &TestApp,
+    access: &str,
+    current: &str,
+    new: &str,
+) -> Result<pb::TokenPair, tonic::Status> {
+    app.client
+        .clone()
+        .change_password(with_bearer(
+            pb::ChangePasswordRequest {
+                current_password: current.into(),
+                new_password: new.into(),
+            },
+            access,
+        ))
+        .await
+        .map(|r| r.into_inner().tokens.expect("tokens"))
+}
+
+async fn introspect(app: &TestApp, access: &str) -> bool {
+    app.client
+        .clone()
+        .introspect_token(pb::IntrospectTokenRequest {
+            access_token: access.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .active
+}
+
+#[tokio::test]
+async fn a_chain_of_twenty_rotations_and_the_replay_of_any_earlier_token() {
+    let app = spawn_app().await;
+    let (user, first) = app.signed_in_user().await;
+    let mut chain = vec![first];
+    for _ in 0..20 {
+        let last = chain.last().unwrap();
+        let next = refresh(&app, &last.refresh_token).await.unwrap();
+        assert_ne!(next.refresh_token, last.refresh_token, "rotated");
+        assert_eq!(next.token_type, "Bearer");
+        assert_eq!(app.get_me(&next.access_token).await.unwrap().id, user.id);
+        chain.push(next);
+    }
+    let latest = chain.pop().unwrap();
+    // Every consumed token is a replay: the first one ends the session,
+    // and every later one is still recognised as reuse.
+    for earlier in &chain {
+        assert_error(
+            refresh(&app, &earlier.refresh_token).await,
+            Code::Unauthenticated,
+            "REFRESH_TOKEN_REUSED",
+        );
+    }
+    assert!(
+        refresh(&app, &latest.refresh_token).await.is_err(),
+        "the family is dead"
+    );
+    assert_error(
+        app.get_me(&latest.access_token).await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+    );
+    assert!(!introspect(&app, &latest.access_token).await);
+}
+
+#[tokio::test]
+async fn replaying_a_middle_token_ends_the_session_for_its_legitimate_holder_too() {
+    let app = spawn_app().await;
+    let (_, t0) = app.signed_in_user().await;
+    let t1 = refresh(&app, &t0.refresh_token).await.unwrap();
+    let t2 = refresh(&app, &t1.refresh_token).await.unwrap();
+    // An attacker replays t1.
+    assert_error(
+        refresh(&app, &t1.refresh_token).await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_REUSED",
+    );
+    // The victim's current pair is dead as well.
+    assert!(refresh(&app, &t2.refresh_token).await.is_err());
+    assert_error(
+        app.get_me(&t2.access_token).await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+    );
+    // Other sessions of the same user are untouched.
+    let (_, other) = app.signed_in_user().await;
+    app.get_me(&other.access_token).await.unwrap();
+}
+
+#[tokio::test]
+async fn of_twenty_concurrent_refreshes_with_one_token_exactly_one_wins() {
+    let app = spawn_app().await;
+    let (_, tokens) = app.signed_in_user().await;
+    let attempts = (0..20).map(|_| {
+        let mut client = app.client.clone();
+        let token = tokens.refresh_token.clone();
+        async move { client.refresh(pb::RefreshRequest { refresh_token: token }).await }
+    });
+    let results = futures_join_all(attempts).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+    for r in results.into_iter().filter(Result::is_err) {
+        let status = r.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+}
+
+#[tokio::test]
+async fn refresh_slides_the_idle_expiry() {
+    let app = spawn_app().await;
+    let (_, tokens) = app.signed_in_user().await;
+    let next = refresh(&app, &tokens.refresh_token).await.unwrap();
+    assert_eq!(next.expires_in, 900);
+    assert_eq!(next.refresh_expires_in, 7 * 86_400);
+}
+
+#[tokio::test]
+async fn a_session_idle_for_longer_than_its_idle_lifetime_is_over() {
+    let app = spawn_app_with(|c| c.session_idle_ttl = Duration::from_secs(1)).await;
+    let (_, tokens) = app.signed_in_user().await;
+    assert_eq!(tokens.refresh_expires_in, 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_error(
+        refresh(&app, &tokens.refresh_token).await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_INVALID",
+    );
+    assert_error(
+        app.get_me(&tokens.access_token).await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+    );
+}
+
+#[tokio::test]
+async fn refreshing_never_extends_a_session_past_its_absolute_lifetime() {
+    let app = spawn_app_with(|c| {
+        c.session_idle_ttl = Duration::from_secs(2);
+        c.session_max_ttl = Duration::from_secs(2);
+    })
+    .await;
+    let (_, tokens) = app.signed_in_user().await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let next = refresh(&app, &tokens.refresh_token).await.unwrap();
+    assert!(
+        next.refresh_expires_in <= 1,
+        "capped by the absolute expiry: {}",
+        next.refresh_expires_in
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // Only ~1.3 s idle, but 2.3 s old.
+    assert_error(
+        refresh(&app, &next.refresh_token).await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_INVALID",
+    );
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_at_once_and_is_repeatable() {
+    let app = spawn_app().await;
+    let (_, tokens) = app.signed_in_user().await;
+    logout(&app, &tokens.refresh_token).await.unwrap();
+    assert_error(
+        app.get_me(&tokens.access_token).await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+    );
+    assert!(!introspect(&app, &tokens.access_token).await);
+    assert!(
+        refresh(&app, &tokens.refresh_token).await.is_err(),
+        "refresh after logout"
+    );
+    logout(&app, &tokens.refresh_token).await.unwrap();
+}
+
+#[tokio::test]
+async fn logout_with_garbage_says_nothing_more() {
+    let app = spawn_app().await;
+    for garbage in [
+        "rt_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "nonsense",
+        "eyJ.eyJ.sig",
+    ] {
+        assert_error(
+            logout(&app, garbage).await,
+            Code::Unauthenticated,
+            "REFRESH_TOKEN_INVALID",
+        );
+    }
+    let status = logout(&app, "").await.unwrap_err();
+    assert_eq!(violated_fields(&status), ["refresh_token"]);
+}
+
+#[tokio::test]
+async fn an_access_token_is_not_a_refresh_token() {
+    let app = spawn_app().await;
+    let (_, tokens) = app.signed_in_user().await;
+    assert_error(
+        refresh(&app, &tokens.access_token).await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_INVALID",
+    );
+}
+
+#[tokio::test]
+async fn within_the_grace_window_a_replay_of_the_previous_token_keeps_the_session() {
+    let app = spawn_app_with(|c| c.refresh_reuse_grace = Duration::from_secs(30)).await;
+    let (_, t0) = app.signed_in_user().await;
+    let t1 = refresh(&app, &t0.refresh_token).await.unwrap();
+    assert_error(
+        refresh(&app, &t0.refresh_token).await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_REUSED",
+    );
+    let t2 = refresh(&app, &t1.refresh_token)
+        .await
+        .expect("session survived the benign replay");
+    // Two generations back is never benign.
+    assert_error(
+        refresh(&app, &t0.refresh_token).await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_REUSED",
+    );
+    assert!(refresh(&app, &t2.refresh_token).await.is_err());
+}
+
+#[tokio::test]
+async fn change_password_with_a_wrong_current_password_changes_nothing() {
+    let app = spawn_app().await;
+    let (user, tokens) = app.signed_in_user().await;
+    let (_, other) = {
+        let t = app.login(&user.email, PASSWORD).await.unwrap();
+        (t.user, t.tokens.unwrap())
+    };
+    let hash_before: String = sqlx::query_scalar("SELECT password_hash FROM users")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let result = change_password(
+        &app,
+        &tokens.access_token,
+        "not my password",
+        "a brand new passphrase",
+    )
+    .await;
+    assert_error(result, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    let hash_after: String = sqlx::query_scalar("SELECT password_hash FROM users")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(hash_before, hash_after);
+    app.get_me(&other.access_token).await.unwrap();
+    refresh(&app, &tokens.refresh_token).await.unwrap();
+    app.login(&user.email, PASSWORD).await.unwrap();
+}
+
+#[tokio::test]
+async fn change_password_ends_other_sessions_and_renews_this_one() {
+    let app = spawn_app().await;
+    let (user, this) = app.signed_in_user().await;
+    let other = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+    let new_password = "a brand new passphrase";
+    let renewed = change_password(&app, &this.access_token, PASSWORD, new_password)
+        .await
+        .unwrap();
+
+    assert_error(
+        app.get_me(&other.access_token).await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+    );
+    assert!(refresh(&app, &other.refresh_token).await.is_err());
+    // This session lives on with the new pair; its old refresh token is dead.
+    app.get_me(&renewed.access_token).await.unwrap();
+    app.get_me(&this.access_token).await.unwrap();
+    assert!(refresh(&app, &this.refresh_token).await.is_err());
+    refresh(&app, &renewed.refresh_token).await.unwrap();
+    assert_error(
+        app.login(&user.email, PASSWORD).await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
+    app.login(&user.email, new_password).await.unwrap();
+}
+
+#[tokio::test]
+async fn change_password_applies_the_policy_and_needs_a_live_session() {
+    let app = spawn_app().await;
+    let (_, tokens) = app.signed_in_user().await;
+    let status = change_password(&app, &tokens.access_token, "", "short")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&status), ["current_password", "new_password"]);
+    logout(&app, &tokens.refresh_token).await.unwrap();
+    let result = change_password(&app, &tokens.access_token, PASSWORD, "a brand new passphrase").await;
+    assert_error(result, Code::Unauthenticated, "SESSION_REVOKED");
+    let result = app
+        .client
+        .clone()
+        .change_password(pb::ChangePasswordRequest::default())
+        .await;
+    assert_error(result, Code::Unauthenticated, "TOKEN_MISSING");
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_database_share_every_session() {
+    let a = spawn_app().await;
+    let url = a.config.database_url.as_ref().unwrap().expose_secret().to_owned();
+    let keys = a.config.signing_keys.clone();
+    let b = spawn_app_on(&url, |c| c.signing_keys = keys).await;
+
+    let (user, tokens) = a.signed_in_user().await;
+    assert_eq!(
+        b.get_me(&tokens.access_token).await.unwrap().id,
+        user.id,
+        "A's token works at B"
+    );
+
+    let rotated_at_a = refresh(&a, &tokens.refresh_token).await.unwrap();
+    assert_error(
+        refresh(&b, &tokens.refresh_token).await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_REUSED",
+    );
+    assert_error(
+        b.get_me(&rotated_at_a.access_token).await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+    );
+
+    let second = b.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+    logout(&a, &second.refresh_token).await.unwrap();
+    assert_error(
+        b.get_me(&second.access_token).await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+    );
+}
+
+#[tokio::test]
+async fn clean_up_deletes_long_dead_sessions_only() {
+    let app = spawn_app().await;
+    let (_, ended) = app.signed_in_user().await;
+    let (_, live) = app.signed_in_user().await;
+    logout(&app, &ended.refresh_token).await.unwrap();
+    let later = chrono::Utc::now() + chrono::Duration::days(2);
+    let deleted = authd::db::sessions::delete_dead(&app.db, later, chrono::Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    app.get_me(&live.access_token).await.unwrap();
+    let tokens: i64 = sqlx::query_scalar("SELECT count(*) FROM refresh_tokens")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(tokens, 1, "the ended session's tokens went with it");
+}
