@@ -41,6 +41,9 @@ pub struct Config {
     pub hash_workers: usize,
     pub password_min_length: usize,
     pub peer_rate_limit: f64,
+    /// Header set by a trusted gateway carrying the client address (its last
+    /// entry is used), e.g. `x-forwarded-for`. Unset: the TCP peer.
+    pub trusted_proxy_header: Option<http::header::HeaderName>,
     pub db_max_connections: u32,
     pub health_check_interval: Duration,
     pub shutdown_drain: Duration,
@@ -73,6 +76,7 @@ impl Default for Config {
             hash_workers: cores,
             password_min_length: 8,
             peer_rate_limit: 20.0,
+            trusted_proxy_header: None,
             db_max_connections: (cores as u32 * 4).clamp(8, 32),
             health_check_interval: Duration::from_secs(2),
             shutdown_drain: Duration::from_secs(10),
@@ -196,6 +200,14 @@ impl Config {
         });
         field("AUTHD_PEER_RATE_LIMIT", &mut |v| {
             parse_into(v, &mut c.peer_rate_limit)
+        });
+        field("AUTHD_TRUSTED_PROXY_HEADER", &mut |v| {
+            c.trusted_proxy_header = Some(
+                v.to_ascii_lowercase()
+                    .parse()
+                    .map_err(|_| "not a header name".to_owned())?,
+            );
+            Ok(())
         });
         field("AUTHD_DB_MAX_CONNECTIONS", &mut |v| {
             parse_into(v, &mut c.db_max_connections)

@@ -26,6 +26,7 @@ use crate::db;
 use crate::domain::PasswordPolicy;
 use crate::grpc::AuthApi;
 use crate::grpc::auth_layer::BearerAuthLayer;
+use crate::grpc::rate_limit::PeerRateLimitLayer;
 use crate::local_pg::{Durability, LocalPostgres};
 use crate::pb;
 use crate::pb::auth::v1::auth_service_server::AuthServiceServer;
@@ -91,6 +92,7 @@ impl Application {
             config.access_token_ttl,
         )?;
         let hasher = PasswordHasher::new(config.argon2, config.hash_workers)?;
+        hasher.run(PasswordPolicy::warm_up).await?;
         let core = Core {
             db: pool.clone(),
             hasher,
@@ -140,6 +142,10 @@ impl Application {
             server = server.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
         }
         let router = server
+            .layer(PeerRateLimitLayer::new(
+                config.peer_rate_limit,
+                config.trusted_proxy_header.clone(),
+            ))
             .layer(BearerAuthLayer::new(tokens))
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -262,15 +268,20 @@ async fn monitor_database(pool: PgPool, health: HealthReporter, every: Duration)
     }
 }
 
-/// Deletes sessions that ended more than a day ago, every ten minutes.
+/// Deletes sessions that ended more than a day ago and stale throttle
+/// counters, every ten minutes.
 async fn clean_up_periodically(pool: PgPool) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
     loop {
         tick.tick().await;
-        match db::sessions::delete_dead(&pool, chrono::Utc::now(), chrono::Duration::days(1)).await {
+        let now = chrono::Utc::now();
+        match db::sessions::delete_dead(&pool, now, chrono::Duration::days(1)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "removed ended sessions"),
             Err(e) => tracing::warn!(error = %e, "session clean-up failed"),
+        }
+        if let Err(e) = db::throttle::delete_stale(&pool, now).await {
+            tracing::warn!(error = %e, "throttle clean-up failed");
         }
     }
 }

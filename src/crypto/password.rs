@@ -110,7 +110,12 @@ impl PasswordHasher {
         .await?
     }
 
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, AppError> {
+    /// Runs CPU-heavy work (hashing, password strength estimation) on the
+    /// bounded blocking pool, never on the async executor.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AppError> {
         let _permit = self.inner.permits.acquire().await.map_err(AppError::internal)?;
         tokio::task::spawn_blocking(work)
             .await

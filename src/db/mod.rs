@@ -1,6 +1,7 @@
 //! PostgreSQL access: the pool, migrations and one module per table group.
 
 pub mod sessions;
+pub mod throttle;
 pub mod users;
 
 use std::time::Duration;

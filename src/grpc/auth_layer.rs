@@ -78,7 +78,7 @@ pub struct BearerAuth<S> {
     tokens: AccessTokens,
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+pub(crate) type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 impl<S, B> Service<Request<B>> for BearerAuth<S>
 where

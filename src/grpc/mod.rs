@@ -4,5 +4,6 @@
 pub mod auth_layer;
 mod convert;
 mod handlers;
+pub mod rate_limit;
 
 pub use handlers::AuthApi;

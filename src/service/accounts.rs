@@ -31,21 +31,12 @@ struct NewAccount {
 
 impl NewAccount {
     /// Parses every field and reports every bad one, not just the first.
-    fn parse(input: &RegisterInput, core: &Core) -> Result<Self, AppError> {
+    fn parse(input: &RegisterInput, password: Result<Password, String>) -> Result<Self, AppError> {
         let email = Email::parse(&input.email);
         let username = optional(&input.username, Username::parse);
         let full_name = FullName::parse(&input.full_name);
         let phone = optional(&input.phone, Phone::parse);
         let image_url = optional(&input.image_url, ImageUrl::parse);
-        let identifiers = [
-            input.email.trim(),
-            username
-                .as_ref()
-                .ok()
-                .and_then(|u| u.as_ref())
-                .map_or("", Username::as_str),
-        ];
-        let password = core.policy.parse_new(&input.password, &identifiers);
         let mut violations = Vec::new();
         note("email", &email, &mut violations);
         note("password", &password, &mut violations);
@@ -85,7 +76,9 @@ fn optional<T>(input: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result
 
 impl Core {
     pub async fn register(&self, input: RegisterInput, now: DateTime<Utc>) -> Result<UserRecord, AppError> {
-        let account = NewAccount::parse(&input, self)?;
+        let identifiers = [input.email.trim(), input.username.trim()];
+        let password = self.check_new_password(&input.password, &identifiers).await?;
+        let account = NewAccount::parse(&input, password)?;
         let hash = self.hasher.hash(&account.password).await?;
         db::users::insert(
             &self.db,

@@ -6,12 +6,19 @@ use uuid::Uuid;
 use super::{Core, TokenPair, chrono_duration, seconds_until};
 use crate::crypto::opaque::{NewToken, TokenKind};
 use crate::crypto::password::Verified;
+use crate::db::throttle::Backoff;
 use crate::db::{self, users::LoginKey, users::UserRecord};
 use crate::domain::{Email, Password, Username};
 use crate::error::{AppError, Violation};
 
 /// Longest login string worth looking up (an email's maximum).
 const MAX_LOGIN_LEN: usize = 254;
+
+/// The throttle counter of an account's password checks (Login and
+/// ChangePassword share it).
+pub(super) fn throttle_key_for_user(user_id: Uuid) -> String {
+    format!("user:{user_id}")
+}
 
 impl Core {
     pub async fn login(
@@ -55,6 +62,15 @@ impl Core {
                 Err(_) => None,
             }
         };
+        // Known and unknown accounts are throttled alike, so a throttled
+        // answer does not tell them apart either.
+        let throttle_key = match &credentials {
+            Some(c) => throttle_key_for_user(c.user.id),
+            None => format!("login:{}", login.to_lowercase()),
+        };
+        if let Some(wait) = db::throttle::charge(&self.db, &throttle_key, &Backoff::LOGIN, now).await? {
+            return Err(AppError::Throttled(wait));
+        }
         let stored = credentials.as_ref().map(|c| c.password_hash.as_str());
         let verified = self.hasher.verify(&password, stored).await?;
         let Some(credentials) = credentials else {
@@ -73,6 +89,7 @@ impl Core {
                 .await?;
             }
         }
+        db::throttle::forgive(&self.db, &throttle_key).await?;
         let pair = self.start_session(credentials.user.id, now).await?;
         Ok((pair, credentials.user))
     }

@@ -13,7 +13,8 @@ use sqlx::PgPool;
 
 use crate::crypto::jwt::AccessTokens;
 use crate::crypto::password::PasswordHasher;
-use crate::domain::PasswordPolicy;
+use crate::domain::{Password, PasswordPolicy};
+use crate::error::AppError;
 
 pub use accounts::RegisterInput;
 pub use sessions::Introspection;
@@ -42,6 +43,26 @@ pub struct Core {
     pub tokens: AccessTokens,
     pub policy: PasswordPolicy,
     pub sessions: SessionSettings,
+}
+
+impl Core {
+    /// Applies the password policy on the blocking pool: its strength
+    /// estimate costs milliseconds of CPU on long inputs.
+    pub async fn check_new_password(
+        &self,
+        input: &str,
+        identifiers: &[&str],
+    ) -> Result<Result<Password, String>, AppError> {
+        let policy = self.policy.clone();
+        let input = input.to_owned();
+        let identifiers: Vec<String> = identifiers.iter().map(|s| (*s).to_owned()).collect();
+        self.hasher
+            .run(move || {
+                let ids: Vec<&str> = identifiers.iter().map(String::as_str).collect();
+                policy.parse_new(&input, &ids)
+            })
+            .await
+    }
 }
 
 /// `chrono::Duration` from a configured `std::time::Duration`, saturating.

@@ -8,6 +8,7 @@ use crate::crypto::jwt::VerifiedAccess;
 use crate::crypto::opaque::{self, NewToken, TokenKind};
 use crate::crypto::password::Verified;
 use crate::db;
+use crate::db::throttle::Backoff;
 use crate::domain::Password;
 use crate::error::{AppError, TokenProblem, Violation};
 
@@ -110,7 +111,7 @@ impl Core {
             .await?
             .ok_or(AppError::Token(TokenProblem::SessionRevoked))?;
         let identifiers = [user.email.as_str(), user.username.as_deref().unwrap_or_default()];
-        let new = self.policy.parse_new(new, &identifiers);
+        let new = self.check_new_password(new, &identifiers).await?;
         let mut violations: Vec<Violation> = Vec::new();
         super::accounts::note("current_password", &current, &mut violations);
         super::accounts::note("new_password", &new, &mut violations);
@@ -118,10 +119,15 @@ impl Core {
             return Err(AppError::Validation(violations));
         };
 
+        let throttle_key = super::login::throttle_key_for_user(user.id);
+        if let Some(wait) = db::throttle::charge(&self.db, &throttle_key, &Backoff::LOGIN, now).await? {
+            return Err(AppError::Throttled(wait));
+        }
         let stored = db::users::password_hash(&self.db, user.id).await?;
         if self.hasher.verify(&current, stored.as_deref()).await? == Verified::No {
             return Err(AppError::InvalidCredentials);
         }
+        db::throttle::forgive(&self.db, &throttle_key).await?;
         let new_hash = self.hasher.hash(&new).await?;
         let next = NewToken::generate(TokenKind::Refresh).map_err(AppError::internal)?;
         let next_hash = next.hash;

@@ -10,4 +10,5 @@ mod health;
 mod login;
 mod register;
 mod sessions;
+mod throttling;
 mod tokens;

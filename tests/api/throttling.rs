@@ -1,0 +1,220 @@
+use std::time::Duration;
+
+use authd::pb::auth::v1 as pb;
+use secrecy::ExposeSecret;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+use crate::helpers::*;
+
+/// The retry delay of a throttled answer.
+fn retry_delay(status: &Status) -> Duration {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    status
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo with a delay")
+}
+
+async fn fail_login(app: &TestApp, login: &str) -> Status {
+    app.login(login, "definitely wrong").await.unwrap_err()
+}
+
+#[tokio::test]
+async fn failed_logins_back_off_after_five_free_attempts() {
+    let app = spawn_app().await;
+    let user = app.register("frank@example.com", PASSWORD).await;
+    for _ in 0..6 {
+        assert_eq!(
+            reason(&fail_login(&app, &user.email).await),
+            "INVALID_CREDENTIALS"
+        );
+    }
+    let status = fail_login(&app, &user.email).await;
+    let delay = retry_delay(&status);
+    assert!(
+        delay <= Duration::from_secs(1) && delay > Duration::ZERO,
+        "{delay:?}"
+    );
+    assert_eq!(reason(&status), "THROTTLED");
+    // While throttled even the right password is not evaluated: no oracle.
+    assert_eq!(
+        app.login(&user.email, PASSWORD).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+    tokio::time::sleep(delay + Duration::from_millis(100)).await;
+    app.login(&user.email, PASSWORD)
+        .await
+        .expect("allowed again after the delay");
+}
+
+#[tokio::test]
+async fn unknown_accounts_are_throttled_exactly_like_known_ones() {
+    let app = spawn_app().await;
+    app.register("gina@example.com", PASSWORD).await;
+    let mut known = Vec::new();
+    let mut unknown = Vec::new();
+    for _ in 0..8 {
+        known.push(fail_login(&app, "gina@example.com").await);
+        unknown.push(fail_login(&app, "ghost@example.com").await);
+    }
+    for (k, u) in known.iter().zip(&unknown) {
+        assert_eq!(k.code(), u.code());
+        assert_eq!(reason(k), reason(u));
+        assert_eq!(
+            k.get_details_retry_info().is_some(),
+            u.get_details_retry_info().is_some()
+        );
+    }
+    assert_eq!(known.last().unwrap().code(), Code::ResourceExhausted);
+}
+
+#[tokio::test]
+async fn a_successful_login_resets_the_count() {
+    let app = spawn_app().await;
+    let user = app.register("hank@example.com", PASSWORD).await;
+    for _ in 0..4 {
+        fail_login(&app, &user.email).await;
+    }
+    app.login(&user.email, PASSWORD).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            reason(&fail_login(&app, &user.email).await),
+            "INVALID_CREDENTIALS"
+        );
+    }
+}
+
+#[tokio::test]
+async fn email_and_username_share_the_account_counter() {
+    let app = spawn_app().await;
+    app.client
+        .clone()
+        .register(pb::RegisterRequest {
+            email: "ivy@example.com".into(),
+            password: PASSWORD.into(),
+            username: "ivy".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for i in 0..6 {
+        fail_login(&app, if i % 2 == 0 { "ivy" } else { "IVY@example.com" }).await;
+    }
+    assert_eq!(fail_login(&app, "ivy").await.code(), Code::ResourceExhausted);
+}
+
+#[tokio::test]
+async fn concurrent_guesses_cannot_outrun_the_counter() {
+    let app = spawn_app().await;
+    app.register("jill@example.com", PASSWORD).await;
+    let attempts = (0..20).map(|_| {
+        let mut client = app.client.clone();
+        async move {
+            client
+                .login(pb::LoginRequest {
+                    login: "jill@example.com".into(),
+                    password: "wrong guess".into(),
+                })
+                .await
+        }
+    });
+    let results = crate::register::futures_join_all(attempts).await;
+    let evaluated = results
+        .iter()
+        .filter(|r| matches!(r, Err(s) if s.code() == Code::Unauthenticated))
+        .count();
+    assert!(evaluated <= 6, "{evaluated} guesses were evaluated");
+}
+
+#[tokio::test]
+async fn the_throttle_holds_across_replicas() {
+    let a = spawn_app().await;
+    let url = a.config.database_url.as_ref().unwrap().expose_secret().to_owned();
+    let b = spawn_app_on(&url, |_| {}).await;
+    a.register("kim@example.com", PASSWORD).await;
+    for _ in 0..6 {
+        fail_login(&a, "kim@example.com").await;
+    }
+    assert_eq!(
+        fail_login(&b, "kim@example.com").await.code(),
+        Code::ResourceExhausted
+    );
+}
+
+#[tokio::test]
+async fn change_password_guesses_count_against_the_account() {
+    let app = spawn_app().await;
+    let (_, tokens) = app.signed_in_user().await;
+    let attempt = |current: &'static str| {
+        let mut client = app.client.clone();
+        let access = tokens.access_token.clone();
+        async move {
+            client
+                .change_password(with_bearer(
+                    pb::ChangePasswordRequest {
+                        current_password: current.into(),
+                        new_password: "a brand new passphrase".into(),
+                    },
+                    &access,
+                ))
+                .await
+        }
+    };
+    for _ in 0..6 {
+        assert_error(
+            attempt("wrong guess").await,
+            Code::Unauthenticated,
+            "INVALID_CREDENTIALS",
+        );
+    }
+    let status = attempt("wrong guess").await.unwrap_err();
+    retry_delay(&status);
+}
+
+#[tokio::test]
+async fn the_peer_limit_guards_password_rpcs_only() {
+    let app = spawn_app_with(|c| c.peer_rate_limit = 2.0).await;
+    let (_, tokens) = app.signed_in_user().await; // two calls: Register and Login
+    let status = app.login("someone@example.com", PASSWORD).await.unwrap_err();
+    let delay = retry_delay(&status);
+    assert!(delay <= Duration::from_millis(500), "{delay:?}");
+    // The token RPCs of internal callers are never limited per peer.
+    for _ in 0..30 {
+        app.get_me(&tokens.access_token).await.unwrap();
+        app.client
+            .clone()
+            .introspect_token(pb::IntrospectTokenRequest {
+                access_token: tokens.access_token.clone(),
+            })
+            .await
+            .unwrap();
+        app.client.clone().get_jwks(pb::GetJwksRequest {}).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_client_address_has_its_own_budget() {
+    let app = spawn_app_with(|c| {
+        c.peer_rate_limit = 1.0;
+        c.trusted_proxy_header = Some(http::header::HeaderName::from_static("x-forwarded-for"));
+    })
+    .await;
+    let login_from = |client_ip: &'static str| {
+        let mut client = app.client.clone();
+        async move {
+            let mut request = tonic::Request::new(pb::LoginRequest {
+                login: "nobody@example.com".into(),
+                password: "whatever it is".into(),
+            });
+            request.metadata_mut().insert(
+                "x-forwarded-for",
+                format!("10.9.9.9, {client_ip}").parse().unwrap(),
+            );
+            client.login(request).await.unwrap_err().code()
+        }
+    };
+    assert_eq!(login_from("198.51.100.1").await, Code::Unauthenticated);
+    assert_eq!(login_from("198.51.100.1").await, Code::ResourceExhausted);
+    assert_eq!(login_from("198.51.100.2").await, Code::Unauthenticated);
+}
