@@ -26,6 +26,7 @@ use crate::db;
 use crate::domain::PasswordPolicy;
 use crate::grpc::AuthApi;
 use crate::grpc::auth_layer::BearerAuthLayer;
+use crate::grpc::observe::ObserveLayer;
 use crate::grpc::rate_limit::PeerRateLimitLayer;
 use crate::local_pg::{Durability, LocalPostgres};
 use crate::pb;
@@ -69,6 +70,7 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Database> {
 
 pub struct Application {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     core: Core,
     serve: ServeFuture,
     stop_serving: oneshot::Sender<()>,
@@ -141,7 +143,9 @@ impl Application {
             let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
             server = server.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
         }
+        let metrics = crate::metrics::Metrics::default();
         let router = server
+            .layer(ObserveLayer::new(metrics.clone()))
             .layer(PeerRateLimitLayer::new(
                 config.peer_rate_limit,
                 config.trusted_proxy_header.clone(),
@@ -164,7 +168,7 @@ impl Application {
             let _ = stopped.await;
         }));
 
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(monitor_database(
                 pool.clone(),
                 health.clone(),
@@ -172,8 +176,18 @@ impl Application {
             )),
             tokio::spawn(clean_up_periodically(pool.clone())),
         ];
+        let mut metrics_addr = None;
+        if let Some(addr) = config.metrics_listen {
+            let listener = crate::metrics::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics listener {addr}"))?;
+            metrics_addr = Some(listener.local_addr()?);
+            tracing::info!(addr = ?metrics_addr, "Prometheus metrics at /metrics");
+            background.push(tokio::spawn(crate::metrics::serve(listener, metrics)));
+        }
         Ok(Self {
             local_addr,
+            metrics_addr,
             core,
             serve,
             stop_serving,
@@ -186,6 +200,10 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn core(&self) -> &Core {

@@ -4,6 +4,7 @@
 pub mod auth_layer;
 mod convert;
 mod handlers;
+pub mod observe;
 pub mod rate_limit;
 
 pub use handlers::AuthApi;

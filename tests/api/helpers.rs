@@ -41,6 +41,7 @@ pub const TEST_ARGON2: Argon2Settings = Argon2Settings {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     pub client: Client,
     pub db: PgPool,
     pub config: Config,
@@ -94,6 +95,7 @@ pub async fn spawn_app_on(database_url: &str, tweak: impl FnOnce(&mut Config)) -
         .await
         .expect("building the app");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let db = app.core().db.clone();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
@@ -102,6 +104,7 @@ pub async fn spawn_app_on(database_url: &str, tweak: impl FnOnce(&mut Config)) -
     let client = connect(addr).await;
     TestApp {
         addr,
+        metrics_addr,
         client,
         db,
         config,
