@@ -10,5 +10,6 @@ pub mod local_pg;
 pub mod metrics;
 pub mod pb;
 pub mod service;
+pub mod session_cache;
 pub mod startup;
 pub mod telemetry;

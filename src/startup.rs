@@ -32,6 +32,7 @@ use crate::local_pg::{Durability, LocalPostgres};
 use crate::pb;
 use crate::pb::auth::v1::auth_service_server::AuthServiceServer;
 use crate::service::{Core, SessionSettings};
+use crate::session_cache::SessionCache;
 
 /// Largest request authd decodes; its messages are a few hundred bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -107,6 +108,7 @@ impl Application {
                 max_ttl: config.session_max_ttl,
                 reuse_grace: config.refresh_reuse_grace,
             },
+            cache: SessionCache::default(),
         };
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -175,6 +177,7 @@ impl Application {
                 config.health_check_interval,
             )),
             tokio::spawn(clean_up_periodically(pool.clone())),
+            tokio::spawn(core.cache.clone().follow_changes(pool.clone())),
         ];
         let mut metrics_addr = None;
         if let Some(addr) = config.metrics_listen {

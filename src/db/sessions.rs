@@ -55,42 +55,32 @@ pub async fn insert_refresh_token(
     Ok(())
 }
 
+/// An account with the time its session stops being live (unless extended).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LiveSession {
+    #[sqlx(flatten)]
+    pub user: UserRecord,
+    pub live_until: DateTime<Utc>,
+}
+
 /// The account behind a live session, in one round trip (GetMe).
 pub async fn live_user<'e>(
     db: impl PgExecutor<'e>,
     user_id: Uuid,
     session_id: Uuid,
     now: DateTime<Utc>,
-) -> Result<Option<UserRecord>, AppError> {
+) -> Result<Option<LiveSession>, AppError> {
     let sql = format!(
-        "SELECT {USER_COLUMNS} FROM sessions s JOIN users u ON u.id = s.user_id
-         WHERE s.user_id = $1 AND s.id = $2 AND {live}",
+        "SELECT {USER_COLUMNS}, LEAST(s.idle_expires_at, s.absolute_expires_at) AS live_until
+           FROM sessions s JOIN users u ON u.id = s.user_id
+          WHERE s.user_id = $1 AND s.id = $2 AND {live}",
         live = live("$3")
     );
-    Ok(sqlx::query_as::<_, UserRecord>(&sql)
+    Ok(sqlx::query_as::<_, LiveSession>(&sql)
         .bind(user_id)
         .bind(session_id)
         .bind(now)
         .fetch_optional(db)
-        .await?)
-}
-
-/// Whether the session exists, belongs to the user and is live.
-pub async fn is_live<'e>(
-    db: impl PgExecutor<'e>,
-    user_id: Uuid,
-    session_id: Uuid,
-    now: DateTime<Utc>,
-) -> Result<bool, AppError> {
-    let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM sessions s WHERE s.user_id = $1 AND s.id = $2 AND {live})",
-        live = live("$3")
-    );
-    Ok(sqlx::query_scalar(&sql)
-        .bind(user_id)
-        .bind(session_id)
-        .bind(now)
-        .fetch_one(db)
         .await?)
 }
 

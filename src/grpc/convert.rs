@@ -14,13 +14,19 @@ pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
 
 impl From<UserRecord> for pb::User {
     fn from(u: UserRecord) -> Self {
+        Self::from(&u)
+    }
+}
+
+impl From<&UserRecord> for pb::User {
+    fn from(u: &UserRecord) -> Self {
         Self {
             id: u.id.to_string(),
-            email: u.email,
-            username: u.username.unwrap_or_default(),
-            full_name: u.full_name,
-            phone: u.phone,
-            image_url: u.image_url,
+            email: u.email.clone(),
+            username: u.username.clone().unwrap_or_default(),
+            full_name: u.full_name.clone(),
+            phone: u.phone.clone(),
+            image_url: u.image_url.clone(),
             email_verified: u.email_verified,
             created_at: Some(timestamp(u.created_at)),
             updated_at: Some(timestamp(u.updated_at)),

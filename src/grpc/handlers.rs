@@ -82,7 +82,7 @@ impl AuthService for AuthApi {
     async fn get_me(&self, request: Request<pb::GetMeRequest>) -> Reply<pb::GetMeResponse> {
         let user = self.core.get_me(bearer(&request)?, Utc::now()).await?;
         Ok(Response::new(pb::GetMeResponse {
-            user: Some(user.into()),
+            user: Some(pb::User::from(&*user)),
         }))
     }
 

@@ -1,5 +1,7 @@
 //! Register and GetMe.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -96,10 +98,35 @@ impl Core {
         .await
     }
 
-    /// The bearer's account, provided its session is still live.
-    pub async fn get_me(&self, bearer: VerifiedAccess, now: DateTime<Utc>) -> Result<UserRecord, AppError> {
-        db::sessions::live_user(&self.db, bearer.user_id, bearer.session_id, now)
+    /// The bearer's account, provided its session is still live: from the
+    /// session cache when it can, else in one query.
+    pub async fn get_me(
+        &self,
+        bearer: VerifiedAccess,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<UserRecord>, AppError> {
+        self.live_session_user(bearer, now)
             .await?
             .ok_or(AppError::Token(TokenProblem::SessionRevoked))
+    }
+
+    /// The account behind a live session, or `None` when it is not live.
+    pub(super) async fn live_session_user(
+        &self,
+        bearer: VerifiedAccess,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Arc<UserRecord>>, AppError> {
+        if let Some(user) = self.cache.get(bearer.user_id, bearer.session_id, now) {
+            return Ok(Some(user));
+        }
+        let ticket = self.cache.ticket();
+        let Some(live) = db::sessions::live_user(&self.db, bearer.user_id, bearer.session_id, now).await?
+        else {
+            return Ok(None);
+        };
+        let user = Arc::new(live.user);
+        self.cache
+            .insert(ticket, bearer.session_id, user.clone(), live.live_until);
+        Ok(Some(user))
     }
 }

@@ -15,6 +15,7 @@ use crate::crypto::jwt::AccessTokens;
 use crate::crypto::password::PasswordHasher;
 use crate::domain::{Password, PasswordPolicy};
 use crate::error::AppError;
+use crate::session_cache::SessionCache;
 
 pub use accounts::RegisterInput;
 pub use sessions::Introspection;
@@ -43,6 +44,7 @@ pub struct Core {
     pub tokens: AccessTokens,
     pub policy: PasswordPolicy,
     pub sessions: SessionSettings,
+    pub cache: SessionCache,
 }
 
 impl Core {

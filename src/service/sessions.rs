@@ -60,6 +60,7 @@ impl Core {
                 }
                 db::sessions::revoke(&mut *tx, state.session_id, "refresh_token_reused", now).await?;
                 tx.commit().await?;
+                self.cache.evict_session(state.session_id);
                 tracing::warn!(session_id = %state.session_id, "refresh token reused; session ended");
                 Err(AppError::RefreshTokenReused)
             }
@@ -70,7 +71,10 @@ impl Core {
     pub async fn logout(&self, presented: &str, now: DateTime<Utc>) -> Result<(), AppError> {
         let hash = require_refresh_token(presented)?;
         match db::sessions::revoke_by_refresh_token(&self.db, &hash, "logout", now).await? {
-            Some(_) => Ok(()),
+            Some(session_id) => {
+                self.cache.evict_session(session_id);
+                Ok(())
+            }
             None => Err(AppError::InvalidRefreshToken),
         }
     }
@@ -88,7 +92,7 @@ impl Core {
         let Ok(verified) = self.tokens.verify(access_token.trim()) else {
             return Ok(Introspection::Inactive);
         };
-        let live = db::sessions::is_live(&self.db, verified.user_id, verified.session_id, now).await?;
+        let live = self.live_session_user(verified, now).await?.is_some();
         Ok(if live {
             Introspection::Active(verified)
         } else {
@@ -109,7 +113,8 @@ impl Core {
         let current = Password::normalize(current);
         let user = db::sessions::live_user(&self.db, bearer.user_id, bearer.session_id, now)
             .await?
-            .ok_or(AppError::Token(TokenProblem::SessionRevoked))?;
+            .ok_or(AppError::Token(TokenProblem::SessionRevoked))?
+            .user;
         let identifiers = [user.email.as_str(), user.username.as_deref().unwrap_or_default()];
         let new = self.check_new_password(new, &identifiers).await?;
         let mut violations: Vec<Violation> = Vec::new();
@@ -162,6 +167,8 @@ impl Core {
         db::sessions::insert_refresh_token(&mut tx, &next_hash, bearer.session_id, now).await?;
         let pair = self.pair(user.id, bearer.session_id, next, idle_expires_at, now)?;
         tx.commit().await?;
+        // Other sessions ended and the account changed.
+        self.cache.evict_user(user.id);
         Ok(pair)
     }
 }

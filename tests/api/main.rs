@@ -9,6 +9,7 @@ mod helpers;
 mod health;
 mod login;
 mod register;
+mod session_cache;
 mod sessions;
 mod throttling;
 mod tokens;
