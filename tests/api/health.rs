@@ -176,3 +176,38 @@ async fn metrics_count_calls_by_method_and_code() {
     );
     assert!(page.contains("authd_rpc_duration_seconds_bucket"));
 }
+
+#[tokio::test]
+async fn with_a_certificate_configured_authd_speaks_tls_only() {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+    let dir = scratch_dir("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, key.cert.pem()).unwrap();
+    std::fs::write(&key_path, key.signing_key.serialize_pem()).unwrap();
+    let app = spawn_app_with(|c| {
+        c.tls_cert = Some(cert_path.clone());
+        c.tls_key = Some(key_path.clone());
+    })
+    .await;
+
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(key.cert.pem()))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://{}", app.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = authd::pb::auth::v1::auth_service_client::AuthServiceClient::new(channel);
+    client
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .expect("a call over TLS");
+    // A plaintext client gets nowhere.
+    assert!(app.client.clone().get_jwks(pb::GetJwksRequest {}).await.is_err());
+    std::fs::remove_dir_all(dir).unwrap();
+}

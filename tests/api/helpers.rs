@@ -115,11 +115,10 @@ pub async fn spawn_app_on(database_url: &str, tweak: impl FnOnce(&mut Config)) -
 }
 
 pub async fn connect(addr: SocketAddr) -> Client {
+    // Lazy, so a server that speaks TLS can be spawned before its client.
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
-        .connect()
-        .await
-        .expect("connecting to the test server");
+        .connect_lazy();
     AuthServiceClient::new(channel)
 }
 
