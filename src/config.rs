@@ -48,6 +48,11 @@ pub struct Config {
     pub health_check_interval: Duration,
     pub shutdown_drain: Duration,
     pub request_timeout: Duration,
+    /// How often the mail worker looks for due mail it was not woken for
+    /// (queued by another replica, or due for a retry).
+    pub mail_poll_interval: Duration,
+    /// Wait after a failed delivery; doubles with each further failure.
+    pub mail_retry_base: Duration,
 }
 
 impl Default for Config {
@@ -81,6 +86,8 @@ impl Default for Config {
             health_check_interval: Duration::from_secs(2),
             shutdown_drain: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
+            mail_poll_interval: Duration::from_secs(1),
+            mail_retry_base: Duration::from_secs(2),
         }
     }
 }

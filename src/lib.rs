@@ -7,6 +7,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod local_pg;
+pub mod mail;
 pub mod metrics;
 pub mod pb;
 pub mod service;

@@ -29,6 +29,9 @@ use crate::grpc::auth_layer::BearerAuthLayer;
 use crate::grpc::observe::ObserveLayer;
 use crate::grpc::rate_limit::PeerRateLimitLayer;
 use crate::local_pg::{Durability, LocalPostgres};
+use crate::mail::MailSettings;
+use crate::mail::transport::Transport;
+use crate::mail::worker::OutboxWorker;
 use crate::pb;
 use crate::pb::auth::v1::auth_service_server::AuthServiceServer;
 use crate::service::{Core, SessionSettings};
@@ -96,6 +99,11 @@ impl Application {
         )?;
         let hasher = PasswordHasher::new(config.argon2, config.hash_workers)?;
         hasher.run(PasswordPolicy::warm_up).await?;
+        let mail_from = config
+            .mail_from
+            .parse()
+            .context("AUTHD_MAIL_FROM is not a mail address like `authd <no-reply@example.com>`")?;
+        let mail_transport = Transport::from_url(config.smtp_url.as_ref())?;
         let core = Core {
             db: pool.clone(),
             hasher,
@@ -109,6 +117,11 @@ impl Application {
                 reuse_grace: config.refresh_reuse_grace,
             },
             cache: SessionCache::default(),
+            mail: MailSettings {
+                reset_url: config.reset_url.clone(),
+                reset_ttl: config.reset_token_ttl,
+                queued: Default::default(),
+            },
         };
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -178,6 +191,17 @@ impl Application {
             )),
             tokio::spawn(clean_up_periodically(pool.clone())),
             tokio::spawn(core.cache.clone().follow_changes(pool.clone())),
+            tokio::spawn(
+                OutboxWorker::new(
+                    pool.clone(),
+                    mail_transport,
+                    mail_from,
+                    core.mail.queued.clone(),
+                    config.mail_poll_interval,
+                    config.mail_retry_base,
+                )
+                .run(),
+            ),
         ];
         let mut metrics_addr = None;
         if let Some(addr) = config.metrics_listen {
@@ -289,8 +313,9 @@ async fn monitor_database(pool: PgPool, health: HealthReporter, every: Duration)
     }
 }
 
-/// Deletes sessions that ended more than a day ago and stale throttle
-/// counters, every ten minutes.
+/// Deletes sessions that ended more than a day ago, stale throttle
+/// counters, day-old reset tokens and week-old delivered mail, every ten
+/// minutes.
 async fn clean_up_periodically(pool: PgPool) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
     loop {
@@ -303,6 +328,12 @@ async fn clean_up_periodically(pool: PgPool) {
         }
         if let Err(e) = db::throttle::delete_stale(&pool, now).await {
             tracing::warn!(error = %e, "throttle clean-up failed");
+        }
+        if let Err(e) = db::recovery::delete_issued_before(&pool, now - chrono::Duration::days(1)).await {
+            tracing::warn!(error = %e, "reset token clean-up failed");
+        }
+        if let Err(e) = db::outbox::delete_finished_before(&pool, now - chrono::Duration::days(7)).await {
+            tracing::warn!(error = %e, "mail outbox clean-up failed");
         }
     }
 }

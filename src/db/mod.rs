@@ -1,5 +1,7 @@
 //! PostgreSQL access: the pool, migrations and one module per table group.
 
+pub mod outbox;
+pub mod recovery;
 pub mod sessions;
 pub mod throttle;
 pub mod users;

@@ -67,16 +67,23 @@ impl AuthService for AuthApi {
 
     async fn forgot_password(
         &self,
-        _request: Request<pb::ForgotPasswordRequest>,
+        request: Request<pb::ForgotPasswordRequest>,
     ) -> Reply<pb::ForgotPasswordResponse> {
-        Err(Status::unimplemented("ForgotPassword is not available yet"))
+        self.core
+            .forgot_password(&request.get_ref().email, Utc::now())
+            .await?;
+        Ok(Response::new(pb::ForgotPasswordResponse {}))
     }
 
     async fn reset_password(
         &self,
-        _request: Request<pb::ResetPasswordRequest>,
+        request: Request<pb::ResetPasswordRequest>,
     ) -> Reply<pb::ResetPasswordResponse> {
-        Err(Status::unimplemented("ResetPassword is not available yet"))
+        let r = request.into_inner();
+        self.core
+            .reset_password(&r.token, &r.new_password, Utc::now())
+            .await?;
+        Ok(Response::new(pb::ResetPasswordResponse {}))
     }
 
     async fn get_me(&self, request: Request<pb::GetMeRequest>) -> Reply<pb::GetMeResponse> {

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod login;
+mod recovery;
 mod sessions;
 
 use std::time::Duration;
@@ -15,6 +16,7 @@ use crate::crypto::jwt::AccessTokens;
 use crate::crypto::password::PasswordHasher;
 use crate::domain::{Password, PasswordPolicy};
 use crate::error::AppError;
+use crate::mail::MailSettings;
 use crate::session_cache::SessionCache;
 
 pub use accounts::RegisterInput;
@@ -45,6 +47,7 @@ pub struct Core {
     pub policy: PasswordPolicy,
     pub sessions: SessionSettings,
     pub cache: SessionCache,
+    pub mail: MailSettings,
 }
 
 impl Core {

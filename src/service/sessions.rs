@@ -166,9 +166,12 @@ impl Core {
         db::sessions::delete_refresh_tokens(&mut tx, bearer.session_id).await?;
         db::sessions::insert_refresh_token(&mut tx, &next_hash, bearer.session_id, now).await?;
         let pair = self.pair(user.id, bearer.session_id, next, idle_expires_at, now)?;
+        self.record_password_change(&mut tx, user.id, &user.email, now)
+            .await?;
         tx.commit().await?;
         // Other sessions ended and the account changed.
         self.cache.evict_user(user.id);
+        self.mail.queued.notify_one();
         Ok(pair)
     }
 }

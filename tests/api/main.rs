@@ -8,8 +8,10 @@ mod helpers;
 
 mod health;
 mod login;
+mod recovery;
 mod register;
 mod session_cache;
 mod sessions;
+mod smtp;
 mod throttling;
 mod tokens;

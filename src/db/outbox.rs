@@ -1,0 +1,156 @@
+//! The `email_outbox` table: mail written in the same transaction as the
+//! change it reports, delivered later by the worker.
+//!
+//! A message is pending while neither `sent_at` nor `discarded_at` is set;
+//! only pending messages keep their bodies (a check constraint enforces it),
+//! so a reset link lives in the database only until its mail is out.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::error::AppError;
+use crate::mail::outbox::OutgoingMail;
+
+/// Longest `last_error` kept; server replies can be long.
+const MAX_ERROR_CHARS: usize = 500;
+
+/// Queues a message, due at once. Returns its id.
+pub async fn enqueue(
+    tx: &mut PgConnection,
+    mail: &OutgoingMail,
+    now: DateTime<Utc>,
+) -> Result<Uuid, AppError> {
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO email_outbox
+             (id, kind, recipient, subject, body_text, body_html, created_at, expires_at, next_attempt_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7)",
+    )
+    .bind(id)
+    .bind(mail.kind.as_str())
+    .bind(&mail.recipient)
+    .bind(&mail.subject)
+    .bind(&mail.text)
+    .bind(&mail.html)
+    .bind(now)
+    .bind(mail.expires_at)
+    .execute(tx)
+    .await?;
+    Ok(id)
+}
+
+/// A pending message claimed for one delivery attempt.
+#[derive(sqlx::FromRow)]
+pub struct ClaimedMail {
+    pub id: Uuid,
+    pub kind: String,
+    pub recipient: String,
+    pub subject: String,
+    pub body_text: String,
+    pub body_html: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// Attempts including this one.
+    pub attempts: i32,
+}
+
+/// Claims the most overdue pending message: counts the attempt and moves
+/// its next attempt to `lease_until`, so a replica that dies mid-delivery
+/// leaves it to be retried then. `SKIP LOCKED` lets replicas claim
+/// different messages at the same time without waiting on each other.
+pub async fn claim_due<'e>(
+    db: impl PgExecutor<'e>,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> Result<Option<ClaimedMail>, AppError> {
+    Ok(sqlx::query_as::<_, ClaimedMail>(
+        "UPDATE email_outbox o
+            SET attempts = o.attempts + 1, next_attempt_at = $2
+           FROM (SELECT id FROM email_outbox
+                  WHERE sent_at IS NULL AND discarded_at IS NULL AND next_attempt_at <= $1
+                  ORDER BY next_attempt_at
+                  LIMIT 1
+                  FOR UPDATE SKIP LOCKED) due
+          WHERE o.id = due.id
+         RETURNING o.id, o.kind, o.recipient, o.subject, o.body_text, o.body_html,
+                   o.created_at, o.expires_at, o.attempts",
+    )
+    .bind(now)
+    .bind(lease_until)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Records that the SMTP server accepted a message, and forgets its body.
+pub async fn mark_sent<'e>(db: impl PgExecutor<'e>, id: Uuid, now: DateTime<Utc>) -> Result<(), AppError> {
+    sqlx::query(
+        "UPDATE email_outbox
+            SET sent_at = $2, body_text = NULL, body_html = NULL, last_error = NULL
+          WHERE id = $1 AND sent_at IS NULL AND discarded_at IS NULL",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Gives up on a message for good (expired, undeliverable, or there is no
+/// SMTP server to send it to), and forgets its body.
+pub async fn discard<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    now: DateTime<Utc>,
+    reason: &str,
+) -> Result<(), AppError> {
+    sqlx::query(
+        "UPDATE email_outbox
+            SET discarded_at = $2, body_text = NULL, body_html = NULL, last_error = $3
+          WHERE id = $1 AND sent_at IS NULL AND discarded_at IS NULL",
+    )
+    .bind(id)
+    .bind(now)
+    .bind(truncate(reason))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records a failed attempt and when to try again.
+pub async fn retry_at<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    next_attempt_at: DateTime<Utc>,
+    error: &str,
+) -> Result<(), AppError> {
+    sqlx::query(
+        "UPDATE email_outbox SET next_attempt_at = $2, last_error = $3
+          WHERE id = $1 AND sent_at IS NULL AND discarded_at IS NULL",
+    )
+    .bind(id)
+    .bind(next_attempt_at)
+    .bind(truncate(error))
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Deletes sent and discarded messages created before `before`.
+pub async fn delete_finished_before<'e>(
+    db: impl PgExecutor<'e>,
+    before: DateTime<Utc>,
+) -> Result<u64, AppError> {
+    let done = sqlx::query(
+        "DELETE FROM email_outbox
+          WHERE created_at < $1 AND (sent_at IS NOT NULL OR discarded_at IS NOT NULL)",
+    )
+    .bind(before)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(MAX_ERROR_CHARS).collect()
+}

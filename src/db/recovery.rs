@@ -1,0 +1,140 @@
+//! The `password_reset_tokens` table, and the account lookups of password
+//! recovery.
+//!
+//! A reset token is usable while it is neither consumed nor superseded and
+//! has not expired; every query that accepts one repeats that condition with
+//! the caller's `now`.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::crypto::opaque::TokenHash;
+use crate::error::AppError;
+
+/// What recovery needs of an account: where to write, and what a new
+/// password must not contain.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RecoveryAccount {
+    pub id: Uuid,
+    pub email: String,
+    pub username: Option<String>,
+}
+
+/// Finds an account by email (any letter case) and locks it until the end
+/// of the transaction, so concurrent requests for one account are counted
+/// one after the other and the hourly cap is exact.
+pub async fn lock_account_by_email(
+    tx: &mut PgConnection,
+    email: &str,
+) -> Result<Option<RecoveryAccount>, AppError> {
+    Ok(sqlx::query_as::<_, RecoveryAccount>(
+        "SELECT id, email, username FROM users WHERE lower(email) = lower($1) FOR NO KEY UPDATE",
+    )
+    .bind(email)
+    .fetch_optional(tx)
+    .await?)
+}
+
+/// Reset tokens issued to an account since `since`, whatever became of them.
+pub async fn tokens_issued_since(
+    tx: &mut PgConnection,
+    user_id: Uuid,
+    since: DateTime<Utc>,
+) -> Result<i64, AppError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM password_reset_tokens WHERE user_id = $1 AND created_at > $2",
+    )
+    .bind(user_id)
+    .bind(since)
+    .fetch_one(tx)
+    .await?)
+}
+
+/// Makes every outstanding token of an account unusable (a newer one was
+/// issued, or the password changed).
+pub async fn supersede_all(
+    tx: &mut PgConnection,
+    user_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<u64, AppError> {
+    let done = sqlx::query(
+        "UPDATE password_reset_tokens SET superseded_at = $2
+          WHERE user_id = $1 AND consumed_at IS NULL AND superseded_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(now)
+    .execute(tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+pub async fn insert_token(
+    tx: &mut PgConnection,
+    hash: &TokenHash,
+    user_id: Uuid,
+    now: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<(), AppError> {
+    sqlx::query(
+        "INSERT INTO password_reset_tokens (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(hash.as_bytes())
+    .bind(user_id)
+    .bind(now)
+    .bind(expires_at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// The account of a usable token, without consuming it: the new password is
+/// checked against the account before the token is spent.
+pub async fn usable_token_owner<'e>(
+    db: impl PgExecutor<'e>,
+    hash: &TokenHash,
+    now: DateTime<Utc>,
+) -> Result<Option<RecoveryAccount>, AppError> {
+    Ok(sqlx::query_as::<_, RecoveryAccount>(
+        "SELECT u.id, u.email, u.username
+           FROM password_reset_tokens t JOIN users u ON u.id = t.user_id
+          WHERE t.token_hash = $1 AND t.consumed_at IS NULL AND t.superseded_at IS NULL
+            AND t.expires_at > $2",
+    )
+    .bind(hash.as_bytes())
+    .bind(now)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Consumes a usable token and returns its account. Of concurrent calls
+/// with one token exactly one gets `Some`: the row lock makes the others
+/// re-check `consumed_at` after the winner commits.
+pub async fn consume(
+    tx: &mut PgConnection,
+    hash: &TokenHash,
+    now: DateTime<Utc>,
+) -> Result<Option<Uuid>, AppError> {
+    Ok(sqlx::query_scalar(
+        "UPDATE password_reset_tokens SET consumed_at = $2
+          WHERE token_hash = $1 AND consumed_at IS NULL AND superseded_at IS NULL AND expires_at > $2
+         RETURNING user_id",
+    )
+    .bind(hash.as_bytes())
+    .bind(now)
+    .fetch_optional(tx)
+    .await?)
+}
+
+/// Deletes tokens issued before `before` (long expired, and older than the
+/// hour the cap looks at).
+pub async fn delete_issued_before<'e>(
+    db: impl PgExecutor<'e>,
+    before: DateTime<Utc>,
+) -> Result<u64, AppError> {
+    let done = sqlx::query("DELETE FROM password_reset_tokens WHERE created_at < $1 AND expires_at < $1")
+        .bind(before)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected())
+}

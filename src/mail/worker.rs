@@ -1,0 +1,223 @@
+//! Delivers the outbox: claims one due message at a time (replicas share the
+//! work through `FOR UPDATE SKIP LOCKED`), hands it to the transport, and
+//! marks it sent only once the SMTP server accepted it. Failures are retried
+//! with exponential backoff until the message expires.
+//!
+//! Logs name a message by its outbox id, kind and recipient domain only:
+//! bodies hold reset links.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lettre::Message;
+use lettre::message::{Mailbox, MultiPart};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::outbox::recipient_domain;
+use super::transport::{Handoff, Transport};
+use crate::db;
+use crate::error::AppError;
+
+/// Longest one delivery may take (connect, TLS, every command) before it
+/// counts as failed.
+const SEND_DEADLINE: Duration = Duration::from_secs(90);
+/// How long a claimed message is left alone. Longer than any delivery, so
+/// two replicas never send one message at once; a replica that dies
+/// mid-delivery leaves it to the others after this.
+const LEASE: Duration = Duration::from_secs(180);
+/// Upper bound of the wait between two attempts.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+/// How often a delivered message's outcome is retried when the database
+/// hiccups, before leaving it to the lease (and a duplicate mail).
+const OUTCOME_WRITES: u32 = 5;
+
+pub struct OutboxWorker {
+    db: PgPool,
+    transport: Transport,
+    from: Mailbox,
+    queued: Arc<Notify>,
+    poll_interval: Duration,
+    retry_base: Duration,
+}
+
+impl OutboxWorker {
+    pub fn new(
+        db: PgPool,
+        transport: Transport,
+        from: Mailbox,
+        queued: Arc<Notify>,
+        poll_interval: Duration,
+        retry_base: Duration,
+    ) -> Self {
+        Self {
+            db,
+            transport,
+            from,
+            queued,
+            poll_interval,
+            retry_base,
+        }
+    }
+
+    /// Runs until aborted: drains what is due, then sleeps until the poll
+    /// interval passes or a message is queued in this process.
+    pub async fn run(self) {
+        if matches!(self.transport, Transport::Unconfigured) {
+            tracing::warn!(
+                "DEVELOPMENT SETUP: AUTHD_SMTP_URL is not set, so no mail is sent; \
+                 each message is logged as not sent and dropped"
+            );
+        }
+        // Reported once per outage, not once per poll.
+        let mut unreachable = false;
+        loop {
+            loop {
+                match self.deliver_next(Utc::now()).await {
+                    Ok(more) => {
+                        if unreachable {
+                            tracing::info!("mail outbox: database reachable again");
+                            unreachable = false;
+                        }
+                        if !more {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        if !unreachable {
+                            tracing::warn!(error = %format!("{e:#}"), "mail outbox: cannot read due mail");
+                            unreachable = true;
+                        }
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                () = self.queued.notified() => {}
+                () = tokio::time::sleep(self.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Delivers the most overdue message, if any. Returns whether there was one.
+    async fn deliver_next(&self, now: DateTime<Utc>) -> Result<bool, AppError> {
+        let lease_until = now + chrono::Duration::from_std(LEASE).unwrap_or(chrono::Duration::MAX);
+        let Some(mail) = db::outbox::claim_due(&self.db, now, lease_until).await? else {
+            return Ok(false);
+        };
+        let id = mail.id;
+        let domain = recipient_domain(&mail.recipient).to_owned();
+        let kind = mail.kind.clone();
+        let subject = mail.subject.clone();
+        let attempt = mail.attempts;
+
+        if mail.expires_at <= now {
+            tracing::warn!(outbox_id = %id, kind, recipient_domain = domain, attempt,
+                "mail expired before it could be delivered; dropped");
+            self.record(id, Outcome::Discard("expired before delivery".into()))
+                .await;
+            return Ok(true);
+        }
+        let message = match compose(mail, &self.from) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(outbox_id = %id, kind, recipient_domain = domain, error = %e,
+                    "mail cannot be built (bad recipient address?); dropped");
+                self.record(id, Outcome::Discard(format!("cannot build message: {e}")))
+                    .await;
+                return Ok(true);
+            }
+        };
+        let sent = tokio::time::timeout(SEND_DEADLINE, self.transport.send(message)).await;
+        let outcome = match sent {
+            Ok(Ok(Handoff::Accepted)) => {
+                tracing::info!(outbox_id = %id, kind, recipient_domain = domain, attempt, "mail sent");
+                Outcome::Sent
+            }
+            Ok(Ok(Handoff::NotConfigured)) => {
+                tracing::warn!(outbox_id = %id, kind, subject, recipient_domain = domain,
+                    "mail NOT sent: no SMTP server configured (AUTHD_SMTP_URL); dropped");
+                Outcome::Discard("not sent: AUTHD_SMTP_URL is not set".into())
+            }
+            Ok(Err(e)) => self.failed(id, &kind, &domain, attempt, &e.to_string()),
+            Err(_) => self.failed(id, &kind, &domain, attempt, "SMTP delivery timed out"),
+        };
+        self.record(id, outcome).await;
+        Ok(true)
+    }
+
+    fn failed(&self, id: Uuid, kind: &str, domain: &str, attempt: i32, error: &str) -> Outcome {
+        let delay = retry_delay(self.retry_base, attempt);
+        tracing::warn!(outbox_id = %id, kind, recipient_domain = domain, attempt, error,
+            retry_in = ?delay, "mail delivery failed; will retry");
+        Outcome::Retry(delay, error.to_owned())
+    }
+
+    /// Writes an outcome, retrying briefly: a sent message whose outcome is
+    /// lost would be sent again when its lease runs out.
+    async fn record(&self, id: Uuid, outcome: Outcome) {
+        for attempt in 1..=OUTCOME_WRITES {
+            let now = Utc::now();
+            let written = match &outcome {
+                Outcome::Sent => db::outbox::mark_sent(&self.db, id, now).await,
+                Outcome::Discard(reason) => db::outbox::discard(&self.db, id, now, reason).await,
+                Outcome::Retry(delay, error) => {
+                    let next = now + chrono::Duration::from_std(*delay).unwrap_or(chrono::Duration::MAX);
+                    db::outbox::retry_at(&self.db, id, next, error).await
+                }
+            };
+            match written {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(outbox_id = %id, attempt, error = %format!("{e:#}"),
+                        "mail outbox: could not record a delivery outcome");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Sent,
+    Discard(String),
+    Retry(Duration, String),
+}
+
+/// `base`, doubling with each failed attempt, capped.
+fn retry_delay(base: Duration, attempt: i32) -> Duration {
+    let doublings = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(20);
+    base.saturating_mul(1 << doublings).min(MAX_RETRY_DELAY)
+}
+
+/// The RFC 5322 message of an outbox row. Its Message-ID derives from the
+/// outbox id, so a retried message is recognisably the same one.
+fn compose(mail: db::outbox::ClaimedMail, from: &Mailbox) -> Result<Message, String> {
+    let to: Mailbox = mail.recipient.parse().map_err(|e| format!("recipient: {e}"))?;
+    Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(mail.subject)
+        .date(mail.created_at.into())
+        .message_id(Some(format!("<{}@{}>", mail.id, from.email.domain())))
+        .multipart(MultiPart::alternative_plain_html(mail.body_text, mail.body_html))
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_the_cap() {
+        let base = Duration::from_secs(2);
+        assert_eq!(retry_delay(base, 1), Duration::from_secs(2));
+        assert_eq!(retry_delay(base, 2), Duration::from_secs(4));
+        assert_eq!(retry_delay(base, 5), Duration::from_secs(32));
+        assert_eq!(retry_delay(base, 9), MAX_RETRY_DELAY);
+        assert_eq!(retry_delay(base, i32::MAX), MAX_RETRY_DELAY);
+        assert_eq!(retry_delay(base, 0), base);
+    }
+}

@@ -1,0 +1,110 @@
+//! ForgotPassword and ResetPassword, and what every password change does
+//! besides replacing the hash.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::{Core, chrono_duration};
+use crate::crypto::opaque::{self, NewToken, TokenKind};
+use crate::db;
+use crate::domain::Email;
+use crate::error::AppError;
+use crate::mail::outbox;
+
+/// Reset mails per account per hour; requests beyond it are answered alike
+/// but send nothing, so nobody can flood a mailbox through authd.
+const RESET_MAILS_PER_HOUR: i64 = 5;
+
+impl Core {
+    /// Queues a reset mail if the address names an account. The answer is
+    /// the same either way, and both ways cost about the same: a token is
+    /// generated and the account looked up in a transaction; SMTP is never
+    /// waited for.
+    pub async fn forgot_password(&self, email: &str, now: DateTime<Utc>) -> Result<(), AppError> {
+        let email = Email::parse(email).map_err(|e| AppError::invalid("email", e))?;
+        let token = NewToken::generate(TokenKind::PasswordReset).map_err(AppError::internal)?;
+        let mut tx = self.db.begin().await?;
+        let Some(account) = db::recovery::lock_account_by_email(&mut tx, email.as_str()).await? else {
+            tx.commit().await?;
+            return Ok(());
+        };
+        let issued =
+            db::recovery::tokens_issued_since(&mut tx, account.id, now - chrono::Duration::hours(1)).await?;
+        if issued >= RESET_MAILS_PER_HOUR {
+            tx.commit().await?;
+            tracing::info!(user_id = %account.id, "hourly reset mail cap reached; no mail queued");
+            return Ok(());
+        }
+        let expires_at = now + chrono_duration(self.mail.reset_ttl);
+        db::recovery::supersede_all(&mut tx, account.id, now).await?;
+        db::recovery::insert_token(&mut tx, &token.hash, account.id, now, expires_at).await?;
+        let link = outbox::reset_link(&self.mail.reset_url, token.expose());
+        let mail = outbox::password_reset(&account.email, &link, self.mail.reset_ttl, expires_at);
+        let outbox_id = db::outbox::enqueue(&mut tx, &mail, now).await?;
+        tx.commit().await?;
+        self.mail.queued.notify_one();
+        tracing::info!(user_id = %account.id, %outbox_id, "reset mail queued");
+        Ok(())
+    }
+
+    /// Sets a new password with a reset token and ends every session of the
+    /// account. The policy is applied before the token is consumed, so a
+    /// refused password leaves the link usable; consuming the token,
+    /// replacing the hash and ending the sessions are one transaction.
+    pub async fn reset_password(
+        &self,
+        presented: &str,
+        new_password: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), AppError> {
+        if presented.trim().is_empty() {
+            return Err(AppError::invalid("token", "is required"));
+        }
+        let hash = opaque::parse_presented(TokenKind::PasswordReset, presented)
+            .ok_or(AppError::InvalidResetToken)?;
+        let account = db::recovery::usable_token_owner(&self.db, &hash, now)
+            .await?
+            .ok_or(AppError::InvalidResetToken)?;
+        let identifiers = [
+            account.email.as_str(),
+            account.username.as_deref().unwrap_or_default(),
+        ];
+        let password = self
+            .check_new_password(new_password, &identifiers)
+            .await?
+            .map_err(|e| AppError::invalid("new_password", e))?;
+        let new_hash = self.hasher.hash(&password).await?;
+
+        let mut tx = self.db.begin().await?;
+        // Checked again under the row lock: another call may have used,
+        // or a newer request superseded, the token since the lookup.
+        if db::recovery::consume(&mut tx, &hash, now).await? != Some(account.id) {
+            return Err(AppError::InvalidResetToken);
+        }
+        db::users::set_password_hash(&mut *tx, account.id, &new_hash, now).await?;
+        db::sessions::revoke_all_for_user(&mut *tx, account.id, None, "password_reset", now).await?;
+        self.record_password_change(&mut tx, account.id, &account.email, now)
+            .await?;
+        tx.commit().await?;
+        self.cache.evict_user(account.id);
+        self.mail.queued.notify_one();
+        tracing::info!(user_id = %account.id, "password reset; every session ended");
+        Ok(())
+    }
+
+    /// What every password change does inside its transaction besides
+    /// replacing the hash: outstanding reset links stop working, and the
+    /// owner is told by mail. The caller wakes the mail worker after commit.
+    pub(super) async fn record_password_change(
+        &self,
+        tx: &mut PgConnection,
+        user_id: Uuid,
+        email: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), AppError> {
+        db::recovery::supersede_all(tx, user_id, now).await?;
+        db::outbox::enqueue(tx, &outbox::password_changed(email, now), now).await?;
+        Ok(())
+    }
+}
