@@ -49,7 +49,7 @@ pub struct PasswordHasher {
 
 struct Inner {
     params: Params,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     /// A hash of a random password: unknown accounts are verified against it
     /// so they take as long as known ones.
     dummy_hash: String,
@@ -70,7 +70,7 @@ impl PasswordHasher {
         Ok(Self {
             inner: Arc::new(Inner {
                 params,
-                permits: Semaphore::new(workers.max(1)),
+                permits: Arc::new(Semaphore::new(workers.max(1))),
                 dummy_hash,
             }),
         })
@@ -116,10 +116,22 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, AppError> {
-        let _permit = self.inner.permits.acquire().await.map_err(AppError::internal)?;
-        tokio::task::spawn_blocking(work)
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(AppError::internal)
+            .map_err(AppError::internal)?;
+        // The permit travels with the work: a caller that gives up (deadline,
+        // cancelled RPC) cannot free it while the computation still runs, or
+        // cancelled calls would pile up hashes beyond the bound.
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(AppError::internal)
     }
 }
 
@@ -172,6 +184,33 @@ mod tests {
         assert_eq!(h.verify(&pw("correct horse"), Some(&hash)).await?, Verified::Yes);
         assert_eq!(h.verify(&pw("wrong horse"), Some(&hash)).await?, Verified::No);
         assert_eq!(h.verify(&pw("correct horse"), None).await?, Verified::No);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn callers_that_give_up_do_not_free_the_pool_early() -> anyhow::Result<()> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let h = PasswordHasher::new(FAST, 1)?;
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        for _ in 0..4 {
+            let (running, most) = (running.clone(), most.clone());
+            let work = h.run(move || {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(150));
+                running.fetch_sub(1, Ordering::SeqCst);
+            });
+            // Like an RPC whose deadline passes mid-hash.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(10), work).await;
+        }
+        // Whatever was started finishes; a fresh call waits for it.
+        h.run(|| ()).await?;
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            1,
+            "one worker means one computation at a time"
+        );
         Ok(())
     }
 

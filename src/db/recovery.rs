@@ -28,9 +28,10 @@ pub async fn lock_account_by_email(
     tx: &mut PgConnection,
     email: &str,
 ) -> Result<Option<RecoveryAccount>, AppError> {
-    Ok(sqlx::query_as::<_, RecoveryAccount>(
-        "SELECT id, email, username FROM users WHERE lower(email) = lower($1) FOR NO KEY UPDATE",
-    )
+    Ok(sqlx::query_as::<_, RecoveryAccount>(&format!(
+        "SELECT u.id, u.email, u.username FROM users u WHERE {} FOR NO KEY UPDATE",
+        super::users::EMAIL_MATCHES
+    ))
     .bind(email)
     .fetch_optional(tx)
     .await?)

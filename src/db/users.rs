@@ -74,6 +74,11 @@ pub struct Credentials {
     pub password_hash: String,
 }
 
+/// `u.email` equals `$1` in any letter case. The expression of the unique
+/// index `users_email_key`, so lookups use it and agree with it on which
+/// addresses are the same.
+pub const EMAIL_MATCHES: &str = r#"lower(u.email COLLATE "und-x-icu") = lower($1 COLLATE "und-x-icu")"#;
+
 pub enum LoginKey<'a> {
     Email(&'a str),
     Username(&'a str),
@@ -81,7 +86,7 @@ pub enum LoginKey<'a> {
 
 pub async fn find_credentials(db: &PgPool, key: LoginKey<'_>) -> Result<Option<Credentials>, AppError> {
     let (condition, value) = match key {
-        LoginKey::Email(e) => ("lower(u.email) = lower($1)", e),
+        LoginKey::Email(e) => (EMAIL_MATCHES, e),
         LoginKey::Username(n) => ("lower(u.username) = lower($1)", n),
     };
     let sql = format!("SELECT {USER_COLUMNS}, u.password_hash FROM users u WHERE {condition}");

@@ -145,4 +145,77 @@ mod tests {
         }
         assert!(ImageUrl::parse(&format!("https://e.com/{}", "a".repeat(2048))).is_err());
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn full_name_never_panics_and_round_trips(input in any::<String>()) {
+                if let Ok(name) = FullName::parse(&input) {
+                    prop_assert!(name.as_str().chars().count() <= FullName::MAX_LEN);
+                    prop_assert!(!name.as_str().chars().any(char::is_control));
+                    prop_assert_eq!(FullName::parse(name.as_str()), Ok(name.clone()));
+                }
+            }
+
+            #[test]
+            fn phone_never_panics_and_its_output_is_e164(input in any::<String>()) {
+                if let Ok(phone) = Phone::parse(&input) {
+                    let digits = &phone.as_str()[1..];
+                    prop_assert!(phone.as_str().starts_with('+'));
+                    prop_assert!((8..=15).contains(&digits.len()));
+                    prop_assert!(digits.bytes().all(|b| b.is_ascii_digit()));
+                    prop_assert_eq!(Phone::parse(phone.as_str()), Ok(phone.clone()));
+                }
+            }
+
+            #[test]
+            fn formatted_phone_numbers_normalise_to_their_digits(
+                first in "[1-9]",
+                rest in proptest::collection::vec(("[0-9]", "[ .()-]?"), 7..=14),
+            ) {
+                let formatted: String = rest.iter().map(|(d, sep)| format!("{d}{sep}")).collect();
+                let digits: String = rest.iter().map(|(d, _)| d.as_str()).collect();
+                let parsed = Phone::parse(&format!("+{first} {formatted}"));
+                // Separators can push the raw input past its length cap.
+                if format!("+{first} {formatted}").trim().len() <= 32 {
+                    prop_assert_eq!(parsed.map(|p| p.0), Ok(format!("+{first}{digits}")));
+                }
+            }
+
+            #[test]
+            fn image_url_never_panics_and_round_trips(input in any::<String>()) {
+                if let Ok(url) = ImageUrl::parse(&input) {
+                    let lower = url.as_str().to_ascii_lowercase();
+                    prop_assert!(lower.starts_with("https://") || lower.starts_with("http://"));
+                    prop_assert!(url.as_str().len() <= ImageUrl::MAX_LEN);
+                    prop_assert_eq!(ImageUrl::parse(url.as_str()), Ok(url.clone()));
+                }
+            }
+
+            #[test]
+            fn http_urls_of_a_host_are_accepted(
+                scheme in "https?",
+                host in "[a-z0-9]{1,12}(\\.[a-z]{2,6}){1,2}",
+                path in "(/[A-Za-z0-9._~-]{0,12}){0,3}",
+            ) {
+                let url = format!("{scheme}://{host}{path}");
+                prop_assert_eq!(ImageUrl::parse(&url).map(|u| u.0), Ok(url));
+            }
+
+            #[test]
+            fn userinfo_in_an_image_url_is_refused(
+                user in "[a-z]{1,8}(:[a-z]{1,8})?",
+                host in "[a-z]{1,12}\\.com",
+            ) {
+                let url = format!("https://{user}@{host}/a.png");
+                prop_assert!(ImageUrl::parse(&url).is_err());
+            }
+        }
+    }
 }

@@ -64,4 +64,41 @@ mod tests {
             assert!(Username::parse(bad).is_err(), "{bad:?}");
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::Username;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn never_panics_and_accepts_only_the_safe_set(input in any::<String>()) {
+                if let Ok(name) = Username::parse(&input) {
+                    let s = name.as_str();
+                    prop_assert!((Username::MIN_LEN..=Username::MAX_LEN).contains(&s.len()));
+                    prop_assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
+                    prop_assert!(!s.contains('@'));
+                    prop_assert_eq!(Username::parse(s), Ok(name.clone()));
+                }
+            }
+
+            #[test]
+            fn valid_handles_round_trip(name in "[A-Za-z0-9][A-Za-z0-9._-]{2,31}", pad in " {0,2}") {
+                let parsed = Username::parse(&format!("{pad}{name}{pad}"));
+                prop_assert_eq!(parsed.as_ref().map(Username::as_str), Ok(name.as_str()));
+            }
+
+            #[test]
+            fn anything_outside_the_set_is_refused(
+                prefix in "[a-z]{1,10}",
+                bad in "[^A-Za-z0-9._\\- ]",
+                suffix in "[a-z]{1,10}",
+            ) {
+                let name = format!("{prefix}{bad}{suffix}");
+                prop_assert!(Username::parse(&name).is_err());
+            }
+        }
+    }
 }

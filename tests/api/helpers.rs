@@ -127,8 +127,53 @@ fn init_logs() {
     ONCE.get_or_init(|| {
         if std::env::var_os("TEST_LOG").is_some() {
             authd::telemetry::init(authd::config::LogFormat::Pretty);
+        } else {
+            capture_logs();
         }
     });
+}
+
+/// Everything logged at DEBUG and above by any part of this test binary
+/// (authd, tonic, h2, sqlx…), so tests can search it for secrets.
+static CAPTURED_LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+/// Beyond this the older half is dropped: the whole suite logs into one
+/// buffer, and a test only needs the lines of the last few seconds.
+const CAPTURE_LIMIT: usize = 64 * 1024 * 1024;
+
+/// `None` when TEST_LOG sends the logs to stdout instead.
+pub fn captured_logs() -> Option<String> {
+    if std::env::var_os("TEST_LOG").is_some() {
+        return None;
+    }
+    let logs = CAPTURED_LOGS.lock().unwrap_or_else(|e| e.into_inner());
+    Some(String::from_utf8_lossy(&logs).into_owned())
+}
+
+struct CaptureWriter;
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut logs = CAPTURED_LOGS.lock().unwrap_or_else(|e| e.into_inner());
+        if logs.len() + buf.len() > CAPTURE_LIMIT {
+            let half = logs.len() / 2;
+            logs.drain(..half);
+        }
+        logs.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(|| CaptureWriter)
+        .finish();
+    let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
 impl TestApp {

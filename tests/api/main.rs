@@ -6,6 +6,7 @@
 
 mod helpers;
 
+mod adversarial;
 mod health;
 mod login;
 mod recovery;
