@@ -152,8 +152,11 @@ fn is_outdated(hash: &PasswordHash<'_>, current: &Params) -> bool {
         return true;
     }
     match Params::try_from(hash) {
+        // Only weaker hashes are upgraded: during a rolling change of
+        // parameters, a replica still on the old ones must not re-hash
+        // passwords the new replicas already strengthened.
         Ok(p) => {
-            p.m_cost() != current.m_cost() || p.t_cost() != current.t_cost() || p.p_cost() != current.p_cost()
+            p.m_cost() < current.m_cost() || p.t_cost() < current.t_cost() || p.p_cost() < current.p_cost()
         }
         Err(_) => true,
     }
@@ -230,6 +233,25 @@ mod tests {
             other => panic!("expected a rehash, got {other:?}"),
         }
         assert_eq!(new.verify(&pw("wrong"), Some(&hash)).await?, Verified::No);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn stronger_parameters_are_never_downgraded() -> anyhow::Result<()> {
+        let strong = PasswordHasher::new(
+            Argon2Settings {
+                memory_kib: 2048,
+                iterations: 2,
+                ..FAST
+            },
+            1,
+        )?;
+        let hash = strong.hash(&pw("correct horse")).await?;
+        let weak = PasswordHasher::new(FAST, 1)?;
+        assert_eq!(
+            weak.verify(&pw("correct horse"), Some(&hash)).await?,
+            Verified::Yes
+        );
         Ok(())
     }
 }

@@ -32,6 +32,13 @@ impl Backoff {
         forget_after: Duration::from_secs(3600),
     };
 
+    /// ResetPassword attempts per client address: ten free an hour, then the
+    /// same doubling as logins.
+    pub const RESET_GUESSES: Self = Self {
+        free: 10,
+        ..Self::LOGIN
+    };
+
     fn delay_after(&self, failures: i32) -> Option<Duration> {
         let over = failures - self.free;
         if over <= 0 {
@@ -98,6 +105,23 @@ pub async fn forgive(db: &PgPool, key: &str) -> Result<(), AppError> {
         .bind(key)
         .execute(db)
         .await?;
+    Ok(())
+}
+
+/// Gives back the charge of one attempt that turned out to succeed, without
+/// forgetting the failures around it.
+pub async fn refund(db: &PgPool, key: &str, backoff: &Backoff) -> Result<(), AppError> {
+    // The charge may have started a wait; without it the count is back
+    // under the free attempts, so the wait goes too.
+    sqlx::query(
+        "UPDATE login_throttle SET failures = greatest(failures - 1, 0), \
+         locked_until = CASE WHEN failures - 1 <= $2 THEN NULL ELSE locked_until END \
+         WHERE key = $1",
+    )
+    .bind(key)
+    .bind(backoff.free)
+    .execute(db)
+    .await?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth_layer::bearer;
 use super::convert::timestamp;
+use super::rate_limit::ClientAddress;
 use crate::pb::auth::v1::{self as pb, auth_service_server::AuthService};
 use crate::service::{Core, Introspection, RegisterInput};
 
@@ -79,9 +80,10 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::ResetPasswordRequest>,
     ) -> Reply<pb::ResetPasswordResponse> {
+        let client = request.extensions().get::<ClientAddress>().map(|c| c.0);
         let r = request.into_inner();
         self.core
-            .reset_password(&r.token, &r.new_password, Utc::now())
+            .reset_password(&r.token, &r.new_password, client, Utc::now())
             .await?;
         Ok(Response::new(pb::ResetPasswordResponse {}))
     }

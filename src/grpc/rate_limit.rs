@@ -113,6 +113,11 @@ pub fn peer_address<B>(req: &Request<B>, trusted_header: Option<&HeaderName>) ->
         .map(|a| a.ip())
 }
 
+/// The client's address (IPv6 grouped by /64) as the rate limit saw it,
+/// for the password RPCs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress(pub IpAddr);
+
 #[derive(Clone)]
 pub struct PeerRateLimitLayer {
     limiter: Option<Arc<PeerLimiter>>,
@@ -160,14 +165,18 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        if let Some(limiter) = &self.layer.limiter
-            && LIMITED_METHODS.contains(&req.uri().path())
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if LIMITED_METHODS.contains(&req.uri().path())
             && let Some(peer) = peer_address(&req, self.layer.trusted_header.as_ref())
-            && let Err(wait) = limiter.try_acquire(peer, Instant::now())
         {
-            let status = Status::from(AppError::Throttled(wait));
-            return Box::pin(async move { Ok(status.into_http()) });
+            if let Some(limiter) = &self.layer.limiter
+                && let Err(wait) = limiter.try_acquire(peer, Instant::now())
+            {
+                let status = Status::from(AppError::Throttled(wait));
+                return Box::pin(async move { Ok(status.into_http()) });
+            }
+            // Handlers with durable per-client limits read it from here.
+            req.extensions_mut().insert(ClientAddress(group(peer)));
         }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

@@ -20,6 +20,17 @@ pub(super) fn throttle_key_for_user(user_id: Uuid) -> String {
     format!("user:{user_id}")
 }
 
+/// The throttle counter of a login string that names no account. It is
+/// hashed: people type passwords into the login field, and a key stored in
+/// the clear would keep them; hashing also takes any byte (NUL included)
+/// into a form PostgreSQL's `text` accepts.
+fn unknown_login_throttle_key(login: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(login.to_lowercase().as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("login:{hex}")
+}
+
 impl Core {
     pub async fn login(
         &self,
@@ -66,7 +77,7 @@ impl Core {
         // answer does not tell them apart either.
         let throttle_key = match &credentials {
             Some(c) => throttle_key_for_user(c.user.id),
-            None => format!("login:{}", login.to_lowercase()),
+            None => unknown_login_throttle_key(login),
         };
         if let Some(wait) = db::throttle::charge(&self.db, &throttle_key, &Backoff::LOGIN, now).await? {
             return Err(AppError::Throttled(wait));

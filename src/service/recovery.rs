@@ -1,13 +1,15 @@
 //! ForgotPassword and ResetPassword, and what every password change does
 //! besides replacing the hash.
 
+use std::net::IpAddr;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{Core, chrono_duration};
 use crate::crypto::opaque::{self, NewToken, TokenKind};
-use crate::db;
+use crate::db::{self, throttle::Backoff};
 use crate::domain::Email;
 use crate::error::AppError;
 use crate::mail::outbox;
@@ -56,11 +58,35 @@ impl Core {
         &self,
         presented: &str,
         new_password: &str,
+        client: Option<IpAddr>,
         now: DateTime<Utc>,
     ) -> Result<(), AppError> {
         if presented.trim().is_empty() {
             return Err(AppError::invalid("token", "is required"));
         }
+        // Reset tokens are 256 random bits, so guessing is hopeless; the
+        // durable cap still keeps a client that tries from hammering the
+        // database through every replica at once.
+        let guess_key = client.map(|ip| format!("reset:{ip}"));
+        if let Some(key) = &guess_key
+            && let Some(wait) = db::throttle::charge(&self.db, key, &Backoff::RESET_GUESSES, now).await?
+        {
+            return Err(AppError::Throttled(wait));
+        }
+        let outcome = self.reset_password_checked(presented, new_password, now).await;
+        if let (Some(key), Ok(())) = (&guess_key, &outcome) {
+            // Only wrong guesses count: a right one gives its charge back.
+            db::throttle::refund(&self.db, key, &Backoff::RESET_GUESSES).await?;
+        }
+        outcome
+    }
+
+    async fn reset_password_checked(
+        &self,
+        presented: &str,
+        new_password: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), AppError> {
         let hash = opaque::parse_presented(TokenKind::PasswordReset, presented)
             .ok_or(AppError::InvalidResetToken)?;
         let account = db::recovery::usable_token_owner(&self.db, &hash, now)

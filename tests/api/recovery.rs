@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use authd::config::Config;
 use authd::pb::auth::v1 as pb;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
 
@@ -535,5 +535,63 @@ async fn without_smtp_mail_is_dropped_as_not_sent() {
             .as_deref()
             .is_some_and(|e| e.contains("AUTHD_SMTP_URL")),
         "{rows:?}"
+    );
+}
+
+/// A well-formed reset token that was never issued.
+fn made_up_token() -> String {
+    format!("pr_{}", "A".repeat(43))
+}
+
+#[tokio::test]
+async fn reset_guesses_from_one_client_are_capped_across_replicas() {
+    let a = spawn_app().await;
+    let url = a.config.database_url.as_ref().unwrap().expose_secret().to_owned();
+    let b = spawn_app_on(&url, |_| {}).await;
+    // Ten free guesses, then a growing wait (the eleventh starts it).
+    for _ in 0..11 {
+        assert_error(
+            reset(&a, &made_up_token(), NEW_PASSWORD).await,
+            Code::Unauthenticated,
+            "RESET_TOKEN_INVALID",
+        );
+    }
+    let status = reset(&b, &made_up_token(), NEW_PASSWORD).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        tonic_types::StatusExt::get_details_retry_info(&status)
+            .and_then(|r| r.retry_delay)
+            .is_some(),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_successful_reset_does_not_count_as_a_guess() {
+    let (app, server) = app_with_mail(|_| {}).await;
+    let email = fresh_email();
+    app.register(&email, PASSWORD).await;
+    for _ in 0..10 {
+        assert_error(
+            reset(&app, &made_up_token(), NEW_PASSWORD).await,
+            Code::Unauthenticated,
+            "RESET_TOKEN_INVALID",
+        );
+    }
+    forgot(&app, &email).await.unwrap();
+    let token = server.wait_for(1, MAIL_WAIT).await.remove(0).reset_token();
+    reset(&app, &token, NEW_PASSWORD).await.unwrap();
+    // Had the success counted, the next guess would already wait.
+    assert_error(
+        reset(&app, &made_up_token(), NEW_PASSWORD).await,
+        Code::Unauthenticated,
+        "RESET_TOKEN_INVALID",
+    );
+    assert_eq!(
+        reset(&app, &made_up_token(), NEW_PASSWORD)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::ResourceExhausted
     );
 }

@@ -182,7 +182,6 @@ async fn sql_looking_address_in_forgot_password_queues_no_mail() {
 }
 
 #[tokio::test]
-#[ignore = "defect in src/service/login.rs (being reworked): the unknown-login throttle key keeps the NUL and PostgreSQL refuses it, so the answer is INTERNAL"]
 async fn nul_bytes_in_a_login_are_an_ordinary_failed_login() {
     let app = spawn_app().await;
     let email = fresh_email();

@@ -91,6 +91,23 @@ async fn a_database_dump_holds_no_password_or_token_in_plain_text() {
 }
 
 #[tokio::test]
+async fn a_password_typed_into_the_login_field_is_not_kept() {
+    let app = spawn_app().await;
+    // People slip and type the password where the login goes.
+    let slipped = fresh_password();
+    let status = app.login(&slipped, &slipped).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let counters: i64 = sqlx::query_scalar("SELECT count(*) FROM login_throttle")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(counters, 1, "the failure is still counted");
+    let dump = dump(&app).await;
+    assert!(!dump.contains(&slipped));
+    assert!(!dump.contains(&slipped.to_lowercase()));
+}
+
+#[tokio::test]
 async fn outdated_hashes_are_upgraded_at_the_next_login() {
     let old = spawn_app().await;
     let email = fresh_email();
