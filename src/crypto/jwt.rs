@@ -4,13 +4,16 @@
 //! `typ`, `iss`, `aud`, `sub`, `exp` and `nbf` are required.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Header, Validation};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::keys::{Key, PublicJwk};
@@ -21,6 +24,8 @@ pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 pub const LEEWAY_SECS: u64 = 5;
 /// A bearer longer than this is not one of ours; refuse before parsing.
 const MAX_TOKEN_BYTES: usize = 4096;
+/// Verified tokens remembered at most (≈ 80 bytes each).
+const MAX_REMEMBERED: usize = 100_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AccessClaims {
@@ -50,6 +55,8 @@ pub struct IssuedAccess {
 struct VerifyingKey {
     key: Key,
     validation: Validation,
+    /// The base64url JOSE header of tokens this key signs; it never changes.
+    encoded_header: String,
 }
 
 /// Issues and verifies access tokens. Cheap to clone.
@@ -65,6 +72,48 @@ struct Inner {
     audience: String,
     ttl: Duration,
     jwks_json: String,
+    verified: VerifiedTokens,
+}
+
+/// Tokens whose signature and claims checked out, by SHA-256 of the whole
+/// token. A client sends the same access token on every call for minutes,
+/// and the signature check is most of the CPU of GetMe; what a token says
+/// cannot change (the keys are fixed for the life of the process), only
+/// its expiry, which is checked on every hit. Whether its session is still
+/// live is never remembered here.
+#[derive(Default)]
+struct VerifiedTokens {
+    entries: RwLock<HashMap<[u8; 32], VerifiedAccess>>,
+}
+
+impl VerifiedTokens {
+    fn get(&self, key: &[u8; 32]) -> Option<VerifiedAccess> {
+        self.entries.read().ok()?.get(key).copied()
+    }
+
+    fn insert(&self, key: [u8; 32], verified: VerifiedAccess, now: i64) {
+        let Ok(mut entries) = self.entries.write() else {
+            return;
+        };
+        if entries.len() >= MAX_REMEMBERED {
+            entries.retain(|_, v| !is_expired(v.expires_at, now));
+            if entries.len() >= MAX_REMEMBERED / 2 {
+                entries.clear();
+            }
+        }
+        entries.insert(key, verified);
+    }
+}
+
+/// jsonwebtoken's rule: expired once `exp` lies more than the leeway in the past.
+fn is_expired(exp: i64, now: i64) -> bool {
+    exp < now.saturating_sub(LEEWAY_SECS as i64)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl AccessTokens {
@@ -86,7 +135,15 @@ impl AccessTokens {
             validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
             validation.set_issuer(&[issuer]);
             validation.set_audience(&[audience]);
-            verifying.push(VerifyingKey { key, validation });
+            let mut header = Header::new(key.alg);
+            header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
+            header.kid = Some(key.kid.clone());
+            let encoded_header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?);
+            verifying.push(VerifyingKey {
+                key,
+                validation,
+                encoded_header,
+            });
         }
         let jwks = serde_json::json!({
             "keys": verifying.iter().map(|k| &k.key.jwk).collect::<Vec<_>>()
@@ -99,6 +156,7 @@ impl AccessTokens {
                 audience: audience.to_owned(),
                 ttl,
                 jwks_json: jwks.to_string(),
+                verified: VerifiedTokens::default(),
             }),
         })
     }
@@ -108,7 +166,7 @@ impl AccessTokens {
     }
 
     pub fn issue(&self, user_id: Uuid, session_id: Uuid, now: DateTime<Utc>) -> anyhow::Result<IssuedAccess> {
-        let signer = &self.inner.keys[0].key;
+        let signer = &self.inner.keys[0];
         let iat = now.timestamp();
         let ttl = i64::try_from(self.inner.ttl.as_secs())?;
         let claims = AccessClaims {
@@ -121,10 +179,13 @@ impl AccessTokens {
             exp: iat + ttl,
             jti: Uuid::new_v4().to_string(),
         };
-        let mut header = Header::new(signer.alg);
-        header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
-        header.kid = Some(signer.kid.clone());
-        let token = jsonwebtoken::encode(&header, &claims, &signer.encoding)?;
+        // JWS compact serialization (RFC 7515 §7.1).
+        let mut token = signer.encoded_header.clone();
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(serde_json::to_vec(&claims)?, &mut token);
+        let signature = signer.key.signer.sign(token.as_bytes());
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
         Ok(IssuedAccess {
             token,
             expires_in: self.inner.ttl,
@@ -137,6 +198,21 @@ impl AccessTokens {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Err(TokenProblem::Invalid);
         }
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = unix_now();
+        if let Some(known) = self.inner.verified.get(&key) {
+            return if is_expired(known.expires_at, now) {
+                Err(TokenProblem::Expired)
+            } else {
+                Ok(known)
+            };
+        }
+        let verified = self.verify_uncached(token)?;
+        self.inner.verified.insert(key, verified, now);
+        Ok(verified)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<VerifiedAccess, TokenProblem> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenProblem::Invalid)?;
         let typ_ok = header.typ.as_deref().is_some_and(|t| {
             t.eq_ignore_ascii_case(ACCESS_TOKEN_TYP) || t.eq_ignore_ascii_case("application/at+jwt")
@@ -197,6 +273,23 @@ mod tests {
     }
 
     #[test]
+    fn es256_tokens_verify_and_carry_the_header_of_their_key() {
+        let sk = p256::SecretKey::random(&mut rand_core::OsRng);
+        let pem = p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&sk, Default::default()).unwrap();
+        let ed = Key::from_pkcs8_pem(&generate_ed25519_pem().unwrap()).unwrap();
+        let es = Key::from_pkcs8_pem(&pem).unwrap();
+        let es_kid = es.kid.clone();
+        // The first key signs; the second only verifies.
+        let t = AccessTokens::new(vec![es, ed], "iss", "aud", Duration::from_secs(60)).unwrap();
+        let issued = t.issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now()).unwrap();
+        let header = jsonwebtoken::decode_header(&issued.token).unwrap();
+        assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+        assert_eq!(header.kid.as_deref(), Some(es_kid.as_str()));
+        assert_eq!(header.typ.as_deref(), Some(ACCESS_TOKEN_TYP));
+        assert!(t.verify(&issued.token).is_ok());
+    }
+
+    #[test]
     fn tokens_of_another_key_or_expired_are_refused() {
         let (a, b) = (tokens(), tokens());
         let issued = a.issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now()).unwrap();
@@ -206,5 +299,43 @@ mod tests {
         assert_eq!(a.verify(&expired.token), Err(TokenProblem::Expired));
         assert_eq!(a.verify("garbage"), Err(TokenProblem::Invalid));
         assert_eq!(a.verify(&"a".repeat(5000)), Err(TokenProblem::Invalid));
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_a_tampered_one_is_checked_afresh() {
+        let t = tokens();
+        let issued = t.issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now()).unwrap();
+        assert!(t.verify(&issued.token).is_ok());
+        assert!(t.verify(&issued.token).is_ok(), "second time from memory");
+        // One character changed in the signature is another token.
+        let mut tampered = issued.token.clone().into_bytes();
+        let last = tampered.len() - 2;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert_eq!(t.verify(&tampered), Err(TokenProblem::Invalid));
+
+        // Remembered, then its lifetime runs out.
+        let key: [u8; 32] = Sha256::digest(issued.token.as_bytes()).into();
+        let mut known = t.verify(&issued.token).unwrap();
+        known.expires_at = unix_now() - LEEWAY_SECS as i64 - 1;
+        t.inner.verified.insert(key, known, unix_now());
+        assert_eq!(t.verify(&issued.token), Err(TokenProblem::Expired));
+    }
+
+    #[test]
+    fn memory_of_verified_tokens_is_bounded() {
+        let t = tokens();
+        let now = unix_now();
+        let live = VerifiedAccess {
+            user_id: Uuid::new_v4(),
+            session_id: Uuid::new_v4(),
+            expires_at: now + 60,
+        };
+        for i in 0..(MAX_REMEMBERED + 10) {
+            let key: [u8; 32] = Sha256::digest(i.to_le_bytes()).into();
+            t.inner.verified.insert(key, live, now);
+        }
+        let len = t.inner.verified.entries.read().unwrap().len();
+        assert!(len <= MAX_REMEMBERED, "{len}");
     }
 }

@@ -30,9 +30,34 @@ pub struct PublicJwk {
 pub struct Key {
     pub kid: String,
     pub alg: Algorithm,
+    /// Signs access tokens; parsed once, since jsonwebtoken's `encode`
+    /// re-parses the PKCS#8 key and re-derives its public half on every call
+    /// (two scalar multiplications, most of the CPU of a Refresh).
+    pub signer: Signer,
+    /// The same key in jsonwebtoken's form, for signing arbitrary claims.
     pub encoding: EncodingKey,
     pub decoding: DecodingKey,
     pub jwk: PublicJwk,
+}
+
+/// A parsed private key.
+pub enum Signer {
+    Ed25519(ed25519_dalek::SigningKey),
+    Es256(p256::ecdsa::SigningKey),
+}
+
+impl Signer {
+    /// The JWS signature of `message` (RFC 7515 / 8037): 64 bytes for both
+    /// algorithms (ES256 as R ‖ S, not DER).
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        match self {
+            Signer::Ed25519(key) => ed25519_dalek::Signer::sign(key, message).to_bytes().to_vec(),
+            Signer::Es256(key) => {
+                let signature: p256::ecdsa::Signature = p256::ecdsa::signature::Signer::sign(key, message);
+                signature.to_bytes().to_vec()
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Key {
@@ -52,6 +77,7 @@ impl Key {
             let thumbprint = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
             let kid = URL_SAFE_NO_PAD.encode(Sha256::digest(thumbprint.as_bytes()));
             return Ok(Self {
+                signer: Signer::Ed25519(sk),
                 encoding: EncodingKey::from_ed_pem(pem.as_bytes())?,
                 decoding: DecodingKey::from_ed_components(&x)?,
                 alg: Algorithm::EdDSA,
@@ -76,6 +102,7 @@ impl Key {
             let thumbprint = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
             let kid = URL_SAFE_NO_PAD.encode(Sha256::digest(thumbprint.as_bytes()));
             return Ok(Self {
+                signer: Signer::Es256(p256::ecdsa::SigningKey::from(&sk)),
                 encoding: EncodingKey::from_ec_pem(pem.as_bytes())?,
                 decoding: DecodingKey::from_ec_components(&x, &y)?,
                 alg: Algorithm::ES256,

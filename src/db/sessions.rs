@@ -25,17 +25,33 @@ pub struct NewSession {
     pub absolute_expires_at: DateTime<Utc>,
 }
 
-pub async fn create(tx: &mut PgConnection, s: &NewSession, now: DateTime<Utc>) -> Result<(), AppError> {
+/// Starts a session with its first refresh token and clears the failure
+/// count `forgive` of the login that earned it: one statement, so it is
+/// atomic and costs one round trip on the Login path.
+pub async fn start<'e>(
+    db: impl PgExecutor<'e>,
+    s: &NewSession,
+    first_token: &TokenHash,
+    forgive: &str,
+    now: DateTime<Utc>,
+) -> Result<(), AppError> {
     sqlx::query(
-        "INSERT INTO sessions (id, user_id, created_at, last_used_at, idle_expires_at, absolute_expires_at)
-         VALUES ($1, $2, $3, $3, $4, $5)",
+        "WITH forgiven AS (DELETE FROM login_throttle WHERE key = $7),
+              session AS (
+                  INSERT INTO sessions (id, user_id, created_at, last_used_at, idle_expires_at, absolute_expires_at)
+                  VALUES ($1, $2, $3, $3, $4, $5)
+                  RETURNING id)
+         INSERT INTO refresh_tokens (token_hash, session_id, issued_at)
+         SELECT $6, id, $3 FROM session",
     )
     .bind(s.id)
     .bind(s.user_id)
     .bind(now)
     .bind(s.idle_expires_at)
     .bind(s.absolute_expires_at)
-    .execute(tx)
+    .bind(first_token.as_bytes())
+    .bind(forgive)
+    .execute(db)
     .await?;
     Ok(())
 }
@@ -111,36 +127,53 @@ pub struct RotatedSession {
     pub idle_expires_at: DateTime<Utc>,
 }
 
-/// Consumes a refresh token of a live session and slides the session's idle
-/// expiry (never past its absolute one), atomically: of two concurrent calls
-/// with one token, exactly one gets `Some`. On `None` the caller must roll
-/// back: a session revoked concurrently can leave the token consumed here.
-pub async fn consume_refresh_token(
-    tx: &mut PgConnection,
-    hash: &TokenHash,
+/// Rotates a refresh token in one statement (one round trip, atomic):
+/// locks the token's live session and slides its idle expiry (never past
+/// the absolute one), consumes the presented token and stores `next` in
+/// its place. Of two concurrent calls with one token, exactly one gets
+/// `Some`; `None` means nothing was issued (the token is unknown, already
+/// consumed, or its session is not live).
+///
+/// The session row is updated first so that its row lock is held before
+/// the token is consumed: a revocation that commits meanwhile makes the
+/// session condition fail and leaves the token untouched. The loser of a
+/// race may slide the session's idle expiry too, to the same instant, and
+/// is then handled as a replay by the caller.
+pub async fn rotate_refresh_token<'e>(
+    db: impl PgExecutor<'e>,
+    presented: &TokenHash,
+    next: &TokenHash,
     now: DateTime<Utc>,
     idle_ttl: chrono::Duration,
 ) -> Result<Option<RotatedSession>, AppError> {
     let sql = format!(
-        "WITH consumed AS (
-             UPDATE refresh_tokens rt SET consumed_at = $3
-               FROM sessions s
+        "WITH slid AS (
+             UPDATE sessions s
+                SET last_used_at = $3,
+                    idle_expires_at = LEAST($3 + $2, s.absolute_expires_at)
+               FROM refresh_tokens rt
               WHERE rt.token_hash = $1 AND rt.consumed_at IS NULL
                 AND s.id = rt.session_id AND {live}
-             RETURNING rt.session_id)
-         UPDATE sessions s
-            SET last_used_at = $3,
-                idle_expires_at = LEAST($3 + $2, s.absolute_expires_at)
-           FROM consumed
-          WHERE s.id = consumed.session_id AND {live}
-         RETURNING s.id, s.user_id, s.idle_expires_at",
+             RETURNING s.id, s.user_id, s.idle_expires_at),
+         consumed AS (
+             UPDATE refresh_tokens rt SET consumed_at = $3
+               FROM slid
+              WHERE rt.token_hash = $1 AND rt.consumed_at IS NULL AND rt.session_id = slid.id
+             RETURNING rt.session_id),
+         issued AS (
+             INSERT INTO refresh_tokens (token_hash, session_id, issued_at)
+             SELECT $4, session_id, $3 FROM consumed
+             RETURNING session_id)
+         SELECT slid.id, slid.user_id, slid.idle_expires_at
+           FROM slid JOIN issued ON issued.session_id = slid.id",
         live = live("$3")
     );
     Ok(sqlx::query_as::<_, RotatedSession>(&sql)
-        .bind(hash.as_bytes())
+        .bind(presented.as_bytes())
         .bind(idle_ttl)
         .bind(now)
-        .fetch_optional(tx)
+        .bind(next.as_bytes())
+        .fetch_optional(db)
         .await?)
 }
 

@@ -100,15 +100,18 @@ impl Core {
                 .await?;
             }
         }
-        db::throttle::forgive(&self.db, &throttle_key).await?;
-        let pair = self.start_session(credentials.user.id, now).await?;
+        let pair = self
+            .start_session(credentials.user.id, &throttle_key, now)
+            .await?;
         Ok((pair, credentials.user))
     }
 
-    /// Creates a session with its first refresh token, in one transaction.
-    pub(super) async fn start_session(
+    /// Creates a session with its first refresh token, and forgets the
+    /// failures counted under `throttle_key`, atomically.
+    async fn start_session(
         &self,
         user_id: Uuid,
+        throttle_key: &str,
         now: DateTime<Utc>,
     ) -> Result<TokenPair, AppError> {
         let absolute = now + chrono_duration(self.sessions.max_ttl);
@@ -122,10 +125,7 @@ impl Core {
         let hash = refresh.hash;
         // Signed before the commit, so a committed session always has tokens.
         let pair = self.pair(user_id, session.id, refresh, session.idle_expires_at, now)?;
-        let mut tx = self.db.begin().await?;
-        db::sessions::create(&mut tx, &session, now).await?;
-        db::sessions::insert_refresh_token(&mut tx, &hash, session.id, now).await?;
-        tx.commit().await?;
+        db::sessions::start(&self.db, &session, &hash, throttle_key, now).await?;
         Ok(pair)
     }
 

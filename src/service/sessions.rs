@@ -27,22 +27,21 @@ fn require_refresh_token(presented: &str) -> Result<opaque::TokenHash, AppError>
 }
 
 impl Core {
-    /// Rotates a refresh token: the presented one is consumed and a new pair
-    /// issued in the same transaction. A token that was already consumed is
+    /// Rotates a refresh token: the presented one is consumed and its
+    /// successor stored in one atomic statement. A token that was already consumed is
     /// a replay (RFC 9700 §4.14.2): the whole session ends, unless it is the
     /// immediately previous token replayed within the configured grace.
     pub async fn refresh(&self, presented: &str, now: DateTime<Utc>) -> Result<TokenPair, AppError> {
         let hash = require_refresh_token(presented)?;
-        let mut tx = self.db.begin().await?;
         let idle = chrono_duration(self.sessions.idle_ttl);
-        if let Some(session) = db::sessions::consume_refresh_token(&mut tx, &hash, now, idle).await? {
-            let next = NewToken::generate(TokenKind::Refresh).map_err(AppError::internal)?;
-            db::sessions::insert_refresh_token(&mut tx, &next.hash, session.id, now).await?;
-            let pair = self.pair(session.user_id, session.id, next, session.idle_expires_at, now)?;
-            tx.commit().await?;
-            return Ok(pair);
+        let next = NewToken::generate(TokenKind::Refresh).map_err(AppError::internal)?;
+        if let Some(session) =
+            db::sessions::rotate_refresh_token(&self.db, &hash, &next.hash, now, idle).await?
+        {
+            // Signing an access token cannot fail once the keys loaded, so
+            // it may follow the commit; that saves the transaction's round trips.
+            return self.pair(session.user_id, session.id, next, session.idle_expires_at, now);
         }
-        tx.rollback().await?;
         let mut tx = self.db.begin().await?;
         let Some(state) = db::sessions::refresh_token_state(&mut tx, &hash, now).await? else {
             return Err(AppError::InvalidRefreshToken);
