@@ -39,7 +39,9 @@ impl Backoff {
         ..Self::LOGIN
     };
 
-    fn delay_after(&self, failures: i32) -> Option<Duration> {
+    /// The wait after the `failures`-th failure in a row (`charge` does
+    /// this in SQL).
+    pub fn delay_after(&self, failures: i32) -> Option<Duration> {
         let over = failures - self.free;
         if over <= 0 {
             return None;
@@ -55,48 +57,54 @@ impl Backoff {
 /// in advance: concurrent attempts are then throttled as if they came one
 /// after the other. A successful attempt calls [`forgive`]. Returns the time
 /// to wait when throttled.
+///
+/// One upsert (one round trip on every Login): the row lock of `ON
+/// CONFLICT DO UPDATE` serialises concurrent attempts, and its `WHERE`
+/// leaves a throttled row untouched. The schedule is
+/// [`Backoff::delay_after`], written in SQL; a test holds the two together.
 pub async fn charge(
     db: &PgPool,
     key: &str,
     backoff: &Backoff,
     now: DateTime<Utc>,
 ) -> Result<Option<Duration>, AppError> {
-    let mut tx = db.begin().await?;
-    sqlx::query(
-        "INSERT INTO login_throttle (key, last_failure_at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+    let interval = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    let counted: Option<i32> = sqlx::query_scalar(
+        "INSERT INTO login_throttle AS t (key, failures, last_failure_at, locked_until)
+         VALUES ($1, 1, $2, CASE WHEN 1 > $3 THEN $2 + $4 END)
+         ON CONFLICT (key) DO UPDATE
+            SET (failures, last_failure_at, locked_until) = (
+                SELECT n.failures, $2,
+                       CASE WHEN n.failures > $3
+                            THEN $2 + LEAST($4 * power(2, LEAST(n.failures - $3 - 1, 30)), $5) END
+                  FROM (SELECT CASE WHEN $2 - t.last_failure_at >= $6 THEN 1
+                                    ELSE LEAST(t.failures, 2147483646) + 1 END AS failures) AS n)
+          WHERE t.locked_until IS NULL OR t.locked_until <= $2
+         RETURNING t.failures",
     )
     .bind(key)
     .bind(now)
-    .execute(&mut *tx)
+    .bind(backoff.free)
+    .bind(interval(backoff.base))
+    .bind(interval(backoff.cap))
+    .bind(interval(backoff.forget_after))
+    .fetch_optional(db)
     .await?;
-    let (failures, locked_until, last_failure_at): (i32, Option<DateTime<Utc>>, DateTime<Utc>) =
-        sqlx::query_as(
-            "SELECT failures, locked_until, last_failure_at FROM login_throttle WHERE key = $1 FOR UPDATE",
-        )
-        .bind(key)
-        .fetch_one(&mut *tx)
-        .await?;
-    if let Some(until) = locked_until.filter(|u| *u > now) {
-        tx.commit().await?;
-        return Ok(Some((until - now).to_std().unwrap_or(Duration::ZERO)));
+    if counted.is_some() {
+        return Ok(None);
     }
-    let quiet = (now - last_failure_at).to_std().unwrap_or(Duration::ZERO) >= backoff.forget_after;
-    let failures = if quiet { 1 } else { failures.saturating_add(1) };
-    let locked_until = backoff
-        .delay_after(failures)
-        .and_then(|d| chrono::Duration::from_std(d).ok())
-        .map(|d| now + d);
-    sqlx::query(
-        "UPDATE login_throttle SET failures = $2, locked_until = $3, last_failure_at = $4 WHERE key = $1",
-    )
-    .bind(key)
-    .bind(failures)
-    .bind(locked_until)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(None)
+    // Throttled: the row was left as it was.
+    let until: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT locked_until FROM login_throttle WHERE key = $1")
+            .bind(key)
+            .fetch_optional(db)
+            .await?
+            .flatten();
+    Ok(Some(
+        until
+            .and_then(|u| (u - now).to_std().ok())
+            .unwrap_or(Duration::ZERO),
+    ))
 }
 
 /// Forgets the failures of `key` after a success.

@@ -218,3 +218,42 @@ async fn behind_a_trusted_proxy_each_client_address_has_its_own_budget() {
     assert_eq!(login_from("198.51.100.1").await, Code::ResourceExhausted);
     assert_eq!(login_from("198.51.100.2").await, Code::Unauthenticated);
 }
+
+/// `charge` computes the back-off in SQL; this holds it to the schedule
+/// `Backoff::delay_after` documents, including the fresh start after a
+/// quiet hour.
+#[tokio::test]
+async fn the_back_off_schedule_in_sql_is_the_documented_one() {
+    use authd::db::throttle::{Backoff, charge};
+    use chrono::SubsecRound as _;
+    let app = spawn_app().await;
+    let (b, key) = (Backoff::LOGIN, "test:schedule");
+    // The database keeps microseconds.
+    let mut now = chrono::Utc::now().trunc_subsecs(6);
+    for failure in 1..=20 {
+        let counted = charge(&app.db, key, &b, now).await.unwrap();
+        assert_eq!(counted, None, "attempt {failure} comes after the previous wait");
+        match b.delay_after(failure) {
+            None => now += chrono::Duration::milliseconds(1),
+            Some(wait) => {
+                let refused = charge(&app.db, key, &b, now).await.unwrap();
+                assert_eq!(refused, Some(wait), "wait after failure {failure}");
+                now += chrono::Duration::from_std(wait).unwrap();
+            }
+        }
+    }
+    let failures: i32 = sqlx::query_scalar("SELECT failures FROM login_throttle WHERE key = $1")
+        .bind(key)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(failures, 20, "refused attempts are not counted");
+    now += chrono::Duration::from_std(b.forget_after).unwrap();
+    assert_eq!(charge(&app.db, key, &b, now).await.unwrap(), None);
+    let failures: i32 = sqlx::query_scalar("SELECT failures FROM login_throttle WHERE key = $1")
+        .bind(key)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(failures, 1, "a quiet hour starts the count over");
+}
