@@ -242,18 +242,15 @@ async fn the_back_off_schedule_in_sql_is_the_documented_one() {
             }
         }
     }
-    let failures: i32 = sqlx::query_scalar("SELECT failures FROM login_throttle WHERE key = $1")
-        .bind(key)
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(failures, 20, "refused attempts are not counted");
+    let failures = || async {
+        sqlx::query_scalar::<_, i32>("SELECT failures FROM login_throttle WHERE key = $1")
+            .bind(key)
+            .fetch_one(&app.db)
+            .await
+            .unwrap()
+    };
+    assert_eq!(failures().await, 20, "refused attempts are not counted");
     now += chrono::Duration::from_std(b.forget_after).unwrap();
     assert_eq!(charge(&app.db, key, &b, now).await.unwrap(), None);
-    let failures: i32 = sqlx::query_scalar("SELECT failures FROM login_throttle WHERE key = $1")
-        .bind(key)
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(failures, 1, "a quiet hour starts the count over");
+    assert_eq!(failures().await, 1, "a quiet hour starts the count over");
 }
