@@ -134,6 +134,31 @@ async fn of_twenty_concurrent_refreshes_with_one_token_exactly_one_wins() {
     }
 }
 
+/// Refresh and Logout of one session racing: whatever order the database
+/// puts them in, once both answered the session is over and no token a
+/// Refresh handed out works.
+#[tokio::test]
+async fn a_refresh_racing_a_logout_never_outlives_it() {
+    let app = spawn_app().await;
+    let user = app.register("race@example.com", PASSWORD).await;
+    for round in 0..10 {
+        let tokens = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+        let (refreshed, logged_out) = tokio::join!(
+            refresh(&app, &tokens.refresh_token),
+            logout(&app, &tokens.refresh_token)
+        );
+        logged_out.unwrap_or_else(|e| panic!("round {round}: logout {e:?}"));
+        if let Ok(pair) = refreshed {
+            assert!(
+                refresh(&app, &pair.refresh_token).await.is_err(),
+                "round {round}: a token from the race outlived the logout"
+            );
+            assert!(!introspect(&app, &pair.access_token).await, "round {round}");
+        }
+        assert!(!introspect(&app, &tokens.access_token).await, "round {round}");
+    }
+}
+
 #[tokio::test]
 async fn refresh_slides_the_idle_expiry() {
     let app = spawn_app().await;
