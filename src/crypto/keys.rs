@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -32,10 +32,9 @@ pub struct Key {
     pub alg: Algorithm,
     /// Signs access tokens; parsed once, since jsonwebtoken's `encode`
     /// re-parses the PKCS#8 key and re-derives its public half on every call
-    /// (two scalar multiplications, most of the CPU of a Refresh).
+    /// (two scalar multiplications, about a fifth of authd's CPU in a
+    /// Refresh).
     pub signer: Signer,
-    /// The same key in jsonwebtoken's form, for signing arbitrary claims.
-    pub encoding: EncodingKey,
     pub decoding: DecodingKey,
     pub jwk: PublicJwk,
 }
@@ -78,7 +77,6 @@ impl Key {
             let kid = URL_SAFE_NO_PAD.encode(Sha256::digest(thumbprint.as_bytes()));
             return Ok(Self {
                 signer: Signer::Ed25519(sk),
-                encoding: EncodingKey::from_ed_pem(pem.as_bytes())?,
                 decoding: DecodingKey::from_ed_components(&x)?,
                 alg: Algorithm::EdDSA,
                 jwk: PublicJwk {
@@ -103,7 +101,6 @@ impl Key {
             let kid = URL_SAFE_NO_PAD.encode(Sha256::digest(thumbprint.as_bytes()));
             return Ok(Self {
                 signer: Signer::Es256(p256::ecdsa::SigningKey::from(&sk)),
-                encoding: EncodingKey::from_ec_pem(pem.as_bytes())?,
                 decoding: DecodingKey::from_ec_components(&x, &y)?,
                 alg: Algorithm::ES256,
                 jwk: PublicJwk {

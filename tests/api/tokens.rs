@@ -2,7 +2,7 @@ use authd::crypto::keys::Key;
 use authd::pb::auth::v1 as pb;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
 use tonic::Code;
 
@@ -25,7 +25,11 @@ fn sign(pem: &str, claims: &Value, typ: Option<&str>) -> String {
     let mut h = Header::new(key.alg);
     h.kid = Some(key.kid.clone());
     h.typ = typ.map(str::to_owned);
-    jsonwebtoken::encode(&h, claims, &key.encoding).unwrap()
+    let encoding = match key.alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(pem.as_bytes()),
+        _ => EncodingKey::from_ed_pem(pem.as_bytes()),
+    };
+    jsonwebtoken::encode(&h, claims, &encoding.unwrap()).unwrap()
 }
 
 fn now() -> i64 {
