@@ -44,6 +44,9 @@ pub struct Config {
     /// Header set by a trusted gateway carrying the client address (its last
     /// entry is used), e.g. `x-forwarded-for`. Unset: the TCP peer.
     pub trusted_proxy_header: Option<http::header::HeaderName>,
+    /// Browser origins allowed to call authd with gRPC-Web (CORS). Empty:
+    /// none; `*` alone: any.
+    pub cors_origins: Vec<String>,
     pub db_max_connections: u32,
     pub health_check_interval: Duration,
     pub shutdown_drain: Duration,
@@ -82,6 +85,7 @@ impl Default for Config {
             password_min_length: 8,
             peer_rate_limit: 20.0,
             trusted_proxy_header: None,
+            cors_origins: Vec::new(),
             db_max_connections: (cores as u32 * 4).clamp(8, 32),
             health_check_interval: Duration::from_secs(2),
             shutdown_drain: Duration::from_secs(10),
@@ -216,6 +220,10 @@ impl Config {
             );
             Ok(())
         });
+        field("AUTHD_CORS_ORIGINS", &mut |v| {
+            c.cors_origins = parse_origins(v)?;
+            Ok(())
+        });
         field("AUTHD_DB_MAX_CONNECTIONS", &mut |v| {
             parse_into(v, &mut c.db_max_connections)
         });
@@ -243,6 +251,39 @@ impl Config {
             anyhow::bail!("invalid configuration:\n  {}", errors.join("\n  "))
         }
     }
+}
+
+/// `*`, or a comma-separated list of exact origins (`https://app.example.com`,
+/// `http://localhost:3000`): a scheme, a host and an optional port, nothing
+/// after, since browsers send exactly that in `Origin`.
+fn parse_origins(v: &str) -> Result<Vec<String>, String> {
+    let origins: Vec<String> = v
+        .split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_owned())
+        .filter(|o| !o.is_empty())
+        .collect();
+    if origins.iter().any(|o| o == "*") {
+        return if origins.len() == 1 {
+            Ok(origins)
+        } else {
+            Err("`*` cannot be combined with other origins".into())
+        };
+    }
+    for origin in &origins {
+        let rest = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+            .ok_or_else(|| format!("{origin:?} is not an origin like https://app.example.com"))?;
+        if rest.is_empty()
+            || rest.contains(['/', '?', '#', '@', ' '])
+            || http::HeaderValue::from_str(origin).is_err()
+        {
+            return Err(format!(
+                "{origin:?} is not an origin like https://app.example.com (no path)"
+            ));
+        }
+    }
+    Ok(origins)
 }
 
 fn parse_into<T: std::str::FromStr>(v: &str, slot: &mut T) -> Result<(), String>
@@ -318,5 +359,21 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(c.access_token_ttl, Duration::from_secs(900));
         assert_eq!(c.argon2, Argon2Settings::default());
+    }
+
+    #[test]
+    fn cors_origins_are_exact_origins_or_a_lone_star() {
+        assert_eq!(
+            parse_origins("https://app.example.com, http://localhost:3000/"),
+            Ok(vec![
+                "https://app.example.com".to_owned(),
+                "http://localhost:3000".to_owned()
+            ])
+        );
+        assert_eq!(parse_origins("*"), Ok(vec!["*".to_owned()]));
+        assert!(parse_origins("*, https://a.example").is_err());
+        assert!(parse_origins("app.example.com").is_err());
+        assert!(parse_origins("https://app.example.com/login").is_err());
+        assert!(Config::from_lookup(|_| None).unwrap().cors_origins.is_empty());
     }
 }

@@ -10,22 +10,22 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
+use crate::domain::{FieldReason, Invalid};
+use crate::pb::auth::v1::{ErrorReason, FieldViolationReason};
+
 /// `ErrorInfo.domain` of every error authd returns.
 pub const ERROR_DOMAIN: &str = "authd";
 
-/// One invalid field of a request, with a description a person can act on.
+/// One invalid field of a request: which, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
     pub field: &'static str,
-    pub description: String,
+    pub problem: Invalid,
 }
 
 impl Violation {
-    pub fn new(field: &'static str, description: impl Into<String>) -> Self {
-        Self {
-            field,
-            description: description.into(),
-        }
+    pub fn new(field: &'static str, problem: Invalid) -> Self {
+        Self { field, problem }
     }
 }
 
@@ -39,12 +39,12 @@ pub enum TokenProblem {
 }
 
 impl TokenProblem {
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> ErrorReason {
         match self {
-            Self::Missing => "TOKEN_MISSING",
-            Self::Invalid => "TOKEN_INVALID",
-            Self::Expired => "TOKEN_EXPIRED",
-            Self::SessionRevoked => "SESSION_REVOKED",
+            Self::Missing => ErrorReason::TokenMissing,
+            Self::Invalid => ErrorReason::TokenInvalid,
+            Self::Expired => ErrorReason::TokenExpired,
+            Self::SessionRevoked => ErrorReason::SessionRevoked,
         }
     }
 
@@ -68,6 +68,13 @@ pub enum AppError {
     UsernameTaken,
     #[error("invalid credentials")]
     InvalidCredentials,
+    /// The bearer is fine but the password it re-entered is wrong: not
+    /// UNAUTHENTICATED, which makes clients log the user out.
+    #[error("current password is wrong")]
+    WrongCurrentPassword,
+    /// A concurrent change won: the caller may read again and retry.
+    #[error("lost a race with a concurrent change")]
+    Conflict,
     #[error("bearer token refused: {0:?}")]
     Token(TokenProblem),
     #[error("refresh token invalid")]
@@ -85,8 +92,8 @@ pub enum AppError {
 }
 
 impl AppError {
-    pub fn invalid(field: &'static str, description: impl Into<String>) -> Self {
-        Self::Validation(vec![Violation::new(field, description)])
+    pub fn invalid(field: &'static str, problem: Invalid) -> Self {
+        Self::Validation(vec![Violation::new(field, problem)])
     }
 
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
@@ -98,10 +105,18 @@ impl From<sqlx::Error> for AppError {
     fn from(err: sqlx::Error) -> Self {
         if is_connectivity_error(&err) {
             Self::Unavailable(err.into())
+        } else if is_lost_race(&err) {
+            Self::Conflict
         } else {
             Self::Internal(err.into())
         }
     }
+}
+
+/// serialization_failure and deadlock_detected: PostgreSQL aborted the
+/// transaction because a concurrent one won; retrying is safe.
+fn is_lost_race(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")))
 }
 
 /// True for errors that mean "the database cannot be reached right now" as
@@ -119,8 +134,49 @@ pub fn is_connectivity_error(err: &sqlx::Error) -> bool {
     }
 }
 
-fn info(reason: &str) -> ErrorDetails {
-    ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new())
+fn info(reason: ErrorReason) -> ErrorDetails {
+    ErrorDetails::with_error_info(reason.as_str_name(), ERROR_DOMAIN, HashMap::new())
+}
+
+/// The proto's name for a field reason, so every reason sent is one the
+/// contract lists.
+fn field_reason(reason: FieldReason) -> FieldViolationReason {
+    match reason {
+        FieldReason::Required => FieldViolationReason::Required,
+        FieldReason::TooShort => FieldViolationReason::TooShort,
+        FieldReason::TooLong => FieldViolationReason::TooLong,
+        FieldReason::InvalidFormat => FieldViolationReason::InvalidFormat,
+        FieldReason::InvalidCharacters => FieldViolationReason::InvalidCharacters,
+        FieldReason::TooCommon => FieldViolationReason::TooCommon,
+        FieldReason::ContainsIdentifier => FieldViolationReason::ContainsIdentifier,
+    }
+}
+
+/// The reason of a status that authd's own mapping did not build (tonic
+/// refused the message, no such method, a deadline...), so that every error
+/// carries an ErrorInfo.
+pub fn reason_for_code(code: Code) -> ErrorReason {
+    match code {
+        Code::InvalidArgument => ErrorReason::InvalidArgument,
+        Code::OutOfRange => ErrorReason::MessageTooLarge,
+        Code::Unimplemented => ErrorReason::UnknownMethod,
+        Code::DeadlineExceeded | Code::Cancelled => ErrorReason::DeadlineExceeded,
+        Code::ResourceExhausted => ErrorReason::Throttled,
+        Code::Unauthenticated => ErrorReason::TokenInvalid,
+        Code::Aborted => ErrorReason::ConcurrentUpdate,
+        Code::Unavailable => ErrorReason::Unavailable,
+        _ => ErrorReason::Internal,
+    }
+}
+
+/// Adds an ErrorInfo to a status that has no details; returns it unchanged
+/// otherwise.
+pub fn with_error_info(status: Status) -> Status {
+    if !status.details().is_empty() {
+        return status;
+    }
+    let reason = reason_for_code(status.code());
+    Status::with_error_details(status.code(), status.message(), info(reason))
 }
 
 impl From<AppError> for Status {
@@ -129,7 +185,12 @@ impl From<AppError> for Status {
             AppError::Validation(violations) => {
                 let fields: Vec<FieldViolation> = violations
                     .into_iter()
-                    .map(|v| FieldViolation::new(v.field, v.description))
+                    .map(|v| FieldViolation {
+                        field: v.field.to_owned(),
+                        description: v.problem.description,
+                        reason: field_reason(v.problem.reason).as_str_name().to_owned(),
+                        localized_message: None,
+                    })
                     .collect();
                 let message = format!(
                     "invalid request: {}",
@@ -139,26 +200,38 @@ impl From<AppError> for Status {
                         .collect::<Vec<_>>()
                         .join("; ")
                 );
-                Status::with_error_details(
-                    Code::InvalidArgument,
-                    message,
-                    ErrorDetails::with_bad_request(fields),
-                )
+                let mut details = ErrorDetails::with_bad_request(fields);
+                details.set_error_info(
+                    ErrorReason::InvalidArgument.as_str_name(),
+                    ERROR_DOMAIN,
+                    HashMap::new(),
+                );
+                Status::with_error_details(Code::InvalidArgument, message, details)
             }
             AppError::EmailTaken => Status::with_error_details(
                 Code::AlreadyExists,
                 "an account with this email already exists",
-                info("EMAIL_TAKEN"),
+                info(ErrorReason::EmailTaken),
             ),
             AppError::UsernameTaken => Status::with_error_details(
                 Code::AlreadyExists,
                 "this username is taken",
-                info("USERNAME_TAKEN"),
+                info(ErrorReason::UsernameTaken),
             ),
             AppError::InvalidCredentials => Status::with_error_details(
                 Code::Unauthenticated,
                 "invalid login or password",
-                info("INVALID_CREDENTIALS"),
+                info(ErrorReason::InvalidCredentials),
+            ),
+            AppError::WrongCurrentPassword => Status::with_error_details(
+                Code::InvalidArgument,
+                "current_password is wrong",
+                info(ErrorReason::InvalidCredentials),
+            ),
+            AppError::Conflict => Status::with_error_details(
+                Code::Aborted,
+                "a concurrent change won; read again and retry",
+                info(ErrorReason::ConcurrentUpdate),
             ),
             AppError::Token(problem) => {
                 Status::with_error_details(Code::Unauthenticated, problem.message(), info(problem.reason()))
@@ -166,21 +239,21 @@ impl From<AppError> for Status {
             AppError::InvalidRefreshToken => Status::with_error_details(
                 Code::Unauthenticated,
                 "invalid refresh token",
-                info("REFRESH_TOKEN_INVALID"),
+                info(ErrorReason::RefreshTokenInvalid),
             ),
             AppError::RefreshTokenReused => Status::with_error_details(
                 Code::Unauthenticated,
                 "refresh token was already used; the session has been ended",
-                info("REFRESH_TOKEN_REUSED"),
+                info(ErrorReason::RefreshTokenReused),
             ),
             AppError::InvalidResetToken => Status::with_error_details(
                 Code::Unauthenticated,
                 "invalid or expired reset token",
-                info("RESET_TOKEN_INVALID"),
+                info(ErrorReason::ResetTokenInvalid),
             ),
             AppError::Throttled(delay) => {
                 let mut details = ErrorDetails::with_retry_info(Some(delay));
-                details.set_error_info("THROTTLED", ERROR_DOMAIN, HashMap::new());
+                details.set_error_info(ErrorReason::Throttled.as_str_name(), ERROR_DOMAIN, HashMap::new());
                 Status::with_error_details(
                     Code::ResourceExhausted,
                     format!("too many attempts; retry in {} s", delay.as_secs().max(1)),
@@ -192,12 +265,12 @@ impl From<AppError> for Status {
                 Status::with_error_details(
                     Code::Unavailable,
                     "service temporarily unavailable",
-                    info("UNAVAILABLE"),
+                    info(ErrorReason::Unavailable),
                 )
             }
             AppError::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "internal error");
-                Status::with_error_details(Code::Internal, "internal error", info("INTERNAL"))
+                Status::with_error_details(Code::Internal, "internal error", info(ErrorReason::Internal))
             }
         }
     }

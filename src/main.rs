@@ -3,12 +3,14 @@ use std::process::ExitCode;
 use authd::config::Config;
 use authd::startup::{Application, open_database, shutdown_signal};
 
-const USAGE: &str = "usage: authd [serve | migrate | descriptor-set <file>]
+const USAGE: &str = "usage: authd [serve | migrate | descriptor-set <file> | openapi <file>]
 
   serve                    run the gRPC service (default)
   migrate                  apply database migrations and exit
   descriptor-set <file>    write the protobuf descriptor set (with imports)
                            for REST gateways such as Envoy's transcoder
+  openapi <file>           write the OpenAPI document of the REST routes
+                           (docs/openapi.json is this output, committed)
 
 Configuration comes from environment variables and .env; see README.md.";
 
@@ -27,6 +29,7 @@ async fn main() -> ExitCode {
         [] | ["serve"] => serve(config).await,
         ["migrate"] => migrate(config).await,
         ["descriptor-set", path] => std::fs::write(path, authd::pb::FILE_DESCRIPTOR_SET).map_err(Into::into),
+        ["openapi", path] => std::fs::write(path, authd::pb::OPENAPI_JSON).map_err(Into::into),
         ["-h" | "--help" | "help"] => {
             println!("{USAGE}");
             Ok(())

@@ -9,6 +9,7 @@ use std::str::FromStr as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use http::{HeaderName, HeaderValue, Method};
 use secrecy::ExposeSecret as _;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
@@ -17,6 +18,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::Config;
 use crate::crypto::jwt::AccessTokens;
@@ -142,7 +144,9 @@ impl Application {
             .max_encoding_message_size(1024 * 1024);
 
         // tonic leaves streams and reset floods unlimited unless told.
+        // HTTP/1.1 is accepted for gRPC-Web, which browsers speak.
         let mut server = Server::builder()
+            .accept_http1(true)
             .timeout(config.request_timeout)
             .concurrency_limit_per_connection(256)
             .load_shed(true)
@@ -160,6 +164,8 @@ impl Application {
         }
         let metrics = crate::metrics::Metrics::default();
         let router = server
+            .layer(cors_layer(&config.cors_origins))
+            .layer(tonic_web::GrpcWebLayer::new())
             .layer(ObserveLayer::new(metrics.clone()))
             .layer(PeerRateLimitLayer::new(
                 config.peer_rate_limit,
@@ -284,6 +290,35 @@ impl Application {
         tracing::info!("authd stopped");
         result
     }
+}
+
+/// Which browser origins may call authd with gRPC-Web. With none configured
+/// no origin is allowed, so a page elsewhere cannot use a visitor's browser
+/// against authd; native gRPC and REST clients send no `Origin` and are
+/// unaffected.
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let allow = if origins.len() == 1 && origins[0] == "*" {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    let header = HeaderName::from_static;
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::POST])
+        .allow_headers([
+            header("authorization"),
+            header("content-type"),
+            header("x-grpc-web"),
+            header("x-user-agent"),
+            header("grpc-timeout"),
+        ])
+        .expose_headers([
+            header("grpc-status"),
+            header("grpc-message"),
+            header("grpc-status-details-bin"),
+        ])
+        .max_age(Duration::from_secs(24 * 3600))
 }
 
 /// Reports NOT_SERVING while PostgreSQL does not answer, SERVING once it does.

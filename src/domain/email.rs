@@ -1,4 +1,4 @@
-use super::has_control;
+use super::{Invalid, has_control};
 
 /// An email address: trimmed, syntactically plausible, stored as given.
 /// Uniqueness is case-insensitive (enforced by the database on `lower(email)`).
@@ -8,31 +8,40 @@ pub struct Email(String);
 impl Email {
     pub const MAX_LEN: usize = 254;
 
-    pub fn parse(input: &str) -> Result<Self, String> {
+    pub fn parse(input: &str) -> Result<Self, Invalid> {
         let s = input.trim();
         if s.is_empty() {
-            return Err("is required".into());
+            return Err(Invalid::required());
         }
         if s.len() > Self::MAX_LEN {
-            return Err(format!("must be at most {} bytes", Self::MAX_LEN));
+            return Err(Invalid::too_long(format!(
+                "must be at most {} bytes",
+                Self::MAX_LEN
+            )));
         }
         if has_control(s) || s.chars().any(|c| c.is_whitespace() || is_invisible(c)) {
-            return Err("must not contain spaces, control or invisible characters".into());
+            return Err(Invalid::characters(
+                "must not contain spaces, control or invisible characters",
+            ));
         }
         let Some((local, domain)) = s.rsplit_once('@') else {
-            return Err("must look like name@example.com".into());
+            return Err(Invalid::format("must look like name@example.com"));
         };
         if local.is_empty() || local.len() > 64 || local.contains('@') {
-            return Err("must look like name@example.com".into());
+            return Err(Invalid::format("must look like name@example.com"));
         }
         if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
-            return Err("must not have a dot at the start or end of the name, or two in a row".into());
+            return Err(Invalid::format(
+                "must not have a dot at the start or end of the name, or two in a row",
+            ));
         }
         if local.chars().any(|c| "\"(),:;<>[\\]".contains(c)) {
-            return Err("must not contain quotes, brackets, commas or semicolons".into());
+            return Err(Invalid::characters(
+                "must not contain quotes, brackets, commas or semicolons",
+            ));
         }
         if !valid_domain(domain) {
-            return Err("must have a domain like example.com after the @".into());
+            return Err(Invalid::format("must have a domain like example.com after the @"));
         }
         Ok(Self(s.to_owned()))
     }

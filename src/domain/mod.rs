@@ -14,3 +14,71 @@ pub use username::Username;
 fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
 }
+
+/// Why a field's value was refused, for machines: front ends branch on it to
+/// show their own, translated message. The names are the `reason` strings of
+/// `google.rpc.BadRequest.FieldViolation` and are listed in the proto's
+/// `FieldViolationReason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldReason {
+    Required,
+    TooShort,
+    TooLong,
+    InvalidFormat,
+    InvalidCharacters,
+    TooCommon,
+    ContainsIdentifier,
+}
+
+impl FieldReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Required => "REQUIRED",
+            Self::TooShort => "TOO_SHORT",
+            Self::TooLong => "TOO_LONG",
+            Self::InvalidFormat => "INVALID_FORMAT",
+            Self::InvalidCharacters => "INVALID_CHARACTERS",
+            Self::TooCommon => "TOO_COMMON",
+            Self::ContainsIdentifier => "CONTAINS_IDENTIFIER",
+        }
+    }
+}
+
+/// A refused value: the machine reason and an English description a person
+/// can act on ("must be at most 254 bytes").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub reason: FieldReason,
+    pub description: String,
+}
+
+impl Invalid {
+    pub fn new(reason: FieldReason, description: impl Into<String>) -> Self {
+        Self {
+            reason,
+            description: description.into(),
+        }
+    }
+
+    pub fn required() -> Self {
+        Self::new(FieldReason::Required, "is required")
+    }
+
+    pub fn too_long(description: impl Into<String>) -> Self {
+        Self::new(FieldReason::TooLong, description)
+    }
+
+    pub fn format(description: impl Into<String>) -> Self {
+        Self::new(FieldReason::InvalidFormat, description)
+    }
+
+    pub fn characters(description: impl Into<String>) -> Self {
+        Self::new(FieldReason::InvalidCharacters, description)
+    }
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.description)
+    }
+}

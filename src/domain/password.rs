@@ -1,6 +1,8 @@
 use secrecy::{ExposeSecret, SecretString};
 use unicode_normalization::UnicodeNormalization;
 
+use super::{FieldReason, Invalid};
+
 /// A password after NFKC normalisation, so that every Unicode form of the
 /// same text hashes alike. Kept in a `SecretString`: it never prints.
 #[derive(Clone)]
@@ -24,16 +26,20 @@ const MAX_PASSWORD_BYTES: usize = MAX_PASSWORD_CHARS * 4;
 impl Password {
     /// Normalises without applying the policy: used for the password of a
     /// Login, which must match whatever the policy was when it was set.
-    pub fn normalize(input: &str) -> Result<Self, String> {
+    pub fn normalize(input: &str) -> Result<Self, Invalid> {
         if input.is_empty() {
-            return Err("is required".into());
+            return Err(Invalid::required());
         }
         if input.len() > MAX_PASSWORD_BYTES {
-            return Err(format!("must be at most {MAX_PASSWORD_CHARS} characters"));
+            return Err(Invalid::too_long(format!(
+                "must be at most {MAX_PASSWORD_CHARS} characters"
+            )));
         }
         let normalized: String = input.nfkc().collect();
         if normalized.chars().count() > MAX_PASSWORD_CHARS {
-            return Err(format!("must be at most {MAX_PASSWORD_CHARS} characters"));
+            return Err(Invalid::too_long(format!(
+                "must be at most {MAX_PASSWORD_CHARS} characters"
+            )));
         }
         Ok(Self(SecretString::from(normalized)))
     }
@@ -69,13 +75,16 @@ impl PasswordPolicy {
 
     /// Parses and checks a new password. `identifiers` are the account's
     /// email and username, which a password must not equal or contain.
-    pub fn parse_new(&self, input: &str, identifiers: &[&str]) -> Result<Password, String> {
+    pub fn parse_new(&self, input: &str, identifiers: &[&str]) -> Result<Password, Invalid> {
         let password = Password::normalize(input)?;
         let chars = password.char_count();
         if chars < self.min_chars {
-            return Err(format!(
-                "must be at least {} characters (a few unrelated words make a strong, memorable password)",
-                self.min_chars
+            return Err(Invalid::new(
+                FieldReason::TooShort,
+                format!(
+                    "must be at least {} characters (a few unrelated words make a strong, memorable password)",
+                    self.min_chars
+                ),
             ));
         }
         let lower = password.expose().to_lowercase();
@@ -83,7 +92,10 @@ impl PasswordPolicy {
             let id = id.to_lowercase();
             let local = id.split('@').next().unwrap_or_default();
             if lower.contains(&id) || (local.chars().count() >= 4 && lower.contains(local)) {
-                return Err("must not contain your email address or username".into());
+                return Err(Invalid::new(
+                    FieldReason::ContainsIdentifier,
+                    "must not contain your email address or username",
+                ));
             }
         }
         // The blocklist: zxcvbn's dictionaries of common and leaked passwords,
@@ -97,8 +109,11 @@ impl PasswordPolicy {
                 .and_then(|f| f.warning())
                 .map(|w| format!(" ({w})"))
                 .unwrap_or_default();
-            return Err(format!(
-                "is too easy to guess{hint}; a few unrelated words make a strong, memorable password"
+            return Err(Invalid::new(
+                FieldReason::TooCommon,
+                format!(
+                    "is too easy to guess{hint}; a few unrelated words make a strong, memorable password"
+                ),
             ));
         }
         Ok(password)

@@ -1,4 +1,4 @@
-use super::has_control;
+use super::{Invalid, has_control};
 
 /// A display name: trimmed, at most 200 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -7,13 +7,16 @@ pub struct FullName(String);
 impl FullName {
     pub const MAX_LEN: usize = 200;
 
-    pub fn parse(input: &str) -> Result<Self, String> {
+    pub fn parse(input: &str) -> Result<Self, Invalid> {
         let s = input.trim();
         if s.chars().count() > Self::MAX_LEN {
-            return Err(format!("must be at most {} characters", Self::MAX_LEN));
+            return Err(Invalid::too_long(format!(
+                "must be at most {} characters",
+                Self::MAX_LEN
+            )));
         }
         if has_control(s) {
-            return Err("must not contain control characters".into());
+            return Err(Invalid::characters("must not contain control characters"));
         }
         Ok(Self(s.to_owned()))
     }
@@ -29,24 +32,30 @@ impl FullName {
 pub struct Phone(String);
 
 impl Phone {
-    pub fn parse(input: &str) -> Result<Self, String> {
+    pub fn parse(input: &str) -> Result<Self, Invalid> {
         let s = input.trim();
         if s.len() > 32 {
-            return Err("must be a phone number in international form, like +15551234567".into());
+            return Err(Invalid::too_long(
+                "must be a phone number in international form, like +15551234567",
+            ));
         }
         let Some(rest) = s.strip_prefix('+') else {
-            return Err("must start with + and the country code, like +15551234567".into());
+            return Err(Invalid::format(
+                "must start with + and the country code, like +15551234567",
+            ));
         };
         let mut digits = String::with_capacity(16);
         for c in rest.chars() {
             match c {
                 '0'..='9' => digits.push(c),
                 ' ' | '-' | '.' | '(' | ')' => {}
-                _ => return Err("may only contain digits after the +".into()),
+                _ => return Err(Invalid::characters("may only contain digits after the +")),
             }
         }
         if !(8..=15).contains(&digits.len()) || digits.starts_with('0') {
-            return Err("must have 8 to 15 digits after the +, not starting with 0".into());
+            return Err(Invalid::format(
+                "must have 8 to 15 digits after the +, not starting with 0",
+            ));
         }
         Ok(Self(format!("+{digits}")))
     }
@@ -63,24 +72,31 @@ pub struct ImageUrl(String);
 impl ImageUrl {
     pub const MAX_LEN: usize = 2048;
 
-    pub fn parse(input: &str) -> Result<Self, String> {
+    pub fn parse(input: &str) -> Result<Self, Invalid> {
         let s = input.trim();
         if s.len() > Self::MAX_LEN {
-            return Err(format!("must be at most {} bytes", Self::MAX_LEN));
+            return Err(Invalid::too_long(format!(
+                "must be at most {} bytes",
+                Self::MAX_LEN
+            )));
         }
         if has_control(s) || s.contains(char::is_whitespace) {
-            return Err("must not contain spaces or control characters".into());
+            return Err(Invalid::characters(
+                "must not contain spaces or control characters",
+            ));
         }
         let lower = s.to_ascii_lowercase();
         let rest = lower
             .strip_prefix("https://")
             .or_else(|| lower.strip_prefix("http://"))
-            .ok_or("must be an http:// or https:// URL")?;
+            .ok_or_else(|| Invalid::format("must be an http:// or https:// URL"))?;
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
         // Userinfo in an avatar URL is a phishing vector, never a need.
         let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
         if host.is_empty() || authority.contains('@') {
-            return Err("must name a host, like https://example.com/me.png".into());
+            return Err(Invalid::format(
+                "must name a host, like https://example.com/me.png",
+            ));
         }
         Ok(Self(s.to_owned()))
     }

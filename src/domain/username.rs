@@ -1,3 +1,5 @@
+use super::{FieldReason, Invalid};
+
 /// An optional handle: 3–32 characters of `[A-Za-z0-9._-]`, starting with a
 /// letter or digit. Never contains '@', so a login string is unambiguous.
 /// Unique case-insensitively (the database enforces it on `lower(username)`).
@@ -8,24 +10,28 @@ impl Username {
     pub const MIN_LEN: usize = 3;
     pub const MAX_LEN: usize = 32;
 
-    pub fn parse(input: &str) -> Result<Self, String> {
+    pub fn parse(input: &str) -> Result<Self, Invalid> {
         let s = input.trim();
         let len = s.chars().count();
         if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&len) {
-            return Err(format!(
-                "must be {} to {} characters long",
-                Self::MIN_LEN,
-                Self::MAX_LEN
-            ));
+            let reason = if len < Self::MIN_LEN {
+                FieldReason::TooShort
+            } else {
+                FieldReason::TooLong
+            };
+            let description = format!("must be {} to {} characters long", Self::MIN_LEN, Self::MAX_LEN);
+            return Err(Invalid::new(reason, description));
         }
         if !s
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
         {
-            return Err("may only contain letters a-z, digits, '.', '_' and '-'".into());
+            return Err(Invalid::characters(
+                "may only contain letters a-z, digits, '.', '_' and '-'",
+            ));
         }
         if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-            return Err("must start with a letter or digit".into());
+            return Err(Invalid::format("must start with a letter or digit"));
         }
         Ok(Self(s.to_owned()))
     }

@@ -1,5 +1,8 @@
 //! One structured log line and one metrics sample per RPC: method, gRPC
 //! code and latency. Never the request or its metadata, which carry secrets.
+//! Being the outermost layer, it also gives an ErrorInfo to the errors that
+//! tonic builds itself (message too large, unknown method), so that every
+//! error a client sees carries a reason.
 
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -49,6 +52,17 @@ fn code_of<B>(response: &Response<B>) -> tonic::Code {
         .map_or(tonic::Code::Ok, tonic::Code::from_i32)
 }
 
+/// A trailers-only error without details gets an ErrorInfo for its code.
+fn ensure_error_info(response: Response<tonic::body::Body>) -> Response<tonic::body::Body> {
+    if response.headers().contains_key("grpc-status-details-bin") {
+        return response;
+    }
+    match tonic::Status::from_header_map(response.headers()) {
+        Some(status) if status.code() != tonic::Code::Ok => crate::error::with_error_info(status).into_http(),
+        _ => response,
+    }
+}
+
 impl<S, B> Service<Request<B>> for Observe<S>
 where
     S: Service<Request<B>, Response = Response<tonic::body::Body>> + Clone + Send + 'static,
@@ -76,6 +90,7 @@ where
                 Ok(response) => code_of(response),
                 Err(_) => tonic::Code::Internal,
             };
+            let result = result.map(ensure_error_info);
             metrics.record(&method, code, elapsed);
             let latency_ms = elapsed.as_secs_f64() * 1000.0;
             match code {

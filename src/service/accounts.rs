@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::Core;
 use crate::crypto::jwt::VerifiedAccess;
 use crate::db::{self, users::UserRecord};
-use crate::domain::{Email, FullName, ImageUrl, Password, Phone, Username};
+use crate::domain::{Email, FullName, ImageUrl, Invalid, Password, Phone, Username};
 use crate::error::{AppError, TokenProblem, Violation};
 
 /// Register's raw input, exactly as received.
@@ -33,7 +33,7 @@ struct NewAccount {
 
 impl NewAccount {
     /// Parses every field and reports every bad one, not just the first.
-    fn parse(input: &RegisterInput, password: Result<Password, String>) -> Result<Self, AppError> {
+    fn parse(input: &RegisterInput, password: Result<Password, Invalid>) -> Result<Self, AppError> {
         let email = Email::parse(&input.email);
         let username = optional(&input.username, Username::parse);
         let full_name = FullName::parse(&input.full_name);
@@ -61,14 +61,14 @@ impl NewAccount {
 }
 
 /// Records the failure of one field's parse.
-pub(super) fn note<T>(field: &'static str, parsed: &Result<T, String>, violations: &mut Vec<Violation>) {
+pub(super) fn note<T>(field: &'static str, parsed: &Result<T, Invalid>, violations: &mut Vec<Violation>) {
     if let Err(e) = parsed {
         violations.push(Violation::new(field, e.clone()));
     }
 }
 
 /// Empty input means "not given".
-fn optional<T>(input: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, String> {
+fn optional<T>(input: &str, parse: impl Fn(&str) -> Result<T, Invalid>) -> Result<Option<T>, Invalid> {
     if input.trim().is_empty() {
         Ok(None)
     } else {

@@ -8,7 +8,7 @@ use crate::crypto::opaque::{NewToken, TokenKind};
 use crate::crypto::password::Verified;
 use crate::db::throttle::Backoff;
 use crate::db::{self, users::LoginKey, users::UserRecord};
-use crate::domain::{Email, Password, Username};
+use crate::domain::{Email, FieldReason, Invalid, Password, Username};
 use crate::error::{AppError, Violation};
 
 /// Longest login string worth looking up (an email's maximum).
@@ -43,12 +43,15 @@ impl Core {
         if login.is_empty() {
             violations.push(Violation::new(
                 "login",
-                "is required (an email address or username)",
+                Invalid::new(
+                    FieldReason::Required,
+                    "is required (an email address or username)",
+                ),
             ));
         } else if login.len() > MAX_LOGIN_LEN {
             violations.push(Violation::new(
                 "login",
-                format!("must be at most {MAX_LOGIN_LEN} bytes"),
+                Invalid::too_long(format!("must be at most {MAX_LOGIN_LEN} bytes")),
             ));
         }
         let password = Password::normalize(password);

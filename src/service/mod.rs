@@ -14,7 +14,7 @@ use sqlx::PgPool;
 
 use crate::crypto::jwt::AccessTokens;
 use crate::crypto::password::PasswordHasher;
-use crate::domain::{Password, PasswordPolicy};
+use crate::domain::{Invalid, Password, PasswordPolicy};
 use crate::error::AppError;
 use crate::mail::MailSettings;
 use crate::session_cache::SessionCache;
@@ -57,7 +57,7 @@ impl Core {
         &self,
         input: &str,
         identifiers: &[&str],
-    ) -> Result<Result<Password, String>, AppError> {
+    ) -> Result<Result<Password, Invalid>, AppError> {
         let policy = self.policy.clone();
         let input = input.to_owned();
         let identifiers: Vec<String> = identifiers.iter().map(|s| (*s).to_owned()).collect();

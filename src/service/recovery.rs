@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{Core, chrono_duration};
 use crate::crypto::opaque::{self, NewToken, TokenKind};
 use crate::db::{self, throttle::Backoff};
-use crate::domain::Email;
+use crate::domain::{Email, Invalid};
 use crate::error::AppError;
 use crate::mail::outbox;
 
@@ -62,7 +62,7 @@ impl Core {
         now: DateTime<Utc>,
     ) -> Result<(), AppError> {
         if presented.trim().is_empty() {
-            return Err(AppError::invalid("token", "is required"));
+            return Err(AppError::invalid("token", Invalid::required()));
         }
         // Reset tokens are 256 random bits, so guessing is hopeless; the
         // durable cap still keeps a client that tries from hammering the

@@ -9,7 +9,7 @@ use crate::crypto::opaque::{self, NewToken, TokenKind};
 use crate::crypto::password::Verified;
 use crate::db;
 use crate::db::throttle::Backoff;
-use crate::domain::Password;
+use crate::domain::{Invalid, Password};
 use crate::error::{AppError, TokenProblem, Violation};
 
 /// Answer of IntrospectToken.
@@ -21,7 +21,7 @@ pub enum Introspection {
 
 fn require_refresh_token(presented: &str) -> Result<opaque::TokenHash, AppError> {
     if presented.trim().is_empty() {
-        return Err(AppError::invalid("refresh_token", "is required"));
+        return Err(AppError::invalid("refresh_token", Invalid::required()));
     }
     opaque::parse_presented(TokenKind::Refresh, presented).ok_or(AppError::InvalidRefreshToken)
 }
@@ -86,7 +86,7 @@ impl Core {
         now: DateTime<Utc>,
     ) -> Result<Introspection, AppError> {
         if access_token.trim().is_empty() {
-            return Err(AppError::invalid("access_token", "is required"));
+            return Err(AppError::invalid("access_token", Invalid::required()));
         }
         let Ok(verified) = self.tokens.verify(access_token.trim()) else {
             return Ok(Introspection::Inactive);
@@ -129,7 +129,7 @@ impl Core {
         }
         let stored = db::users::password_hash(&self.db, user.id).await?;
         if self.hasher.verify(&current, stored.as_deref()).await? == Verified::No {
-            return Err(AppError::InvalidCredentials);
+            return Err(AppError::WrongCurrentPassword);
         }
         db::throttle::forgive(&self.db, &throttle_key).await?;
         let new_hash = self.hasher.hash(&new).await?;
@@ -152,7 +152,7 @@ impl Core {
         )
         .await?
         {
-            return Err(AppError::InvalidCredentials);
+            return Err(AppError::Conflict);
         }
         db::sessions::revoke_all_for_user(
             &mut *tx,

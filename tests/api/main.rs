@@ -7,9 +7,16 @@
 mod helpers;
 
 mod adversarial;
+mod clients;
+mod descriptor;
+mod error_contract;
+mod grpc_web;
 mod health;
+mod http1;
 mod login;
+mod openapi;
 mod recovery;
+mod rest_gateway;
 mod register;
 mod session_cache;
 mod sessions;

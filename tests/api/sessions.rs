@@ -298,7 +298,9 @@ async fn change_password_with_a_wrong_current_password_changes_nothing() {
         "a brand new passphrase",
     )
     .await;
-    assert_error(result, Code::Unauthenticated, "INVALID_CREDENTIALS");
+    // INVALID_ARGUMENT, not UNAUTHENTICATED: the bearer is fine, and clients
+    // log their user out on UNAUTHENTICATED.
+    assert_error(result, Code::InvalidArgument, "INVALID_CREDENTIALS");
     let hash_after: String = sqlx::query_scalar("SELECT password_hash FROM users")
         .fetch_one(&app.db)
         .await

@@ -164,7 +164,7 @@ async fn change_password_guesses_count_against_the_account() {
     for _ in 0..6 {
         assert_error(
             attempt("wrong guess").await,
-            Code::Unauthenticated,
+            Code::InvalidArgument,
             "INVALID_CREDENTIALS",
         );
     }

