@@ -1,5 +1,7 @@
 use std::{env, fs, path::PathBuf};
 
+#[path = "build/method_paths.rs"]
+mod method_paths;
 #[path = "build/openapi.rs"]
 mod openapi;
 
@@ -27,6 +29,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs::write(
         out_dir.join("auth_descriptor.bin"),
         compiler.encode_file_descriptor_set(),
+    )?;
+    fs::write(
+        out_dir.join("method_paths.rs"),
+        method_paths::generate(&compiler.descriptor_pool(), "auth.v1")?,
     )?;
     fs::write(
         out_dir.join("openapi.json"),

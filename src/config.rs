@@ -111,34 +111,59 @@ impl Config {
     /// Builds a config from any key lookup; collects every bad variable into
     /// one error so an operator fixes them in one go.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let mut c = Self::default();
-        let mut errors = Vec::new();
-        let mut field = |key: &str, apply: &mut dyn FnMut(&str) -> Result<(), String>| {
-            if let Some(value) = get(key)
-                && let Err(e) = apply(value.trim())
-            {
-                errors.push(format!("{key}: {e}"));
-            }
+        let mut vars = Vars {
+            get: &get,
+            errors: Vec::new(),
         };
-        field("DATABASE_URL", &mut |v| {
-            c.database_url = Some(SecretString::from(v.to_owned()));
+        let mut c = Self::default();
+        c.read_server(&mut vars);
+        c.read_tokens(&mut vars);
+        c.read_mail(&mut vars);
+        c.read_passwords(&mut vars);
+        c.read_clients(&mut vars);
+        c.read_operations(&mut vars);
+        vars.errors.extend(c.inconsistencies());
+        if vars.errors.is_empty() {
+            Ok(c)
+        } else {
+            anyhow::bail!("invalid configuration:\n  {}", vars.errors.join("\n  "))
+        }
+    }
+
+    fn read_server(&mut self, v: &mut Vars<'_>) {
+        v.read("DATABASE_URL", |s| {
+            self.database_url = Some(SecretString::from(s.to_owned()));
             Ok(())
         });
-        field("AUTHD_LISTEN", &mut |v| parse_into(v, &mut c.listen));
-        field("AUTHD_DATA_DIR", &mut |v| {
-            c.data_dir = PathBuf::from(v);
+        v.read("AUTHD_LISTEN", |s| parse_into(s, &mut self.listen));
+        v.read("AUTHD_DATA_DIR", |s| {
+            self.data_dir = PathBuf::from(s);
             Ok(())
         });
-        field("AUTHD_ISSUER", &mut |v| {
-            c.issuer = v.to_owned();
+        v.read("AUTHD_TLS_CERT", |s| {
+            self.tls_cert = Some(PathBuf::from(s));
             Ok(())
         });
-        field("AUTHD_AUDIENCE", &mut |v| {
-            c.audience = v.to_owned();
+        v.read("AUTHD_TLS_KEY", |s| {
+            self.tls_key = Some(PathBuf::from(s));
             Ok(())
         });
-        field("AUTHD_SIGNING_KEYS", &mut |v| {
-            c.signing_keys = v
+        v.read("AUTHD_DB_MAX_CONNECTIONS", |s| {
+            parse_into(s, &mut self.db_max_connections)
+        });
+    }
+
+    fn read_tokens(&mut self, v: &mut Vars<'_>) {
+        v.read("AUTHD_ISSUER", |s| {
+            self.issuer = s.to_owned();
+            Ok(())
+        });
+        v.read("AUTHD_AUDIENCE", |s| {
+            self.audience = s.to_owned();
+            Ok(())
+        });
+        v.read("AUTHD_SIGNING_KEYS", |s| {
+            self.signing_keys = s
                 .split(',')
                 .map(str::trim)
                 .filter(|p| !p.is_empty())
@@ -146,109 +171,127 @@ impl Config {
                 .collect();
             Ok(())
         });
-        field("AUTHD_ACCESS_TOKEN_TTL", &mut |v| {
-            duration_into(v, &mut c.access_token_ttl)
+        v.read("AUTHD_ACCESS_TOKEN_TTL", |s| {
+            duration_into(s, &mut self.access_token_ttl)
         });
-        field("AUTHD_SESSION_IDLE_TTL", &mut |v| {
-            duration_into(v, &mut c.session_idle_ttl)
+        v.read("AUTHD_SESSION_IDLE_TTL", |s| {
+            duration_into(s, &mut self.session_idle_ttl)
         });
-        field("AUTHD_SESSION_MAX_TTL", &mut |v| {
-            duration_into(v, &mut c.session_max_ttl)
+        v.read("AUTHD_SESSION_MAX_TTL", |s| {
+            duration_into(s, &mut self.session_max_ttl)
         });
-        field("AUTHD_RESET_TOKEN_TTL", &mut |v| {
-            duration_into(v, &mut c.reset_token_ttl)
+        v.read("AUTHD_RESET_TOKEN_TTL", |s| {
+            duration_into(s, &mut self.reset_token_ttl)
         });
-        field("AUTHD_REFRESH_REUSE_GRACE", &mut |v| {
-            duration_into(v, &mut c.refresh_reuse_grace)
+        v.read("AUTHD_REFRESH_REUSE_GRACE", |s| {
+            duration_into(s, &mut self.refresh_reuse_grace)
         });
-        field("AUTHD_SMTP_URL", &mut |v| {
-            c.smtp_url = Some(SecretString::from(v.to_owned()));
+    }
+
+    fn read_mail(&mut self, v: &mut Vars<'_>) {
+        v.read("AUTHD_SMTP_URL", |s| {
+            self.smtp_url = Some(SecretString::from(s.to_owned()));
             Ok(())
         });
-        field("AUTHD_MAIL_FROM", &mut |v| {
-            c.mail_from = v.to_owned();
+        v.read("AUTHD_MAIL_FROM", |s| {
+            self.mail_from = s.to_owned();
             Ok(())
         });
-        field("AUTHD_RESET_URL", &mut |v| {
-            if !v.contains("{token}") {
+        v.read("AUTHD_RESET_URL", |s| {
+            if !s.contains("{token}") {
                 return Err("must contain {token}".into());
             }
-            c.reset_url = v.to_owned();
+            self.reset_url = s.to_owned();
             Ok(())
         });
-        field("AUTHD_METRICS_LISTEN", &mut |v| {
-            c.metrics_listen = Some(v.parse().map_err(|e| format!("{e}"))?);
+    }
+
+    fn read_passwords(&mut self, v: &mut Vars<'_>) {
+        v.read("AUTHD_ARGON2_MEMORY_KIB", |s| {
+            parse_into(s, &mut self.argon2.memory_kib)
+        });
+        v.read("AUTHD_ARGON2_ITERATIONS", |s| {
+            parse_into(s, &mut self.argon2.iterations)
+        });
+        v.read("AUTHD_ARGON2_PARALLELISM", |s| {
+            parse_into(s, &mut self.argon2.parallelism)
+        });
+        v.read("AUTHD_HASH_WORKERS", |s| parse_into(s, &mut self.hash_workers));
+        v.read("AUTHD_PASSWORD_MIN_LENGTH", |s| {
+            parse_into(s, &mut self.password_min_length)
+        });
+    }
+
+    /// How clients reach authd: per-client limits, the gateway's header,
+    /// browsers.
+    fn read_clients(&mut self, v: &mut Vars<'_>) {
+        v.read("AUTHD_PEER_RATE_LIMIT", |s| {
+            parse_into(s, &mut self.peer_rate_limit)
+        });
+        v.read("AUTHD_TRUSTED_PROXY_HEADER", |s| {
+            let header = s.to_ascii_lowercase().parse();
+            self.trusted_proxy_header = Some(header.map_err(|_| "not a header name".to_owned())?);
             Ok(())
         });
-        field("AUTHD_TLS_CERT", &mut |v| {
-            c.tls_cert = Some(PathBuf::from(v));
+        v.read("AUTHD_CORS_ORIGINS", |s| {
+            self.cors_origins = parse_origins(s)?;
             Ok(())
         });
-        field("AUTHD_TLS_KEY", &mut |v| {
-            c.tls_key = Some(PathBuf::from(v));
+    }
+
+    fn read_operations(&mut self, v: &mut Vars<'_>) {
+        v.read("AUTHD_METRICS_LISTEN", |s| {
+            self.metrics_listen = Some(s.parse().map_err(|e| format!("{e}"))?);
             Ok(())
         });
-        field("AUTHD_LOG_FORMAT", &mut |v| {
-            c.log_format = match v.to_ascii_lowercase().as_str() {
+        v.read("AUTHD_LOG_FORMAT", |s| {
+            self.log_format = match s.to_ascii_lowercase().as_str() {
                 "pretty" | "text" => LogFormat::Pretty,
                 "json" => LogFormat::Json,
                 _ => return Err("must be pretty or json".into()),
             };
             Ok(())
         });
-        field("AUTHD_ARGON2_MEMORY_KIB", &mut |v| {
-            parse_into(v, &mut c.argon2.memory_kib)
+        v.read("AUTHD_SHUTDOWN_DRAIN", |s| {
+            duration_into(s, &mut self.shutdown_drain)
         });
-        field("AUTHD_ARGON2_ITERATIONS", &mut |v| {
-            parse_into(v, &mut c.argon2.iterations)
+        v.read("AUTHD_REQUEST_TIMEOUT", |s| {
+            duration_into(s, &mut self.request_timeout)
         });
-        field("AUTHD_ARGON2_PARALLELISM", &mut |v| {
-            parse_into(v, &mut c.argon2.parallelism)
-        });
-        field("AUTHD_HASH_WORKERS", &mut |v| parse_into(v, &mut c.hash_workers));
-        field("AUTHD_PASSWORD_MIN_LENGTH", &mut |v| {
-            parse_into(v, &mut c.password_min_length)
-        });
-        field("AUTHD_PEER_RATE_LIMIT", &mut |v| {
-            parse_into(v, &mut c.peer_rate_limit)
-        });
-        field("AUTHD_TRUSTED_PROXY_HEADER", &mut |v| {
-            c.trusted_proxy_header = Some(
-                v.to_ascii_lowercase()
-                    .parse()
-                    .map_err(|_| "not a header name".to_owned())?,
-            );
-            Ok(())
-        });
-        field("AUTHD_CORS_ORIGINS", &mut |v| {
-            c.cors_origins = parse_origins(v)?;
-            Ok(())
-        });
-        field("AUTHD_DB_MAX_CONNECTIONS", &mut |v| {
-            parse_into(v, &mut c.db_max_connections)
-        });
-        field("AUTHD_SHUTDOWN_DRAIN", &mut |v| {
-            duration_into(v, &mut c.shutdown_drain)
-        });
-        field("AUTHD_REQUEST_TIMEOUT", &mut |v| {
-            duration_into(v, &mut c.request_timeout)
-        });
-        if c.tls_cert.is_some() != c.tls_key.is_some() {
+    }
+
+    /// Settings that are each valid but not together.
+    fn inconsistencies(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
             errors.push("AUTHD_TLS_CERT and AUTHD_TLS_KEY must be set together".into());
         }
-        if !(8..=64).contains(&c.password_min_length) {
+        if !(8..=64).contains(&self.password_min_length) {
             errors.push("AUTHD_PASSWORD_MIN_LENGTH: must be between 8 and 64".into());
         }
-        if c.session_idle_ttl > c.session_max_ttl {
+        if self.session_idle_ttl > self.session_max_ttl {
             errors.push("AUTHD_SESSION_IDLE_TTL must not exceed AUTHD_SESSION_MAX_TTL".into());
         }
-        if c.access_token_ttl.is_zero() || c.session_idle_ttl.is_zero() {
+        if self.access_token_ttl.is_zero() || self.session_idle_ttl.is_zero() {
             errors.push("token lifetimes must be positive".into());
         }
-        if errors.is_empty() {
-            Ok(c)
-        } else {
-            anyhow::bail!("invalid configuration:\n  {}", errors.join("\n  "))
+        errors
+    }
+}
+
+/// The variables being read, and every problem found so far.
+struct Vars<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<String>,
+}
+
+impl Vars<'_> {
+    /// Applies the variable `key` when it is set, noting a bad value.
+    fn read(&mut self, key: &str, apply: impl FnOnce(&str) -> Result<(), String>) {
+        if let Some(value) = (self.get)(key)
+            && let Err(e) = apply(value.trim())
+        {
+            self.errors.push(format!("{key}: {e}"));
         }
     }
 }

@@ -96,8 +96,10 @@ impl AppError {
         Self::Validation(vec![Violation::new(field, problem)])
     }
 
+    /// An unexpected failure, with the spans it happened in (use case,
+    /// query, RPC) so the log says which step failed.
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
-        Self::Internal(err.into())
+        Self::Internal(with_spans(err.into()))
     }
 }
 
@@ -108,8 +110,19 @@ impl From<sqlx::Error> for AppError {
         } else if is_lost_race(&err) {
             Self::Conflict
         } else {
-            Self::Internal(err.into())
+            Self::internal(err)
         }
+    }
+}
+
+/// `err` with the active spans as context, when a span layer records them
+/// (`telemetry` installs `tracing_error::ErrorLayer`).
+fn with_spans(err: anyhow::Error) -> anyhow::Error {
+    let spans = tracing_error::SpanTrace::capture();
+    if spans.status() == tracing_error::SpanTraceStatus::CAPTURED {
+        err.context(format!("in spans:\n{spans}"))
+    } else {
+        err
     }
 }
 

@@ -8,6 +8,12 @@ pub mod auth {
     }
 }
 
+/// The gRPC path of every RPC (`/auth.v1.AuthService/Register`), generated
+/// from the proto: one module per service, with `ALL` listing its methods.
+pub mod paths {
+    include!(concat!(env!("OUT_DIR"), "/method_paths.rs"));
+}
+
 pub mod google {
     pub mod api {
         tonic::include_proto!("google.api");

@@ -27,13 +27,15 @@ use crate::crypto::password::PasswordHasher;
 use crate::db;
 use crate::domain::PasswordPolicy;
 use crate::grpc::AuthApi;
-use crate::grpc::auth_layer::BearerAuthLayer;
-use crate::grpc::observe::ObserveLayer;
-use crate::grpc::rate_limit::PeerRateLimitLayer;
+use crate::grpc::auth_layer::BearerAuth;
+use crate::grpc::middleware::MiddlewareLayer;
+use crate::grpc::observe::Observe;
+use crate::grpc::rate_limit::PeerRateLimit;
 use crate::local_pg::{Durability, LocalPostgres};
 use crate::mail::MailSettings;
 use crate::mail::transport::Transport;
 use crate::mail::worker::OutboxWorker;
+use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::auth::v1::auth_service_server::AuthServiceServer;
 use crate::service::{Core, SessionSettings};
@@ -41,7 +43,8 @@ use crate::session_cache::SessionCache;
 
 /// Largest request authd decodes; its messages are a few hundred bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
-const HEALTH_SERVICE: &str = "auth.v1.AuthService";
+/// Health is reported for the contract's service and for the server ("").
+const HEALTH_SERVICE: &str = crate::pb::auth::v1::auth_service_server::SERVICE_NAME;
 
 type ServeFuture = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
 
@@ -87,137 +90,26 @@ pub struct Application {
 }
 
 impl Application {
+    /// Database, use cases, gRPC server, background tasks: each a step below.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let database = open_database(&config).await?;
         let pool = db::connect_lazy(database.options, config.db_max_connections);
         db::migrate(&pool).await.context("running migrations")?;
-
-        let signing_keys = keys::load(&config.signing_keys, &config.data_dir)?;
-        let tokens = AccessTokens::new(
-            signing_keys,
-            &config.issuer,
-            &config.audience,
-            config.access_token_ttl,
-        )?;
-        let hasher = PasswordHasher::new(config.argon2, config.hash_workers)?;
-        hasher.run(PasswordPolicy::warm_up).await?;
-        let mail_from = config
-            .mail_from
-            .parse()
-            .context("AUTHD_MAIL_FROM is not a mail address like `authd <no-reply@example.com>`")?;
-        let mail_transport = Transport::from_url(config.smtp_url.as_ref())?;
-        let core = Core {
-            db: pool.clone(),
-            hasher,
-            tokens: tokens.clone(),
-            policy: PasswordPolicy {
-                min_chars: config.password_min_length,
-            },
-            sessions: SessionSettings {
-                idle_ttl: config.session_idle_ttl,
-                max_ttl: config.session_max_ttl,
-                reuse_grace: config.refresh_reuse_grace,
-            },
-            cache: SessionCache::default(),
-            mail: MailSettings {
-                reset_url: config.reset_url.clone(),
-                reset_ttl: config.reset_token_ttl,
-                queued: Default::default(),
-            },
-        };
-
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_service_status("", ServingStatus::NotServing).await;
-        health
-            .set_service_status(HEALTH_SERVICE, ServingStatus::NotServing)
-            .await;
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
-        let auth = AuthServiceServer::new(AuthApi::new(core.clone()))
-            .max_decoding_message_size(MAX_REQUEST_BYTES)
-            .max_encoding_message_size(1024 * 1024);
-
-        // tonic leaves streams and reset floods unlimited unless told.
-        // HTTP/1.1 is accepted for gRPC-Web, which browsers speak.
-        let mut server = Server::builder()
-            .accept_http1(true)
-            .timeout(config.request_timeout)
-            .concurrency_limit_per_connection(256)
-            .load_shed(true)
-            .max_concurrent_streams(128)
-            .http2_max_pending_accept_reset_streams(Some(64))
-            .http2_max_local_error_reset_streams(Some(256))
-            .http2_max_header_list_size(16 * 1024)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()));
-        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-            let cert = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-            let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-            server = server.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
-        }
-        let metrics = crate::metrics::Metrics::default();
-        let router = server
-            .layer(cors_layer(&config.cors_origins))
-            .layer(tonic_web::GrpcWebLayer::new())
-            .layer(ObserveLayer::new(metrics.clone()))
-            .layer(PeerRateLimitLayer::new(
-                config.peer_rate_limit,
-                config.trusted_proxy_header.clone(),
-            ))
-            .layer(BearerAuthLayer::new(tokens))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(auth);
-
+        let (core, metrics) = build_core(&config, pool).await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(60)));
         let (stop_serving, stopped) = oneshot::channel::<()>();
-        let serve = Box::pin(router.serve_with_incoming_shutdown(incoming, async {
-            let _ = stopped.await;
-        }));
-
-        let mut background = vec![
-            tokio::spawn(monitor_database(
-                pool.clone(),
-                health.clone(),
-                config.health_check_interval,
-            )),
-            tokio::spawn(clean_up_periodically(pool.clone())),
-            tokio::spawn(core.cache.clone().follow_changes(pool.clone())),
-            tokio::spawn(
-                OutboxWorker::new(
-                    pool.clone(),
-                    mail_transport,
-                    mail_from,
-                    core.mail.queued.clone(),
-                    config.mail_poll_interval,
-                    config.mail_retry_base,
-                )
-                .run(),
-            ),
-        ];
-        let mut metrics_addr = None;
-        if let Some(addr) = config.metrics_listen {
-            let listener = crate::metrics::bind(addr)
-                .await
-                .with_context(|| format!("binding the metrics listener {addr}"))?;
-            metrics_addr = Some(listener.local_addr()?);
-            tracing::info!(addr = ?metrics_addr, "Prometheus metrics at /metrics");
-            background.push(tokio::spawn(crate::metrics::serve(listener, metrics)));
+        let (serve, health) = serve(&config, &core, listener, stopped)?;
+        // NOT_SERVING until the database probe says otherwise.
+        for service in ["", HEALTH_SERVICE] {
+            health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
         }
+        let mut background = start_background_tasks(&config, &core, &health)?;
+        let metrics_addr = serve_metrics(&config, metrics, &mut background).await?;
         Ok(Self {
             local_addr,
             metrics_addr,
@@ -290,6 +182,160 @@ impl Application {
         tracing::info!("authd stopped");
         result
     }
+}
+
+/// Keys, password hashing, mail settings and caches: what the use cases need.
+async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Metrics)> {
+    let signing_keys = keys::load(&config.signing_keys, &config.data_dir)?;
+    let tokens = AccessTokens::new(
+        signing_keys,
+        &config.issuer,
+        &config.audience,
+        config.access_token_ttl,
+    )?;
+    let hasher = PasswordHasher::new(config.argon2, config.hash_workers)?;
+    hasher.run(PasswordPolicy::warm_up).await?;
+    let metrics = Metrics::for_service(pool.clone(), &hasher);
+    let core = Core {
+        db: pool,
+        hasher,
+        metrics: metrics.clone(),
+        tokens,
+        policy: PasswordPolicy {
+            min_chars: config.password_min_length,
+        },
+        sessions: SessionSettings {
+            idle_ttl: config.session_idle_ttl,
+            max_ttl: config.session_max_ttl,
+            reuse_grace: config.refresh_reuse_grace,
+        },
+        cache: SessionCache::with_metrics(metrics.clone()),
+        mail: MailSettings {
+            reset_url: config.reset_url.clone(),
+            reset_ttl: config.reset_token_ttl,
+            queued: Default::default(),
+        },
+    };
+    Ok((core, metrics))
+}
+
+/// tonic's server with explicit limits: it leaves streams and reset floods
+/// unlimited unless told. HTTP/1.1 is accepted for gRPC-Web, which browsers
+/// speak.
+fn server_with_limits(config: &Config) -> anyhow::Result<Server> {
+    let mut server = Server::builder()
+        .accept_http1(true)
+        .timeout(config.request_timeout)
+        .concurrency_limit_per_connection(256)
+        .load_shed(true)
+        .max_concurrent_streams(128)
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .http2_max_local_error_reset_streams(Some(256))
+        .http2_max_header_list_size(16 * 1024)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .trace_fn(crate::telemetry::rpc_span);
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        let cert = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+        let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+        server = server.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
+    }
+    Ok(server)
+}
+
+/// The services behind the layers (outermost first: browsers' CORS and
+/// gRPC-Web, logs and metrics, the per-client limit, the bearer check),
+/// served on `listener` until `stopped`; with the handle of the health
+/// service.
+fn serve(
+    config: &Config,
+    core: &Core,
+    listener: tokio::net::TcpListener,
+    stopped: oneshot::Receiver<()>,
+) -> anyhow::Result<(ServeFuture, HealthReporter)> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let auth = AuthServiceServer::new(AuthApi::new(core.clone(), config.trusted_proxy_header.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(1024 * 1024);
+    let router = server_with_limits(config)?
+        .layer(cors_layer(&config.cors_origins))
+        .layer(tonic_web::GrpcWebLayer::new())
+        .layer(MiddlewareLayer(Observe::new(core.metrics.clone())))
+        .layer(MiddlewareLayer(
+            PeerRateLimit::new(config.peer_rate_limit, config.trusted_proxy_header.clone())
+                .with_metrics(core.metrics.clone()),
+        ))
+        .layer(MiddlewareLayer(BearerAuth::new(core.tokens.clone())))
+        .add_service(health_service)
+        .add_service(reflection_builder().build_v1()?)
+        .add_service(reflection_builder().build_v1alpha()?)
+        .add_service(auth);
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
+    let serving = router.serve_with_incoming_shutdown(incoming, async {
+        let _ = stopped.await;
+    });
+    Ok((Box::pin(serving), health))
+}
+
+/// Reflection describes authd's contract and the health service (grpcurl
+/// 1.8 asks for both by name).
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Health probing, clean-up, the cache's change listener, mail delivery.
+fn start_background_tasks(
+    config: &Config,
+    core: &Core,
+    health: &HealthReporter,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mail_from = config
+        .mail_from
+        .parse()
+        .context("AUTHD_MAIL_FROM is not a mail address like `authd <no-reply@example.com>`")?;
+    let mail_transport = Transport::from_url(config.smtp_url.as_ref())?;
+    let pool = &core.db;
+    let worker = OutboxWorker::new(
+        pool.clone(),
+        mail_transport,
+        mail_from,
+        core.mail.queued.clone(),
+        config.mail_poll_interval,
+        config.mail_retry_base,
+    )
+    .with_metrics(core.metrics.clone());
+    Ok(vec![
+        tokio::spawn(monitor_database(
+            pool.clone(),
+            health.clone(),
+            config.health_check_interval,
+        )),
+        tokio::spawn(clean_up_periodically(pool.clone())),
+        tokio::spawn(core.cache.clone().follow_changes(pool.clone())),
+        tokio::spawn(worker.run()),
+    ])
+}
+
+/// The Prometheus endpoint, when configured; returns its address.
+async fn serve_metrics(
+    config: &Config,
+    metrics: Metrics,
+    background: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(addr) = config.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = crate::metrics::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics listener {addr}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "Prometheus metrics at /metrics");
+    background.push(tokio::spawn(crate::metrics::serve(listener, metrics)));
+    Ok(Some(bound))
 }
 
 /// Which browser origins may call authd with gRPC-Web. With none configured

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -96,9 +96,15 @@ impl VerifiedTokens {
             return;
         };
         if entries.len() >= MAX_REMEMBERED {
+            // Expired tokens first, then an arbitrary sixteenth (the map's
+            // order is arbitrary): forgetting everything at once would send
+            // every caller back to signature checks together.
             entries.retain(|_, v| !is_expired(v.expires_at, now));
-            if entries.len() >= MAX_REMEMBERED / 2 {
-                entries.clear();
+            if entries.len() >= MAX_REMEMBERED {
+                let victims: Vec<[u8; 32]> = entries.keys().take(MAX_REMEMBERED / 16).copied().collect();
+                for key in victims {
+                    entries.remove(&key);
+                }
             }
         }
         entries.insert(key, verified);
@@ -108,12 +114,6 @@ impl VerifiedTokens {
 /// jsonwebtoken's rule: expired once `exp` lies more than the leeway in the past.
 fn is_expired(exp: i64, now: i64) -> bool {
     exp < now.saturating_sub(LEEWAY_SECS as i64)
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 impl AccessTokens {
@@ -130,8 +130,10 @@ impl AccessTokens {
             // Built once per key, not per request.
             let mut validation = Validation::new(key.alg);
             validation.leeway = LEEWAY_SECS;
-            validation.validate_exp = true;
-            validation.validate_nbf = true;
+            // `exp` and `nbf` are checked against the caller's `now` in
+            // `verify_uncached`; jsonwebtoken would read the clock itself.
+            validation.validate_exp = false;
+            validation.validate_nbf = false;
             validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
             validation.set_issuer(&[issuer]);
             validation.set_audience(&[audience]);
@@ -192,14 +194,14 @@ impl AccessTokens {
         })
     }
 
-    /// Checks signature and claims. Whether the session is still live is the
-    /// caller's business (it needs the database).
-    pub fn verify(&self, token: &str) -> Result<VerifiedAccess, TokenProblem> {
+    /// Checks signature and claims at `now`. Whether the session is still
+    /// live is the caller's business (it needs the database).
+    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<VerifiedAccess, TokenProblem> {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Err(TokenProblem::Invalid);
         }
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let now = unix_now();
+        let now = now.timestamp();
         if let Some(known) = self.inner.verified.get(&key) {
             return if is_expired(known.expires_at, now) {
                 Err(TokenProblem::Expired)
@@ -207,12 +209,12 @@ impl AccessTokens {
                 Ok(known)
             };
         }
-        let verified = self.verify_uncached(token)?;
+        let verified = self.verify_uncached(token, now)?;
         self.inner.verified.insert(key, verified, now);
         Ok(verified)
     }
 
-    fn verify_uncached(&self, token: &str) -> Result<VerifiedAccess, TokenProblem> {
+    fn verify_uncached(&self, token: &str, now: i64) -> Result<VerifiedAccess, TokenProblem> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenProblem::Invalid)?;
         let typ_ok = header.typ.as_deref().is_some_and(|t| {
             t.eq_ignore_ascii_case(ACCESS_TOKEN_TYP) || t.eq_ignore_ascii_case("application/at+jwt")
@@ -235,6 +237,12 @@ impl AccessTokens {
                 _ => TokenProblem::Invalid,
             })?;
         let claims = data.claims;
+        if is_expired(claims.exp, now) {
+            return Err(TokenProblem::Expired);
+        }
+        if claims.nbf > now.saturating_add(LEEWAY_SECS as i64) {
+            return Err(TokenProblem::Invalid);
+        }
         let user_id = Uuid::parse_str(&claims.sub).map_err(|_| TokenProblem::Invalid)?;
         let session_id = Uuid::parse_str(&claims.sid).map_err(|_| TokenProblem::Invalid)?;
         Ok(VerifiedAccess {
@@ -264,11 +272,29 @@ mod tests {
     }
 
     #[test]
+    fn validity_is_judged_at_the_given_time() {
+        let t = tokens();
+        let issued_at = Utc::now() - chrono::Duration::days(1);
+        let issued = t.issue(Uuid::new_v4(), Uuid::new_v4(), issued_at).unwrap();
+        assert!(t.verify(&issued.token, issued_at).is_ok(), "valid when issued");
+        let after = issued_at + chrono::Duration::seconds(900 + LEEWAY_SECS as i64 + 1);
+        assert_eq!(t.verify(&issued.token, after), Err(TokenProblem::Expired));
+        let before = issued_at - chrono::Duration::seconds(LEEWAY_SECS as i64 + 1);
+        let fresh = tokens();
+        let early = fresh.issue(Uuid::new_v4(), Uuid::new_v4(), issued_at).unwrap();
+        assert_eq!(
+            fresh.verify(&early.token, before),
+            Err(TokenProblem::Invalid),
+            "not yet valid"
+        );
+    }
+
+    #[test]
     fn issued_tokens_verify() {
         let t = tokens();
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
         let issued = t.issue(user, session, Utc::now()).unwrap();
-        let v = t.verify(&issued.token).unwrap();
+        let v = t.verify(&issued.token, Utc::now()).unwrap();
         assert_eq!((v.user_id, v.session_id), (user, session));
     }
 
@@ -286,46 +312,52 @@ mod tests {
         assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
         assert_eq!(header.kid.as_deref(), Some(es_kid.as_str()));
         assert_eq!(header.typ.as_deref(), Some(ACCESS_TOKEN_TYP));
-        assert!(t.verify(&issued.token).is_ok());
+        assert!(t.verify(&issued.token, Utc::now()).is_ok());
     }
 
     #[test]
     fn tokens_of_another_key_or_expired_are_refused() {
         let (a, b) = (tokens(), tokens());
         let issued = a.issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now()).unwrap();
-        assert_eq!(b.verify(&issued.token), Err(TokenProblem::Invalid));
+        assert_eq!(b.verify(&issued.token, Utc::now()), Err(TokenProblem::Invalid));
         let old = Utc::now() - chrono::Duration::hours(1);
         let expired = a.issue(Uuid::new_v4(), Uuid::new_v4(), old).unwrap();
-        assert_eq!(a.verify(&expired.token), Err(TokenProblem::Expired));
-        assert_eq!(a.verify("garbage"), Err(TokenProblem::Invalid));
-        assert_eq!(a.verify(&"a".repeat(5000)), Err(TokenProblem::Invalid));
+        assert_eq!(a.verify(&expired.token, Utc::now()), Err(TokenProblem::Expired));
+        assert_eq!(a.verify("garbage", Utc::now()), Err(TokenProblem::Invalid));
+        assert_eq!(
+            a.verify(&"a".repeat(5000), Utc::now()),
+            Err(TokenProblem::Invalid)
+        );
     }
 
     #[test]
     fn a_remembered_token_still_expires_and_a_tampered_one_is_checked_afresh() {
         let t = tokens();
         let issued = t.issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now()).unwrap();
-        assert!(t.verify(&issued.token).is_ok());
-        assert!(t.verify(&issued.token).is_ok(), "second time from memory");
+        assert!(t.verify(&issued.token, Utc::now()).is_ok());
+        assert!(
+            t.verify(&issued.token, Utc::now()).is_ok(),
+            "second time from memory"
+        );
         // One character changed in the signature is another token.
         let mut tampered = issued.token.clone().into_bytes();
         let last = tampered.len() - 2;
         tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(tampered).unwrap();
-        assert_eq!(t.verify(&tampered), Err(TokenProblem::Invalid));
+        assert_eq!(t.verify(&tampered, Utc::now()), Err(TokenProblem::Invalid));
 
         // Remembered, then its lifetime runs out.
         let key: [u8; 32] = Sha256::digest(issued.token.as_bytes()).into();
-        let mut known = t.verify(&issued.token).unwrap();
-        known.expires_at = unix_now() - LEEWAY_SECS as i64 - 1;
-        t.inner.verified.insert(key, known, unix_now());
-        assert_eq!(t.verify(&issued.token), Err(TokenProblem::Expired));
+        let mut known = t.verify(&issued.token, Utc::now()).unwrap();
+        known.expires_at = Utc::now().timestamp() - LEEWAY_SECS as i64 - 1;
+        t.inner.verified.insert(key, known, Utc::now().timestamp());
+        assert_eq!(t.verify(&issued.token, Utc::now()), Err(TokenProblem::Expired));
     }
 
     #[test]
     fn memory_of_verified_tokens_is_bounded() {
         let t = tokens();
-        let now = unix_now();
+        let now = Utc::now().timestamp();
         let live = VerifiedAccess {
             user_id: Uuid::new_v4(),
             session_id: Uuid::new_v4(),
@@ -337,5 +369,9 @@ mod tests {
         }
         let len = t.inner.verified.entries.read().unwrap().len();
         assert!(len <= MAX_REMEMBERED, "{len}");
+        assert!(
+            len > MAX_REMEMBERED * 9 / 10,
+            "only a sixteenth is forgotten: {len}"
+        );
     }
 }

@@ -11,6 +11,7 @@
 //! hash; a buffer per permit keeps the process at `workers` × m_cost.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -19,6 +20,7 @@ use tokio::sync::Semaphore;
 
 use crate::domain::Password;
 use crate::error::AppError;
+use crate::metrics::{DurationHistogram, QUEUE_WAIT_BUCKETS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Argon2Settings {
@@ -60,6 +62,17 @@ struct Inner {
     dummy_hash: String,
     /// Working memory of idle workers; at most one buffer per permit exists.
     memory: Mutex<Vec<Vec<Block>>>,
+    workers: usize,
+    /// How long work waited for a permit; the metrics page reads it.
+    queue_wait: DurationHistogram,
+}
+
+/// Occupancy of the hashing pool at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub workers: usize,
+    /// Computations holding a worker now.
+    pub in_flight: usize,
 }
 
 impl Inner {
@@ -116,14 +129,29 @@ impl PasswordHasher {
                 permits: Arc::new(Semaphore::new(workers.max(1))),
                 dummy_hash,
                 memory: Mutex::new(vec![memory]),
+                workers: workers.max(1),
+                queue_wait: DurationHistogram::new(QUEUE_WAIT_BUCKETS),
             }),
         })
+    }
+
+    /// Read from the semaphore when asked, so hashing pays nothing for it.
+    pub fn pool_stats(&self) -> PoolStats {
+        let free = self.inner.permits.available_permits();
+        PoolStats {
+            workers: self.inner.workers,
+            in_flight: self.inner.workers.saturating_sub(free),
+        }
+    }
+
+    pub fn queue_wait(&self) -> &DurationHistogram {
+        &self.inner.queue_wait
     }
 
     pub async fn hash(&self, password: &Password) -> Result<String, AppError> {
         let inner = self.inner.clone();
         let bytes = password.expose().as_bytes().to_vec();
-        self.run(move || inner.hash(&bytes).map_err(AppError::Internal))
+        self.run(move || inner.hash(&bytes).map_err(AppError::internal))
             .await?
     }
 
@@ -148,7 +176,7 @@ impl PasswordHasher {
                 return inner
                     .hash(&bytes)
                     .map(Verified::YesRehashed)
-                    .map_err(AppError::Internal);
+                    .map_err(AppError::internal);
             }
             Ok(Verified::Yes)
         })
@@ -161,6 +189,7 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, AppError> {
+        let queued = Instant::now();
         let permit = self
             .inner
             .permits
@@ -168,12 +197,16 @@ impl PasswordHasher {
             .acquire_owned()
             .await
             .map_err(AppError::internal)?;
+        self.inner.queue_wait.observe(queued.elapsed());
         // The permit travels with the work: a caller that gives up (deadline,
         // cancelled RPC) cannot free it while the computation still runs, or
         // cancelled calls would pile up hashes beyond the bound.
+        // The caller's span goes along, so what the work logs (or an error
+        // it causes) is attributed to the RPC and use case that asked.
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            work()
+            span.in_scope(work)
         })
         .await
         .map_err(AppError::internal)
@@ -309,6 +342,33 @@ mod tests {
                 .verify_password(b"correct horsE", &parsed)
                 .is_err()
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_pool_reports_running_work_and_queue_waits() -> anyhow::Result<()> {
+        let h = PasswordHasher::new(FAST, 1)?;
+        assert_eq!(h.pool_stats().workers, 1);
+        assert_eq!(h.pool_stats().in_flight, 0);
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let busy = tokio::spawn({
+            let h = h.clone();
+            async move { h.run(move || hold.recv().is_ok()).await }
+        });
+        while h.pool_stats().in_flight == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(h.pool_stats().in_flight, 1);
+        let queued = tokio::spawn({
+            let h = h.clone();
+            async move { h.run(|| ()).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        release.send(())?;
+        assert!(busy.await??);
+        queued.await??;
+        assert_eq!(h.pool_stats().in_flight, 0);
+        assert_eq!(h.queue_wait().count(), 2, "one wait per run, queued or not");
         Ok(())
     }
 

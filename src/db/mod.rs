@@ -31,6 +31,8 @@ pub fn connect_lazy(options: PgConnectOptions, max_connections: u32) -> PgPool {
 
 /// Runs migrations, retrying for a while so that a replica started together
 /// with its database does not crash-loop.
+// Background work: a span only when debugging, not a trace every tick.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(200);
     let mut attempts = 0;

@@ -9,13 +9,14 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use crate::domain::mail::{MailKind, OutgoingMail};
 use crate::error::AppError;
-use crate::mail::outbox::OutgoingMail;
 
 /// Longest `last_error` kept; server replies can be long.
 const MAX_ERROR_CHARS: usize = 500;
 
 /// Queues a message, due at once. Returns its id.
+#[tracing::instrument(skip_all)]
 pub async fn enqueue(
     tx: &mut PgConnection,
     mail: &OutgoingMail,
@@ -44,7 +45,8 @@ pub async fn enqueue(
 #[derive(sqlx::FromRow)]
 pub struct ClaimedMail {
     pub id: Uuid,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: MailKind,
     pub recipient: String,
     pub subject: String,
     pub body_text: String,
@@ -59,6 +61,8 @@ pub struct ClaimedMail {
 /// its next attempt to `lease_until`, so a replica that dies mid-delivery
 /// leaves it to be retried then. `SKIP LOCKED` lets replicas claim
 /// different messages at the same time without waiting on each other.
+// Background work: a span only when debugging, not a trace every tick.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn claim_due<'e>(
     db: impl PgExecutor<'e>,
     now: DateTime<Utc>,
@@ -83,6 +87,7 @@ pub async fn claim_due<'e>(
 }
 
 /// Records that the SMTP server accepted a message, and forgets its body.
+#[tracing::instrument(skip_all)]
 pub async fn mark_sent<'e>(db: impl PgExecutor<'e>, id: Uuid, now: DateTime<Utc>) -> Result<(), AppError> {
     sqlx::query(
         "UPDATE email_outbox
@@ -98,6 +103,7 @@ pub async fn mark_sent<'e>(db: impl PgExecutor<'e>, id: Uuid, now: DateTime<Utc>
 
 /// Gives up on a message for good (expired, undeliverable, or there is no
 /// SMTP server to send it to), and forgets its body.
+#[tracing::instrument(skip_all)]
 pub async fn discard<'e>(
     db: impl PgExecutor<'e>,
     id: Uuid,
@@ -118,6 +124,7 @@ pub async fn discard<'e>(
 }
 
 /// Records a failed attempt and when to try again.
+#[tracing::instrument(skip_all)]
 pub async fn retry_at<'e>(
     db: impl PgExecutor<'e>,
     id: Uuid,
@@ -137,6 +144,8 @@ pub async fn retry_at<'e>(
 }
 
 /// Deletes sent and discarded messages created before `before`.
+// Background work: a span only when debugging, not a trace every tick.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn delete_finished_before<'e>(
     db: impl PgExecutor<'e>,
     before: DateTime<Utc>,
@@ -149,6 +158,26 @@ pub async fn delete_finished_before<'e>(
     .execute(db)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// The backlog: how many messages are pending and when the oldest was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct PendingSummary {
+    pub count: i64,
+    pub oldest_created_at: Option<DateTime<Utc>>,
+}
+
+/// The backlog, for the metrics page. Pending rows are the few the partial
+/// due index covers, so this stays cheap however much mail was ever sent.
+#[tracing::instrument(skip_all)]
+pub async fn pending_summary<'e>(db: impl PgExecutor<'e>) -> Result<PendingSummary, AppError> {
+    Ok(sqlx::query_as::<_, PendingSummary>(
+        "SELECT count(*) AS count, min(created_at) AS oldest_created_at
+           FROM email_outbox
+          WHERE sent_at IS NULL AND discarded_at IS NULL",
+    )
+    .fetch_one(db)
+    .await?)
 }
 
 fn truncate(s: &str) -> String {

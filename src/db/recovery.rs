@@ -24,6 +24,7 @@ pub struct RecoveryAccount {
 /// Finds an account by email (any letter case) and locks it until the end
 /// of the transaction, so concurrent requests for one account are counted
 /// one after the other and the hourly cap is exact.
+#[tracing::instrument(skip_all)]
 pub async fn lock_account_by_email(
     tx: &mut PgConnection,
     email: &str,
@@ -38,6 +39,7 @@ pub async fn lock_account_by_email(
 }
 
 /// Reset tokens issued to an account since `since`, whatever became of them.
+#[tracing::instrument(skip_all)]
 pub async fn tokens_issued_since(
     tx: &mut PgConnection,
     user_id: Uuid,
@@ -54,6 +56,7 @@ pub async fn tokens_issued_since(
 
 /// Makes every outstanding token of an account unusable (a newer one was
 /// issued, or the password changed).
+#[tracing::instrument(skip_all)]
 pub async fn supersede_all(
     tx: &mut PgConnection,
     user_id: Uuid,
@@ -70,6 +73,7 @@ pub async fn supersede_all(
     Ok(done.rows_affected())
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn insert_token(
     tx: &mut PgConnection,
     hash: &TokenHash,
@@ -91,6 +95,7 @@ pub async fn insert_token(
 
 /// The account of a usable token, without consuming it: the new password is
 /// checked against the account before the token is spent.
+#[tracing::instrument(skip_all)]
 pub async fn usable_token_owner<'e>(
     db: impl PgExecutor<'e>,
     hash: &TokenHash,
@@ -111,6 +116,7 @@ pub async fn usable_token_owner<'e>(
 /// Consumes a usable token and returns its account. Of concurrent calls
 /// with one token exactly one gets `Some`: the row lock makes the others
 /// re-check `consumed_at` after the winner commits.
+#[tracing::instrument(skip_all)]
 pub async fn consume(
     tx: &mut PgConnection,
     hash: &TokenHash,
@@ -129,6 +135,8 @@ pub async fn consume(
 
 /// Deletes tokens issued before `before` (long expired, and older than the
 /// hour the cap looks at).
+// Background work: a span only when debugging, not a trace every tick.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn delete_issued_before<'e>(
     db: impl PgExecutor<'e>,
     before: DateTime<Utc>,

@@ -8,8 +8,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use super::users::{USER_COLUMNS, UserRecord};
+use super::users::{USER_COLUMNS, UserRow};
 use crate::crypto::opaque::TokenHash;
+use crate::domain::User;
 use crate::error::AppError;
 
 /// The condition for "session `s` is live at the bind parameter `now`".
@@ -28,6 +29,7 @@ pub struct NewSession {
 /// Starts a session with its first refresh token and clears the failure
 /// count `forgive` of the login that earned it: one statement, so it is
 /// atomic and costs one round trip on the Login path.
+#[tracing::instrument(skip_all)]
 pub async fn start<'e>(
     db: impl PgExecutor<'e>,
     s: &NewSession,
@@ -56,6 +58,7 @@ pub async fn start<'e>(
     Ok(())
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn insert_refresh_token(
     tx: &mut PgConnection,
     hash: &TokenHash,
@@ -72,14 +75,21 @@ pub async fn insert_refresh_token(
 }
 
 /// An account with the time its session stops being live (unless extended).
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct LiveSession {
-    #[sqlx(flatten)]
-    pub user: UserRecord,
+    pub user: User,
     pub live_until: DateTime<Utc>,
 }
 
+#[derive(sqlx::FromRow)]
+struct LiveSessionRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    live_until: DateTime<Utc>,
+}
+
 /// The account behind a live session, in one round trip (GetMe).
+#[tracing::instrument(skip_all)]
 pub async fn live_user<'e>(
     db: impl PgExecutor<'e>,
     user_id: Uuid,
@@ -92,16 +102,21 @@ pub async fn live_user<'e>(
           WHERE s.user_id = $1 AND s.id = $2 AND {live}",
         live = live("$3")
     );
-    Ok(sqlx::query_as::<_, LiveSession>(&sql)
+    Ok(sqlx::query_as::<_, LiveSessionRow>(&sql)
         .bind(user_id)
         .bind(session_id)
         .bind(now)
         .fetch_optional(db)
-        .await?)
+        .await?
+        .map(|r| LiveSession {
+            user: r.user.into(),
+            live_until: r.live_until,
+        }))
 }
 
 /// Locks a live session row for the rest of the transaction; `None` when
 /// the session is not live.
+#[tracing::instrument(skip_all)]
 pub async fn lock_live(
     tx: &mut PgConnection,
     user_id: Uuid,
@@ -139,6 +154,7 @@ pub struct RotatedSession {
 /// session condition fail and leaves the token untouched. The loser of a
 /// race may slide the session's idle expiry too, to the same instant, and
 /// is then handled as a replay by the caller.
+#[tracing::instrument(skip_all)]
 pub async fn rotate_refresh_token<'e>(
     db: impl PgExecutor<'e>,
     presented: &TokenHash,
@@ -187,6 +203,7 @@ pub struct TokenState {
     pub last_consumed_at: Option<DateTime<Utc>>,
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn refresh_token_state(
     tx: &mut PgConnection,
     hash: &TokenHash,
@@ -207,6 +224,7 @@ pub async fn refresh_token_state(
 }
 
 /// Ends one session. Returns whether it was live until now.
+#[tracing::instrument(skip_all)]
 pub async fn revoke<'e>(
     db: impl PgExecutor<'e>,
     session_id: Uuid,
@@ -226,6 +244,7 @@ pub async fn revoke<'e>(
 
 /// Ends the session a refresh token (consumed or not) belongs to. `None`
 /// when the token is unknown.
+#[tracing::instrument(skip_all)]
 pub async fn revoke_by_refresh_token<'e>(
     db: impl PgExecutor<'e>,
     hash: &TokenHash,
@@ -247,6 +266,7 @@ pub async fn revoke_by_refresh_token<'e>(
 }
 
 /// Ends every session of a user, except `keep` if given.
+#[tracing::instrument(skip_all)]
 pub async fn revoke_all_for_user<'e>(
     db: impl PgExecutor<'e>,
     user_id: Uuid,
@@ -269,6 +289,7 @@ pub async fn revoke_all_for_user<'e>(
 
 /// Drops every refresh token of a session (used when a new pair replaces
 /// them outright, e.g. after a password change).
+#[tracing::instrument(skip_all)]
 pub async fn delete_refresh_tokens(tx: &mut PgConnection, session_id: Uuid) -> Result<(), AppError> {
     sqlx::query("DELETE FROM refresh_tokens WHERE session_id = $1")
         .bind(session_id)
@@ -279,6 +300,8 @@ pub async fn delete_refresh_tokens(tx: &mut PgConnection, session_id: Uuid) -> R
 
 /// Deletes sessions (and by cascade their tokens) that ended more than
 /// `retention` ago, so the tables do not grow forever.
+// Background work: a span only when debugging, not a trace every tick.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn delete_dead<'e>(
     db: impl PgExecutor<'e>,
     now: DateTime<Utc>,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 
 use crate::error::AppError;
 
@@ -62,6 +62,7 @@ impl Backoff {
 /// CONFLICT DO UPDATE` serialises concurrent attempts, and its `WHERE`
 /// leaves a throttled row untouched. The schedule is
 /// [`Backoff::delay_after`], written in SQL; a test holds the two together.
+#[tracing::instrument(skip_all)]
 pub async fn charge(
     db: &PgPool,
     key: &str,
@@ -108,7 +109,8 @@ pub async fn charge(
 }
 
 /// Forgets the failures of `key` after a success.
-pub async fn forgive(db: &PgPool, key: &str) -> Result<(), AppError> {
+#[tracing::instrument(skip_all)]
+pub async fn forgive<'e>(db: impl PgExecutor<'e>, key: &str) -> Result<(), AppError> {
     sqlx::query("DELETE FROM login_throttle WHERE key = $1")
         .bind(key)
         .execute(db)
@@ -118,7 +120,8 @@ pub async fn forgive(db: &PgPool, key: &str) -> Result<(), AppError> {
 
 /// Gives back the charge of one attempt that turned out to succeed, without
 /// forgetting the failures around it.
-pub async fn refund(db: &PgPool, key: &str, backoff: &Backoff) -> Result<(), AppError> {
+#[tracing::instrument(skip_all)]
+pub async fn refund<'e>(db: impl PgExecutor<'e>, key: &str, backoff: &Backoff) -> Result<(), AppError> {
     // The charge may have started a wait; without it the count is back
     // under the free attempts, so the wait goes too.
     sqlx::query(
@@ -134,6 +137,8 @@ pub async fn refund(db: &PgPool, key: &str, backoff: &Backoff) -> Result<(), App
 }
 
 /// Deletes counters nobody has touched for a day.
+// Background work: a span only when debugging, not a trace every tick.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn delete_stale(db: &PgPool, now: DateTime<Utc>) -> Result<u64, AppError> {
     let done = sqlx::query("DELETE FROM login_throttle WHERE last_failure_at < $1 AND (locked_until IS NULL OR locked_until < $1)")
         .bind(now - chrono::Duration::days(1))

@@ -4,11 +4,12 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
+use crate::domain::User;
 use crate::error::AppError;
 
-/// An account as stored, minus the password hash.
+/// A `users` row minus the password hash; it leaves `db` as a `User`.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct UserRecord {
+pub(super) struct UserRow {
     pub id: Uuid,
     pub email: String,
     pub username: Option<String>,
@@ -20,7 +21,23 @@ pub struct UserRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Columns of `UserRecord`, for queries that join other tables.
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> Self {
+        Self {
+            id: r.id,
+            email: r.email,
+            username: r.username,
+            full_name: r.full_name,
+            phone: r.phone,
+            image_url: r.image_url,
+            email_verified: r.email_verified,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// Columns of `UserRow`, for queries that join other tables.
 pub const USER_COLUMNS: &str = "u.id, u.email, u.username, u.full_name, u.phone, u.image_url, \
      u.email_verified, u.created_at, u.updated_at";
 
@@ -37,8 +54,9 @@ pub struct NewUserRow<'a> {
 
 /// Inserts an account. Uniqueness is the database's job: a violation of the
 /// email or username index (also under a race) becomes ALREADY_EXISTS.
-pub async fn insert(db: &PgPool, new: NewUserRow<'_>) -> Result<UserRecord, AppError> {
-    sqlx::query_as::<_, UserRecord>(
+#[tracing::instrument(skip_all)]
+pub async fn insert(db: &PgPool, new: NewUserRow<'_>) -> Result<User, AppError> {
+    sqlx::query_as::<_, UserRow>(
         "INSERT INTO users AS u (id, email, username, full_name, phone, image_url, password_hash, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
          RETURNING u.id, u.email, u.username, u.full_name, u.phone, u.image_url, u.email_verified, u.created_at, u.updated_at",
@@ -53,6 +71,7 @@ pub async fn insert(db: &PgPool, new: NewUserRow<'_>) -> Result<UserRecord, AppE
     .bind(new.now)
     .fetch_one(db)
     .await
+    .map(User::from)
     .map_err(map_unique_violation)
 }
 
@@ -67,11 +86,17 @@ fn map_unique_violation(err: sqlx::Error) -> AppError {
     err.into()
 }
 
-#[derive(sqlx::FromRow)]
+/// An account with its password hash, for the password checks only.
 pub struct Credentials {
-    #[sqlx(flatten)]
-    pub user: UserRecord,
+    pub user: User,
     pub password_hash: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct CredentialsRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    password_hash: String,
 }
 
 /// `u.email` equals `$1` in any letter case. The expression of the unique
@@ -84,18 +109,24 @@ pub enum LoginKey<'a> {
     Username(&'a str),
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn find_credentials(db: &PgPool, key: LoginKey<'_>) -> Result<Option<Credentials>, AppError> {
     let (condition, value) = match key {
         LoginKey::Email(e) => (EMAIL_MATCHES, e),
         LoginKey::Username(n) => ("lower(u.username) = lower($1)", n),
     };
     let sql = format!("SELECT {USER_COLUMNS}, u.password_hash FROM users u WHERE {condition}");
-    Ok(sqlx::query_as::<_, Credentials>(&sql)
+    Ok(sqlx::query_as::<_, CredentialsRow>(&sql)
         .bind(value)
         .fetch_optional(db)
-        .await?)
+        .await?
+        .map(|r| Credentials {
+            user: r.user.into(),
+            password_hash: r.password_hash,
+        }))
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn password_hash<'e>(db: impl PgExecutor<'e>, user_id: Uuid) -> Result<Option<String>, AppError> {
     Ok(
         sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
@@ -105,6 +136,7 @@ pub async fn password_hash<'e>(db: impl PgExecutor<'e>, user_id: Uuid) -> Result
     )
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn set_password_hash<'e>(
     db: impl PgExecutor<'e>,
     user_id: Uuid,
@@ -121,6 +153,7 @@ pub async fn set_password_hash<'e>(
 }
 
 /// Replaces the hash only if it is still `old`; false when it changed.
+#[tracing::instrument(skip_all)]
 pub async fn replace_password_hash<'e>(
     db: impl PgExecutor<'e>,
     user_id: Uuid,
@@ -142,7 +175,13 @@ pub async fn replace_password_hash<'e>(
 
 /// Rehash after a parameter upgrade, only if the hash is still the one we
 /// verified (a concurrent password change wins).
-pub async fn upgrade_password_hash(db: &PgPool, user_id: Uuid, old: &str, new: &str) -> Result<(), AppError> {
+#[tracing::instrument(skip_all)]
+pub async fn upgrade_password_hash<'e>(
+    db: impl PgExecutor<'e>,
+    user_id: Uuid,
+    old: &str,
+    new: &str,
+) -> Result<(), AppError> {
     sqlx::query("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2")
         .bind(user_id)
         .bind(old)

@@ -1,13 +1,16 @@
 //! Request values parsed once into types that are trusted afterwards.
 
 mod email;
+pub mod mail;
 mod password;
 mod profile;
+mod user;
 mod username;
 
 pub use email::Email;
 pub use password::{Password, PasswordPolicy};
 pub use profile::{FullName, ImageUrl, Phone};
+pub use user::User;
 pub use username::Username;
 
 /// Refuses control characters anywhere, which also covers NUL, CR and LF.

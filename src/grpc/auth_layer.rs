@@ -1,35 +1,20 @@
 //! The one place that reads bearer tokens: a tower layer in front of every
-//! service. Methods of `auth.v1.AuthService` need a valid access token unless
-//! they are listed as public, so a new RPC is protected by default. Verified
-//! claims travel to the handler as a request extension.
+//! service. Which methods need one is the policy table's call
+//! (`grpc::policy`), which fails closed. Verified claims travel to the
+//! handler as a request extension.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Request};
 use tonic::Status;
-use tower::{Layer, Service};
+use tower::Service;
 
+use super::middleware::{BoxFuture, HttpResponse, Middleware, answer};
+use super::policy::{Caller, policy_for};
 use crate::crypto::jwt::{AccessTokens, VerifiedAccess};
 use crate::error::{AppError, TokenProblem};
 
-const SERVICE_PREFIX: &str = "/auth.v1.AuthService/";
-const PUBLIC_METHODS: &[&str] = &[
-    "Register",
-    "Login",
-    "Refresh",
-    "Logout",
-    "ForgotPassword",
-    "ResetPassword",
-    "GetJwks",
-    "IntrospectToken",
-];
-
 /// Whether the gRPC method at `path` needs a bearer token.
 pub fn requires_bearer(path: &str) -> bool {
-    path.strip_prefix(SERVICE_PREFIX)
-        .is_some_and(|method| !PUBLIC_METHODS.contains(&method))
+    policy_for(path).caller == Caller::User
 }
 
 /// Extracts and verifies `authorization: Bearer <jwt>`.
@@ -47,69 +32,38 @@ pub fn authenticate(headers: &HeaderMap, tokens: &AccessTokens) -> Result<Verifi
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(TokenProblem::Invalid);
     }
-    tokens.verify(token.trim())
+    // The edge of the server reads the clock, like the handlers do.
+    tokens.verify(token.trim(), chrono::Utc::now())
 }
 
+/// Checks the bearer of every method whose policy asks for one.
 #[derive(Clone)]
-pub struct BearerAuthLayer {
+pub struct BearerAuth {
     tokens: AccessTokens,
 }
 
-impl BearerAuthLayer {
+impl BearerAuth {
     pub fn new(tokens: AccessTokens) -> Self {
         Self { tokens }
     }
 }
 
-impl<S> Layer<S> for BearerAuthLayer {
-    type Service = BearerAuth<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        BearerAuth {
-            inner,
-            tokens: self.tokens.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct BearerAuth<S> {
-    inner: S,
-    tokens: AccessTokens,
-}
-
-pub(crate) type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
-impl<S, B> Service<Request<B>> for BearerAuth<S>
-where
-    S: Service<Request<B>, Response = Response<tonic::body::Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+impl Middleware for BearerAuth {
+    fn call<S, B>(&self, mut req: Request<B>, mut next: S) -> BoxFuture<HttpResponse, S::Error>
+    where
+        S: Service<Request<B>, Response = HttpResponse> + Send + 'static,
+        S::Future: Send + 'static,
+        B: Send + 'static,
+    {
         if requires_bearer(req.uri().path()) {
             match authenticate(req.headers(), &self.tokens) {
                 Ok(verified) => {
                     req.extensions_mut().insert(verified);
                 }
-                Err(problem) => {
-                    let status = Status::from(AppError::Token(problem));
-                    return Box::pin(async move { Ok(status.into_http()) });
-                }
+                Err(problem) => return answer(Status::from(AppError::Token(problem))),
             }
         }
-        // The clone that was polled ready is the one that must be called.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(inner.call(req))
+        Box::pin(next.call(req))
     }
 }
 
@@ -124,13 +78,20 @@ pub fn bearer<T>(req: &tonic::Request<T>) -> Result<VerifiedAccess, Status> {
 #[cfg(test)]
 mod tests {
     use super::requires_bearer;
+    use crate::pb::paths::auth_service as auth;
 
     #[test]
     fn only_private_methods_of_auth_service_need_a_bearer() {
-        assert!(requires_bearer("/auth.v1.AuthService/GetMe"));
-        assert!(requires_bearer("/auth.v1.AuthService/ChangePassword"));
-        assert!(requires_bearer("/auth.v1.AuthService/SomethingNew"));
-        assert!(!requires_bearer("/auth.v1.AuthService/Login"));
-        assert!(!requires_bearer("/grpc.health.v1.Health/Check"));
+        assert!(requires_bearer(auth::GET_ME));
+        assert!(requires_bearer(auth::CHANGE_PASSWORD));
+        assert!(requires_bearer(&format!(
+            "/{}/SomethingNew",
+            crate::pb::auth::v1::auth_service_server::SERVICE_NAME
+        )));
+        assert!(!requires_bearer(auth::LOGIN));
+        assert!(!requires_bearer(&format!(
+            "/{}/Check",
+            tonic_health::pb::health_server::SERVICE_NAME
+        )));
     }
 }

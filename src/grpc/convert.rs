@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
-use crate::db::users::UserRecord;
+use crate::domain::User;
 use crate::pb::auth::v1 as pb;
 use crate::service::TokenPair;
 
@@ -12,14 +12,14 @@ pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-impl From<UserRecord> for pb::User {
-    fn from(u: UserRecord) -> Self {
+impl From<User> for pb::User {
+    fn from(u: User) -> Self {
         Self::from(&u)
     }
 }
 
-impl From<&UserRecord> for pb::User {
-    fn from(u: &UserRecord) -> Self {
+impl From<&User> for pb::User {
+    fn from(u: &User) -> Self {
         Self {
             id: u.id.to_string(),
             email: u.email.clone(),

@@ -6,17 +6,23 @@ use tonic::{Request, Response, Status};
 
 use super::auth_layer::bearer;
 use super::convert::timestamp;
-use super::rate_limit::ClientAddress;
+use super::rate_limit::client_address;
+use crate::metrics::ThrottleKind;
 use crate::pb::auth::v1::{self as pb, auth_service_server::AuthService};
 use crate::service::{Core, Introspection, RegisterInput};
 
 pub struct AuthApi {
     core: Core,
+    /// Where a gateway puts the client's address, for per-client limits.
+    trusted_proxy_header: Option<http::HeaderName>,
 }
 
 impl AuthApi {
-    pub fn new(core: Core) -> Self {
-        Self { core }
+    pub fn new(core: Core, trusted_proxy_header: Option<http::HeaderName>) -> Self {
+        Self {
+            core,
+            trusted_proxy_header,
+        }
     }
 }
 
@@ -42,7 +48,9 @@ impl AuthService for AuthApi {
 
     async fn login(&self, request: Request<pb::LoginRequest>) -> Reply<pb::LoginResponse> {
         let r = request.into_inner();
-        let (tokens, user) = self.core.login(&r.login, &r.password, Utc::now()).await?;
+        let result = self.core.login(&r.login, &r.password, Utc::now()).await;
+        self.core.metrics.count_login(&result);
+        let (tokens, user) = result?;
         Ok(Response::new(pb::LoginResponse {
             tokens: Some(tokens.into()),
             user: Some(user.into()),
@@ -50,10 +58,12 @@ impl AuthService for AuthApi {
     }
 
     async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Reply<pb::RefreshResponse> {
-        let tokens = self
+        let result = self
             .core
             .refresh(&request.get_ref().refresh_token, Utc::now())
-            .await?;
+            .await;
+        self.core.metrics.count_refresh(&result);
+        let tokens = result?;
         Ok(Response::new(pb::RefreshResponse {
             tokens: Some(tokens.into()),
         }))
@@ -80,11 +90,16 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::ResetPasswordRequest>,
     ) -> Reply<pb::ResetPasswordResponse> {
-        let client = request.extensions().get::<ClientAddress>().map(|c| c.0);
+        let client = client_address(&request, self.trusted_proxy_header.as_ref()).map(|c| c.0);
         let r = request.into_inner();
-        self.core
+        let result = self
+            .core
             .reset_password(&r.token, &r.new_password, client, Utc::now())
-            .await?;
+            .await;
+        self.core
+            .metrics
+            .count_throttle(ThrottleKind::ResetGuesses, &result);
+        result?;
         Ok(Response::new(pb::ResetPasswordResponse {}))
     }
 
@@ -101,10 +116,14 @@ impl AuthService for AuthApi {
     ) -> Reply<pb::ChangePasswordResponse> {
         let who = bearer(&request)?;
         let r = request.into_inner();
-        let tokens = self
+        let result = self
             .core
             .change_password(who, &r.current_password, &r.new_password, Utc::now())
-            .await?;
+            .await;
+        self.core
+            .metrics
+            .count_throttle(ThrottleKind::LoginBackoff, &result);
+        let tokens = result?;
         Ok(Response::new(pb::ChangePasswordResponse {
             tokens: Some(tokens.into()),
         }))

@@ -4,7 +4,9 @@
 pub mod auth_layer;
 mod convert;
 mod handlers;
+pub mod middleware;
 pub mod observe;
+pub mod policy;
 pub mod rate_limit;
 
 pub use handlers::AuthApi;

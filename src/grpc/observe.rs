@@ -4,41 +4,23 @@
 //! tonic builds itself (message too large, unknown method), so that every
 //! error a client sees carries a reason.
 
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::{Request, Response};
-use tower::{Layer, Service};
+use tower::Service;
 
-use super::auth_layer::BoxFuture;
+use super::middleware::{BoxFuture, HttpResponse, Middleware};
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
-pub struct ObserveLayer {
+pub struct Observe {
     metrics: Metrics,
 }
 
-impl ObserveLayer {
+impl Observe {
     pub fn new(metrics: Metrics) -> Self {
         Self { metrics }
     }
-}
-
-impl<S> Layer<S> for ObserveLayer {
-    type Service = Observe<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Observe {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Observe<S> {
-    inner: S,
-    metrics: Metrics,
 }
 
 /// The code of a unary answer: errors travel "trailers-only", in the
@@ -63,25 +45,17 @@ fn ensure_error_info(response: Response<tonic::body::Body>) -> Response<tonic::b
     }
 }
 
-impl<S, B> Service<Request<B>> for Observe<S>
-where
-    S: Service<Request<B>, Response = Response<tonic::body::Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let method = req.uri().path().to_owned();
+impl Middleware for Observe {
+    fn call<S, B>(&self, req: Request<B>, mut inner: S) -> BoxFuture<HttpResponse, S::Error>
+    where
+        S: Service<Request<B>, Response = HttpResponse> + Send + 'static,
+        S::Future: Send + 'static,
+        B: Send + 'static,
+    {
+        // The method is resolved to an index here, while the path is at hand,
+        // so recording allocates nothing.
+        let method = self.metrics.method_id(req.uri().path());
         let metrics = self.metrics.clone();
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let started = Instant::now();
         Box::pin(async move {
             let result = inner.call(req).await;
@@ -91,8 +65,9 @@ where
                 Err(_) => tonic::Code::Internal,
             };
             let result = result.map(ensure_error_info);
-            metrics.record(&method, code, elapsed);
+            metrics.record(method, code, elapsed);
             let latency_ms = elapsed.as_secs_f64() * 1000.0;
+            let method = metrics.method_name(method);
             match code {
                 tonic::Code::Internal | tonic::Code::Unavailable | tonic::Code::Unknown => {
                     tracing::warn!(%method, code = ?code, latency_ms, "rpc failed");

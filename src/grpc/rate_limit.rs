@@ -6,25 +6,19 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use http::Request;
 use http::header::HeaderName;
-use http::{Request, Response};
 use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tower::{Layer, Service};
+use tower::Service;
 
-use super::auth_layer::BoxFuture;
+use super::middleware::{BoxFuture, HttpResponse, Middleware, answer};
+use super::policy::policy_for;
 use crate::error::AppError;
+use crate::metrics::{Metrics, ThrottleKind};
 
-const LIMITED_METHODS: &[&str] = &[
-    "/auth.v1.AuthService/Register",
-    "/auth.v1.AuthService/Login",
-    "/auth.v1.AuthService/ChangePassword",
-    "/auth.v1.AuthService/ForgotPassword",
-    "/auth.v1.AuthService/ResetPassword",
-];
 /// Beyond this many tracked peers, idle buckets are dropped.
 const MAX_TRACKED_PEERS: usize = 50_000;
 
@@ -93,7 +87,24 @@ fn group(ip: IpAddr) -> IpAddr {
 /// is configured and present (the address our own proxy saw), else the TCP
 /// peer.
 pub fn peer_address<B>(req: &Request<B>, trusted_header: Option<&HeaderName>) -> Option<IpAddr> {
-    if let Some(value) = trusted_header.and_then(|h| req.headers().get(h)) {
+    address_of(req.headers(), req.extensions(), trusted_header)
+}
+
+/// The client's address (IPv6 grouped by /64) for a handler, whatever layers
+/// the server was composed with.
+pub fn client_address<T>(
+    req: &tonic::Request<T>,
+    trusted_header: Option<&HeaderName>,
+) -> Option<ClientAddress> {
+    address_of(req.metadata().as_ref(), req.extensions(), trusted_header).map(|ip| ClientAddress(group(ip)))
+}
+
+fn address_of(
+    headers: &http::HeaderMap,
+    ext: &http::Extensions,
+    trusted_header: Option<&HeaderName>,
+) -> Option<IpAddr> {
+    if let Some(value) = trusted_header.and_then(|h| headers.get(h)) {
         let last = value
             .to_str()
             .ok()
@@ -103,7 +114,6 @@ pub fn peer_address<B>(req: &Request<B>, trusted_header: Option<&HeaderName>) ->
             return Some(ip);
         }
     }
-    let ext = req.extensions();
     ext.get::<TcpConnectInfo>()
         .and_then(TcpConnectInfo::remote_addr)
         .or_else(|| {
@@ -113,74 +123,54 @@ pub fn peer_address<B>(req: &Request<B>, trusted_header: Option<&HeaderName>) ->
         .map(|a| a.ip())
 }
 
-/// The client's address (IPv6 grouped by /64) as the rate limit saw it,
-/// for the password RPCs.
+/// The client's address, IPv6 grouped by /64 (one subscriber's prefix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddress(pub IpAddr);
 
+/// The per-client token bucket in front of the methods whose policy asks
+/// for it.
 #[derive(Clone)]
-pub struct PeerRateLimitLayer {
+pub struct PeerRateLimit {
     limiter: Option<Arc<PeerLimiter>>,
     trusted_header: Option<HeaderName>,
+    metrics: Option<Metrics>,
 }
 
-impl PeerRateLimitLayer {
+impl PeerRateLimit {
     /// `per_second == 0` turns the limit off.
     pub fn new(per_second: f64, trusted_header: Option<HeaderName>) -> Self {
         Self {
             limiter: (per_second > 0.0).then(|| Arc::new(PeerLimiter::new(per_second))),
             trusted_header,
+            metrics: None,
         }
     }
-}
 
-impl<S> Layer<S> for PeerRateLimitLayer {
-    type Service = PeerRateLimit<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        PeerRateLimit {
-            inner,
-            layer: self.clone(),
-        }
+    /// Counts refused calls in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
-#[derive(Clone)]
-pub struct PeerRateLimit<S> {
-    inner: S,
-    layer: PeerRateLimitLayer,
-}
-
-impl<S, B> Service<Request<B>> for PeerRateLimit<S>
-where
-    S: Service<Request<B>, Response = Response<tonic::body::Body>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if LIMITED_METHODS.contains(&req.uri().path())
-            && let Some(peer) = peer_address(&req, self.layer.trusted_header.as_ref())
+impl Middleware for PeerRateLimit {
+    fn call<S, B>(&self, req: Request<B>, mut next: S) -> BoxFuture<HttpResponse, S::Error>
+    where
+        S: Service<Request<B>, Response = HttpResponse> + Send + 'static,
+        S::Future: Send + 'static,
+        B: Send + 'static,
+    {
+        if let Some(limiter) = &self.limiter
+            && policy_for(req.uri().path()).per_client_limit
+            && let Some(peer) = peer_address(&req, self.trusted_header.as_ref())
+            && let Err(wait) = limiter.try_acquire(peer, Instant::now())
         {
-            if let Some(limiter) = &self.layer.limiter
-                && let Err(wait) = limiter.try_acquire(peer, Instant::now())
-            {
-                let status = Status::from(AppError::Throttled(wait));
-                return Box::pin(async move { Ok(status.into_http()) });
+            if let Some(metrics) = &self.metrics {
+                metrics.throttled(ThrottleKind::PeerLimit);
             }
-            // Handlers with durable per-client limits read it from here.
-            req.extensions_mut().insert(ClientAddress(group(peer)));
+            return answer(Status::from(AppError::Throttled(wait)));
         }
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(inner.call(req))
+        Box::pin(next.call(req))
     }
 }
 

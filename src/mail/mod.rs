@@ -3,7 +3,6 @@
 //! them over SMTP with retries, so an SMTP outage delays mail but never
 //! fails a call or loses a message.
 
-pub mod outbox;
 pub mod transport;
 pub mod worker;
 

@@ -16,10 +16,11 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::outbox::recipient_domain;
 use super::transport::{Handoff, Transport};
 use crate::db;
+use crate::domain::mail::{MailKind, recipient_domain};
 use crate::error::AppError;
+use crate::metrics::Metrics;
 
 /// Longest one delivery may take (connect, TLS, every command) before it
 /// counts as failed.
@@ -41,6 +42,7 @@ pub struct OutboxWorker {
     queued: Arc<Notify>,
     poll_interval: Duration,
     retry_base: Duration,
+    metrics: Option<Metrics>,
 }
 
 impl OutboxWorker {
@@ -59,7 +61,14 @@ impl OutboxWorker {
             queued,
             poll_interval,
             retry_base,
+            metrics: None,
         }
+    }
+
+    /// Counts failed deliveries in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Runs until aborted: drains what is due, then sleeps until the poll
@@ -109,7 +118,8 @@ impl OutboxWorker {
         };
         let id = mail.id;
         let domain = recipient_domain(&mail.recipient).to_owned();
-        let kind = mail.kind.clone();
+        let mail_kind = mail.kind;
+        let kind = mail_kind.as_str();
         let subject = mail.subject.clone();
         let attempt = mail.attempts;
 
@@ -141,15 +151,19 @@ impl OutboxWorker {
                     "mail NOT sent: no SMTP server configured (AUTHD_SMTP_URL); dropped");
                 Outcome::Discard("not sent: AUTHD_SMTP_URL is not set".into())
             }
-            Ok(Err(e)) => self.failed(id, &kind, &domain, attempt, &e.to_string()),
-            Err(_) => self.failed(id, &kind, &domain, attempt, "SMTP delivery timed out"),
+            Ok(Err(e)) => self.failed(id, mail_kind, &domain, attempt, &e.to_string()),
+            Err(_) => self.failed(id, mail_kind, &domain, attempt, "SMTP delivery timed out"),
         };
         self.record(id, outcome).await;
         Ok(true)
     }
 
-    fn failed(&self, id: Uuid, kind: &str, domain: &str, attempt: i32, error: &str) -> Outcome {
+    fn failed(&self, id: Uuid, kind: MailKind, domain: &str, attempt: i32, error: &str) -> Outcome {
         let delay = retry_delay(self.retry_base, attempt);
+        if let Some(metrics) = &self.metrics {
+            metrics.mail_delivery_failed();
+        }
+        let kind = kind.as_str();
         tracing::warn!(outbox_id = %id, kind, recipient_domain = domain, attempt, error,
             retry_in = ?delay, "mail delivery failed; will retry");
         Outcome::Retry(delay, error.to_owned())

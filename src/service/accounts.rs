@@ -7,8 +7,8 @@ use uuid::Uuid;
 
 use super::Core;
 use crate::crypto::jwt::VerifiedAccess;
-use crate::db::{self, users::UserRecord};
-use crate::domain::{Email, FullName, ImageUrl, Invalid, Password, Phone, Username};
+use crate::db;
+use crate::domain::{Email, FullName, ImageUrl, Invalid, Password, Phone, User, Username};
 use crate::error::{AppError, TokenProblem, Violation};
 
 /// Register's raw input, exactly as received.
@@ -77,7 +77,8 @@ fn optional<T>(input: &str, parse: impl Fn(&str) -> Result<T, Invalid>) -> Resul
 }
 
 impl Core {
-    pub async fn register(&self, input: RegisterInput, now: DateTime<Utc>) -> Result<UserRecord, AppError> {
+    #[tracing::instrument(skip_all)]
+    pub async fn register(&self, input: RegisterInput, now: DateTime<Utc>) -> Result<User, AppError> {
         let identifiers = [input.email.trim(), input.username.trim()];
         let password = self.check_new_password(&input.password, &identifiers).await?;
         let account = NewAccount::parse(&input, password)?;
@@ -100,11 +101,8 @@ impl Core {
 
     /// The bearer's account, provided its session is still live: from the
     /// session cache when it can, else in one query.
-    pub async fn get_me(
-        &self,
-        bearer: VerifiedAccess,
-        now: DateTime<Utc>,
-    ) -> Result<Arc<UserRecord>, AppError> {
+    #[tracing::instrument(skip_all, fields(user_id = %bearer.user_id, session_id = %bearer.session_id))]
+    pub async fn get_me(&self, bearer: VerifiedAccess, now: DateTime<Utc>) -> Result<Arc<User>, AppError> {
         self.live_session_user(bearer, now)
             .await?
             .ok_or(AppError::Token(TokenProblem::SessionRevoked))
@@ -115,11 +113,13 @@ impl Core {
         &self,
         bearer: VerifiedAccess,
         now: DateTime<Utc>,
-    ) -> Result<Option<Arc<UserRecord>>, AppError> {
+    ) -> Result<Option<Arc<User>>, AppError> {
         if let Some(user) = self.cache.get(bearer.user_id, bearer.session_id, now) {
+            self.metrics.session_cache_hit();
             return Ok(Some(user));
         }
-        let ticket = self.cache.ticket();
+        self.metrics.session_cache_miss();
+        let ticket = self.cache.ticket(bearer.user_id, bearer.session_id);
         let Some(live) = db::sessions::live_user(&self.db, bearer.user_id, bearer.session_id, now).await?
         else {
             return Ok(None);

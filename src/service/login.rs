@@ -7,8 +7,8 @@ use super::{Core, TokenPair, chrono_duration, seconds_until};
 use crate::crypto::opaque::{NewToken, TokenKind};
 use crate::crypto::password::Verified;
 use crate::db::throttle::Backoff;
-use crate::db::{self, users::LoginKey, users::UserRecord};
-use crate::domain::{Email, FieldReason, Invalid, Password, Username};
+use crate::db::{self, users::LoginKey};
+use crate::domain::{Email, FieldReason, Invalid, Password, User, Username};
 use crate::error::{AppError, Violation};
 
 /// Longest login string worth looking up (an email's maximum).
@@ -32,12 +32,13 @@ fn unknown_login_throttle_key(login: &str) -> String {
 }
 
 impl Core {
+    #[tracing::instrument(skip_all)]
     pub async fn login(
         &self,
         login: &str,
         password: &str,
         now: DateTime<Utc>,
-    ) -> Result<(TokenPair, UserRecord), AppError> {
+    ) -> Result<(TokenPair, User), AppError> {
         let login = login.trim();
         let mut violations = Vec::new();
         if login.is_empty() {
@@ -90,33 +91,28 @@ impl Core {
         let Some(credentials) = credentials else {
             return Err(AppError::InvalidCredentials);
         };
-        match verified {
+        let upgrade = match verified {
             Verified::No => return Err(AppError::InvalidCredentials),
-            Verified::Yes => {}
-            Verified::YesRehashed(new_hash) => {
-                db::users::upgrade_password_hash(
-                    &self.db,
-                    credentials.user.id,
-                    &credentials.password_hash,
-                    &new_hash,
-                )
-                .await?;
-            }
-        }
+            Verified::Yes => None,
+            Verified::YesRehashed(new_hash) => Some(new_hash),
+        };
         let pair = self
-            .start_session(credentials.user.id, &throttle_key, now)
+            .start_session(&credentials, upgrade.as_deref(), &throttle_key, now)
             .await?;
         Ok((pair, credentials.user))
     }
 
-    /// Creates a session with its first refresh token, and forgets the
-    /// failures counted under `throttle_key`, atomically.
+    /// Creates a session with its first refresh token and forgets the
+    /// failures counted under `throttle_key` (one statement); with a
+    /// re-hashed password, stores the new hash in the same transaction.
     async fn start_session(
         &self,
-        user_id: Uuid,
+        credentials: &db::users::Credentials,
+        upgraded_hash: Option<&str>,
         throttle_key: &str,
         now: DateTime<Utc>,
     ) -> Result<TokenPair, AppError> {
+        let user_id = credentials.user.id;
         let absolute = now + chrono_duration(self.sessions.max_ttl);
         let session = db::sessions::NewSession {
             id: Uuid::new_v4(),
@@ -128,7 +124,16 @@ impl Core {
         let hash = refresh.hash;
         // Signed before the commit, so a committed session always has tokens.
         let pair = self.pair(user_id, session.id, refresh, session.idle_expires_at, now)?;
-        db::sessions::start(&self.db, &session, &hash, throttle_key, now).await?;
+        match upgraded_hash {
+            None => db::sessions::start(&self.db, &session, &hash, throttle_key, now).await?,
+            Some(new_hash) => {
+                let mut tx = self.db.begin().await?;
+                db::users::upgrade_password_hash(&mut *tx, user_id, &credentials.password_hash, new_hash)
+                    .await?;
+                db::sessions::start(&mut *tx, &session, &hash, throttle_key, now).await?;
+                tx.commit().await?;
+            }
+        }
         Ok(pair)
     }
 
@@ -143,7 +148,7 @@ impl Core {
         let access = self
             .tokens
             .issue(user_id, session_id, now)
-            .map_err(AppError::Internal)?;
+            .map_err(AppError::internal)?;
         Ok(TokenPair {
             access_token: access.token,
             refresh_token: refresh.secret,

@@ -17,6 +17,7 @@ use crate::crypto::password::PasswordHasher;
 use crate::domain::{Invalid, Password, PasswordPolicy};
 use crate::error::AppError;
 use crate::mail::MailSettings;
+use crate::metrics::Metrics;
 use crate::session_cache::SessionCache;
 
 pub use accounts::RegisterInput;
@@ -48,6 +49,7 @@ pub struct Core {
     pub sessions: SessionSettings,
     pub cache: SessionCache,
     pub mail: MailSettings,
+    pub metrics: Metrics,
 }
 
 impl Core {

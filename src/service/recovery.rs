@@ -10,9 +10,9 @@ use uuid::Uuid;
 use super::{Core, chrono_duration};
 use crate::crypto::opaque::{self, NewToken, TokenKind};
 use crate::db::{self, throttle::Backoff};
+use crate::domain::mail as outbox;
 use crate::domain::{Email, Invalid};
 use crate::error::AppError;
-use crate::mail::outbox;
 
 /// Reset mails per account per hour; requests beyond it are answered alike
 /// but send nothing, so nobody can flood a mailbox through authd.
@@ -23,6 +23,7 @@ impl Core {
     /// the same either way, and both ways cost about the same: a token is
     /// generated and the account looked up in a transaction; SMTP is never
     /// waited for.
+    #[tracing::instrument(skip_all)]
     pub async fn forgot_password(&self, email: &str, now: DateTime<Utc>) -> Result<(), AppError> {
         let email = Email::parse(email).map_err(|e| AppError::invalid("email", e))?;
         let token = NewToken::generate(TokenKind::PasswordReset).map_err(AppError::internal)?;
@@ -54,6 +55,7 @@ impl Core {
     /// account. The policy is applied before the token is consumed, so a
     /// refused password leaves the link usable; consuming the token,
     /// replacing the hash and ending the sessions are one transaction.
+    #[tracing::instrument(skip_all)]
     pub async fn reset_password(
         &self,
         presented: &str,
@@ -73,18 +75,15 @@ impl Core {
         {
             return Err(AppError::Throttled(wait));
         }
-        let outcome = self.reset_password_checked(presented, new_password, now).await;
-        if let (Some(key), Ok(())) = (&guess_key, &outcome) {
-            // Only wrong guesses count: a right one gives its charge back.
-            db::throttle::refund(&self.db, key, &Backoff::RESET_GUESSES).await?;
-        }
-        outcome
+        self.reset_password_checked(presented, new_password, guess_key.as_deref(), now)
+            .await
     }
 
     async fn reset_password_checked(
         &self,
         presented: &str,
         new_password: &str,
+        guess_key: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), AppError> {
         let hash = opaque::parse_presented(TokenKind::PasswordReset, presented)
@@ -112,6 +111,11 @@ impl Core {
         db::sessions::revoke_all_for_user(&mut *tx, account.id, None, "password_reset", now).await?;
         self.record_password_change(&mut tx, account.id, &account.email, now)
             .await?;
+        if let Some(key) = guess_key {
+            // Only wrong guesses count: a right one gives its charge back,
+            // with the reset it made.
+            db::throttle::refund(&mut *tx, key, &Backoff::RESET_GUESSES).await?;
+        }
         tx.commit().await?;
         self.cache.evict_user(account.id);
         self.mail.queued.notify_one();

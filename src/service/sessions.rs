@@ -31,6 +31,7 @@ impl Core {
     /// successor stored in one atomic statement. A token that was already consumed is
     /// a replay (RFC 9700 §4.14.2): the whole session ends, unless it is the
     /// immediately previous token replayed within the configured grace.
+    #[tracing::instrument(skip_all)]
     pub async fn refresh(&self, presented: &str, now: DateTime<Utc>) -> Result<TokenPair, AppError> {
         let hash = require_refresh_token(presented)?;
         let idle = chrono_duration(self.sessions.idle_ttl);
@@ -67,6 +68,7 @@ impl Core {
     }
 
     /// Ends the session of a refresh token. Ending an ended session is OK.
+    #[tracing::instrument(skip_all)]
     pub async fn logout(&self, presented: &str, now: DateTime<Utc>) -> Result<(), AppError> {
         let hash = require_refresh_token(presented)?;
         match db::sessions::revoke_by_refresh_token(&self.db, &hash, "logout", now).await? {
@@ -80,6 +82,7 @@ impl Core {
 
     /// Whether an access token is active now: valid signature and claims,
     /// and a live session.
+    #[tracing::instrument(skip_all)]
     pub async fn introspect(
         &self,
         access_token: &str,
@@ -88,7 +91,7 @@ impl Core {
         if access_token.trim().is_empty() {
             return Err(AppError::invalid("access_token", Invalid::required()));
         }
-        let Ok(verified) = self.tokens.verify(access_token.trim()) else {
+        let Ok(verified) = self.tokens.verify(access_token.trim(), now) else {
             return Ok(Introspection::Inactive);
         };
         let live = self.live_session_user(verified, now).await?.is_some();
@@ -102,6 +105,7 @@ impl Core {
     /// Changes the bearer's password: checks the current one (same rules as
     /// Login), applies the policy to the new one, ends the user's other
     /// sessions and replaces this session's refresh tokens with a new pair.
+    #[tracing::instrument(skip_all, fields(user_id = %bearer.user_id, session_id = %bearer.session_id))]
     pub async fn change_password(
         &self,
         bearer: VerifiedAccess,
@@ -131,7 +135,6 @@ impl Core {
         if self.hasher.verify(&current, stored.as_deref()).await? == Verified::No {
             return Err(AppError::WrongCurrentPassword);
         }
-        db::throttle::forgive(&self.db, &throttle_key).await?;
         let new_hash = self.hasher.hash(&new).await?;
         let next = NewToken::generate(TokenKind::Refresh).map_err(AppError::internal)?;
         let next_hash = next.hash;
@@ -164,6 +167,9 @@ impl Core {
         .await?;
         db::sessions::delete_refresh_tokens(&mut tx, bearer.session_id).await?;
         db::sessions::insert_refresh_token(&mut tx, &next_hash, bearer.session_id, now).await?;
+        // The proven password clears the failures only with the change
+        // itself: a change that does not commit forgives nothing.
+        db::throttle::forgive(&mut *tx, &throttle_key).await?;
         let pair = self.pair(user.id, bearer.session_id, next, idle_expires_at, now)?;
         self.record_password_change(&mut tx, user.id, &user.email, now)
             .await?;

@@ -344,9 +344,10 @@ async fn every_error_of_every_rpc_carries_a_listed_reason() {
     expect(unknown, Code::Unauthenticated, "TOKEN_MISSING");
     let mut raw = raw.clone();
     raw.ready().await.unwrap();
+    // With a bearer, the method is looked up and not found.
     let unknown: Result<tonic::Response<pb::GetMeResponse>, Status> = raw
         .unary(
-            tonic::Request::new(pb::GetMeRequest {}),
+            with_bearer(pb::GetMeRequest {}, &live.access_token),
             PathAndQuery::from_static("/auth.v1.NoSuchService/Method"),
             tonic_prost::ProstCodec::default(),
         )

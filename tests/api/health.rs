@@ -149,35 +149,6 @@ async fn oversized_requests_are_refused_without_harming_the_connection() {
 }
 
 #[tokio::test]
-async fn metrics_count_calls_by_method_and_code() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = spawn_app_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
-    app.register("metrics@example.com", PASSWORD).await;
-    let _ = app.login("metrics@example.com", "wrong password").await;
-    let mut stream = tokio::net::TcpStream::connect(app.metrics_addr.unwrap())
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut page = String::new();
-    stream.read_to_string(&mut page).await.unwrap();
-    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
-    assert!(
-        page.contains(r#"authd_rpc_calls_total{method="/auth.v1.AuthService/Register",code="OK"} 1"#),
-        "{page}"
-    );
-    assert!(
-        page.contains(
-            r#"authd_rpc_calls_total{method="/auth.v1.AuthService/Login",code="UNAUTHENTICATED"} 1"#
-        ),
-        "{page}"
-    );
-    assert!(page.contains("authd_rpc_duration_seconds_bucket"));
-}
-
-#[tokio::test]
 async fn with_a_certificate_configured_authd_speaks_tls_only() {
     use tonic::transport::{Certificate, Channel, ClientTlsConfig};
     let dir = scratch_dir("tls");

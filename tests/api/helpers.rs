@@ -168,11 +168,14 @@ impl std::io::Write for CaptureWriter {
 }
 
 fn capture_logs() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    // ErrorLayer as in production, so INTERNAL errors carry their spans.
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::DEBUG)
         .with_ansi(false)
         .with_writer(|| CaptureWriter)
-        .finish();
+        .finish()
+        .with(tracing_error::ErrorLayer::default());
     let _ = tracing::subscriber::set_global_default(subscriber);
 }
 

@@ -413,3 +413,67 @@ async fn clean_up_deletes_long_dead_sessions_only() {
         .unwrap();
     assert_eq!(tokens, 1, "the ended session's tokens went with it");
 }
+
+/// A password change is one transaction: when its last write fails (a mail
+/// insert made to fail by a trigger, standing in for a crash), nothing of it
+/// remains: not the hash, not the ended sessions, not the new refresh token,
+/// and not the forgiving of earlier failed attempts, which used to be
+/// committed on its own before the change.
+#[tokio::test]
+async fn a_password_change_that_fails_midway_changes_nothing() {
+    let app = spawn_app().await;
+    let (user, this) = app.signed_in_user().await;
+    let other = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+    let new_password = "a brand new passphrase";
+    for _ in 0..2 {
+        assert_error(
+            change_password(&app, &this.access_token, "not my password", new_password).await,
+            Code::InvalidArgument,
+            "INVALID_CREDENTIALS",
+        );
+    }
+    let hash_before: String = sqlx::query_scalar("SELECT password_hash FROM users")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION fail_mail() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'injected failure'; END $$;
+         CREATE TRIGGER fail_mail BEFORE INSERT ON email_outbox
+         FOR EACH ROW EXECUTE FUNCTION fail_mail();",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    let failed = change_password(&app, &this.access_token, PASSWORD, new_password).await;
+    assert_eq!(failed.unwrap_err().code(), Code::Internal);
+    // The log says which step and which query failed.
+    if let Some(logs) = captured_logs() {
+        let line = logs
+            .lines()
+            .rev()
+            .find(|l| l.contains("injected failure"))
+            .map(str::to_owned)
+            .unwrap_or_default();
+        assert!(
+            line.contains("authd::db::outbox::enqueue") && line.contains("change_password"),
+            "the INTERNAL log names the query and the use case: {line}"
+        );
+    }
+
+    let hash_after: String = sqlx::query_scalar("SELECT password_hash FROM users")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(hash_before, hash_after);
+    let failures: i32 = sqlx::query_scalar("SELECT failures FROM login_throttle WHERE key = $1")
+        .bind(format!("user:{}", user.id))
+        .fetch_one(&app.db)
+        .await
+        .expect("the failed attempts are still counted");
+    assert_eq!(failures, 3, "two wrong passwords and the attempt that failed");
+    app.get_me(&other.access_token).await.unwrap();
+    refresh(&app, &this.refresh_token).await.unwrap();
+    app.login(&user.email, PASSWORD).await.unwrap();
+}

@@ -1,5 +1,7 @@
 //! The mails authd writes into the outbox: subject, plain-text and HTML
-//! bodies, and how long each is worth delivering.
+//! bodies, and how long each is worth delivering. Composing is pure, so it
+//! lives here, where both the outbox table (`db::outbox`) and the delivery
+//! worker (`mail::worker`) use it without depending on each other.
 
 use std::fmt;
 use std::time::Duration;
@@ -22,6 +24,18 @@ impl MailKind {
         match self {
             Self::PasswordReset => "password_reset",
             Self::PasswordChanged => "password_changed",
+        }
+    }
+}
+
+impl TryFrom<String> for MailKind {
+    type Error = String;
+
+    fn try_from(stored: String) -> Result<Self, Self::Error> {
+        match stored.as_str() {
+            "password_reset" => Ok(Self::PasswordReset),
+            "password_changed" => Ok(Self::PasswordChanged),
+            _ => Err(format!("unknown mail kind {stored:?}")),
         }
     }
 }

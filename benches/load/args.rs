@@ -1,0 +1,203 @@
+//! Command-line options (`cargo bench --bench load -- --help`).
+
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
+use sqlx::postgres::PgConnectOptions;
+
+use crate::scenarios::{self, Scenario};
+
+/// Load generator for authd. Without --addr it starts a throwaway PostgreSQL
+/// cluster and the authd binary, then runs each scenario and prints one table
+/// row per scenario (see BENCHMARKS.md). Timings are printed, never asserted.
+#[derive(Debug, Parser)]
+#[command(
+    name = "load",
+    override_usage = "cargo bench --bench load -- [OPTIONS]",
+    // As with the hand-written parser this replaced, a repeated option
+    // takes its last value instead of being an error.
+    args_override_self = true
+)]
+struct Args {
+    /// Seconds per scenario [default: 10; --smoke: 1]
+    #[arg(long, value_name = "SECS", value_parser = seconds)]
+    duration: Option<Duration>,
+
+    /// Concurrent calls in flight
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = positive)]
+    concurrency: usize,
+
+    /// HTTP/2 connections they share
+    #[arg(long, value_name = "M", default_value_t = 4, value_parser = positive)]
+    connections: usize,
+
+    /// Comma-separated, in order [default: all:
+    /// health,getme,introspect,jwks,refresh,mix,login,register,cache;
+    /// with --addr but no --database-url, all but cache]
+    #[arg(long, value_name = "LIST", value_parser = scenario_list)]
+    scenarios: Option<ScenarioList>,
+
+    /// Simultaneous Logins for the memory measurement; 0 skips it [default: 500; --smoke: 64]
+    #[arg(long, value_name = "N")]
+    burst: Option<usize>,
+
+    /// Drive an already running server (http://127.0.0.1:PORT) instead of
+    /// starting one; it needs AUTHD_PEER_RATE_LIMIT=0
+    #[arg(long, value_name = "URL", value_parser = loopback_url)]
+    addr: Option<String>,
+
+    /// With --addr: the server's process, for its peak RSS
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
+
+    /// With --addr: the server's database (postgres://…), which the cache
+    /// scenario fills with SQL (without it, the cache scenario is left out)
+    #[arg(long, value_name = "URL", value_parser = database_url)]
+    database_url: Option<PgConnectOptions>,
+
+    /// Extra environment for the started authd (repeatable), e.g.
+    /// AUTHD_HASH_WORKERS=3 or MALLOC_ARENA_MAX=2
+    #[arg(long = "server-env", value_name = "K=V", value_parser = key_value)]
+    server_env: Vec<(String, String)>,
+
+    /// Cache scenario: live sessions it puts into authd's session cache
+    /// [default: 100000; --smoke: 2000]
+    #[arg(long, value_name = "N", value_parser = at_least_100)]
+    cache_sessions: Option<usize>,
+
+    /// Cache scenario: account changes per second in its second measurement
+    #[arg(long, value_name = "N", default_value_t = 300, value_parser = positive_u32)]
+    cache_changes: u32,
+
+    /// Quick CI run (short scenarios, a small cache); exits 1 if any call failed
+    #[arg(long)]
+    smoke: bool,
+
+    /// `cargo bench` passes this to every bench target.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Debug, Clone)]
+struct ScenarioList(Vec<Scenario>);
+
+/// The options with their defaults resolved.
+pub struct Options {
+    pub duration: Duration,
+    pub concurrency: usize,
+    pub connections: usize,
+    pub scenarios: Vec<Scenario>,
+    pub burst: usize,
+    pub addr: Option<String>,
+    pub pid: Option<u32>,
+    pub database: Option<PgConnectOptions>,
+    pub server_env: Vec<(String, String)>,
+    pub cache_sessions: usize,
+    pub cache_changes_per_sec: u32,
+    pub smoke: bool,
+}
+
+/// Parses the command line; prints help or the error and exits on failure.
+pub fn parse() -> Options {
+    let args = Args::parse();
+    let smoke = args.smoke;
+    let no_database = args.addr.is_some() && args.database_url.is_none();
+    let scenarios = match args.scenarios {
+        Some(list) => list.0,
+        None => {
+            let all = scenario_list(scenarios::ALL).map_or_else(|e| unreachable!("{e}"), |l| l.0);
+            // `--addr` alone, as before the cache scenario existed, still
+            // runs everything else.
+            all.into_iter()
+                .filter(|s| !(no_database && matches!(s, Scenario::Cache)))
+                .collect()
+        }
+    };
+    if no_database && scenarios.iter().any(|s| matches!(s, Scenario::Cache)) {
+        Args::command()
+            .error(
+                ErrorKind::MissingRequiredArgument,
+                "the cache scenario against --addr needs --database-url (it fills the database with SQL)",
+            )
+            .exit();
+    }
+    Options {
+        duration: args
+            .duration
+            .unwrap_or(Duration::from_secs(if smoke { 1 } else { 10 })),
+        concurrency: args.concurrency,
+        connections: args.connections,
+        scenarios,
+        burst: args.burst.unwrap_or(if smoke { 64 } else { 500 }),
+        addr: args.addr,
+        pid: args.pid,
+        database: args.database_url,
+        server_env: args.server_env,
+        cache_sessions: args.cache_sessions.unwrap_or(if smoke { 2_000 } else { 100_000 }),
+        cache_changes_per_sec: args.cache_changes,
+        smoke,
+    }
+}
+
+fn seconds(v: &str) -> Result<Duration, String> {
+    let secs: f64 = v.parse().map_err(|e| format!("{e}"))?;
+    if !(secs > 0.0 && secs < 3600.0) {
+        return Err("must be between 0 and 3600 seconds".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn positive(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("must be a positive integer".into()),
+    }
+}
+
+fn positive_u32(v: &str) -> Result<u32, String> {
+    match v.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("must be a positive integer".into()),
+    }
+}
+
+/// The cache scenario splits its sessions into groups of at least one.
+fn at_least_100(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n >= 100 => Ok(n),
+        _ => Err("must be an integer of at least 100".into()),
+    }
+}
+
+fn scenario_list(v: &str) -> Result<ScenarioList, String> {
+    let mut list = Vec::new();
+    for name in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        list.push(
+            Scenario::by_name(name)
+                .ok_or_else(|| format!("unknown scenario {name} (known: {})", scenarios::ALL))?,
+        );
+    }
+    Ok(ScenarioList(list))
+}
+
+/// The generator refuses to load anything but this machine.
+fn loopback_url(v: &str) -> Result<String, String> {
+    let host_ok = ["http://127.0.0.1:", "http://localhost:", "http://[::1]:"]
+        .iter()
+        .any(|p| v.starts_with(p));
+    if host_ok {
+        Ok(v.to_owned())
+    } else {
+        Err("must be a loopback address such as http://127.0.0.1:50051".into())
+    }
+}
+
+fn database_url(v: &str) -> Result<PgConnectOptions, String> {
+    v.parse().map_err(|e| format!("{e}"))
+}
+
+fn key_value(v: &str) -> Result<(String, String), String> {
+    let (k, v) = v.split_once('=').ok_or("takes KEY=VALUE")?;
+    Ok((k.to_owned(), v.to_owned()))
+}

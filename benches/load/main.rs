@@ -1,0 +1,192 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Load generator for authd (`cargo bench --bench load -- [options]`).
+//!
+//! Without `--addr` it starts a throwaway PostgreSQL cluster and the
+//! `authd` binary as a separate process on 127.0.0.1 (`server`), seeds
+//! accounts with Register and signs every load task in (`seeding`), then
+//! runs each scenario (`scenarios`, `cache_scenario`) with N concurrent
+//! tasks over M HTTP/2 connections for T seconds. One table row per
+//! scenario (`stats`, `report`): successful calls per second,
+//! p50/p99/p99.9 latency of successful calls, every non-OK answer counted
+//! as an error by gRPC code (never as a success), and CPU time per call
+//! read from /proc (`procfs`). Baselines measured in the same run: the
+//! health Check floor and the argon2 ceiling (`argon2_baseline`). Finally
+//! the peak RSS of the service during a burst of simultaneous Logins
+//! (`burst`).
+//!
+//! Timings are reported, never asserted. `--smoke` (about a second per
+//! scenario) exits non-zero if any call failed, for CI.
+
+mod argon2_baseline;
+mod args;
+mod burst;
+mod cache_scenario;
+mod client;
+mod procfs;
+mod report;
+mod scenarios;
+mod seeding;
+mod server;
+mod stats;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use authd::crypto::password::Argon2Settings;
+
+use crate::argon2_baseline::Argon2Baseline;
+use crate::procfs::{cores, cpu_model, mib, proc_status_kib};
+use crate::scenarios::Scenario;
+use crate::seeding::Shared;
+use crate::server::{Server, start_server, stop_server, wait_until_serving};
+use crate::stats::Row;
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> std::process::ExitCode {
+    let options = args::parse();
+    let run_started = Instant::now();
+    let cores = cores();
+    let defaults = Argon2Settings::default();
+    println!(
+        "authd load: {cores} cores ({}), {} s per scenario, {} concurrent calls over {} connections{}",
+        cpu_model(),
+        options.duration.as_secs_f64(),
+        options.concurrency,
+        options.connections,
+        if options.smoke { " [smoke]" } else { "" },
+    );
+
+    // The argon2 baseline first, while nothing else of ours runs.
+    let samples = if options.smoke { 7 } else { 21 };
+    let mut baseline = Argon2Baseline::default();
+    baseline.measure(samples).await;
+    let parallel_rate = baseline.parallel_rate();
+    println!(
+        "argon2id m={} KiB t={} p={}: median {:.1} ms over {samples} hashes; {cores} threads hashing at once: {parallel_rate:.1}/s",
+        defaults.memory_kib,
+        defaults.iterations,
+        defaults.parallelism,
+        baseline.median().as_secs_f64() * 1000.0,
+    );
+
+    let scratch = std::env::temp_dir().join(format!("authd-bench-{}", uuid::Uuid::new_v4().simple()));
+    let mut server = match &options.addr {
+        Some(addr) => {
+            let mut s = Server::external(addr.clone(), options.pid, options.database.clone());
+            wait_until_serving(&mut s).await;
+            s
+        }
+        None => {
+            let t = Instant::now();
+            let mut s = start_server(&scratch, &options.server_env).await;
+            print!(
+                "started PostgreSQL (throwaway) and {} ",
+                env!("CARGO_BIN_EXE_authd")
+            );
+            wait_until_serving(&mut s).await;
+            println!(
+                "at {} (pid {}) in {:.1} s",
+                s.addr,
+                s.pid.unwrap_or(0),
+                t.elapsed().as_secs_f64()
+            );
+            s
+        }
+    };
+    for (k, v) in &options.server_env {
+        println!("authd started with {k}={v}");
+    }
+
+    let channels = client::connect(&server.addr, options.connections).await;
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    // Login charges its throttle counter before checking the password, so an
+    // account with more than 5 Logins in flight is throttled by design: one
+    // account per task, and no more than 4 burst Logins per account.
+    let n_accounts = options.concurrency.max(options.burst.div_ceil(4)).max(1);
+    let t = Instant::now();
+    let accounts = seeding::seed_accounts(&channels, &run_id, n_accounts, options.concurrency).await;
+    let shared = Arc::new(Shared {
+        channels,
+        accounts,
+        run_id,
+    });
+    let mut states = seeding::sign_in_tasks(&shared, options.concurrency).await;
+    println!(
+        "seeded {n_accounts} accounts and {} sessions in {:.1} s",
+        states.len(),
+        t.elapsed().as_secs_f64()
+    );
+    if let Some(pid) = server.pid {
+        let show = |field| {
+            proc_status_kib(pid, field).map_or_else(|| "n/a".to_owned(), |k| format!("{:.1} MiB", mib(k)))
+        };
+        println!(
+            "authd memory after seeding: VmRSS {}, VmHWM {}",
+            show("VmRSS:"),
+            show("VmHWM:")
+        );
+    }
+
+    report::table_header();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    for scenario in &options.scenarios {
+        if scenario.hashes_passwords() {
+            baseline.measure(samples).await;
+        }
+        let new_rows = match scenario {
+            Scenario::Calls(mix) => {
+                scenarios::run_mix(mix, &mut states, &shared, options.duration, server.pid).await
+            }
+            Scenario::Cache => {
+                let db = server
+                    .db
+                    .as_ref()
+                    .expect("args::parse requires a database for the cache scenario");
+                let settings = cache_scenario::Settings {
+                    sessions: options.cache_sessions,
+                    changes_per_sec: options.cache_changes_per_sec,
+                    duration: options.duration,
+                    concurrency: options.concurrency,
+                };
+                let outcome = cache_scenario::run(&server.addr, db, &shared, &settings, server.pid).await;
+                notes.extend(outcome.notes);
+                outcome.rows
+            }
+        };
+        for row in new_rows {
+            report::table_row(&row);
+            rows.push(row);
+        }
+    }
+
+    let burst = if options.burst > 0 {
+        let b = burst::login_burst(&server.addr, &shared, options.burst, server.pid).await;
+        report::table_row(&b.row);
+        Some(b)
+    } else {
+        None
+    };
+
+    println!();
+    report::ratios(&rows, &baseline, burst.as_ref(), cores);
+    for note in &notes {
+        println!("{note}");
+    }
+    let errors_total =
+        rows.iter().map(Row::error_count).sum::<u64>() + burst.as_ref().map_or(0, |b| b.row.error_count());
+
+    if options.addr.is_none() {
+        stop_server(&mut server).await;
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    println!(
+        "\ntotal errors: {errors_total}; whole run {:.1} s",
+        run_started.elapsed().as_secs_f64()
+    );
+    if options.smoke && errors_total > 0 {
+        eprintln!("smoke run: {errors_total} call(s) failed");
+        return std::process::ExitCode::FAILURE;
+    }
+    std::process::ExitCode::SUCCESS
+}

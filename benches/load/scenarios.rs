@@ -1,0 +1,289 @@
+//! The scenarios by name, and the closed loop that drives the call mixes:
+//! every task makes one call after another until the time is up.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use authd::pb::auth::v1::{self as pb, auth_service_client::AuthServiceClient};
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::client::{code_label, get_me, login};
+use crate::procfs::CpuWindow;
+use crate::seeding::{Shared, TaskState};
+use crate::stats::{Row, Stats};
+
+/// Every scenario, in the order a run without `--scenarios` takes them.
+pub const ALL: &str = "health,getme,introspect,jwks,refresh,mix,login,register,cache";
+
+#[derive(Debug, Clone)]
+pub enum Scenario {
+    Calls(Mix),
+    /// authd's session cache filled, then GetMe with and without a stream
+    /// of account changes (see `cache_scenario`).
+    Cache,
+}
+
+/// Which operations, in what proportions (percent).
+#[derive(Debug, Clone)]
+pub struct Mix {
+    pub name: &'static str,
+    pub ops: Vec<(Op, u32)>,
+}
+
+impl Scenario {
+    pub fn by_name(name: &str) -> Option<Self> {
+        let single = |op: Op| {
+            Scenario::Calls(Mix {
+                name: op.name(),
+                ops: vec![(op, 100)],
+            })
+        };
+        Some(match name {
+            "health" => single(Op::Health),
+            "getme" => single(Op::GetMe),
+            "introspect" => single(Op::Introspect),
+            "jwks" => single(Op::Jwks),
+            "refresh" => single(Op::Refresh),
+            "login" => single(Op::Login),
+            "register" => single(Op::Register),
+            "mix" => Scenario::Calls(Mix {
+                name: "mix",
+                ops: vec![(Op::GetMe, 90), (Op::Refresh, 8), (Op::Login, 2)],
+            }),
+            "cache" => Scenario::Cache,
+            _ => return None,
+        })
+    }
+
+    /// Whether the scenario is bound by argon2, so the argon2 baseline is
+    /// measured again just before it.
+    pub fn hashes_passwords(&self) -> bool {
+        match self {
+            Scenario::Calls(mix) => mix
+                .ops
+                .iter()
+                .any(|(op, _)| matches!(op, Op::Login | Op::Register)),
+            Scenario::Cache => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Health,
+    GetMe,
+    Introspect,
+    Jwks,
+    Refresh,
+    Login,
+    Register,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Health => "health",
+            Op::GetMe => "getme",
+            Op::Introspect => "introspect",
+            Op::Jwks => "jwks",
+            Op::Refresh => "refresh",
+            Op::Login => "login",
+            Op::Register => "register",
+        }
+    }
+}
+
+/// One call of `op`; `Err` carries the label it is counted under. Every
+/// answer must say what a success says (SERVING, a user, `active`, keys),
+/// or it counts as an error.
+async fn call(
+    op: Op,
+    task: usize,
+    state: &mut TaskState,
+    client: &mut AuthServiceClient<Channel>,
+    health: &mut HealthClient<Channel>,
+    shared: &Shared,
+) -> Result<(), String> {
+    match op {
+        Op::Health => {
+            let r = health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map_err(|s| code_label(&s))?;
+            if r.get_ref().status == ServingStatus::Serving as i32 {
+                Ok(())
+            } else {
+                Err("NOT_SERVING".into())
+            }
+        }
+        Op::GetMe => get_me(client, &state.authorization).await,
+        Op::Introspect => {
+            let r = client
+                .introspect_token(pb::IntrospectTokenRequest {
+                    access_token: state.access.clone(),
+                })
+                .await
+                .map_err(|s| code_label(&s))?;
+            if r.get_ref().active {
+                Ok(())
+            } else {
+                Err("inactive".into())
+            }
+        }
+        Op::Jwks => {
+            let r = client
+                .get_jwks(pb::GetJwksRequest {})
+                .await
+                .map_err(|s| code_label(&s))?;
+            if r.get_ref().keys.is_empty() {
+                Err("no_keys".into())
+            } else {
+                Ok(())
+            }
+        }
+        Op::Refresh => {
+            let result = client
+                .refresh(pb::RefreshRequest {
+                    refresh_token: state.refresh.clone(),
+                })
+                .await;
+            match result.map(|r| r.into_inner().tokens) {
+                Ok(Some(tokens)) => {
+                    state.set_tokens(tokens);
+                    Ok(())
+                }
+                Ok(None) => {
+                    state.relogin = true;
+                    Err("no_tokens".into())
+                }
+                Err(s) => {
+                    state.relogin = true;
+                    Err(code_label(&s))
+                }
+            }
+        }
+        Op::Login => login(client, &shared.accounts[state.account]).await.map(drop),
+        Op::Register => {
+            state.registered += 1;
+            let r = client
+                .register(pb::RegisterRequest {
+                    email: format!("reg-{}-{task}-{}@example.com", shared.run_id, state.registered),
+                    password: format!("load test passphrase {}", uuid::Uuid::new_v4()),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| code_label(&s))?;
+            match r.into_inner().user {
+                Some(_) => Ok(()),
+                None => Err("no_user".into()),
+            }
+        }
+    }
+}
+
+fn next_random(state: &mut u64) -> u64 {
+    // xorshift64*
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+fn pick(ops: &[(Op, u32)], rng: &mut u64) -> Op {
+    if ops.len() == 1 {
+        return ops[0].0;
+    }
+    let total: u32 = ops.iter().map(|(_, w)| w).sum();
+    let mut r = (next_random(rng) % u64::from(total)) as u32;
+    for (op, weight) in ops {
+        if r < *weight {
+            return *op;
+        }
+        r -= weight;
+    }
+    ops[ops.len() - 1].0
+}
+
+/// Runs one call mix; returns its total row and, for a mix of several
+/// operations, one row per operation.
+pub async fn run_mix(
+    mix: &Mix,
+    states: &mut Vec<TaskState>,
+    shared: &Arc<Shared>,
+    duration: Duration,
+    server_pid: Option<u32>,
+) -> Vec<Row> {
+    let window = CpuWindow::open(server_pid);
+    let started = window.started();
+    let deadline = started + duration;
+    let mut handles = Vec::with_capacity(states.len());
+    for (task, mut state) in std::mem::take(states).into_iter().enumerate() {
+        let shared = Arc::clone(shared);
+        let ops = mix.ops.clone();
+        handles.push(tokio::spawn(async move {
+            let channel = shared.channels[task % shared.channels.len()].clone();
+            let mut client = AuthServiceClient::new(channel.clone());
+            let mut health = HealthClient::new(channel);
+            let mut stats: Vec<Stats> = ops.iter().map(|_| Stats::default()).collect();
+            while Instant::now() < deadline {
+                if state.relogin {
+                    // Recovery is not timed; the failure was already counted.
+                    if let Ok(tokens) = login(&mut client, &shared.accounts[state.account]).await {
+                        state.set_tokens(tokens);
+                        state.relogin = false;
+                    }
+                    continue;
+                }
+                let op = pick(&ops, &mut state.rng);
+                let index = ops.iter().position(|(o, _)| *o == op).unwrap_or(0);
+                let t = Instant::now();
+                let outcome = call(op, task, &mut state, &mut client, &mut health, &shared).await;
+                stats[index].record(t, outcome);
+            }
+            (state, stats, Instant::now())
+        }));
+    }
+    let mut per_op: Vec<Stats> = mix.ops.iter().map(|_| Stats::default()).collect();
+    let mut finished = started;
+    for handle in handles {
+        let (state, stats, done) = handle.await.expect("load task panicked");
+        states.push(state);
+        finished = finished.max(done);
+        for (total, s) in per_op.iter_mut().zip(stats) {
+            total.merge(s);
+        }
+    }
+    let elapsed = finished - started;
+    let cpu = window.close();
+    let mut rows = Vec::new();
+    if mix.ops.len() > 1 {
+        let mut all = Stats::default();
+        for s in &per_op {
+            all.latencies_us.extend_from_slice(&s.latencies_us);
+            for (k, v) in &s.errors {
+                *all.errors.entry(k.clone()).or_default() += v;
+            }
+        }
+        rows.push(Row::from_stats(mix.name.to_owned(), all, elapsed));
+        rows[0].cpu = Some(cpu);
+        for ((op, _), s) in mix.ops.iter().zip(per_op) {
+            rows.push(Row::from_stats(
+                format!("  {}:{}", mix.name, op.name()),
+                s,
+                elapsed,
+            ));
+        }
+    } else {
+        let s = per_op.pop().unwrap_or_default();
+        let mut row = Row::from_stats(mix.name.to_owned(), s, elapsed);
+        row.cpu = Some(cpu);
+        rows.push(row);
+    }
+    rows
+}

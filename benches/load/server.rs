@@ -1,0 +1,168 @@
+//! The authd under load: a throwaway PostgreSQL cluster and the `authd`
+//! binary started as a separate process, or one started by hand (`--addr`).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use authd::local_pg::{Durability, LocalPostgres};
+use sqlx::postgres::PgConnectOptions;
+use tonic::transport::Endpoint;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+pub struct Server {
+    pub addr: String,
+    pub child: Option<tokio::process::Child>,
+    pub pid: Option<u32>,
+    /// The server's database, for the scenarios that prepare data with SQL.
+    pub db: Option<PgConnectOptions>,
+    log: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    pg: Option<LocalPostgres>,
+}
+
+impl Server {
+    /// A server somebody else started and stops.
+    pub fn external(addr: String, pid: Option<u32>, db: Option<PgConnectOptions>) -> Self {
+        Self {
+            addr,
+            child: None,
+            pid,
+            db,
+            log: None,
+            data_dir: None,
+            pg: None,
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Starts PostgreSQL and authd under `scratch`; call [`wait_until_serving`]
+/// before using it.
+pub async fn start_server(scratch: &Path, extra_env: &[(String, String)]) -> Server {
+    let pg_root = scratch.join("cluster");
+    let pg = tokio::task::spawn_blocking(move || LocalPostgres::start(&pg_root, Durability::Throwaway))
+        .await
+        .unwrap()
+        .expect("starting the throwaway PostgreSQL cluster");
+    pg.ensure_database("authd_bench")
+        .await
+        .expect("creating the database");
+    let data_dir = scratch.join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    // A configured key, as in production (no development-key warning).
+    let key = data_dir.join("signing.pem");
+    std::fs::write(&key, authd::crypto::keys::generate_ed25519_pem().unwrap()).unwrap();
+    let log = scratch.join("authd.log");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_authd"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DATABASE_URL", pg.url("authd_bench"))
+        .env("AUTHD_LISTEN", &listen)
+        .env("AUTHD_DATA_DIR", &data_dir)
+        .env("AUTHD_PEER_RATE_LIMIT", "0")
+        .env("AUTHD_SIGNING_KEYS", &key)
+        .env("AUTHD_LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .envs(extra_env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&data_dir)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting authd");
+    let pid = child.id();
+    Server {
+        addr: format!("http://{listen}"),
+        child: Some(child),
+        pid,
+        db: Some(pg.connect_options("authd_bench")),
+        log: Some(log),
+        data_dir: Some(data_dir),
+        pg: Some(pg),
+    }
+}
+
+pub async fn wait_until_serving(server: &mut Server) {
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(child) = server.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!("authd exited during start-up with {status}; {}", log_tail(server));
+        }
+        if let Ok(endpoint) = Endpoint::from_shared(server.addr.clone())
+            && let Ok(channel) = endpoint.connect().await
+            && let Ok(r) = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+            && r.get_ref().status == ServingStatus::Serving as i32
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "authd at {} not SERVING after 60 s; {}",
+            server.addr,
+            log_tail(server)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn log_tail(server: &Server) -> String {
+    let Some(log) = &server.log else {
+        return String::new();
+    };
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    format!("log {}:\n{tail}", log.display())
+}
+
+/// SIGTERM, a bounded wait for the graceful exit, then the cluster.
+pub async fn stop_server(server: &mut Server) {
+    if let (Some(mut child), Some(pid)) = (server.child.take(), server.pid) {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+        match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => eprintln!("authd exited with {status}"),
+            _ => {
+                eprintln!("authd did not stop within 20 s of SIGTERM; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+    if let Some(log) = &server.log {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines = text.lines().count();
+        if lines > 0 {
+            println!(
+                "\nservice log (RUST_LOG=warn): {lines} line(s); last ones:\n{}",
+                text.lines()
+                    .skip(lines.saturating_sub(5))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
+    if let Some(pg) = server.pg.take() {
+        tokio::task::spawn_blocking(move || pg.stop()).await.unwrap();
+    }
+    if let Some(dir) = server.data_dir.take() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

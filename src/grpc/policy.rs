@@ -1,0 +1,114 @@
+//! Who may call each RPC, and whether the per-client limit applies: one
+//! table, keyed by the generated method paths. A method the table does not
+//! name gets the strictest policy (a user's bearer and the limit), so a new
+//! RPC is protected and limited until someone decides otherwise, and a test
+//! fails for every RPC of the contract the table forgets.
+
+use crate::pb::paths::auth_service as auth;
+
+/// The credential a method needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// Anyone; the request itself carries whatever proves the right (a
+    /// password, a refresh or reset token), or nothing is secret.
+    Anyone,
+    /// A user's access token: `authorization: Bearer <jwt>`.
+    User,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub caller: Caller,
+    /// The in-memory per-client token bucket (`AUTHD_PEER_RATE_LIMIT`):
+    /// for the RPCs that cost a password hash. Token RPCs are the hot path
+    /// of every service and never limited per client.
+    pub per_client_limit: bool,
+}
+
+const PUBLIC: Policy = Policy {
+    caller: Caller::Anyone,
+    per_client_limit: false,
+};
+const PUBLIC_LIMITED: Policy = Policy {
+    caller: Caller::Anyone,
+    per_client_limit: true,
+};
+const USER: Policy = Policy {
+    caller: Caller::User,
+    per_client_limit: false,
+};
+const USER_LIMITED: Policy = Policy {
+    caller: Caller::User,
+    per_client_limit: true,
+};
+
+/// What a method missing from the table gets.
+pub const STRICTEST: Policy = USER_LIMITED;
+
+const TABLE: &[(&str, Policy)] = &[
+    (auth::REGISTER, PUBLIC_LIMITED),
+    (auth::LOGIN, PUBLIC_LIMITED),
+    (auth::REFRESH, PUBLIC),
+    (auth::LOGOUT, PUBLIC),
+    (auth::FORGOT_PASSWORD, PUBLIC_LIMITED),
+    (auth::RESET_PASSWORD, PUBLIC_LIMITED),
+    (auth::GET_ME, USER),
+    (auth::CHANGE_PASSWORD, USER_LIMITED),
+    (auth::GET_JWKS, PUBLIC),
+    (auth::INTROSPECT_TOKEN, PUBLIC),
+];
+
+/// Services that are not authd's contract but the server's plumbing:
+/// health checks and reflection answer anyone, unlimited.
+const INFRASTRUCTURE: &[&str] = &[
+    tonic_health::pb::health_server::SERVICE_NAME,
+    tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+    tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+];
+
+/// The policy of the method at `path` (`/package.Service/Method`).
+pub fn policy_for(path: &str) -> Policy {
+    if let Some((_, policy)) = TABLE.iter().find(|(p, _)| *p == path) {
+        return *policy;
+    }
+    let service = path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .map(|(service, _)| service);
+    match service {
+        Some(s) if INFRASTRUCTURE.contains(&s) => PUBLIC,
+        _ => STRICTEST,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rpc_of_the_contract_has_a_policy() {
+        let missing: Vec<&str> = auth::ALL
+            .iter()
+            .copied()
+            .filter(|path| !TABLE.iter().any(|(p, _)| p == path))
+            .collect();
+        assert!(missing.is_empty(), "RPCs without a policy: {missing:?}");
+    }
+
+    #[test]
+    fn unknown_methods_get_the_strictest_policy() {
+        let service = crate::pb::auth::v1::auth_service_server::SERVICE_NAME;
+        assert_eq!(policy_for(&format!("/{service}/SomethingNew")), STRICTEST);
+        assert_eq!(policy_for(&format!("/{service}Other/Method")), STRICTEST);
+        assert_eq!(policy_for("garbage"), STRICTEST);
+    }
+
+    #[test]
+    fn plumbing_is_open_and_password_rpcs_are_limited() {
+        let health = format!("/{}/Check", tonic_health::pb::health_server::SERVICE_NAME);
+        assert_eq!(policy_for(&health), PUBLIC);
+        assert_eq!(policy_for(auth::GET_ME).caller, Caller::User);
+        assert!(policy_for(auth::LOGIN).per_client_limit);
+        assert!(!policy_for(auth::REFRESH).per_client_limit);
+    }
+}

@@ -1,0 +1,467 @@
+//! The Prometheus endpoint: what it counts after real calls, that promtool
+//! accepts the page, and that a real Prometheus server scrapes it.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use authd::config::Config;
+use authd::pb::auth::v1 as pb;
+use secrecy::SecretString;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tonic::Code;
+
+use crate::helpers::*;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// What Prometheus sends.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+struct Page {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+/// One HTTP/1.0 GET: the server closes the connection after its answer, so
+/// reading to the end reads exactly that answer (no chunking either).
+async fn http_get(addr: SocketAddr, target: &str, accept: Option<&str>) -> std::io::Result<Page> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let accept = accept.map(|a| format!("accept: {a}\r\n")).unwrap_or_default();
+    stream
+        .write_all(format!("GET {target} HTTP/1.0\r\nhost: {addr}\r\n{accept}\r\n").as_bytes())
+        .await?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let content_type = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    Ok(Page {
+        status,
+        content_type,
+        body: body.to_owned(),
+    })
+}
+
+async fn scrape(app: &TestApp, accept: Option<&str>) -> Page {
+    let addr = app.metrics_addr.expect("metrics listener");
+    let page = tokio::time::timeout(Duration::from_secs(10), http_get(addr, "/metrics", accept))
+        .await
+        .expect("a scrape within 10 s")
+        .expect("a scrape");
+    assert_eq!(page.status, 200, "{}", page.body);
+    page
+}
+
+/// The value of the sample whose name and labels are exactly `series`.
+fn value(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|line| {
+        let (name, value) = line.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
+#[track_caller]
+fn assert_value(page: &str, series: &str, expected: f64) {
+    assert_eq!(value(page, series), Some(expected), "{series} in\n{page}");
+}
+
+fn with_metrics(c: &mut Config) {
+    c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+}
+
+/// A port nothing listens on, for an SMTP server that refuses every delivery.
+async fn closed_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+async fn refresh(app: &TestApp, token: &str) -> Result<pb::TokenPair, tonic::Status> {
+    app.client
+        .clone()
+        .refresh(pb::RefreshRequest {
+            refresh_token: token.into(),
+        })
+        .await
+        .map(|r| r.into_inner().tokens.expect("tokens"))
+}
+
+#[tokio::test]
+async fn the_page_counts_logins_refreshes_throttling_pools_and_the_outbox() {
+    let smtp_port = closed_port().await;
+    let app = spawn_app_with(|c| {
+        with_metrics(c);
+        c.smtp_url = Some(SecretString::from(format!("smtp://127.0.0.1:{smtp_port}")));
+        c.mail_poll_interval = Duration::from_millis(100);
+        c.mail_retry_base = Duration::from_millis(100);
+    })
+    .await;
+
+    app.register("ada@example.com", PASSWORD).await;
+    let tokens = app
+        .login("ada@example.com", PASSWORD)
+        .await
+        .unwrap()
+        .tokens
+        .unwrap();
+    // GetMe twice on one session: the database once, then the cache (the
+    // cache is on once its listener is up; wait for that).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while value(
+        &scrape(&app, Some(PROMETHEUS_ACCEPT)).await.body,
+        "authd_session_cache_enabled",
+    ) != Some(1.0)
+    {
+        assert!(Instant::now() < deadline, "the session cache never came on");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.get_me(&tokens.access_token).await.unwrap();
+    app.get_me(&tokens.access_token).await.unwrap();
+    assert_eq!(
+        app.login("ada@example.com", "not the password")
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    let rotated = refresh(&app, &tokens.refresh_token).await.unwrap();
+    assert!(!rotated.refresh_token.is_empty());
+    assert_error(
+        refresh(&app, &tokens.refresh_token).await,
+        Code::Unauthenticated,
+        "REFRESH_TOKEN_REUSED",
+    );
+    // Six free failures, then the per-account back-off refuses the seventh.
+    app.register("bob@example.com", PASSWORD).await;
+    for _ in 0..6 {
+        assert_eq!(
+            app.login("bob@example.com", "wrong").await.unwrap_err().code(),
+            Code::Unauthenticated
+        );
+    }
+    assert_error(
+        app.login("bob@example.com", "wrong").await,
+        Code::ResourceExhausted,
+        "THROTTLED",
+    );
+    // A reset mail the (closed) SMTP port refuses stays pending.
+    app.client
+        .clone()
+        .forgot_password(pb::ForgotPasswordRequest {
+            email: "ada@example.com".into(),
+        })
+        .await
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let page = loop {
+        let page = scrape(&app, Some(PROMETHEUS_ACCEPT)).await;
+        if value(&page.body, "authd_outbox_delivery_failures_total").is_some_and(|n| n >= 1.0) {
+            // The outbox gauges are read at most once a second; the next
+            // page has a reading taken after the failure.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            break scrape(&app, Some(PROMETHEUS_ACCEPT)).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no delivery failure counted:\n{}",
+            page.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(page.content_type, OPENMETRICS);
+    let text = &page.body;
+    assert!(text.ends_with("# EOF\n"), "{text}");
+
+    let login = "/auth.v1.AuthService/Login";
+    let refresh_rpc = "/auth.v1.AuthService/Refresh";
+    assert_value(
+        text,
+        &format!(r#"authd_rpc_calls_total{{method="{login}",code="OK"}}"#),
+        1.0,
+    );
+    assert_value(
+        text,
+        &format!(r#"authd_rpc_calls_total{{method="{login}",code="UNAUTHENTICATED"}}"#),
+        7.0,
+    );
+    assert_value(
+        text,
+        &format!(r#"authd_rpc_calls_total{{method="{login}",code="RESOURCE_EXHAUSTED"}}"#),
+        1.0,
+    );
+    assert_value(
+        text,
+        &format!(r#"authd_rpc_calls_total{{method="{refresh_rpc}",code="OK"}}"#),
+        1.0,
+    );
+    assert_value(
+        text,
+        &format!(r#"authd_rpc_calls_total{{method="{refresh_rpc}",code="UNAUTHENTICATED"}}"#),
+        1.0,
+    );
+    assert_value(
+        text,
+        &format!(r#"authd_rpc_duration_seconds_count{{method="{login}"}}"#),
+        9.0,
+    );
+    assert_value(
+        text,
+        &format!(r#"authd_rpc_duration_seconds_bucket{{le="+Inf",method="{login}"}}"#),
+        9.0,
+    );
+    assert!(
+        text.contains("# UNIT authd_rpc_duration_seconds seconds"),
+        "{text}"
+    );
+
+    assert_value(text, r#"authd_logins_total{outcome="success"}"#, 1.0);
+    assert_value(text, r#"authd_logins_total{outcome="bad_credentials"}"#, 7.0);
+    assert_value(text, r#"authd_logins_total{outcome="throttled"}"#, 1.0);
+    assert_value(text, r#"authd_logins_total{outcome="invalid_argument"}"#, 0.0);
+    assert_value(text, r#"authd_logins_total{outcome="unavailable"}"#, 0.0);
+    assert_value(text, r#"authd_logins_total{outcome="error"}"#, 0.0);
+    assert_value(text, "authd_refresh_rotations_total", 1.0);
+    assert_value(text, "authd_refresh_reuse_detections_total", 1.0);
+    assert_value(text, r#"authd_throttled_total{kind="login_backoff"}"#, 1.0);
+    assert_value(text, r#"authd_throttled_total{kind="peer_limit"}"#, 0.0);
+    assert_value(text, r#"authd_throttled_total{kind="reset_guesses"}"#, 0.0);
+
+    // Warm-up, two registrations (policy check and hash each), nine logins.
+    let waits = value(text, "authd_password_hash_queue_wait_seconds_count").unwrap();
+    assert!(waits >= 13.0, "{waits} waits in\n{text}");
+    assert_value(text, "authd_password_hash_in_flight", 0.0);
+    #[allow(clippy::cast_precision_loss)]
+    let workers = app.config.hash_workers as f64;
+    assert_value(text, "authd_password_hash_workers", workers);
+
+    assert_value(text, "authd_outbox_pending", 1.0);
+    let age = value(text, "authd_outbox_oldest_pending_age_seconds").unwrap();
+    assert!((0.0..60.0).contains(&age), "{age}");
+
+    assert_value(text, "authd_db_pool_connections_max", 5.0);
+    let in_use = value(text, "authd_db_pool_connections_in_use").unwrap();
+    let idle = value(text, "authd_db_pool_connections_idle").unwrap();
+    assert!(
+        in_use >= 0.0 && idle >= 0.0 && in_use + idle <= 5.0,
+        "{in_use} + {idle}"
+    );
+
+    assert!(
+        value(text, "authd_session_cache_hits_total").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        value(text, "authd_session_cache_misses_total").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert_value(text, "authd_session_cache_enabled", 1.0);
+
+    assert_value(
+        text,
+        &format!(r#"authd_build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION")),
+        1.0,
+    );
+
+    // Without OpenMetrics in Accept, the Prometheus text format.
+    let plain = scrape(&app, None).await;
+    assert_eq!(plain.content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(
+        plain.body.contains("# TYPE authd_rpc_calls_total counter"),
+        "{}",
+        plain.body
+    );
+    assert_value(&plain.body, r#"authd_logins_total{outcome="success"}"#, 1.0);
+
+    let other = http_get(app.metrics_addr.unwrap(), "/", None).await.unwrap();
+    assert_eq!(other.status, 404);
+
+    // promtool reads the Prometheus text format only (an OpenMetrics `info`
+    // is an unknown type to it), which is what it gets from authd, like curl;
+    // the OpenMetrics page is parsed by a real Prometheus in the next test.
+    match promtool_check(&plain.body).await {
+        None => skip_test("promtool check metrics: no promtool (apt-get install prometheus)"),
+        Some((ok, report)) => assert!(ok, "promtool refused the page: {report}\n{}", plain.body),
+    }
+}
+
+/// `promtool check metrics` on `page` (its lint rules included): whether it passed and what it said,
+/// or `None` without promtool.
+async fn promtool_check(page: &str) -> Option<(bool, String)> {
+    let mut child = match tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("running promtool: {e}"),
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(page.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("promtool within 30 s")
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success(), report))
+}
+
+#[tokio::test]
+async fn calls_refused_by_the_peer_limit_are_counted() {
+    let app = spawn_app_with(|c| {
+        with_metrics(c);
+        c.peer_rate_limit = 1.0;
+    })
+    .await;
+    // The bucket holds one call: the second at once is refused.
+    let _ = app.login("nobody@example.com", "whatever it is").await;
+    assert_error(
+        app.login("nobody@example.com", "whatever it is").await,
+        Code::ResourceExhausted,
+        "THROTTLED",
+    );
+    let page = scrape(&app, Some(PROMETHEUS_ACCEPT)).await;
+    assert_value(&page.body, r#"authd_throttled_total{kind="peer_limit"}"#, 1.0);
+    assert_value(
+        &page.body,
+        r#"authd_rpc_calls_total{method="/auth.v1.AuthService/Login",code="RESOURCE_EXHAUSTED"}"#,
+        1.0,
+    );
+    // The refusal came before the handler: no login outcome for it.
+    assert_value(&page.body, r#"authd_logins_total{outcome="throttled"}"#, 0.0);
+}
+
+/// A real Prometheus server with a throwaway configuration and storage,
+/// stopped when dropped.
+struct Prometheus {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Prometheus {
+    /// `None` when the binary is not installed.
+    async fn start(target: SocketAddr) -> Option<Self> {
+        let binary = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.is_file())?;
+        let dir = scratch_dir("prometheus");
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+                 scrape_configs:\n  - job_name: authd\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", closed_port().await).parse().unwrap();
+        let child = tokio::process::Command::new(binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        Some(Self { child, addr, dir })
+    }
+
+    /// The samples of an instant query, as (labels, value) pairs; empty
+    /// while Prometheus is starting or has not scraped yet.
+    async fn query(&self, promql: &str) -> Vec<(serde_json::Value, String)> {
+        let target = format!("/api/v1/query?query={}", percent_encode(promql));
+        let Ok(Ok(page)) =
+            tokio::time::timeout(Duration::from_secs(2), http_get(self.addr, &target, None)).await
+        else {
+            return Vec::new();
+        };
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&page.body) else {
+            return Vec::new();
+        };
+        json["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["metric"].clone(),
+                    r["value"][1].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_the_page() {
+    let app = spawn_app_with(with_metrics).await;
+    app.register("prom@example.com", PASSWORD).await;
+    app.login("prom@example.com", PASSWORD).await.unwrap();
+    let Some(prometheus) = Prometheus::start(app.metrics_addr.unwrap()).await else {
+        skip_test("real Prometheus scrape: no prometheus binary (apt-get install prometheus)");
+        return;
+    };
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let build = loop {
+        let build = prometheus.query("authd_build_info").await;
+        if !build.is_empty() {
+            break build;
+        }
+        assert!(Instant::now() < deadline, "Prometheus never scraped authd");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let (labels, value) = &build[0];
+    assert_eq!(value, "1");
+    assert_eq!(labels["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(labels["job"], "authd");
+
+    let up = prometheus.query(r#"up{job="authd"}"#).await;
+    assert_eq!(up.len(), 1, "{up:?}");
+    assert_eq!(up[0].1, "1", "the scrape succeeded");
+    let logins = prometheus.query(r#"authd_logins_total{outcome="success"}"#).await;
+    assert_eq!(logins.len(), 1, "{logins:?}");
+    assert_eq!(logins[0].1, "1");
+    let latency = prometheus
+        .query(r#"authd_rpc_duration_seconds_count{method="/auth.v1.AuthService/Login"}"#)
+        .await;
+    assert_eq!(latency.len(), 1, "{latency:?}");
+}
