@@ -660,6 +660,14 @@ impl Schemas {
                 .collect();
             required.retain(|r| r.as_str().is_none_or(|r| !path_bound.iter().any(|p| p == r)));
         }
+        // OpenAPI 3.0 allows no empty `required` list.
+        if schema
+            .get("required")
+            .is_some_and(|r| r.as_array().is_some_and(Vec::is_empty))
+            && let Some(object) = schema.as_object_mut()
+        {
+            object.remove("required");
+        }
         schema
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::domain::{FieldReason, Invalid};
+use crate::domain::{FieldReason, Invalid, Scope};
 use crate::pb::auth::v1::{ErrorReason, FieldViolationReason};
 
 /// `ErrorInfo.domain` of every error authd returns.
@@ -75,6 +75,15 @@ pub enum AppError {
     /// A concurrent change won: the caller may read again and retry.
     #[error("lost a race with a concurrent change")]
     Conflict,
+    /// The caller's credential lacks the scope the method needs (a user's
+    /// access token has none).
+    #[error("missing scope {0}")]
+    MissingScope(Scope),
+    #[error("user not found")]
+    UserNotFound,
+    /// Only ever answered after the password checked out.
+    #[error("account disabled")]
+    AccountDisabled,
     #[error("bearer token refused: {0:?}")]
     Token(TokenProblem),
     #[error("refresh token invalid")]
@@ -176,6 +185,8 @@ pub fn reason_for_code(code: Code) -> ErrorReason {
         Code::DeadlineExceeded | Code::Cancelled => ErrorReason::DeadlineExceeded,
         Code::ResourceExhausted => ErrorReason::Throttled,
         Code::Unauthenticated => ErrorReason::TokenInvalid,
+        Code::PermissionDenied => ErrorReason::MissingScope,
+        Code::NotFound => ErrorReason::UserNotFound,
         Code::Aborted => ErrorReason::ConcurrentUpdate,
         Code::Unavailable => ErrorReason::Unavailable,
         _ => ErrorReason::Internal,
@@ -245,6 +256,26 @@ impl From<AppError> for Status {
                 Code::Aborted,
                 "a concurrent change won; read again and retry",
                 info(ErrorReason::ConcurrentUpdate),
+            ),
+            AppError::MissingScope(scope) => {
+                let metadata = HashMap::from([("scope".to_owned(), scope.as_str().to_owned())]);
+                Status::with_error_details(
+                    Code::PermissionDenied,
+                    format!("this method needs a service key with scope {scope}"),
+                    ErrorDetails::with_error_info(
+                        ErrorReason::MissingScope.as_str_name(),
+                        ERROR_DOMAIN,
+                        metadata,
+                    ),
+                )
+            }
+            AppError::UserNotFound => {
+                Status::with_error_details(Code::NotFound, "no such user", info(ErrorReason::UserNotFound))
+            }
+            AppError::AccountDisabled => Status::with_error_details(
+                Code::PermissionDenied,
+                "this account is disabled",
+                info(ErrorReason::AccountDisabled),
             ),
             AppError::Token(problem) => {
                 Status::with_error_details(Code::Unauthenticated, problem.message(), info(problem.reason()))

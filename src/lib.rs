@@ -1,5 +1,6 @@
 //! authd: an identity service over gRPC.
 
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod db;
@@ -11,6 +12,7 @@ pub mod mail;
 pub mod metrics;
 pub mod pb;
 pub mod service;
+pub mod service_keys;
 pub mod session_cache;
 pub mod startup;
 pub mod telemetry;

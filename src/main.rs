@@ -1,22 +1,17 @@
+use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
+use authd::cli::{Cli, Command, CommandDatabase};
 use authd::config::Config;
-use authd::startup::{Application, open_database, shutdown_signal};
-
-const USAGE: &str = "usage: authd [serve | migrate | descriptor-set <file> | openapi <file>]
-
-  serve                    run the gRPC service (default)
-  migrate                  apply database migrations and exit
-  descriptor-set <file>    write the protobuf descriptor set (with imports)
-                           for REST gateways such as Envoy's transcoder
-  openapi <file>           write the OpenAPI document of the REST routes
-                           (docs/openapi.json is this output, committed)
-
-Configuration comes from environment variables and .env; see README.md.";
+use authd::startup::{Application, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = match Cli::from_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -24,26 +19,28 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let telemetry = authd::telemetry::init(config.log_format);
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        [] | ["serve"] => serve(config).await,
-        ["migrate"] => migrate(config).await,
-        ["descriptor-set", path] => std::fs::write(path, authd::pb::FILE_DESCRIPTOR_SET).map_err(Into::into),
-        ["openapi", path] => std::fs::write(path, authd::pb::OPENAPI_JSON).map_err(Into::into),
-        ["-h" | "--help" | "help"] => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        _ => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
+    let command = cli.command.unwrap_or(Command::Serve);
+    let logs_on_stderr = command.prints_to_stdout();
+    let telemetry = if logs_on_stderr {
+        authd::cli::init_stderr_logs(config.log_format)
+    } else {
+        authd::telemetry::init(config.log_format)
+    };
+    let result = match command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => migrate(config).await,
+        Command::DescriptorSet { file } => write(&file, authd::pb::FILE_DESCRIPTOR_SET),
+        Command::Openapi { file } => write(&file, authd::pb::OPENAPI_JSON.as_bytes()),
+        Command::ServiceAccount(command) => authd::cli::service_account::run(&config, command).await,
     };
     telemetry.shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "authd failed");
+            // A log line on stderr would only repeat the message below.
+            if !logs_on_stderr {
+                tracing::error!(error = format!("{e:#}"), "authd failed");
+            }
             eprintln!("authd: {e:#}");
             ExitCode::FAILURE
         }
@@ -56,10 +53,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
-    let database = open_database(&config).await?;
-    let pool = authd::db::connect_lazy(database.options, 2);
-    authd::db::migrate(&pool).await?;
-    pool.close().await;
+    CommandDatabase::open(&config).await?.close().await;
     tracing::info!("migrations applied");
     Ok(())
+}
+
+fn write(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }

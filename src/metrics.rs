@@ -177,6 +177,15 @@ struct MethodLabels {
     method: Arc<str>,
 }
 
+/// Labels of an audited AdminService call: service accounts are few and
+/// named by operators, methods and outcomes are fixed sets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdminCallLabels {
+    service_account: String,
+    method: &'static str,
+    outcome: &'static str,
+}
+
 /// One label with a fixed set of values.
 type Tag = [(&'static str, &'static str); 1];
 
@@ -304,6 +313,7 @@ struct Inner {
     /// The known methods, then one entry for unknown paths.
     methods: Box<[MethodSeries]>,
     calls: Family<CallLabels, Counter>,
+    admin_calls: Family<AdminCallLabels, Counter>,
     latency: Family<MethodLabels, DurationHistogram, fn() -> DurationHistogram>,
     logins: [Counter; LoginOutcome::ALL.len()],
     throttled: [Counter; ThrottleKind::ALL.len()],
@@ -362,6 +372,12 @@ impl Metrics {
             })
             .collect();
 
+        let admin_calls = Family::<AdminCallLabels, Counter>::default();
+        registry.register(
+            "admin_calls",
+            "AdminService calls by service account, method and outcome (the audit log has each)",
+            admin_calls.clone(),
+        );
         let calls = Family::<CallLabels, Counter>::default();
         registry.register(
             "rpc_calls",
@@ -488,6 +504,7 @@ impl Metrics {
                 method_index,
                 methods,
                 calls,
+                admin_calls,
                 latency,
                 logins,
                 throttled,
@@ -590,6 +607,18 @@ impl Metrics {
     /// One mail delivery attempt failed (it will be retried).
     pub fn mail_delivery_failed(&self) {
         self.inner.mail_failures.inc();
+    }
+
+    /// One audited AdminService call.
+    pub fn admin_call(&self, service_account: &str, method: &'static str, outcome: &'static str) {
+        self.inner
+            .admin_calls
+            .get_or_create(&AdminCallLabels {
+                service_account: service_account.to_owned(),
+                method,
+                outcome,
+            })
+            .inc();
     }
 
     /// A session lookup answered from the cache.

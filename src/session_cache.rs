@@ -34,9 +34,11 @@ use uuid::Uuid;
 
 use crate::domain::User;
 use crate::metrics::Metrics;
+use crate::service_keys::ServiceKeys;
 
 const SESSION_ENDED: &str = "authd_session_ended";
 const USER_CHANGED: &str = "authd_user_changed";
+const SERVICE_KEYS_CHANGED: &str = "authd_service_keys_changed";
 /// Bounds memory (an entry holds a copy of the account, about 0.5 KiB).
 pub const MAX_ENTRIES: usize = 100_000;
 /// Generation counters per shard of ids; an eviction spoils only the reads
@@ -247,27 +249,37 @@ impl SessionCache {
         }
     }
 
-    /// Follows the change notifications until aborted.
-    pub async fn follow_changes(self, pool: PgPool) {
+    /// Follows the change notifications until aborted, for this cache and
+    /// the service-key cache: one connection, and both caches are on only
+    /// while it listens.
+    pub async fn follow_changes(self, pool: PgPool, keys: ServiceKeys) {
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.listen_once(&pool).await {
+            match self.listen_once(&pool, &keys).await {
                 Ok(()) => delay = Duration::from_millis(100),
-                Err(e) => tracing::warn!(error = %e, "session cache listener failed; cache off"),
+                Err(e) => tracing::warn!(error = %e, "cache listener failed; caches off"),
             }
             self.set_enabled(false);
+            keys.set_enabled(false);
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
     /// Returns when the notification connection is lost.
-    async fn listen_once(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+    async fn listen_once(&self, pool: &PgPool, keys: &ServiceKeys) -> Result<(), sqlx::Error> {
         let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen_all([SESSION_ENDED, USER_CHANGED]).await?;
+        listener
+            .listen_all([SESSION_ENDED, USER_CHANGED, SERVICE_KEYS_CHANGED])
+            .await?;
         self.set_enabled(true);
+        keys.set_enabled(true);
         tracing::debug!("session cache on");
         while let Some(notification) = listener.try_recv().await? {
+            if notification.channel() == SERVICE_KEYS_CHANGED {
+                keys.flush();
+                continue;
+            }
             let Ok(id) = Uuid::parse_str(notification.payload()) else {
                 self.flush();
                 continue;
@@ -295,6 +307,8 @@ mod tests {
             phone: String::new(),
             image_url: String::new(),
             email_verified: false,
+            roles: Vec::new(),
+            disabled: false,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         })

@@ -26,19 +26,21 @@ use crate::crypto::keys;
 use crate::crypto::password::PasswordHasher;
 use crate::db;
 use crate::domain::PasswordPolicy;
-use crate::grpc::AuthApi;
 use crate::grpc::auth_layer::BearerAuth;
 use crate::grpc::middleware::MiddlewareLayer;
 use crate::grpc::observe::Observe;
 use crate::grpc::rate_limit::PeerRateLimit;
+use crate::grpc::{AdminApi, AuthApi};
 use crate::local_pg::{Durability, LocalPostgres};
 use crate::mail::MailSettings;
 use crate::mail::transport::Transport;
 use crate::mail::worker::OutboxWorker;
 use crate::metrics::Metrics;
 use crate::pb;
+use crate::pb::auth::v1::admin_service_server::AdminServiceServer;
 use crate::pb::auth::v1::auth_service_server::AuthServiceServer;
-use crate::service::{Core, SessionSettings};
+use crate::service::{Core, PageTokens, SessionSettings};
+use crate::service_keys::ServiceKeys;
 use crate::session_cache::SessionCache;
 
 /// Largest request authd decodes; its messages are a few hundred bytes.
@@ -197,7 +199,7 @@ async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Metr
     hasher.run(PasswordPolicy::warm_up).await?;
     let metrics = Metrics::for_service(pool.clone(), &hasher);
     let core = Core {
-        db: pool,
+        db: pool.clone(),
         hasher,
         metrics: metrics.clone(),
         tokens,
@@ -210,6 +212,8 @@ async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Metr
             reuse_grace: config.refresh_reuse_grace,
         },
         cache: SessionCache::with_metrics(metrics.clone()),
+        service_keys: ServiceKeys::new(pool.clone()),
+        page_tokens: PageTokens::default(),
         mail: MailSettings {
             reset_url: config.reset_url.clone(),
             reset_ttl: config.reset_token_ttl,
@@ -265,11 +269,19 @@ fn serve(
             PeerRateLimit::new(config.peer_rate_limit, config.trusted_proxy_header.clone())
                 .with_metrics(core.metrics.clone()),
         ))
-        .layer(MiddlewareLayer(BearerAuth::new(core.tokens.clone())))
+        .layer(MiddlewareLayer(BearerAuth::new(
+            core.tokens.clone(),
+            core.service_keys.clone(),
+        )))
         .add_service(health_service)
         .add_service(reflection_builder().build_v1()?)
         .add_service(reflection_builder().build_v1alpha()?)
-        .add_service(auth);
+        .add_service(auth)
+        .add_service(
+            AdminServiceServer::new(AdminApi::new(core.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES)
+                .max_encoding_message_size(4 * 1024 * 1024),
+        );
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
@@ -315,7 +327,11 @@ fn start_background_tasks(
             config.health_check_interval,
         )),
         tokio::spawn(clean_up_periodically(pool.clone())),
-        tokio::spawn(core.cache.clone().follow_changes(pool.clone())),
+        tokio::spawn(
+            core.cache
+                .clone()
+                .follow_changes(pool.clone(), core.service_keys.clone()),
+        ),
         tokio::spawn(worker.run()),
     ])
 }

@@ -37,14 +37,21 @@ pub struct AccessClaims {
     pub nbf: i64,
     pub exp: i64,
     pub jti: String,
+    /// The account's roles when the token was issued; services authorize
+    /// on them after verifying locally. Tokens from before roles existed
+    /// have none.
+    #[serde(default)]
+    pub roles: Vec<String>,
 }
 
 /// What a verified access token says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedAccess {
     pub user_id: Uuid,
     pub session_id: Uuid,
     pub expires_at: i64,
+    /// Shared: remembered verifications hand out clones.
+    pub roles: Arc<[String]>,
 }
 
 pub struct IssuedAccess {
@@ -88,7 +95,7 @@ struct VerifiedTokens {
 
 impl VerifiedTokens {
     fn get(&self, key: &[u8; 32]) -> Option<VerifiedAccess> {
-        self.entries.read().ok()?.get(key).copied()
+        self.entries.read().ok()?.get(key).cloned()
     }
 
     fn insert(&self, key: [u8; 32], verified: VerifiedAccess, now: i64) {
@@ -167,7 +174,13 @@ impl AccessTokens {
         self.inner.ttl
     }
 
-    pub fn issue(&self, user_id: Uuid, session_id: Uuid, now: DateTime<Utc>) -> anyhow::Result<IssuedAccess> {
+    pub fn issue(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        roles: &[String],
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<IssuedAccess> {
         let signer = &self.inner.keys[0];
         let iat = now.timestamp();
         let ttl = i64::try_from(self.inner.ttl.as_secs())?;
@@ -180,6 +193,7 @@ impl AccessTokens {
             nbf: iat,
             exp: iat + ttl,
             jti: Uuid::new_v4().to_string(),
+            roles: roles.to_vec(),
         };
         // JWS compact serialization (RFC 7515 §7.1).
         let mut token = signer.encoded_header.clone();
@@ -210,7 +224,7 @@ impl AccessTokens {
             };
         }
         let verified = self.verify_uncached(token, now)?;
-        self.inner.verified.insert(key, verified, now);
+        self.inner.verified.insert(key, verified.clone(), now);
         Ok(verified)
     }
 
@@ -249,6 +263,7 @@ impl AccessTokens {
             user_id,
             session_id,
             expires_at: claims.exp,
+            roles: claims.roles.into(),
         })
     }
 
@@ -275,13 +290,15 @@ mod tests {
     fn validity_is_judged_at_the_given_time() {
         let t = tokens();
         let issued_at = Utc::now() - chrono::Duration::days(1);
-        let issued = t.issue(Uuid::new_v4(), Uuid::new_v4(), issued_at).unwrap();
+        let issued = t.issue(Uuid::new_v4(), Uuid::new_v4(), &[], issued_at).unwrap();
         assert!(t.verify(&issued.token, issued_at).is_ok(), "valid when issued");
         let after = issued_at + chrono::Duration::seconds(900 + LEEWAY_SECS as i64 + 1);
         assert_eq!(t.verify(&issued.token, after), Err(TokenProblem::Expired));
         let before = issued_at - chrono::Duration::seconds(LEEWAY_SECS as i64 + 1);
         let fresh = tokens();
-        let early = fresh.issue(Uuid::new_v4(), Uuid::new_v4(), issued_at).unwrap();
+        let early = fresh
+            .issue(Uuid::new_v4(), Uuid::new_v4(), &[], issued_at)
+            .unwrap();
         assert_eq!(
             fresh.verify(&early.token, before),
             Err(TokenProblem::Invalid),
@@ -293,7 +310,7 @@ mod tests {
     fn issued_tokens_verify() {
         let t = tokens();
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
-        let issued = t.issue(user, session, Utc::now()).unwrap();
+        let issued = t.issue(user, session, &[], Utc::now()).unwrap();
         let v = t.verify(&issued.token, Utc::now()).unwrap();
         assert_eq!((v.user_id, v.session_id), (user, session));
     }
@@ -307,7 +324,7 @@ mod tests {
         let es_kid = es.kid.clone();
         // The first key signs; the second only verifies.
         let t = AccessTokens::new(vec![es, ed], "iss", "aud", Duration::from_secs(60)).unwrap();
-        let issued = t.issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now()).unwrap();
+        let issued = t.issue(Uuid::new_v4(), Uuid::new_v4(), &[], Utc::now()).unwrap();
         let header = jsonwebtoken::decode_header(&issued.token).unwrap();
         assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
         assert_eq!(header.kid.as_deref(), Some(es_kid.as_str()));
@@ -318,10 +335,10 @@ mod tests {
     #[test]
     fn tokens_of_another_key_or_expired_are_refused() {
         let (a, b) = (tokens(), tokens());
-        let issued = a.issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now()).unwrap();
+        let issued = a.issue(Uuid::new_v4(), Uuid::new_v4(), &[], Utc::now()).unwrap();
         assert_eq!(b.verify(&issued.token, Utc::now()), Err(TokenProblem::Invalid));
         let old = Utc::now() - chrono::Duration::hours(1);
-        let expired = a.issue(Uuid::new_v4(), Uuid::new_v4(), old).unwrap();
+        let expired = a.issue(Uuid::new_v4(), Uuid::new_v4(), &[], old).unwrap();
         assert_eq!(a.verify(&expired.token, Utc::now()), Err(TokenProblem::Expired));
         assert_eq!(a.verify("garbage", Utc::now()), Err(TokenProblem::Invalid));
         assert_eq!(
@@ -333,7 +350,7 @@ mod tests {
     #[test]
     fn a_remembered_token_still_expires_and_a_tampered_one_is_checked_afresh() {
         let t = tokens();
-        let issued = t.issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now()).unwrap();
+        let issued = t.issue(Uuid::new_v4(), Uuid::new_v4(), &[], Utc::now()).unwrap();
         assert!(t.verify(&issued.token, Utc::now()).is_ok());
         assert!(
             t.verify(&issued.token, Utc::now()).is_ok(),
@@ -362,10 +379,11 @@ mod tests {
             user_id: Uuid::new_v4(),
             session_id: Uuid::new_v4(),
             expires_at: now + 60,
+            roles: Arc::from(Vec::new()),
         };
         for i in 0..(MAX_REMEMBERED + 10) {
             let key: [u8; 32] = Sha256::digest(i.to_le_bytes()).into();
-            t.inner.verified.insert(key, live, now);
+            t.inner.verified.insert(key, live.clone(), now);
         }
         let len = t.inner.verified.entries.read().unwrap().len();
         assert!(len <= MAX_REMEMBERED, "{len}");

@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 pub enum TokenKind {
     Refresh,
     PasswordReset,
+    /// A service account's key (`authorization: Bearer sk_…`).
+    ServiceKey,
 }
 
 impl TokenKind {
@@ -20,6 +22,7 @@ impl TokenKind {
         match self {
             Self::Refresh => "rt_",
             Self::PasswordReset => "pr_",
+            Self::ServiceKey => "sk_",
         }
     }
 }

@@ -2,6 +2,8 @@
 
 pub mod outbox;
 pub mod recovery;
+pub mod secrets;
+pub mod service_accounts;
 pub mod sessions;
 pub mod throttle;
 pub mod users;

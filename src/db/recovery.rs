@@ -30,7 +30,9 @@ pub async fn lock_account_by_email(
     email: &str,
 ) -> Result<Option<RecoveryAccount>, AppError> {
     Ok(sqlx::query_as::<_, RecoveryAccount>(&format!(
-        "SELECT u.id, u.email, u.username FROM users u WHERE {} FOR NO KEY UPDATE",
+        // A disabled account gets no reset mail (and the answer stays the
+        // same as for an unknown address).
+        "SELECT u.id, u.email, u.username FROM users u WHERE {} AND u.disabled_at IS NULL FOR NO KEY UPDATE",
         super::users::EMAIL_MATCHES
     ))
     .bind(email)
@@ -105,7 +107,7 @@ pub async fn usable_token_owner<'e>(
         "SELECT u.id, u.email, u.username
            FROM password_reset_tokens t JOIN users u ON u.id = t.user_id
           WHERE t.token_hash = $1 AND t.consumed_at IS NULL AND t.superseded_at IS NULL
-            AND t.expires_at > $2",
+            AND t.expires_at > $2 AND u.disabled_at IS NULL",
     )
     .bind(hash.as_bytes())
     .bind(now)

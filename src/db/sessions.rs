@@ -135,11 +135,13 @@ pub async fn lock_live(
         .await?)
 }
 
-#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RotatedSession {
     pub id: Uuid,
     pub user_id: Uuid,
     pub idle_expires_at: DateTime<Utc>,
+    /// The account's roles now, for the new access token.
+    pub roles: Vec<String>,
 }
 
 /// Rotates a refresh token in one statement (one round trip, atomic):
@@ -180,8 +182,9 @@ pub async fn rotate_refresh_token<'e>(
              INSERT INTO refresh_tokens (token_hash, session_id, issued_at)
              SELECT $4, session_id, $3 FROM consumed
              RETURNING session_id)
-         SELECT slid.id, slid.user_id, slid.idle_expires_at
-           FROM slid JOIN issued ON issued.session_id = slid.id",
+         SELECT slid.id, slid.user_id, slid.idle_expires_at, u.roles
+           FROM slid JOIN issued ON issued.session_id = slid.id
+           JOIN users u ON u.id = slid.user_id",
         live = live("$3")
     );
     Ok(sqlx::query_as::<_, RotatedSession>(&sql)

@@ -17,6 +17,8 @@ pub(super) struct UserRow {
     pub phone: String,
     pub image_url: String,
     pub email_verified: bool,
+    pub roles: Vec<String>,
+    pub disabled_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -31,6 +33,8 @@ impl From<UserRow> for User {
             phone: r.phone,
             image_url: r.image_url,
             email_verified: r.email_verified,
+            roles: r.roles,
+            disabled: r.disabled_at.is_some(),
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -39,7 +43,7 @@ impl From<UserRow> for User {
 
 /// Columns of `UserRow`, for queries that join other tables.
 pub const USER_COLUMNS: &str = "u.id, u.email, u.username, u.full_name, u.phone, u.image_url, \
-     u.email_verified, u.created_at, u.updated_at";
+     u.email_verified, u.roles, u.disabled_at, u.created_at, u.updated_at";
 
 pub struct NewUserRow<'a> {
     pub id: Uuid,
@@ -59,7 +63,8 @@ pub async fn insert(db: &PgPool, new: NewUserRow<'_>) -> Result<User, AppError> 
     sqlx::query_as::<_, UserRow>(
         "INSERT INTO users AS u (id, email, username, full_name, phone, image_url, password_hash, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
-         RETURNING u.id, u.email, u.username, u.full_name, u.phone, u.image_url, u.email_verified, u.created_at, u.updated_at",
+         RETURNING u.id, u.email, u.username, u.full_name, u.phone, u.image_url, u.email_verified,
+                   u.roles, u.disabled_at, u.created_at, u.updated_at",
     )
     .bind(new.id)
     .bind(new.email)
@@ -189,4 +194,112 @@ pub async fn upgrade_password_hash<'e>(
         .execute(db)
         .await?;
     Ok(())
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn by_id<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<User>, AppError> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1");
+    Ok(sqlx::query_as::<_, UserRow>(&sql)
+        .bind(id)
+        .fetch_optional(db)
+        .await?
+        .map(User::from))
+}
+
+/// The accounts among `ids` that exist, in no particular order.
+#[tracing::instrument(skip_all, fields(count = ids.len()))]
+pub async fn by_ids<'e>(db: impl PgExecutor<'e>, ids: &[Uuid]) -> Result<Vec<User>, AppError> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = ANY($1)");
+    Ok(sqlx::query_as::<_, UserRow>(&sql)
+        .bind(ids)
+        .fetch_all(db)
+        .await?
+        .into_iter()
+        .map(User::from)
+        .collect())
+}
+
+/// The account with this email (any letter case) or username (any case).
+#[tracing::instrument(skip_all)]
+pub async fn by_login<'e>(db: impl PgExecutor<'e>, key: LoginKey<'_>) -> Result<Option<User>, AppError> {
+    let (condition, value) = match key {
+        LoginKey::Email(e) => (EMAIL_MATCHES, e),
+        LoginKey::Username(n) => ("lower(u.username) = lower($1)", n),
+    };
+    let sql = format!("SELECT {USER_COLUMNS} FROM users u WHERE {condition}");
+    Ok(sqlx::query_as::<_, UserRow>(&sql)
+        .bind(value)
+        .fetch_optional(db)
+        .await?
+        .map(User::from))
+}
+
+/// Where a page of accounts starts: after this creation time and id (the
+/// order of `users_created_at_id_idx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PagePosition {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+#[tracing::instrument(skip_all, fields(limit))]
+pub async fn page<'e>(
+    db: impl PgExecutor<'e>,
+    after: Option<PagePosition>,
+    limit: i64,
+) -> Result<Vec<User>, AppError> {
+    let sql = format!(
+        "SELECT {USER_COLUMNS} FROM users u
+          WHERE $1::timestamptz IS NULL OR (u.created_at, u.id) > ($1, $2)
+          ORDER BY u.created_at, u.id LIMIT $3"
+    );
+    Ok(sqlx::query_as::<_, UserRow>(&sql)
+        .bind(after.map(|p| p.created_at))
+        .bind(after.map(|p| p.id))
+        .bind(limit)
+        .fetch_all(db)
+        .await?
+        .into_iter()
+        .map(User::from)
+        .collect())
+}
+
+/// Disables (keeping the first time) or enables an account; `None` when
+/// there is no such account.
+#[tracing::instrument(skip_all, fields(%id, disabled))]
+pub async fn set_disabled<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    disabled: bool,
+    now: DateTime<Utc>,
+) -> Result<Option<User>, AppError> {
+    let sql = format!(
+        "UPDATE users u SET disabled_at = CASE WHEN $2 THEN coalesce(u.disabled_at, $3) END, updated_at = $3
+          WHERE u.id = $1 RETURNING {USER_COLUMNS}"
+    );
+    Ok(sqlx::query_as::<_, UserRow>(&sql)
+        .bind(id)
+        .bind(disabled)
+        .bind(now)
+        .fetch_optional(db)
+        .await?
+        .map(User::from))
+}
+
+#[tracing::instrument(skip_all, fields(%id))]
+pub async fn set_roles<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    roles: &[&str],
+    now: DateTime<Utc>,
+) -> Result<Option<User>, AppError> {
+    let sql =
+        format!("UPDATE users u SET roles = $2, updated_at = $3 WHERE u.id = $1 RETURNING {USER_COLUMNS}");
+    Ok(sqlx::query_as::<_, UserRow>(&sql)
+        .bind(id)
+        .bind(roles)
+        .bind(now)
+        .fetch_optional(db)
+        .await?
+        .map(User::from))
 }

@@ -4,12 +4,14 @@ mod email;
 pub mod mail;
 mod password;
 mod profile;
+mod service_account;
 mod user;
 mod username;
 
 pub use email::Email;
 pub use password::{Password, PasswordPolicy};
 pub use profile::{FullName, ImageUrl, Phone};
+pub use service_account::{Role, Scope, ServiceAccountName};
 pub use user::User;
 pub use username::Username;
 

@@ -13,6 +13,10 @@ pub struct User {
     pub phone: String,
     pub image_url: String,
     pub email_verified: bool,
+    /// What services may authorize this account for (sorted, no repeats).
+    pub roles: Vec<String>,
+    /// A disabled account cannot log in and has no live session.
+    pub disabled: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -1,7 +1,10 @@
-//! The one place that reads bearer tokens: a tower layer in front of every
-//! service. Which methods need one is the policy table's call
-//! (`grpc::policy`), which fails closed. Verified claims travel to the
-//! handler as a request extension.
+//! The one place that reads credentials: a tower layer in front of every
+//! service. What each method needs is the policy table's call
+//! (`grpc::policy`), which fails closed: nothing, a user's access token, or
+//! a service key with a scope. The verified caller travels to the handler as
+//! a request extension.
+
+use std::sync::Arc;
 
 use http::{HeaderMap, Request};
 use tonic::Status;
@@ -10,15 +13,19 @@ use tower::Service;
 use super::middleware::{BoxFuture, HttpResponse, Middleware, answer};
 use super::policy::{Caller, policy_for};
 use crate::crypto::jwt::{AccessTokens, VerifiedAccess};
+use crate::domain::Scope;
 use crate::error::{AppError, TokenProblem};
+use crate::service_keys::{ServiceIdentity, ServiceKeys};
 
-/// Whether the gRPC method at `path` needs a bearer token.
+/// Whether the gRPC method at `path` needs a credential (a user's token or
+/// a service key).
 pub fn requires_bearer(path: &str) -> bool {
-    policy_for(path).caller == Caller::User
+    policy_for(path).caller != Caller::Anyone
 }
 
-/// Extracts and verifies `authorization: Bearer <jwt>`.
-pub fn authenticate(headers: &HeaderMap, tokens: &AccessTokens) -> Result<VerifiedAccess, TokenProblem> {
+/// The token of `authorization: Bearer <token>`: exactly one header, the
+/// scheme in any case.
+fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenProblem> {
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Err(TokenProblem::Missing);
@@ -32,19 +39,29 @@ pub fn authenticate(headers: &HeaderMap, tokens: &AccessTokens) -> Result<Verifi
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(TokenProblem::Invalid);
     }
-    // The edge of the server reads the clock, like the handlers do.
-    tokens.verify(token.trim(), chrono::Utc::now())
+    Ok(token.trim())
 }
 
-/// Checks the bearer of every method whose policy asks for one.
+/// Extracts and verifies a user's `authorization: Bearer <jwt>`.
+pub fn authenticate(headers: &HeaderMap, tokens: &AccessTokens) -> Result<VerifiedAccess, TokenProblem> {
+    // The edge of the server reads the clock, like the handlers do.
+    tokens.verify(bearer_token(headers)?, chrono::Utc::now())
+}
+
+/// A service key's prefix; anything else presented to a service method is
+/// taken for a user's token.
+const SERVICE_KEY_PREFIX: &str = "sk_";
+
+/// Checks the credential of every method whose policy asks for one.
 #[derive(Clone)]
 pub struct BearerAuth {
     tokens: AccessTokens,
+    keys: ServiceKeys,
 }
 
 impl BearerAuth {
-    pub fn new(tokens: AccessTokens) -> Self {
-        Self { tokens }
+    pub fn new(tokens: AccessTokens, keys: ServiceKeys) -> Self {
+        Self { tokens, keys }
     }
 }
 
@@ -55,23 +72,73 @@ impl Middleware for BearerAuth {
         S::Future: Send + 'static,
         B: Send + 'static,
     {
-        if requires_bearer(req.uri().path()) {
-            match authenticate(req.headers(), &self.tokens) {
+        match policy_for(req.uri().path()).caller {
+            Caller::Anyone => Box::pin(next.call(req)),
+            Caller::User => match authenticate(req.headers(), &self.tokens) {
                 Ok(verified) => {
                     req.extensions_mut().insert(verified);
+                    Box::pin(next.call(req))
                 }
-                Err(problem) => return answer(Status::from(AppError::Token(problem))),
+                Err(problem) => answer(Status::from(AppError::Token(problem))),
+            },
+            Caller::Service(scope) => {
+                let presented = match bearer_token(req.headers()) {
+                    Ok(token) => token.to_owned(),
+                    Err(problem) => return answer(Status::from(AppError::Token(problem))),
+                };
+                if !presented.starts_with(SERVICE_KEY_PREFIX) {
+                    // A user's valid access token has no scopes; anything
+                    // else is not a credential at all.
+                    let refusal = match self.tokens.verify(&presented, chrono::Utc::now()) {
+                        Ok(_) => AppError::MissingScope(scope),
+                        Err(problem) => AppError::Token(problem),
+                    };
+                    return answer(Status::from(refusal));
+                }
+                let keys = self.keys.clone();
+                Box::pin(async move {
+                    match check_key(&keys, &presented, scope).await {
+                        Ok(identity) => {
+                            req.extensions_mut().insert(identity);
+                            next.call(req).await
+                        }
+                        Err(refusal) => Ok(Status::from(refusal).into_http()),
+                    }
+                })
             }
         }
-        Box::pin(next.call(req))
     }
+}
+
+async fn check_key(
+    keys: &ServiceKeys,
+    presented: &str,
+    scope: Scope,
+) -> Result<Arc<ServiceIdentity>, AppError> {
+    let identity = keys
+        .identify(presented, chrono::Utc::now())
+        .await?
+        .ok_or(AppError::Token(TokenProblem::Invalid))?;
+    if identity.may(scope) {
+        Ok(identity)
+    } else {
+        Err(AppError::MissingScope(scope))
+    }
+}
+
+/// The service that called, for a method that needs a service key.
+pub fn service_caller<T>(req: &tonic::Request<T>) -> Result<Arc<ServiceIdentity>, Status> {
+    req.extensions()
+        .get::<Arc<ServiceIdentity>>()
+        .cloned()
+        .ok_or_else(|| AppError::Token(TokenProblem::Missing).into())
 }
 
 /// The verified bearer of a request that passed the layer.
 pub fn bearer<T>(req: &tonic::Request<T>) -> Result<VerifiedAccess, Status> {
     req.extensions()
         .get::<VerifiedAccess>()
-        .copied()
+        .cloned()
         .ok_or_else(|| AppError::Token(TokenProblem::Missing).into())
 }
 
@@ -89,6 +156,7 @@ mod tests {
             crate::pb::auth::v1::auth_service_server::SERVICE_NAME
         )));
         assert!(!requires_bearer(auth::LOGIN));
+        assert!(requires_bearer(auth::INTROSPECT_TOKEN), "a service key");
         assert!(!requires_bearer(&format!(
             "/{}/Check",
             tonic_health::pb::health_server::SERVICE_NAME

@@ -28,6 +28,8 @@ impl From<&User> for pb::User {
             phone: u.phone.clone(),
             image_url: u.image_url.clone(),
             email_verified: u.email_verified,
+            roles: u.roles.clone(),
+            disabled: u.disabled,
             created_at: Some(timestamp(u.created_at)),
             updated_at: Some(timestamp(u.updated_at)),
         }

@@ -162,11 +162,13 @@ impl AuthService for AuthApi {
             .await?;
         Ok(Response::new(match answer {
             Introspection::Inactive => pb::IntrospectTokenResponse::default(),
-            Introspection::Active(v) => pb::IntrospectTokenResponse {
+            Introspection::Active { token, user } => pb::IntrospectTokenResponse {
                 active: true,
-                user_id: v.user_id.to_string(),
-                session_id: v.session_id.to_string(),
-                expires_at: chrono::DateTime::from_timestamp(v.expires_at, 0).map(timestamp),
+                user_id: token.user_id.to_string(),
+                session_id: token.session_id.to_string(),
+                expires_at: chrono::DateTime::from_timestamp(token.expires_at, 0).map(timestamp),
+                roles: token.roles.to_vec(),
+                disabled: user.disabled,
             },
         }))
     }

@@ -1,6 +1,7 @@
 //! The gRPC face of authd: a thin `AuthService` over `service::Core`, the
 //! conversions between protobuf and domain types, and the bearer layer.
 
+mod admin;
 pub mod auth_layer;
 mod convert;
 mod handlers;
@@ -9,4 +10,5 @@ pub mod observe;
 pub mod policy;
 pub mod rate_limit;
 
+pub use admin::AdminApi;
 pub use handlers::AuthApi;

@@ -4,6 +4,8 @@
 //! RPC is protected and limited until someone decides otherwise, and a test
 //! fails for every RPC of the contract the table forgets.
 
+use crate::domain::Scope;
+use crate::pb::paths::admin_service as admin;
 use crate::pb::paths::auth_service as auth;
 
 /// The credential a method needs.
@@ -14,6 +16,8 @@ pub enum Caller {
     Anyone,
     /// A user's access token: `authorization: Bearer <jwt>`.
     User,
+    /// A service account's key with this scope: `authorization: Bearer sk_…`.
+    Service(Scope),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +46,13 @@ const USER_LIMITED: Policy = Policy {
     per_client_limit: true,
 };
 
+const fn service(scope: Scope) -> Policy {
+    Policy {
+        caller: Caller::Service(scope),
+        per_client_limit: false,
+    }
+}
+
 /// What a method missing from the table gets.
 pub const STRICTEST: Policy = USER_LIMITED;
 
@@ -55,7 +66,15 @@ const TABLE: &[(&str, Policy)] = &[
     (auth::GET_ME, USER),
     (auth::CHANGE_PASSWORD, USER_LIMITED),
     (auth::GET_JWKS, PUBLIC),
-    (auth::INTROSPECT_TOKEN, PUBLIC),
+    (auth::INTROSPECT_TOKEN, service(Scope::TokensIntrospect)),
+    (admin::GET_USER, service(Scope::UsersRead)),
+    (admin::BATCH_GET_USERS, service(Scope::UsersRead)),
+    (admin::LOOKUP_USER, service(Scope::UsersRead)),
+    (admin::LIST_USERS, service(Scope::UsersRead)),
+    (admin::DISABLE_USER, service(Scope::UsersWrite)),
+    (admin::ENABLE_USER, service(Scope::UsersWrite)),
+    (admin::SET_USER_ROLES, service(Scope::UsersWrite)),
+    (admin::REVOKE_USER_SESSIONS, service(Scope::UsersWrite)),
 ];
 
 /// Services that are not authd's contract but the server's plumbing:
@@ -89,6 +108,7 @@ mod tests {
     fn every_rpc_of_the_contract_has_a_policy() {
         let missing: Vec<&str> = auth::ALL
             .iter()
+            .chain(admin::ALL)
             .copied()
             .filter(|path| !TABLE.iter().any(|(p, _)| p == path))
             .collect();
@@ -110,5 +130,9 @@ mod tests {
         assert_eq!(policy_for(auth::GET_ME).caller, Caller::User);
         assert!(policy_for(auth::LOGIN).per_client_limit);
         assert!(!policy_for(auth::REFRESH).per_client_limit);
+        assert_eq!(
+            policy_for(admin::DISABLE_USER).caller,
+            Caller::Service(Scope::UsersWrite)
+        );
     }
 }

@@ -103,7 +103,7 @@ impl Core {
     /// session cache when it can, else in one query.
     #[tracing::instrument(skip_all, fields(user_id = %bearer.user_id, session_id = %bearer.session_id))]
     pub async fn get_me(&self, bearer: VerifiedAccess, now: DateTime<Utc>) -> Result<Arc<User>, AppError> {
-        self.live_session_user(bearer, now)
+        self.live_session_user(&bearer, now)
             .await?
             .ok_or(AppError::Token(TokenProblem::SessionRevoked))
     }
@@ -111,7 +111,7 @@ impl Core {
     /// The account behind a live session, or `None` when it is not live.
     pub(super) async fn live_session_user(
         &self,
-        bearer: VerifiedAccess,
+        bearer: &VerifiedAccess,
         now: DateTime<Utc>,
     ) -> Result<Option<Arc<User>>, AppError> {
         if let Some(user) = self.cache.get(bearer.user_id, bearer.session_id, now) {

@@ -96,6 +96,10 @@ impl Core {
             Verified::Yes => None,
             Verified::YesRehashed(new_hash) => Some(new_hash),
         };
+        // Only now, with the password proven, may the answer say so.
+        if credentials.user.disabled {
+            return Err(AppError::AccountDisabled);
+        }
         let pair = self
             .start_session(&credentials, upgrade.as_deref(), &throttle_key, now)
             .await?;
@@ -123,7 +127,14 @@ impl Core {
         let refresh = NewToken::generate(TokenKind::Refresh).map_err(AppError::internal)?;
         let hash = refresh.hash;
         // Signed before the commit, so a committed session always has tokens.
-        let pair = self.pair(user_id, session.id, refresh, session.idle_expires_at, now)?;
+        let pair = self.pair(
+            user_id,
+            session.id,
+            &credentials.user.roles,
+            refresh,
+            session.idle_expires_at,
+            now,
+        )?;
         match upgraded_hash {
             None => db::sessions::start(&self.db, &session, &hash, throttle_key, now).await?,
             Some(new_hash) => {
@@ -141,13 +152,14 @@ impl Core {
         &self,
         user_id: Uuid,
         session_id: Uuid,
+        roles: &[String],
         refresh: NewToken,
         refresh_expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<TokenPair, AppError> {
         let access = self
             .tokens
-            .issue(user_id, session_id, now)
+            .issue(user_id, session_id, roles, now)
             .map_err(AppError::internal)?;
         Ok(TokenPair {
             access_token: access.token,

@@ -2,6 +2,7 @@
 //! the current time, and returns domain values or an `AppError`.
 
 mod accounts;
+mod admin;
 mod login;
 mod recovery;
 mod sessions;
@@ -18,9 +19,11 @@ use crate::domain::{Invalid, Password, PasswordPolicy};
 use crate::error::AppError;
 use crate::mail::MailSettings;
 use crate::metrics::Metrics;
+use crate::service_keys::ServiceKeys;
 use crate::session_cache::SessionCache;
 
 pub use accounts::RegisterInput;
+pub use admin::PageTokens;
 pub use sessions::Introspection;
 
 /// Session lifetimes and rotation rules.
@@ -48,6 +51,10 @@ pub struct Core {
     pub policy: PasswordPolicy,
     pub sessions: SessionSettings,
     pub cache: SessionCache,
+    /// Service-account keys, looked up and cached for the credential check.
+    pub service_keys: ServiceKeys,
+    /// Signs ListUsers page tokens.
+    pub page_tokens: PageTokens,
     pub mail: MailSettings,
     pub metrics: Metrics,
 }

@@ -1,6 +1,8 @@
 //! Refresh (rotation with reuse detection), Logout, ChangePassword and
 //! IntrospectToken.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use super::{Core, TokenPair, chrono_duration};
@@ -9,14 +11,18 @@ use crate::crypto::opaque::{self, NewToken, TokenKind};
 use crate::crypto::password::Verified;
 use crate::db;
 use crate::db::throttle::Backoff;
-use crate::domain::{Invalid, Password};
+use crate::domain::{Invalid, Password, User};
 use crate::error::{AppError, TokenProblem, Violation};
 
 /// Answer of IntrospectToken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Introspection {
     Inactive,
-    Active(VerifiedAccess),
+    /// What the token says, and the account as it is now.
+    Active {
+        token: VerifiedAccess,
+        user: Arc<User>,
+    },
 }
 
 fn require_refresh_token(presented: &str) -> Result<opaque::TokenHash, AppError> {
@@ -41,7 +47,14 @@ impl Core {
         {
             // Signing an access token cannot fail once the keys loaded, so
             // it may follow the commit; that saves the transaction's round trips.
-            return self.pair(session.user_id, session.id, next, session.idle_expires_at, now);
+            return self.pair(
+                session.user_id,
+                session.id,
+                &session.roles,
+                next,
+                session.idle_expires_at,
+                now,
+            );
         }
         let mut tx = self.db.begin().await?;
         let Some(state) = db::sessions::refresh_token_state(&mut tx, &hash, now).await? else {
@@ -94,11 +107,12 @@ impl Core {
         let Ok(verified) = self.tokens.verify(access_token.trim(), now) else {
             return Ok(Introspection::Inactive);
         };
-        let live = self.live_session_user(verified, now).await?.is_some();
-        Ok(if live {
-            Introspection::Active(verified)
-        } else {
-            Introspection::Inactive
+        Ok(match self.live_session_user(&verified, now).await? {
+            Some(user) => Introspection::Active {
+                token: verified,
+                user,
+            },
+            None => Introspection::Inactive,
         })
     }
 
@@ -170,7 +184,14 @@ impl Core {
         // The proven password clears the failures only with the change
         // itself: a change that does not commit forgives nothing.
         db::throttle::forgive(&mut *tx, &throttle_key).await?;
-        let pair = self.pair(user.id, bearer.session_id, next, idle_expires_at, now)?;
+        let pair = self.pair(
+            user.id,
+            bearer.session_id,
+            &user.roles,
+            next,
+            idle_expires_at,
+            now,
+        )?;
         self.record_password_change(&mut tx, user.id, &user.email, now)
             .await?;
         tx.commit().await?;

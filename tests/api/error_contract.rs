@@ -310,9 +310,50 @@ async fn every_error_of_every_rpc_carries_a_listed_reason() {
     // IntrospectToken: an empty token is the only error; a bad one is an
     // answer.
     expect(
-        c.introspect_token(pb::IntrospectTokenRequest::default()).await,
+        app.introspect("").await,
         Code::InvalidArgument,
         "INVALID_ARGUMENT",
+    );
+    // Without a service key, or with a user's token instead of one.
+    expect(
+        c.introspect_token(pb::IntrospectTokenRequest::default()).await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+    expect(
+        c.introspect_token(with_bearer(
+            pb::IntrospectTokenRequest::default(),
+            &live.access_token,
+        ))
+        .await,
+        Code::PermissionDenied,
+        "MISSING_SCOPE",
+    );
+    // AdminService: no such user, and a read-only key writing.
+    let reader = app.service_key("reader", &["users.read"]).await;
+    expect(
+        app.admin()
+            .get_user(with_bearer(
+                pb::GetUserRequest {
+                    user_id: uuid::Uuid::new_v4().to_string(),
+                },
+                &reader,
+            ))
+            .await,
+        Code::NotFound,
+        "USER_NOT_FOUND",
+    );
+    expect(
+        app.admin()
+            .disable_user(with_bearer(
+                pb::DisableUserRequest {
+                    user_id: uuid::Uuid::new_v4().to_string(),
+                },
+                &reader,
+            ))
+            .await,
+        Code::PermissionDenied,
+        "MISSING_SCOPE",
     );
 
     // Errors tonic builds itself get their ErrorInfo too.
@@ -385,6 +426,8 @@ async fn a_password_change_that_lost_a_race_is_aborted() {
     let app = spawn_app_with(|c| {
         c.argon2 = HEAVY_ARGON2;
         c.hash_workers = 2;
+        // Four heavy hashes on a loaded machine may take a while.
+        c.request_timeout = std::time::Duration::from_secs(120);
     })
     .await;
     let (_, tokens) = app.signed_in_user().await;

@@ -4,9 +4,12 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use authd::config::Config;
+use authd::crypto::opaque::{NewToken, TokenKind};
 use authd::crypto::password::Argon2Settings;
 use authd::local_pg::{Durability, LocalPostgres};
-use authd::pb::auth::v1::{self as pb, auth_service_client::AuthServiceClient};
+use authd::pb::auth::v1::{
+    self as pb, admin_service_client::AdminServiceClient, auth_service_client::AuthServiceClient,
+};
 use authd::startup::Application;
 use secrecy::SecretString;
 use sqlx::PgPool;
@@ -16,6 +19,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 pub type Client = AuthServiceClient<Channel>;
+pub type AdminClient = AdminServiceClient<Channel>;
 
 /// One PostgreSQL cluster per test binary; it stops (and its folder goes)
 /// when the binary exits.
@@ -47,6 +51,8 @@ pub struct TestApp {
     pub config: Config,
     /// PKCS#8 PEM of the signing key, so tests can forge tokens with it.
     pub signing_pem: String,
+    /// A key with `tokens.introspect`, made on first use.
+    introspect_key: tokio::sync::OnceCell<String>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -109,6 +115,7 @@ pub async fn spawn_app_on(database_url: &str, tweak: impl FnOnce(&mut Config)) -
         db,
         config,
         signing_pem,
+        introspect_key: tokio::sync::OnceCell::new(),
         shutdown: Some(tx),
         server: Some(server),
     }
@@ -228,6 +235,44 @@ impl TestApp {
             .tokens
             .expect("tokens");
         (user, tokens)
+    }
+
+    /// A new service account `name` with `scopes` (stored the way
+    /// `authd service-account create` stores it); returns its key.
+    pub async fn service_key(&self, name: &str, scopes: &[&str]) -> String {
+        let key = NewToken::generate(TokenKind::ServiceKey).unwrap();
+        let mut scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+        scopes.sort();
+        authd::db::service_accounts::add_key(&self.db, name, &scopes, &key.hash, chrono::Utc::now())
+            .await
+            .unwrap();
+        key.expose().to_owned()
+    }
+
+    /// IntrospectToken as a service with `tokens.introspect` calls it.
+    pub async fn introspect(&self, access_token: &str) -> Result<pb::IntrospectTokenResponse, Status> {
+        let key = self
+            .introspect_key
+            .get_or_init(|| self.service_key("test-introspector", &["tokens.introspect"]))
+            .await;
+        self.client
+            .clone()
+            .introspect_token(with_bearer(
+                pb::IntrospectTokenRequest {
+                    access_token: access_token.into(),
+                },
+                key,
+            ))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// A client of AdminService on this server.
+    pub fn admin(&self) -> AdminClient {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect_lazy();
+        AdminServiceClient::new(channel)
     }
 
     pub async fn get_me(&self, access_token: &str) -> Result<pb::User, Status> {

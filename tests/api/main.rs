@@ -19,6 +19,7 @@ mod openapi;
 mod recovery;
 mod register;
 mod rest_gateway;
+mod service_account_cli;
 mod session_cache;
 mod sessions;
 mod smtp;

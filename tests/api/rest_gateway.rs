@@ -208,13 +208,26 @@ async fn every_rest_route_works_through_envoy() {
     assert!(!jwks["keys"].as_array().unwrap().is_empty(), "{jwks}");
     assert!(jwks["jwksJson"].as_str().unwrap().contains("\"keys\""));
 
+    // IntrospectToken needs a service key; a user's token is 403.
+    let introspector = app.service_key("rest-introspector", &["tokens.introspect"]).await;
     let r = Request::new("POST", "/v1/auth/introspect")
+        .bearer(&introspector)
         .json(&json!({"accessToken": access}))
         .send(at)
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["active"], true);
     assert_eq!(r.json()["userId"], user["id"]);
+    let r = Request::new("POST", "/v1/auth/introspect")
+        .bearer(&access)
+        .json(&json!({"accessToken": access}))
+        .send(at)
+        .await;
+    let body = assert_http_error(&r, 403, "MISSING_SCOPE");
+    assert_eq!(
+        details_of(&body, "google.rpc.ErrorInfo").unwrap()["metadata"]["scope"],
+        "tokens.introspect"
+    );
 
     let r = Request::new("POST", "/v1/auth/refresh")
         .json(&json!({"refreshToken": refresh}))
@@ -368,11 +381,89 @@ async fn every_rest_route_works_through_envoy() {
         .await;
     assert_eq!(other.status, 200, "another client is not limited by the first");
 
+    // AdminService's routes, as a service with both user scopes.
+    let admin_key = app
+        .service_key("rest-admin", &["users.read", "users.write"])
+        .await;
+    let admin = |method: &'static str, path: String| {
+        let path: &'static str = Box::leak(path.into_boxed_str());
+        Request::new(method, path).bearer(&admin_key)
+    };
+    let id = user["id"].as_str().unwrap().to_owned();
+    let r = admin("GET", format!("/v1/admin/users/{id}")).send(at).await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["user"]["email"], email);
+    let missing = uuid::Uuid::new_v4();
+    let r = admin("GET", format!("/v1/admin/users/{missing}")).send(at).await;
+    assert_http_error(&r, 404, "USER_NOT_FOUND");
+    let r = admin(
+        "GET",
+        format!("/v1/admin/users:batchGet?user_ids={missing}&user_ids={id}"),
+    )
+    .send(at)
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["users"][0]["id"], id.as_str());
+    let r = admin(
+        "GET",
+        format!("/v1/admin/users:lookup?email={}", email.to_uppercase()),
+    )
+    .send(at)
+    .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["user"]["id"], id.as_str());
+    let r = admin("GET", "/v1/admin/users?page_size=1".to_owned())
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["users"].as_array().unwrap().len(), 1);
+    let r = admin("PUT", format!("/v1/admin/users/{id}/roles"))
+        .json(&json!({"roles": ["billing:read", "admin"]}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["user"]["roles"], json!(["admin", "billing:read"]));
+    let r = admin("POST", format!("/v1/admin/users/{id}/sessions:revoke"))
+        .json(&json!({}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert!(r.json()["revokedCount"].as_i64().unwrap() >= 1, "{}", r.json());
+    let r = admin("POST", format!("/v1/admin/users/{id}:disable"))
+        .json(&json!({}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["user"]["disabled"], true);
+    let r = Request::new("POST", "/v1/auth/login")
+        .json(&json!({"login": email, "password": RESET_PASSWORD}))
+        .from("127.0.0.9")
+        .send(at)
+        .await;
+    assert_http_error(&r, 403, "ACCOUNT_DISABLED");
+    let r = admin("POST", format!("/v1/admin/users/{id}:enable"))
+        .json(&json!({}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["user"]["disabled"], false);
+    // A read-only key may not write: 403 naming the scope.
+    let reader = app.service_key("rest-reader", &["users.read"]).await;
+    let r = Request::new(
+        "POST",
+        Box::leak(format!("/v1/admin/users/{id}:disable").into_boxed_str()),
+    )
+    .bearer(&reader)
+    .json(&json!({}))
+    .send(at)
+    .await;
+    assert_http_error(&r, 403, "MISSING_SCOPE");
+
     // 503 while PostgreSQL is down.
     pg.stop_for_restart().unwrap();
     let r = Request::new("POST", "/v1/auth/login")
         .json(&json!({"login": email, "password": RESET_PASSWORD}))
-        .from("127.0.0.8")
+        .from("127.0.0.10")
         .send(at)
         .await;
     assert_http_error(&r, 503, "UNAVAILABLE");

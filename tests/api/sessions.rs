@@ -47,15 +47,7 @@ async fn change_password(
 }
 
 async fn introspect(app: &TestApp, access: &str) -> bool {
-    app.client
-        .clone()
-        .introspect_token(pb::IntrospectTokenRequest {
-            access_token: access.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .active
+    app.introspect(access).await.unwrap().active
 }
 
 #[tokio::test]

@@ -182,13 +182,7 @@ async fn the_peer_limit_guards_password_rpcs_only() {
     // The token RPCs of internal callers are never limited per peer.
     for _ in 0..30 {
         app.get_me(&tokens.access_token).await.unwrap();
-        app.client
-            .clone()
-            .introspect_token(pb::IntrospectTokenRequest {
-                access_token: tokens.access_token.clone(),
-            })
-            .await
-            .unwrap();
+        app.introspect(&tokens.access_token).await.unwrap();
         app.client.clone().get_jwks(pb::GetJwksRequest {}).await.unwrap();
     }
 }

@@ -212,15 +212,7 @@ async fn jwks_lets_a_service_verify_tokens_locally() {
 async fn introspection_tells_active_tokens_from_the_rest() {
     let app = spawn_app().await;
     let (user, tokens) = app.signed_in_user().await;
-    let answer = app
-        .client
-        .clone()
-        .introspect_token(pb::IntrospectTokenRequest {
-            access_token: tokens.access_token.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = app.introspect(&tokens.access_token).await.unwrap();
     assert!(answer.active);
     assert_eq!(answer.user_id, user.id);
     assert_eq!(
@@ -233,23 +225,10 @@ async fn introspection_tells_active_tokens_from_the_rest() {
     );
 
     for inactive in ["garbage", tokens.refresh_token.as_str()] {
-        let answer = app
-            .client
-            .clone()
-            .introspect_token(pb::IntrospectTokenRequest {
-                access_token: inactive.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let answer = app.introspect(inactive).await.unwrap();
         assert_eq!(answer, pb::IntrospectTokenResponse::default());
     }
-    let status = app
-        .client
-        .clone()
-        .introspect_token(pb::IntrospectTokenRequest::default())
-        .await
-        .unwrap_err();
+    let status = app.introspect("").await.unwrap_err();
     assert_eq!(violated_fields(&status), ["access_token"]);
 }
 
@@ -266,14 +245,6 @@ async fn a_token_of_an_ended_session_is_refused_at_once() {
         Code::Unauthenticated,
         "SESSION_REVOKED",
     );
-    let answer = app
-        .client
-        .clone()
-        .introspect_token(pb::IntrospectTokenRequest {
-            access_token: tokens.access_token,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = app.introspect(&tokens.access_token).await.unwrap();
     assert!(!answer.active);
 }

@@ -165,9 +165,9 @@ pub async fn run(
             .map_or_else(|| "n/a".to_owned(), |d| format!("{:.1} ms", ms(*d)))
     };
     notes.push(format!(
-        "cache: {} accounts changed in {:.1} s ({:.0}/s; {} distinct, each with a cached session); \
+        "cache: {} account changes in {:.1} s ({:.0}/s, to {} distinct accounts); \
          eviction seen (commit → GetMe refused) for {} tracked changes: p50 {}, p90 {}, max {}; \
-         a change after the stream: {}",
+         for a change made once the stream stopped: {}",
         stream.changed,
         secs(stream.elapsed),
         stream.changed as f64 / secs(stream.elapsed),

@@ -69,15 +69,7 @@ async fn assert_accepted(app: &TestApp, header: &Value, claims: &Value) {
 
 async fn assert_refused(app: &TestApp, token: &str, reason: &str) {
     assert_error(app.get_me(token).await, Code::Unauthenticated, reason);
-    let answer = app
-        .client
-        .clone()
-        .introspect_token(pb::IntrospectTokenRequest {
-            access_token: token.to_owned(),
-        })
-        .await
-        .expect("introspection answers")
-        .into_inner();
+    let answer = app.introspect(token).await.expect("introspection answers");
     assert_eq!(
         answer,
         pb::IntrospectTokenResponse::default(),

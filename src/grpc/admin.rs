@@ -1,0 +1,157 @@
+//! `auth.v1.AdminService`: thin handlers over the admin use cases, each call
+//! written to the audit log (service account, method, target, outcome) and
+//! counted in metrics. The credential check already ran (`auth_layer`).
+
+use chrono::Utc;
+use tonic::{Request, Response, Status};
+
+use super::auth_layer::service_caller;
+use crate::error::AppError;
+use crate::pb::auth::v1::{self as pb, admin_service_server::AdminService};
+use crate::service::Core;
+
+pub struct AdminApi {
+    core: Core,
+}
+
+impl AdminApi {
+    pub fn new(core: Core) -> Self {
+        Self { core }
+    }
+
+    /// Logs and counts one call, then turns its result into the answer.
+    fn audited<T>(
+        &self,
+        caller: &str,
+        method: &'static str,
+        target: &str,
+        result: Result<T, AppError>,
+    ) -> Result<Response<T>, Status> {
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(AppError::UserNotFound) => "not_found",
+            Err(AppError::Validation(_)) => "invalid_argument",
+            Err(AppError::Unavailable(_)) => "unavailable",
+            Err(_) => "error",
+        };
+        tracing::info!(
+            target: "authd::audit",
+            service_account = caller,
+            method,
+            target_user_id = target,
+            outcome,
+            "admin call"
+        );
+        self.core.metrics.admin_call(caller, method, outcome);
+        result.map(Response::new).map_err(Status::from)
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Reply<pb::GetUserResponse> {
+        let caller = service_caller(&request)?;
+        let r = request.into_inner();
+        let result = self
+            .core
+            .get_user(&r.user_id)
+            .await
+            .map(|u| pb::GetUserResponse { user: Some(u.into()) });
+        self.audited(&caller.name, "GetUser", &r.user_id, result)
+    }
+
+    async fn batch_get_users(
+        &self,
+        request: Request<pb::BatchGetUsersRequest>,
+    ) -> Reply<pb::BatchGetUsersResponse> {
+        let caller = service_caller(&request)?;
+        let r = request.into_inner();
+        let result = self
+            .core
+            .batch_get_users(&r.user_ids)
+            .await
+            .map(|users| pb::BatchGetUsersResponse {
+                users: users.into_iter().map(Into::into).collect(),
+            });
+        let target = format!("{} ids", r.user_ids.len());
+        self.audited(&caller.name, "BatchGetUsers", &target, result)
+    }
+
+    async fn lookup_user(&self, request: Request<pb::LookupUserRequest>) -> Reply<pb::LookupUserResponse> {
+        let caller = service_caller(&request)?;
+        let r = request.into_inner();
+        let result = self.core.lookup_user(&r.email, &r.username).await;
+        // The audit names the account found, never the address looked up.
+        let target = result.as_ref().map(|u| u.id.to_string()).unwrap_or_default();
+        let result = result.map(|u| pb::LookupUserResponse { user: Some(u.into()) });
+        self.audited(&caller.name, "LookupUser", &target, result)
+    }
+
+    async fn list_users(&self, request: Request<pb::ListUsersRequest>) -> Reply<pb::ListUsersResponse> {
+        let caller = service_caller(&request)?;
+        let r = request.into_inner();
+        let result = self
+            .core
+            .list_users(r.page_size, &r.page_token)
+            .await
+            .map(|(users, next)| pb::ListUsersResponse {
+                users: users.into_iter().map(Into::into).collect(),
+                next_page_token: next,
+            });
+        self.audited(&caller.name, "ListUsers", "", result)
+    }
+
+    async fn disable_user(&self, request: Request<pb::DisableUserRequest>) -> Reply<pb::DisableUserResponse> {
+        let caller = service_caller(&request)?;
+        let r = request.into_inner();
+        let result = self
+            .core
+            .disable_user(&r.user_id, Utc::now())
+            .await
+            .map(|u| pb::DisableUserResponse { user: Some(u.into()) });
+        self.audited(&caller.name, "DisableUser", &r.user_id, result)
+    }
+
+    async fn enable_user(&self, request: Request<pb::EnableUserRequest>) -> Reply<pb::EnableUserResponse> {
+        let caller = service_caller(&request)?;
+        let r = request.into_inner();
+        let result = self
+            .core
+            .enable_user(&r.user_id, Utc::now())
+            .await
+            .map(|u| pb::EnableUserResponse { user: Some(u.into()) });
+        self.audited(&caller.name, "EnableUser", &r.user_id, result)
+    }
+
+    async fn set_user_roles(
+        &self,
+        request: Request<pb::SetUserRolesRequest>,
+    ) -> Reply<pb::SetUserRolesResponse> {
+        let caller = service_caller(&request)?;
+        let r = request.into_inner();
+        let result = self
+            .core
+            .set_user_roles(&r.user_id, &r.roles, Utc::now())
+            .await
+            .map(|u| pb::SetUserRolesResponse { user: Some(u.into()) });
+        self.audited(&caller.name, "SetUserRoles", &r.user_id, result)
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        request: Request<pb::RevokeUserSessionsRequest>,
+    ) -> Reply<pb::RevokeUserSessionsResponse> {
+        let caller = service_caller(&request)?;
+        let r = request.into_inner();
+        let result = self
+            .core
+            .revoke_user_sessions(&r.user_id, Utc::now())
+            .await
+            .map(|n| pb::RevokeUserSessionsResponse {
+                revoked_count: i32::try_from(n).unwrap_or(i32::MAX),
+            });
+        self.audited(&caller.name, "RevokeUserSessions", &r.user_id, result)
+    }
+}
