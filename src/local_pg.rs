@@ -201,9 +201,25 @@ impl LocalPostgres {
 
     /// A shell that waits for `pid` to exit, then stops the cluster, so a
     /// killed authd or test binary does not leave PostgreSQL running.
+    ///
+    /// It stops only the postmaster running now: by the time it notices the
+    /// exit (up to a second later), a process that stopped its cluster
+    /// itself may have been followed by another authd (the next
+    /// `authd service-account …`, or `authd serve`) that started a new one
+    /// in the same folder, which is not this process's to stop.
     fn spawn_watchdog(&self, pid: u32, remove: Option<&Path>) -> anyhow::Result<()> {
         let stop = self.command("pg_ctl");
+        let pid_file = self.pgdata.join("postmaster.pid");
+        // Unknown (unreadable file): stop whatever runs, as before.
+        let postmaster = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.lines().next().map(|l| l.trim().to_owned()))
+            .unwrap_or_default();
         let mut script = String::from("while kill -0 \"$0\" 2>/dev/null; do sleep 1; done; ");
+        script.push_str(&format!(
+            "[ -z \"$1\" ] || [ \"$(head -n 1 '{}' 2>/dev/null)\" = \"$1\" ] && ",
+            pid_file.display()
+        ));
         script.push_str(&shell_words(stop.get_program(), stop.get_args()));
         script.push_str(&format!(
             " stop -m immediate -D '{}' >/dev/null 2>&1",
@@ -216,6 +232,7 @@ impl LocalPostgres {
             .arg("-c")
             .arg(script)
             .arg(pid.to_string())
+            .arg(postmaster)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

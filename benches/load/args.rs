@@ -33,7 +33,7 @@ struct Args {
     connections: usize,
 
     /// Comma-separated, in order [default: all:
-    /// health,getme,introspect,jwks,refresh,mix,login,register,cache;
+    /// health,getme,getuser,introspect,jwks,refresh,mix,login,register,cache;
     /// with --addr but no --database-url, all but cache]
     #[arg(long, value_name = "LIST", value_parser = scenario_list)]
     scenarios: Option<ScenarioList>,
@@ -55,6 +55,11 @@ struct Args {
     /// scenario fills with SQL (without it, the cache scenario is left out)
     #[arg(long, value_name = "URL", value_parser = database_url)]
     database_url: Option<PgConnectOptions>,
+
+    /// With --addr: a service key (sk_…) with scope tokens.introspect, which
+    /// IntrospectToken requires; a started authd gets one made for it
+    #[arg(long, value_name = "KEY")]
+    service_key: Option<String>,
 
     /// Extra environment for the started authd (repeatable), e.g.
     /// AUTHD_HASH_WORKERS=3 or MALLOC_ARENA_MAX=2
@@ -92,6 +97,7 @@ pub struct Options {
     pub addr: Option<String>,
     pub pid: Option<u32>,
     pub database: Option<PgConnectOptions>,
+    pub service_key: Option<String>,
     pub server_env: Vec<(String, String)>,
     pub cache_sessions: usize,
     pub cache_changes_per_sec: u32,
@@ -133,6 +139,7 @@ pub fn parse() -> Options {
         addr: args.addr,
         pid: args.pid,
         database: args.database_url,
+        service_key: args.service_key,
         server_env: args.server_env,
         cache_sessions: args.cache_sessions.unwrap_or(if smoke { 2_000 } else { 100_000 }),
         cache_changes_per_sec: args.cache_changes,

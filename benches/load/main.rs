@@ -97,6 +97,16 @@ async fn main() -> std::process::ExitCode {
         println!("authd started with {k}={v}");
     }
 
+    let service_key = match &options.service_key {
+        Some(key) => Some(key.clone()),
+        None => server::create_introspection_key(&server).await,
+    };
+    let service_authorization = service_key.map(|key| {
+        format!("Bearer {key}")
+            .parse()
+            .expect("a service key is printable ASCII")
+    });
+
     let channels = client::connect(&server.addr, options.connections).await;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     // Login charges its throttle counter before checking the password, so an
@@ -109,6 +119,7 @@ async fn main() -> std::process::ExitCode {
         channels,
         accounts,
         run_id,
+        service_authorization,
     });
     let mut states = seeding::sign_in_tasks(&shared, options.concurrency).await;
     println!(

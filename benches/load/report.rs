@@ -57,7 +57,11 @@ pub fn table_row(row: &Row) {
 pub fn ratios(rows: &[Row], baseline: &Argon2Baseline, burst: Option<&BurstResult>, cores: usize) {
     let find = |name: &str| rows.iter().find(|r| r.name == name);
     if let Some(floor) = find("health") {
-        for (name, label) in [("getme", "GetMe"), ("introspect", "IntrospectToken")] {
+        for (name, label) in [
+            ("getme", "GetMe"),
+            ("getuser", "GetUser"),
+            ("introspect", "IntrospectToken"),
+        ] {
             if let Some(r) = find(name) {
                 println!(
                     "{label} / health floor: {:.0} / {:.0} = {:.2}  (p99 {:.2} ms)",

@@ -4,18 +4,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use authd::pb::auth::v1::{self as pb, auth_service_client::AuthServiceClient};
+use authd::pb::auth::v1::{
+    self as pb, admin_service_client::AdminServiceClient, auth_service_client::AuthServiceClient,
+};
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::client::{code_label, get_me, login};
+use crate::client::{bearer, code_label, get_me, login};
 use crate::procfs::CpuWindow;
 use crate::seeding::{Shared, TaskState};
 use crate::stats::{Row, Stats};
 
 /// Every scenario, in the order a run without `--scenarios` takes them.
-pub const ALL: &str = "health,getme,introspect,jwks,refresh,mix,login,register,cache";
+pub const ALL: &str = "health,getme,getuser,introspect,jwks,refresh,mix,login,register,cache";
 
 #[derive(Debug, Clone)]
 pub enum Scenario {
@@ -43,6 +45,7 @@ impl Scenario {
         Some(match name {
             "health" => single(Op::Health),
             "getme" => single(Op::GetMe),
+            "getuser" => single(Op::GetUser),
             "introspect" => single(Op::Introspect),
             "jwks" => single(Op::Jwks),
             "refresh" => single(Op::Refresh),
@@ -74,6 +77,8 @@ impl Scenario {
 pub enum Op {
     Health,
     GetMe,
+    /// AdminService.GetUser with a service key (`users.read`), warm.
+    GetUser,
     Introspect,
     Jwks,
     Refresh,
@@ -86,6 +91,7 @@ impl Op {
         match self {
             Op::Health => "health",
             Op::GetMe => "getme",
+            Op::GetUser => "getuser",
             Op::Introspect => "introspect",
             Op::Jwks => "jwks",
             Op::Refresh => "refresh",
@@ -103,6 +109,7 @@ async fn call(
     task: usize,
     state: &mut TaskState,
     client: &mut AuthServiceClient<Channel>,
+    admin: &mut AdminServiceClient<Channel>,
     health: &mut HealthClient<Channel>,
     shared: &Shared,
 ) -> Result<(), String> {
@@ -121,11 +128,35 @@ async fn call(
             }
         }
         Op::GetMe => get_me(client, &state.authorization).await,
+        Op::GetUser => {
+            let key = shared
+                .service_authorization
+                .as_ref()
+                .ok_or_else(|| "no_service_key".to_owned())?;
+            let r = admin
+                .get_user(bearer(
+                    pb::GetUserRequest {
+                        user_id: state.user_id.clone(),
+                    },
+                    key,
+                ))
+                .await
+                .map_err(|s| code_label(&s))?;
+            match r.into_inner().user {
+                Some(u) if u.id == state.user_id => Ok(()),
+                _ => Err("wrong_user".into()),
+            }
+        }
         Op::Introspect => {
+            let message = pb::IntrospectTokenRequest {
+                access_token: state.access.clone(),
+            };
+            let request = match &shared.service_authorization {
+                Some(key) => bearer(message, key),
+                None => tonic::Request::new(message),
+            };
             let r = client
-                .introspect_token(pb::IntrospectTokenRequest {
-                    access_token: state.access.clone(),
-                })
+                .introspect_token(request)
                 .await
                 .map_err(|s| code_label(&s))?;
             if r.get_ref().active {
@@ -229,6 +260,7 @@ pub async fn run_mix(
         handles.push(tokio::spawn(async move {
             let channel = shared.channels[task % shared.channels.len()].clone();
             let mut client = AuthServiceClient::new(channel.clone());
+            let mut admin = AdminServiceClient::new(channel.clone());
             let mut health = HealthClient::new(channel);
             let mut stats: Vec<Stats> = ops.iter().map(|_| Stats::default()).collect();
             while Instant::now() < deadline {
@@ -243,7 +275,16 @@ pub async fn run_mix(
                 let op = pick(&ops, &mut state.rng);
                 let index = ops.iter().position(|(o, _)| *o == op).unwrap_or(0);
                 let t = Instant::now();
-                let outcome = call(op, task, &mut state, &mut client, &mut health, &shared).await;
+                let outcome = call(
+                    op,
+                    task,
+                    &mut state,
+                    &mut client,
+                    &mut admin,
+                    &mut health,
+                    &shared,
+                )
+                .await;
                 stats[index].record(t, outcome);
             }
             (state, stats, Instant::now())

@@ -16,6 +16,9 @@ pub struct Shared {
     pub accounts: Vec<Account>,
     /// Makes this run's emails unique, so a server can be driven twice.
     pub run_id: String,
+    /// `Bearer sk_…` of a service key with scope tokens.introspect, which
+    /// IntrospectToken requires.
+    pub service_authorization: Option<MetadataValue<Ascii>>,
 }
 
 /// What one load task carries from scenario to scenario: its account and
@@ -26,6 +29,8 @@ pub struct TaskState {
     /// `Bearer <access>`, parsed once per token rather than once per call.
     pub authorization: MetadataValue<Ascii>,
     pub refresh: String,
+    /// The account's id (the token's `sub`), for GetUser.
+    pub user_id: String,
     /// A Refresh failed: the chain may be broken; log in again first.
     pub relogin: bool,
     pub rng: u64,
@@ -35,9 +40,24 @@ pub struct TaskState {
 impl TaskState {
     pub fn set_tokens(&mut self, tokens: pb::TokenPair) {
         self.authorization = authorization(&tokens.access_token);
+        self.user_id = subject(&tokens.access_token);
         self.access = tokens.access_token;
         self.refresh = tokens.refresh_token;
     }
+}
+
+/// The `sub` claim of an access token (read, not verified: the generator
+/// only needs the account's id).
+fn subject(access_token: &str) -> String {
+    use base64::Engine as _;
+    let payload = access_token.split('.').nth(1).unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap_or_default();
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|claims| claims["sub"].as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// Registers `n` accounts with `concurrency` tasks.
@@ -93,6 +113,7 @@ pub async fn sign_in_tasks(shared: &Arc<Shared>, concurrency: usize) -> Vec<Task
             TaskState {
                 account,
                 authorization: authorization(&tokens.access_token),
+                user_id: subject(&tokens.access_token),
                 access: tokens.access_token,
                 refresh: tokens.refresh_token,
                 relogin: false,

@@ -17,6 +17,8 @@ pub struct Server {
     pub pid: Option<u32>,
     /// The server's database, for the scenarios that prepare data with SQL.
     pub db: Option<PgConnectOptions>,
+    /// The started server's environment, for `authd` commands against it.
+    env: Vec<(String, std::ffi::OsString)>,
     log: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     pg: Option<LocalPostgres>,
@@ -30,6 +32,7 @@ impl Server {
             child: None,
             pid,
             db,
+            env: Vec::new(),
             log: None,
             data_dir: None,
             pg: None,
@@ -61,17 +64,20 @@ pub async fn start_server(scratch: &Path, extra_env: &[(String, String)]) -> Ser
     let log = scratch.join("authd.log");
     let log_file = std::fs::File::create(&log).unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
+    let mut env: Vec<(String, std::ffi::OsString)> = vec![
+        ("PATH".into(), std::env::var_os("PATH").unwrap_or_default()),
+        ("DATABASE_URL".into(), pg.url("authd_bench").into()),
+        ("AUTHD_LISTEN".into(), listen.clone().into()),
+        ("AUTHD_DATA_DIR".into(), data_dir.clone().into()),
+        ("AUTHD_PEER_RATE_LIMIT".into(), "0".into()),
+        ("AUTHD_SIGNING_KEYS".into(), key.into()),
+        ("AUTHD_LOG_FORMAT".into(), "json".into()),
+        ("RUST_LOG".into(), "warn".into()),
+    ];
+    env.extend(extra_env.iter().map(|(k, v)| (k.clone(), v.into())));
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_authd"))
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DATABASE_URL", pg.url("authd_bench"))
-        .env("AUTHD_LISTEN", &listen)
-        .env("AUTHD_DATA_DIR", &data_dir)
-        .env("AUTHD_PEER_RATE_LIMIT", "0")
-        .env("AUTHD_SIGNING_KEYS", &key)
-        .env("AUTHD_LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn")
-        .envs(extra_env.iter().map(|(k, v)| (k, v)))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(&data_dir)
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().unwrap())
@@ -85,10 +91,42 @@ pub async fn start_server(scratch: &Path, extra_env: &[(String, String)]) -> Ser
         child: Some(child),
         pid,
         db: Some(pg.connect_options("authd_bench")),
+        env,
         log: Some(log),
         data_dir: Some(data_dir),
         pg: Some(pg),
     }
+}
+
+/// A service key for IntrospectToken and GetUser, made with `authd service-account
+/// create` against the started server's database (it prints the key alone
+/// on stdout). `None` for a server started by hand.
+pub async fn create_introspection_key(server: &Server) -> Option<String> {
+    let data_dir = server.data_dir.as_ref()?;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_authd"))
+        .env_clear()
+        .envs(server.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(data_dir)
+        .args([
+            "service-account",
+            "create",
+            "load-generator",
+            "--scope",
+            "tokens.introspect",
+            "--scope",
+            "users.read",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("running authd service-account create");
+    assert!(
+        out.status.success(),
+        "authd service-account create failed with {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 pub async fn wait_until_serving(server: &mut Server) {

@@ -7,6 +7,7 @@ pub mod service_account;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -55,13 +56,17 @@ impl Cli {
     /// error, the code to exit with.
     pub fn from_args() -> Result<Self, ExitCode> {
         Self::try_parse().map_err(|e| {
-            if e.use_stderr() {
-                eprintln!("authd: {} (see authd --help)", one_line(&e.to_string()));
-                ExitCode::from(2)
-            } else {
+            if !e.use_stderr() {
                 let _ = e.print();
-                ExitCode::SUCCESS
+                return ExitCode::SUCCESS;
             }
+            // `authd service-account` alone: its help lists what to type.
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+            } else {
+                eprintln!("authd: {} (see authd --help)", one_line(&e.to_string()));
+            }
+            ExitCode::from(2)
         })
     }
 }

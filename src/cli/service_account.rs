@@ -2,7 +2,9 @@
 //! and their keys. A key is printed once, when it is made; the database
 //! keeps only its SHA-256.
 
-use anyhow::{anyhow, bail};
+use std::io::Write as _;
+
+use anyhow::{Context as _, anyhow, bail};
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::Subcommand;
 use sqlx::PgPool;
@@ -18,9 +20,10 @@ const AUDIT: &str = "authd::audit";
 
 #[derive(Debug, Subcommand)]
 pub enum ServiceAccountCommand {
-    /// Create an account and print its key (once, alone on stdout); for an
-    /// existing account with the same scopes, add a key (rotation)
+    /// Create an account with a key, or add a key to an account with the
+    /// same scopes (rotation); prints the key once, alone on stdout
     Create {
+        /// 1 to 63 of a-z 0-9 . _ -, starting with a letter or digit
         #[arg(value_parser = parse_name)]
         name: ServiceAccountName,
         /// users.read, users.write, tokens.introspect or revocations.watch;
@@ -30,10 +33,11 @@ pub enum ServiceAccountCommand {
     },
     /// List accounts, their scopes and keys (never key material)
     List,
-    /// Delete an account and all its keys, or with --key-id only that key
+    /// Delete an account and all its keys, or with --key-id one key
     Revoke {
         #[arg(value_parser = parse_name)]
         name: ServiceAccountName,
+        /// The key to delete, as `list` shows it
         #[arg(long, value_name = "UUID")]
         key_id: Option<Uuid>,
     },
@@ -47,6 +51,8 @@ fn parse_scope(input: &str) -> Result<Scope, String> {
     Scope::parse(input).map_err(|e| format!("unknown scope, {e}"))
 }
 
+/// Runs `command` on the migrated database, then releases it (stopping the
+/// development cluster if this command started it).
 pub async fn run(config: &Config, command: ServiceAccountCommand) -> anyhow::Result<()> {
     let database = CommandDatabase::open(config).await?;
     let result = match command {
@@ -65,31 +71,37 @@ pub async fn run(config: &Config, command: ServiceAccountCommand) -> anyhow::Res
 async fn create(db: &PgPool, name: &ServiceAccountName, scopes: &[Scope]) -> anyhow::Result<()> {
     let scopes = accounts::scope_set(&scopes.iter().map(|s| s.as_str().to_owned()).collect::<Vec<_>>());
     let key = NewToken::generate(TokenKind::ServiceKey).map_err(|e| anyhow!("generating a key: {e}"))?;
-    let added = accounts::add_key(db, name.as_str(), &scopes, &key.hash, Utc::now()).await?;
-    let done = record_added(name.as_str(), &scopes.join(","), added)?;
+    let name = name.as_str();
+    let added = accounts::add_key(db, name, &scopes, &key.hash, Utc::now()).await?;
+    let (key_id, done) = record_added(name, &scopes.join(","), added)?;
     // The key alone on stdout, so that `KEY=$(authd service-account create …)` works.
-    println!("{}", key.expose());
+    print_stdout(&format!("{}\n", key.expose())).with_context(|| {
+        format!(
+            "printing the key failed; it is stored, so revoke it: \
+             authd service-account revoke {name} --key-id {key_id}"
+        )
+    })?;
     eprintln!("{done}; this key is shown once");
     Ok(())
 }
 
 /// Audits what `add_key` did and says it in words; refuses a scope change.
-fn record_added(name: &str, scopes: &str, added: KeyAdded) -> anyhow::Result<String> {
+fn record_added(name: &str, scopes: &str, added: KeyAdded) -> anyhow::Result<(Uuid, String)> {
     match added {
         KeyAdded::NewAccount { account_id, key_id } => {
             tracing::info!(target: AUDIT, action = "service_account.create", service_account = %name,
                 %account_id, %key_id, %scopes, "service account created");
-            Ok(format!(
-                "created service account {name} with scopes {scopes}; key id {key_id}"
-            ))
+            let done = format!("created service account {name} with scopes {scopes}; key id {key_id}");
+            Ok((key_id, done))
         }
         KeyAdded::Rotation { account_id, key_id } => {
             tracing::info!(target: AUDIT, action = "service_account.rotate", service_account = %name,
                 %account_id, %key_id, %scopes, "service account key added");
-            Ok(format!(
+            let done = format!(
                 "added a key to service account {name} (scopes {scopes}); key id {key_id}; \
                  its older keys work until revoked with --key-id"
-            ))
+            );
+            Ok((key_id, done))
         }
         KeyAdded::ScopesDiffer { existing } => bail!(
             "service account {name} exists with scopes {}; to change its scopes, revoke it \
@@ -103,10 +115,20 @@ async fn list(db: &PgPool) -> anyhow::Result<()> {
     let accounts = accounts::list(db).await?;
     if accounts.is_empty() {
         eprintln!("no service accounts");
-    } else {
-        print!("{}", render_table(&accounts));
+        return Ok(());
     }
-    Ok(())
+    match print_stdout(&render_table(&accounts)) {
+        // `list | head -2` is done reading, which is not a failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("printing the list"),
+    }
+}
+
+/// Unlike `print!`, which panics when stdout is closed, reports it.
+fn print_stdout(text: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
 }
 
 async fn revoke(db: &PgPool, name: &ServiceAccountName) -> anyhow::Result<()> {

@@ -28,7 +28,11 @@ pub struct NewSession {
 
 /// Starts a session with its first refresh token and clears the failure
 /// count `forgive` of the login that earned it: one statement, so it is
-/// atomic and costs one round trip on the Login path.
+/// atomic and costs one round trip on the Login path. Returns false, and
+/// writes nothing, when the account is disabled: the account row is locked
+/// (FOR SHARE) while the session is created, so a DisableUser either waits
+/// for this login and then ends its session, or commits first and this
+/// login sees it.
 #[tracing::instrument(skip_all)]
 pub async fn start<'e>(
     db: impl PgExecutor<'e>,
@@ -36,12 +40,14 @@ pub async fn start<'e>(
     first_token: &TokenHash,
     forgive: &str,
     now: DateTime<Utc>,
-) -> Result<(), AppError> {
-    sqlx::query(
-        "WITH forgiven AS (DELETE FROM login_throttle WHERE key = $7),
+) -> Result<bool, AppError> {
+    let started = sqlx::query(
+        "WITH owner AS (
+                  SELECT id FROM users WHERE id = $2 AND disabled_at IS NULL FOR SHARE),
+              forgiven AS (DELETE FROM login_throttle WHERE key = $7 AND EXISTS (SELECT 1 FROM owner)),
               session AS (
                   INSERT INTO sessions (id, user_id, created_at, last_used_at, idle_expires_at, absolute_expires_at)
-                  VALUES ($1, $2, $3, $3, $4, $5)
+                  SELECT $1, id, $3, $3, $4, $5 FROM owner
                   RETURNING id)
          INSERT INTO refresh_tokens (token_hash, session_id, issued_at)
          SELECT $6, id, $3 FROM session",
@@ -55,7 +61,7 @@ pub async fn start<'e>(
     .bind(forgive)
     .execute(db)
     .await?;
-    Ok(())
+    Ok(started.rows_affected() == 1)
 }
 
 #[tracing::instrument(skip_all)]
@@ -279,7 +285,8 @@ pub async fn revoke_all_for_user<'e>(
 ) -> Result<u64, AppError> {
     let done = sqlx::query(
         "UPDATE sessions SET revoked_at = $3, revoked_reason = $4
-          WHERE user_id = $1 AND revoked_at IS NULL AND ($2::uuid IS NULL OR id <> $2)",
+          WHERE user_id = $1 AND revoked_at IS NULL AND ($2::uuid IS NULL OR id <> $2)
+            AND idle_expires_at > $3 AND absolute_expires_at > $3",
     )
     .bind(user_id)
     .bind(keep)

@@ -135,15 +135,20 @@ impl Core {
             session.idle_expires_at,
             now,
         )?;
-        match upgraded_hash {
+        let started = match upgraded_hash {
             None => db::sessions::start(&self.db, &session, &hash, throttle_key, now).await?,
             Some(new_hash) => {
                 let mut tx = self.db.begin().await?;
                 db::users::upgrade_password_hash(&mut *tx, user_id, &credentials.password_hash, new_hash)
                     .await?;
-                db::sessions::start(&mut *tx, &session, &hash, throttle_key, now).await?;
+                let started = db::sessions::start(&mut *tx, &session, &hash, throttle_key, now).await?;
                 tx.commit().await?;
+                started
             }
+        };
+        // Disabled (or deleted) while the password was being checked.
+        if !started {
+            return Err(AppError::AccountDisabled);
         }
         Ok(pair)
     }

@@ -243,9 +243,14 @@ impl TestApp {
         let key = NewToken::generate(TokenKind::ServiceKey).unwrap();
         let mut scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
         scopes.sort();
-        authd::db::service_accounts::add_key(&self.db, name, &scopes, &key.hash, chrono::Utc::now())
-            .await
-            .unwrap();
+        let added =
+            authd::db::service_accounts::add_key(&self.db, name, &scopes, &key.hash, chrono::Utc::now())
+                .await
+                .unwrap();
+        assert!(
+            !matches!(added, authd::db::service_accounts::KeyAdded::ScopesDiffer { .. }),
+            "service account {name} exists with other scopes: {added:?}"
+        );
         key.expose().to_owned()
     }
 

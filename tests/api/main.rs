@@ -6,6 +6,7 @@
 
 mod helpers;
 
+mod admin;
 mod adversarial;
 mod clients;
 mod descriptor;

@@ -7,6 +7,7 @@ mod hostile_input;
 mod login_timing;
 mod raw_h2;
 mod secrets_in_logs;
+mod service_keys;
 mod stolen_database;
 mod transport_limits;
 
