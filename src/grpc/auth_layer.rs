@@ -82,9 +82,10 @@ impl Middleware for BearerAuth {
                 Err(problem) => answer(Status::from(AppError::Token(problem))),
             },
             Caller::Service(scope) => {
+                let method = req.uri().path().to_owned();
                 let presented = match bearer_token(req.headers()) {
                     Ok(token) => token.to_owned(),
-                    Err(problem) => return answer(Status::from(AppError::Token(problem))),
+                    Err(problem) => return answer(refused(&method, None, AppError::Token(problem))),
                 };
                 if !presented.starts_with(SERVICE_KEY_PREFIX) {
                     // A user's valid access token has no scopes; anything
@@ -93,7 +94,7 @@ impl Middleware for BearerAuth {
                         Ok(_) => AppError::MissingScope(scope),
                         Err(problem) => AppError::Token(problem),
                     };
-                    return answer(Status::from(refusal));
+                    return answer(refused(&method, None, refusal));
                 }
                 let keys = self.keys.clone();
                 Box::pin(async move {
@@ -102,7 +103,7 @@ impl Middleware for BearerAuth {
                             req.extensions_mut().insert(identity);
                             next.call(req).await
                         }
-                        Err(refusal) => Ok(Status::from(refusal).into_http()),
+                        Err((who, refusal)) => Ok(refused(&method, who.as_deref(), refusal).into_http()),
                     }
                 })
             }
@@ -110,20 +111,37 @@ impl Middleware for BearerAuth {
     }
 }
 
+/// The key's service, if it may call a method needing `scope`; else the
+/// refusal, with the service's name when the key is real.
 async fn check_key(
     keys: &ServiceKeys,
     presented: &str,
     scope: Scope,
-) -> Result<Arc<ServiceIdentity>, AppError> {
+) -> Result<Arc<ServiceIdentity>, (Option<String>, AppError)> {
     let identity = keys
         .identify(presented, chrono::Utc::now())
-        .await?
-        .ok_or(AppError::Token(TokenProblem::Invalid))?;
+        .await
+        .map_err(|e| (None, e))?
+        .ok_or((None, AppError::Token(TokenProblem::Invalid)))?;
     if identity.may(scope) {
         Ok(identity)
     } else {
-        Err(AppError::MissingScope(scope))
+        Err((Some(identity.name.clone()), AppError::MissingScope(scope)))
     }
+}
+
+/// A refused call of a service method goes to the audit log too: probing
+/// AdminService with a wrong or weak key is what an operator wants to see.
+fn refused(method: &str, service_account: Option<&str>, refusal: AppError) -> Status {
+    tracing::warn!(
+        target: "authd::audit",
+        service_account = service_account.unwrap_or("-"),
+        method,
+        outcome = "refused",
+        reason = %refusal,
+        "service call refused"
+    );
+    Status::from(refusal)
 }
 
 /// The service that called, for a method that needs a service key.
