@@ -229,7 +229,14 @@ fn mime_part(message: &str, content_type: &str) -> String {
         .unwrap_or_else(|| panic!("no {content_type} part in:\n{message}"));
     let part = &message[start..];
     let (headers, rest) = part.split_once("\r\n\r\n").expect("part headers end");
-    let body = match rest.find("\r\n--") {
+    // The part ends at the multipart boundary, not at any line that starts
+    // with "--": a quoted-printable soft break can put a token's "--" there.
+    let delimiter = boundary(message).map(|b| format!("\r\n--{b}"));
+    let end = match &delimiter {
+        Some(d) => rest.find(d.as_str()),
+        None => rest.find("\r\n--"),
+    };
+    let body = match end {
         Some(end) => &rest[..end],
         None => rest,
     };
@@ -250,6 +257,18 @@ fn mime_part(message: &str, content_type: &str) -> String {
         }
         _ => body.to_owned(),
     }
+}
+
+/// The boundary parameter of the message's multipart content type.
+fn boundary(message: &str) -> Option<String> {
+    let lower = message.to_ascii_lowercase();
+    let at = lower.find("boundary=")? + "boundary=".len();
+    let rest = &message[at..];
+    let value = match rest.strip_prefix('"') {
+        Some(quoted) => quoted.split('"').next()?,
+        None => rest.split([';', '\r', '\n']).next()?,
+    };
+    Some(value.trim().to_owned())
 }
 
 fn decode_quoted_printable(body: &str) -> String {
