@@ -156,6 +156,11 @@ pub fn is_connectivity_error(err: &sqlx::Error) -> bool {
     }
 }
 
+/// A status whose only detail is its ErrorInfo.
+fn plain(code: Code, message: impl Into<String>, reason: ErrorReason) -> Status {
+    Status::with_error_details(code, message, info(reason))
+}
+
 fn info(reason: ErrorReason) -> ErrorDetails {
     ErrorDetails::with_error_info(reason.as_str_name(), ERROR_DOMAIN, HashMap::new())
 }
@@ -200,7 +205,7 @@ pub fn with_error_info(status: Status) -> Status {
         return status;
     }
     let reason = reason_for_code(status.code());
-    Status::with_error_details(status.code(), status.message(), info(reason))
+    plain(status.code(), status.message(), reason)
 }
 
 impl From<AppError> for Status {
@@ -232,30 +237,30 @@ impl From<AppError> for Status {
                 );
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
-            AppError::EmailTaken => Status::with_error_details(
+            AppError::EmailTaken => plain(
                 Code::AlreadyExists,
                 "an account with this email already exists",
-                info(ErrorReason::EmailTaken),
+                ErrorReason::EmailTaken,
             ),
-            AppError::UsernameTaken => Status::with_error_details(
+            AppError::UsernameTaken => plain(
                 Code::AlreadyExists,
                 "this username is taken",
-                info(ErrorReason::UsernameTaken),
+                ErrorReason::UsernameTaken,
             ),
-            AppError::InvalidCredentials => Status::with_error_details(
+            AppError::InvalidCredentials => plain(
                 Code::Unauthenticated,
                 "invalid login or password",
-                info(ErrorReason::InvalidCredentials),
+                ErrorReason::InvalidCredentials,
             ),
-            AppError::WrongCurrentPassword => Status::with_error_details(
+            AppError::WrongCurrentPassword => plain(
                 Code::InvalidArgument,
                 "current_password is wrong",
-                info(ErrorReason::InvalidCredentials),
+                ErrorReason::InvalidCredentials,
             ),
-            AppError::Conflict => Status::with_error_details(
+            AppError::Conflict => plain(
                 Code::Aborted,
                 "a concurrent change won; read again and retry",
-                info(ErrorReason::ConcurrentUpdate),
+                ErrorReason::ConcurrentUpdate,
             ),
             AppError::MissingScope(scope) => {
                 let metadata = HashMap::from([("scope".to_owned(), scope.as_str().to_owned())]);
@@ -269,31 +274,27 @@ impl From<AppError> for Status {
                     ),
                 )
             }
-            AppError::UserNotFound => {
-                Status::with_error_details(Code::NotFound, "no such user", info(ErrorReason::UserNotFound))
-            }
-            AppError::AccountDisabled => Status::with_error_details(
+            AppError::UserNotFound => plain(Code::NotFound, "no such user", ErrorReason::UserNotFound),
+            AppError::AccountDisabled => plain(
                 Code::PermissionDenied,
                 "this account is disabled",
-                info(ErrorReason::AccountDisabled),
+                ErrorReason::AccountDisabled,
             ),
-            AppError::Token(problem) => {
-                Status::with_error_details(Code::Unauthenticated, problem.message(), info(problem.reason()))
-            }
-            AppError::InvalidRefreshToken => Status::with_error_details(
+            AppError::Token(problem) => plain(Code::Unauthenticated, problem.message(), problem.reason()),
+            AppError::InvalidRefreshToken => plain(
                 Code::Unauthenticated,
                 "invalid refresh token",
-                info(ErrorReason::RefreshTokenInvalid),
+                ErrorReason::RefreshTokenInvalid,
             ),
-            AppError::RefreshTokenReused => Status::with_error_details(
+            AppError::RefreshTokenReused => plain(
                 Code::Unauthenticated,
                 "refresh token was already used; the session has been ended",
-                info(ErrorReason::RefreshTokenReused),
+                ErrorReason::RefreshTokenReused,
             ),
-            AppError::InvalidResetToken => Status::with_error_details(
+            AppError::InvalidResetToken => plain(
                 Code::Unauthenticated,
                 "invalid or expired reset token",
-                info(ErrorReason::ResetTokenInvalid),
+                ErrorReason::ResetTokenInvalid,
             ),
             AppError::Throttled(delay) => {
                 let mut details = ErrorDetails::with_retry_info(Some(delay));
@@ -306,15 +307,15 @@ impl From<AppError> for Status {
             }
             AppError::Unavailable(cause) => {
                 tracing::warn!(error = format!("{cause:#}"), "database unavailable");
-                Status::with_error_details(
+                plain(
                     Code::Unavailable,
                     "service temporarily unavailable",
-                    info(ErrorReason::Unavailable),
+                    ErrorReason::Unavailable,
                 )
             }
             AppError::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "internal error");
-                Status::with_error_details(Code::Internal, "internal error", info(ErrorReason::Internal))
+                plain(Code::Internal, "internal error", ErrorReason::Internal)
             }
         }
     }

@@ -114,12 +114,20 @@ pub enum LoginKey<'a> {
     Username(&'a str),
 }
 
+impl<'a> LoginKey<'a> {
+    /// The SQL condition on `users u` (any letter case, using the unique
+    /// indexes' expressions) and the value to bind as `$1`.
+    fn condition(self) -> (&'static str, &'a str) {
+        match self {
+            Self::Email(e) => (EMAIL_MATCHES, e),
+            Self::Username(n) => ("lower(u.username) = lower($1)", n),
+        }
+    }
+}
+
 #[tracing::instrument(skip_all)]
 pub async fn find_credentials(db: &PgPool, key: LoginKey<'_>) -> Result<Option<Credentials>, AppError> {
-    let (condition, value) = match key {
-        LoginKey::Email(e) => (EMAIL_MATCHES, e),
-        LoginKey::Username(n) => ("lower(u.username) = lower($1)", n),
-    };
+    let (condition, value) = key.condition();
     let sql = format!("SELECT {USER_COLUMNS}, u.password_hash FROM users u WHERE {condition}");
     Ok(sqlx::query_as::<_, CredentialsRow>(&sql)
         .bind(value)
@@ -222,10 +230,7 @@ pub async fn by_ids<'e>(db: impl PgExecutor<'e>, ids: &[Uuid]) -> Result<Vec<Use
 /// The account with this email (any letter case) or username (any case).
 #[tracing::instrument(skip_all)]
 pub async fn by_login<'e>(db: impl PgExecutor<'e>, key: LoginKey<'_>) -> Result<Option<User>, AppError> {
-    let (condition, value) = match key {
-        LoginKey::Email(e) => (EMAIL_MATCHES, e),
-        LoginKey::Username(n) => ("lower(u.username) = lower($1)", n),
-    };
+    let (condition, value) = key.condition();
     let sql = format!("SELECT {USER_COLUMNS} FROM users u WHERE {condition}");
     Ok(sqlx::query_as::<_, UserRow>(&sql)
         .bind(value)

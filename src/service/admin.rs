@@ -178,8 +178,9 @@ impl Core {
         };
         // One more than asked tells whether another page follows.
         let mut users = db::users::page(&self.db, after, size + 1).await?;
-        let more = users.len() > usize::try_from(size).unwrap_or(usize::MAX);
-        users.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        let more = users.len() > size;
+        users.truncate(size);
         let next = match (more, users.last()) {
             (true, Some(last)) => {
                 let position = PagePosition {

@@ -70,11 +70,16 @@ impl<'a> Request<'a> {
     }
 
     pub async fn send(self, to: SocketAddr) -> HttpResponse {
-        let socket = TcpSocket::new_v4().unwrap();
+        self.try_send(to).await.unwrap()
+    }
+
+    /// `send` for a server that may not be listening yet.
+    pub async fn try_send(self, to: SocketAddr) -> std::io::Result<HttpResponse> {
+        let socket = TcpSocket::new_v4()?;
         if let Some(ip) = self.from {
-            socket.bind(SocketAddr::new(ip, 0)).unwrap();
+            socket.bind(SocketAddr::new(ip, 0))?;
         }
-        let mut stream = socket.connect(to).await.unwrap();
+        let mut stream = socket.connect(to).await?;
         let mut head = format!(
             "{} {} HTTP/1.1\r\nhost: {to}\r\nconnection: close\r\ncontent-length: {}\r\n",
             self.method,
@@ -85,11 +90,11 @@ impl<'a> Request<'a> {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).await.unwrap();
-        stream.write_all(&self.body).await.unwrap();
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&self.body).await?;
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.unwrap();
-        parse(&raw)
+        stream.read_to_end(&mut raw).await?;
+        Ok(parse(&raw))
     }
 }
 

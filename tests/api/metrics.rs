@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use authd::config::Config;
 use authd::pb::auth::v1 as pb;
 use secrecy::SecretString;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tonic::Code;
 
 use crate::helpers::*;
@@ -26,29 +26,16 @@ struct Page {
 /// One HTTP/1.0 GET: the server closes the connection after its answer, so
 /// reading to the end reads exactly that answer (no chunking either).
 async fn http_get(addr: SocketAddr, target: &str, accept: Option<&str>) -> std::io::Result<Page> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let accept = accept.map(|a| format!("accept: {a}\r\n")).unwrap_or_default();
-    stream
-        .write_all(format!("GET {target} HTTP/1.0\r\nhost: {addr}\r\n{accept}\r\n").as_bytes())
-        .await?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await?;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let content_type = head
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
-        .map(|(_, v)| v.trim().to_owned())
-        .unwrap_or_default();
+    let target: &'static str = Box::leak(target.to_owned().into_boxed_str());
+    let mut request = crate::http1::Request::new("GET", target);
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let response = request.try_send(addr).await?;
     Ok(Page {
-        status,
-        content_type,
-        body: body.to_owned(),
+        status: response.status,
+        content_type: response.header("content-type").unwrap_or_default().to_owned(),
+        body: String::from_utf8_lossy(&response.body).into_owned(),
     })
 }
 
