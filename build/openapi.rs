@@ -79,9 +79,9 @@ pub fn generate(pool: &DescriptorPool) -> Result<String, BoxError> {
                 )
                 .into());
             }
-            if method.is_client_streaming() || method.is_server_streaming() {
+            if method.is_client_streaming() {
                 return Err(format!(
-                    "{} streams: the OpenAPI generator maps unary RPCs only",
+                    "{} streams requests: the OpenAPI generator maps unary and server-streaming RPCs only",
                     method.full_name()
                 )
                 .into());
@@ -620,12 +620,22 @@ impl Schemas {
                 self.field_schema(&field, behavior)
             }
         };
+        // A gateway sends a server stream as one JSON array whose elements
+        // arrive as the messages do (Envoy's transcoder does).
+        let (response_schema, ok) = if method.is_server_streaming() {
+            (
+                json!({ "type": "array", "items": response_schema }),
+                "OK: a JSON array, streamed; each element arrives as authd sends it",
+            )
+        } else {
+            (response_schema, "OK")
+        };
         let status = self.reference_by_name(STATUS)?;
         operation.insert(
             "responses".into(),
             json!({
                 "200": {
-                    "description": "OK",
+                    "description": ok,
                     "content": { "application/json": { "schema": response_schema } },
                 },
                 "default": {

@@ -154,4 +154,15 @@ impl AdminService for AdminApi {
             });
         self.audited(&caller.name, "RevokeUserSessions", &r.user_id, result)
     }
+
+    type WatchRevocationsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::WatchRevocationsResponse, Status>> + Send>,
+    >;
+
+    async fn watch_revocations(
+        &self,
+        _request: Request<pb::WatchRevocationsRequest>,
+    ) -> Reply<Self::WatchRevocationsStream> {
+        Err(Status::unimplemented("issue 15: not built yet"))
+    }
 }

@@ -172,4 +172,54 @@ impl AuthService for AuthApi {
             },
         }))
     }
+
+    async fn send_verification_email(
+        &self,
+        _request: Request<pb::SendVerificationEmailRequest>,
+    ) -> Reply<pb::SendVerificationEmailResponse> {
+        Err(Status::unimplemented("issue 13: not built yet"))
+    }
+
+    async fn verify_email(
+        &self,
+        _request: Request<pb::VerifyEmailRequest>,
+    ) -> Reply<pb::VerifyEmailResponse> {
+        Err(Status::unimplemented("issue 13: not built yet"))
+    }
+
+    async fn update_me(&self, _request: Request<pb::UpdateMeRequest>) -> Reply<pb::UpdateMeResponse> {
+        Err(Status::unimplemented("issue 13: not built yet"))
+    }
+
+    async fn change_email(
+        &self,
+        _request: Request<pb::ChangeEmailRequest>,
+    ) -> Reply<pb::ChangeEmailResponse> {
+        Err(Status::unimplemented("issue 13: not built yet"))
+    }
+
+    async fn delete_me(&self, _request: Request<pb::DeleteMeRequest>) -> Reply<pb::DeleteMeResponse> {
+        Err(Status::unimplemented("issue 13: not built yet"))
+    }
+
+    async fn list_sessions(
+        &self,
+        _request: Request<pb::ListSessionsRequest>,
+    ) -> Reply<pb::ListSessionsResponse> {
+        Err(Status::unimplemented("issue 13: not built yet"))
+    }
+
+    async fn revoke_session(
+        &self,
+        _request: Request<pb::RevokeSessionRequest>,
+    ) -> Reply<pb::RevokeSessionResponse> {
+        Err(Status::unimplemented("issue 13: not built yet"))
+    }
+
+    async fn revoke_other_sessions(
+        &self,
+        _request: Request<pb::RevokeOtherSessionsRequest>,
+    ) -> Reply<pb::RevokeOtherSessionsResponse> {
+        Err(Status::unimplemented("issue 13: not built yet"))
+    }
 }

@@ -67,6 +67,16 @@ const TABLE: &[(&str, Policy)] = &[
     (auth::CHANGE_PASSWORD, USER_LIMITED),
     (auth::GET_JWKS, PUBLIC),
     (auth::INTROSPECT_TOKEN, service(Scope::TokensIntrospect)),
+    (auth::SEND_VERIFICATION_EMAIL, USER),
+    // A wrong token costs no hash, but guessing is limited per client like
+    // ResetPassword's.
+    (auth::VERIFY_EMAIL, PUBLIC_LIMITED),
+    (auth::UPDATE_ME, USER),
+    (auth::CHANGE_EMAIL, USER_LIMITED),
+    (auth::DELETE_ME, USER_LIMITED),
+    (auth::LIST_SESSIONS, USER),
+    (auth::REVOKE_SESSION, USER),
+    (auth::REVOKE_OTHER_SESSIONS, USER),
     (admin::GET_USER, service(Scope::UsersRead)),
     (admin::BATCH_GET_USERS, service(Scope::UsersRead)),
     (admin::LOOKUP_USER, service(Scope::UsersRead)),
@@ -75,6 +85,7 @@ const TABLE: &[(&str, Policy)] = &[
     (admin::ENABLE_USER, service(Scope::UsersWrite)),
     (admin::SET_USER_ROLES, service(Scope::UsersWrite)),
     (admin::REVOKE_USER_SESSIONS, service(Scope::UsersWrite)),
+    (admin::WATCH_REVOCATIONS, service(Scope::RevocationsWatch)),
 ];
 
 /// Services that are not authd's contract but the server's plumbing:
