@@ -56,6 +56,9 @@ pub struct Config {
     pub mail_poll_interval: Duration,
     /// Wait after a failed delivery; doubles with each further failure.
     pub mail_retry_base: Duration,
+    /// A WatchRevocations stream with nothing to deliver sends a heartbeat
+    /// this often, so its subscriber can tell quiet from dead.
+    pub revocation_heartbeat: Duration,
 }
 
 impl Default for Config {
@@ -92,6 +95,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             mail_poll_interval: Duration::from_secs(1),
             mail_retry_base: Duration::from_secs(2),
+            revocation_heartbeat: Duration::from_secs(5),
         }
     }
 }
@@ -258,6 +262,9 @@ impl Config {
         v.read("AUTHD_REQUEST_TIMEOUT", |s| {
             duration_into(s, &mut self.request_timeout)
         });
+        v.read("AUTHD_REVOCATION_HEARTBEAT", |s| {
+            duration_into(s, &mut self.revocation_heartbeat)
+        });
     }
 
     /// Settings that are each valid but not together.
@@ -271,6 +278,9 @@ impl Config {
         }
         if self.session_idle_ttl > self.session_max_ttl {
             errors.push("AUTHD_SESSION_IDLE_TTL must not exceed AUTHD_SESSION_MAX_TTL".into());
+        }
+        if self.revocation_heartbeat.is_zero() {
+            errors.push("AUTHD_REVOCATION_HEARTBEAT must be more than 0".into());
         }
         if self.access_token_ttl.is_zero() || self.session_idle_ttl.is_zero() {
             errors.push("token lifetimes must be positive".into());

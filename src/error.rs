@@ -94,6 +94,13 @@ pub enum AppError {
     InvalidResetToken,
     #[error("throttled for {0:?}")]
     Throttled(Duration),
+    /// A WatchRevocations cursor older than the retention, or never issued.
+    #[error("revocation cursor expired")]
+    CursorExpired,
+    /// The server is draining: long-lived calls end so clients reconnect to
+    /// another replica.
+    #[error("shutting down")]
+    ShuttingDown,
     #[error("database unavailable")]
     Unavailable(#[source] anyhow::Error),
     #[error("internal error")]
@@ -305,6 +312,17 @@ impl From<AppError> for Status {
                     details,
                 )
             }
+            AppError::CursorExpired => plain(
+                Code::FailedPrecondition,
+                "this cursor is older than the retained revocations or was not issued here; \
+                 start again from 0",
+                ErrorReason::CursorExpired,
+            ),
+            AppError::ShuttingDown => plain(
+                Code::Unavailable,
+                "this authd replica is shutting down; reconnect",
+                ErrorReason::Unavailable,
+            ),
             AppError::Unavailable(cause) => {
                 tracing::warn!(error = format!("{cause:#}"), "database unavailable");
                 plain(

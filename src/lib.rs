@@ -11,6 +11,7 @@ pub mod local_pg;
 pub mod mail;
 pub mod metrics;
 pub mod pb;
+pub mod revocation_feed;
 pub mod service;
 pub mod service_keys;
 pub mod session_cache;

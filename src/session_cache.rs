@@ -34,11 +34,14 @@ use uuid::Uuid;
 
 use crate::domain::User;
 use crate::metrics::Metrics;
+use crate::revocation_feed::RevocationFeed;
 use crate::service_keys::ServiceKeys;
 
 const SESSION_ENDED: &str = "authd_session_ended";
 const USER_CHANGED: &str = "authd_user_changed";
 const SERVICE_KEYS_CHANGED: &str = "authd_service_keys_changed";
+/// `authd_record_revocation` announces each event id here.
+const REVOCATION: &str = "authd_revocation";
 /// Bounds memory (an entry holds a copy of the account, about 0.5 KiB).
 pub const MAX_ENTRIES: usize = 100_000;
 /// Generation counters per shard of ids; an eviction spoils only the reads
@@ -252,10 +255,10 @@ impl SessionCache {
     /// Follows the change notifications until aborted, for this cache and
     /// the service-key cache: one connection, and both caches are on only
     /// while it listens.
-    pub async fn follow_changes(self, pool: PgPool, keys: ServiceKeys) {
+    pub async fn follow_changes(self, pool: PgPool, keys: ServiceKeys, revocations: RevocationFeed) {
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.listen_once(&pool, &keys).await {
+            match self.listen_once(&pool, &keys, &revocations).await {
                 Ok(()) => delay = Duration::from_millis(100),
                 Err(e) => tracing::warn!(error = %e, "cache listener failed; caches off"),
             }
@@ -267,10 +270,15 @@ impl SessionCache {
     }
 
     /// Returns when the notification connection is lost.
-    async fn listen_once(&self, pool: &PgPool, keys: &ServiceKeys) -> Result<(), sqlx::Error> {
+    async fn listen_once(
+        &self,
+        pool: &PgPool,
+        keys: &ServiceKeys,
+        revocations: &RevocationFeed,
+    ) -> Result<(), sqlx::Error> {
         let mut listener = PgListener::connect_with(pool).await?;
         listener
-            .listen_all([SESSION_ENDED, USER_CHANGED, SERVICE_KEYS_CHANGED])
+            .listen_all([SESSION_ENDED, USER_CHANGED, SERVICE_KEYS_CHANGED, REVOCATION])
             .await?;
         self.set_enabled(true);
         keys.set_enabled(true);
@@ -278,6 +286,15 @@ impl SessionCache {
         while let Some(notification) = listener.try_recv().await? {
             if notification.channel() == SERVICE_KEYS_CHANGED {
                 keys.flush();
+                continue;
+            }
+            if notification.channel() == REVOCATION {
+                // Not a cache matter: wake this replica's WatchRevocations
+                // subscribers. An unparsable payload cannot happen; the
+                // feed's poll would catch up anyway.
+                if let Ok(id) = notification.payload().parse() {
+                    revocations.announce(id);
+                }
                 continue;
             }
             let Ok(id) = Uuid::parse_str(notification.payload()) else {

@@ -39,6 +39,7 @@ use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::auth::v1::admin_service_server::AdminServiceServer;
 use crate::pb::auth::v1::auth_service_server::AuthServiceServer;
+use crate::revocation_feed::RevocationFeed;
 use crate::service::{Core, PageTokens, SessionSettings};
 use crate::service_keys::ServiceKeys;
 use crate::session_cache::SessionCache;
@@ -46,6 +47,9 @@ use crate::session_cache::SessionCache;
 /// Largest request authd decodes; its messages are a few hundred bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Health is reported for the contract's service and for the server ("").
+/// How often the revocation log is read while someone watches it, in case
+/// a notification was lost: the worst-case delay of an event then.
+const REVOCATION_POLL: Duration = Duration::from_secs(1);
 const HEALTH_SERVICE: &str = crate::pb::auth::v1::auth_service_server::SERVICE_NAME;
 
 type ServeFuture = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
@@ -161,6 +165,9 @@ impl Application {
                 self.health
                     .set_service_status(HEALTH_SERVICE, ServingStatus::NotServing)
                     .await;
+                // Streams never finish on their own: end them now, so they
+                // reconnect elsewhere instead of holding up the drain.
+                self.core.revocation_feed.close();
                 let _ = self.stop_serving.send(());
                 match tokio::time::timeout(self.drain, &mut server).await {
                     Ok(joined) => joined
@@ -214,6 +221,7 @@ async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Metr
         cache: SessionCache::with_metrics(metrics.clone()),
         service_keys: ServiceKeys::new(pool.clone()),
         page_tokens: PageTokens::default(),
+        revocation_feed: RevocationFeed::new(config.revocation_heartbeat),
         mail: MailSettings {
             reset_url: config.reset_url.clone(),
             reset_ttl: config.reset_token_ttl,
@@ -327,10 +335,15 @@ fn start_background_tasks(
             config.health_check_interval,
         )),
         tokio::spawn(clean_up_periodically(pool.clone())),
+        tokio::spawn(core.cache.clone().follow_changes(
+            pool.clone(),
+            core.service_keys.clone(),
+            core.revocation_feed.clone(),
+        )),
         tokio::spawn(
-            core.cache
+            core.revocation_feed
                 .clone()
-                .follow_changes(pool.clone(), core.service_keys.clone()),
+                .poll_periodically(pool.clone(), REVOCATION_POLL),
         ),
         tokio::spawn(worker.run()),
     ])
@@ -411,8 +424,8 @@ async fn monitor_database(pool: PgPool, health: HealthReporter, every: Duration)
 }
 
 /// Deletes sessions that ended more than a day ago, stale throttle
-/// counters, day-old reset tokens and week-old delivered mail, every ten
-/// minutes.
+/// counters, day-old reset tokens, week-old delivered mail and revocation
+/// events past their retention, every ten minutes.
 async fn clean_up_periodically(pool: PgPool) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
     loop {
@@ -431,6 +444,9 @@ async fn clean_up_periodically(pool: PgPool) {
         }
         if let Err(e) = db::outbox::delete_finished_before(&pool, now - chrono::Duration::days(7)).await {
             tracing::warn!(error = %e, "mail outbox clean-up failed");
+        }
+        if let Err(e) = db::revocations::prune(&pool, now - crate::revocation_feed::RETENTION).await {
+            tracing::warn!(error = %e, "revocation log clean-up failed");
         }
     }
 }

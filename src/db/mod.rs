@@ -2,6 +2,7 @@
 
 pub mod outbox;
 pub mod recovery;
+pub mod revocations;
 pub mod secrets;
 pub mod service_accounts;
 pub mod sessions;

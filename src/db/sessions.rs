@@ -232,7 +232,8 @@ pub async fn refresh_token_state(
         .await?)
 }
 
-/// Ends one session. Returns whether it was live until now.
+/// Ends one session and records its SESSION_ENDED event, in one statement.
+/// Returns whether it was live until now.
 #[tracing::instrument(skip_all)]
 pub async fn revoke<'e>(
     db: impl PgExecutor<'e>,
@@ -240,19 +241,24 @@ pub async fn revoke<'e>(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<bool, AppError> {
-    let done = sqlx::query(
-        "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL",
+    let event: Option<i64> = sqlx::query_scalar(
+        "WITH ended AS (
+             UPDATE sessions SET revoked_at = $2, revoked_reason = $3
+              WHERE id = $1 AND revoked_at IS NULL
+             RETURNING id, user_id)
+         SELECT authd_record_revocation('SESSION_ENDED', user_id, ARRAY[id], $2) FROM ended",
     )
     .bind(session_id)
     .bind(now)
     .bind(reason)
-    .execute(db)
+    .fetch_optional(db)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(event.is_some())
 }
 
-/// Ends the session a refresh token (consumed or not) belongs to. `None`
-/// when the token is unknown.
+/// Ends the session a refresh token (consumed or not) belongs to, and
+/// records its SESSION_ENDED event if it was live until now. `None` when
+/// the token is unknown; ending an ended session is a no-op.
 #[tracing::instrument(skip_all)]
 pub async fn revoke_by_refresh_token<'e>(
     db: impl PgExecutor<'e>,
@@ -261,11 +267,14 @@ pub async fn revoke_by_refresh_token<'e>(
     now: DateTime<Utc>,
 ) -> Result<Option<Uuid>, AppError> {
     Ok(sqlx::query_scalar(
-        "WITH target AS (SELECT session_id FROM refresh_tokens WHERE token_hash = $1)
-         UPDATE sessions s SET revoked_at = COALESCE(s.revoked_at, $2),
-                               revoked_reason = COALESCE(s.revoked_reason, $3)
-           FROM target WHERE s.id = target.session_id
-         RETURNING s.id",
+        "WITH target AS (SELECT session_id FROM refresh_tokens WHERE token_hash = $1),
+              ended AS (
+                  UPDATE sessions s SET revoked_at = $2, revoked_reason = $3
+                    FROM target WHERE s.id = target.session_id AND s.revoked_at IS NULL
+                  RETURNING s.id, s.user_id),
+              event AS (
+                  SELECT authd_record_revocation('SESSION_ENDED', user_id, ARRAY[id], $2) FROM ended)
+         SELECT session_id FROM target WHERE (SELECT count(*) FROM event) >= 0",
     )
     .bind(hash.as_bytes())
     .bind(now)
@@ -274,7 +283,9 @@ pub async fn revoke_by_refresh_token<'e>(
     .await?)
 }
 
-/// Ends every session of a user, except `keep` if given.
+/// Ends every live session of a user, except `keep` if given, and records
+/// one USER_SESSIONS_ENDED event listing them, in one statement. Returns
+/// how many ended.
 #[tracing::instrument(skip_all)]
 pub async fn revoke_all_for_user<'e>(
     db: impl PgExecutor<'e>,
@@ -283,18 +294,26 @@ pub async fn revoke_all_for_user<'e>(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<u64, AppError> {
-    let done = sqlx::query(
-        "UPDATE sessions SET revoked_at = $3, revoked_reason = $4
-          WHERE user_id = $1 AND revoked_at IS NULL AND ($2::uuid IS NULL OR id <> $2)
-            AND idle_expires_at > $3 AND absolute_expires_at > $3",
+    // CASE, unlike OR, guarantees the event is not recorded when nothing ended.
+    let (ended, _event): (i64, Option<i64>) = sqlx::query_as(
+        "WITH ended AS (
+             UPDATE sessions SET revoked_at = $3, revoked_reason = $4
+              WHERE user_id = $1 AND revoked_at IS NULL AND ($2::uuid IS NULL OR id <> $2)
+                AND idle_expires_at > $3 AND absolute_expires_at > $3
+             RETURNING id)
+         SELECT count(*),
+                CASE WHEN count(*) > 0
+                     THEN authd_record_revocation('USER_SESSIONS_ENDED', $1, array_agg(id), $3)
+                END
+           FROM ended",
     )
     .bind(user_id)
     .bind(keep)
     .bind(now)
     .bind(reason)
-    .execute(db)
+    .fetch_one(db)
     .await?;
-    Ok(done.rows_affected())
+    Ok(u64::try_from(ended).unwrap_or(0))
 }
 
 /// Drops every refresh token of a session (used when a new pair replaces

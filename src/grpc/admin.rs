@@ -2,13 +2,18 @@
 //! written to the audit log (service account, method, target, outcome) and
 //! counted in metrics. The credential check already ran (`auth_layer`).
 
+use std::pin::Pin;
+
 use chrono::Utc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
 use super::auth_layer::service_caller;
+use super::convert::timestamp;
 use crate::error::AppError;
 use crate::pb::auth::v1::{self as pb, admin_service_server::AdminService};
-use crate::service::Core;
+use crate::service::{Core, RevocationEvent, RevocationKind};
 
 pub struct AdminApi {
     core: Core,
@@ -155,14 +160,47 @@ impl AdminService for AdminApi {
         self.audited(&caller.name, "RevokeUserSessions", &r.user_id, result)
     }
 
-    type WatchRevocationsStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<pb::WatchRevocationsResponse, Status>> + Send>,
-    >;
+    type WatchRevocationsStream = RevocationResponses;
 
     async fn watch_revocations(
         &self,
-        _request: Request<pb::WatchRevocationsRequest>,
+        request: Request<pb::WatchRevocationsRequest>,
     ) -> Reply<Self::WatchRevocationsStream> {
-        Err(Status::unimplemented("issue 15: not built yet"))
+        let caller = service_caller(&request)?;
+        let after = request.get_ref().after_event_id;
+        let result = self
+            .core
+            .watch_revocations(after)
+            .await
+            .map(|events| -> RevocationResponses {
+                Box::pin(
+                    ReceiverStream::new(events).map(|item| item.map(revocation_event).map_err(Status::from)),
+                )
+            });
+        self.audited(&caller.name, "WatchRevocations", "", result)
+    }
+}
+
+type RevocationResponses = Pin<Box<dyn Stream<Item = Result<pb::WatchRevocationsResponse, Status>> + Send>>;
+
+fn revocation_event(e: RevocationEvent) -> pb::WatchRevocationsResponse {
+    let kind = match e.kind {
+        RevocationKind::SessionEnded => pb::RevocationKind::SessionEnded,
+        RevocationKind::UserSessionsEnded => pb::RevocationKind::UserSessionsEnded,
+        RevocationKind::UserDisabled => pb::RevocationKind::UserDisabled,
+        RevocationKind::UserDeleted => pb::RevocationKind::UserDeleted,
+        RevocationKind::Heartbeat => pb::RevocationKind::Heartbeat,
+    };
+    let session_ids: Vec<String> = e.session_ids.iter().map(ToString::to_string).collect();
+    pb::WatchRevocationsResponse {
+        event_id: e.id,
+        kind: kind.into(),
+        user_id: e.user_id.map(|id| id.to_string()).unwrap_or_default(),
+        session_id: match (e.kind, session_ids.as_slice()) {
+            (RevocationKind::SessionEnded, [one]) => one.clone(),
+            _ => String::new(),
+        },
+        occurred_at: Some(timestamp(e.occurred_at)),
+        session_ids,
     }
 }

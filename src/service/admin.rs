@@ -204,6 +204,7 @@ impl Core {
             .await?
             .ok_or(AppError::UserNotFound)?;
         let ended = db::sessions::revoke_all_for_user(&mut *tx, id, None, "user_disabled", now).await?;
+        db::revocations::record_user_disabled(&mut *tx, id, now).await?;
         tx.commit().await?;
         self.cache.evict_user(id);
         tracing::info!(user_id = %id, ended_sessions = ended, "account disabled");

@@ -5,6 +5,7 @@ mod accounts;
 mod admin;
 mod login;
 mod recovery;
+mod revocations;
 mod sessions;
 
 use std::time::Duration;
@@ -19,11 +20,13 @@ use crate::domain::{Invalid, Password, PasswordPolicy};
 use crate::error::AppError;
 use crate::mail::MailSettings;
 use crate::metrics::Metrics;
+use crate::revocation_feed::RevocationFeed;
 use crate::service_keys::ServiceKeys;
 use crate::session_cache::SessionCache;
 
 pub use accounts::RegisterInput;
 pub use admin::PageTokens;
+pub use revocations::{RevocationEvent, RevocationKind, RevocationStream};
 pub use sessions::Introspection;
 
 /// Session lifetimes and rotation rules.
@@ -57,6 +60,8 @@ pub struct Core {
     pub page_tokens: PageTokens,
     pub mail: MailSettings,
     pub metrics: Metrics,
+    /// Wakes WatchRevocations subscribers; ends their streams at shutdown.
+    pub revocation_feed: RevocationFeed,
 }
 
 impl Core {

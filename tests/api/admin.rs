@@ -346,7 +346,7 @@ async fn outbox_rows_for(app: &TestApp, email: &str) -> i64 {
         .unwrap()
 }
 
-fn database_url(app: &TestApp) -> String {
+pub(crate) fn database_url(app: &TestApp) -> String {
     app.config
         .database_url
         .as_ref()

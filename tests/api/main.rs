@@ -20,6 +20,7 @@ mod openapi;
 mod recovery;
 mod register;
 mod rest_gateway;
+mod revocations;
 mod service_account_cli;
 mod session_cache;
 mod sessions;

@@ -27,7 +27,7 @@ fn mail_config(config: &mut Config, smtp_url: &str) {
     config.mail_retry_base = Duration::from_millis(100);
 }
 
-async fn app_with_mail(tweak: impl FnOnce(&mut Config)) -> (TestApp, SmtpServer) {
+pub(crate) async fn app_with_mail(tweak: impl FnOnce(&mut Config)) -> (TestApp, SmtpServer) {
     let server = SmtpServer::start().await;
     let url = server.url();
     let app = spawn_app_with(|c| {
@@ -46,7 +46,7 @@ async fn forgot(app: &TestApp, email: &str) -> Result<(), Status> {
         .map(drop)
 }
 
-async fn reset(app: &TestApp, token: &str, new_password: &str) -> Result<(), Status> {
+pub(crate) async fn reset(app: &TestApp, token: &str, new_password: &str) -> Result<(), Status> {
     app.client
         .clone()
         .reset_password(pb::ResetPasswordRequest {
@@ -73,7 +73,7 @@ fn fresh_email() -> String {
 
 /// Registers an account, asks for a reset mail and returns the address and
 /// the token from the mail.
-async fn requested_reset(app: &TestApp, server: &SmtpServer) -> (String, String) {
+pub(crate) async fn requested_reset(app: &TestApp, server: &SmtpServer) -> (String, String) {
     let email = fresh_email();
     app.register(&email, PASSWORD).await;
     let before = server.received().len();

@@ -1,0 +1,151 @@
+//! WatchRevocations: one task per subscriber that reads the revocation log
+//! from its cursor and pushes what it finds into a small channel. The task
+//! reads only when the replica's feed says the log grew (a notification or
+//! the feed's poll), sends a heartbeat when it had nothing to say for a
+//! while, and waits on the channel when the subscriber reads slowly: the
+//! log in PostgreSQL is the buffer, never this process's memory.
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::Core;
+use crate::db::{self, revocations::EventRow};
+use crate::domain::{FieldReason, Invalid};
+use crate::error::AppError;
+
+/// Events read per query; also bounds a catch-up's memory.
+const BATCH: i64 = 256;
+/// Messages a subscriber may have in flight before its task waits.
+const CHANNEL: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationKind {
+    SessionEnded,
+    UserSessionsEnded,
+    UserDisabled,
+    UserDeleted,
+    Heartbeat,
+}
+
+#[derive(Debug, Clone)]
+pub struct RevocationEvent {
+    /// On a heartbeat: the cursor, the last event delivered.
+    pub id: i64,
+    pub kind: RevocationKind,
+    pub user_id: Option<Uuid>,
+    pub session_ids: Vec<Uuid>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl TryFrom<EventRow> for RevocationEvent {
+    type Error = AppError;
+
+    fn try_from(row: EventRow) -> Result<Self, AppError> {
+        let kind = match row.kind.as_str() {
+            "SESSION_ENDED" => RevocationKind::SessionEnded,
+            "USER_SESSIONS_ENDED" => RevocationKind::UserSessionsEnded,
+            "USER_DISABLED" => RevocationKind::UserDisabled,
+            "USER_DELETED" => RevocationKind::UserDeleted,
+            other => {
+                return Err(AppError::internal(anyhow::anyhow!(
+                    "revocation event {} has unknown kind {other:?}",
+                    row.id
+                )));
+            }
+        };
+        Ok(Self {
+            id: row.id,
+            kind,
+            user_id: Some(row.user_id),
+            session_ids: row.session_ids,
+            occurred_at: row.occurred_at,
+        })
+    }
+}
+
+pub type RevocationStream = mpsc::Receiver<Result<RevocationEvent, AppError>>;
+
+impl Core {
+    /// Checks the cursor now (so a bad one is the call's status, not a
+    /// broken stream) and starts the subscriber's task.
+    #[tracing::instrument(skip_all, fields(after_event_id))]
+    pub async fn watch_revocations(&self, after_event_id: i64) -> Result<RevocationStream, AppError> {
+        if after_event_id < 0 {
+            return Err(AppError::invalid(
+                "after_event_id",
+                Invalid::new(FieldReason::InvalidFormat, "must be 0 (from now) or an event id"),
+            ));
+        }
+        let state = db::revocations::state(&self.db).await?;
+        let cursor = match after_event_id {
+            0 => state.last_event_id,
+            // Equal to pruned_through is fine: everything after it is kept.
+            c if c < state.pruned_through || c > state.last_event_id => {
+                return Err(AppError::CursorExpired);
+            }
+            c => c,
+        };
+        self.revocation_feed.announce(state.last_event_id);
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        tokio::spawn(self.clone().serve_subscriber(cursor, tx));
+        Ok(rx)
+    }
+
+    async fn serve_subscriber(self, mut cursor: i64, tx: mpsc::Sender<Result<RevocationEvent, AppError>>) {
+        let feed = self.revocation_feed.clone();
+        let mut head = feed.head();
+        let mut closing = feed.closing();
+        let heartbeat = feed.heartbeat();
+        let mut quiet_since = tokio::time::Instant::now();
+        loop {
+            if *closing.borrow() {
+                let _ = tx.send(Err(AppError::ShuttingDown)).await;
+                return;
+            }
+            if *head.borrow_and_update() > cursor {
+                match db::revocations::after(&self.db, cursor, BATCH).await {
+                    Ok(rows) => {
+                        let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= BATCH;
+                        for row in rows {
+                            let id = row.id;
+                            let event = RevocationEvent::try_from(row);
+                            let failed = event.is_err();
+                            if tx.send(event).await.is_err() || failed {
+                                return;
+                            }
+                            cursor = id;
+                        }
+                        quiet_since = tokio::time::Instant::now();
+                        if full {
+                            // More is waiting: read on without waiting for news.
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+            tokio::select! {
+                changed = head.changed() => if changed.is_err() { return },
+                _ = closing.changed() => {}
+                () = tx.closed() => return,
+                () = tokio::time::sleep_until(quiet_since + heartbeat) => {
+                    let beat = RevocationEvent {
+                        id: cursor,
+                        kind: RevocationKind::Heartbeat,
+                        user_id: None,
+                        session_ids: Vec::new(),
+                        occurred_at: Utc::now(),
+                    };
+                    if tx.send(Ok(beat)).await.is_err() {
+                        return;
+                    }
+                    quiet_since = tokio::time::Instant::now();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! AdminService.WatchRevocations: every kind of revocation arrives as an
+//! event, in order, from whichever replica made it; a subscriber resumes
+//! from its cursor and misses nothing; a rolled-back change emits nothing.
+
+use std::time::Duration;
+
+use authd::pb::auth::v1::{self as pb, RevocationKind};
+use tokio::time::Instant;
+use tonic::{Code, Streaming};
+
+use crate::admin::{database_url, wait_for_listeners};
+use crate::helpers::*;
+use crate::recovery::{app_with_mail, requested_reset, reset};
+
+const WATCH: &str = "revocations.watch";
+const WRITE: &str = "users.write";
+/// Generous: the suite runs many servers on two cores.
+const EVENT_WAIT: Duration = Duration::from_secs(10);
+
+async fn watch(
+    app: &TestApp,
+    key: &str,
+    after: i64,
+) -> Result<Streaming<pb::WatchRevocationsResponse>, tonic::Status> {
+    app.admin()
+        .watch_revocations(with_bearer(
+            pb::WatchRevocationsRequest {
+                after_event_id: after,
+            },
+            key,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn watcher(app: &TestApp) -> (String, Streaming<pb::WatchRevocationsResponse>) {
+    let key = app.service_key("watcher", &[WATCH]).await;
+    let stream = watch(app, &key, 0).await.unwrap();
+    (key, stream)
+}
+
+/// The next event that is not a heartbeat.
+async fn next_event(stream: &mut Streaming<pb::WatchRevocationsResponse>) -> pb::WatchRevocationsResponse {
+    let deadline = Instant::now() + EVENT_WAIT;
+    loop {
+        let message = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("no revocation event in time")
+            .expect("stream failed")
+            .expect("stream ended");
+        if message.kind() != RevocationKind::Heartbeat {
+            return message;
+        }
+    }
+}
+
+/// Asserts that nothing but heartbeats arrives for `quiet`.
+async fn assert_no_event(stream: &mut Streaming<pb::WatchRevocationsResponse>, quiet: Duration) {
+    let deadline = Instant::now() + quiet;
+    while let Ok(message) = tokio::time::timeout_at(deadline, stream.message()).await {
+        let message = message.unwrap().expect("stream ended");
+        assert_eq!(
+            message.kind(),
+            RevocationKind::Heartbeat,
+            "unexpected {message:?}"
+        );
+    }
+}
+
+fn session_id_of(access_token: &str) -> String {
+    use base64::Engine as _;
+    let payload = access_token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    claims["sid"].as_str().unwrap().to_owned()
+}
+
+async fn logout(app: &TestApp, refresh_token: &str) {
+    app.client
+        .clone()
+        .logout(pb::LogoutRequest {
+            refresh_token: refresh_token.into(),
+        })
+        .await
+        .unwrap();
+}
+
+async fn second_login(app: &TestApp, user: &pb::User) -> pb::TokenPair {
+    app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap()
+}
+
+#[tokio::test]
+async fn logout_refresh_reuse_and_change_password_each_emit_their_event() {
+    let app = spawn_app().await;
+    let (_key, mut stream) = watcher(&app).await;
+
+    // Logout: SESSION_ENDED naming the session.
+    let (user, tokens) = app.signed_in_user().await;
+    logout(&app, &tokens.refresh_token).await;
+    let first = next_event(&mut stream).await;
+    assert_eq!(first.kind(), RevocationKind::SessionEnded);
+    assert_eq!(first.user_id, user.id);
+    assert_eq!(first.session_id, session_id_of(&tokens.access_token));
+    assert_eq!(first.session_ids, vec![first.session_id.clone()]);
+    assert!(first.occurred_at.is_some());
+    // A repeated Logout ends nothing and emits nothing.
+    logout(&app, &tokens.refresh_token).await;
+
+    // Refresh-token reuse: the session it belongs to.
+    let reused = second_login(&app, &user).await;
+    let mut client = app.client.clone();
+    client
+        .refresh(pb::RefreshRequest {
+            refresh_token: reused.refresh_token.clone(),
+        })
+        .await
+        .unwrap();
+    let replay = client
+        .refresh(pb::RefreshRequest {
+            refresh_token: reused.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&replay), "REFRESH_TOKEN_REUSED");
+    let second = next_event(&mut stream).await;
+    assert_eq!(second.event_id, first.event_id + 1, "ids are consecutive");
+    assert_eq!(second.kind(), RevocationKind::SessionEnded);
+    assert_eq!(second.session_id, session_id_of(&reused.access_token));
+
+    // ChangePassword: the user's other sessions, not the caller's.
+    let keep = second_login(&app, &user).await;
+    let other_a = second_login(&app, &user).await;
+    let other_b = second_login(&app, &user).await;
+    app.client
+        .clone()
+        .change_password(with_bearer(
+            pb::ChangePasswordRequest {
+                current_password: PASSWORD.into(),
+                new_password: "another long passphrase 2026".into(),
+            },
+            &keep.access_token,
+        ))
+        .await
+        .unwrap();
+    let third = next_event(&mut stream).await;
+    assert_eq!(third.event_id, second.event_id + 1);
+    assert_eq!(third.kind(), RevocationKind::UserSessionsEnded);
+    assert_eq!(third.user_id, user.id);
+    assert!(third.session_id.is_empty());
+    let mut ended = third.session_ids.clone();
+    ended.sort();
+    let mut expected = vec![
+        session_id_of(&other_a.access_token),
+        session_id_of(&other_b.access_token),
+    ];
+    expected.sort();
+    assert_eq!(ended, expected);
+    assert_no_event(&mut stream, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn reset_password_disable_user_and_revoke_user_sessions_emit_their_events() {
+    let (app, smtp) = app_with_mail(|_| {}).await;
+    let (_key, mut stream) = watcher(&app).await;
+    let admin_key = app.service_key("admin", &[WRITE]).await;
+
+    // ResetPassword ends every session.
+    let (email, token) = requested_reset(&app, &smtp).await;
+    let tokens = app.login(&email, PASSWORD).await.unwrap().tokens.unwrap();
+    reset(&app, &token, "a brand new passphrase for recovery")
+        .await
+        .unwrap();
+    let event = next_event(&mut stream).await;
+    assert_eq!(event.kind(), RevocationKind::UserSessionsEnded);
+    assert_eq!(event.session_ids, vec![session_id_of(&tokens.access_token)]);
+
+    // DisableUser: the sessions, then the account.
+    let (user, tokens) = app.signed_in_user().await;
+    let mut admin = app.admin();
+    admin
+        .disable_user(with_bearer(
+            pb::DisableUserRequest {
+                user_id: user.id.clone(),
+            },
+            &admin_key,
+        ))
+        .await
+        .unwrap();
+    let sessions = next_event(&mut stream).await;
+    assert_eq!(sessions.kind(), RevocationKind::UserSessionsEnded);
+    assert_eq!(sessions.session_ids, vec![session_id_of(&tokens.access_token)]);
+    let disabled = next_event(&mut stream).await;
+    assert_eq!(disabled.kind(), RevocationKind::UserDisabled);
+    assert_eq!(disabled.user_id, user.id);
+    assert_eq!(disabled.event_id, sessions.event_id + 1);
+    // Disabling again changes nothing and emits nothing.
+    admin
+        .disable_user(with_bearer(
+            pb::DisableUserRequest {
+                user_id: user.id.clone(),
+            },
+            &admin_key,
+        ))
+        .await
+        .unwrap();
+    assert_no_event(&mut stream, Duration::from_millis(300)).await;
+
+    // RevokeUserSessions: all of them, one event.
+    let (user, first) = app.signed_in_user().await;
+    let second = second_login(&app, &user).await;
+    let answer = admin
+        .revoke_user_sessions(with_bearer(
+            pb::RevokeUserSessionsRequest {
+                user_id: user.id.clone(),
+            },
+            &admin_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.revoked_count, 2);
+    let event = next_event(&mut stream).await;
+    assert_eq!(event.kind(), RevocationKind::UserSessionsEnded);
+    let mut ended = event.session_ids.clone();
+    ended.sort();
+    let mut expected = vec![
+        session_id_of(&first.access_token),
+        session_id_of(&second.access_token),
+    ];
+    expected.sort();
+    assert_eq!(ended, expected);
+    // Nothing live left: nothing ended, no event.
+    admin
+        .revoke_user_sessions(with_bearer(
+            pb::RevokeUserSessionsRequest { user_id: user.id },
+            &admin_key,
+        ))
+        .await
+        .unwrap();
+    assert_no_event(&mut stream, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_resumed_subscriber_gets_exactly_the_missed_events_in_order() {
+    let app = spawn_app().await;
+    let (key, mut stream) = watcher(&app).await;
+    let (_, tokens) = app.signed_in_user().await;
+    logout(&app, &tokens.refresh_token).await;
+    let seen = next_event(&mut stream).await;
+    drop(stream);
+
+    let mut missed = Vec::new();
+    for _ in 0..3 {
+        let (_, tokens) = app.signed_in_user().await;
+        logout(&app, &tokens.refresh_token).await;
+        missed.push(session_id_of(&tokens.access_token));
+    }
+    let mut resumed = watch(&app, &key, seen.event_id).await.unwrap();
+    for (offset, session) in (1..).zip(&missed) {
+        let event = next_event(&mut resumed).await;
+        assert_eq!(event.event_id, seen.event_id + offset);
+        assert_eq!(&event.session_id, session);
+    }
+    assert_no_event(&mut resumed, Duration::from_millis(300)).await;
+
+    // From 0 means from now: none of the past.
+    let mut fresh = watch(&app, &key, 0).await.unwrap();
+    assert_no_event(&mut fresh, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_rolled_back_change_emits_nothing_and_leaves_no_gap() {
+    let app = spawn_app().await;
+    let (_key, mut stream) = watcher(&app).await;
+    let (user, tokens) = app.signed_in_user().await;
+
+    // The statement Logout runs, inside a transaction that rolls back.
+    let mut tx = app.db.begin().await.unwrap();
+    let recorded: i64 = sqlx::query_scalar(
+        "WITH ended AS (UPDATE sessions SET revoked_at = now(), revoked_reason = 'test'
+                         WHERE user_id = $1::uuid AND revoked_at IS NULL RETURNING id, user_id)
+         SELECT authd_record_revocation('SESSION_ENDED', user_id, ARRAY[id], now()) FROM ended",
+    )
+    .bind(&user.id)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    assert_no_event(&mut stream, Duration::from_millis(500)).await;
+    app.get_me(&tokens.access_token)
+        .await
+        .expect("the session is still live");
+
+    logout(&app, &tokens.refresh_token).await;
+    let event = next_event(&mut stream).await;
+    assert_eq!(event.event_id, recorded, "the rolled-back id is reused: no gap");
+    assert_eq!(event.session_id, session_id_of(&tokens.access_token));
+}
+
+#[tokio::test]
+async fn a_change_on_one_replica_reaches_a_subscriber_of_another() {
+    let a = spawn_app().await;
+    let keys = a.config.signing_keys.clone();
+    let b = spawn_app_on(&database_url(&a), |c| c.signing_keys = keys).await;
+    wait_for_listeners(&a, 2).await;
+    let (_key, mut at_b) = watcher(&b).await;
+    let (_, tokens) = a.signed_in_user().await;
+    let logged_out = Instant::now();
+    logout(&a, &tokens.refresh_token).await;
+    let event = next_event(&mut at_b).await;
+    assert_eq!(event.session_id, session_id_of(&tokens.access_token));
+    // Pushed by the notification, not found by the one-second poll.
+    assert!(
+        logged_out.elapsed() < Duration::from_millis(900),
+        "took {:?}",
+        logged_out.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn cursors_outside_the_log_are_refused_with_cursor_expired() {
+    let app = spawn_app().await;
+    let key = app.service_key("watcher", &[WATCH]).await;
+    for _ in 0..3 {
+        let (_, tokens) = app.signed_in_user().await;
+        logout(&app, &tokens.refresh_token).await;
+    }
+    // From the future (another deployment, a restored database).
+    assert_error(
+        watch(&app, &key, 1_000).await.map(drop),
+        Code::FailedPrecondition,
+        "CURSOR_EXPIRED",
+    );
+    // Negative: a malformed request.
+    let status = watch(&app, &key, -1).await.map(drop).unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&status), vec!["after_event_id"]);
+
+    // Past the retention: the first two events are pruned.
+    watch(&app, &key, 1).await.expect("cursor 1 is still resumable");
+    sqlx::query("UPDATE revocation_events SET occurred_at = now() - interval '25 hours' WHERE id <= 2")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let pruned = authd::db::revocations::prune(&app.db, chrono::Utc::now() - chrono::Duration::hours(24))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 2);
+    assert_error(
+        watch(&app, &key, 1).await.map(drop),
+        Code::FailedPrecondition,
+        "CURSOR_EXPIRED",
+    );
+    let mut from_two = watch(&app, &key, 2).await.expect("everything after 2 is kept");
+    assert_eq!(next_event(&mut from_two).await.event_id, 3);
+}
+
+#[tokio::test]
+async fn the_stream_needs_the_watch_scope() {
+    let app = spawn_app().await;
+    let reader = app.service_key("reader", &["users.read", "users.write"]).await;
+    assert_error(
+        watch(&app, &reader, 0).await.map(drop),
+        Code::PermissionDenied,
+        "MISSING_SCOPE",
+    );
+    let (_, tokens) = app.signed_in_user().await;
+    assert_error(
+        watch(&app, &tokens.access_token, 0).await.map(drop),
+        Code::PermissionDenied,
+        "MISSING_SCOPE",
+    );
+    let status = app
+        .admin()
+        .watch_revocations(pb::WatchRevocationsRequest { after_event_id: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), "TOKEN_MISSING");
+}
+
+#[tokio::test]
+async fn a_quiet_stream_sends_heartbeats_with_its_cursor() {
+    let app = spawn_app_with(|c| c.revocation_heartbeat = Duration::from_millis(200)).await;
+    let (_, tokens) = app.signed_in_user().await;
+    logout(&app, &tokens.refresh_token).await;
+    let (_key, mut stream) = watcher(&app).await;
+    let started = Instant::now();
+    for _ in 0..3 {
+        let beat = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(beat.kind(), RevocationKind::Heartbeat);
+        assert_eq!(beat.event_id, 1, "the cursor: the last event before subscribing");
+        assert!(beat.user_id.is_empty() && beat.session_ids.is_empty());
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_catches_up_from_the_log_in_order() {
+    let app = spawn_app().await;
+    let (_key, mut stream) = watcher(&app).await;
+    let (user, _) = app.signed_in_user().await;
+    // Far more than the server's channel and batch hold, while the
+    // subscriber reads nothing.
+    sqlx::query(
+        "SELECT authd_record_revocation('USER_SESSIONS_ENDED', $1::uuid, ARRAY[gen_random_uuid()], now())
+           FROM generate_series(1, 1500)",
+    )
+    .bind(&user.id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for expected in 1..=1500 {
+        let event = next_event(&mut stream).await;
+        assert_eq!(event.event_id, expected);
+    }
+}
+
+#[tokio::test]
+async fn shutdown_ends_the_stream_with_unavailable_and_does_not_wait_for_it() {
+    let app = spawn_app_with(|c| c.shutdown_drain = Duration::from_secs(20)).await;
+    let (_key, mut stream) = watcher(&app).await;
+    let started = Instant::now();
+    let stopping = tokio::spawn(app.stop());
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(m)) if m.kind() == RevocationKind::Heartbeat => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream did not end");
+    let status = end.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), "UNAVAILABLE");
+    stopping.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        started.elapsed()
+    );
+}
