@@ -32,6 +32,11 @@ pub struct Config {
     pub smtp_url: Option<SecretString>,
     pub mail_from: String,
     pub reset_url: String,
+    /// Link template of verification mails, with `{token}`.
+    pub verify_url: String,
+    pub verify_token_ttl: Duration,
+    /// Login refuses a correct password while the address is unverified.
+    pub require_verified_email: bool,
     pub metrics_listen: Option<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -49,6 +54,9 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     pub db_max_connections: u32,
     pub health_check_interval: Duration,
+    /// After SIGTERM, health says NOT_SERVING while calls are still
+    /// served this long, before the drain.
+    pub shutdown_grace: Duration,
     pub shutdown_drain: Duration,
     pub request_timeout: Duration,
     /// How often the mail worker looks for due mail it was not woken for
@@ -59,6 +67,9 @@ pub struct Config {
     /// A WatchRevocations stream with nothing to deliver sends a heartbeat
     /// this often, so its subscriber can tell quiet from dead.
     pub revocation_heartbeat: Duration,
+    /// Session and service-key caches (`AUTHD_SESSION_CACHE`); off: every
+    /// check reads the database.
+    pub session_cache: bool,
 }
 
 impl Default for Config {
@@ -79,6 +90,9 @@ impl Default for Config {
             smtp_url: None,
             mail_from: "authd <no-reply@localhost>".into(),
             reset_url: "http://localhost:3000/reset-password?token={token}".into(),
+            verify_url: "http://localhost:3000/verify-email?token={token}".into(),
+            verify_token_ttl: Duration::from_secs(86_400),
+            require_verified_email: false,
             metrics_listen: None,
             tls_cert: None,
             tls_key: None,
@@ -91,11 +105,13 @@ impl Default for Config {
             cors_origins: Vec::new(),
             db_max_connections: (cores as u32 * 4).clamp(8, 32),
             health_check_interval: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(5),
             shutdown_drain: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             mail_poll_interval: Duration::from_secs(1),
             mail_retry_base: Duration::from_secs(2),
             revocation_heartbeat: Duration::from_secs(5),
+            session_cache: true,
         }
     }
 }
@@ -190,6 +206,13 @@ impl Config {
         v.read("AUTHD_REFRESH_REUSE_GRACE", |s| {
             duration_into(s, &mut self.refresh_reuse_grace)
         });
+        v.read("AUTHD_VERIFY_TOKEN_TTL", |s| {
+            duration_into(s, &mut self.verify_token_ttl)
+        });
+        v.read("AUTHD_REQUIRE_VERIFIED_EMAIL", |s| {
+            self.require_verified_email = parse_bool(s)?;
+            Ok(())
+        });
     }
 
     fn read_mail(&mut self, v: &mut Vars<'_>) {
@@ -206,6 +229,13 @@ impl Config {
                 return Err("must contain {token}".into());
             }
             self.reset_url = s.to_owned();
+            Ok(())
+        });
+        v.read("AUTHD_VERIFY_URL", |s| {
+            if !s.contains("{token}") {
+                return Err("must contain {token}".into());
+            }
+            self.verify_url = s.to_owned();
             Ok(())
         });
     }
@@ -256,11 +286,27 @@ impl Config {
             };
             Ok(())
         });
+        // The development setup (authd's own PostgreSQL) has no load
+        // balancer to tell: Ctrl-C stops at once.
+        if self.database_url.is_none() {
+            self.shutdown_grace = Duration::ZERO;
+        }
+        v.read("AUTHD_SHUTDOWN_GRACE", |s| {
+            duration_into(s, &mut self.shutdown_grace)
+        });
         v.read("AUTHD_SHUTDOWN_DRAIN", |s| {
             duration_into(s, &mut self.shutdown_drain)
         });
         v.read("AUTHD_REQUEST_TIMEOUT", |s| {
             duration_into(s, &mut self.request_timeout)
+        });
+        v.read("AUTHD_SESSION_CACHE", |s| {
+            self.session_cache = match s.to_ascii_lowercase().as_str() {
+                "on" | "true" | "1" => true,
+                "off" | "false" | "0" => false,
+                _ => return Err("must be on or off".into()),
+            };
+            Ok(())
         });
         v.read("AUTHD_REVOCATION_HEARTBEAT", |s| {
             duration_into(s, &mut self.revocation_heartbeat)
@@ -281,6 +327,9 @@ impl Config {
         }
         if self.revocation_heartbeat.is_zero() {
             errors.push("AUTHD_REVOCATION_HEARTBEAT must be more than 0".into());
+        }
+        if self.verify_token_ttl < Duration::from_secs(60) {
+            errors.push("AUTHD_VERIFY_TOKEN_TTL must be at least 1m".into());
         }
         if self.access_token_ttl.is_zero() || self.session_idle_ttl.is_zero() {
             errors.push("token lifetimes must be positive".into());
@@ -347,6 +396,15 @@ where
     Ok(())
 }
 
+/// `true`/`false`, also as `1`/`0`, `yes`/`no`, `on`/`off`, in any case.
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("'{v}' is not true or false")),
+    }
+}
+
 fn duration_into(v: &str, slot: &mut Duration) -> Result<(), String> {
     *slot = parse_duration(v)?;
     Ok(())
@@ -396,6 +454,8 @@ mod tests {
             ("AUTHD_LISTEN", "nowhere"),
             ("AUTHD_ACCESS_TOKEN_TTL", "soon"),
             ("AUTHD_RESET_URL", "https://example.com/reset"),
+            ("AUTHD_VERIFY_URL", "https://example.com/verify"),
+            ("AUTHD_REQUIRE_VERIFIED_EMAIL", "sometimes"),
         ]);
         let err = Config::from_lookup(|k| env.get(k).map(|v| v.to_string()))
             .err()
@@ -404,6 +464,8 @@ mod tests {
         assert!(err.contains("AUTHD_LISTEN"), "{err}");
         assert!(err.contains("AUTHD_ACCESS_TOKEN_TTL"), "{err}");
         assert!(err.contains("AUTHD_RESET_URL"), "{err}");
+        assert!(err.contains("AUTHD_VERIFY_URL"), "{err}");
+        assert!(err.contains("AUTHD_REQUIRE_VERIFIED_EMAIL"), "{err}");
     }
 
     #[test]
@@ -412,6 +474,23 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(c.access_token_ttl, Duration::from_secs(900));
         assert_eq!(c.argon2, Argon2Settings::default());
+        assert_eq!(c.verify_token_ttl, Duration::from_secs(86_400));
+        assert!(!c.require_verified_email);
+    }
+
+    #[test]
+    fn the_verified_email_gate_reads_like_a_switch() {
+        for (value, on) in [
+            ("true", true),
+            ("TRUE", true),
+            ("1", true),
+            ("off", false),
+            ("false", false),
+        ] {
+            let c = Config::from_lookup(|k| (k == "AUTHD_REQUIRE_VERIFIED_EMAIL").then(|| value.to_owned()))
+                .unwrap();
+            assert_eq!(c.require_verified_email, on, "{value}");
+        }
     }
 
     #[test]

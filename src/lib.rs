@@ -1,11 +1,13 @@
 //! authd: an identity service over gRPC.
 
+pub mod change_listener;
 pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod freshness;
 pub mod grpc;
 pub mod local_pg;
 pub mod mail;

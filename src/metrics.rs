@@ -248,22 +248,35 @@ impl LoginOutcome {
 /// Which limit refused a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThrottleKind {
-    /// Per-account back-off after failed password checks (Login, ChangePassword).
+    /// Per-account back-off after failed password checks (Login,
+    /// ChangePassword, ChangeEmail, DeleteMe).
     LoginBackoff,
     /// The in-memory token bucket per client address.
     PeerLimit,
     /// Wrong reset tokens per client address (ResetPassword).
     ResetGuesses,
+    /// Wrong verification tokens per client address (VerifyEmail).
+    VerifyGuesses,
+    /// The hourly cap on verification and email-change mails per account.
+    VerificationMails,
 }
 
 impl ThrottleKind {
-    const ALL: [Self; 3] = [Self::LoginBackoff, Self::PeerLimit, Self::ResetGuesses];
+    const ALL: [Self; 5] = [
+        Self::LoginBackoff,
+        Self::PeerLimit,
+        Self::ResetGuesses,
+        Self::VerifyGuesses,
+        Self::VerificationMails,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Self::LoginBackoff => "login_backoff",
             Self::PeerLimit => "peer_limit",
             Self::ResetGuesses => "reset_guesses",
+            Self::VerifyGuesses => "verify_guesses",
+            Self::VerificationMails => "verification_mails",
         }
     }
 }
@@ -323,6 +336,7 @@ struct Inner {
     cache_hits: Counter,
     cache_misses: Counter,
     cache_enabled: SampledGauge,
+    listener_losses: Counter,
     db: Option<PgPool>,
     hasher: Option<PasswordHasher>,
     scraped: ScrapedGauges,
@@ -472,8 +486,14 @@ impl Metrics {
         let cache_enabled = SampledGauge::default();
         registry.register(
             "session_cache_enabled",
-            "1 while the session cache is used (its change listener is connected), else 0",
+            "1 while the session and key caches answer (their change listener proved within 1 s that it keeps up), else 0",
             cache_enabled.clone(),
+        );
+        let listener_losses = Counter::default();
+        registry.register(
+            "change_listener_losses",
+            "Times the change listener was lost or stalled, switching the caches off",
+            listener_losses.clone(),
         );
 
         registry.register(
@@ -514,6 +534,7 @@ impl Metrics {
                 cache_hits,
                 cache_misses,
                 cache_enabled,
+                listener_losses,
                 db,
                 hasher,
                 scraped,
@@ -635,6 +656,11 @@ impl Metrics {
     /// not exported at all.
     pub fn set_session_cache_enabled(&self, on: bool) {
         self.inner.cache_enabled.set(if on { 1.0 } else { 0.0 });
+    }
+
+    /// The change listener was lost or stalled.
+    pub fn change_listener_lost(&self) {
+        self.inner.listener_losses.inc();
     }
 
     /// Reads the scrape-time values, then encodes everything in `format`.

@@ -18,6 +18,7 @@ use crate::crypto::opaque::{self, TokenKind};
 use crate::db;
 use crate::domain::Scope;
 use crate::error::AppError;
+use crate::freshness::Freshness;
 
 /// Keys cached at most; beyond, lookups go to the database.
 const MAX_KEYS: usize = 10_000;
@@ -46,7 +47,9 @@ struct Cached {
 
 struct Inner {
     db: PgPool,
-    enabled: AtomicBool,
+    /// False once a lock was poisoned.
+    usable: AtomicBool,
+    freshness: Freshness,
     generation: AtomicU64,
     keys: RwLock<HashMap<[u8; 32], Arc<Cached>>>,
 }
@@ -57,11 +60,14 @@ pub struct ServiceKeys {
 }
 
 impl ServiceKeys {
-    pub fn new(db: PgPool) -> Self {
+    /// Cached lookups answer only while `freshness` says the change
+    /// listener keeps up.
+    pub fn new(db: PgPool, freshness: Freshness) -> Self {
         Self {
             inner: Arc::new(Inner {
                 db,
-                enabled: AtomicBool::new(false),
+                usable: AtomicBool::new(true),
+                freshness,
                 generation: AtomicU64::new(0),
                 keys: RwLock::default(),
             }),
@@ -107,14 +113,14 @@ impl ServiceKeys {
     }
 
     fn cached(&self, hash: &[u8; 32]) -> Option<Arc<Cached>> {
-        if !self.inner.enabled.load(Ordering::Acquire) {
+        if !self.may_answer() {
             return None;
         }
         self.inner.keys.read().ok()?.get(hash).cloned()
     }
 
     fn store(&self, hash: [u8; 32], cached: Arc<Cached>, generation: u64) {
-        if !self.inner.enabled.load(Ordering::Acquire) {
+        if !self.may_answer() {
             return;
         }
         let Ok(mut keys) = self.inner.keys.write() else {
@@ -152,19 +158,11 @@ impl ServiceKeys {
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
         match self.inner.keys.write() {
             Ok(mut keys) => keys.clear(),
-            Err(_) => self.inner.enabled.store(false, Ordering::Release),
+            Err(_) => self.inner.usable.store(false, Ordering::Release),
         }
     }
 
-    /// On only while the change listener hears notifications; flushed on
-    /// every switch, so nothing heard-less survives.
-    pub fn set_enabled(&self, on: bool) {
-        if on {
-            self.flush();
-            self.inner.enabled.store(true, Ordering::Release);
-        } else {
-            self.inner.enabled.store(false, Ordering::Release);
-            self.flush();
-        }
+    fn may_answer(&self) -> bool {
+        self.inner.usable.load(Ordering::Acquire) && self.inner.freshness.is_fresh()
     }
 }

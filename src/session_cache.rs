@@ -4,10 +4,10 @@
 //! - PostgreSQL triggers NOTIFY every session end and account change; a
 //!   listener task evicts the affected entries on every replica within
 //!   milliseconds of the commit.
-//! - The cache is only used while that listener is connected; when the
-//!   connection drops it is switched off and flushed, and flushed again once
-//!   listening resumes, so a lost notification cannot leave a revoked
-//!   session behind.
+//! - The cache answers only while that listener has proven, within the last
+//!   second, that it hears what commits (`freshness`); a lost or stalled
+//!   listener silences it, and it is flushed before it answers again, so a
+//!   lost notification cannot leave a revoked session behind.
 //! - Revocations made by this process evict locally before the RPC answers,
 //!   so a caller never sees its own logout ignored.
 //! - An entry read from the database is only stored if no eviction that
@@ -25,23 +25,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use uuid::Uuid;
 
 use crate::domain::User;
-use crate::metrics::Metrics;
-use crate::revocation_feed::RevocationFeed;
-use crate::service_keys::ServiceKeys;
+use crate::freshness::Freshness;
 
-const SESSION_ENDED: &str = "authd_session_ended";
-const USER_CHANGED: &str = "authd_user_changed";
-const SERVICE_KEYS_CHANGED: &str = "authd_service_keys_changed";
-/// `authd_record_revocation` announces each event id here.
-const REVOCATION: &str = "authd_revocation";
 /// Bounds memory (an entry holds a copy of the account, about 0.5 KiB).
 pub const MAX_ENTRIES: usize = 100_000;
 /// Generation counters per shard of ids; an eviction spoils only the reads
@@ -106,9 +96,10 @@ impl Entries {
 }
 
 struct Inner {
-    enabled: AtomicBool,
-    /// Where the on/off state is reported.
-    metrics: Option<Metrics>,
+    /// False once a lock was poisoned: the cache is never trusted again.
+    usable: AtomicBool,
+    /// Whether the change listener has proven it is keeping up.
+    freshness: Freshness,
     session_generations: [AtomicU64; SHARDS],
     user_generations: [AtomicU64; SHARDS],
     entries: RwLock<Entries>,
@@ -117,8 +108,8 @@ struct Inner {
 impl Default for Inner {
     fn default() -> Self {
         Self {
-            enabled: AtomicBool::new(false),
-            metrics: None,
+            usable: AtomicBool::new(true),
+            freshness: Freshness::always(),
             session_generations: std::array::from_fn(|_| AtomicU64::new(0)),
             user_generations: std::array::from_fn(|_| AtomicU64::new(0)),
             entries: RwLock::default(),
@@ -144,19 +135,23 @@ pub struct Ticket {
 }
 
 impl SessionCache {
-    /// A cache that reports whether it is on to `metrics`.
-    pub fn with_metrics(metrics: Metrics) -> Self {
+    /// A cache that answers only while `freshness` says so.
+    pub fn new(freshness: Freshness) -> Self {
         Self {
             inner: Arc::new(Inner {
-                metrics: Some(metrics),
+                freshness,
                 ..Inner::default()
             }),
         }
     }
 
+    fn may_answer(&self) -> bool {
+        self.inner.usable.load(Ordering::Acquire) && self.inner.freshness.is_fresh()
+    }
+
     /// The account of a live cached session, if the cache may be used.
     pub fn get(&self, user_id: Uuid, session_id: Uuid, now: DateTime<Utc>) -> Option<Arc<User>> {
-        if !self.inner.enabled.load(Ordering::Acquire) {
+        if !self.may_answer() {
             return None;
         }
         let entries = self.inner.entries.read().ok()?;
@@ -175,7 +170,7 @@ impl SessionCache {
     /// Stores a session read as live, unless an eviction that could concern
     /// it happened since `ticket` was taken.
     pub fn insert(&self, ticket: Ticket, session_id: Uuid, user: Arc<User>, live_until: DateTime<Utc>) {
-        if !self.inner.enabled.load(Ordering::Acquire) {
+        if !self.may_answer() {
             return;
         }
         let Ok(mut entries) = self.inner.entries.write() else {
@@ -235,79 +230,8 @@ impl SessionCache {
         match self.inner.entries.write() {
             Ok(mut entries) => change(&mut entries),
             // A poisoned lock: stop trusting the cache altogether.
-            Err(_) => self.inner.enabled.store(false, Ordering::Release),
+            Err(_) => self.inner.usable.store(false, Ordering::Release),
         }
-    }
-
-    fn set_enabled(&self, on: bool) {
-        if on {
-            self.flush();
-            self.inner.enabled.store(true, Ordering::Release);
-        } else {
-            self.inner.enabled.store(false, Ordering::Release);
-            self.flush();
-        }
-        if let Some(metrics) = &self.inner.metrics {
-            metrics.set_session_cache_enabled(on);
-        }
-    }
-
-    /// Follows the change notifications until aborted, for this cache and
-    /// the service-key cache: one connection, and both caches are on only
-    /// while it listens.
-    pub async fn follow_changes(self, pool: PgPool, keys: ServiceKeys, revocations: RevocationFeed) {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.listen_once(&pool, &keys, &revocations).await {
-                Ok(()) => delay = Duration::from_millis(100),
-                Err(e) => tracing::warn!(error = %e, "cache listener failed; caches off"),
-            }
-            self.set_enabled(false);
-            keys.set_enabled(false);
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
-    }
-
-    /// Returns when the notification connection is lost.
-    async fn listen_once(
-        &self,
-        pool: &PgPool,
-        keys: &ServiceKeys,
-        revocations: &RevocationFeed,
-    ) -> Result<(), sqlx::Error> {
-        let mut listener = PgListener::connect_with(pool).await?;
-        listener
-            .listen_all([SESSION_ENDED, USER_CHANGED, SERVICE_KEYS_CHANGED, REVOCATION])
-            .await?;
-        self.set_enabled(true);
-        keys.set_enabled(true);
-        tracing::debug!("session cache on");
-        while let Some(notification) = listener.try_recv().await? {
-            if notification.channel() == SERVICE_KEYS_CHANGED {
-                keys.flush();
-                continue;
-            }
-            if notification.channel() == REVOCATION {
-                // Not a cache matter: wake this replica's WatchRevocations
-                // subscribers. An unparsable payload cannot happen; the
-                // feed's poll would catch up anyway.
-                if let Ok(id) = notification.payload().parse() {
-                    revocations.announce(id);
-                }
-                continue;
-            }
-            let Ok(id) = Uuid::parse_str(notification.payload()) else {
-                self.flush();
-                continue;
-            };
-            match notification.channel() {
-                SESSION_ENDED => self.evict_session(id),
-                USER_CHANGED => self.evict_user(id),
-                _ => self.flush(),
-            }
-        }
-        Ok(())
     }
 }
 
@@ -332,9 +256,7 @@ mod tests {
     }
 
     fn enabled() -> SessionCache {
-        let c = SessionCache::default();
-        c.set_enabled(true);
-        c
+        SessionCache::default()
     }
 
     #[test]
@@ -348,8 +270,26 @@ mod tests {
             c.get(u, s, now + chrono::Duration::seconds(61)).is_none(),
             "expired"
         );
-        c.set_enabled(false);
-        assert!(c.get(u, s, now).is_none(), "off while not listening");
+    }
+
+    #[test]
+    fn answers_only_while_the_listener_is_proven_fresh() {
+        let freshness = Freshness::with_bound(true, std::time::Duration::from_secs(60));
+        let c = SessionCache::new(freshness.clone());
+        let (u, s, now) = (Uuid::new_v4(), Uuid::new_v4(), Utc::now());
+        c.insert(c.ticket(u, s), s, user(u), now + chrono::Duration::seconds(60));
+        assert!(
+            c.get(u, s, now).is_none(),
+            "nothing stored before a beat was heard"
+        );
+        freshness.heard(freshness.stamp());
+        c.insert(c.ticket(u, s), s, user(u), now + chrono::Duration::seconds(60));
+        assert!(c.get(u, s, now).is_some());
+        freshness.forget();
+        assert!(
+            c.get(u, s, now).is_none(),
+            "silent while the listener is unproven"
+        );
     }
 
     #[test]

@@ -16,17 +16,20 @@ use sqlx::postgres::PgConnectOptions;
 use tokio::sync::oneshot;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+use tonic_health::pb::health_server::HealthServer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::change_listener::ChangeListener;
 use crate::config::Config;
 use crate::crypto::jwt::AccessTokens;
 use crate::crypto::keys;
 use crate::crypto::password::PasswordHasher;
 use crate::db;
 use crate::domain::PasswordPolicy;
+use crate::freshness::Freshness;
 use crate::grpc::auth_layer::BearerAuth;
+use crate::grpc::database_gate::DatabaseGate;
+use crate::grpc::health::{HealthApi, HealthState};
 use crate::grpc::middleware::MiddlewareLayer;
 use crate::grpc::observe::Observe;
 use crate::grpc::rate_limit::PeerRateLimit;
@@ -47,10 +50,11 @@ use crate::session_cache::SessionCache;
 /// Largest request authd decodes; its messages are a few hundred bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Health is reported for the contract's service and for the server ("").
+/// How often the database is probed while it is unreachable.
+const PROBE_WHILE_DOWN: Duration = Duration::from_millis(200);
 /// How often the revocation log is read while someone watches it, in case
 /// a notification was lost: the worst-case delay of an event then.
 const REVOCATION_POLL: Duration = Duration::from_secs(1);
-const HEALTH_SERVICE: &str = crate::pb::auth::v1::auth_service_server::SERVICE_NAME;
 
 type ServeFuture = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
 
@@ -89,8 +93,9 @@ pub struct Application {
     core: Core,
     serve: ServeFuture,
     stop_serving: oneshot::Sender<()>,
-    health: HealthReporter,
-    background: Vec<tokio::task::JoinHandle<()>>,
+    health: HealthState,
+    background: Background,
+    grace: Duration,
     drain: Duration,
     local_pg: Option<LocalPostgres>,
 }
@@ -107,15 +112,12 @@ impl Application {
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
         let (stop_serving, stopped) = oneshot::channel::<()>();
-        let (serve, health) = serve(&config, &core, listener, stopped)?;
-        // NOT_SERVING until the database probe says otherwise.
-        for service in ["", HEALTH_SERVICE] {
-            health
-                .set_service_status(service, ServingStatus::NotServing)
-                .await;
-        }
+        let health = HealthState::default();
+        // The migrations just reached the database; the probe takes over.
+        health.set_database_up(true);
+        let serve = serve(&config, &core, &health, listener, stopped)?;
         let mut background = start_background_tasks(&config, &core, &health)?;
-        let metrics_addr = serve_metrics(&config, metrics, &mut background).await?;
+        let metrics_addr = serve_metrics(&config, metrics, &mut background.others).await?;
         Ok(Self {
             local_addr,
             metrics_addr,
@@ -124,6 +126,7 @@ impl Application {
             stop_serving,
             health,
             background,
+            grace: config.shutdown_grace,
             drain: config.shutdown_drain,
             local_pg: database.local,
         })
@@ -141,8 +144,12 @@ impl Application {
         &self.core
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting calls, lets
-    /// in-flight ones finish within the drain time, and releases everything.
+    /// Serves until `shutdown` resolves, then shuts down in the order a
+    /// load balancer needs: health says NOT_SERVING while calls are still
+    /// served for the grace period (so pollers stop sending calls here),
+    /// then long-lived streams end (UNAVAILABLE: reconnect elsewhere), the
+    /// server stops accepting (GOAWAY) and in-flight calls, and the mail
+    /// being sent, finish within the drain time.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr, "authd listening");
         let mut server = tokio::spawn(self.serve);
@@ -150,26 +157,36 @@ impl Application {
             result = &mut server => Some(result),
             () = shutdown => None,
         };
+        let Background {
+            probe,
+            mail,
+            mail_stop,
+            others,
+        } = self.background;
         let result = match outcome {
             Some(result) => result
                 .map_err(anyhow::Error::from)
                 .and_then(|r| r.map_err(Into::into)),
             None => {
-                tracing::info!(drain = ?self.drain, "shutting down: draining in-flight calls");
-                for task in &self.background {
-                    task.abort();
-                }
-                self.health
-                    .set_service_status("", ServingStatus::NotServing)
-                    .await;
-                self.health
-                    .set_service_status(HEALTH_SERVICE, ServingStatus::NotServing)
-                    .await;
-                // Streams never finish on their own: end them now, so they
-                // reconnect elsewhere instead of holding up the drain.
+                // The probe must not report SERVING again.
+                probe.abort();
+                self.health.begin_draining();
+                tracing::info!(grace = ?self.grace, drain = ?self.drain,
+                    "shutting down: NOT_SERVING, still serving during the grace period");
+                tokio::time::sleep(self.grace).await;
+                tracing::info!("draining: streams end, no new calls, in-flight calls finish");
                 self.core.revocation_feed.close();
+                self.health.end_watches();
+                let _ = mail_stop.send(true);
                 let _ = self.stop_serving.send(());
-                match tokio::time::timeout(self.drain, &mut server).await {
+                let drained = async {
+                    let served = (&mut server).await;
+                    // The message being sent is finished, not abandoned to
+                    // its lease.
+                    let _ = mail.await;
+                    served
+                };
+                match tokio::time::timeout(self.drain, drained).await {
                     Ok(joined) => joined
                         .map_err(anyhow::Error::from)
                         .and_then(|r| r.map_err(Into::into)),
@@ -181,7 +198,7 @@ impl Application {
                 }
             }
         };
-        for task in &self.background {
+        for task in others {
             task.abort();
         }
         self.core.db.close().await;
@@ -191,6 +208,17 @@ impl Application {
         tracing::info!("authd stopped");
         result
     }
+}
+
+/// The background tasks, by how shutdown treats them.
+struct Background {
+    /// The database probe: stopped first, so health stays NOT_SERVING.
+    probe: tokio::task::JoinHandle<()>,
+    /// The mail worker: told to stop, then awaited within the drain.
+    mail: tokio::task::JoinHandle<()>,
+    mail_stop: tokio::sync::watch::Sender<bool>,
+    /// Everything else: aborted at the end.
+    others: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Keys, password hashing, mail settings and caches: what the use cases need.
@@ -205,6 +233,7 @@ async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Metr
     let hasher = PasswordHasher::new(config.argon2, config.hash_workers)?;
     hasher.run(PasswordPolicy::warm_up).await?;
     let metrics = Metrics::for_service(pool.clone(), &hasher);
+    let freshness = Freshness::new(config.session_cache);
     let core = Core {
         db: pool.clone(),
         hasher,
@@ -217,14 +246,18 @@ async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Metr
             idle_ttl: config.session_idle_ttl,
             max_ttl: config.session_max_ttl,
             reuse_grace: config.refresh_reuse_grace,
+            require_verified_email: config.require_verified_email,
         },
-        cache: SessionCache::with_metrics(metrics.clone()),
-        service_keys: ServiceKeys::new(pool.clone()),
+        cache: SessionCache::new(freshness.clone()),
+        service_keys: ServiceKeys::new(pool.clone(), freshness.clone()),
+        freshness,
         page_tokens: PageTokens::default(),
         revocation_feed: RevocationFeed::new(config.revocation_heartbeat),
         mail: MailSettings {
             reset_url: config.reset_url.clone(),
             reset_ttl: config.reset_token_ttl,
+            verify_url: config.verify_url.clone(),
+            verify_ttl: config.verify_token_ttl,
             queued: Default::default(),
         },
     };
@@ -262,10 +295,10 @@ fn server_with_limits(config: &Config) -> anyhow::Result<Server> {
 fn serve(
     config: &Config,
     core: &Core,
+    health: &HealthState,
     listener: tokio::net::TcpListener,
     stopped: oneshot::Receiver<()>,
-) -> anyhow::Result<(ServeFuture, HealthReporter)> {
-    let (health, health_service) = tonic_health::server::health_reporter();
+) -> anyhow::Result<ServeFuture> {
     let auth = AuthServiceServer::new(AuthApi::new(core.clone(), config.trusted_proxy_header.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(1024 * 1024);
@@ -273,6 +306,7 @@ fn serve(
         .layer(cors_layer(&config.cors_origins))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(MiddlewareLayer(Observe::new(core.metrics.clone())))
+        .layer(MiddlewareLayer(DatabaseGate::new(health.clone())))
         .layer(MiddlewareLayer(
             PeerRateLimit::new(config.peer_rate_limit, config.trusted_proxy_header.clone())
                 .with_metrics(core.metrics.clone()),
@@ -281,7 +315,7 @@ fn serve(
             core.tokens.clone(),
             core.service_keys.clone(),
         )))
-        .add_service(health_service)
+        .add_service(HealthServer::new(HealthApi::new(health.clone())))
         .add_service(reflection_builder().build_v1()?)
         .add_service(reflection_builder().build_v1alpha()?)
         .add_service(auth)
@@ -296,7 +330,7 @@ fn serve(
     let serving = router.serve_with_incoming_shutdown(incoming, async {
         let _ = stopped.await;
     });
-    Ok((Box::pin(serving), health))
+    Ok(Box::pin(serving))
 }
 
 /// Reflection describes authd's contract and the health service (grpcurl
@@ -308,17 +342,20 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
 }
 
 /// Health probing, clean-up, the cache's change listener, mail delivery.
-fn start_background_tasks(
-    config: &Config,
-    core: &Core,
-    health: &HealthReporter,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+fn start_background_tasks(config: &Config, core: &Core, health: &HealthState) -> anyhow::Result<Background> {
     let mail_from = config
         .mail_from
         .parse()
         .context("AUTHD_MAIL_FROM is not a mail address like `authd <no-reply@example.com>`")?;
     let mail_transport = Transport::from_url(config.smtp_url.as_ref())?;
     let pool = &core.db;
+    let listener = ChangeListener::new(
+        core.cache.clone(),
+        core.service_keys.clone(),
+        core.revocation_feed.clone(),
+        core.freshness.clone(),
+        core.metrics.clone(),
+    );
     let worker = OutboxWorker::new(
         pool.clone(),
         mail_transport,
@@ -328,25 +365,26 @@ fn start_background_tasks(
         config.mail_retry_base,
     )
     .with_metrics(core.metrics.clone());
-    Ok(vec![
-        tokio::spawn(monitor_database(
+    let (mail_stop, mail_stopping) = tokio::sync::watch::channel(false);
+    Ok(Background {
+        probe: tokio::spawn(monitor_database(
             pool.clone(),
             health.clone(),
             config.health_check_interval,
         )),
-        tokio::spawn(clean_up_periodically(pool.clone())),
-        tokio::spawn(core.cache.clone().follow_changes(
-            pool.clone(),
-            core.service_keys.clone(),
-            core.revocation_feed.clone(),
-        )),
-        tokio::spawn(
-            core.revocation_feed
-                .clone()
-                .poll_periodically(pool.clone(), REVOCATION_POLL),
-        ),
-        tokio::spawn(worker.run()),
-    ])
+        mail: tokio::spawn(worker.run(mail_stopping)),
+        mail_stop,
+        others: vec![
+            tokio::spawn(clean_up_periodically(pool.clone())),
+            tokio::spawn(listener.clone().run(pool.clone())),
+            tokio::spawn(listener.beat(pool.clone())),
+            tokio::spawn(
+                core.revocation_feed
+                    .clone()
+                    .poll_periodically(pool.clone(), REVOCATION_POLL),
+            ),
+        ],
+    })
 }
 
 /// The Prometheus endpoint, when configured; returns its address.
@@ -397,29 +435,26 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
 }
 
 /// Reports NOT_SERVING while PostgreSQL does not answer, SERVING once it does.
-async fn monitor_database(pool: PgPool, health: HealthReporter, every: Duration) {
-    let mut serving: Option<bool> = None;
+async fn monitor_database(pool: PgPool, health: HealthState, every: Duration) {
+    let mut up = health.database_up();
     loop {
         let ok = matches!(
             tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&pool)).await,
             Ok(Ok(_))
         );
-        if serving != Some(ok) {
-            let status = if ok {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            health.set_service_status("", status).await;
-            health.set_service_status(HEALTH_SERVICE, status).await;
+        if ok != up {
             if ok {
                 tracing::info!("database reachable: SERVING");
             } else {
-                tracing::warn!("database unreachable: NOT_SERVING");
+                tracing::warn!("database unreachable: NOT_SERVING, calls that need it refused at once");
             }
-            serving = Some(ok);
+            up = ok;
         }
-        tokio::time::sleep(every).await;
+        health.set_database_up(ok);
+        // While the database is away calls are refused without trying, so
+        // notice its return quickly.
+        let wait = if ok { every } else { every.min(PROBE_WHILE_DOWN) };
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -441,6 +476,9 @@ async fn clean_up_periodically(pool: PgPool) {
         }
         if let Err(e) = db::recovery::delete_issued_before(&pool, now - chrono::Duration::days(1)).await {
             tracing::warn!(error = %e, "reset token clean-up failed");
+        }
+        if let Err(e) = db::verification::delete_issued_before(&pool, now - chrono::Duration::days(1)).await {
+            tracing::warn!(error = %e, "verification token clean-up failed");
         }
         if let Err(e) = db::outbox::delete_finished_before(&pool, now - chrono::Duration::days(7)).await {
             tracing::warn!(error = %e, "mail outbox clean-up failed");

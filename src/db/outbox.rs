@@ -15,18 +15,21 @@ use crate::error::AppError;
 /// Longest `last_error` kept; server replies can be long.
 const MAX_ERROR_CHARS: usize = 500;
 
-/// Queues a message, due at once. Returns its id.
+/// Queues a message about the account `user_id`, due at once; deleting the
+/// account deletes the message. Returns its id.
 #[tracing::instrument(skip_all)]
 pub async fn enqueue(
     tx: &mut PgConnection,
     mail: &OutgoingMail,
+    user_id: Option<Uuid>,
     now: DateTime<Utc>,
 ) -> Result<Uuid, AppError> {
     let id = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO email_outbox
-             (id, kind, recipient, subject, body_text, body_html, created_at, expires_at, next_attempt_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7)",
+             (id, kind, recipient, subject, body_text, body_html, created_at, expires_at, next_attempt_at,
+              user_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, $9)",
     )
     .bind(id)
     .bind(mail.kind.as_str())
@@ -36,6 +39,7 @@ pub async fn enqueue(
     .bind(&mail.html)
     .bind(now)
     .bind(mail.expires_at)
+    .bind(user_id)
     .execute(tx)
     .await?;
     Ok(id)
@@ -86,23 +90,63 @@ pub async fn claim_due<'e>(
     .await?)
 }
 
-/// Records that the SMTP server accepted a message, and forgets its body.
-#[tracing::instrument(skip_all)]
-pub async fn mark_sent<'e>(db: impl PgExecutor<'e>, id: Uuid, now: DateTime<Utc>) -> Result<(), AppError> {
+/// Keeps a claimed message from the other replicas until `until`, while
+/// this one is still delivering it.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn extend_lease<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    until: DateTime<Utc>,
+) -> Result<(), AppError> {
     sqlx::query(
-        "UPDATE email_outbox
-            SET sent_at = $2, body_text = NULL, body_html = NULL, last_error = NULL
+        "UPDATE email_outbox SET next_attempt_at = $2
           WHERE id = $1 AND sent_at IS NULL AND discarded_at IS NULL",
     )
     .bind(id)
+    .bind(until)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The first step of a statement that records the outcome of message `$1`:
+/// deletes it if it is pending and of a kind that leaves no trace once done
+/// (bound at `kinds`, [`MailKind::FORGOTTEN_WHEN_DONE`]). The rest of the
+/// statement touches every other kind only, so the two never write one row.
+fn forget_if_done(kinds: &str) -> String {
+    format!(
+        "WITH forgotten AS (
+             DELETE FROM email_outbox
+              WHERE id = $1 AND kind = ANY({kinds}) AND sent_at IS NULL AND discarded_at IS NULL)"
+    )
+}
+
+fn forgotten_kinds() -> Vec<&'static str> {
+    MailKind::FORGOTTEN_WHEN_DONE.map(MailKind::as_str).to_vec()
+}
+
+/// Records that the SMTP server accepted a message, and forgets its body
+/// (or the whole message, for a deletion notice).
+#[tracing::instrument(skip_all)]
+pub async fn mark_sent<'e>(db: impl PgExecutor<'e>, id: Uuid, now: DateTime<Utc>) -> Result<(), AppError> {
+    sqlx::query(&format!(
+        "{forget}
+         UPDATE email_outbox
+            SET sent_at = $2, body_text = NULL, body_html = NULL, last_error = NULL
+          WHERE id = $1 AND kind <> ALL($3) AND sent_at IS NULL AND discarded_at IS NULL",
+        forget = forget_if_done("$3")
+    ))
+    .bind(id)
     .bind(now)
+    .bind(forgotten_kinds())
     .execute(db)
     .await?;
     Ok(())
 }
 
 /// Gives up on a message for good (expired, undeliverable, or there is no
-/// SMTP server to send it to), and forgets its body.
+/// SMTP server to send it to), and forgets its body (or the whole message,
+/// for a deletion notice).
 #[tracing::instrument(skip_all)]
 pub async fn discard<'e>(
     db: impl PgExecutor<'e>,
@@ -110,14 +154,17 @@ pub async fn discard<'e>(
     now: DateTime<Utc>,
     reason: &str,
 ) -> Result<(), AppError> {
-    sqlx::query(
-        "UPDATE email_outbox
+    sqlx::query(&format!(
+        "{forget}
+         UPDATE email_outbox
             SET discarded_at = $2, body_text = NULL, body_html = NULL, last_error = $3
-          WHERE id = $1 AND sent_at IS NULL AND discarded_at IS NULL",
-    )
+          WHERE id = $1 AND kind <> ALL($4) AND sent_at IS NULL AND discarded_at IS NULL",
+        forget = forget_if_done("$4")
+    ))
     .bind(id)
     .bind(now)
     .bind(truncate(reason))
+    .bind(forgotten_kinds())
     .execute(db)
     .await?;
     Ok(())

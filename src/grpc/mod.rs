@@ -4,7 +4,9 @@
 mod admin;
 pub mod auth_layer;
 mod convert;
+pub mod database_gate;
 mod handlers;
+pub mod health;
 pub mod middleware;
 pub mod observe;
 pub mod policy;

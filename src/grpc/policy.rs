@@ -111,6 +111,19 @@ pub fn policy_for(path: &str) -> Policy {
     }
 }
 
+/// Whether the method at `path` needs the database: all of authd's
+/// contract but the public keys, none of the plumbing.
+pub fn needs_database(path: &str) -> bool {
+    if path == auth::GET_JWKS {
+        return false;
+    }
+    let service = path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .map(|(service, _)| service);
+    !matches!(service, Some(s) if INFRASTRUCTURE.contains(&s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +137,16 @@ mod tests {
             .filter(|path| !TABLE.iter().any(|(p, _)| p == path))
             .collect();
         assert!(missing.is_empty(), "RPCs without a policy: {missing:?}");
+    }
+
+    #[test]
+    fn only_the_keys_and_the_plumbing_go_without_the_database() {
+        assert!(!needs_database(auth::GET_JWKS));
+        let health = format!("/{}/Check", tonic_health::pb::health_server::SERVICE_NAME);
+        assert!(!needs_database(&health));
+        assert!(needs_database(auth::GET_ME));
+        assert!(needs_database(admin::WATCH_REVOCATIONS));
+        assert!(needs_database("/auth.v1.AuthService/SomethingNew"));
     }
 
     #[test]

@@ -25,10 +25,12 @@ use crate::metrics::Metrics;
 /// Longest one delivery may take (connect, TLS, every command) before it
 /// counts as failed.
 const SEND_DEADLINE: Duration = Duration::from_secs(90);
-/// How long a claimed message is left alone. Longer than any delivery, so
-/// two replicas never send one message at once; a replica that dies
-/// mid-delivery leaves it to the others after this.
-const LEASE: Duration = Duration::from_secs(180);
+/// How long a claimed message is left alone. The sending replica renews
+/// the lease every [`LEASE_RENEWAL`] while a delivery lasts, so two
+/// replicas do not send one message at once; a replica that dies
+/// mid-delivery leaves it to the others within this.
+const LEASE: Duration = Duration::from_secs(30);
+const LEASE_RENEWAL: Duration = Duration::from_secs(10);
 /// Upper bound of the wait between two attempts.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 /// How often a delivered message's outcome is retried when the database
@@ -71,9 +73,10 @@ impl OutboxWorker {
         self
     }
 
-    /// Runs until aborted: drains what is due, then sleeps until the poll
+    /// Runs until `stop` turns true (finishing the message it is sending)
+    /// or it is aborted: drains what is due, then sleeps until the poll
     /// interval passes or a message is queued in this process.
-    pub async fn run(self) {
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
         if matches!(self.transport, Transport::Unconfigured) {
             tracing::warn!(
                 "DEVELOPMENT SETUP: AUTHD_SMTP_URL is not set, so no mail is sent; \
@@ -84,6 +87,9 @@ impl OutboxWorker {
         let mut unreachable = false;
         loop {
             loop {
+                if *stop.borrow() {
+                    return;
+                }
                 match self.deliver_next(Utc::now()).await {
                     Ok(more) => {
                         if unreachable {
@@ -106,6 +112,7 @@ impl OutboxWorker {
             tokio::select! {
                 () = self.queued.notified() => {}
                 () = tokio::time::sleep(self.poll_interval) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
             }
         }
     }
@@ -140,7 +147,7 @@ impl OutboxWorker {
                 return Ok(true);
             }
         };
-        let sent = tokio::time::timeout(SEND_DEADLINE, self.transport.send(message)).await;
+        let sent = self.send_holding_lease(id, message).await;
         let outcome = match sent {
             Ok(Ok(Handoff::Accepted)) => {
                 tracing::info!(outbox_id = %id, kind, recipient_domain = domain, attempt, "mail sent");
@@ -156,6 +163,28 @@ impl OutboxWorker {
         };
         self.record(id, outcome).await;
         Ok(true)
+    }
+
+    /// Sends, renewing the message's lease while the delivery lasts.
+    async fn send_holding_lease(
+        &self,
+        id: Uuid,
+        message: Message,
+    ) -> Result<Result<Handoff, lettre::transport::smtp::Error>, tokio::time::error::Elapsed> {
+        let send = tokio::time::timeout(SEND_DEADLINE, self.transport.send(message));
+        tokio::pin!(send);
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + LEASE_RENEWAL, LEASE_RENEWAL);
+        loop {
+            tokio::select! {
+                sent = &mut send => return sent,
+                _ = renew.tick() => {
+                    let until = Utc::now() + chrono::Duration::from_std(LEASE).unwrap_or(chrono::Duration::MAX);
+                    if let Err(e) = db::outbox::extend_lease(&self.db, id, until).await {
+                        tracing::debug!(outbox_id = %id, error = %e, "could not renew a mail's lease");
+                    }
+                }
+            }
+        }
     }
 
     fn failed(&self, id: Uuid, kind: MailKind, domain: &str, attempt: i32, error: &str) -> Outcome {

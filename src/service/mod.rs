@@ -4,9 +4,13 @@
 mod accounts;
 mod admin;
 mod login;
+mod profile;
+mod reauthentication;
 mod recovery;
 mod revocations;
+mod session_list;
 mod sessions;
+mod verification;
 
 use std::time::Duration;
 
@@ -18,6 +22,7 @@ use crate::crypto::jwt::AccessTokens;
 use crate::crypto::password::PasswordHasher;
 use crate::domain::{Invalid, Password, PasswordPolicy};
 use crate::error::AppError;
+use crate::freshness::Freshness;
 use crate::mail::MailSettings;
 use crate::metrics::Metrics;
 use crate::revocation_feed::RevocationFeed;
@@ -26,7 +31,9 @@ use crate::session_cache::SessionCache;
 
 pub use accounts::RegisterInput;
 pub use admin::PageTokens;
+pub use profile::{ProfileValues, UpdateMeInput};
 pub use revocations::{RevocationEvent, RevocationKind, RevocationStream};
+pub use session_list::OwnSession;
 pub use sessions::Introspection;
 
 /// Session lifetimes and rotation rules.
@@ -35,6 +42,9 @@ pub struct SessionSettings {
     pub idle_ttl: Duration,
     pub max_ttl: Duration,
     pub reuse_grace: Duration,
+    /// Login refuses a correct password while the account's address is
+    /// unverified (`AUTHD_REQUIRE_VERIFIED_EMAIL`).
+    pub require_verified_email: bool,
 }
 
 /// A token pair as handed to a client.
@@ -60,6 +70,8 @@ pub struct Core {
     pub page_tokens: PageTokens,
     pub mail: MailSettings,
     pub metrics: Metrics,
+    /// Whether the caches may answer (their change listener keeps up).
+    pub freshness: Freshness,
     /// Wakes WatchRevocations subscribers; ends their streams at shutdown.
     pub revocation_feed: RevocationFeed,
 }

@@ -89,6 +89,8 @@ pub async fn spawn_app_on(database_url: &str, tweak: impl FnOnce(&mut Config)) -
         db_max_connections: 5,
         health_check_interval: Duration::from_millis(200),
         peer_rate_limit: 0.0,
+        // No load balancer to tell; tests of the grace period set their own.
+        shutdown_grace: Duration::ZERO,
         ..Config::default()
     };
     tweak(&mut config);

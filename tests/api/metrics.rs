@@ -17,10 +17,10 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// What Prometheus sends.
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
-struct Page {
+pub(crate) struct Page {
     status: u16,
     content_type: String,
-    body: String,
+    pub(crate) body: String,
 }
 
 /// One HTTP/1.0 GET: the server closes the connection after its answer, so
@@ -39,7 +39,7 @@ async fn http_get(addr: SocketAddr, target: &str, accept: Option<&str>) -> std::
     })
 }
 
-async fn scrape(app: &TestApp, accept: Option<&str>) -> Page {
+pub(crate) async fn scrape(app: &TestApp, accept: Option<&str>) -> Page {
     let addr = app.metrics_addr.expect("metrics listener");
     let page = tokio::time::timeout(Duration::from_secs(10), http_get(addr, "/metrics", accept))
         .await
@@ -50,7 +50,7 @@ async fn scrape(app: &TestApp, accept: Option<&str>) -> Page {
 }
 
 /// The value of the sample whose name and labels are exactly `series`.
-fn value(page: &str, series: &str) -> Option<f64> {
+pub(crate) fn value(page: &str, series: &str) -> Option<f64> {
     page.lines().find_map(|line| {
         let (name, value) = line.rsplit_once(' ')?;
         (name == series).then(|| value.parse().ok())?
@@ -62,7 +62,7 @@ fn assert_value(page: &str, series: &str, expected: f64) {
     assert_eq!(value(page, series), Some(expected), "{series} in\n{page}");
 }
 
-fn with_metrics(c: &mut Config) {
+pub(crate) fn with_metrics(c: &mut Config) {
     c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
 }
 

@@ -122,3 +122,150 @@ async fn losing_the_notification_connection_turns_the_cache_off() {
     let (_, fresh) = app.signed_in_user().await;
     app.get_me(&fresh.access_token).await.unwrap();
 }
+
+/// Cache hits so far, from the replica's Prometheus endpoint.
+async fn cache_hits(app: &TestApp) -> f64 {
+    let page = crate::metrics::scrape(app, None).await;
+    crate::metrics::value(&page.body, "authd_session_cache_hits_total").unwrap_or(0.0)
+}
+
+/// The PostgreSQL backend serving the one replica listening on the
+/// database now.
+async fn listener_backend(app: &TestApp) -> i32 {
+    wait_for_listener(app).await;
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+/// A backend stopped with SIGSTOP, continued when dropped (even when the
+/// test fails: the cluster is shared by the whole suite).
+struct Frozen(i32);
+
+impl Frozen {
+    fn new(pid: i32) -> Self {
+        signal(pid, "STOP");
+        Self(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+/// kill(1): the backend belongs to the suite's own cluster, same user.
+fn signal(pid: i32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+#[tokio::test]
+async fn a_stalled_listener_silences_the_cache_within_the_bound() {
+    let b = spawn_app_with(crate::metrics::with_metrics).await;
+    let frozen_pid = listener_backend(&b).await;
+    let url = b.config.database_url.as_ref().unwrap().expose_secret().to_owned();
+    let keys = b.config.signing_keys.clone();
+    let a = spawn_app_on(&url, |c| c.signing_keys = keys).await;
+    crate::admin::wait_for_listeners(&a, 2).await;
+
+    let (_, tokens) = a.signed_in_user().await;
+    // Wait until B's cache answers (its first beat heard), then cache it.
+    let started = Instant::now();
+    let before = loop {
+        let before = cache_hits(&b).await;
+        b.get_me(&tokens.access_token).await.unwrap();
+        b.get_me(&tokens.access_token).await.unwrap();
+        if cache_hits(&b).await > before {
+            break before;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B's cache never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(cache_hits(&b).await > before);
+
+    // B's listener hangs without closing its socket; A ends the session.
+    let frozen = Frozen::new(frozen_pid);
+    a.client
+        .clone()
+        .logout(pb::LogoutRequest {
+            refresh_token: tokens.refresh_token.clone(),
+        })
+        .await
+        .unwrap();
+    let logged_out = Instant::now();
+    let took = loop {
+        match b.get_me(&tokens.access_token).await {
+            Err(s) if s.code() == Code::Unauthenticated => break logged_out.elapsed(),
+            Err(s) => panic!("unexpected {s:?}"),
+            Ok(_) => {}
+        }
+        assert!(
+            logged_out.elapsed() < Duration::from_millis(1_500),
+            "B still served the revoked session after 1.5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!("stalled listener: revocation honoured after {took:?}");
+    // While stalled B answers from the database, correctly and uncached.
+    let (_, other) = a.signed_in_user().await;
+    let hits = cache_hits(&b).await;
+    b.get_me(&other.access_token).await.unwrap();
+    b.get_me(&other.access_token).await.unwrap();
+    assert_eq!(cache_hits(&b).await, hits, "the cache answered while unproven");
+
+    // Once the backend resumes, the beats are heard and the cache is back.
+    drop(frozen);
+    let resumed = Instant::now();
+    loop {
+        let hits = cache_hits(&b).await;
+        b.get_me(&other.access_token).await.unwrap();
+        b.get_me(&other.access_token).await.unwrap();
+        if cache_hits(&b).await > hits {
+            break;
+        }
+        assert!(
+            resumed.elapsed() < Duration::from_secs(5),
+            "the cache never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        b.get_me(&tokens.access_token).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+}
+
+#[tokio::test]
+async fn with_the_cache_switched_off_every_check_reads_the_database() {
+    let app = spawn_app_with(|c| {
+        crate::metrics::with_metrics(c);
+        c.session_cache = false;
+    })
+    .await;
+    let (_, tokens) = app.signed_in_user().await;
+    for _ in 0..5 {
+        app.get_me(&tokens.access_token).await.unwrap();
+    }
+    let page = crate::metrics::scrape(&app, None).await;
+    assert_eq!(
+        crate::metrics::value(&page.body, "authd_session_cache_hits_total"),
+        Some(0.0)
+    );
+    assert_eq!(
+        crate::metrics::value(&page.body, "authd_session_cache_enabled"),
+        Some(0.0)
+    );
+    assert!(crate::metrics::value(&page.body, "authd_session_cache_misses_total").unwrap() >= 5.0);
+}

@@ -1,0 +1,163 @@
+//! A replica's one LISTEN connection: evictions for the session and key
+//! caches, wake-ups for WatchRevocations subscribers, and the beats that
+//! prove the connection is keeping up (`freshness`). A second task sends
+//! those beats through the pool and reports when the proof lapses.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use uuid::Uuid;
+
+use crate::freshness::{BEAT, Freshness};
+use crate::metrics::Metrics;
+use crate::revocation_feed::RevocationFeed;
+use crate::service_keys::ServiceKeys;
+use crate::session_cache::SessionCache;
+
+const SESSION_ENDED: &str = "authd_session_ended";
+const USER_CHANGED: &str = "authd_user_changed";
+const SERVICE_KEYS_CHANGED: &str = "authd_service_keys_changed";
+/// `authd_record_revocation` announces each event id here.
+const REVOCATION: &str = "authd_revocation";
+/// Every replica's beats, `<replica>:<stamp>`; each listens for its own.
+const BEAT_CHANNEL: &str = "authd_listener_beat";
+
+#[derive(Clone)]
+pub struct ChangeListener {
+    pub cache: SessionCache,
+    pub keys: ServiceKeys,
+    pub revocations: RevocationFeed,
+    pub freshness: Freshness,
+    pub metrics: Metrics,
+    /// Tells this replica's beats from the others'.
+    replica: Uuid,
+}
+
+impl ChangeListener {
+    pub fn new(
+        cache: SessionCache,
+        keys: ServiceKeys,
+        revocations: RevocationFeed,
+        freshness: Freshness,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            cache,
+            keys,
+            revocations,
+            freshness,
+            metrics,
+            replica: Uuid::new_v4(),
+        }
+    }
+
+    /// Follows the notifications until aborted, reconnecting with backoff.
+    pub async fn run(self, pool: PgPool) {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.listen_once(&pool).await {
+                Ok(()) => {
+                    tracing::warn!("change listener connection closed; caches off until it is back");
+                    delay = Duration::from_millis(100);
+                }
+                Err(e) => tracing::warn!(error = %e, "change listener failed; caches off until it is back"),
+            }
+            self.freshness.forget();
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Returns when the notification connection is lost.
+    async fn listen_once(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener
+            .listen_all([
+                SESSION_ENDED,
+                USER_CHANGED,
+                SERVICE_KEYS_CHANGED,
+                REVOCATION,
+                BEAT_CHANNEL,
+            ])
+            .await?;
+        // Whatever was committed while nobody listened is unknown: start
+        // empty. The caches stay silent until the first beat is heard.
+        self.cache.flush();
+        self.keys.flush();
+        let mine = format!("{}:", self.replica);
+        while let Some(notification) = listener.try_recv().await? {
+            let payload = notification.payload();
+            match notification.channel() {
+                BEAT_CHANNEL => {
+                    let Some(stamp) = payload.strip_prefix(&mine).and_then(|s| s.parse().ok()) else {
+                        continue;
+                    };
+                    if !self.freshness.is_fresh() {
+                        self.cache.flush();
+                        self.keys.flush();
+                    }
+                    self.freshness.heard(stamp);
+                }
+                SERVICE_KEYS_CHANGED => self.keys.flush(),
+                // Not a cache matter: wake this replica's subscribers. A
+                // payload that does not parse cannot happen; the feed's
+                // poll would catch up anyway.
+                REVOCATION => {
+                    if let Ok(id) = payload.parse() {
+                        self.revocations.announce(id);
+                    }
+                }
+                channel => match (channel, Uuid::parse_str(payload)) {
+                    (SESSION_ENDED, Ok(id)) => self.cache.evict_session(id),
+                    (USER_CHANGED, Ok(id)) => self.cache.evict_user(id),
+                    _ => self.cache.flush(),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a beat every [`BEAT`] and reports (log, metric) when the
+    /// caches go silent or answer again.
+    pub async fn beat(self, pool: PgPool) {
+        if self.freshness.is_disabled() {
+            tracing::info!(
+                "session and key caches off (AUTHD_SESSION_CACHE=off): every check reads the database"
+            );
+            self.metrics.set_session_cache_enabled(false);
+            return;
+        }
+        let mut tick = tokio::time::interval(BEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_fresh = false;
+        loop {
+            tick.tick().await;
+            let payload = format!("{}:{}", self.replica, self.freshness.stamp());
+            let sent = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(BEAT_CHANNEL)
+                .bind(payload)
+                .execute(&pool);
+            // A hung database must not stop the reports below.
+            match tokio::time::timeout(BEAT * 2, sent).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "listener beat not sent"),
+                Err(_) => tracing::debug!("listener beat timed out"),
+            }
+            let fresh = self.freshness.is_fresh();
+            if fresh != was_fresh {
+                if fresh {
+                    tracing::info!("change listener keeps up; caches on");
+                } else {
+                    tracing::warn!(
+                        bound = ?crate::freshness::BOUND,
+                        "change listener has not proven it keeps up; caches off"
+                    );
+                    self.metrics.change_listener_lost();
+                }
+                self.metrics.set_session_cache_enabled(fresh);
+                was_fresh = fresh;
+            }
+        }
+    }
+}
