@@ -1,0 +1,209 @@
+//! What a [`Verifier`](crate::Verifier) is told: whose tokens to accept and
+//! how much staleness of the revocation stream it may tolerate.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::StartError;
+
+/// authd's own limit on clock skew between issuer and verifier (RFC 8725
+/// asks for a small one); a larger leeway is refused.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(30);
+
+/// What to do with a token while the verifier cannot vouch for its
+/// revocation state: the stream has been silent for longer than
+/// [`VerifierConfig::max_staleness`], or it has not (re)started yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnStale {
+    /// Refuse every token with UNAVAILABLE until the stream is back. A
+    /// client retries; nothing revoked is ever accepted.
+    #[default]
+    FailClosed,
+    /// Ask authd with IntrospectToken, once per call, until the stream is
+    /// back. The service key then needs the `tokens.introspect` scope as
+    /// well as `revocations.watch`. If authd cannot answer either, the call
+    /// is refused with UNAVAILABLE.
+    Introspect,
+}
+
+/// Settings of a [`Verifier`](crate::Verifier). Start from
+/// [`VerifierConfig::new`], which fills in the defaults, and change what
+/// you need with the `with_…` methods.
+#[derive(Clone)]
+pub struct VerifierConfig {
+    pub(crate) issuer: String,
+    pub(crate) audience: String,
+    pub(crate) service_key: String,
+    pub(crate) max_staleness: Duration,
+    pub(crate) on_stale: OnStale,
+    pub(crate) leeway: Duration,
+    pub(crate) max_token_lifetime: Duration,
+    pub(crate) jwks_refetch_interval: Duration,
+    pub(crate) jwks_refresh_interval: Duration,
+    pub(crate) call_timeout: Duration,
+}
+
+impl fmt::Debug for VerifierConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The service key is a credential: never in a log line.
+        f.debug_struct("VerifierConfig")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("service_key", &"<redacted>")
+            .field("max_staleness", &self.max_staleness)
+            .field("on_stale", &self.on_stale)
+            .field("leeway", &self.leeway)
+            .field("max_token_lifetime", &self.max_token_lifetime)
+            .field("jwks_refetch_interval", &self.jwks_refetch_interval)
+            .field("jwks_refresh_interval", &self.jwks_refresh_interval)
+            .field("call_timeout", &self.call_timeout)
+            .finish()
+    }
+}
+
+impl VerifierConfig {
+    /// Accept tokens whose `iss` is `issuer` and whose `aud` names
+    /// `audience` (authd's `AUTHD_ISSUER` and `AUTHD_AUDIENCE`), and follow
+    /// revocations with `service_key` (`sk_…`, scope `revocations.watch`).
+    ///
+    /// Defaults: `max_staleness` 10 s, [`OnStale::FailClosed`], leeway 5 s
+    /// (authd's), `max_token_lifetime` 15 min (authd's
+    /// `AUTHD_ACCESS_TOKEN_TTL`), an unknown `kid` refetches the keys at
+    /// most every 10 s, the keys are refreshed every 5 min, and calls to
+    /// authd made on a request's behalf (GetJwks, IntrospectToken) give up
+    /// after 2 s.
+    pub fn new(
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+        service_key: impl Into<String>,
+    ) -> Self {
+        Self {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            service_key: service_key.into(),
+            max_staleness: Duration::from_secs(10),
+            on_stale: OnStale::FailClosed,
+            leeway: Duration::from_secs(5),
+            max_token_lifetime: Duration::from_secs(15 * 60),
+            jwks_refetch_interval: Duration::from_secs(10),
+            jwks_refresh_interval: Duration::from_secs(5 * 60),
+            call_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// How long the revocation stream may stay silent (no event, no
+    /// heartbeat) before the verifier stops trusting what it knows and
+    /// applies [`OnStale`]. It must exceed authd's heartbeat interval
+    /// (`AUTHD_REVOCATION_HEARTBEAT`, 5 s by default), or a quiet stream
+    /// would look dead between heartbeats. It is also the worst-case delay
+    /// of a revocation while the stream is silently broken.
+    pub fn with_max_staleness(mut self, max_staleness: Duration) -> Self {
+        self.max_staleness = max_staleness;
+        self
+    }
+
+    /// See [`OnStale`].
+    pub fn with_on_stale(mut self, on_stale: OnStale) -> Self {
+        self.on_stale = on_stale;
+        self
+    }
+
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`; at most
+    /// [`MAX_LEEWAY`].
+    pub fn with_leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// The longest lifetime (`exp - iat`) of an access token authd issues:
+    /// its `AUTHD_ACCESS_TOKEN_TTL`. Revocations are remembered for this
+    /// long plus the leeway, which bounds the verifier's memory; a token
+    /// claiming a longer lifetime is refused, since its revocation could
+    /// have been forgotten before it expires.
+    pub fn with_max_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.max_token_lifetime = lifetime;
+        self
+    }
+
+    /// The least time between two key refetches caused by an unknown
+    /// `kid`. The first one happens at once, so a rotated key is picked up
+    /// by the first token that uses it; the interval only stops a stream of
+    /// made-up `kid`s from turning into a stream of GetJwks calls.
+    pub fn with_jwks_refetch_interval(mut self, interval: Duration) -> Self {
+        self.jwks_refetch_interval = interval;
+        self
+    }
+
+    /// How often the keys are fetched anyway, so a key authd no longer
+    /// publishes stops verifying.
+    pub fn with_jwks_refresh_interval(mut self, interval: Duration) -> Self {
+        self.jwks_refresh_interval = interval;
+        self
+    }
+
+    /// The bound on a call to authd made while a request waits (GetJwks
+    /// for an unknown `kid`, IntrospectToken when stale).
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// How long a revocation must be remembered: until every token it
+    /// concerns has expired.
+    pub(crate) fn revocation_retention(&self) -> Duration {
+        self.max_token_lifetime + self.leeway
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), StartError> {
+        let problem = if self.issuer.is_empty() {
+            "the issuer is empty"
+        } else if self.audience.is_empty() {
+            "the audience is empty"
+        } else if self.service_key.is_empty() {
+            "the service key is empty"
+        } else if self.leeway > MAX_LEEWAY {
+            "the leeway is longer than 30 s"
+        } else if self.max_staleness.is_zero() {
+            "max_staleness is zero"
+        } else if self.max_token_lifetime.is_zero() {
+            "max_token_lifetime is zero"
+        } else if self.call_timeout.is_zero() {
+            "call_timeout is zero"
+        } else if self.jwks_refresh_interval.is_zero() {
+            "jwks_refresh_interval is zero"
+        } else {
+            return Ok(());
+        };
+        Err(StartError::Config(problem))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_the_key_is_never_printed() {
+        let config = VerifierConfig::new("https://authd", "svc", "sk_secret");
+        assert!(config.validate().is_ok());
+        assert_eq!(config.revocation_retention(), Duration::from_secs(15 * 60 + 5));
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("sk_secret"), "{printed}");
+    }
+
+    #[test]
+    fn a_leeway_over_thirty_seconds_and_empty_names_are_refused() {
+        let base = VerifierConfig::new("iss", "aud", "sk_x");
+        assert!(base.clone().with_leeway(MAX_LEEWAY).validate().is_ok());
+        assert!(
+            base.clone()
+                .with_leeway(MAX_LEEWAY + Duration::from_secs(1))
+                .validate()
+                .is_err()
+        );
+        assert!(VerifierConfig::new("", "aud", "sk_x").validate().is_err());
+        assert!(VerifierConfig::new("iss", "", "sk_x").validate().is_err());
+        assert!(VerifierConfig::new("iss", "aud", "").validate().is_err());
+        assert!(base.with_max_staleness(Duration::ZERO).validate().is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! The tower layer that puts the verifier in front of a tonic server's
+//! services: no handler runs for a request whose token is refused.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, Request, Response};
+use tower::{Layer, Service};
+
+use crate::error::VerifyError;
+use crate::verifier::Verifier;
+
+/// Verifies the `authorization: Bearer <access token>` of every request.
+/// On success the token's [`Claims`](crate::Claims) go into the request's
+/// extensions and the inner service is called; on failure the layer answers
+/// with the gRPC error itself (UNAUTHENTICATED with `ErrorInfo` reason
+/// `TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED` or `SESSION_REVOKED`,
+/// or UNAVAILABLE) and the inner service never sees the request.
+///
+/// ```ignore
+/// Server::builder()
+///     .layer(VerifierLayer::new(verifier).exempt_prefix("/grpc.health.v1.Health/"))
+///     .add_service(MyServiceServer::new(MyService))
+///     .serve(addr)
+///     .await?;
+/// ```
+#[derive(Clone)]
+pub struct VerifierLayer {
+    verifier: Verifier,
+    exempt: Arc<[String]>,
+}
+
+impl VerifierLayer {
+    /// Every request must carry a valid access token.
+    pub fn new(verifier: Verifier) -> Self {
+        Self {
+            verifier,
+            exempt: Arc::from(Vec::new()),
+        }
+    }
+
+    /// Requests whose path starts with `prefix` pass without a token, e.g.
+    /// `/grpc.health.v1.Health/` or `/grpc.reflection.`. Repeatable.
+    pub fn exempt_prefix(mut self, prefix: impl Into<String>) -> Self {
+        let mut exempt = self.exempt.to_vec();
+        exempt.push(prefix.into());
+        self.exempt = Arc::from(exempt);
+        self
+    }
+}
+
+impl<S> Layer<S> for VerifierLayer {
+    type Service = Verified<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Verified {
+            inner,
+            verifier: self.verifier.clone(),
+            exempt: Arc::clone(&self.exempt),
+        }
+    }
+}
+
+/// The service [`VerifierLayer`] wraps around an inner one.
+#[derive(Clone)]
+pub struct Verified<S> {
+    inner: S,
+    verifier: Verifier,
+    exempt: Arc<[String]>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Verified<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // The clone that was polled ready is the one that must be called.
+        let clone = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, clone);
+        let path = request.uri().path();
+        if self.exempt.iter().any(|prefix| path.starts_with(prefix.as_str())) {
+            return Box::pin(ready.call(request));
+        }
+        let verifier = self.verifier.clone();
+        Box::pin(async move {
+            let verified = match bearer_token(request.headers()) {
+                Ok(token) => verifier.verify(token).await,
+                Err(refusal) => Err(refusal),
+            };
+            match verified {
+                Ok(claims) => {
+                    request.extensions_mut().insert(claims);
+                    ready.call(request).await
+                }
+                Err(refusal) => {
+                    tracing::debug!(
+                        path = request.uri().path(),
+                        reason = refusal.reason(),
+                        "request refused: {refusal}"
+                    );
+                    Ok(refusal.to_status().into_http())
+                }
+            }
+        })
+    }
+}
+
+/// The token of `authorization: Bearer <token>`: exactly one such header,
+/// the scheme in any letter case.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, VerifyError> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(VerifyError::Missing);
+    };
+    // Two authorization headers are ambiguous; refuse rather than pick one.
+    if values.next().is_some() {
+        return Err(VerifyError::Invalid);
+    }
+    let value = value.to_str().map_err(|_| VerifyError::Invalid)?;
+    let (scheme, token) = value.split_once(' ').ok_or(VerifyError::Invalid)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(VerifyError::Invalid);
+    }
+    Ok(token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(values: &[&'static str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(http::header::AUTHORIZATION, HeaderValue::from_static(v));
+        }
+        headers
+    }
+
+    #[test]
+    fn the_bearer_token_is_read_from_exactly_one_header() {
+        assert_eq!(bearer_token(&headers(&["Bearer abc"])), Ok("abc"));
+        assert_eq!(bearer_token(&headers(&["bearer  abc "])), Ok("abc"));
+        assert_eq!(bearer_token(&headers(&[])), Err(VerifyError::Missing));
+        assert_eq!(bearer_token(&headers(&["Basic abc"])), Err(VerifyError::Invalid));
+        assert_eq!(bearer_token(&headers(&["Bearer"])), Err(VerifyError::Invalid));
+        assert_eq!(
+            bearer_token(&headers(&["Bearer a", "Bearer b"])),
+            Err(VerifyError::Invalid)
+        );
+    }
+}

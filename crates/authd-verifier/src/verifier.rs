@@ -1,0 +1,351 @@
+//! The verifier: local checks of a token, then what the revocation stream
+//! says about it, then the configured fallback when the stream cannot say.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::task::JoinHandle;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::claims::{Claims, unix_now};
+use crate::config::{OnStale, VerifierConfig};
+use crate::error::{Revocation, StartError, VerifyError};
+use crate::jwks::{Expectations, KeySet, PinnedKey};
+use crate::pb;
+use crate::pb::auth_service_client::AuthServiceClient;
+use crate::revocations::RevocationState;
+use crate::stream_health::{StreamHealth, Vouch};
+use crate::token::{self, MAX_TOKEN_BYTES, TimeRules, TokenDigest, VerifiedTokens};
+use crate::watcher;
+
+/// Verifies authd's access tokens in a service: locally against authd's
+/// published keys, and against the revocations authd pushes over
+/// `AdminService.WatchRevocations`, which a background task follows.
+///
+/// Cheap to clone; every clone shares one key set, one stream and one
+/// revocation state. The background tasks stop when the last clone is
+/// dropped. Must be started inside a tokio runtime.
+#[derive(Clone)]
+pub struct Verifier {
+    shared: Arc<Shared>,
+    _tasks: Arc<BackgroundTasks>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("config", &self.shared.config)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+/// What [`Verifier::status`] reports about the revocation stream, for
+/// health checks, metrics and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamStatus {
+    /// The verifier vouches for revocation state now: the stream started
+    /// and said something (an event or a heartbeat) within `max_staleness`.
+    pub fresh: bool,
+    /// A WatchRevocations stream is open right now.
+    pub connected: bool,
+    /// The last event id applied; the stream resumes after it. 0 until the
+    /// first event or heartbeat.
+    pub cursor: i64,
+    /// Time since the stream's last message or start; `None` before the
+    /// first, or after continuity was lost.
+    pub last_message_age: Option<Duration>,
+    /// From when on every revocation is known (the last start of the stream
+    /// from the present); `None` while unknown.
+    pub covered_since: Option<SystemTime>,
+    /// Ended sessions and disabled or deleted accounts remembered now.
+    pub remembered_revocations: usize,
+}
+
+/// Aborts the background tasks with the last clone of the verifier.
+struct BackgroundTasks(Vec<JoinHandle<()>>);
+
+impl Drop for BackgroundTasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Everything the requests and the background tasks share.
+pub(crate) struct Shared {
+    pub(crate) config: VerifierConfig,
+    rules: TimeRules,
+    /// `Bearer sk_…`, parsed once.
+    pub(crate) service_authorization: MetadataValue<Ascii>,
+    pub(crate) channel: Channel,
+    keys: RwLock<Arc<KeySet>>,
+    /// When an unknown `kid` last caused a refetch; held across the
+    /// refetch, so simultaneous requests with a new `kid` share one.
+    last_kid_refetch: tokio::sync::Mutex<Option<Instant>>,
+    verified: VerifiedTokens,
+    pub(crate) revocations: RwLock<RevocationState>,
+    pub(crate) health: StreamHealth,
+}
+
+/// A lock whose holder panicked still holds consistent data here (every
+/// update is a single map operation), so poisoning is ignored.
+pub(crate) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(crate) fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Verifier {
+    /// Fetches authd's keys over `channel` (failing if that fails), then
+    /// starts following WatchRevocations in the background. Until the stream
+    /// has started, the verifier is stale (see [`OnStale`]); call
+    /// [`Verifier::wait_until_fresh`] to wait for it.
+    pub async fn start(channel: Channel, config: VerifierConfig) -> Result<Self, StartError> {
+        config.validate()?;
+        let service_authorization = format!("Bearer {}", config.service_key)
+            .parse()
+            .map_err(|_| StartError::Config("the service key is not printable ASCII"))?;
+        let leeway = i64::try_from(config.leeway.as_secs()).unwrap_or(i64::MAX);
+        let max_lifetime = i64::try_from(config.max_token_lifetime.as_secs()).unwrap_or(i64::MAX);
+        let retention = i64::try_from(config.revocation_retention().as_secs()).unwrap_or(i64::MAX);
+        let shared = Arc::new(Shared {
+            rules: TimeRules { leeway, max_lifetime },
+            service_authorization,
+            channel,
+            keys: RwLock::new(Arc::new(KeySet::default())),
+            last_kid_refetch: tokio::sync::Mutex::new(None),
+            verified: VerifiedTokens::default(),
+            revocations: RwLock::new(RevocationState::new(retention)),
+            health: StreamHealth::new(config.max_staleness),
+            config,
+        });
+        let keys = shared.fetch_keys().await.map_err(StartError::Jwks)?;
+        if keys.is_empty() {
+            return Err(StartError::NoUsableKeys);
+        }
+        shared.install_keys(keys);
+        let tasks = BackgroundTasks(vec![
+            tokio::spawn(watcher::follow_revocations(Arc::clone(&shared))),
+            tokio::spawn(watcher::refresh_keys_periodically(Arc::clone(&shared))),
+        ]);
+        Ok(Self {
+            shared,
+            _tasks: Arc::new(tasks),
+        })
+    }
+
+    /// [`Verifier::start`] with a channel to `endpoint` (`http://authd:50051`),
+    /// connected on first use and reconnected as needed.
+    pub async fn connect(endpoint: impl Into<String>, config: VerifierConfig) -> Result<Self, StartError> {
+        let endpoint = Endpoint::from_shared(endpoint.into())
+            .map_err(|_| StartError::Config("the endpoint is not a valid URI"))?;
+        Self::start(endpoint.connect_lazy(), config).await
+    }
+
+    /// Verifies an access token (the part after `Bearer `): signature with a
+    /// key pinned to its algorithm, `typ`, `iss`, `aud`, `exp`, `nbf`, then
+    /// whether its session ended or its account was disabled or deleted.
+    /// Awaits only when authd must be asked: an unknown `kid` (one key
+    /// refetch), or the [`OnStale::Introspect`] fallback.
+    pub async fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
+        self.shared.verify(token, SystemTime::now(), Instant::now()).await
+    }
+
+    /// Whether the verifier vouches for revocation state right now.
+    pub fn is_fresh(&self) -> bool {
+        self.shared.health.is_fresh(Instant::now())
+    }
+
+    /// The last event id applied (0 before the first event or heartbeat).
+    pub fn cursor(&self) -> i64 {
+        self.shared.health.cursor()
+    }
+
+    /// The stream's state, for health checks and tests.
+    pub fn status(&self) -> StreamStatus {
+        let health = &self.shared.health;
+        let now = Instant::now();
+        StreamStatus {
+            fresh: health.is_fresh(now),
+            connected: health.is_connected(),
+            cursor: health.cursor(),
+            last_message_age: health.last_message_age(now),
+            covered_since: health.covered_since(),
+            remembered_revocations: read(&self.shared.revocations).len(),
+        }
+    }
+
+    /// Waits until the verifier is fresh, at most `timeout`; says whether
+    /// it is. A service can call this before it reports itself ready.
+    pub async fn wait_until_fresh(&self, timeout: Duration) -> bool {
+        let give_up = Instant::now() + timeout;
+        loop {
+            if self.is_fresh() {
+                return true;
+            }
+            if Instant::now() >= give_up {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Shared {
+    async fn verify(&self, token: &str, wall: SystemTime, now: Instant) -> Result<Claims, VerifyError> {
+        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+            return Err(VerifyError::Invalid);
+        }
+        let now_secs = unix_now(wall);
+        let digest = token::digest(token);
+        let (claims, introspected_for) = match self.verified.get(&digest) {
+            Some(known) => {
+                if token::is_expired(known.claims.exp_secs(), now_secs, self.rules.leeway) {
+                    return Err(VerifyError::Expired);
+                }
+                (known.claims, known.introspected_for)
+            }
+            None => (self.verify_signed(token, digest, now_secs).await?, None),
+        };
+        read(&self.revocations)
+            .check(&claims)
+            .map_err(VerifyError::Revoked)?;
+        match (
+            self.health.vouch(claims.iat_secs(), self.rules.leeway, now),
+            self.config.on_stale,
+        ) {
+            (Vouch::Fresh, _) => Ok(claims),
+            // Revocations from before the stream started were never
+            // delivered: a JWKS-only verifier's blind spot, which the
+            // fail-closed mode accepts (refusing every older token for a
+            // token lifetime after each start would be an outage) and the
+            // introspecting mode closes with one IntrospectToken per token.
+            (Vouch::IssuedBeforeCoverage(_), OnStale::FailClosed) => Ok(claims),
+            (Vouch::IssuedBeforeCoverage(since), OnStale::Introspect) => {
+                if introspected_for != Some(since) {
+                    self.introspect(token).await?;
+                    if self.health.coverage_is(since) {
+                        self.verified.mark_introspected(&digest, since);
+                    }
+                }
+                Ok(claims)
+            }
+            (Vouch::Stale, OnStale::FailClosed) => Err(VerifyError::Unavailable),
+            (Vouch::Stale, OnStale::Introspect) => {
+                self.introspect(token).await?;
+                Ok(claims)
+            }
+        }
+    }
+
+    /// The checks that need a key: header, signature, claims.
+    async fn verify_signed(&self, token: &str, digest: TokenDigest, now: i64) -> Result<Claims, VerifyError> {
+        let header = token::read_header(token)?;
+        let (set, key) = self.key_for(&header.kid).await.ok_or(VerifyError::Invalid)?;
+        let claims = token::check_with_key(token, &header, &key, now, self.rules)?;
+        // Remembered only if the key set it was checked against is still
+        // the current one: a key dropped meanwhile must not live on here.
+        if Arc::ptr_eq(&set, &self.current_keys()) {
+            self.verified
+                .insert(digest, claims.clone(), now, self.rules.leeway);
+        }
+        Ok(claims)
+    }
+
+    fn current_keys(&self) -> Arc<KeySet> {
+        Arc::clone(&read(&self.keys))
+    }
+
+    /// The key named `kid`, refetching the set once if it is unknown (at
+    /// once the first time, then at most every `jwks_refetch_interval`).
+    async fn key_for(&self, kid: &str) -> Option<(Arc<KeySet>, Arc<PinnedKey>)> {
+        let keys = self.current_keys();
+        if let Some(key) = keys.get(kid) {
+            return Some((keys, key));
+        }
+        let mut last_refetch = self.last_kid_refetch.lock().await;
+        // Another request may have refetched while this one waited.
+        let keys = self.current_keys();
+        if let Some(key) = keys.get(kid) {
+            return Some((keys, key));
+        }
+        if last_refetch.is_some_and(|at| at.elapsed() < self.config.jwks_refetch_interval) {
+            return None;
+        }
+        *last_refetch = Some(Instant::now());
+        match tokio::time::timeout(self.config.call_timeout, self.fetch_keys()).await {
+            Ok(Ok(fetched)) => {
+                self.install_keys(fetched);
+            }
+            Ok(Err(status)) => tracing::warn!(%status, "refetching authd's keys for an unknown kid failed"),
+            Err(_) => tracing::warn!("refetching authd's keys for an unknown kid timed out"),
+        }
+        drop(last_refetch);
+        let keys = self.current_keys();
+        let key = keys.get(kid)?;
+        Some((keys, key))
+    }
+
+    pub(crate) async fn fetch_keys(&self) -> Result<KeySet, tonic::Status> {
+        let response = AuthServiceClient::new(self.channel.clone())
+            .get_jwks(pb::GetJwksRequest {})
+            .await?
+            .into_inner();
+        Ok(KeySet::from_jwks(
+            &response.keys,
+            &Expectations {
+                issuer: &self.config.issuer,
+                audience: &self.config.audience,
+            },
+        ))
+    }
+
+    /// Makes `fetched` the key set. An empty answer keeps the old set (a
+    /// deployment without keys cannot have issued anything worth refusing
+    /// wholesale); a changed set forgets every remembered verification.
+    pub(crate) fn install_keys(&self, fetched: KeySet) {
+        if fetched.is_empty() {
+            tracing::warn!("authd published no usable key; keeping the keys fetched before");
+            return;
+        }
+        let mut keys = write(&self.keys);
+        if keys.same_kids(&fetched) {
+            return;
+        }
+        *keys = Arc::new(fetched);
+        self.verified.clear();
+        tracing::info!("authd's signing keys changed");
+    }
+
+    /// Asks authd whether the token is active right now.
+    async fn introspect(&self, token: &str) -> Result<(), VerifyError> {
+        let mut request = tonic::Request::new(pb::IntrospectTokenRequest {
+            access_token: token.to_owned(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", self.service_authorization.clone());
+        request.set_timeout(self.config.call_timeout);
+        let mut client = AuthServiceClient::new(self.channel.clone());
+        match tokio::time::timeout(self.config.call_timeout, client.introspect_token(request)).await {
+            Ok(Ok(answer)) if answer.get_ref().active => Ok(()),
+            Ok(Ok(_)) => Err(VerifyError::Revoked(Revocation::Inactive)),
+            Ok(Err(status)) => {
+                tracing::warn!(%status, "IntrospectToken failed; refusing with UNAVAILABLE");
+                Err(VerifyError::Unavailable)
+            }
+            Err(_) => {
+                tracing::warn!("IntrospectToken timed out; refusing with UNAVAILABLE");
+                Err(VerifyError::Unavailable)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,303 @@
+//! The background tasks: following WatchRevocations (resuming with the
+//! cursor after any failure, starting again from the present when the
+//! cursor is refused), and refreshing the keys now and then.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tonic::{Code, Status, Streaming};
+use tonic_types::StatusExt;
+
+use crate::claims::unix_now;
+use crate::pb::{self, RevocationKind, admin_service_client::AdminServiceClient};
+use crate::revocations::Change;
+use crate::verifier::{Shared, write};
+
+/// The ErrorInfo reason of a cursor authd no longer has (or never had).
+const CURSOR_EXPIRED: &str = "CURSOR_EXPIRED";
+
+/// Follows the stream until the verifier is dropped (the task is aborted).
+pub(crate) async fn follow_revocations(shared: Arc<Shared>) {
+    let mut backoff = Backoff::default();
+    loop {
+        let after = shared.health.cursor();
+        let ended = match open(&shared, after).await {
+            Ok(stream) => {
+                if after == 0 {
+                    shared
+                        .health
+                        .started_from_present(SystemTime::now(), Instant::now());
+                } else {
+                    shared.health.resumed(Instant::now());
+                }
+                tracing::debug!(after_event_id = after, "revocation stream open");
+                backoff.reset();
+                let ended = read_stream(&shared, stream).await;
+                shared.health.disconnected();
+                ended
+            }
+            Err(refusal) => refusal,
+        };
+        let delay = match ended {
+            Ended::CursorExpired => {
+                // Nothing from the cursor on can be had any more: what was
+                // revoked meanwhile is unknown. Stale until a stream from
+                // the present starts, which is at once.
+                tracing::warn!(
+                    after_event_id = after,
+                    "authd no longer has the revocation cursor; starting again from the present"
+                );
+                shared.health.forget_continuity();
+                Duration::ZERO
+            }
+            Ended::Refused(status)
+                if matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied) =>
+            {
+                tracing::error!(
+                    %status,
+                    "authd refused the revocation stream: the service key needs scope revocations.watch"
+                );
+                backoff.next_long()
+            }
+            Ended::Refused(status) => {
+                tracing::info!(%status, "revocation stream failed; reconnecting");
+                backoff.next()
+            }
+            Ended::Closed => {
+                tracing::info!("revocation stream ended; reconnecting");
+                backoff.next()
+            }
+            Ended::Silent => {
+                tracing::warn!("revocation stream silent for longer than max_staleness; reconnecting");
+                backoff.next()
+            }
+        };
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Why a stream ended or did not start.
+enum Ended {
+    CursorExpired,
+    Refused(Status),
+    Closed,
+    Silent,
+}
+
+fn ended_by(status: Status) -> Ended {
+    let expired = status.code() == Code::FailedPrecondition
+        && status
+            .get_details_error_info()
+            .is_some_and(|info| info.reason == CURSOR_EXPIRED);
+    if expired {
+        Ended::CursorExpired
+    } else {
+        Ended::Refused(status)
+    }
+}
+
+async fn open(
+    shared: &Shared,
+    after_event_id: i64,
+) -> Result<Streaming<pb::WatchRevocationsResponse>, Ended> {
+    let mut request = tonic::Request::new(pb::WatchRevocationsRequest { after_event_id });
+    request
+        .metadata_mut()
+        .insert("authorization", shared.service_authorization.clone());
+    let mut client = AdminServiceClient::new(shared.channel.clone());
+    match tokio::time::timeout(shared.config.max_staleness, client.watch_revocations(request)).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(ended_by(status)),
+        Err(_) => Err(Ended::Silent),
+    }
+}
+
+/// Applies messages until the stream ends, fails, or says nothing for
+/// `max_staleness` (a connection that died without closing).
+async fn read_stream(shared: &Shared, mut stream: Streaming<pb::WatchRevocationsResponse>) -> Ended {
+    loop {
+        match tokio::time::timeout(shared.config.max_staleness, stream.message()).await {
+            Ok(Ok(Some(message))) => apply_message(shared, &message, SystemTime::now()),
+            Ok(Ok(None)) => return Ended::Closed,
+            Ok(Err(status)) => return ended_by(status),
+            Err(_) => return Ended::Silent,
+        }
+    }
+}
+
+/// One message: a revocation to remember, or a heartbeat carrying the
+/// cursor. Event ids increase by one; a gap means events were lost, so
+/// only tokens issued from now on are fully covered.
+pub(crate) fn apply_message(shared: &Shared, message: &pb::WatchRevocationsResponse, wall: SystemTime) {
+    let now = unix_now(wall);
+    let cursor = shared.health.cursor();
+    let id = message.event_id;
+    let kind = RevocationKind::try_from(message.kind).ok();
+    if kind == Some(RevocationKind::Heartbeat) {
+        if cursor != 0 && id > cursor {
+            tracing::warn!(cursor, heartbeat = id, "the revocation stream skipped events");
+            shared.health.restart_coverage(wall);
+        }
+        if id > cursor {
+            shared.health.set_cursor(id);
+        }
+        write(&shared.revocations).prune(now);
+        shared.health.note_message(Instant::now());
+        return;
+    }
+    if cursor != 0 && id <= cursor {
+        // Already applied (a replica repeating itself): harmless.
+        shared.health.note_message(Instant::now());
+        return;
+    }
+    if cursor != 0 && id != cursor + 1 {
+        tracing::warn!(cursor, event_id = id, "the revocation stream skipped events");
+        shared.health.restart_coverage(wall);
+    }
+    let occurred_at = message.occurred_at.as_ref().map_or(now, |t| t.seconds);
+    let change = match kind {
+        Some(RevocationKind::SessionEnded | RevocationKind::UserSessionsEnded) => {
+            Some(Change::SessionsEnded(ended_sessions(message)))
+        }
+        Some(RevocationKind::UserDisabled) => Some(Change::UserDisabled(message.user_id.clone())),
+        Some(RevocationKind::UserDeleted) => Some(Change::UserDeleted(message.user_id.clone())),
+        Some(RevocationKind::Heartbeat | RevocationKind::Unspecified) | None => None,
+    };
+    {
+        let mut state = write(&shared.revocations);
+        match change {
+            Some(change) => state.apply(change, occurred_at, now),
+            None => {
+                // A kind this verifier does not know revokes something it
+                // cannot tell: end the sessions it names, and stop vouching
+                // for tokens issued before now.
+                tracing::warn!(kind = message.kind, event_id = id, "unknown revocation kind");
+                state.apply(Change::SessionsEnded(ended_sessions(message)), occurred_at, now);
+                shared.health.restart_coverage(wall);
+            }
+        }
+        state.prune(now);
+    }
+    shared.health.set_cursor(id);
+    shared.health.note_message(Instant::now());
+}
+
+/// The sessions an event ended: `session_ids`, and `session_id` too in case
+/// a server sends only that.
+fn ended_sessions(message: &pb::WatchRevocationsResponse) -> Vec<String> {
+    let mut sessions = message.session_ids.clone();
+    if !message.session_id.is_empty() && !sessions.contains(&message.session_id) {
+        sessions.push(message.session_id.clone());
+    }
+    sessions
+}
+
+/// Fetches the keys every `jwks_refresh_interval`, so a key authd stopped
+/// publishing stops verifying even if no token names an unknown one.
+pub(crate) async fn refresh_keys_periodically(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.config.jwks_refresh_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate, and start() has just fetched.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match tokio::time::timeout(shared.config.call_timeout, shared.fetch_keys()).await {
+            Ok(Ok(keys)) => shared.install_keys(keys),
+            Ok(Err(status)) => tracing::warn!(%status, "refreshing authd's keys failed"),
+            Err(_) => tracing::warn!("refreshing authd's keys timed out"),
+        }
+    }
+}
+
+/// Reconnection delays: 100 ms doubling to 5 s (30 s when authd refuses the
+/// key, which only an operator can fix), each with up to a fifth of jitter so
+/// services restarted together do not reconnect in step.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+}
+
+const FIRST_DELAY: Duration = Duration::from_millis(100);
+const MAX_DELAY: Duration = Duration::from_secs(5);
+const MAX_DELAY_REFUSED: Duration = Duration::from_secs(30);
+
+impl Backoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    fn next(&mut self) -> Duration {
+        self.grow(MAX_DELAY)
+    }
+
+    fn next_long(&mut self) -> Duration {
+        self.grow(MAX_DELAY_REFUSED)
+    }
+
+    fn grow(&mut self, max: Duration) -> Duration {
+        let base = FIRST_DELAY.saturating_mul(1u32 << self.failures.min(10)).min(max);
+        self.failures = self.failures.saturating_add(1);
+        base + jitter(base / 5)
+    }
+}
+
+/// A pseudo-random share of `up_to`, from the clock's nanoseconds: enough
+/// to spread reconnections, not meant for anything else.
+fn jitter(up_to: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let fraction = f64::from(nanos % 1000) / 1000.0;
+    up_to.mul_f64(fraction)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_bound_and_starts_over_after_a_success() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<Duration> = (0..10).map(|_| backoff.next()).collect();
+        assert!(delays[0] >= FIRST_DELAY && delays[0] <= FIRST_DELAY * 6 / 5);
+        assert!(delays[1] >= FIRST_DELAY * 2);
+        assert!(delays.iter().all(|d| *d <= MAX_DELAY * 6 / 5));
+        assert!(delays[9] >= MAX_DELAY);
+        backoff.reset();
+        assert!(backoff.next() <= FIRST_DELAY * 6 / 5);
+        let long: Vec<Duration> = (0..12).map(|_| backoff.next_long()).collect();
+        assert!(long[11] >= MAX_DELAY_REFUSED);
+    }
+
+    #[test]
+    fn only_cursor_expired_restarts_from_the_present() {
+        let info = tonic_types::ErrorDetails::with_error_info(
+            CURSOR_EXPIRED,
+            "authd",
+            std::collections::HashMap::new(),
+        );
+        let expired = Status::with_error_details(Code::FailedPrecondition, "cursor expired", info);
+        assert!(matches!(ended_by(expired), Ended::CursorExpired));
+        let other = Status::failed_precondition("something else");
+        assert!(matches!(ended_by(other), Ended::Refused(_)));
+        assert!(matches!(
+            ended_by(Status::unavailable("shutting down")),
+            Ended::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn a_session_ended_event_names_its_session_either_way() {
+        let only_id = pb::WatchRevocationsResponse {
+            session_id: "s".into(),
+            ..Default::default()
+        };
+        assert_eq!(ended_sessions(&only_id), vec!["s".to_owned()]);
+        let both = pb::WatchRevocationsResponse {
+            session_id: "s".into(),
+            session_ids: vec!["s".into()],
+            ..Default::default()
+        };
+        assert_eq!(ended_sessions(&both), vec!["s".to_owned()]);
+    }
+}
