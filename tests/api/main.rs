@@ -28,3 +28,4 @@ mod smtp;
 mod throttling;
 mod tokens;
 mod traces;
+mod verifier;

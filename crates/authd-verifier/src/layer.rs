@@ -141,8 +141,17 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, VerifyError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::convert::Infallible;
+    use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
     use http::HeaderValue;
+    use tower::{ServiceExt as _, service_fn};
+
+    use super::*;
+    use crate::claims::{Claims, unix_now};
+    use crate::config::OnStale;
+    use crate::test_keys::{TestKey, claims_json};
+    use crate::verifier::test_shared;
 
     fn headers(values: &[&'static str]) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -163,5 +172,81 @@ mod tests {
             bearer_token(&headers(&["Bearer a", "Bearer b"])),
             Err(VerifyError::Invalid)
         );
+    }
+
+    /// An inner service that answers with the user the layer verified, or
+    /// `none`.
+    fn echo_user() -> impl Service<Request<()>, Response = Response<String>, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static {
+        service_fn(|request: Request<()>| async move {
+            let user = request
+                .extensions()
+                .get::<Claims>()
+                .map_or_else(|| "none".to_owned(), |c| c.user_id().to_owned());
+            Ok::<_, Infallible>(Response::new(user))
+        })
+    }
+
+    fn request(path: &str, authorization: Option<&str>) -> Request<()> {
+        let mut builder = Request::builder().uri(path);
+        if let Some(value) = authorization {
+            builder = builder.header(http::header::AUTHORIZATION, value);
+        }
+        builder.body(()).expect("a request")
+    }
+
+    /// The gRPC status code of an answer the layer gave itself.
+    fn grpc_status(response: &Response<String>) -> Option<&str> {
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn verified_claims_reach_the_inner_service_and_refusals_never_do() {
+        let key = TestKey::ed25519();
+        let verifier = Verifier::without_tasks(test_shared(&key, OnStale::FailClosed));
+        let now = SystemTime::now();
+        verifier
+            .shared()
+            .health
+            .started_from_present(UNIX_EPOCH, Instant::now());
+        let token = key.sign(&claims_json(unix_now(now), 900));
+        let layer = VerifierLayer::new(verifier).exempt_prefix("/grpc.health.v1.Health/");
+        let service = layer.layer(echo_user());
+
+        let ok = service
+            .clone()
+            .oneshot(request("/svc.Api/Get", Some(&format!("Bearer {token}"))))
+            .await
+            .expect("infallible");
+        assert_eq!(ok.body(), "user-1");
+        assert_eq!(grpc_status(&ok), None, "answered by the inner service");
+
+        let missing = service
+            .clone()
+            .oneshot(request("/svc.Api/Get", None))
+            .await
+            .expect("infallible");
+        assert_eq!(missing.body(), "", "the inner service never ran");
+        assert_eq!(grpc_status(&missing), Some("16"), "UNAUTHENTICATED");
+        let status = tonic::Status::from_header_map(missing.headers()).expect("a status");
+        assert_eq!(VerifyError::Missing.to_status().details(), status.details());
+
+        let forged = service
+            .clone()
+            .oneshot(request("/svc.Api/Get", Some("Bearer not.a.token")))
+            .await
+            .expect("infallible");
+        assert_eq!(grpc_status(&forged), Some("16"));
+
+        let exempt = service
+            .oneshot(request("/grpc.health.v1.Health/Check", None))
+            .await
+            .expect("infallible");
+        assert_eq!(exempt.body(), "none", "exempt paths pass without a token");
     }
 }

@@ -348,4 +348,51 @@ impl Shared {
 }
 
 #[cfg(test)]
+impl Verifier {
+    /// A verifier over `shared`, without background tasks: tests drive the
+    /// stream state by hand.
+    pub(crate) fn without_tasks(shared: Shared) -> Self {
+        Self {
+            shared: Arc::new(shared),
+            _tasks: Arc::new(BackgroundTasks(Vec::new())),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+/// A verifier's state with `key` installed and no background task; its
+/// channel points nowhere, so any call to authd fails.
+pub(crate) fn test_shared(key: &crate::test_keys::TestKey, on_stale: OnStale) -> Shared {
+    let config = VerifierConfig::new("https://authd.test", "svc", "sk_test").with_on_stale(on_stale);
+    let channel = Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+    let shared = Shared {
+        rules: TimeRules {
+            leeway: 5,
+            max_lifetime: 900,
+        },
+        service_authorization: "Bearer sk_test".parse().expect("ASCII"),
+        channel,
+        keys: RwLock::new(Arc::new(KeySet::default())),
+        last_kid_refetch: tokio::sync::Mutex::new(None),
+        verified: VerifiedTokens::default(),
+        revocations: RwLock::new(RevocationState::new(905)),
+        health: StreamHealth::new(config.max_staleness),
+        config,
+    };
+    shared.install_keys(KeySet::from_jwks(
+        &[key.jwk()],
+        &Expectations {
+            issuer: "https://authd.test",
+            audience: "svc",
+        },
+    ));
+    shared
+}
+
+#[cfg(test)]
 mod tests;

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::test_shared as shared;
 use super::*;
 use crate::test_keys::{TestKey, claims_json};
 use crate::watcher::apply_message;
@@ -11,35 +12,6 @@ const T: i64 = 1_900_000_000;
 
 fn at(secs: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap())
-}
-
-/// A verifier's state with `key` installed and no background task; its
-/// channel points nowhere, so any call to authd fails.
-fn shared(key: &TestKey, on_stale: OnStale) -> Shared {
-    let config = VerifierConfig::new("https://authd.test", "svc", "sk_test").with_on_stale(on_stale);
-    let channel = Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
-    let shared = Shared {
-        rules: TimeRules {
-            leeway: 5,
-            max_lifetime: 900,
-        },
-        service_authorization: "Bearer sk_test".parse().unwrap(),
-        channel,
-        keys: RwLock::new(Arc::new(KeySet::default())),
-        last_kid_refetch: tokio::sync::Mutex::new(None),
-        verified: VerifiedTokens::default(),
-        revocations: RwLock::new(RevocationState::new(905)),
-        health: StreamHealth::new(config.max_staleness),
-        config,
-    };
-    shared.install_keys(KeySet::from_jwks(
-        &[key.jwk()],
-        &Expectations {
-            issuer: "https://authd.test",
-            audience: "svc",
-        },
-    ));
-    shared
 }
 
 fn event(

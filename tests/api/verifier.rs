@@ -1,0 +1,459 @@
+//! authd-verifier end to end: a real authd, the example service
+//! (examples/verified_service.rs) behind `VerifierLayer` on a real socket,
+//! and a real client. Revocations reach the service through
+//! WatchRevocations; nothing here waits for a token to expire.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use authd::crypto::keys::Key;
+use authd::pb::auth::v1 as pb;
+use authd_verifier::{OnStale, Verifier, VerifierConfig};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::admin::database_url;
+use crate::helpers::*;
+
+#[path = "../../examples/verified_service.rs"]
+#[allow(dead_code)]
+mod verified_service;
+
+const WATCH: &str = "revocations.watch";
+const INTROSPECT: &str = "tokens.introspect";
+/// Generous: the suite runs many servers on two cores. The time actually
+/// taken is printed (`--nocapture`); BENCHMARKS.md has measured numbers.
+const REFUSAL_WAIT: Duration = Duration::from_secs(10);
+
+/// The example service behind a verifier of `app`'s tokens.
+struct VerifiedService {
+    client: HealthClient<Channel>,
+    verifier: Verifier,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Who the service says the caller is.
+#[derive(Debug, PartialEq, Eq)]
+struct Identity {
+    user_id: String,
+    session_id: String,
+    roles: String,
+}
+
+async fn start_verifier(app_addr: SocketAddr, config: VerifierConfig) -> Verifier {
+    let channel = Channel::from_shared(format!("http://{app_addr}"))
+        .unwrap()
+        .connect_lazy();
+    Verifier::start(channel, config).await.unwrap()
+}
+
+fn config_for(app: &TestApp, key: &str) -> VerifierConfig {
+    VerifierConfig::new(&app.config.issuer, &app.config.audience, key)
+}
+
+async fn serve(verifier: Verifier) -> VerifiedService {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(verified_service::serve(listener, verifier.clone(), async {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    VerifiedService {
+        client: HealthClient::new(channel),
+        verifier,
+        _stop: stop,
+    }
+}
+
+/// A service following `app`'s revocations with a fresh key, once its
+/// stream has started.
+async fn fresh_service(app: &TestApp, tweak: impl FnOnce(VerifierConfig) -> VerifierConfig) -> VerifiedService {
+    let key = app.service_key("verified-service", &[WATCH]).await;
+    let service = serve(start_verifier(app.addr, tweak(config_for(app, &key))).await).await;
+    assert!(
+        service.verifier.wait_until_fresh(REFUSAL_WAIT).await,
+        "the revocation stream never started: {:?}",
+        service.verifier.status()
+    );
+    service
+}
+
+impl VerifiedService {
+    async fn who_am_i(&self, access_token: &str) -> Result<Identity, Status> {
+        let request = with_bearer(
+            HealthCheckRequest {
+                service: String::new(),
+            },
+            access_token,
+        );
+        let response = self.client.clone().check(request).await?;
+        let read = |name: &str| {
+            response
+                .metadata()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        Ok(Identity {
+            user_id: read("x-user-id"),
+            session_id: read("x-session-id"),
+            roles: read("x-roles"),
+        })
+    }
+
+    /// Calls until the service refuses `access_token`; the refusal and how
+    /// long it took. Fails if it is still accepted after `within`.
+    async fn refused_within(&self, access_token: &str, within: Duration) -> (Status, Duration) {
+        let started = Instant::now();
+        loop {
+            match self.who_am_i(access_token).await {
+                Err(status) => return (status, started.elapsed()),
+                Ok(_) => assert!(
+                    started.elapsed() < within,
+                    "still accepted after {within:?}: {:?}",
+                    self.verifier.status()
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+#[track_caller]
+fn assert_refusal(status: &Status, code: Code, expected_reason: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(reason(status), expected_reason, "{status:?}");
+}
+
+fn claims_of(token: &str) -> Value {
+    let part = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+fn kid_of(token: &str) -> String {
+    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+}
+
+/// Signs `claims` with `pem` under the header fields given.
+fn sign(pem: &str, claims: &Value, kid: &str, typ: Option<&str>) -> String {
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some(kid.to_owned());
+    header.typ = typ.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_pem(pem.as_bytes()).unwrap()).unwrap()
+}
+
+async fn logout(app: &TestApp, refresh_token: &str) {
+    app.client
+        .clone()
+        .logout(pb::LogoutRequest {
+            refresh_token: refresh_token.to_owned(),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_verified_service_accepts_a_token_and_refuses_it_right_after_logout() {
+    let app = spawn_app().await;
+    let service = fresh_service(&app, |c| c).await;
+    let (user, tokens) = app.signed_in_user().await;
+
+    let me = service.who_am_i(&tokens.access_token).await.unwrap();
+    let claims = claims_of(&tokens.access_token);
+    assert_eq!(
+        me,
+        Identity {
+            user_id: user.id.clone(),
+            session_id: claims["sid"].as_str().unwrap().to_owned(),
+            roles: String::new(),
+        },
+        "the handler reads the verified claims"
+    );
+
+    logout(&app, &tokens.refresh_token).await;
+    let (status, took) = service
+        .refused_within(&tokens.access_token, REFUSAL_WAIT)
+        .await;
+    assert_refusal(&status, Code::Unauthenticated, "SESSION_REVOKED");
+    println!("Logout answered → refused by the service in {took:?}");
+    assert!(service.verifier.cursor() > 0, "{:?}", service.verifier.status());
+    assert!(service.verifier.status().remembered_revocations >= 1);
+
+    // Another session of the same account is untouched.
+    let other = app
+        .login(&user.email, PASSWORD)
+        .await
+        .unwrap()
+        .tokens
+        .unwrap();
+    assert!(service.who_am_i(&other.access_token).await.is_ok());
+}
+
+#[tokio::test]
+async fn forged_expired_wrong_audience_and_wrong_typ_tokens_are_refused_by_the_service() {
+    let app = spawn_app().await;
+    let service = fresh_service(&app, |c| c).await;
+    let (_, tokens) = app.signed_in_user().await;
+    let genuine = claims_of(&tokens.access_token);
+    let kid = Key::from_pkcs8_pem(&app.signing_pem).unwrap().kid;
+    assert_eq!(kid, kid_of(&tokens.access_token));
+    let now = chrono::Utc::now().timestamp();
+    // Each differs from the genuine token in one respect.
+    let changed = |field: &str, value: Value| {
+        let mut c = genuine.clone();
+        c[field] = value;
+        c
+    };
+    let mut expired = changed("iat", (now - 1000).into());
+    expired["nbf"] = (now - 1000).into();
+    expired["exp"] = (now - 100).into();
+    let own_key = authd::crypto::keys::generate_ed25519_pem().unwrap();
+    let cases = [
+        (
+            "signed with another key under authd's kid",
+            sign(&own_key, &genuine, &kid, Some("at+jwt")),
+            "TOKEN_INVALID",
+        ),
+        (
+            "expired",
+            sign(&app.signing_pem, &expired, &kid, Some("at+jwt")),
+            "TOKEN_EXPIRED",
+        ),
+        (
+            "another audience",
+            sign(&app.signing_pem, &changed("aud", "other-services".into()), &kid, Some("at+jwt")),
+            "TOKEN_INVALID",
+        ),
+        (
+            "another issuer",
+            sign(&app.signing_pem, &changed("iss", "https://evil.test".into()), &kid, Some("at+jwt")),
+            "TOKEN_INVALID",
+        ),
+        (
+            "typ JWT (an ID token, not an access token)",
+            sign(&app.signing_pem, &genuine, &kid, Some("JWT")),
+            "TOKEN_INVALID",
+        ),
+        (
+            "an unknown kid",
+            sign(&app.signing_pem, &genuine, "no-such-key", Some("at+jwt")),
+            "TOKEN_INVALID",
+        ),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"none","typ":"at+jwt","kid":"{kid}"}}"#)),
+                tokens.access_token.split('.').nth(1).unwrap()
+            ),
+            "TOKEN_INVALID",
+        ),
+        (
+            "a service key",
+            app.service_key("not-a-user", &[WATCH]).await,
+            "TOKEN_INVALID",
+        ),
+    ];
+    for (what, token, expected) in cases {
+        let status = service.who_am_i(&token).await.expect_err(what);
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+        assert_eq!(reason(&status), expected, "{what}: {status:?}");
+    }
+    let anonymous = service
+        .client
+        .clone()
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_refusal(&anonymous, Code::Unauthenticated, "TOKEN_MISSING");
+    assert!(
+        service.who_am_i(&tokens.access_token).await.is_ok(),
+        "and the genuine one passes"
+    );
+}
+
+#[tokio::test]
+async fn a_new_signing_key_is_picked_up_by_the_first_token_that_uses_it() {
+    let a = spawn_app().await;
+    let service = fresh_service(&a, |c| c).await;
+    let (_, before) = a.signed_in_user().await;
+    service.who_am_i(&before.access_token).await.unwrap();
+
+    // A restart of authd (on the same address and database) with a new
+    // signing key in front of the old one, as a rotation is done.
+    let keys = scratch_dir("rotated-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (new_key, old_key) = (keys.join("new.pem"), keys.join("old.pem"));
+    std::fs::write(&new_key, authd::crypto::keys::generate_ed25519_pem().unwrap()).unwrap();
+    std::fs::write(&old_key, &a.signing_pem).unwrap();
+    let (addr, url) = (a.addr, database_url(&a));
+    a.stop().await.unwrap();
+    let b = spawn_app_on(&url, |c| {
+        c.listen = addr;
+        c.signing_keys = vec![new_key, old_key];
+    })
+    .await;
+
+    let (_, after) = b.signed_in_user().await;
+    assert_ne!(kid_of(&after.access_token), kid_of(&before.access_token));
+    let started = Instant::now();
+    assert!(
+        service.who_am_i(&after.access_token).await.is_ok(),
+        "the new kid is fetched at once"
+    );
+    println!("first token of the new key accepted in {:?}", started.elapsed());
+    assert!(
+        service.who_am_i(&before.access_token).await.is_ok(),
+        "the old key still verifies"
+    );
+    let _ = std::fs::remove_dir_all(keys);
+}
+
+#[tokio::test]
+async fn a_disabled_account_is_refused_by_the_service() {
+    let app = spawn_app().await;
+    let service = fresh_service(&app, |c| c).await;
+    let (user, tokens) = app.signed_in_user().await;
+    service.who_am_i(&tokens.access_token).await.unwrap();
+    let admin_key = app.service_key("account-admin", &["users.write"]).await;
+    app.admin()
+        .disable_user(with_bearer(
+            pb::DisableUserRequest {
+                user_id: user.id.clone(),
+            },
+            &admin_key,
+        ))
+        .await
+        .unwrap();
+    let (status, took) = service
+        .refused_within(&tokens.access_token, REFUSAL_WAIT)
+        .await;
+    assert_refusal(&status, Code::Unauthenticated, "SESSION_REVOKED");
+    println!("DisableUser answered → refused by the service in {took:?}");
+}
+
+#[tokio::test]
+async fn the_stream_resumes_after_authd_restarts_and_delivers_what_it_missed() {
+    let a = spawn_app_with(|c| c.revocation_heartbeat = Duration::from_millis(200)).await;
+    // Long enough that the verifier keeps trusting its state while authd
+    // restarts: what is tested is the resume, not the staleness bound.
+    let service = fresh_service(&a, |c| c.with_max_staleness(Duration::from_secs(60))).await;
+    // A cursor to resume from: one event, or a heartbeat after it. (On a
+    // log with no event at all the cursor is 0, which means "from now".)
+    let (_, earlier) = a.signed_in_user().await;
+    logout(&a, &earlier.refresh_token).await;
+    let known = Instant::now();
+    while service.verifier.cursor() == 0 {
+        assert!(known.elapsed() < REFUSAL_WAIT, "no cursor: {:?}", service.verifier.status());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (_, tokens) = a.signed_in_user().await;
+    service.who_am_i(&tokens.access_token).await.unwrap();
+
+    let url = database_url(&a);
+    let keys = a.config.signing_keys.clone();
+    let addr = a.addr;
+    let other = spawn_app_on(&url, |c| c.signing_keys = keys.clone()).await;
+    // The verifier's authd goes away; the logout happens at the other
+    // replica while the verifier cannot hear of it.
+    let pem = a.signing_pem.clone();
+    a.stop().await.unwrap();
+    logout(&other, &tokens.refresh_token).await;
+    assert!(
+        service.who_am_i(&tokens.access_token).await.is_ok(),
+        "unheard of yet: {:?}",
+        service.verifier.status()
+    );
+    let cursor_before = service.verifier.cursor();
+
+    let key_file = scratch_dir("restart-key");
+    std::fs::write(&key_file, pem).unwrap();
+    let _restarted = spawn_app_on(&url, |c| {
+        c.listen = addr;
+        c.signing_keys = vec![key_file.clone()];
+    })
+    .await;
+    let (status, took) = service
+        .refused_within(&tokens.access_token, REFUSAL_WAIT)
+        .await;
+    assert_refusal(&status, Code::Unauthenticated, "SESSION_REVOKED");
+    println!("restarted authd → missed logout applied in {took:?}");
+    assert!(service.verifier.cursor() > cursor_before);
+    let _ = std::fs::remove_file(key_file);
+}
+
+#[tokio::test]
+async fn with_the_stream_down_longer_than_max_staleness_the_service_fails_closed() {
+    let max_staleness = Duration::from_secs(1);
+    // Heartbeats well within the bound, so only a real outage makes it stale.
+    let app = spawn_app_with(|c| c.revocation_heartbeat = Duration::from_millis(200)).await;
+    let service = fresh_service(&app, |c| c.with_max_staleness(max_staleness)).await;
+    let (_, tokens) = app.signed_in_user().await;
+    service.who_am_i(&tokens.access_token).await.unwrap();
+
+    app.stop().await.unwrap();
+    let (status, took) = service
+        .refused_within(&tokens.access_token, REFUSAL_WAIT)
+        .await;
+    assert_refusal(&status, Code::Unavailable, "UNAVAILABLE");
+    println!("authd stopped → service fails closed after {took:?} (max_staleness {max_staleness:?})");
+    assert!(took <= max_staleness + Duration::from_secs(2), "{took:?}");
+    let status = service.verifier.status();
+    assert!(!status.fresh && !status.connected, "{status:?}");
+}
+
+#[tokio::test]
+async fn without_the_stream_the_introspection_fallback_asks_authd() {
+    let app = spawn_app().await;
+    // A key that may introspect but not watch: the stream is refused, so
+    // the verifier never becomes fresh.
+    let key = app.service_key("introspecting-service", &[INTROSPECT]).await;
+    let introspecting = serve(
+        start_verifier(
+            app.addr,
+            config_for(&app, &key).with_on_stale(OnStale::Introspect),
+        )
+        .await,
+    )
+    .await;
+    let failing_closed = serve(start_verifier(app.addr, config_for(&app, &key)).await).await;
+    let (user, tokens) = app.signed_in_user().await;
+
+    let me = introspecting.who_am_i(&tokens.access_token).await.unwrap();
+    assert_eq!(me.user_id, user.id);
+    assert!(!introspecting.verifier.is_fresh());
+    let refused = failing_closed
+        .who_am_i(&tokens.access_token)
+        .await
+        .unwrap_err();
+    assert_refusal(&refused, Code::Unavailable, "UNAVAILABLE");
+
+    logout(&app, &tokens.refresh_token).await;
+    let (status, took) = introspecting
+        .refused_within(&tokens.access_token, REFUSAL_WAIT)
+        .await;
+    assert_refusal(&status, Code::Unauthenticated, "SESSION_REVOKED");
+    println!("Logout answered → refused via IntrospectToken in {took:?}");
+
+    // With authd gone as well, nothing can vouch for a token.
+    let (_, still_live) = app.signed_in_user().await;
+    assert!(introspecting.who_am_i(&still_live.access_token).await.is_ok());
+    app.stop().await.unwrap();
+    let (status, _) = introspecting
+        .refused_within(&still_live.access_token, REFUSAL_WAIT)
+        .await;
+    assert_refusal(&status, Code::Unavailable, "UNAVAILABLE");
+}
