@@ -92,6 +92,14 @@ pub enum AppError {
     RefreshTokenReused,
     #[error("reset token invalid")]
     InvalidResetToken,
+    #[error("verification token invalid")]
+    InvalidVerifyToken,
+    /// Only ever answered after the password checked out.
+    #[error("email address not verified")]
+    EmailNotVerified,
+    /// Not the bearer's session, whether or not it exists.
+    #[error("session not found")]
+    SessionNotFound,
     #[error("throttled for {0:?}")]
     Throttled(Duration),
     /// A WatchRevocations cursor older than the retention, or never issued.
@@ -183,6 +191,7 @@ fn field_reason(reason: FieldReason) -> FieldViolationReason {
         FieldReason::InvalidCharacters => FieldViolationReason::InvalidCharacters,
         FieldReason::TooCommon => FieldViolationReason::TooCommon,
         FieldReason::ContainsIdentifier => FieldViolationReason::ContainsIdentifier,
+        FieldReason::UnknownField => FieldViolationReason::UnknownField,
     }
 }
 
@@ -303,6 +312,19 @@ impl From<AppError> for Status {
                 "invalid or expired reset token",
                 ErrorReason::ResetTokenInvalid,
             ),
+            AppError::InvalidVerifyToken => plain(
+                Code::Unauthenticated,
+                "invalid or expired verification link",
+                ErrorReason::VerifyTokenInvalid,
+            ),
+            AppError::EmailNotVerified => plain(
+                Code::FailedPrecondition,
+                "this account's email address is not verified yet; use the link mailed to it",
+                ErrorReason::EmailNotVerified,
+            ),
+            AppError::SessionNotFound => {
+                plain(Code::NotFound, "no such session", ErrorReason::SessionNotFound)
+            }
             AppError::Throttled(delay) => {
                 let mut details = ErrorDetails::with_retry_info(Some(delay));
                 details.set_error_info(ErrorReason::Throttled.as_str_name(), ERROR_DOMAIN, HashMap::new());

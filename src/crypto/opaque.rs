@@ -1,4 +1,4 @@
-//! Opaque random secrets (refresh and reset tokens): 256 bits from the OS
+//! Opaque random secrets (refresh, reset and email verification tokens): 256 bits from the OS
 //! CSPRNG, handed out once, stored only as SHA-256.
 
 use base64::Engine;
@@ -13,6 +13,8 @@ use sha2::{Digest, Sha256};
 pub enum TokenKind {
     Refresh,
     PasswordReset,
+    /// A link that proves an address (VerifyEmail).
+    EmailVerification,
     /// A service account's key (`authorization: Bearer sk_…`).
     ServiceKey,
 }
@@ -22,6 +24,7 @@ impl TokenKind {
         match self {
             Self::Refresh => "rt_",
             Self::PasswordReset => "pr_",
+            Self::EmailVerification => "ev_",
             Self::ServiceKey => "sk_",
         }
     }
@@ -95,6 +98,13 @@ mod tests {
         assert!(t.expose().starts_with("rt_"));
         assert_eq!(parse_presented(TokenKind::Refresh, t.expose()), Some(t.hash));
         assert_eq!(parse_presented(TokenKind::PasswordReset, t.expose()), None);
+        assert_eq!(parse_presented(TokenKind::EmailVerification, t.expose()), None);
+        let ev = NewToken::generate(TokenKind::EmailVerification)?;
+        assert!(ev.expose().starts_with("ev_") && ev.expose().len() == 46);
+        assert_eq!(
+            parse_presented(TokenKind::EmailVerification, ev.expose()),
+            Some(ev.hash)
+        );
         let other = NewToken::generate(TokenKind::Refresh)?;
         assert_ne!(t.expose(), other.expose());
         Ok(())

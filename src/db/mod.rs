@@ -8,6 +8,7 @@ pub mod service_accounts;
 pub mod sessions;
 pub mod throttle;
 pub mod users;
+pub mod verification;
 
 use std::time::Duration;
 

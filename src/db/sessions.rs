@@ -345,3 +345,130 @@ pub async fn delete_dead<'e>(
     .await?;
     Ok(done.rows_affected())
 }
+
+/// Where a session was started from, as recorded for its owner.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartedFrom<'a> {
+    pub user_agent: Option<&'a str>,
+    pub ip_address: Option<&'a str>,
+}
+
+/// [`start`], recording where the client started the session from; the
+/// same single statement, so Login still costs one round trip.
+#[tracing::instrument(skip_all)]
+pub async fn start_from<'e>(
+    db: impl PgExecutor<'e>,
+    s: &NewSession,
+    first_token: &TokenHash,
+    forgive: &str,
+    from: StartedFrom<'_>,
+    now: DateTime<Utc>,
+) -> Result<bool, AppError> {
+    let started = sqlx::query(
+        "WITH owner AS (
+                  SELECT id FROM users WHERE id = $2 AND disabled_at IS NULL FOR SHARE),
+              forgiven AS (DELETE FROM login_throttle WHERE key = $7 AND EXISTS (SELECT 1 FROM owner)),
+              session AS (
+                  INSERT INTO sessions (id, user_id, created_at, last_used_at, idle_expires_at,
+                                        absolute_expires_at, user_agent, ip_address)
+                  SELECT $1, id, $3, $3, $4, $5, $8, $9 FROM owner
+                  RETURNING id)
+         INSERT INTO refresh_tokens (token_hash, session_id, issued_at)
+         SELECT $6, id, $3 FROM session",
+    )
+    .bind(s.id)
+    .bind(s.user_id)
+    .bind(now)
+    .bind(s.idle_expires_at)
+    .bind(s.absolute_expires_at)
+    .bind(first_token.as_bytes())
+    .bind(forgive)
+    .bind(from.user_agent)
+    .bind(from.ip_address)
+    .execute(db)
+    .await?;
+    Ok(started.rows_affected() == 1)
+}
+
+/// A live session as its owner sees it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SessionSummary {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    /// When it ends unless refreshed before (the idle expiry, capped by
+    /// the absolute one).
+    pub expires_at: DateTime<Utc>,
+    pub user_agent: Option<String>,
+    pub ip_address: Option<String>,
+}
+
+/// The live sessions of a user, most recently used first.
+#[tracing::instrument(skip_all)]
+pub async fn list_live<'e>(
+    db: impl PgExecutor<'e>,
+    user_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Vec<SessionSummary>, AppError> {
+    let sql = format!(
+        "SELECT s.id, s.created_at, s.last_used_at,
+                LEAST(s.idle_expires_at, s.absolute_expires_at) AS expires_at,
+                s.user_agent, s.ip_address
+           FROM sessions s
+          WHERE s.user_id = $1 AND {live}
+          ORDER BY s.last_used_at DESC, s.created_at DESC, s.id",
+        live = live("$2")
+    );
+    Ok(sqlx::query_as::<_, SessionSummary>(&sql)
+        .bind(user_id)
+        .bind(now)
+        .fetch_all(db)
+        .await?)
+}
+
+/// What ending a session of a given user found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnSessionEnded {
+    /// The user has no session with that id (another user's is no different).
+    NotFound,
+    /// It was live and has ended; its SESSION_ENDED event is recorded.
+    Ended,
+    /// It had ended already (revoked or expired); nothing changed.
+    AlreadyOver,
+}
+
+/// Ends one session of `user_id`, in one statement, recording its
+/// SESSION_ENDED event only when a live session actually ended; the event
+/// counter is the last lock the statement takes.
+#[tracing::instrument(skip_all)]
+pub async fn revoke_of_user<'e>(
+    db: impl PgExecutor<'e>,
+    user_id: Uuid,
+    session_id: Uuid,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<OwnSessionEnded, AppError> {
+    let sql = format!(
+        "WITH target AS (SELECT s.id FROM sessions s WHERE s.user_id = $1 AND s.id = $2),
+              ended AS (
+                  UPDATE sessions s SET revoked_at = $3, revoked_reason = $4
+                   WHERE s.user_id = $1 AND s.id = $2 AND {live}
+                  RETURNING s.id, s.user_id),
+              event AS (
+                  SELECT authd_record_revocation('SESSION_ENDED', user_id, ARRAY[id], $3) FROM ended)
+         SELECT (SELECT count(*) FROM target) AS found, (SELECT count(*) FROM event) AS ended",
+        live = live("$3")
+    );
+    let (found, ended): (i64, i64) = sqlx::query_as(&sql)
+        .bind(user_id)
+        .bind(session_id)
+        .bind(now)
+        .bind(reason)
+        .fetch_one(db)
+        .await?;
+    Ok(match (found, ended) {
+        (0, _) => OwnSessionEnded::NotFound,
+        (_, 0) => OwnSessionEnded::AlreadyOver,
+        _ => OwnSessionEnded::Ended,
+    })
+}

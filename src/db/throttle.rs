@@ -39,6 +39,9 @@ impl Backoff {
         ..Self::LOGIN
     };
 
+    /// VerifyEmail attempts per client address: as ResetPassword's.
+    pub const VERIFY_GUESSES: Self = Self::RESET_GUESSES;
+
     /// The wait after the `failures`-th failure in a row (`charge` does
     /// this in SQL).
     pub fn delay_after(&self, failures: i32) -> Option<Duration> {
@@ -113,6 +116,17 @@ pub async fn charge(
 pub async fn forgive<'e>(db: impl PgExecutor<'e>, key: &str) -> Result<(), AppError> {
     sqlx::query("DELETE FROM login_throttle WHERE key = $1")
         .bind(key)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Forgets the counters of several keys at once (an account that is
+/// deleted takes the counters keyed by it along).
+#[tracing::instrument(skip_all, fields(count = keys.len()))]
+pub async fn forgive_all<'e>(db: impl PgExecutor<'e>, keys: &[String]) -> Result<(), AppError> {
+    sqlx::query("DELETE FROM login_throttle WHERE key = ANY($1)")
+        .bind(keys)
         .execute(db)
         .await?;
     Ok(())

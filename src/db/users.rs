@@ -1,7 +1,7 @@
 //! The `users` table.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::domain::User;
@@ -59,7 +59,7 @@ pub struct NewUserRow<'a> {
 /// Inserts an account. Uniqueness is the database's job: a violation of the
 /// email or username index (also under a race) becomes ALREADY_EXISTS.
 #[tracing::instrument(skip_all)]
-pub async fn insert(db: &PgPool, new: NewUserRow<'_>) -> Result<User, AppError> {
+pub async fn insert<'e>(db: impl PgExecutor<'e>, new: NewUserRow<'_>) -> Result<User, AppError> {
     sqlx::query_as::<_, UserRow>(
         "INSERT INTO users AS u (id, email, username, full_name, phone, image_url, password_hash, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
@@ -307,4 +307,128 @@ pub async fn set_roles<'e>(
         .fetch_optional(db)
         .await?
         .map(User::from))
+}
+
+/// Marks the account's address verified, provided it is still `email` (in
+/// any letter case) and the account is enabled; `None` otherwise.
+/// `updated_at` moves only when the flag does.
+#[tracing::instrument(skip_all)]
+pub async fn mark_email_verified(
+    tx: &mut PgConnection,
+    id: Uuid,
+    email: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<User>, AppError> {
+    let sql = format!(
+        "UPDATE users u SET email_verified = true,
+                updated_at = CASE WHEN u.email_verified THEN u.updated_at ELSE $3 END
+          WHERE u.id = $2 AND {EMAIL_MATCHES} AND u.disabled_at IS NULL
+         RETURNING {USER_COLUMNS}"
+    );
+    Ok(sqlx::query_as::<_, UserRow>(&sql)
+        .bind(email)
+        .bind(id)
+        .bind(now)
+        .fetch_optional(tx)
+        .await?
+        .map(User::from))
+}
+
+/// Moves an enabled account to `email`, verified; `None` when there is no
+/// such account. Another account with the address is EMAIL_TAKEN, by the
+/// unique index, also when both race for it.
+#[tracing::instrument(skip_all)]
+pub async fn switch_email(
+    tx: &mut PgConnection,
+    id: Uuid,
+    email: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<User>, AppError> {
+    let sql = format!(
+        "UPDATE users u SET email = $2, email_verified = true, updated_at = $3
+          WHERE u.id = $1 AND u.disabled_at IS NULL
+         RETURNING {USER_COLUMNS}"
+    );
+    sqlx::query_as::<_, UserRow>(&sql)
+        .bind(id)
+        .bind(email)
+        .bind(now)
+        .fetch_optional(tx)
+        .await
+        .map(|row| row.map(User::from))
+        .map_err(map_unique_violation)
+}
+
+/// New values for the profile fields an UpdateMe names; `None` leaves a
+/// field as it is.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ProfileUpdate<'a> {
+    /// `Some(None)` removes the username.
+    pub username: Option<Option<&'a str>>,
+    pub full_name: Option<&'a str>,
+    pub phone: Option<&'a str>,
+    pub image_url: Option<&'a str>,
+}
+
+/// Applies a profile update if the session is live, in one statement:
+/// `None` when it is not. A username another account holds is
+/// USERNAME_TAKEN, by the unique index.
+#[tracing::instrument(skip_all)]
+pub async fn update_profile<'e>(
+    db: impl PgExecutor<'e>,
+    user_id: Uuid,
+    session_id: Uuid,
+    update: &ProfileUpdate<'_>,
+    now: DateTime<Utc>,
+) -> Result<Option<User>, AppError> {
+    let sql = format!(
+        "UPDATE users u
+            SET username  = CASE WHEN $3 THEN $4 ELSE u.username END,
+                full_name = coalesce($5, u.full_name),
+                phone     = coalesce($6, u.phone),
+                image_url = coalesce($7, u.image_url),
+                updated_at = $8
+          WHERE u.id = $1
+            AND EXISTS (SELECT 1 FROM sessions s WHERE s.user_id = $1 AND s.id = $2
+                           AND s.revoked_at IS NULL AND s.idle_expires_at > $8
+                           AND s.absolute_expires_at > $8)
+         RETURNING {USER_COLUMNS}"
+    );
+    sqlx::query_as::<_, UserRow>(&sql)
+        .bind(user_id)
+        .bind(session_id)
+        .bind(update.username.is_some())
+        .bind(update.username.flatten())
+        .bind(update.full_name)
+        .bind(update.phone)
+        .bind(update.image_url)
+        .bind(now)
+        .fetch_optional(db)
+        .await
+        .map(|row| row.map(User::from))
+        .map_err(map_unique_violation)
+}
+
+/// Locks an account for deletion (FOR UPDATE) until the end of the
+/// transaction and returns it.
+#[tracing::instrument(skip_all)]
+pub async fn lock(tx: &mut PgConnection, id: Uuid) -> Result<Option<User>, AppError> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1 FOR UPDATE");
+    Ok(sqlx::query_as::<_, UserRow>(&sql)
+        .bind(id)
+        .fetch_optional(tx)
+        .await?
+        .map(User::from))
+}
+
+/// Deletes an account; its sessions, refresh tokens, reset and
+/// verification tokens and the mail sent about it go with it by cascade.
+/// Returns whether it existed.
+#[tracing::instrument(skip_all)]
+pub async fn delete(tx: &mut PgConnection, id: Uuid) -> Result<bool, AppError> {
+    let done = sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(tx)
+        .await?;
+    Ok(done.rows_affected() == 1)
 }

@@ -17,26 +17,52 @@ const NOTIFICATION_LIFETIME: chrono::Duration = chrono::Duration::days(3);
 pub enum MailKind {
     PasswordReset,
     PasswordChanged,
+    /// A link that verifies the account's address (Register,
+    /// SendVerificationEmail).
+    EmailVerification,
+    /// A link, to the new address, that moves the account there (ChangeEmail).
+    EmailChange,
+    /// The notice to the old address that a move was asked for.
+    EmailChangeNotice,
+    /// The notice that an account and its data were deleted.
+    AccountDeleted,
 }
 
 impl MailKind {
+    const ALL: [Self; 6] = [
+        Self::PasswordReset,
+        Self::PasswordChanged,
+        Self::EmailVerification,
+        Self::EmailChange,
+        Self::EmailChangeNotice,
+        Self::AccountDeleted,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PasswordReset => "password_reset",
             Self::PasswordChanged => "password_changed",
+            Self::EmailVerification => "email_verification",
+            Self::EmailChange => "email_change",
+            Self::EmailChangeNotice => "email_change_notice",
+            Self::AccountDeleted => "account_deleted",
         }
     }
+
+    /// Kinds whose outbox row goes entirely once the message is sent or
+    /// discarded: the notice of a deletion is the last trace of the account
+    /// (its address), kept only until it is delivered.
+    pub const FORGOTTEN_WHEN_DONE: [Self; 1] = [Self::AccountDeleted];
 }
 
 impl TryFrom<String> for MailKind {
     type Error = String;
 
     fn try_from(stored: String) -> Result<Self, Self::Error> {
-        match stored.as_str() {
-            "password_reset" => Ok(Self::PasswordReset),
-            "password_changed" => Ok(Self::PasswordChanged),
-            _ => Err(format!("unknown mail kind {stored:?}")),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == stored)
+            .ok_or_else(|| format!("unknown mail kind {stored:?}"))
     }
 }
 
@@ -69,6 +95,12 @@ pub fn recipient_domain(address: &str) -> &str {
 /// The configured link template with the token put in. The token is
 /// URL-safe as generated, so it needs no escaping.
 pub fn reset_link(template: &str, token: &str) -> String {
+    link(template, token)
+}
+
+/// A configured link template (`AUTHD_RESET_URL`, `AUTHD_VERIFY_URL`) with
+/// the token put in.
+pub fn link(template: &str, token: &str) -> String {
     template.replace("{token}", token)
 }
 
@@ -138,6 +170,143 @@ pub fn password_changed(recipient: &str, at: DateTime<Utc>) -> OutgoingMail {
     }
 }
 
+/// The mail with a link that verifies the account's address. It expires
+/// with its token.
+pub fn email_verification(
+    recipient: &str,
+    link: &str,
+    ttl: Duration,
+    expires_at: DateTime<Utc>,
+) -> OutgoingMail {
+    let valid_for = human_duration(ttl);
+    let text = format!(
+        "Hello,\n\n\
+         Please confirm that {recipient} is your address by opening this link \
+         within {valid_for}:\n\n\
+         {link}\n\n\
+         The link works once. If you did not create an account, ignore this mail.\n"
+    );
+    let html = format!(
+        "<!DOCTYPE html>\n<html><body>\n\
+         <p>Hello,</p>\n\
+         <p>Please confirm that {recipient} is your address by opening this link \
+         within {valid_for}:</p>\n\
+         <p><a href=\"{href}\">Confirm my address</a></p>\n\
+         <p>Or copy this address into your browser:<br>\n{href}</p>\n\
+         <p>The link works once. If you did not create an account, ignore this mail.</p>\n\
+         </body></html>\n",
+        recipient = escape_html(recipient),
+        href = escape_html(link),
+    );
+    OutgoingMail {
+        kind: MailKind::EmailVerification,
+        recipient: recipient.to_owned(),
+        subject: "Verify your email address".into(),
+        text,
+        html,
+        expires_at,
+    }
+}
+
+/// The mail to a new address with the link that moves the account there.
+/// It does not name the account's current address: whoever reads this
+/// mailbox learns nothing about the account unless they own it.
+pub fn email_change(recipient: &str, link: &str, ttl: Duration, expires_at: DateTime<Utc>) -> OutgoingMail {
+    let valid_for = human_duration(ttl);
+    let text = format!(
+        "Hello,\n\n\
+         Someone asked to use {recipient} as the address of their account.\n\
+         If that was you, open this link within {valid_for} to confirm it:\n\n\
+         {link}\n\n\
+         Until then the account keeps its old address. The link works once. \
+         If you did not ask for this, ignore this mail.\n"
+    );
+    let html = format!(
+        "<!DOCTYPE html>\n<html><body>\n\
+         <p>Hello,</p>\n\
+         <p>Someone asked to use {recipient} as the address of their account.<br>\n\
+         If that was you, open this link within {valid_for} to confirm it:</p>\n\
+         <p><a href=\"{href}\">Confirm my new address</a></p>\n\
+         <p>Or copy this address into your browser:<br>\n{href}</p>\n\
+         <p>Until then the account keeps its old address. The link works once. \
+         If you did not ask for this, ignore this mail.</p>\n\
+         </body></html>\n",
+        recipient = escape_html(recipient),
+        href = escape_html(link),
+    );
+    OutgoingMail {
+        kind: MailKind::EmailChange,
+        recipient: recipient.to_owned(),
+        subject: "Confirm your new email address".into(),
+        text,
+        html,
+        expires_at,
+    }
+}
+
+/// The notice to an account's current address that a move to another one
+/// was asked for. No link and not the new address: it tells the owner, and
+/// nobody else, that something is happening.
+pub fn email_change_notice(recipient: &str, at: DateTime<Utc>) -> OutgoingMail {
+    let when = at.format("%Y-%m-%d %H:%M UTC");
+    let text = format!(
+        "Hello,\n\n\
+         On {when} someone signed in to the account {recipient} asked to move it to \
+         another email address. The address changes only once the link sent to the \
+         new address is opened.\n\n\
+         If you did not ask for this, change your password now and tell your \
+         administrator.\n"
+    );
+    let html = format!(
+        "<!DOCTYPE html>\n<html><body>\n\
+         <p>Hello,</p>\n\
+         <p>On {when} someone signed in to the account {recipient} asked to move it to \
+         another email address. The address changes only once the link sent to the \
+         new address is opened.</p>\n\
+         <p>If you did not ask for this, change your password now and tell your \
+         administrator.</p>\n\
+         </body></html>\n",
+        recipient = escape_html(recipient),
+    );
+    OutgoingMail {
+        kind: MailKind::EmailChangeNotice,
+        recipient: recipient.to_owned(),
+        subject: "Your email address is about to change".into(),
+        text,
+        html,
+        expires_at: at + NOTIFICATION_LIFETIME,
+    }
+}
+
+/// The notice that an account was deleted, to the address it had.
+pub fn account_deleted(recipient: &str, at: DateTime<Utc>) -> OutgoingMail {
+    let when = at.format("%Y-%m-%d %H:%M UTC");
+    let text = format!(
+        "Hello,\n\n\
+         The account {recipient} was deleted on {when}, with everything stored about \
+         it. Every device signed in to it has been signed out.\n\n\
+         If you did not do this, someone knew your password: tell your administrator.\n"
+    );
+    let html = format!(
+        "<!DOCTYPE html>\n<html><body>\n\
+         <p>Hello,</p>\n\
+         <p>The account {recipient} was deleted on {when}, with everything stored about \
+         it. Every device signed in to it has been signed out.</p>\n\
+         <p>If you did not do this, someone knew your password: tell your \
+         administrator.</p>\n\
+         </body></html>\n",
+        recipient = escape_html(recipient),
+    );
+    OutgoingMail {
+        kind: MailKind::AccountDeleted,
+        recipient: recipient.to_owned(),
+        subject: "Your account was deleted".into(),
+        text,
+        html,
+        expires_at: at + NOTIFICATION_LIFETIME,
+    }
+}
+
 /// "30 minutes", "2 hours", "90 seconds": the largest unit that divides.
 fn human_duration(d: Duration) -> String {
     let secs = d.as_secs();
@@ -199,6 +368,42 @@ mod tests {
         assert_eq!(mail.expires_at, now);
         let debug = format!("{mail:?}");
         assert!(!debug.contains("pr_abc") && !debug.contains("o'neil"), "{debug}");
+    }
+
+    #[test]
+    fn every_kind_reads_back_from_its_stored_name() {
+        for kind in MailKind::ALL {
+            assert_eq!(MailKind::try_from(kind.as_str().to_owned()), Ok(kind));
+        }
+        assert!(MailKind::try_from("nonsense".to_owned()).is_err());
+    }
+
+    #[test]
+    fn link_mails_carry_the_link_and_notices_none() {
+        let now = Utc::now();
+        let link = "https://app.example/verify?token=ev_abc&x=1";
+        let ttl = Duration::from_secs(86_400);
+        for mail in [
+            email_verification("a@example.com", link, ttl, now),
+            email_change("new@example.com", link, ttl, now),
+        ] {
+            assert!(mail.text.contains(link), "{}", mail.text);
+            assert!(mail.text.contains("24 hours"), "{}", mail.text);
+            assert!(mail.html.contains("token=ev_abc&amp;x=1"), "{}", mail.html);
+            assert_eq!(mail.expires_at, now);
+            assert!(!format!("{mail:?}").contains("ev_abc"));
+        }
+        for mail in [
+            email_change_notice("old@example.com", now),
+            account_deleted("gone@example.com", now),
+        ] {
+            assert!(
+                !mail.text.contains("http") && !mail.html.contains("href"),
+                "{}",
+                mail.text
+            );
+            assert!(mail.expires_at > now);
+        }
     }
 
     #[test]

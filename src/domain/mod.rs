@@ -1,5 +1,6 @@
 //! Request values parsed once into types that are trusted afterwards.
 
+mod client;
 mod email;
 pub mod mail;
 mod password;
@@ -8,6 +9,7 @@ mod service_account;
 mod user;
 mod username;
 
+pub use client::{ClientInfo, UserAgent};
 pub use email::Email;
 pub use password::{Password, PasswordPolicy};
 pub use profile::{FullName, ImageUrl, Phone};
@@ -33,6 +35,8 @@ pub enum FieldReason {
     InvalidCharacters,
     TooCommon,
     ContainsIdentifier,
+    /// A name the field does not accept (an unknown `update_mask` path).
+    UnknownField,
 }
 
 impl FieldReason {
@@ -45,6 +49,7 @@ impl FieldReason {
             Self::InvalidCharacters => "INVALID_CHARACTERS",
             Self::TooCommon => "TOO_COMMON",
             Self::ContainsIdentifier => "CONTAINS_IDENTIFIER",
+            Self::UnknownField => "UNKNOWN_FIELD",
         }
     }
 }

@@ -6,10 +6,11 @@ use tonic::{Request, Response, Status};
 
 use super::auth_layer::bearer;
 use super::convert::timestamp;
-use super::rate_limit::client_address;
+use super::rate_limit::{client_address, client_ip};
+use crate::domain::ClientInfo;
 use crate::metrics::ThrottleKind;
 use crate::pb::auth::v1::{self as pb, auth_service_server::AuthService};
-use crate::service::{Core, Introspection, RegisterInput};
+use crate::service::{Core, Introspection, ProfileValues, RegisterInput, UpdateMeInput};
 
 pub struct AuthApi {
     core: Core,
@@ -47,8 +48,15 @@ impl AuthService for AuthApi {
     }
 
     async fn login(&self, request: Request<pb::LoginRequest>) -> Reply<pb::LoginResponse> {
+        let client = ClientInfo::new(
+            request
+                .metadata()
+                .get(http::header::USER_AGENT.as_str())
+                .and_then(|v| v.to_str().ok()),
+            client_ip(&request, self.trusted_proxy_header.as_ref()),
+        );
         let r = request.into_inner();
-        let result = self.core.login(&r.login, &r.password, Utc::now()).await;
+        let result = self.core.login(&r.login, &r.password, &client, Utc::now()).await;
         self.core.metrics.count_login(&result);
         let (tokens, user) = result?;
         Ok(Response::new(pb::LoginResponse {
@@ -175,51 +183,102 @@ impl AuthService for AuthApi {
 
     async fn send_verification_email(
         &self,
-        _request: Request<pb::SendVerificationEmailRequest>,
+        request: Request<pb::SendVerificationEmailRequest>,
     ) -> Reply<pb::SendVerificationEmailResponse> {
-        Err(Status::unimplemented("issue 13: not built yet"))
+        self.core
+            .send_verification_email(bearer(&request)?, Utc::now())
+            .await?;
+        Ok(Response::new(pb::SendVerificationEmailResponse {}))
     }
 
-    async fn verify_email(
-        &self,
-        _request: Request<pb::VerifyEmailRequest>,
-    ) -> Reply<pb::VerifyEmailResponse> {
-        Err(Status::unimplemented("issue 13: not built yet"))
+    async fn verify_email(&self, request: Request<pb::VerifyEmailRequest>) -> Reply<pb::VerifyEmailResponse> {
+        let client = client_address(&request, self.trusted_proxy_header.as_ref()).map(|c| c.0);
+        let user = self
+            .core
+            .verify_email(&request.get_ref().token, client, Utc::now())
+            .await?;
+        Ok(Response::new(pb::VerifyEmailResponse {
+            user: Some(user.into()),
+        }))
     }
 
-    async fn update_me(&self, _request: Request<pb::UpdateMeRequest>) -> Reply<pb::UpdateMeResponse> {
-        Err(Status::unimplemented("issue 13: not built yet"))
+    async fn update_me(&self, request: Request<pb::UpdateMeRequest>) -> Reply<pb::UpdateMeResponse> {
+        let who = bearer(&request)?;
+        let r = request.into_inner();
+        let input = UpdateMeInput {
+            values: r.user.map(|u| ProfileValues {
+                username: u.username,
+                full_name: u.full_name,
+                phone: u.phone,
+                image_url: u.image_url,
+            }),
+            paths: r.update_mask.map(|m| m.paths).unwrap_or_default(),
+        };
+        let user = self.core.update_me(who, input, Utc::now()).await?;
+        Ok(Response::new(pb::UpdateMeResponse {
+            user: Some(user.into()),
+        }))
     }
 
-    async fn change_email(
-        &self,
-        _request: Request<pb::ChangeEmailRequest>,
-    ) -> Reply<pb::ChangeEmailResponse> {
-        Err(Status::unimplemented("issue 13: not built yet"))
+    async fn change_email(&self, request: Request<pb::ChangeEmailRequest>) -> Reply<pb::ChangeEmailResponse> {
+        let who = bearer(&request)?;
+        let r = request.into_inner();
+        self.core
+            .change_email(who, &r.new_email, &r.current_password, Utc::now())
+            .await?;
+        Ok(Response::new(pb::ChangeEmailResponse {}))
     }
 
-    async fn delete_me(&self, _request: Request<pb::DeleteMeRequest>) -> Reply<pb::DeleteMeResponse> {
-        Err(Status::unimplemented("issue 13: not built yet"))
+    async fn delete_me(&self, request: Request<pb::DeleteMeRequest>) -> Reply<pb::DeleteMeResponse> {
+        let who = bearer(&request)?;
+        self.core
+            .delete_me(who, &request.get_ref().current_password, Utc::now())
+            .await?;
+        Ok(Response::new(pb::DeleteMeResponse {}))
     }
 
     async fn list_sessions(
         &self,
-        _request: Request<pb::ListSessionsRequest>,
+        request: Request<pb::ListSessionsRequest>,
     ) -> Reply<pb::ListSessionsResponse> {
-        Err(Status::unimplemented("issue 13: not built yet"))
+        let sessions = self
+            .core
+            .list_sessions(bearer(&request)?, Utc::now())
+            .await?
+            .into_iter()
+            .map(|own| pb::Session {
+                id: own.session.id.to_string(),
+                created_at: Some(timestamp(own.session.created_at)),
+                last_used_at: Some(timestamp(own.session.last_used_at)),
+                expires_at: Some(timestamp(own.session.expires_at)),
+                user_agent: own.session.user_agent.unwrap_or_default(),
+                ip_address: own.session.ip_address.unwrap_or_default(),
+                current: own.current,
+            })
+            .collect();
+        Ok(Response::new(pb::ListSessionsResponse { sessions }))
     }
 
     async fn revoke_session(
         &self,
-        _request: Request<pb::RevokeSessionRequest>,
+        request: Request<pb::RevokeSessionRequest>,
     ) -> Reply<pb::RevokeSessionResponse> {
-        Err(Status::unimplemented("issue 13: not built yet"))
+        self.core
+            .revoke_session(bearer(&request)?, &request.get_ref().session_id, Utc::now())
+            .await?;
+        Ok(Response::new(pb::RevokeSessionResponse {}))
     }
 
     async fn revoke_other_sessions(
         &self,
-        _request: Request<pb::RevokeOtherSessionsRequest>,
+        request: Request<pb::RevokeOtherSessionsRequest>,
     ) -> Reply<pb::RevokeOtherSessionsResponse> {
-        Err(Status::unimplemented("issue 13: not built yet"))
+        let ended = self
+            .core
+            .revoke_other_sessions(bearer(&request)?, Utc::now())
+            .await?;
+        Ok(Response::new(pb::RevokeOtherSessionsResponse {
+            revoked_count: i32::try_from(ended).unwrap_or(i32::MAX),
+        }))
     }
 }

@@ -99,6 +99,11 @@ pub fn client_address<T>(
     address_of(req.metadata().as_ref(), req.extensions(), trusted_header).map(|ip| ClientAddress(group(ip)))
 }
 
+/// The client's own address (not grouped), as a session records it.
+pub fn client_ip<T>(req: &tonic::Request<T>, trusted_header: Option<&HeaderName>) -> Option<IpAddr> {
+    address_of(req.metadata().as_ref(), req.extensions(), trusted_header)
+}
+
 fn address_of(
     headers: &http::HeaderMap,
     ext: &http::Extensions,

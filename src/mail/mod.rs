@@ -17,6 +17,9 @@ pub struct MailSettings {
     /// Link template of reset mails, with `{token}` where the token goes.
     pub reset_url: String,
     pub reset_ttl: Duration,
+    /// Link template of verification and email-change mails, with `{token}`.
+    pub verify_url: String,
+    pub verify_ttl: Duration,
     /// Wakes this process's worker after a commit that queued mail, so
     /// delivery does not wait for the next poll.
     pub queued: Arc<Notify>,

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::Core;
 use crate::crypto::jwt::VerifiedAccess;
 use crate::db;
+use crate::db::verification::Purpose;
 use crate::domain::{Email, FullName, ImageUrl, Invalid, Password, Phone, User, Username};
 use crate::error::{AppError, TokenProblem, Violation};
 
@@ -68,7 +69,10 @@ pub(super) fn note<T>(field: &'static str, parsed: &Result<T, Invalid>, violatio
 }
 
 /// Empty input means "not given".
-fn optional<T>(input: &str, parse: impl Fn(&str) -> Result<T, Invalid>) -> Result<Option<T>, Invalid> {
+pub(super) fn optional<T>(
+    input: &str,
+    parse: impl Fn(&str) -> Result<T, Invalid>,
+) -> Result<Option<T>, Invalid> {
     if input.trim().is_empty() {
         Ok(None)
     } else {
@@ -83,8 +87,10 @@ impl Core {
         let password = self.check_new_password(&input.password, &identifiers).await?;
         let account = NewAccount::parse(&input, password)?;
         let hash = self.hasher.hash(&account.password).await?;
-        db::users::insert(
-            &self.db,
+        // The account and the mail that verifies its address: both or neither.
+        let mut tx = self.db.begin().await?;
+        let user = db::users::insert(
+            &mut *tx,
             db::users::NewUserRow {
                 id: Uuid::new_v4(),
                 email: account.email.as_str(),
@@ -96,7 +102,12 @@ impl Core {
                 now,
             },
         )
-        .await
+        .await?;
+        self.queue_address_proof(&mut tx, user.id, Purpose::Verify, &user.email, now)
+            .await?;
+        tx.commit().await?;
+        self.mail.queued.notify_one();
+        Ok(user)
     }
 
     /// The bearer's account, provided its session is still live: from the

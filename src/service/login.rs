@@ -1,4 +1,4 @@
-//! Login: check a password, start a session.
+//! Login: check a password, start a session (recording where from).
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -8,7 +8,7 @@ use crate::crypto::opaque::{NewToken, TokenKind};
 use crate::crypto::password::Verified;
 use crate::db::throttle::Backoff;
 use crate::db::{self, users::LoginKey};
-use crate::domain::{Email, FieldReason, Invalid, Password, User, Username};
+use crate::domain::{ClientInfo, Email, FieldReason, Invalid, Password, User, Username};
 use crate::error::{AppError, Violation};
 
 /// Longest login string worth looking up (an email's maximum).
@@ -24,7 +24,7 @@ pub(super) fn throttle_key_for_user(user_id: Uuid) -> String {
 /// hashed: people type passwords into the login field, and a key stored in
 /// the clear would keep them; hashing also takes any byte (NUL included)
 /// into a form PostgreSQL's `text` accepts.
-fn unknown_login_throttle_key(login: &str) -> String {
+pub(super) fn unknown_login_throttle_key(login: &str) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(login.to_lowercase().as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
@@ -37,6 +37,7 @@ impl Core {
         &self,
         login: &str,
         password: &str,
+        client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<(TokenPair, User), AppError> {
         let login = login.trim();
@@ -100,8 +101,14 @@ impl Core {
         if credentials.user.disabled {
             return Err(AppError::AccountDisabled);
         }
+        if self.sessions.require_verified_email && !credentials.user.email_verified {
+            // The right password is no failure: someone waiting for the
+            // mail may well try again and again.
+            db::throttle::forgive(&self.db, &throttle_key).await?;
+            return Err(AppError::EmailNotVerified);
+        }
         let pair = self
-            .start_session(&credentials, upgrade.as_deref(), &throttle_key, now)
+            .start_session(&credentials, upgrade.as_deref(), &throttle_key, client, now)
             .await?;
         Ok((pair, credentials.user))
     }
@@ -114,9 +121,15 @@ impl Core {
         credentials: &db::users::Credentials,
         upgraded_hash: Option<&str>,
         throttle_key: &str,
+        client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<TokenPair, AppError> {
         let user_id = credentials.user.id;
+        let ip_address = client.ip_text();
+        let from = db::sessions::StartedFrom {
+            user_agent: client.user_agent.as_ref().map(|ua| ua.as_str()),
+            ip_address: ip_address.as_deref(),
+        };
         let absolute = now + chrono_duration(self.sessions.max_ttl);
         let session = db::sessions::NewSession {
             id: Uuid::new_v4(),
@@ -136,12 +149,13 @@ impl Core {
             now,
         )?;
         let started = match upgraded_hash {
-            None => db::sessions::start(&self.db, &session, &hash, throttle_key, now).await?,
+            None => db::sessions::start_from(&self.db, &session, &hash, throttle_key, from, now).await?,
             Some(new_hash) => {
                 let mut tx = self.db.begin().await?;
                 db::users::upgrade_password_hash(&mut *tx, user_id, &credentials.password_hash, new_hash)
                     .await?;
-                let started = db::sessions::start(&mut *tx, &session, &hash, throttle_key, now).await?;
+                let started =
+                    db::sessions::start_from(&mut *tx, &session, &hash, throttle_key, from, now).await?;
                 tx.commit().await?;
                 started
             }

@@ -44,7 +44,7 @@ impl Core {
         db::recovery::insert_token(&mut tx, &token.hash, account.id, now, expires_at).await?;
         let link = outbox::reset_link(&self.mail.reset_url, token.expose());
         let mail = outbox::password_reset(&account.email, &link, self.mail.reset_ttl, expires_at);
-        let outbox_id = db::outbox::enqueue(&mut tx, &mail, now).await?;
+        let outbox_id = db::outbox::enqueue(&mut tx, &mail, Some(account.id), now).await?;
         tx.commit().await?;
         self.mail.queued.notify_one();
         tracing::info!(user_id = %account.id, %outbox_id, "reset mail queued");
@@ -134,7 +134,7 @@ impl Core {
         now: DateTime<Utc>,
     ) -> Result<(), AppError> {
         db::recovery::supersede_all(tx, user_id, now).await?;
-        db::outbox::enqueue(tx, &outbox::password_changed(email, now), now).await?;
+        db::outbox::enqueue(tx, &outbox::password_changed(email, now), Some(user_id), now).await?;
         Ok(())
     }
 }

@@ -339,11 +339,13 @@ async fn register_with_username(app: &TestApp, email: &str, username: &str) -> p
 }
 
 async fn outbox_rows_for(app: &TestApp, email: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM email_outbox WHERE lower(recipient) = lower($1)")
-        .bind(email)
-        .fetch_one(&app.db)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT count(*) FROM email_outbox WHERE lower(recipient) = lower($1) AND kind = 'password_reset'",
+    )
+    .bind(email)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
 }
 
 pub(crate) fn database_url(app: &TestApp) -> String {

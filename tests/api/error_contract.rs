@@ -453,3 +453,258 @@ async fn a_password_change_that_lost_a_race_is_aborted() {
     assert_eq!(lost.code(), Code::Aborted, "{lost:?}");
     assert_eq!(check_contract(&lost), "CONCURRENT_UPDATE");
 }
+
+#[tokio::test]
+async fn every_error_of_the_account_lifecycle_carries_a_listed_reason() {
+    let app = spawn_app_with(|c| c.require_verified_email = true).await;
+    let mut c = app.client.clone();
+    let email = fresh_email();
+    c.register(pb::RegisterRequest {
+        email: email.clone(),
+        password: PASSWORD.into(),
+        username: "lifecycle_taken".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    // Login's gate, after the password checked out.
+    expect(
+        app.login(&email, PASSWORD).await,
+        Code::FailedPrecondition,
+        "EMAIL_NOT_VERIFIED",
+    );
+    sqlx::query("UPDATE users SET email_verified = true")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let tokens = app.login(&email, PASSWORD).await.unwrap().tokens.unwrap();
+    let access = tokens.access_token.as_str();
+
+    // Every bearer RPC without a bearer.
+    expect(
+        c.send_verification_email(pb::SendVerificationEmailRequest {})
+            .await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+    expect(
+        c.update_me(pb::UpdateMeRequest::default()).await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+    expect(
+        c.change_email(pb::ChangeEmailRequest::default()).await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+    expect(
+        c.delete_me(pb::DeleteMeRequest::default()).await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+    expect(
+        c.list_sessions(pb::ListSessionsRequest {}).await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+    expect(
+        c.revoke_session(pb::RevokeSessionRequest::default()).await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+    expect(
+        c.revoke_other_sessions(pb::RevokeOtherSessionsRequest {}).await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+
+    // VerifyEmail.
+    let status = expect(
+        c.verify_email(pb::VerifyEmailRequest::default()).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(field_reasons(&status), pairs(&[("token", "REQUIRED")]));
+    expect(
+        c.verify_email(pb::VerifyEmailRequest {
+            token: "ev_garbage".into(),
+        })
+        .await,
+        Code::Unauthenticated,
+        "VERIFY_TOKEN_INVALID",
+    );
+
+    // UpdateMe: values, the mask, a taken username.
+    let update = |user: Option<pb::User>, paths: &[&str]| {
+        let mut c = app.client.clone();
+        let request = with_bearer(
+            pb::UpdateMeRequest {
+                user,
+                update_mask: Some(prost_types::FieldMask {
+                    paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+                }),
+            },
+            access,
+        );
+        async move { c.update_me(request).await }
+    };
+    let status = expect(
+        update(
+            Some(pb::User {
+                username: "y".repeat(40),
+                phone: "+0".into(),
+                ..Default::default()
+            }),
+            &["username", "phone"],
+        )
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(
+        field_reasons(&status),
+        pairs(&[("user.phone", "INVALID_FORMAT"), ("user.username", "TOO_LONG")])
+    );
+    let status = expect(
+        update(Some(pb::User::default()), &["email"]).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(field_reasons(&status), pairs(&[("update_mask", "UNKNOWN_FIELD")]));
+    let status = expect(update(None, &[]).await, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_eq!(
+        field_reasons(&status),
+        pairs(&[("update_mask", "REQUIRED"), ("user", "REQUIRED")])
+    );
+    c.register(pb::RegisterRequest {
+        email: fresh_email(),
+        password: PASSWORD.into(),
+        username: "someone_else".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    expect(
+        update(
+            Some(pb::User {
+                username: "Someone_Else".into(),
+                ..Default::default()
+            }),
+            &["username"],
+        )
+        .await,
+        Code::AlreadyExists,
+        "USERNAME_TAKEN",
+    );
+
+    // ChangeEmail and DeleteMe: fields, then a wrong password.
+    let change = |new_email: &str, password: &str| {
+        let mut c = app.client.clone();
+        let request = with_bearer(
+            pb::ChangeEmailRequest {
+                new_email: new_email.into(),
+                current_password: password.into(),
+            },
+            access,
+        );
+        async move { c.change_email(request).await }
+    };
+    let status = expect(change("", "").await, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_eq!(
+        field_reasons(&status),
+        pairs(&[("current_password", "REQUIRED"), ("new_email", "REQUIRED")])
+    );
+    expect(
+        change(&fresh_email(), "wrong current password").await,
+        Code::InvalidArgument,
+        "INVALID_CREDENTIALS",
+    );
+    let delete = |password: &str| {
+        let mut c = app.client.clone();
+        let request = with_bearer(
+            pb::DeleteMeRequest {
+                current_password: password.into(),
+            },
+            access,
+        );
+        async move { c.delete_me(request).await }
+    };
+    let status = expect(delete("").await, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_eq!(field_reasons(&status), pairs(&[("current_password", "REQUIRED")]));
+    expect(
+        delete("wrong current password").await,
+        Code::InvalidArgument,
+        "INVALID_CREDENTIALS",
+    );
+
+    // RevokeSession.
+    let revoke = |session_id: String| {
+        let mut c = app.client.clone();
+        let request = with_bearer(pb::RevokeSessionRequest { session_id }, access);
+        async move { c.revoke_session(request).await }
+    };
+    let status = expect(
+        revoke("1234".into()).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(field_reasons(&status), pairs(&[("session_id", "INVALID_FORMAT")]));
+    expect(
+        revoke(uuid::Uuid::new_v4().to_string()).await,
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
+    );
+
+    // SendVerificationEmail: five an hour (Register's included).
+    sqlx::query("UPDATE users SET email_verified = false")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let send = || {
+        let mut c = app.client.clone();
+        let request = with_bearer(pb::SendVerificationEmailRequest {}, access);
+        async move { c.send_verification_email(request).await }
+    };
+    for _ in 0..4 {
+        send().await.unwrap();
+    }
+    let status = expect(send().await, Code::ResourceExhausted, "THROTTLED");
+    assert!(status.get_details_retry_info().is_some());
+
+    // Every bearer RPC on an ended session.
+    c.logout(pb::LogoutRequest {
+        refresh_token: tokens.refresh_token.clone(),
+    })
+    .await
+    .unwrap();
+    expect(
+        c.list_sessions(with_bearer(pb::ListSessionsRequest {}, access))
+            .await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+    );
+    expect(
+        c.revoke_other_sessions(with_bearer(pb::RevokeOtherSessionsRequest {}, access))
+            .await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+    );
+    expect(send().await, Code::Unauthenticated, "SESSION_REVOKED");
+    expect(
+        update(Some(pb::User::default()), &["full_name"]).await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+    );
+    expect(
+        change(&fresh_email(), PASSWORD).await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+    );
+    expect(delete(PASSWORD).await, Code::Unauthenticated, "SESSION_REVOKED");
+    expect(
+        revoke(uuid::Uuid::new_v4().to_string()).await,
+        Code::Unauthenticated,
+        "SESSION_REVOKED",
+    );
+}

@@ -14,6 +14,7 @@ mod error_contract;
 mod grpc_web;
 mod health;
 mod http1;
+mod lifecycle;
 mod login;
 mod metrics;
 mod openapi;

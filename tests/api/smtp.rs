@@ -55,6 +55,9 @@ impl ReceivedMail {
 #[derive(Default)]
 struct Shared {
     received: Mutex<Vec<ReceivedMail>>,
+    /// Mails with these subjects are accepted and dropped, for tests about
+    /// other mail.
+    ignored_subjects: Vec<String>,
     reject_data: AtomicBool,
     rejected: AtomicUsize,
 }
@@ -87,9 +90,18 @@ impl SmtpServer {
     }
 
     pub async fn start_on(addr: SocketAddr) -> Self {
+        Self::start_ignoring(addr, &[]).await
+    }
+
+    /// A server on `addr` that accepts mails with these subjects but keeps
+    /// only the others.
+    pub async fn start_ignoring(addr: SocketAddr, subjects: &[&str]) -> Self {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            ignored_subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),
+            ..Shared::default()
+        });
         let task = tokio::spawn(accept(listener, shared.clone()));
         Self { addr, shared, task }
     }
@@ -190,11 +202,15 @@ async fn session(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> 
                     }
                     data.push_str(line.strip_prefix('.').unwrap_or(&line));
                 }
-                shared.received.lock().unwrap().push(ReceivedMail {
+                let mail = ReceivedMail {
                     from: std::mem::take(&mut from),
                     to: std::mem::take(&mut to),
                     data,
-                });
+                };
+                let subject = mail.header("Subject").unwrap_or_default();
+                if !shared.ignored_subjects.contains(&subject) {
+                    shared.received.lock().unwrap().push(mail);
+                }
                 b"250 2.0.0 queued\r\n"
             }
             "RSET" => {

@@ -2,6 +2,7 @@
 //! named after what it attacks. Throttling and the password blocklist have
 //! their own module (`throttling`).
 
+mod account_lifecycle;
 mod forged_tokens;
 mod hostile_input;
 mod login_timing;

@@ -114,13 +114,13 @@ async fn a_full_flow_logs_no_password_token_hash_or_reset_link() {
         .await
         .unwrap();
     smtp.wait_until(Duration::from_secs(15), |s| {
-        s.received().iter().any(|m| m.text().contains("token="))
+        s.received().iter().any(|m| m.text().contains("token=pr_"))
     })
     .await;
     let mail = smtp
         .received()
         .into_iter()
-        .find(|m| m.text().contains("token="))
+        .find(|m| m.text().contains("token=pr_"))
         .unwrap();
     let reset_token = mail.reset_token();
     client

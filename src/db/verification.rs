@@ -1,0 +1,187 @@
+//! The `email_verification_tokens` table: links that prove an address,
+//! either the account's own (`Purpose::Verify`) or one it moves to
+//! (`Purpose::Change`).
+//!
+//! A token is usable while it is neither consumed nor superseded and has not
+//! expired; every query that accepts one repeats that condition with the
+//! caller's `now`.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::crypto::opaque::TokenHash;
+use crate::error::AppError;
+
+/// What consuming a token does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Marks the account's address verified, if it is still the address
+    /// the token was mailed to.
+    Verify,
+    /// Switches the account to the token's address, verified.
+    Change,
+}
+
+impl Purpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Verify => "verify",
+            Self::Change => "change",
+        }
+    }
+}
+
+impl TryFrom<String> for Purpose {
+    type Error = String;
+
+    fn try_from(stored: String) -> Result<Self, Self::Error> {
+        match stored.as_str() {
+            "verify" => Ok(Self::Verify),
+            "change" => Ok(Self::Change),
+            _ => Err(format!("unknown verification purpose {stored:?}")),
+        }
+    }
+}
+
+/// What the mail flows need of an account, read under its row lock.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MailAccount {
+    pub id: Uuid,
+    pub email: String,
+    pub email_verified: bool,
+}
+
+/// Locks an account until the end of the transaction, so concurrent
+/// requests for it are counted one after the other and the hourly cap is
+/// exact. `None` when there is no such (enabled) account.
+#[tracing::instrument(skip_all)]
+pub async fn lock_account(tx: &mut PgConnection, user_id: Uuid) -> Result<Option<MailAccount>, AppError> {
+    Ok(sqlx::query_as::<_, MailAccount>(
+        "SELECT id, email, email_verified FROM users
+          WHERE id = $1 AND disabled_at IS NULL FOR NO KEY UPDATE",
+    )
+    .bind(user_id)
+    .fetch_optional(tx)
+    .await?)
+}
+
+/// When the account may be sent another link, if `cap` were issued since
+/// `since` (whatever became of them): the moment the oldest of the latest
+/// `cap` leaves the window. `None` while fewer than `cap` were issued.
+#[tracing::instrument(skip_all)]
+pub async fn cap_reached_until(
+    tx: &mut PgConnection,
+    user_id: Uuid,
+    since: DateTime<Utc>,
+    window: chrono::Duration,
+    cap: i64,
+) -> Result<Option<DateTime<Utc>>, AppError> {
+    let nth_latest: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT created_at FROM email_verification_tokens
+          WHERE user_id = $1 AND created_at > $2
+          ORDER BY created_at DESC OFFSET $3 LIMIT 1",
+    )
+    .bind(user_id)
+    .bind(since)
+    .bind(cap - 1)
+    .fetch_optional(tx)
+    .await?;
+    Ok(nth_latest.map(|t| t + window))
+}
+
+/// Makes the outstanding tokens of an account unusable: those of `purpose`
+/// (a newer one of the kind is issued), or all (the address changed).
+#[tracing::instrument(skip_all)]
+pub async fn supersede(
+    tx: &mut PgConnection,
+    user_id: Uuid,
+    purpose: Option<Purpose>,
+    now: DateTime<Utc>,
+) -> Result<u64, AppError> {
+    let done = sqlx::query(
+        "UPDATE email_verification_tokens SET superseded_at = $3
+          WHERE user_id = $1 AND ($2::text IS NULL OR purpose = $2)
+            AND consumed_at IS NULL AND superseded_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(purpose.map(Purpose::as_str))
+    .bind(now)
+    .execute(tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+pub struct NewVerificationToken<'a> {
+    pub hash: &'a TokenHash,
+    pub user_id: Uuid,
+    pub purpose: Purpose,
+    /// The address the token proves.
+    pub email: &'a str,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn insert_token(
+    tx: &mut PgConnection,
+    token: &NewVerificationToken<'_>,
+    now: DateTime<Utc>,
+) -> Result<(), AppError> {
+    sqlx::query(
+        "INSERT INTO email_verification_tokens (token_hash, user_id, purpose, email, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(token.hash.as_bytes())
+    .bind(token.user_id)
+    .bind(token.purpose.as_str())
+    .bind(token.email)
+    .bind(now)
+    .bind(token.expires_at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// A token that was just consumed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ConsumedToken {
+    pub user_id: Uuid,
+    #[sqlx(try_from = "String")]
+    pub purpose: Purpose,
+    pub email: String,
+}
+
+/// Consumes a usable token. Of concurrent calls with one token exactly one
+/// gets `Some`: the row lock makes the others re-check `consumed_at` after
+/// the winner commits.
+#[tracing::instrument(skip_all)]
+pub async fn consume(
+    tx: &mut PgConnection,
+    hash: &TokenHash,
+    now: DateTime<Utc>,
+) -> Result<Option<ConsumedToken>, AppError> {
+    Ok(sqlx::query_as::<_, ConsumedToken>(
+        "UPDATE email_verification_tokens SET consumed_at = $2
+          WHERE token_hash = $1 AND consumed_at IS NULL AND superseded_at IS NULL AND expires_at > $2
+         RETURNING user_id, purpose, email",
+    )
+    .bind(hash.as_bytes())
+    .bind(now)
+    .fetch_optional(tx)
+    .await?)
+}
+
+/// Deletes tokens issued before `before` (long expired, and older than the
+/// hour the cap looks at).
+// Background work: a span only when debugging, not a trace every tick.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn delete_issued_before<'e>(
+    db: impl PgExecutor<'e>,
+    before: DateTime<Utc>,
+) -> Result<u64, AppError> {
+    let done = sqlx::query("DELETE FROM email_verification_tokens WHERE created_at < $1 AND expires_at < $1")
+        .bind(before)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected())
+}

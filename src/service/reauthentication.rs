@@ -1,0 +1,38 @@
+//! The bearer typing their password again before a change that a stolen
+//! access token alone must not be able to make (ChangeEmail, DeleteMe).
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::Core;
+use crate::crypto::password::Verified;
+use crate::db;
+use crate::db::throttle::Backoff;
+use crate::domain::Password;
+use crate::error::AppError;
+use crate::metrics::ThrottleKind;
+
+impl Core {
+    /// Checks `current` against the account's password, counted like a
+    /// Login of the account (the same back-off, so a stolen access token
+    /// cannot be used to guess the password any faster). A wrong password
+    /// is `WrongCurrentPassword`: the bearer is fine. Returns the throttle
+    /// key, for the caller to forgive in the transaction of its change.
+    pub(super) async fn confirm_current_password(
+        &self,
+        user_id: Uuid,
+        current: &Password,
+        now: DateTime<Utc>,
+    ) -> Result<String, AppError> {
+        let throttle_key = super::login::throttle_key_for_user(user_id);
+        if let Some(wait) = db::throttle::charge(&self.db, &throttle_key, &Backoff::LOGIN, now).await? {
+            self.metrics.throttled(ThrottleKind::LoginBackoff);
+            return Err(AppError::Throttled(wait));
+        }
+        let stored = db::users::password_hash(&self.db, user_id).await?;
+        if self.hasher.verify(current, stored.as_deref()).await? == Verified::No {
+            return Err(AppError::WrongCurrentPassword);
+        }
+        Ok(throttle_key)
+    }
+}
