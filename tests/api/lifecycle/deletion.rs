@@ -227,3 +227,41 @@ async fn a_wrong_or_missing_password_deletes_nothing() {
     assert_eq!(app.get_me(&tokens.access_token).await.unwrap().id, user.id);
     tokens_of(&app, &user.email).await;
 }
+
+/// A deletion is one transaction: when its last write before the delete
+/// fails (the notice's insert, made to fail by a trigger standing in for a
+/// crash), the account, its sessions and its counters are all still there.
+#[tokio::test]
+async fn a_deletion_that_fails_midway_deletes_nothing() {
+    let app = spawn_app().await;
+    let (user, tokens) = app.signed_in_user().await;
+    assert_error(
+        delete_me(&app, &tokens.access_token, "not my password at all").await,
+        Code::InvalidArgument,
+        "INVALID_CREDENTIALS",
+    );
+    sqlx::raw_sql(
+        "CREATE FUNCTION fail_mail() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'injected failure'; END $$;
+         CREATE TRIGGER fail_mail BEFORE INSERT ON email_outbox
+         FOR EACH ROW EXECUTE FUNCTION fail_mail();",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    let failed = delete_me(&app, &tokens.access_token, PASSWORD).await;
+    assert_eq!(failed.unwrap_err().code(), Code::Internal);
+    assert_eq!(app.get_me(&tokens.access_token).await.unwrap().id, user.id);
+    let failures: i32 = sqlx::query_scalar("SELECT failures FROM login_throttle WHERE key = $1")
+        .bind(format!("user:{}", user.id))
+        .fetch_one(&app.db)
+        .await
+        .expect("the counter is still there");
+    assert_eq!(failures, 2, "the wrong password and the attempt that failed");
+    sqlx::raw_sql("DROP TRIGGER fail_mail ON email_outbox")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    delete_me(&app, &tokens.access_token, PASSWORD).await.unwrap();
+}

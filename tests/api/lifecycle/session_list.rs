@@ -232,3 +232,68 @@ async fn revoke_other_sessions_ends_all_but_the_current_and_counts_them() {
     let listed = list_sessions(&app, &renewed.access_token).await.unwrap();
     assert_eq!(listed.len(), 1);
 }
+
+/// GetMe at `app` until it refuses `access`, for at most 2 s.
+async fn refused_within_two_seconds(app: &TestApp, access: &str) {
+    let started = std::time::Instant::now();
+    while app.get_me(access).await.is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "still served after 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_error(app.get_me(access).await, Code::Unauthenticated, "SESSION_REVOKED");
+}
+
+/// Sessions ended and profiles changed through one replica stop being
+/// served from another replica's cache within milliseconds.
+#[tokio::test]
+async fn lifecycle_changes_at_one_replica_reach_the_cache_of_another() {
+    use secrecy::ExposeSecret as _;
+    let a = spawn_app().await;
+    let url = a.config.database_url.as_ref().unwrap().expose_secret().to_owned();
+    let keys = a.config.signing_keys.clone();
+    let b = spawn_app_on(&url, |c| c.signing_keys = keys).await;
+    let (user, here) = a.signed_in_user().await;
+    let (one, two, three) = (
+        tokens_of(&a, &user.email).await,
+        tokens_of(&a, &user.email).await,
+        tokens_of(&a, &user.email).await,
+    );
+    // B serves all four from its cache.
+    for t in [&here, &one, &two, &three] {
+        b.get_me(&t.access_token).await.unwrap();
+        b.get_me(&t.access_token).await.unwrap();
+    }
+
+    revoke_session(&a, &here.access_token, &session_of(&one.access_token))
+        .await
+        .unwrap();
+    refused_within_two_seconds(&b, &one.access_token).await;
+
+    update_me(
+        &a,
+        &here.access_token,
+        pb::User {
+            full_name: "Renamed At A".into(),
+            ..Default::default()
+        },
+        &["full_name"],
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    while b.get_me(&here.access_token).await.unwrap().full_name != "Renamed At A" {
+        assert!(started.elapsed() < Duration::from_secs(2), "stale profile at B");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    assert_eq!(revoke_others(&a, &here.access_token).await.unwrap(), 2);
+    refused_within_two_seconds(&b, &two.access_token).await;
+    refused_within_two_seconds(&b, &three.access_token).await;
+    b.get_me(&here.access_token).await.unwrap();
+
+    delete_me(&a, &here.access_token, PASSWORD).await.unwrap();
+    refused_within_two_seconds(&b, &here.access_token).await;
+}
