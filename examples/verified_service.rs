@@ -39,7 +39,10 @@ pub struct WhoAmI;
 
 #[tonic::async_trait]
 impl Health for WhoAmI {
-    async fn check(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
         // The layer put them there; without the layer this is a bug, not
         // an anonymous caller.
         let claims = request
@@ -58,7 +61,10 @@ impl Health for WhoAmI {
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
 
-    async fn watch(&self, _request: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        _request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         Err(Status::unimplemented("only Check"))
     }
 }

@@ -33,8 +33,8 @@ struct Args {
     connections: usize,
 
     /// Comma-separated, in order [default: all:
-    /// health,getme,getuser,introspect,jwks,refresh,mix,login,register,cache;
-    /// with --addr but no --database-url, all but cache]
+    /// health,getme,getuser,introspect,jwks,refresh,mix,login,register,cache,revocation;
+    /// with --addr, cache only with --database-url and revocation only with --watch-key]
     #[arg(long, value_name = "LIST", value_parser = scenario_list)]
     scenarios: Option<ScenarioList>,
 
@@ -60,6 +60,16 @@ struct Args {
     /// IntrospectToken requires; a started authd gets one made for it
     #[arg(long, value_name = "KEY")]
     service_key: Option<String>,
+
+    /// With --addr: a service key (sk_…) with scope revocations.watch, for
+    /// the revocation scenario; a started authd gets one made for it
+    #[arg(long, value_name = "KEY")]
+    watch_key: Option<String>,
+
+    /// Revocation scenario: Logouts timed per subscriber count (1 and 100)
+    /// [default: 300; --smoke: 10]
+    #[arg(long, value_name = "N", value_parser = positive)]
+    revocation_logouts: Option<usize>,
 
     /// Extra environment for the started authd (repeatable), e.g.
     /// AUTHD_HASH_WORKERS=3 or MALLOC_ARENA_MAX=2
@@ -98,6 +108,8 @@ pub struct Options {
     pub pid: Option<u32>,
     pub database: Option<PgConnectOptions>,
     pub service_key: Option<String>,
+    pub watch_key: Option<String>,
+    pub revocation_logouts: usize,
     pub server_env: Vec<(String, String)>,
     pub cache_sessions: usize,
     pub cache_changes_per_sec: u32,
@@ -109,6 +121,7 @@ pub fn parse() -> Options {
     let args = Args::parse();
     let smoke = args.smoke;
     let no_database = args.addr.is_some() && args.database_url.is_none();
+    let no_watch_key = args.addr.is_some() && args.watch_key.is_none();
     let scenarios = match args.scenarios {
         Some(list) => list.0,
         None => {
@@ -117,6 +130,7 @@ pub fn parse() -> Options {
             // runs everything else.
             all.into_iter()
                 .filter(|s| !(no_database && matches!(s, Scenario::Cache)))
+                .filter(|s| !(no_watch_key && matches!(s, Scenario::Revocation)))
                 .collect()
         }
     };
@@ -125,6 +139,14 @@ pub fn parse() -> Options {
             .error(
                 ErrorKind::MissingRequiredArgument,
                 "the cache scenario against --addr needs --database-url (it fills the database with SQL)",
+            )
+            .exit();
+    }
+    if no_watch_key && scenarios.iter().any(|s| matches!(s, Scenario::Revocation)) {
+        Args::command()
+            .error(
+                ErrorKind::MissingRequiredArgument,
+                "the revocation scenario against --addr needs --watch-key (a key with scope revocations.watch)",
             )
             .exit();
     }
@@ -140,6 +162,8 @@ pub fn parse() -> Options {
         pid: args.pid,
         database: args.database_url,
         service_key: args.service_key,
+        watch_key: args.watch_key,
+        revocation_logouts: args.revocation_logouts.unwrap_or(if smoke { 10 } else { 300 }),
         server_env: args.server_env,
         cache_sessions: args.cache_sessions.unwrap_or(if smoke { 2_000 } else { 100_000 }),
         cache_changes_per_sec: args.cache_changes,

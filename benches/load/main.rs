@@ -12,7 +12,9 @@
 //! read from /proc (`procfs`). Baselines measured in the same run: the
 //! health Check floor and the argon2 ceiling (`argon2_baseline`). Finally
 //! the peak RSS of the service during a burst of simultaneous Logins
-//! (`burst`).
+//! (`burst`). The revocation scenario (`revocation_scenario`) times a
+//! Logout's way to a service using authd-verifier, and the verifier's cost
+//! per call against a bare tonic call.
 //!
 //! Timings are reported, never asserted. `--smoke` (about a second per
 //! scenario) exits non-zero if any call failed, for CI.
@@ -24,6 +26,7 @@ mod cache_scenario;
 mod client;
 mod procfs;
 mod report;
+mod revocation_scenario;
 mod scenarios;
 mod seeding;
 mod server;
@@ -161,6 +164,34 @@ async fn main() -> std::process::ExitCode {
                     concurrency: options.concurrency,
                 };
                 let outcome = cache_scenario::run(&server.addr, db, &shared, &settings, server.pid).await;
+                notes.extend(outcome.notes);
+                outcome.rows
+            }
+            Scenario::Revocation => {
+                let watch_key = match &options.watch_key {
+                    Some(key) => key.clone(),
+                    None => server::create_service_key(&server, "load-revocations", &["revocations.watch"])
+                        .await
+                        .expect(
+                            "args::parse requires --watch-key for the revocation scenario against --addr",
+                        ),
+                };
+                let settings = revocation_scenario::Settings {
+                    logouts: options.revocation_logouts,
+                    duration: options.duration,
+                    concurrency: options.concurrency,
+                    connections: options.connections,
+                };
+                let sample_token = states.first().map(|s| s.access.clone()).unwrap_or_default();
+                let outcome = revocation_scenario::run(
+                    &server.addr,
+                    &watch_key,
+                    &sample_token,
+                    &shared,
+                    &settings,
+                    server.pid,
+                )
+                .await;
                 notes.extend(outcome.notes);
                 outcome.rows
             }

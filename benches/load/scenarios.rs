@@ -17,7 +17,7 @@ use crate::seeding::{Shared, TaskState};
 use crate::stats::{Row, Stats};
 
 /// Every scenario, in the order a run without `--scenarios` takes them.
-pub const ALL: &str = "health,getme,getuser,introspect,jwks,refresh,mix,login,register,cache";
+pub const ALL: &str = "health,getme,getuser,introspect,jwks,refresh,mix,login,register,cache,revocation";
 
 #[derive(Debug, Clone)]
 pub enum Scenario {
@@ -25,6 +25,10 @@ pub enum Scenario {
     /// authd's session cache filled, then GetMe with and without a stream
     /// of account changes (see `cache_scenario`).
     Cache,
+    /// Logout at authd → refusal by authd-verifier, with 1 and 100
+    /// subscribers, and the verifier's cost per call (see
+    /// `revocation_scenario`).
+    Revocation,
 }
 
 /// Which operations, in what proportions (percent).
@@ -56,6 +60,7 @@ impl Scenario {
                 ops: vec![(Op::GetMe, 90), (Op::Refresh, 8), (Op::Login, 2)],
             }),
             "cache" => Scenario::Cache,
+            "revocation" => Scenario::Revocation,
             _ => return None,
         })
     }
@@ -68,7 +73,7 @@ impl Scenario {
                 .ops
                 .iter()
                 .any(|(op, _)| matches!(op, Op::Login | Op::Register)),
-            Scenario::Cache => false,
+            Scenario::Cache | Scenario::Revocation => false,
         }
     }
 }

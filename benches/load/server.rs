@@ -98,24 +98,27 @@ pub async fn start_server(scratch: &Path, extra_env: &[(String, String)]) -> Ser
     }
 }
 
-/// A service key for IntrospectToken and GetUser, made with `authd service-account
-/// create` against the started server's database (it prints the key alone
-/// on stdout). `None` for a server started by hand.
+/// A service key for IntrospectToken and GetUser, made with `authd
+/// service-account create` against the started server's database. `None`
+/// for a server started by hand.
 pub async fn create_introspection_key(server: &Server) -> Option<String> {
+    create_service_key(server, "load-generator", &["tokens.introspect", "users.read"]).await
+}
+
+/// A new service account `name` with `scopes` on the started server (the
+/// command prints the key alone on stdout); `None` for a server started by
+/// hand.
+pub async fn create_service_key(server: &Server, name: &str, scopes: &[&str]) -> Option<String> {
     let data_dir = server.data_dir.as_ref()?;
+    let mut args = vec!["service-account", "create", name];
+    for scope in scopes {
+        args.extend(["--scope", scope]);
+    }
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_authd"))
         .env_clear()
         .envs(server.env.iter().map(|(k, v)| (k, v)))
         .current_dir(data_dir)
-        .args([
-            "service-account",
-            "create",
-            "load-generator",
-            "--scope",
-            "tokens.introspect",
-            "--scope",
-            "users.read",
-        ])
+        .args(&args)
         .stdin(Stdio::null())
         .output()
         .await

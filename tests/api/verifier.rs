@@ -78,7 +78,10 @@ async fn serve(verifier: Verifier) -> VerifiedService {
 
 /// A service following `app`'s revocations with a fresh key, once its
 /// stream has started.
-async fn fresh_service(app: &TestApp, tweak: impl FnOnce(VerifierConfig) -> VerifierConfig) -> VerifiedService {
+async fn fresh_service(
+    app: &TestApp,
+    tweak: impl FnOnce(VerifierConfig) -> VerifierConfig,
+) -> VerifiedService {
     let key = app.service_key("verified-service", &[WATCH]).await;
     let service = serve(start_verifier(app.addr, tweak(config_for(app, &key))).await).await;
     assert!(
@@ -150,7 +153,12 @@ fn sign(pem: &str, claims: &Value, kid: &str, typ: Option<&str>) -> String {
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(kid.to_owned());
     header.typ = typ.map(str::to_owned);
-    jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_pem(pem.as_bytes()).unwrap()).unwrap()
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &EncodingKey::from_ed_pem(pem.as_bytes()).unwrap(),
+    )
+    .unwrap()
 }
 
 async fn logout(app: &TestApp, refresh_token: &str) {
@@ -182,21 +190,14 @@ async fn a_verified_service_accepts_a_token_and_refuses_it_right_after_logout() 
     );
 
     logout(&app, &tokens.refresh_token).await;
-    let (status, took) = service
-        .refused_within(&tokens.access_token, REFUSAL_WAIT)
-        .await;
+    let (status, took) = service.refused_within(&tokens.access_token, REFUSAL_WAIT).await;
     assert_refusal(&status, Code::Unauthenticated, "SESSION_REVOKED");
     println!("Logout answered → refused by the service in {took:?}");
     assert!(service.verifier.cursor() > 0, "{:?}", service.verifier.status());
     assert!(service.verifier.status().remembered_revocations >= 1);
 
     // Another session of the same account is untouched.
-    let other = app
-        .login(&user.email, PASSWORD)
-        .await
-        .unwrap()
-        .tokens
-        .unwrap();
+    let other = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
     assert!(service.who_am_i(&other.access_token).await.is_ok());
 }
 
@@ -232,12 +233,22 @@ async fn forged_expired_wrong_audience_and_wrong_typ_tokens_are_refused_by_the_s
         ),
         (
             "another audience",
-            sign(&app.signing_pem, &changed("aud", "other-services".into()), &kid, Some("at+jwt")),
+            sign(
+                &app.signing_pem,
+                &changed("aud", "other-services".into()),
+                &kid,
+                Some("at+jwt"),
+            ),
             "TOKEN_INVALID",
         ),
         (
             "another issuer",
-            sign(&app.signing_pem, &changed("iss", "https://evil.test".into()), &kid, Some("at+jwt")),
+            sign(
+                &app.signing_pem,
+                &changed("iss", "https://evil.test".into()),
+                &kid,
+                Some("at+jwt"),
+            ),
             "TOKEN_INVALID",
         ),
         (
@@ -338,9 +349,7 @@ async fn a_disabled_account_is_refused_by_the_service() {
         ))
         .await
         .unwrap();
-    let (status, took) = service
-        .refused_within(&tokens.access_token, REFUSAL_WAIT)
-        .await;
+    let (status, took) = service.refused_within(&tokens.access_token, REFUSAL_WAIT).await;
     assert_refusal(&status, Code::Unauthenticated, "SESSION_REVOKED");
     println!("DisableUser answered → refused by the service in {took:?}");
 }
@@ -357,7 +366,11 @@ async fn the_stream_resumes_after_authd_restarts_and_delivers_what_it_missed() {
     logout(&a, &earlier.refresh_token).await;
     let known = Instant::now();
     while service.verifier.cursor() == 0 {
-        assert!(known.elapsed() < REFUSAL_WAIT, "no cursor: {:?}", service.verifier.status());
+        assert!(
+            known.elapsed() < REFUSAL_WAIT,
+            "no cursor: {:?}",
+            service.verifier.status()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (_, tokens) = a.signed_in_user().await;
@@ -386,9 +399,7 @@ async fn the_stream_resumes_after_authd_restarts_and_delivers_what_it_missed() {
         c.signing_keys = vec![key_file.clone()];
     })
     .await;
-    let (status, took) = service
-        .refused_within(&tokens.access_token, REFUSAL_WAIT)
-        .await;
+    let (status, took) = service.refused_within(&tokens.access_token, REFUSAL_WAIT).await;
     assert_refusal(&status, Code::Unauthenticated, "SESSION_REVOKED");
     println!("restarted authd → missed logout applied in {took:?}");
     assert!(service.verifier.cursor() > cursor_before);
@@ -405,9 +416,7 @@ async fn with_the_stream_down_longer_than_max_staleness_the_service_fails_closed
     service.who_am_i(&tokens.access_token).await.unwrap();
 
     app.stop().await.unwrap();
-    let (status, took) = service
-        .refused_within(&tokens.access_token, REFUSAL_WAIT)
-        .await;
+    let (status, took) = service.refused_within(&tokens.access_token, REFUSAL_WAIT).await;
     assert_refusal(&status, Code::Unavailable, "UNAVAILABLE");
     println!("authd stopped → service fails closed after {took:?} (max_staleness {max_staleness:?})");
     assert!(took <= max_staleness + Duration::from_secs(2), "{took:?}");
@@ -435,10 +444,7 @@ async fn without_the_stream_the_introspection_fallback_asks_authd() {
     let me = introspecting.who_am_i(&tokens.access_token).await.unwrap();
     assert_eq!(me.user_id, user.id);
     assert!(!introspecting.verifier.is_fresh());
-    let refused = failing_closed
-        .who_am_i(&tokens.access_token)
-        .await
-        .unwrap_err();
+    let refused = failing_closed.who_am_i(&tokens.access_token).await.unwrap_err();
     assert_refusal(&refused, Code::Unavailable, "UNAVAILABLE");
 
     logout(&app, &tokens.refresh_token).await;

@@ -1,5 +1,5 @@
-//! Verifies [authd](https://github.com/) access tokens inside a Rust
-//! service, and refuses them as soon as authd ends their session.
+//! Verifies authd's access tokens inside a Rust service, and refuses them
+//! as soon as authd ends their session.
 //!
 //! A service that checks JWTs against the issuer's public keys alone keeps
 //! accepting a logged-out user's token until it expires. This crate adds
