@@ -463,3 +463,45 @@ async fn without_the_stream_the_introspection_fallback_asks_authd() {
         .await;
     assert_refusal(&status, Code::Unavailable, "UNAVAILABLE");
 }
+
+#[tokio::test]
+async fn a_session_ended_before_the_verifier_started_is_caught_by_introspection_only() {
+    let app = spawn_app().await;
+    let (_, ended_earlier) = app.signed_in_user().await;
+    logout(&app, &ended_earlier.refresh_token).await;
+    let (_, live) = app.signed_in_user().await;
+    let key = app
+        .service_key("watching-and-introspecting", &[WATCH, INTROSPECT])
+        .await;
+    let introspecting = serve(
+        start_verifier(
+            app.addr,
+            config_for(&app, &key).with_on_stale(OnStale::Introspect),
+        )
+        .await,
+    )
+    .await;
+    let failing_closed = serve(start_verifier(app.addr, config_for(&app, &key)).await).await;
+    for service in [&introspecting, &failing_closed] {
+        assert!(service.verifier.wait_until_fresh(REFUSAL_WAIT).await);
+    }
+
+    // The stream never carried that Logout: it happened before it started.
+    // Tokens issued before the start are introspected once each...
+    let refused = introspecting
+        .who_am_i(&ended_earlier.access_token)
+        .await
+        .unwrap_err();
+    assert_refusal(&refused, Code::Unauthenticated, "SESSION_REVOKED");
+    assert!(introspecting.who_am_i(&live.access_token).await.is_ok());
+    // ...and a later revocation of one of them arrives by the stream.
+    logout(&app, &live.refresh_token).await;
+    let (status, _) = introspecting
+        .refused_within(&live.access_token, REFUSAL_WAIT)
+        .await;
+    assert_refusal(&status, Code::Unauthenticated, "SESSION_REVOKED");
+
+    // Failing closed, such a token is judged on signature and claims alone,
+    // as a keys-only verifier would (the documented blind spot).
+    assert!(failing_closed.who_am_i(&ended_earlier.access_token).await.is_ok());
+}
