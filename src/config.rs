@@ -64,6 +64,10 @@ pub struct Config {
     pub mail_poll_interval: Duration,
     /// Wait after a failed delivery; doubles with each further failure.
     pub mail_retry_base: Duration,
+    /// How long a message being delivered is kept from other replicas
+    /// (renewed while the delivery lasts): the delay before the mail a
+    /// crashed replica was sending is retried.
+    pub mail_lease: Duration,
     /// A WatchRevocations stream with nothing to deliver sends a heartbeat
     /// this often, so its subscriber can tell quiet from dead.
     pub revocation_heartbeat: Duration,
@@ -110,6 +114,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             mail_poll_interval: Duration::from_secs(1),
             mail_retry_base: Duration::from_secs(2),
+            mail_lease: Duration::from_secs(30),
             revocation_heartbeat: Duration::from_secs(5),
             session_cache: true,
         }
@@ -220,6 +225,7 @@ impl Config {
             self.smtp_url = Some(SecretString::from(s.to_owned()));
             Ok(())
         });
+        v.read("AUTHD_MAIL_LEASE", |s| duration_into(s, &mut self.mail_lease));
         v.read("AUTHD_MAIL_FROM", |s| {
             self.mail_from = s.to_owned();
             Ok(())
@@ -324,6 +330,9 @@ impl Config {
         }
         if self.session_idle_ttl > self.session_max_ttl {
             errors.push("AUTHD_SESSION_IDLE_TTL must not exceed AUTHD_SESSION_MAX_TTL".into());
+        }
+        if self.mail_lease < Duration::from_secs(1) {
+            errors.push("AUTHD_MAIL_LEASE must be at least 1s".into());
         }
         if self.revocation_heartbeat.is_zero() {
             errors.push("AUTHD_REVOCATION_HEARTBEAT must be more than 0".into());

@@ -102,6 +102,10 @@ pub enum AppError {
     SessionNotFound,
     #[error("throttled for {0:?}")]
     Throttled(Duration),
+    /// The password workers could not finish this call's work before its
+    /// deadline: refused at once, with the expected wait.
+    #[error("overloaded; expected wait {0:?}")]
+    Overloaded(Duration),
     /// A WatchRevocations cursor older than the retention, or never issued.
     #[error("revocation cursor expired")]
     CursorExpired,
@@ -331,6 +335,19 @@ impl From<AppError> for Status {
                 Status::with_error_details(
                     Code::ResourceExhausted,
                     format!("too many attempts; retry in {} s", delay.as_secs().max(1)),
+                    details,
+                )
+            }
+            AppError::Overloaded(wait) => {
+                let mut details = ErrorDetails::with_retry_info(Some(wait));
+                details.set_error_info(
+                    ErrorReason::Overloaded.as_str_name(),
+                    ERROR_DOMAIN,
+                    HashMap::new(),
+                );
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    "authd is at capacity and could not answer before your deadline; retry after the delay, elsewhere if you can",
                     details,
                 )
             }

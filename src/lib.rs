@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod db;
+pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod freshness;

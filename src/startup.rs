@@ -29,6 +29,7 @@ use crate::domain::PasswordPolicy;
 use crate::freshness::Freshness;
 use crate::grpc::auth_layer::BearerAuth;
 use crate::grpc::database_gate::DatabaseGate;
+use crate::grpc::deadline::Deadlines;
 use crate::grpc::health::{HealthApi, HealthState};
 use crate::grpc::middleware::MiddlewareLayer;
 use crate::grpc::observe::Observe;
@@ -270,7 +271,6 @@ async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Metr
 fn server_with_limits(config: &Config) -> anyhow::Result<Server> {
     let mut server = Server::builder()
         .accept_http1(true)
-        .timeout(config.request_timeout)
         .concurrency_limit_per_connection(256)
         .load_shed(true)
         .max_concurrent_streams(128)
@@ -306,6 +306,7 @@ fn serve(
         .layer(cors_layer(&config.cors_origins))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(MiddlewareLayer(Observe::new(core.metrics.clone())))
+        .layer(MiddlewareLayer(Deadlines::new(config.request_timeout)))
         .layer(MiddlewareLayer(DatabaseGate::new(health.clone())))
         .layer(MiddlewareLayer(
             PeerRateLimit::new(config.peer_rate_limit, config.trusted_proxy_header.clone())
@@ -364,7 +365,8 @@ fn start_background_tasks(config: &Config, core: &Core, health: &HealthState) ->
         config.mail_poll_interval,
         config.mail_retry_base,
     )
-    .with_metrics(core.metrics.clone());
+    .with_metrics(core.metrics.clone())
+    .with_lease(config.mail_lease);
     let (mail_stop, mail_stopping) = tokio::sync::watch::channel(false);
     Ok(Background {
         probe: tokio::spawn(monitor_database(

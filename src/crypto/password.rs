@@ -10,8 +10,9 @@
 //! arenas (RSS grew to ~400 MiB under load) and cost page faults on every
 //! hash; a buffer per permit keeps the process at `workers` × m_cost.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -65,6 +66,11 @@ struct Inner {
     workers: usize,
     /// How long work waited for a permit; the metrics page reads it.
     queue_wait: DurationHistogram,
+    /// Callers waiting for a permit now.
+    waiting: AtomicUsize,
+    /// Moving average of one piece of work, in microseconds: with the queue
+    /// it predicts when a newcomer would be done.
+    work_micros: AtomicU64,
 }
 
 /// Occupancy of the hashing pool at one moment.
@@ -122,7 +128,9 @@ impl PasswordHasher {
         let mut random = [0u8; 24];
         getrandom::getrandom(&mut random)?;
         let mut memory = vec![Block::default(); params.block_count()];
+        let timed = Instant::now();
         let dummy_hash = hash_with(&params, &random, &mut memory)?;
+        let first_hash = timed.elapsed();
         Ok(Self {
             inner: Arc::new(Inner {
                 params,
@@ -131,6 +139,8 @@ impl PasswordHasher {
                 memory: Mutex::new(vec![memory]),
                 workers: workers.max(1),
                 queue_wait: DurationHistogram::new(QUEUE_WAIT_BUCKETS),
+                waiting: AtomicUsize::new(0),
+                work_micros: AtomicU64::new(micros(first_hash)),
             }),
         })
     }
@@ -183,34 +193,88 @@ impl PasswordHasher {
         .await?
     }
 
+    /// When work queued now would be done, from the queue ahead of it and
+    /// the average piece of work.
+    fn expected_done_in(&self) -> Duration {
+        let work = Duration::from_micros(self.inner.work_micros.load(Ordering::Relaxed));
+        let free = self.inner.permits.available_permits();
+        let ahead = self.inner.waiting.load(Ordering::Relaxed);
+        if free > ahead {
+            return work;
+        }
+        // Every worker is busy: the queue moves one round of work per
+        // `workers` finished pieces.
+        let rounds = (ahead - free) / self.inner.workers + 1;
+        work * u32::try_from(rounds).unwrap_or(u32::MAX) + work
+    }
+
     /// Runs CPU-heavy work (hashing, password strength estimation) on the
     /// bounded blocking pool, never on the async executor.
+    ///
+    /// Inside a call with a deadline (`crate::deadline`), work that could
+    /// not be finished by then is refused at once with
+    /// [`AppError::Overloaded`], before and again after the wait for a
+    /// worker: under overload the pool then spends itself on calls whose
+    /// callers still wait for the answer, and the others learn to back off
+    /// at once instead of timing out.
     pub async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, AppError> {
+        let deadline = crate::deadline::current();
+        if let Some(deadline) = deadline {
+            let done_in = self.expected_done_in();
+            if tokio::time::Instant::now() + done_in > deadline {
+                return Err(AppError::Overloaded(done_in));
+            }
+        }
         let queued = Instant::now();
-        let permit = self
-            .inner
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(AppError::internal)?;
+        self.inner.waiting.fetch_add(1, Ordering::Relaxed);
+        let acquired = self.inner.permits.clone().acquire_owned().await;
+        self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
+        let permit = acquired.map_err(AppError::internal)?;
         self.inner.queue_wait.observe(queued.elapsed());
+        if let Some(deadline) = deadline {
+            let work = Duration::from_micros(self.inner.work_micros.load(Ordering::Relaxed));
+            if tokio::time::Instant::now() + work > deadline {
+                return Err(AppError::Overloaded(self.expected_done_in()));
+            }
+        }
         // The permit travels with the work: a caller that gives up (deadline,
         // cancelled RPC) cannot free it while the computation still runs, or
         // cancelled calls would pile up hashes beyond the bound.
         // The caller's span goes along, so what the work logs (or an error
         // it causes) is attributed to the RPC and use case that asked.
         let span = tracing::Span::current();
+        let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            span.in_scope(work)
+            let started = Instant::now();
+            let done = span.in_scope(work);
+            inner.record_work(started.elapsed());
+            done
         })
         .await
         .map_err(AppError::internal)
     }
+}
+
+impl Inner {
+    /// Folds one piece of work into the average (weight 1/8: recent
+    /// enough to follow a change of load, smooth enough to ignore one
+    /// outlier).
+    fn record_work(&self, took: Duration) {
+        let took = micros(took);
+        let _ = self
+            .work_micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                Some(avg - avg / 8 + took / 8)
+            });
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn argon2_for(params: &Params) -> Argon2<'static> {

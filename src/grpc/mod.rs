@@ -5,6 +5,7 @@ mod admin;
 pub mod auth_layer;
 mod convert;
 pub mod database_gate;
+pub mod deadline;
 mod handlers;
 pub mod health;
 pub mod middleware;

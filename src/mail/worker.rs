@@ -25,12 +25,6 @@ use crate::metrics::Metrics;
 /// Longest one delivery may take (connect, TLS, every command) before it
 /// counts as failed.
 const SEND_DEADLINE: Duration = Duration::from_secs(90);
-/// How long a claimed message is left alone. The sending replica renews
-/// the lease every [`LEASE_RENEWAL`] while a delivery lasts, so two
-/// replicas do not send one message at once; a replica that dies
-/// mid-delivery leaves it to the others within this.
-const LEASE: Duration = Duration::from_secs(30);
-const LEASE_RENEWAL: Duration = Duration::from_secs(10);
 /// Upper bound of the wait between two attempts.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 /// How often a delivered message's outcome is retried when the database
@@ -44,6 +38,11 @@ pub struct OutboxWorker {
     queued: Arc<Notify>,
     poll_interval: Duration,
     retry_base: Duration,
+    /// How long a claimed message is left alone (`AUTHD_MAIL_LEASE`). The
+    /// sending replica renews it every third of that while a delivery
+    /// lasts, so two replicas do not send one message at once; a replica
+    /// that dies mid-delivery leaves it to the others within it.
+    lease: Duration,
     metrics: Option<Metrics>,
 }
 
@@ -63,8 +62,14 @@ impl OutboxWorker {
             queued,
             poll_interval,
             retry_base,
+            lease: Duration::from_secs(30),
             metrics: None,
         }
+    }
+
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
     }
 
     /// Counts failed deliveries in `metrics`.
@@ -119,7 +124,7 @@ impl OutboxWorker {
 
     /// Delivers the most overdue message, if any. Returns whether there was one.
     async fn deliver_next(&self, now: DateTime<Utc>) -> Result<bool, AppError> {
-        let lease_until = now + chrono::Duration::from_std(LEASE).unwrap_or(chrono::Duration::MAX);
+        let lease_until = now + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX);
         let Some(mail) = db::outbox::claim_due(&self.db, now, lease_until).await? else {
             return Ok(false);
         };
@@ -173,12 +178,13 @@ impl OutboxWorker {
     ) -> Result<Result<Handoff, lettre::transport::smtp::Error>, tokio::time::error::Elapsed> {
         let send = tokio::time::timeout(SEND_DEADLINE, self.transport.send(message));
         tokio::pin!(send);
-        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + LEASE_RENEWAL, LEASE_RENEWAL);
+        let every = self.lease / 3;
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
                 sent = &mut send => return sent,
                 _ = renew.tick() => {
-                    let until = Utc::now() + chrono::Duration::from_std(LEASE).unwrap_or(chrono::Duration::MAX);
+                    let until = Utc::now() + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX);
                     if let Err(e) = db::outbox::extend_lease(&self.db, id, until).await {
                         tracing::debug!(outbox_id = %id, error = %e, "could not renew a mail's lease");
                     }

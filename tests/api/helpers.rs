@@ -63,11 +63,16 @@ pub async fn spawn_app() -> TestApp {
 
 /// A fresh database on the shared cluster and a server for it.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let url = fresh_database().await;
+    spawn_app_on(&url, tweak).await
+}
+
+/// The URL of a new, empty database on the shared cluster.
+pub async fn fresh_database() -> String {
     let database = format!("t_{}", uuid::Uuid::new_v4().simple());
     let pg = tokio::task::spawn_blocking(cluster).await.unwrap();
     pg.ensure_database(&database).await.unwrap();
-    let url = pg.url(&database);
-    spawn_app_on(&url, tweak).await
+    pg.url(&database)
 }
 
 /// A server on an existing database (a second replica, or another cluster).

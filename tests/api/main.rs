@@ -11,6 +11,7 @@ mod adversarial;
 mod clients;
 mod descriptor;
 mod error_contract;
+mod faults;
 mod grpc_web;
 mod health;
 mod http1;
