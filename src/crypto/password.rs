@@ -208,6 +208,18 @@ impl PasswordHasher {
         work * u32::try_from(rounds).unwrap_or(u32::MAX) + work
     }
 
+    /// Refuses at once ([`AppError::Overloaded`]) when work queued now
+    /// could not be done before the call's deadline; fine outside a call.
+    pub fn admit(&self) -> Result<(), AppError> {
+        if let Some(deadline) = crate::deadline::current() {
+            let done_in = self.expected_done_in();
+            if tokio::time::Instant::now() + done_in > deadline {
+                return Err(AppError::Overloaded(done_in));
+            }
+        }
+        Ok(())
+    }
+
     /// Runs CPU-heavy work (hashing, password strength estimation) on the
     /// bounded blocking pool, never on the async executor.
     ///
@@ -221,13 +233,8 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, AppError> {
+        self.admit()?;
         let deadline = crate::deadline::current();
-        if let Some(deadline) = deadline {
-            let done_in = self.expected_done_in();
-            if tokio::time::Instant::now() + done_in > deadline {
-                return Err(AppError::Overloaded(done_in));
-            }
-        }
         let queued = Instant::now();
         self.inner.waiting.fetch_add(1, Ordering::Relaxed);
         let acquired = self.inner.permits.clone().acquire_owned().await;

@@ -84,11 +84,10 @@ impl Core {
             Some(c) => throttle_key_for_user(c.user.id),
             None => unknown_login_throttle_key(login),
         };
-        if let Some(wait) = db::throttle::charge(&self.db, &throttle_key, &Backoff::LOGIN, now).await? {
-            return Err(AppError::Throttled(wait));
-        }
+        let charge = self.charge_attempt(&throttle_key, &Backoff::LOGIN, now).await?;
         let stored = credentials.as_ref().map(|c| c.password_hash.as_str());
         let verified = self.hasher.verify(&password, stored).await?;
+        charge.checked();
         let Some(credentials) = credentials else {
             return Err(AppError::InvalidCredentials);
         };

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod admin;
+mod attempts;
 mod login;
 mod profile;
 mod reauthentication;

@@ -25,12 +25,17 @@ impl Core {
         now: DateTime<Utc>,
     ) -> Result<String, AppError> {
         let throttle_key = super::login::throttle_key_for_user(user_id);
-        if let Some(wait) = db::throttle::charge(&self.db, &throttle_key, &Backoff::LOGIN, now).await? {
-            self.metrics.throttled(ThrottleKind::LoginBackoff);
-            return Err(AppError::Throttled(wait));
-        }
+        let charge = match self.charge_attempt(&throttle_key, &Backoff::LOGIN, now).await {
+            Err(e @ AppError::Throttled(_)) => {
+                self.metrics.throttled(ThrottleKind::LoginBackoff);
+                return Err(e);
+            }
+            other => other?,
+        };
         let stored = db::users::password_hash(&self.db, user_id).await?;
-        if self.hasher.verify(current, stored.as_deref()).await? == Verified::No {
+        let verified = self.hasher.verify(current, stored.as_deref()).await?;
+        charge.checked();
+        if verified == Verified::No {
             return Err(AppError::WrongCurrentPassword);
         }
         Ok(throttle_key)

@@ -142,11 +142,11 @@ impl Core {
         };
 
         let throttle_key = super::login::throttle_key_for_user(user.id);
-        if let Some(wait) = db::throttle::charge(&self.db, &throttle_key, &Backoff::LOGIN, now).await? {
-            return Err(AppError::Throttled(wait));
-        }
+        let charge = self.charge_attempt(&throttle_key, &Backoff::LOGIN, now).await?;
         let stored = db::users::password_hash(&self.db, user.id).await?;
-        if self.hasher.verify(&current, stored.as_deref()).await? == Verified::No {
+        let verified = self.hasher.verify(&current, stored.as_deref()).await?;
+        charge.checked();
+        if verified == Verified::No {
             return Err(AppError::WrongCurrentPassword);
         }
         let new_hash = self.hasher.hash(&new).await?;

@@ -731,3 +731,103 @@ async fn after_kill_9_a_restarted_replica_keeps_sessions_and_sends_the_mail_bein
     );
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+#[tokio::test]
+async fn an_overload_sheds_early_and_locks_nobody_out() {
+    // One password worker with OWASP-sized hashes and a short server
+    // deadline: far more Logins than it can check in time.
+    let app = spawn_app_with(|c| {
+        c.argon2 = authd::crypto::password::Argon2Settings::default();
+        c.hash_workers = 1;
+        c.request_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut accounts = Vec::new();
+    for _ in 0..20 {
+        let email = fresh_email();
+        app.register(&email, PASSWORD).await;
+        accounts.push(email);
+    }
+    // Rounds of three concurrent Logins per account (an impatient user's
+    // retries): four rounds are more attempts than the five free ones, so
+    // any attempt charged without a password check shows as throttling.
+    let mut results = Vec::new();
+    for _round in 0..4 {
+        let mut calls = Vec::new();
+        for email in accounts.iter().flat_map(|e| [e, e, e]) {
+            let (mut client, email) = (app.client.clone(), email.clone());
+            calls.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let result = client
+                    .login(pb::LoginRequest {
+                        login: email,
+                        password: PASSWORD.into(),
+                    })
+                    .await;
+                (started.elapsed(), result)
+            }));
+        }
+        for call in calls {
+            results.push(call.await.unwrap());
+        }
+    }
+    let codes = Codes::default();
+    let mut early = Vec::new();
+    for (took, result) in results {
+        match result {
+            Ok(_) => codes.add(Code::Ok),
+            Err(status) => {
+                codes.add(status.code());
+                if status.code() == Code::ResourceExhausted {
+                    assert_eq!(reason(&status), "OVERLOADED", "{status:?}");
+                    let retry = tonic_types::StatusExt::get_details_retry_info(&status);
+                    assert!(
+                        retry.and_then(|r| r.retry_delay).is_some(),
+                        "no RetryInfo: {status:?}"
+                    );
+                    early.push(took);
+                } else {
+                    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+                }
+            }
+        }
+    }
+    let seen = codes.seen();
+    println!("overload: {seen:?}");
+    assert!(
+        seen.get(&Code::Ok).copied().unwrap_or(0) > 0,
+        "nothing got through: {seen:?}"
+    );
+    assert!(
+        early.len() > 20,
+        "most of the excess must be refused early: {seen:?}"
+    );
+    early.sort();
+    assert!(
+        early[early.len() / 2] < Duration::from_millis(150),
+        "early refusals must be early: median {:?}",
+        early[early.len() / 2]
+    );
+    // No account is charged for attempts that never checked its password
+    // (refunds are written right after the calls end).
+    let started = Instant::now();
+    loop {
+        let charged: i64 = sqlx::query_scalar("SELECT coalesce(sum(failures), 0) FROM login_throttle")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        if charged == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{charged} failed attempts charged to accounts with correct passwords"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for email in &accounts {
+        app.login(email, PASSWORD)
+            .await
+            .expect("nobody is locked out after the overload");
+    }
+}
