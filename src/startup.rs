@@ -260,6 +260,7 @@ async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Metr
             verify_url: config.verify_url.clone(),
             verify_ttl: config.verify_token_ttl,
             queued: Default::default(),
+            reset_requested: Default::default(),
         },
     };
     Ok((core, metrics))
@@ -378,6 +379,7 @@ fn start_background_tasks(config: &Config, core: &Core, health: &HealthState) ->
         mail_stop,
         others: vec![
             tokio::spawn(clean_up_periodically(pool.clone())),
+            tokio::spawn(core.clone().resolve_reset_requests(config.mail_poll_interval)),
             tokio::spawn(listener.clone().run(pool.clone())),
             tokio::spawn(listener.beat(pool.clone())),
             tokio::spawn(

@@ -149,3 +149,53 @@ pub async fn delete_issued_before<'e>(
         .await?;
     Ok(done.rows_affected())
 }
+
+/// Records a ForgotPassword request, for [`take_request`] to resolve.
+#[tracing::instrument(skip_all)]
+pub async fn record_request<'e>(
+    db: impl PgExecutor<'e>,
+    email: &str,
+    now: DateTime<Utc>,
+) -> Result<(), AppError> {
+    sqlx::query("INSERT INTO password_reset_requests (id, email, requested_at) VALUES ($1, $2, $3)")
+        .bind(Uuid::new_v4())
+        .bind(email)
+        .bind(now)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// A recorded request, taken (deleted) by the transaction that resolves it:
+/// it is gone exactly when its effects are committed.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ResetRequest {
+    pub email: String,
+    pub requested_at: DateTime<Utc>,
+}
+
+// Background work: a span only when debugging, not a trace every tick.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn take_request(tx: &mut PgConnection) -> Result<Option<ResetRequest>, AppError> {
+    Ok(sqlx::query_as::<_, ResetRequest>(
+        "DELETE FROM password_reset_requests
+          WHERE id = (SELECT id FROM password_reset_requests ORDER BY requested_at
+                       LIMIT 1 FOR UPDATE SKIP LOCKED)
+         RETURNING email, requested_at",
+    )
+    .fetch_optional(tx)
+    .await?)
+}
+
+/// Drops unresolved requests for an address (its account is being deleted).
+#[tracing::instrument(skip_all)]
+pub async fn forget_requests_for(tx: &mut PgConnection, email: &str) -> Result<(), AppError> {
+    sqlx::query(&format!(
+        "DELETE FROM password_reset_requests u WHERE {}",
+        super::users::EMAIL_MATCHES
+    ))
+    .bind(email)
+    .execute(tx)
+    .await?;
+    Ok(())
+}

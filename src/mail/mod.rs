@@ -23,4 +23,6 @@ pub struct MailSettings {
     /// Wakes this process's worker after a commit that queued mail, so
     /// delivery does not wait for the next poll.
     pub queued: Arc<Notify>,
+    /// Wakes this process's resolver of ForgotPassword requests.
+    pub reset_requested: Arc<Notify>,
 }

@@ -239,6 +239,7 @@ impl Core {
             counters.push(super::login::unknown_login_throttle_key(username));
         }
         db::throttle::forgive_all(&mut *tx, &counters).await?;
+        db::recovery::forget_requests_for(&mut tx, &account.email).await?;
         // Not about the account (it would go with it): the notice outlives
         // it until it is delivered, and is then deleted too.
         db::outbox::enqueue(&mut tx, &outbox::account_deleted(&account.email, now), None, now).await?;

@@ -19,27 +19,62 @@ use crate::error::AppError;
 const RESET_MAILS_PER_HOUR: i64 = 5;
 
 impl Core {
-    /// Queues a reset mail if the address names an account. The answer is
-    /// the same either way, and both ways cost about the same: a token is
-    /// generated and the account looked up in a transaction; SMTP is never
-    /// waited for.
+    /// Records the request; [`Core::resolve_reset_requests`] queues the
+    /// mail if the address names an account. The answer is the same either
+    /// way, and so is the work done before it (one insert), so neither the
+    /// answer nor its timing tells which addresses have accounts.
     #[tracing::instrument(skip_all)]
     pub async fn forgot_password(&self, email: &str, now: DateTime<Utc>) -> Result<(), AppError> {
         let email = Email::parse(email).map_err(|e| AppError::invalid("email", e))?;
-        let token = NewToken::generate(TokenKind::PasswordReset).map_err(AppError::internal)?;
+        db::recovery::record_request(&self.db, email.as_str(), now).await?;
+        self.mail.reset_requested.notify_one();
+        Ok(())
+    }
+
+    /// Resolves recorded ForgotPassword requests until aborted: woken by a
+    /// request in this process, and every `poll` for those recorded by
+    /// other replicas (or left by one that died).
+    pub async fn resolve_reset_requests(self, poll: std::time::Duration) {
+        loop {
+            loop {
+                match self.resolve_one_reset_request(Utc::now()).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "could not resolve a reset request");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                () = self.mail.reset_requested.notified() => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    /// Takes the oldest request and, if its address names an enabled
+    /// account under the hourly cap, issues a token and queues the mail, in
+    /// one transaction. Returns whether there was a request.
+    async fn resolve_one_reset_request(&self, now: DateTime<Utc>) -> Result<bool, AppError> {
         let mut tx = self.db.begin().await?;
-        let Some(account) = db::recovery::lock_account_by_email(&mut tx, email.as_str()).await? else {
+        let Some(request) = db::recovery::take_request(&mut tx).await? else {
+            return Ok(false);
+        };
+        let Some(account) = db::recovery::lock_account_by_email(&mut tx, &request.email).await? else {
             tx.commit().await?;
-            return Ok(());
+            return Ok(true);
         };
         let issued =
             db::recovery::tokens_issued_since(&mut tx, account.id, now - chrono::Duration::hours(1)).await?;
         if issued >= RESET_MAILS_PER_HOUR {
             tx.commit().await?;
             tracing::info!(user_id = %account.id, "hourly reset mail cap reached; no mail queued");
-            return Ok(());
+            return Ok(true);
         }
-        let expires_at = now + chrono_duration(self.mail.reset_ttl);
+        let token = NewToken::generate(TokenKind::PasswordReset).map_err(AppError::internal)?;
+        // The link lives from the request, not from this moment.
+        let expires_at = request.requested_at + chrono_duration(self.mail.reset_ttl);
         db::recovery::supersede_all(&mut tx, account.id, now).await?;
         db::recovery::insert_token(&mut tx, &token.hash, account.id, now, expires_at).await?;
         let link = outbox::reset_link(&self.mail.reset_url, token.expose());
@@ -48,7 +83,7 @@ impl Core {
         tx.commit().await?;
         self.mail.queued.notify_one();
         tracing::info!(user_id = %account.id, %outbox_id, "reset mail queued");
-        Ok(())
+        Ok(true)
     }
 
     /// Sets a new password with a reset token and ends every session of the

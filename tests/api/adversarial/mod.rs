@@ -4,6 +4,7 @@
 
 mod account_lifecycle;
 mod forged_tokens;
+mod forgot_timing;
 mod hostile_input;
 mod login_timing;
 mod raw_h2;
