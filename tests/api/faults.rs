@@ -831,3 +831,53 @@ async fn an_overload_sheds_early_and_locks_nobody_out() {
             .expect("nobody is locked out after the overload");
     }
 }
+
+#[tokio::test]
+async fn while_the_database_is_known_down_calls_fail_fast_and_the_cache_is_silent() {
+    let pg = own_cluster("fault-down").await;
+    let app = spawn_app_on(&pg.url("authd"), |_| {}).await;
+    let (user, tokens) = app.signed_in_user().await;
+    // Warm the session cache.
+    for _ in 0..3 {
+        app.get_me(&tokens.access_token).await.unwrap();
+    }
+    let pg = Arc::new(pg);
+    let cluster = pg.clone();
+    tokio::task::spawn_blocking(move || cluster.stop_for_restart())
+        .await
+        .unwrap()
+        .unwrap();
+    // The probe notices (200 ms in tests); the caches' bound passes.
+    tokio::time::sleep(authd::freshness::BOUND + Duration::from_millis(300)).await;
+
+    // A partitioned replica must not keep accepting sessions that other
+    // replicas may be revoking: the cached session is not served.
+    let started = Instant::now();
+    let status = app.get_me(&tokens.access_token).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // And every call that needs the database is refused at once, not after
+    // the pool's 3 s timeout.
+    let login = app.login(&user.email, PASSWORD).await.unwrap_err();
+    assert_eq!(login.code(), Code::Unavailable, "{login:?}");
+    assert_eq!(reason(&login), "UNAVAILABLE");
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(300), "two refusals took {took:?}");
+    // What needs no database still answers.
+    app.client.clone().get_jwks(pb::GetJwksRequest {}).await.unwrap();
+
+    let cluster = pg.clone();
+    tokio::task::spawn_blocking(move || cluster.start_again(Durability::Throwaway))
+        .await
+        .unwrap()
+        .unwrap();
+    let back = Instant::now();
+    while app.get_me(&tokens.access_token).await.is_err() {
+        assert!(back.elapsed() < Duration::from_secs(5), "no recovery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "database down: refusals took {took:?}; recovered {:?} after restart",
+        back.elapsed()
+    );
+    pg.stop();
+}

@@ -218,6 +218,25 @@ async fn a_stalled_listener_silences_the_cache_within_the_bound() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     println!("stalled listener: revocation honoured after {took:?}");
+    // The lapse is reported: counted, the gauge down, a WARN in the log.
+    let reported = Instant::now();
+    loop {
+        let page = crate::metrics::scrape(&b, None).await;
+        let lost = crate::metrics::value(&page.body, "authd_change_listener_losses_total").unwrap_or(0.0);
+        let on = crate::metrics::value(&page.body, "authd_session_cache_enabled");
+        if lost >= 1.0 && on == Some(0.0) {
+            break;
+        }
+        assert!(
+            reported.elapsed() < Duration::from_secs(2),
+            "the stall was not reported:\n{}",
+            page.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some(logs) = captured_logs() {
+        assert!(logs.contains("change listener has not proven it keeps up; caches off"));
+    }
     // While stalled B answers from the database, correctly and uncached.
     let (_, other) = a.signed_in_user().await;
     let hits = cache_hits(&b).await;
