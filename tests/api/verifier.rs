@@ -124,13 +124,21 @@ impl VerifiedService {
                 Err(status) => return (status, started.elapsed()),
                 Ok(_) => assert!(
                     started.elapsed() < within,
-                    "still accepted after {within:?}: {:?}",
-                    self.verifier.status()
+                    "still accepted after {within:?}: {:?}; the verifier's log:\n{}",
+                    self.verifier.status(),
+                    verifier_log()
                 ),
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
+}
+
+/// What every verifier in this test binary logged (the last 40 lines).
+fn verifier_log() -> String {
+    let logs = captured_logs().unwrap_or_default();
+    let lines: Vec<&str> = logs.lines().filter(|l| l.contains("authd_verifier")).collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 #[track_caller]

@@ -18,8 +18,8 @@ pub(crate) enum Vouch {
     /// The stream is live, but the token was issued before it started
     /// from the present (at verifier start, or after continuity was lost):
     /// a revocation from before that moment was never delivered. Carries
-    /// the coverage start, so an introspection can be remembered for it.
-    IssuedBeforeCoverage(i64),
+    /// the coverage's number, so an introspection can be remembered for it.
+    IssuedBeforeCoverage(u64),
     /// Silent for longer than `max_staleness`, or never started.
     Stale,
 }
@@ -33,6 +33,10 @@ pub(crate) struct StreamHealth {
     /// Seconds since the Unix epoch from which on every revocation is
     /// delivered (the last start from the present, rounded up).
     covered_since: AtomicI64,
+    /// Counts the coverage restarts: an introspection made during one
+    /// coverage vouches for a token only as long as it lasts. (Its start in
+    /// whole seconds could be the same for two.)
+    coverage: AtomicU64,
     /// The last event id applied (0: none yet; resume from the present).
     cursor: AtomicI64,
     connected: AtomicBool,
@@ -45,6 +49,7 @@ impl StreamHealth {
             max_staleness,
             last_message_ms: AtomicU64::new(NEVER),
             covered_since: AtomicI64::new(NOT_COVERED),
+            coverage: AtomicU64::new(0),
             cursor: AtomicI64::new(0),
             connected: AtomicBool::new(false),
         }
@@ -85,6 +90,7 @@ impl StreamHealth {
             // Rounded up: a token issued in the same second may predate it.
             if d.subsec_nanos() > 0 { whole + 1 } else { whole }
         });
+        self.coverage.fetch_add(1, Ordering::AcqRel);
         self.covered_since.store(since, Ordering::Release);
     }
 
@@ -92,6 +98,7 @@ impl StreamHealth {
     /// until a stream from the present starts.
     pub(crate) fn forget_continuity(&self) {
         self.cursor.store(0, Ordering::Release);
+        self.coverage.fetch_add(1, Ordering::AcqRel);
         self.covered_since.store(NOT_COVERED, Ordering::Release);
         self.last_message_ms.store(NEVER, Ordering::Release);
     }
@@ -136,18 +143,19 @@ impl StreamHealth {
         if !self.is_fresh(now) {
             return Vouch::Stale;
         }
+        let coverage = self.coverage.load(Ordering::Acquire);
         let since = self.covered_since.load(Ordering::Acquire);
         if iat < since.saturating_add(leeway) {
-            Vouch::IssuedBeforeCoverage(since)
+            Vouch::IssuedBeforeCoverage(coverage)
         } else {
             Vouch::Fresh
         }
     }
 
-    /// The coverage start a remembered introspection was made for; it
-    /// still vouches if coverage has not restarted since.
-    pub(crate) fn coverage_is(&self, since: i64) -> bool {
-        self.covered_since.load(Ordering::Acquire) == since
+    /// Whether `coverage` (from [`Vouch::IssuedBeforeCoverage`]) is still
+    /// the current one: an introspection made during it still vouches.
+    pub(crate) fn coverage_is(&self, coverage: u64) -> bool {
+        self.coverage.load(Ordering::Acquire) == coverage
     }
 }
 
@@ -188,22 +196,22 @@ mod tests {
         // 1000.2 s rounds up to 1001: a token of second 1000 may predate it.
         health.started_from_present(UNIX_EPOCH + Duration::from_millis(1_000_200), t0);
         assert_eq!(
-            health.vouch(1_000, LEEWAY, t0),
-            Vouch::IssuedBeforeCoverage(1_001)
+            health.covered_since(),
+            Some(UNIX_EPOCH + Duration::from_secs(1_001))
         );
+        assert_eq!(health.vouch(1_000, LEEWAY, t0), Vouch::IssuedBeforeCoverage(1));
         assert_eq!(
             health.vouch(1_005, LEEWAY, t0),
-            Vouch::IssuedBeforeCoverage(1_001),
+            Vouch::IssuedBeforeCoverage(1),
             "within the clock skew allowed"
         );
         assert_eq!(health.vouch(1_006, LEEWAY, t0), Vouch::Fresh);
-        assert!(health.coverage_is(1_001));
-        health.restart_coverage(UNIX_EPOCH + Duration::from_secs(2_000));
-        assert!(!health.coverage_is(1_001));
-        assert_eq!(
-            health.vouch(1_006, LEEWAY, t0),
-            Vouch::IssuedBeforeCoverage(2_000)
-        );
+        assert!(health.coverage_is(1));
+        // Restarted within the same second: another coverage all the same,
+        // so an introspection made during the first no longer vouches.
+        health.restart_coverage(UNIX_EPOCH + Duration::from_millis(1_000_700));
+        assert!(!health.coverage_is(1));
+        assert_eq!(health.vouch(1_000, LEEWAY, t0), Vouch::IssuedBeforeCoverage(2));
     }
 
     #[test]

@@ -130,10 +130,11 @@ pub(crate) fn digest(token: &str) -> TokenDigest {
 #[derive(Clone)]
 pub(crate) struct Remembered {
     pub(crate) claims: Claims,
-    /// The coverage start (see `stream_health`) for which IntrospectToken
+    /// The coverage (see `stream_health`) during which IntrospectToken
     /// said the token was active: from then on the stream reports anything
-    /// that ends it, so it need not be asked again.
-    pub(crate) introspected_for: Option<i64>,
+    /// that ends it, so it need not be asked again while that coverage
+    /// lasts.
+    pub(crate) introspected_for: Option<u64>,
 }
 
 /// Tokens whose signature and claims checked out, by SHA-256 of the whole
@@ -177,7 +178,7 @@ impl VerifiedTokens {
         );
     }
 
-    pub(crate) fn mark_introspected(&self, digest: &TokenDigest, coverage: i64) {
+    pub(crate) fn mark_introspected(&self, digest: &TokenDigest, coverage: u64) {
         if let Ok(mut entries) = self.entries.write()
             && let Some(entry) = entries.get_mut(digest)
         {

@@ -226,11 +226,14 @@ impl Shared {
             // token lifetime after each start would be an outage) and the
             // introspecting mode closes with one IntrospectToken per token.
             (Vouch::IssuedBeforeCoverage(_), OnStale::FailClosed) => Ok(claims),
-            (Vouch::IssuedBeforeCoverage(since), OnStale::Introspect) => {
-                if introspected_for != Some(since) {
+            (Vouch::IssuedBeforeCoverage(coverage), OnStale::Introspect) => {
+                if introspected_for != Some(coverage) {
                     self.introspect(token).await?;
-                    if self.health.coverage_is(since) {
-                        self.verified.mark_introspected(&digest, since);
+                    // Asked during this coverage: what ends the token later
+                    // arrives by the stream, unless coverage restarted
+                    // while the answer was on its way.
+                    if self.health.coverage_is(coverage) {
+                        self.verified.mark_introspected(&digest, coverage);
                     }
                 }
                 Ok(claims)
@@ -333,8 +336,14 @@ impl Shared {
         request.set_timeout(self.config.call_timeout);
         let mut client = AuthServiceClient::new(self.channel.clone());
         match tokio::time::timeout(self.config.call_timeout, client.introspect_token(request)).await {
-            Ok(Ok(answer)) if answer.get_ref().active => Ok(()),
-            Ok(Ok(_)) => Err(VerifyError::Revoked(Revocation::Inactive)),
+            Ok(Ok(answer)) if answer.get_ref().active => {
+                tracing::debug!("IntrospectToken: active");
+                Ok(())
+            }
+            Ok(Ok(_)) => {
+                tracing::debug!("IntrospectToken: inactive");
+                Err(VerifyError::Revoked(Revocation::Inactive))
+            }
             Ok(Err(status)) => {
                 tracing::warn!(%status, "IntrospectToken failed; refusing with UNAVAILABLE");
                 Err(VerifyError::Unavailable)
