@@ -34,6 +34,7 @@ struct Args {
 
     /// Comma-separated, in order [default: all:
     /// health,getme,getuser,introspect,jwks,refresh,mix,login,register,cache,revocation;
+    /// also available: flood (Logins at 1×, 2×, 4× the argon2 ceiling);
     /// with --addr, cache only with --database-url and revocation only with --watch-key]
     #[arg(long, value_name = "LIST", value_parser = scenario_list)]
     scenarios: Option<ScenarioList>,

@@ -24,6 +24,7 @@ mod args;
 mod burst;
 mod cache_scenario;
 mod client;
+mod flood;
 mod procfs;
 mod report;
 mod revocation_scenario;
@@ -144,6 +145,7 @@ async fn main() -> std::process::ExitCode {
     report::table_header();
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
+    let mut flood_wrong = 0u64;
     for scenario in &options.scenarios {
         if scenario.hashes_passwords() {
             baseline.measure(samples).await;
@@ -166,6 +168,27 @@ async fn main() -> std::process::ExitCode {
                 let outcome = cache_scenario::run(&server.addr, db, &shared, &settings, server.pid).await;
                 notes.extend(outcome.notes);
                 outcome.rows
+            }
+            Scenario::Flood => {
+                let settings = flood::Settings {
+                    duration: options.duration,
+                    deadline: std::time::Duration::from_secs(5),
+                    multiples: vec![1.0, 2.0, 4.0],
+                };
+                let (lines, wrong) = flood::run(
+                    &shared.channels,
+                    &shared.run_id,
+                    baseline.parallel_rate(),
+                    server.db.as_ref(),
+                    &settings,
+                )
+                .await;
+                for line in &lines {
+                    println!("{line}");
+                }
+                notes.extend(lines);
+                flood_wrong += wrong;
+                Vec::new()
             }
             Scenario::Revocation => {
                 let watch_key = match &options.watch_key {
@@ -215,8 +238,9 @@ async fn main() -> std::process::ExitCode {
     for note in &notes {
         println!("{note}");
     }
-    let errors_total =
-        rows.iter().map(Row::error_count).sum::<u64>() + burst.as_ref().map_or(0, |b| b.row.error_count());
+    let errors_total = rows.iter().map(Row::error_count).sum::<u64>()
+        + burst.as_ref().map_or(0, |b| b.row.error_count())
+        + flood_wrong;
 
     if options.addr.is_none() {
         stop_server(&mut server).await;

@@ -29,6 +29,9 @@ pub enum Scenario {
     /// subscribers, and the verifier's cost per call (see
     /// `revocation_scenario`).
     Revocation,
+    /// Logins offered at 1×, 2× and 4× the argon2 ceiling with deadlines
+    /// (see `flood`); not in the default list.
+    Flood,
 }
 
 /// Which operations, in what proportions (percent).
@@ -61,6 +64,7 @@ impl Scenario {
             }),
             "cache" => Scenario::Cache,
             "revocation" => Scenario::Revocation,
+            "flood" => Scenario::Flood,
             _ => return None,
         })
     }
@@ -73,6 +77,7 @@ impl Scenario {
                 .ops
                 .iter()
                 .any(|(op, _)| matches!(op, Op::Login | Op::Register)),
+            Scenario::Flood => true,
             Scenario::Cache | Scenario::Revocation => false,
         }
     }
