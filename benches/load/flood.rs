@@ -46,9 +46,8 @@ pub async fn run(
     let in_flight_at_peak = (capacity * peak * settings.deadline.as_secs_f64()).ceil() as usize;
     let n_accounts = in_flight_at_peak.div_ceil(3).max(1);
     let t = Instant::now();
-    let accounts = Arc::new(
-        crate::seeding::seed_accounts(channels, &format!("{run_id}-flood"), n_accounts, 16).await,
-    );
+    let accounts =
+        Arc::new(crate::seeding::seed_accounts(channels, &format!("{run_id}-flood"), n_accounts, 16).await);
     let mut lines = vec![format!(
         "login flood: {n_accounts} accounts seeded in {:.1} s; argon2 ceiling {capacity:.1}/s; deadline {:?}; {:?} per multiple",
         t.elapsed().as_secs_f64(),
@@ -99,12 +98,16 @@ pub async fn run(
             .map_or_else(|e| format!("? ({e})"), |n| n.to_string()),
             None => "n/a".to_owned(),
         };
-        let o = outcomes.lock().map(|mut o| std::mem::take(&mut *o)).unwrap_or_default();
+        let o = outcomes
+            .lock()
+            .map(|mut o| std::mem::take(&mut *o))
+            .unwrap_or_default();
         let mut early = o.early.clone();
         early.sort();
-        let early_p50 = early
-            .get(early.len() / 2)
-            .map_or_else(|| "-".to_owned(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0));
+        let early_p50 = early.get(early.len() / 2).map_or_else(
+            || "-".to_owned(),
+            |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0),
+        );
         let goodput = o.ok as f64 / settings.duration.as_secs_f64();
         wrong += o.other.values().sum::<u64>();
         lines.push(format!(
@@ -143,8 +146,12 @@ async fn login_once(channel: Channel, account: &Account, deadline: Duration, out
     };
     match result {
         Ok(_) => o.ok += 1,
-        Err(s) if s.code() == tonic::Code::ResourceExhausted && reason(&s) == "OVERLOADED" => o.early.push(took),
-        Err(s) if matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => o.timeouts += 1,
+        Err(s) if s.code() == tonic::Code::ResourceExhausted && reason(&s) == "OVERLOADED" => {
+            o.early.push(took)
+        }
+        Err(s) if matches!(s.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
+            o.timeouts += 1
+        }
         Err(s) => {
             let label = format!("{:?}/{}", s.code(), reason(&s));
             *o.other.entry(label).or_default() += 1;

@@ -85,7 +85,7 @@ async fn main() -> std::process::ExitCode {
             let mut s = start_server(&scratch, &options.server_env).await;
             print!(
                 "started PostgreSQL (throwaway) and {} ",
-                env!("CARGO_BIN_EXE_authd")
+                server::authd_binary().to_string_lossy()
             );
             wait_until_serving(&mut s).await;
             println!(

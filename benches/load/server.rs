@@ -47,6 +47,12 @@ fn free_port() -> u16 {
 
 /// Starts PostgreSQL and authd under `scratch`; call [`wait_until_serving`]
 /// before using it.
+/// The authd to start: this build's, or another one named by
+/// `AUTHD_LOAD_BINARY` (to measure an older build with the same generator).
+pub fn authd_binary() -> std::ffi::OsString {
+    std::env::var_os("AUTHD_LOAD_BINARY").unwrap_or_else(|| env!("CARGO_BIN_EXE_authd").into())
+}
+
 pub async fn start_server(scratch: &Path, extra_env: &[(String, String)]) -> Server {
     let pg_root = scratch.join("cluster");
     let pg = tokio::task::spawn_blocking(move || LocalPostgres::start(&pg_root, Durability::Throwaway))
@@ -75,7 +81,7 @@ pub async fn start_server(scratch: &Path, extra_env: &[(String, String)]) -> Ser
         ("RUST_LOG".into(), "warn".into()),
     ];
     env.extend(extra_env.iter().map(|(k, v)| (k.clone(), v.into())));
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_authd"))
+    let child = tokio::process::Command::new(authd_binary())
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(&data_dir)
@@ -114,7 +120,7 @@ pub async fn create_service_key(server: &Server, name: &str, scopes: &[&str]) ->
     for scope in scopes {
         args.extend(["--scope", scope]);
     }
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_authd"))
+    let out = tokio::process::Command::new(authd_binary())
         .env_clear()
         .envs(server.env.iter().map(|(k, v)| (k, v)))
         .current_dir(data_dir)

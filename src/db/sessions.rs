@@ -26,44 +26,6 @@ pub struct NewSession {
     pub absolute_expires_at: DateTime<Utc>,
 }
 
-/// Starts a session with its first refresh token and clears the failure
-/// count `forgive` of the login that earned it: one statement, so it is
-/// atomic and costs one round trip on the Login path. Returns false, and
-/// writes nothing, when the account is disabled: the account row is locked
-/// (FOR SHARE) while the session is created, so a DisableUser either waits
-/// for this login and then ends its session, or commits first and this
-/// login sees it.
-#[tracing::instrument(skip_all)]
-pub async fn start<'e>(
-    db: impl PgExecutor<'e>,
-    s: &NewSession,
-    first_token: &TokenHash,
-    forgive: &str,
-    now: DateTime<Utc>,
-) -> Result<bool, AppError> {
-    let started = sqlx::query(
-        "WITH owner AS (
-                  SELECT id FROM users WHERE id = $2 AND disabled_at IS NULL FOR SHARE),
-              forgiven AS (DELETE FROM login_throttle WHERE key = $7 AND EXISTS (SELECT 1 FROM owner)),
-              session AS (
-                  INSERT INTO sessions (id, user_id, created_at, last_used_at, idle_expires_at, absolute_expires_at)
-                  SELECT $1, id, $3, $3, $4, $5 FROM owner
-                  RETURNING id)
-         INSERT INTO refresh_tokens (token_hash, session_id, issued_at)
-         SELECT $6, id, $3 FROM session",
-    )
-    .bind(s.id)
-    .bind(s.user_id)
-    .bind(now)
-    .bind(s.idle_expires_at)
-    .bind(s.absolute_expires_at)
-    .bind(first_token.as_bytes())
-    .bind(forgive)
-    .execute(db)
-    .await?;
-    Ok(started.rows_affected() == 1)
-}
-
 #[tracing::instrument(skip_all)]
 pub async fn insert_refresh_token(
     tx: &mut PgConnection,
@@ -353,8 +315,13 @@ pub struct StartedFrom<'a> {
     pub ip_address: Option<&'a str>,
 }
 
-/// [`start`], recording where the client started the session from; the
-/// same single statement, so Login still costs one round trip.
+/// Starts a session with its first refresh token, recording where the
+/// client started it from, and clears the failure count `forgive` of the
+/// login that earned it: one statement, so it is atomic and costs one round
+/// trip on the Login path. Returns false, and writes nothing, when the
+/// account is disabled: the account row is locked (FOR SHARE) while the
+/// session is created, so a DisableUser either waits for this login and
+/// then ends its session, or commits first and this login sees it.
 #[tracing::instrument(skip_all)]
 pub async fn start_from<'e>(
     db: impl PgExecutor<'e>,

@@ -87,14 +87,17 @@ impl Core {
         let charge = self.charge_attempt(&throttle_key, &Backoff::LOGIN, now).await?;
         let stored = credentials.as_ref().map(|c| c.password_hash.as_str());
         let verified = self.hasher.verify(&password, stored).await?;
-        charge.checked();
-        let Some(credentials) = credentials else {
+        let (Some(credentials), Verified::Yes | Verified::YesRehashed(_)) = (credentials, &verified) else {
+            // A wrong password (or no account): the charge stands.
+            charge.checked();
             return Err(AppError::InvalidCredentials);
         };
+        // The password is right. Should the call end before the session
+        // starts (its deadline, a failure below), the charge is given back:
+        // a right password is never a failed attempt.
         let upgrade = match verified {
-            Verified::No => return Err(AppError::InvalidCredentials),
-            Verified::Yes => None,
             Verified::YesRehashed(new_hash) => Some(new_hash),
+            Verified::Yes | Verified::No => None,
         };
         // Only now, with the password proven, may the answer say so.
         if credentials.user.disabled {
@@ -104,11 +107,14 @@ impl Core {
             // The right password is no failure: someone waiting for the
             // mail may well try again and again.
             db::throttle::forgive(&self.db, &throttle_key).await?;
+            charge.checked();
             return Err(AppError::EmailNotVerified);
         }
         let pair = self
             .start_session(&credentials, upgrade.as_deref(), &throttle_key, client, now)
             .await?;
+        // The session's statement forgave the count; nothing to give back.
+        charge.checked();
         Ok((pair, credentials.user))
     }
 

@@ -96,7 +96,12 @@ impl Core {
         let feed = self.revocation_feed.clone();
         let mut head = feed.head();
         let mut closing = feed.closing();
-        let heartbeat = feed.heartbeat();
+        let every = feed.heartbeat();
+        // The cursor at once, so a subscriber that starts from 0 and loses
+        // the stream before the first event resumes where it was.
+        if tx.send(Ok(heartbeat(cursor))).await.is_err() {
+            return;
+        }
         let mut quiet_since = tokio::time::Instant::now();
         loop {
             if *closing.borrow() {
@@ -132,20 +137,23 @@ impl Core {
                 changed = head.changed() => if changed.is_err() { return },
                 _ = closing.changed() => {}
                 () = tx.closed() => return,
-                () = tokio::time::sleep_until(quiet_since + heartbeat) => {
-                    let beat = RevocationEvent {
-                        id: cursor,
-                        kind: RevocationKind::Heartbeat,
-                        user_id: None,
-                        session_ids: Vec::new(),
-                        occurred_at: Utc::now(),
-                    };
-                    if tx.send(Ok(beat)).await.is_err() {
+                () = tokio::time::sleep_until(quiet_since + every) => {
+                    if tx.send(Ok(heartbeat(cursor))).await.is_err() {
                         return;
                     }
                     quiet_since = tokio::time::Instant::now();
                 }
             }
         }
+    }
+}
+
+fn heartbeat(cursor: i64) -> RevocationEvent {
+    RevocationEvent {
+        id: cursor,
+        kind: RevocationKind::Heartbeat,
+        user_id: None,
+        session_ids: Vec::new(),
+        occurred_at: Utc::now(),
     }
 }

@@ -618,10 +618,12 @@ async fn a_disabled_account_is_sent_no_reset_mail() {
     let user = app.register(&fresh_email(), PASSWORD).await;
     disable(&app, &key, &user.id).await.unwrap();
     forgot(&app, &user.email).await.unwrap();
+    app.reset_requests_resolved().await;
     assert_eq!(outbox_rows_for(&app, &user.email).await, 0, "no mail queued");
     // The control: enabled again, the same request queues one.
     enable(&app, &key, &user.id).await.unwrap();
     forgot(&app, &user.email).await.unwrap();
+    app.reset_requests_resolved().await;
     assert_eq!(outbox_rows_for(&app, &user.email).await, 1);
 }
 

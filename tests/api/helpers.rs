@@ -287,6 +287,22 @@ impl TestApp {
         AdminServiceClient::new(channel)
     }
 
+    /// Waits until every ForgotPassword request so far has been resolved
+    /// (they are, in the background, within milliseconds).
+    pub async fn reset_requests_resolved(&self) {
+        for _ in 0..500 {
+            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM password_reset_requests")
+                .fetch_one(&self.db)
+                .await
+                .unwrap();
+            if pending == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("ForgotPassword requests still unresolved after 5 s");
+    }
+
     pub async fn get_me(&self, access_token: &str) -> Result<pb::User, Status> {
         self.client
             .clone()

@@ -338,9 +338,13 @@ async fn cursors_outside_the_log_are_refused_with_cursor_expired() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&status), vec!["after_event_id"]);
 
-    // Past the retention: the first two events are pruned.
-    watch(&app, &key, 1).await.expect("cursor 1 is still resumable");
-    sqlx::query("UPDATE revocation_events SET occurred_at = now() - interval '25 hours' WHERE id <= 2")
+    // Event ids start at 2: 1 stands for "before anything", a cursor that
+    // resumes (0 would mean "from now").
+    watch(&app, &key, 1)
+        .await
+        .expect("cursor 1 is resumable on a fresh log");
+    // Past the retention: the first two events (2 and 3) are pruned.
+    sqlx::query("UPDATE revocation_events SET occurred_at = now() - interval '25 hours' WHERE id <= 3")
         .execute(&app.db)
         .await
         .unwrap();
@@ -349,12 +353,12 @@ async fn cursors_outside_the_log_are_refused_with_cursor_expired() {
         .unwrap();
     assert_eq!(pruned, 2);
     assert_error(
-        watch(&app, &key, 1).await.map(drop),
+        watch(&app, &key, 2).await.map(drop),
         Code::FailedPrecondition,
         "CURSOR_EXPIRED",
     );
-    let mut from_two = watch(&app, &key, 2).await.expect("everything after 2 is kept");
-    assert_eq!(next_event(&mut from_two).await.event_id, 3);
+    let mut from_three = watch(&app, &key, 3).await.expect("everything after 3 is kept");
+    assert_eq!(next_event(&mut from_three).await.event_id, 4);
 }
 
 #[tokio::test]
@@ -386,6 +390,14 @@ async fn a_quiet_stream_sends_heartbeats_with_its_cursor() {
     let (_, tokens) = app.signed_in_user().await;
     logout(&app, &tokens.refresh_token).await;
     let (_key, mut stream) = watcher(&app).await;
+    // The first message, at once: the cursor.
+    let first = tokio::time::timeout(Duration::from_millis(500), stream.message())
+        .await
+        .expect("the cursor comes at once")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.kind(), RevocationKind::Heartbeat);
+    assert_eq!(first.event_id, 2);
     let started = Instant::now();
     for _ in 0..3 {
         let beat = tokio::time::timeout(Duration::from_secs(5), stream.message())
@@ -394,7 +406,7 @@ async fn a_quiet_stream_sends_heartbeats_with_its_cursor() {
             .unwrap()
             .unwrap();
         assert_eq!(beat.kind(), RevocationKind::Heartbeat);
-        assert_eq!(beat.event_id, 1, "the cursor: the last event before subscribing");
+        assert_eq!(beat.event_id, 2, "the cursor: the last event before subscribing");
         assert!(beat.user_id.is_empty() && beat.session_ids.is_empty());
     }
     assert!(
@@ -420,7 +432,7 @@ async fn a_subscriber_that_stops_reading_catches_up_from_the_log_in_order() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for expected in 1..=1500 {
+    for expected in 2..=1501 {
         let event = next_event(&mut stream).await;
         assert_eq!(event.event_id, expected);
     }
@@ -451,4 +463,69 @@ async fn shutdown_ends_the_stream_with_unavailable_and_does_not_wait_for_it() {
         "stop took {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn the_lifecycle_rpcs_emit_their_events() {
+    let app = spawn_app().await;
+    let (_key, mut stream) = watcher(&app).await;
+    let (user, current) = app.signed_in_user().await;
+    let other = second_login(&app, &user).await;
+    let third = second_login(&app, &user).await;
+
+    // RevokeSession: that one session.
+    app.client
+        .clone()
+        .revoke_session(with_bearer(
+            pb::RevokeSessionRequest {
+                session_id: session_id_of(&other.access_token),
+            },
+            &current.access_token,
+        ))
+        .await
+        .unwrap();
+    let event = next_event(&mut stream).await;
+    assert_eq!(event.kind(), RevocationKind::SessionEnded);
+    assert_eq!(event.session_id, session_id_of(&other.access_token));
+
+    // RevokeOtherSessions: all but the caller's, as one event.
+    let fourth = second_login(&app, &user).await;
+    let answer = app
+        .client
+        .clone()
+        .revoke_other_sessions(with_bearer(
+            pb::RevokeOtherSessionsRequest {},
+            &current.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.revoked_count, 2);
+    let event = next_event(&mut stream).await;
+    assert_eq!(event.kind(), RevocationKind::UserSessionsEnded);
+    let mut ended = event.session_ids.clone();
+    ended.sort();
+    let mut expected = vec![
+        session_id_of(&third.access_token),
+        session_id_of(&fourth.access_token),
+    ];
+    expected.sort();
+    assert_eq!(ended, expected);
+
+    // DeleteMe: the account, by id only.
+    app.client
+        .clone()
+        .delete_me(with_bearer(
+            pb::DeleteMeRequest {
+                current_password: PASSWORD.into(),
+            },
+            &current.access_token,
+        ))
+        .await
+        .unwrap();
+    let event = next_event(&mut stream).await;
+    assert_eq!(event.kind(), RevocationKind::UserDeleted);
+    assert_eq!(event.user_id, user.id);
+    assert!(event.session_ids.is_empty());
+    assert_no_event(&mut stream, Duration::from_millis(300)).await;
 }

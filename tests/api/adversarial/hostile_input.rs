@@ -174,6 +174,7 @@ async fn sql_looking_address_in_forgot_password_queues_no_mail() {
             assert_eq!(status.code(), Code::InvalidArgument, "{email}: {status:?}");
         }
     }
+    app.reset_requests_resolved().await;
     let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM email_outbox WHERE kind = 'password_reset'")
         .fetch_one(&app.db)
         .await
