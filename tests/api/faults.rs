@@ -567,6 +567,10 @@ async fn sigterm_under_load_says_not_serving_first_loses_no_call_and_streams_do_
     poller.await.unwrap();
 
     assert!(exit.success(), "exit status {exit:?}");
+    println!(
+        "SIGTERM: exited {:?} after the signal (grace {grace:?})",
+        exited - terminated
+    );
     assert!(
         exited - terminated < grace + Duration::from_secs(3),
         "exit took {:?} after SIGTERM",
@@ -722,6 +726,10 @@ async fn after_kill_9_a_restarted_replica_keeps_sessions_and_sends_the_mail_bein
     );
     // Both queued mails arrive, each once.
     smtp.wait_for(2, Duration::from_secs(10)).await;
+    println!(
+        "kill -9: the mail being sent at the crash was delivered {:?} after it (lease 2 s)",
+        killed.elapsed()
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(resets(), 1, "exactly one reset mail");
     assert_eq!(
