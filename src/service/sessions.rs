@@ -154,6 +154,12 @@ impl Core {
         let next_hash = next.hash;
 
         let mut tx = self.db.begin().await?;
+        // The account before the session, in the order ChangeEmail,
+        // DeleteMe and DisableUser lock them: two of these at once wait for
+        // each other instead of deadlocking.
+        if db::users::lock(&mut tx, user.id).await?.is_none() {
+            return Err(AppError::Token(TokenProblem::SessionRevoked));
+        }
         let Some(idle_expires_at) = db::sessions::lock_live(&mut tx, user.id, bearer.session_id, now).await?
         else {
             return Err(AppError::Token(TokenProblem::SessionRevoked));
