@@ -77,6 +77,15 @@ fn session_id_of(access_token: &str) -> String {
     claims["sid"].as_str().unwrap().to_owned()
 }
 
+/// The event ended exactly these sessions, in any order.
+#[track_caller]
+fn assert_same_sessions(ended: &[String], mut expected: Vec<String>) {
+    let mut ended = ended.to_vec();
+    ended.sort();
+    expected.sort();
+    assert_eq!(ended, expected);
+}
+
 async fn logout(app: &TestApp, refresh_token: &str) {
     app.client
         .clone()
@@ -149,14 +158,13 @@ async fn logout_refresh_reuse_and_change_password_each_emit_their_event() {
     assert_eq!(third.kind(), RevocationKind::UserSessionsEnded);
     assert_eq!(third.user_id, user.id);
     assert!(third.session_id.is_empty());
-    let mut ended = third.session_ids.clone();
-    ended.sort();
-    let mut expected = vec![
-        session_id_of(&other_a.access_token),
-        session_id_of(&other_b.access_token),
-    ];
-    expected.sort();
-    assert_eq!(ended, expected);
+    assert_same_sessions(
+        &third.session_ids,
+        vec![
+            session_id_of(&other_a.access_token),
+            session_id_of(&other_b.access_token),
+        ],
+    );
     assert_no_event(&mut stream, Duration::from_millis(300)).await;
 }
 
@@ -223,14 +231,13 @@ async fn reset_password_disable_user_and_revoke_user_sessions_emit_their_events(
     assert_eq!(answer.revoked_count, 2);
     let event = next_event(&mut stream).await;
     assert_eq!(event.kind(), RevocationKind::UserSessionsEnded);
-    let mut ended = event.session_ids.clone();
-    ended.sort();
-    let mut expected = vec![
-        session_id_of(&first.access_token),
-        session_id_of(&second.access_token),
-    ];
-    expected.sort();
-    assert_eq!(ended, expected);
+    assert_same_sessions(
+        &event.session_ids,
+        vec![
+            session_id_of(&first.access_token),
+            session_id_of(&second.access_token),
+        ],
+    );
     // Nothing live left: nothing ended, no event.
     admin
         .revoke_user_sessions(with_bearer(
@@ -503,14 +510,13 @@ async fn the_lifecycle_rpcs_emit_their_events() {
     assert_eq!(answer.revoked_count, 2);
     let event = next_event(&mut stream).await;
     assert_eq!(event.kind(), RevocationKind::UserSessionsEnded);
-    let mut ended = event.session_ids.clone();
-    ended.sort();
-    let mut expected = vec![
-        session_id_of(&third.access_token),
-        session_id_of(&fourth.access_token),
-    ];
-    expected.sort();
-    assert_eq!(ended, expected);
+    assert_same_sessions(
+        &event.session_ids,
+        vec![
+            session_id_of(&third.access_token),
+            session_id_of(&fourth.access_token),
+        ],
+    );
 
     // DeleteMe: the account, by id only.
     app.client
