@@ -256,6 +256,34 @@ async fn every_rest_route_works_through_envoy() {
         .send(at)
         .await;
     assert_http_error(&r, 401, "VERIFY_TOKEN_INVALID");
+    // The rest of the lifecycle routes: a new link (none is sent for a
+    // verified address, the answer is the same), the other sessions, and
+    // the two that want the password again.
+    let r = Request::new("POST", "/v1/users/me/email:sendVerification")
+        .json(&json!({}))
+        .bearer(&access)
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let r = Request::new("POST", "/v1/users/me/sessions:revokeOthers")
+        .json(&json!({}))
+        .bearer(&access)
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["revokedCount"].as_i64().unwrap_or(0), 0, "{}", r.json());
+    let r = Request::new("POST", "/v1/users/me/email")
+        .json(&json!({"newEmail": "elsewhere@example.com", "currentPassword": "not the password"}))
+        .bearer(&access)
+        .send(at)
+        .await;
+    assert_http_error(&r, 400, "INVALID_CREDENTIALS");
+    let r = Request::new("POST", "/v1/users/me:delete")
+        .json(&json!({"currentPassword": "not the password"}))
+        .bearer(&access)
+        .send(at)
+        .await;
+    assert_http_error(&r, 400, "INVALID_CREDENTIALS");
 
     let r = Request::new("GET", "/v1/auth/jwks").send(at).await;
     assert_eq!(r.status, 200);
