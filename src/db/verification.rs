@@ -142,6 +142,18 @@ pub async fn insert_token(
     Ok(())
 }
 
+/// The account a token (usable or not) was issued to, read without a lock:
+/// the caller locks the account before it consumes the token.
+#[tracing::instrument(skip_all)]
+pub async fn owner(tx: &mut PgConnection, hash: &TokenHash) -> Result<Option<Uuid>, AppError> {
+    Ok(
+        sqlx::query_scalar("SELECT user_id FROM email_verification_tokens WHERE token_hash = $1")
+            .bind(hash.as_bytes())
+            .fetch_optional(tx)
+            .await?,
+    )
+}
+
 /// A token that was just consumed.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ConsumedToken {

@@ -216,6 +216,17 @@ impl Core {
         let hash = opaque::parse_presented(TokenKind::EmailVerification, presented)
             .ok_or(AppError::InvalidVerifyToken)?;
         let mut tx = self.db.begin().await?;
+        // The account before its token, in the order ChangeEmail,
+        // SendVerificationEmail and DeleteMe lock them (they supersede or
+        // delete the account's tokens under its lock): the other way round,
+        // a click on the link while one of them runs is a deadlock.
+        let Some(owner) = db::verification::owner(&mut tx, &hash).await? else {
+            return Err(AppError::InvalidVerifyToken);
+        };
+        // A disabled account's links wait, unused, until it is enabled.
+        if db::verification::lock_account(&mut tx, owner).await?.is_none() {
+            return Err(AppError::InvalidVerifyToken);
+        }
         let token = db::verification::consume(&mut tx, &hash, now)
             .await?
             .ok_or(AppError::InvalidVerifyToken)?;

@@ -4,6 +4,7 @@
 
 mod deletion;
 mod email_change;
+mod lock_order;
 mod profile;
 mod session_list;
 mod verification;

@@ -1,0 +1,110 @@
+//! Lock order: every transaction that touches an account locks the account
+//! row before its sessions and tokens, and takes the revocation log's
+//! counter last. Each test holds, in its own transaction, the locks another
+//! RPC takes first, lets the RPC under test block behind them, then takes
+//! the next lock that RPC would: with the order kept, the RPC waits and
+//! answers normally; with it broken, PostgreSQL finds a deadlock (or every
+//! revocation in the system stalls).
+
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection};
+use tonic::Code;
+use uuid::Uuid;
+
+use super::*;
+
+/// A connection of its own, so the test's locks do not take one of the
+/// server's pool.
+async fn holder(app: &TestApp) -> PgConnection {
+    use secrecy::ExposeSecret;
+    let url = app
+        .config
+        .database_url
+        .as_ref()
+        .unwrap()
+        .expose_secret()
+        .to_owned();
+    PgConnection::connect(&url).await.unwrap()
+}
+
+/// Waits until a backend other than `mine` of this database waits for a
+/// row lock: the RPC under test has reached the lock the holder keeps.
+async fn until_blocked(mine: &mut PgConnection) {
+    for _ in 0..400 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()
+                AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut *mine)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the RPC never waited for the held lock");
+}
+
+fn user_id(user: &pb::User) -> Uuid {
+    user.id.parse().unwrap()
+}
+
+/// A click on a verification link while SendVerificationEmail (or
+/// ChangeEmail, or DeleteMe) holds the account: VerifyEmail waits for the
+/// account before it touches the token, so the other call supersedes the
+/// token and the link answers VERIFY_TOKEN_INVALID. Consuming the token
+/// first and then waiting for the account was a deadlock: one of the two
+/// was aborted after a second.
+#[tokio::test]
+async fn verify_email_waits_for_the_account_before_its_token() {
+    let (app, smtp) = app_with_mail(|_| {}).await;
+    let email = fresh_email();
+    let (user, token) = registered(&app, &smtp, &email).await;
+    let id = user_id(&user);
+
+    // SendVerificationEmail's first two steps: the account, then the
+    // account's older links of the kind.
+    let mut other = holder(&app).await;
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(id)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let click = tokio::spawn({
+        let client = app.client.clone();
+        let token = token.clone();
+        async move {
+            client
+                .clone()
+                .verify_email(pb::VerifyEmailRequest { token })
+                .await
+        }
+    });
+    until_blocked(&mut other).await;
+    let superseded = sqlx::query(
+        "UPDATE email_verification_tokens SET superseded_at = now()
+          WHERE user_id = $1 AND purpose = 'verify' AND consumed_at IS NULL AND superseded_at IS NULL",
+    )
+    .bind(id)
+    .execute(&mut other)
+    .await;
+    let superseded = superseded.expect("superseding the account's links under its lock");
+    assert_eq!(superseded.rows_affected(), 1);
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+
+    assert_error(
+        click.await.unwrap(),
+        Code::Unauthenticated,
+        "VERIFY_TOKEN_INVALID",
+    );
+    let verified: bool = sqlx::query_scalar("SELECT email_verified FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(!verified);
+}
