@@ -89,6 +89,14 @@ impl Core {
         now: DateTime<Utc>,
     ) -> Result<u64, AppError> {
         let mut tx = self.db.begin().await?;
+        // The account before any session, in the order ChangePassword,
+        // DeleteMe and DisableUser lock them: holding one session while
+        // waiting for the others, this call deadlocked with any of them
+        // (and with itself called from another session) run from a second
+        // session of the account.
+        if db::users::lock(&mut tx, bearer.user_id).await?.is_none() {
+            return Err(AppError::Token(TokenProblem::SessionRevoked));
+        }
         // Held until commit, so the current session cannot end meanwhile and
         // leave the bearer with none.
         if db::sessions::lock_live(&mut tx, bearer.user_id, bearer.session_id, now)

@@ -108,3 +108,58 @@ async fn verify_email_waits_for_the_account_before_its_token() {
         .unwrap();
     assert!(!verified);
 }
+
+/// RevokeOtherSessions from one session while ChangePassword (or DeleteMe,
+/// or DisableUser) runs from another: it waits for the account, then finds
+/// its own session ended by the password change. Locking its own session
+/// and then the others deadlocked with them.
+#[tokio::test]
+async fn revoke_other_sessions_waits_for_the_account_before_any_session() {
+    let app = spawn_app().await;
+    let (user, first) = app.signed_in_user().await;
+    let second = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+    let id = user_id(&user);
+    let changing: Uuid = session_of(&second.access_token).parse().unwrap();
+
+    // ChangePassword from the second session: the account, then its own
+    // session.
+    let mut other = holder(&app).await;
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT id FROM users WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    sqlx::query("SELECT id FROM sessions WHERE id = $1 FOR UPDATE")
+        .bind(changing)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let revoking = tokio::spawn({
+        let app_client = app.client.clone();
+        let access = first.access_token.clone();
+        async move {
+            app_client
+                .clone()
+                .revoke_other_sessions(with_bearer(pb::RevokeOtherSessionsRequest {}, &access))
+                .await
+        }
+    });
+    until_blocked(&mut other).await;
+    // …then it ends the account's other sessions.
+    let ended = sqlx::query(
+        "UPDATE sessions SET revoked_at = now(), revoked_reason = 'password_changed'
+          WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .bind(changing)
+    .execute(&mut other)
+    .await
+    .expect("ending the other sessions under the account's lock");
+    assert_eq!(ended.rows_affected(), 1);
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+
+    assert_error(revoking.await.unwrap(), Code::Unauthenticated, "SESSION_REVOKED");
+    // The session that changed the password is untouched.
+    app.get_me(&second.access_token).await.unwrap();
+}
