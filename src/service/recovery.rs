@@ -143,7 +143,6 @@ impl Core {
             return Err(AppError::InvalidResetToken);
         }
         db::users::set_password_hash(&mut *tx, account.id, &new_hash, now).await?;
-        db::sessions::revoke_all_for_user(&mut *tx, account.id, None, "password_reset", now).await?;
         self.record_password_change(&mut tx, account.id, &account.email, now)
             .await?;
         if let Some(key) = guess_key {
@@ -151,6 +150,9 @@ impl Core {
             // with the reset it made.
             db::throttle::refund(&mut *tx, key, &Backoff::RESET_GUESSES).await?;
         }
+        // Last: the revocation log's counter, which every revocation waits
+        // for until this commits, must not be held while waiting for a lock.
+        db::sessions::revoke_all_for_user(&mut *tx, account.id, None, "password_reset", now).await?;
         tx.commit().await?;
         self.cache.evict_user(account.id);
         self.mail.queued.notify_one();

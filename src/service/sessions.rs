@@ -177,14 +177,6 @@ impl Core {
         {
             return Err(AppError::Conflict);
         }
-        db::sessions::revoke_all_for_user(
-            &mut *tx,
-            user.id,
-            Some(bearer.session_id),
-            "password_changed",
-            now,
-        )
-        .await?;
         db::sessions::delete_refresh_tokens(&mut tx, bearer.session_id).await?;
         db::sessions::insert_refresh_token(&mut tx, &next_hash, bearer.session_id, now).await?;
         // The proven password clears the failures only with the change
@@ -200,6 +192,18 @@ impl Core {
         )?;
         self.record_password_change(&mut tx, user.id, &user.email, now)
             .await?;
+        // Last: it takes the revocation log's counter, which every
+        // revocation of every account waits for until this commits. Taken
+        // earlier, a wait for one of the locks above (a reset link being
+        // used, a failed login being counted) stalled them all.
+        db::sessions::revoke_all_for_user(
+            &mut *tx,
+            user.id,
+            Some(bearer.session_id),
+            "password_changed",
+            now,
+        )
+        .await?;
         tx.commit().await?;
         // Other sessions ended and the account changed.
         self.cache.evict_user(user.id);

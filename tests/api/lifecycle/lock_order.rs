@@ -163,3 +163,63 @@ async fn revoke_other_sessions_waits_for_the_account_before_any_session() {
     // The session that changed the password is untouched.
     app.get_me(&second.access_token).await.unwrap();
 }
+
+/// A ChangePassword that waits for a lock of its account (here a reset
+/// link of the account being used) must not hold the revocation log's
+/// counter meanwhile: a Logout of another account goes through at once.
+#[tokio::test]
+async fn change_password_waits_without_holding_the_revocation_counter() {
+    let app = spawn_app().await;
+    let (user, tokens) = app.signed_in_user().await;
+    // A second session, which the change ends (recording its event).
+    app.login(&user.email, PASSWORD).await.unwrap();
+    let (_, bystander) = app.signed_in_user().await;
+    app.client
+        .clone()
+        .forgot_password(pb::ForgotPasswordRequest {
+            email: user.email.clone(),
+        })
+        .await
+        .unwrap();
+    app.reset_requests_resolved().await;
+
+    // ResetPassword consuming the account's reset link.
+    let mut other = holder(&app).await;
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    let held = sqlx::query("SELECT token_hash FROM password_reset_tokens WHERE user_id = $1 FOR UPDATE")
+        .bind(user_id(&user))
+        .execute(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(held.rows_affected(), 1);
+    let changing = tokio::spawn({
+        let client = app.client.clone();
+        let access = tokens.access_token.clone();
+        async move {
+            client
+                .clone()
+                .change_password(with_bearer(
+                    pb::ChangePasswordRequest {
+                        current_password: PASSWORD.into(),
+                        new_password: "another long passphrase nobody guesses".into(),
+                    },
+                    &access,
+                ))
+                .await
+        }
+    });
+    until_blocked(&mut other).await;
+
+    let logout = tokio::time::timeout(
+        Duration::from_secs(3),
+        app.client.clone().logout(pb::LogoutRequest {
+            refresh_token: bystander.refresh_token.clone(),
+        }),
+    )
+    .await;
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    logout
+        .expect("another account's Logout waited for a ChangePassword stuck on its own account")
+        .unwrap();
+    changing.await.unwrap().unwrap();
+}
