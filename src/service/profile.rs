@@ -219,7 +219,7 @@ impl Core {
         if self.live_session_user(&bearer, now).await?.is_none() {
             return Err(AppError::Token(TokenProblem::SessionRevoked));
         }
-        let throttle_key = self
+        let (throttle_key, charge) = self
             .confirm_current_password(bearer.user_id, &current, now)
             .await?;
 
@@ -245,6 +245,8 @@ impl Core {
         db::outbox::enqueue(&mut tx, &outbox::account_deleted(&account.email, now), None, now).await?;
         db::users::delete(&mut tx, account.id).await?;
         tx.commit().await?;
+        // The deletion forgave the count; nothing to give back.
+        charge.checked();
         self.cache.evict_user(account.id);
         self.mail.queued.notify_one();
         tracing::info!("account deleted");

@@ -145,10 +145,13 @@ impl Core {
         let charge = self.charge_attempt(&throttle_key, &Backoff::LOGIN, now).await?;
         let stored = db::users::password_hash(&self.db, user.id).await?;
         let verified = self.hasher.verify(&current, stored.as_deref()).await?;
-        charge.checked();
         if verified == Verified::No {
+            charge.checked();
             return Err(AppError::WrongCurrentPassword);
         }
+        // The password is right: should the change not commit (its
+        // deadline, an overload refusing the new hash, a conflict), the
+        // charge is given back, as Login does.
         let new_hash = self.hasher.hash(&new).await?;
         let next = NewToken::generate(TokenKind::Refresh).map_err(AppError::internal)?;
         let next_hash = next.hash;
@@ -205,6 +208,8 @@ impl Core {
         )
         .await?;
         tx.commit().await?;
+        // The change forgave the count; nothing to give back.
+        charge.checked();
         // Other sessions ended and the account changed.
         self.cache.evict_user(user.id);
         self.mail.queued.notify_one();

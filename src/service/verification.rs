@@ -146,7 +146,7 @@ impl Core {
         if self.live_session_user(&bearer, now).await?.is_none() {
             return Err(AppError::Token(TokenProblem::SessionRevoked));
         }
-        let throttle_key = self
+        let (throttle_key, charge) = self
             .confirm_current_password(bearer.user_id, &current, now)
             .await?;
 
@@ -156,6 +156,7 @@ impl Core {
         db::throttle::forgive(&mut *tx, &throttle_key).await?;
         if let Err(capped) = self.check_address_mail_cap(&mut tx, account.id, now).await {
             tx.commit().await?;
+            charge.checked();
             return Err(capped);
         }
         self.queue_address_proof(&mut tx, account.id, Purpose::Change, new_email.as_str(), now)
@@ -168,6 +169,8 @@ impl Core {
         )
         .await?;
         tx.commit().await?;
+        // The change forgave the count; nothing to give back.
+        charge.checked();
         self.mail.queued.notify_one();
         tracing::info!("email change requested; link and notice queued");
         Ok(())

@@ -248,3 +248,88 @@ async fn the_back_off_schedule_in_sql_is_the_documented_one() {
     assert_eq!(charge(&app.db, key, &b, now).await.unwrap(), None);
     assert_eq!(failures().await, 1, "a quiet hour starts the count over");
 }
+
+/// A right current password is never a failed attempt, even when the change
+/// it guards does not happen: here every ChangePassword, ChangeEmail and
+/// DeleteMe passes the password check and then runs out of its deadline
+/// waiting for the account row (as under a slow or contended database).
+/// Two of each are more than the five free attempts.
+#[tokio::test]
+async fn a_right_current_password_is_not_charged_when_its_change_does_not_happen() {
+    let app = spawn_app_with(|c| c.request_timeout = Duration::from_millis(300)).await;
+    let (user, tokens) = app.signed_in_user().await;
+    // Another transaction holds the account row during each call (and lets
+    // go after it, so the connections of the abandoned calls come back).
+    let hold_account = || async {
+        let mut blocker = app.db.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM users WHERE id = $1::uuid FOR UPDATE")
+            .bind(&user.id)
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+        blocker
+    };
+    let mut client = app.client.clone();
+    for _ in 0..2 {
+        let blocker = hold_account().await;
+        let changed = client
+            .change_password(with_bearer(
+                pb::ChangePasswordRequest {
+                    current_password: PASSWORD.into(),
+                    new_password: "an entirely different passphrase".into(),
+                },
+                &tokens.access_token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(changed.code(), Code::DeadlineExceeded, "{changed:?}");
+        blocker.rollback().await.unwrap();
+        let blocker = hold_account().await;
+        let moved = client
+            .change_email(with_bearer(
+                pb::ChangeEmailRequest {
+                    new_email: "elsewhere@example.com".into(),
+                    current_password: PASSWORD.into(),
+                },
+                &tokens.access_token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(moved.code(), Code::DeadlineExceeded, "{moved:?}");
+        blocker.rollback().await.unwrap();
+        let blocker = hold_account().await;
+        let deleted = client
+            .delete_me(with_bearer(
+                pb::DeleteMeRequest {
+                    current_password: PASSWORD.into(),
+                },
+                &tokens.access_token,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(deleted.code(), Code::DeadlineExceeded, "{deleted:?}");
+        blocker.rollback().await.unwrap();
+    }
+    // Refunds are written just after the calls end.
+    let key = format!("user:{}", user.id);
+    let started = std::time::Instant::now();
+    loop {
+        let failures: i32 =
+            sqlx::query_scalar("SELECT coalesce(max(failures), 0) FROM login_throttle WHERE key = $1")
+                .bind(&key)
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+        if failures == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{failures} failed attempts charged for the right password"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.login(&user.email, PASSWORD)
+        .await
+        .expect("the account holder is not locked out");
+}
