@@ -137,6 +137,15 @@ impl Core {
         let new_hash = self.hasher.hash(&password).await?;
 
         let mut tx = self.db.begin().await?;
+        // The account before its token, in the order ForgotPassword,
+        // ChangePassword and an address change lock them (they supersede
+        // the account's reset links under its lock): the other way round,
+        // a reset while one of them runs is a deadlock. Disabled meanwhile,
+        // it keeps its password.
+        match db::users::lock(&mut tx, account.id).await? {
+            Some(user) if !user.disabled => {}
+            _ => return Err(AppError::InvalidResetToken),
+        }
         // Checked again under the row lock: another call may have used,
         // or a newer request superseded, the token since the lookup.
         if db::recovery::consume(&mut tx, &hash, now).await? != Some(account.id) {

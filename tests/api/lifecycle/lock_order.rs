@@ -223,3 +223,62 @@ async fn change_password_waits_without_holding_the_revocation_counter() {
         .unwrap();
     changing.await.unwrap().unwrap();
 }
+
+/// ResetPassword while ForgotPassword's worker (or ChangePassword, or an
+/// address change) holds the account and supersedes its reset links: the
+/// reset waits for the account, then finds its link superseded. Consuming
+/// the link first and then waiting for the account was a deadlock.
+#[tokio::test]
+async fn reset_password_waits_for_the_account_before_its_link() {
+    let (app, smtp) = app_with_mail(|_| {}).await;
+    let email = fresh_email();
+    let (user, _) = registered(&app, &smtp, &email).await;
+    app.client
+        .clone()
+        .forgot_password(pb::ForgotPasswordRequest { email: email.clone() })
+        .await
+        .unwrap();
+    let token = nth_mail(&smtp, &email, "Reset your password", 1)
+        .await
+        .reset_token();
+    let id = user_id(&user);
+
+    // The worker resolving a newer request: the account, then its links.
+    let mut other = holder(&app).await;
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(id)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let resetting = tokio::spawn({
+        let client = app.client.clone();
+        async move {
+            client
+                .clone()
+                .reset_password(pb::ResetPasswordRequest {
+                    token,
+                    new_password: "a brand new passphrase for recovery".into(),
+                })
+                .await
+        }
+    });
+    until_blocked(&mut other).await;
+    let superseded = sqlx::query(
+        "UPDATE password_reset_tokens SET superseded_at = now()
+          WHERE user_id = $1 AND consumed_at IS NULL AND superseded_at IS NULL",
+    )
+    .bind(id)
+    .execute(&mut other)
+    .await
+    .expect("superseding the account's reset links under its lock");
+    assert_eq!(superseded.rows_affected(), 1);
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+
+    assert_error(
+        resetting.await.unwrap(),
+        Code::Unauthenticated,
+        "RESET_TOKEN_INVALID",
+    );
+    tokens_of(&app, &email).await;
+}
