@@ -109,7 +109,10 @@ fn address_of(
     ext: &http::Extensions,
     trusted_header: Option<&HeaderName>,
 ) -> Option<IpAddr> {
-    if let Some(value) = trusted_header.and_then(|h| headers.get(h)) {
+    // The last line of the header: a proxy that adds its own line (HAProxy
+    // does) leaves any line the client sent before it, and `get` returns
+    // the first.
+    if let Some(value) = trusted_header.and_then(|h| headers.get_all(h).iter().next_back()) {
         let last = value
             .to_str()
             .ok()
@@ -221,5 +224,16 @@ mod tests {
         let header = HeaderName::from_static("x-forwarded-for");
         assert_eq!(peer_address(&req, Some(&header)), "198.51.100.7".parse().ok());
         assert_eq!(peer_address(&req, None), None);
+    }
+
+    #[test]
+    fn a_line_the_client_sent_before_the_proxy_s_own_is_not_believed() {
+        let req = Request::builder()
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-for", "198.51.100.7")
+            .body(())
+            .unwrap();
+        let header = HeaderName::from_static("x-forwarded-for");
+        assert_eq!(peer_address(&req, Some(&header)), "198.51.100.7".parse().ok());
     }
 }
