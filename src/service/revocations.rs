@@ -114,6 +114,14 @@ impl Core {
                         let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= BATCH;
                         for row in rows {
                             let id = row.id;
+                            // Ids are gapless, so a missing one was pruned
+                            // (its retention passed while this subscriber
+                            // was behind, or since its cursor was checked):
+                            // the subscriber must learn it, not skip it.
+                            if id != cursor + 1 {
+                                let _ = tx.send(Err(AppError::CursorExpired)).await;
+                                return;
+                            }
                             let event = RevocationEvent::try_from(row);
                             let failed = event.is_err();
                             if tx.send(event).await.is_err() || failed {

@@ -535,3 +535,61 @@ async fn the_lifecycle_rpcs_emit_their_events() {
     assert!(event.session_ids.is_empty());
     assert_no_event(&mut stream, Duration::from_millis(300)).await;
 }
+
+#[tokio::test]
+async fn events_pruned_before_a_slow_subscriber_read_them_end_its_stream_with_cursor_expired() {
+    let app = spawn_app().await;
+    let key = app.service_key("watcher", &[WATCH]).await;
+    let (user, _) = app.signed_in_user().await;
+    // A day's backlog of large events (300 sessions each, about 11 kB on
+    // the wire): far more than the server's batch, its channel and the
+    // connection's flow-control windows hold.
+    sqlx::query(
+        "SELECT authd_record_revocation('USER_SESSIONS_ENDED', $1::uuid,
+                                        ARRAY(SELECT gen_random_uuid() FROM generate_series(1, 300)),
+                                        now() - interval '23 hours')
+           FROM generate_series(1, 1000)",
+    )
+    .bind(&user.id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    // A resumable cursor; the subscriber catches up slowly.
+    let mut stream = watch(&app, &key, 1).await.unwrap();
+    assert_eq!(next_event(&mut stream).await.event_id, 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meanwhile the retention passes for events it has not read yet.
+    sqlx::query("UPDATE revocation_events SET occurred_at = now() - interval '25 hours' WHERE id <= 601")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let pruned = authd::db::revocations::prune(&app.db, chrono::Utc::now() - chrono::Duration::hours(24))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 600);
+    // What it gets is contiguous, then CURSOR_EXPIRED (so it knows to fall
+    // back): never a silent jump over what was pruned.
+    let mut expected = 3;
+    loop {
+        assert!(
+            expected <= 601,
+            "the server had read everything before the prune: more backlog needed"
+        );
+        let message = tokio::time::timeout(EVENT_WAIT, stream.message())
+            .await
+            .expect("the stream stalled");
+        match message {
+            Ok(Some(m)) if m.kind() == RevocationKind::Heartbeat => {}
+            Ok(Some(m)) => {
+                assert_eq!(m.event_id, expected, "events pruned before delivery were skipped");
+                expected += 1;
+            }
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => {
+                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                assert_eq!(reason(&status), "CURSOR_EXPIRED");
+                break;
+            }
+        }
+    }
+}
