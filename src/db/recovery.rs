@@ -188,10 +188,15 @@ pub async fn take_request(tx: &mut PgConnection) -> Result<Option<ResetRequest>,
 }
 
 /// Drops unresolved requests for an address (its account is being deleted).
+/// One the worker is resolving now is left to it: the worker holds the
+/// request and waits for the account the caller holds, so waiting for the
+/// request would be a deadlock; once the deletion commits, the worker finds
+/// no account and drops the request itself.
 #[tracing::instrument(skip_all)]
 pub async fn forget_requests_for(tx: &mut PgConnection, email: &str) -> Result<(), AppError> {
     sqlx::query(&format!(
-        "DELETE FROM password_reset_requests u WHERE {}",
+        "DELETE FROM password_reset_requests WHERE id IN (
+             SELECT u.id FROM password_reset_requests u WHERE {} FOR UPDATE SKIP LOCKED)",
         super::users::EMAIL_MATCHES
     ))
     .bind(email)
