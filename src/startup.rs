@@ -440,12 +440,28 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
 
 /// Reports NOT_SERVING while PostgreSQL does not answer, SERVING once it does.
 async fn monitor_database(pool: PgPool, health: HealthState, every: Duration) {
+    // A connection of the probe's own, outside the pool: a pool exhausted by
+    // slow calls (lock waits, a load spike) must not read as "database down",
+    // which would make the gate refuse every call.
+    let options = pool.connect_options().as_ref().clone();
+    let mut probe: Option<sqlx::PgConnection> = None;
     let mut up = health.database_up();
     loop {
-        let ok = matches!(
-            tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&pool)).await,
-            Ok(Ok(_))
-        );
+        let ok = tokio::time::timeout(Duration::from_secs(2), async {
+            if probe.is_none() {
+                probe = Some(<sqlx::PgConnection as sqlx::Connection>::connect_with(&options).await?);
+            }
+            match probe.as_mut() {
+                Some(connection) => sqlx::query("SELECT 1").execute(connection).await.map(drop),
+                None => Ok(()),
+            }
+        })
+        .await
+        .is_ok_and(|r: Result<(), sqlx::Error>| r.is_ok());
+        if !ok {
+            // Reconnect next time rather than trust a connection that failed.
+            probe = None;
+        }
         if ok != up {
             if ok {
                 tracing::info!("database reachable: SERVING");

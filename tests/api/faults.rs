@@ -889,3 +889,71 @@ async fn while_the_database_is_known_down_calls_fail_fast_and_the_cache_is_silen
     );
     pg.stop();
 }
+
+#[tokio::test]
+async fn a_pool_exhausted_by_lock_waits_is_not_a_database_outage() {
+    // The pool's 5 connections stuck behind a row lock must not make the
+    // probe declare the database down (and the gate refuse every call).
+    let app = spawn_app_with(|c| c.request_timeout = Duration::from_secs(10)).await;
+    let (user, tokens) = app.signed_in_user().await;
+    let url = {
+        use secrecy::ExposeSecret as _;
+        app.config
+            .database_url
+            .as_ref()
+            .unwrap()
+            .expose_secret()
+            .to_owned()
+    };
+    let mut holder = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let mut lock = sqlx::Connection::begin(&mut holder).await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE id = $1::uuid FOR UPDATE")
+        .bind(&user.id)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let mut stuck = Vec::new();
+    for i in 0..app.config.db_max_connections {
+        let (mut client, access) = (app.client.clone(), tokens.access_token.clone());
+        stuck.push(tokio::spawn(async move {
+            let request = pb::UpdateMeRequest {
+                user: Some(pb::User {
+                    full_name: format!("Waiting {i}"),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["full_name".into()],
+                }),
+            };
+            client.update_me(with_bearer(request, &access)).await
+        }));
+    }
+    // Longer than the probe's 2 s timeout, while every pooled connection waits.
+    tokio::time::sleep(Duration::from_millis(2_600)).await;
+    let mut health = HealthClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+            .unwrap()
+            .connect_lazy(),
+    );
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(
+        status,
+        ServingStatus::Serving,
+        "a busy pool was taken for a database outage"
+    );
+    lock.rollback().await.unwrap();
+    for call in stuck {
+        call.await
+            .unwrap()
+            .expect("each waiting call goes through once the lock is gone");
+    }
+}
