@@ -228,6 +228,8 @@ pub async fn revoke_by_refresh_token<'e>(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<Uuid>, AppError> {
+    // A WITH that only reads runs only if referenced: the always-true
+    // `count(*) >= 0` is what makes the event's insert happen.
     Ok(sqlx::query_scalar(
         "WITH target AS (SELECT session_id FROM refresh_tokens WHERE token_hash = $1),
               ended AS (

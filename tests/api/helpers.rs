@@ -287,6 +287,25 @@ impl TestApp {
         AdminServiceClient::new(channel)
     }
 
+    /// Waits until the account's failed-attempt count is `expected`: refunds
+    /// of attempts that checked no password (or a right one whose change
+    /// failed) are written by a small task just after the call.
+    pub async fn wait_for_counted_failures(&self, user_id: &str, expected: i32) {
+        let mut counted = None;
+        for _ in 0..150 {
+            counted = sqlx::query_scalar::<_, i32>("SELECT failures FROM login_throttle WHERE key = $1")
+                .bind(format!("user:{user_id}"))
+                .fetch_optional(&self.db)
+                .await
+                .unwrap();
+            if counted == Some(expected) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{counted:?} failed attempts counted for the account, expected {expected}");
+    }
+
     /// Waits until every ForgotPassword request so far has been resolved
     /// (they are, in the background, within milliseconds).
     pub async fn reset_requests_resolved(&self) {

@@ -460,23 +460,8 @@ async fn a_password_change_that_fails_midway_changes_nothing() {
         .unwrap();
     assert_eq!(hash_before, hash_after);
     // The two wrong passwords count; the right one whose change failed is
-    // given back (just after the call, by its own small task).
-    let started = std::time::Instant::now();
-    loop {
-        let failures: i32 = sqlx::query_scalar("SELECT failures FROM login_throttle WHERE key = $1")
-            .bind(format!("user:{}", user.id))
-            .fetch_one(&app.db)
-            .await
-            .expect("the failed attempts are still counted");
-        if failures == 2 {
-            break;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(3),
-            "{failures} failures counted: only the two wrong passwords may count"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    // given back.
+    app.wait_for_counted_failures(&user.id, 2).await;
     app.get_me(&other.access_token).await.unwrap();
     refresh(&app, &this.refresh_token).await.unwrap();
     app.login(&user.email, PASSWORD).await.unwrap();

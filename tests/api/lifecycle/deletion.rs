@@ -254,23 +254,8 @@ async fn a_deletion_that_fails_midway_deletes_nothing() {
     assert_eq!(failed.unwrap_err().code(), Code::Internal);
     assert_eq!(app.get_me(&tokens.access_token).await.unwrap().id, user.id);
     // The wrong password counts; the right one whose deletion failed is
-    // given back (just after the call, by its own small task).
-    let started = std::time::Instant::now();
-    loop {
-        let failures: i32 = sqlx::query_scalar("SELECT failures FROM login_throttle WHERE key = $1")
-            .bind(format!("user:{}", user.id))
-            .fetch_one(&app.db)
-            .await
-            .expect("the counter is still there");
-        if failures == 1 {
-            break;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(3),
-            "{failures} failures counted: only the wrong password may count"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    // given back.
+    app.wait_for_counted_failures(&user.id, 1).await;
     sqlx::raw_sql("DROP TRIGGER fail_mail ON email_outbox")
         .execute(&app.db)
         .await
