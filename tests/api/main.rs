@@ -5,6 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod helpers;
+/// The bulk seed shared with the load generator's scale scenario.
+#[path = "../seed/scale.rs"]
+mod seed;
 
 mod admin;
 mod adversarial;
@@ -25,6 +28,7 @@ mod rest_gateway;
 mod revocations;
 mod service_account_cli;
 mod session_cache;
+mod scale_seed;
 mod sessions;
 mod smtp;
 mod throttling;
