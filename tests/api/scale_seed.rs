@@ -30,7 +30,10 @@ async fn the_seed_fills_every_table_with_rows_authd_accepts() {
     // Registering the hash's account wrote a few rows of its own.
     let mut before = std::collections::HashMap::new();
     for table in crate::seed::seeded_tables() {
-        let n: i64 = sqlx::query_scalar(&count(table)).fetch_one(&mut db).await.unwrap();
+        let n: i64 = sqlx::query_scalar(&count(table))
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
         before.insert(table, n);
     }
     let scale = Scale::accounts(2_000);
@@ -45,7 +48,10 @@ async fn the_seed_fills_every_table_with_rows_authd_accepts() {
         ("email_outbox", scale.accounts * 3 / 10),
         ("revocation_events", scale.accounts / 5),
     ] {
-        let n: i64 = sqlx::query_scalar(&count(table)).fetch_one(&mut db).await.unwrap();
+        let n: i64 = sqlx::query_scalar(&count(table))
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
         assert_eq!(n - before[table], expected, "{table}");
     }
     assert!(report.total_rows() > 15_000, "{report:?}");
@@ -63,16 +69,18 @@ async fn the_seed_fills_every_table_with_rows_authd_accepts() {
     let login = app.login(&seeded_email(7), PASSWORD).await.unwrap();
     assert!(login.tokens.is_some());
     // The revocation log continues gaplessly after the seeded events.
-    let (head, events): (i64, i64) =
-        sqlx::query_as("SELECT (SELECT last_event_id FROM revocation_log), (SELECT max(id) FROM revocation_events)")
+    let (head, events): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT last_event_id FROM revocation_log), (SELECT max(id) FROM revocation_events)",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(head, events);
+    // No seeded mail is pending: the mail worker has nothing to send.
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM email_outbox WHERE sent_at IS NULL AND user_id IS NULL")
             .fetch_one(&mut db)
             .await
             .unwrap();
-    assert_eq!(head, events);
-    // No seeded mail is pending: the mail worker has nothing to send.
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM email_outbox WHERE sent_at IS NULL AND user_id IS NULL")
-        .fetch_one(&mut db)
-        .await
-        .unwrap();
     assert_eq!(pending, 0);
 }

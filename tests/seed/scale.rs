@@ -86,7 +86,10 @@ const BATCHES: &[Batch] = &[
                 "updated_at",
                 "now() - (i % 365) * interval '1 day' - (i % 86400) * interval '1 second'",
             ),
-            ("disabled_at", "CASE WHEN i % 1000 = 0 THEN now() - interval '3 days' END"),
+            (
+                "disabled_at",
+                "CASE WHEN i % 1000 = 0 THEN now() - interval '3 days' END",
+            ),
         ],
     },
     // Sessions by `i % 10`: 0 live, 1-5 revoked, 6-9 expired (idle).
@@ -125,7 +128,10 @@ const BATCHES: &[Batch] = &[
                 "CASE WHEN i % 10 BETWEEN 1 AND 5
                       THEN now() - (2 + i % 60) * interval '1 day' + interval '1 hour' END",
             ),
-            ("revoked_reason", "CASE WHEN i % 10 BETWEEN 1 AND 5 THEN 'logout' END"),
+            (
+                "revoked_reason",
+                "CASE WHEN i % 10 BETWEEN 1 AND 5 THEN 'logout' END",
+            ),
             (
                 "user_agent",
                 "'Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0'",
@@ -165,7 +171,10 @@ const BATCHES: &[Batch] = &[
             ("token_hash", "sha256(('reset' || i)::bytea)"),
             ("user_id", "md5('user' || (1 + (i * 20) % accounts))::uuid"),
             ("created_at", "now() - (i % 172800) * interval '1 second'"),
-            ("expires_at", "now() - (i % 172800) * interval '1 second' + interval '1 hour'"),
+            (
+                "expires_at",
+                "now() - (i % 172800) * interval '1 second' + interval '1 hour'",
+            ),
             (
                 "consumed_at",
                 "CASE WHEN i % 3 = 0 THEN now() - (i % 172800) * interval '1 second' + interval '10 minutes' END",
@@ -185,7 +194,10 @@ const BATCHES: &[Batch] = &[
             ("purpose", "'verify'"),
             ("email", "'seed' || (1 + (i * 5) % accounts) || '@scale.example'"),
             ("created_at", "now() - (i % 172800) * interval '1 second'"),
-            ("expires_at", "now() - (i % 172800) * interval '1 second' + interval '1 day'"),
+            (
+                "expires_at",
+                "now() - (i % 172800) * interval '1 second' + interval '1 day'",
+            ),
             (
                 "consumed_at",
                 "CASE WHEN i % 2 = 0 THEN now() - (i % 172800) * interval '1 second' + interval '2 minutes' END",
@@ -217,10 +229,16 @@ const BATCHES: &[Batch] = &[
             ("recipient", "'seed' || (1 + i % accounts) || '@scale.example'"),
             ("subject", "'Your password was changed'"),
             ("created_at", "now() - (i % 864000) * interval '1 second'"),
-            ("expires_at", "now() - (i % 864000) * interval '1 second' + interval '1 day'"),
+            (
+                "expires_at",
+                "now() - (i % 864000) * interval '1 second' + interval '1 day'",
+            ),
             ("attempts", "1"),
             ("next_attempt_at", "now() - (i % 864000) * interval '1 second'"),
-            ("sent_at", "now() - (i % 864000) * interval '1 second' + interval '1 second'"),
+            (
+                "sent_at",
+                "now() - (i % 864000) * interval '1 second' + interval '1 second'",
+            ),
             ("user_id", USER_ID),
         ],
     },
@@ -309,15 +327,22 @@ async fn is_empty(db: &mut PgConnection, table: &str) -> anyhow::Result<bool> {
 }
 
 async fn table_exists(db: &mut PgConnection, table: &str) -> anyhow::Result<bool> {
-    Ok(sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
-        .bind(format!("public.{table}"))
-        .fetch_one(&mut *db)
-        .await?)
+    Ok(
+        sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
+            .bind(format!("public.{table}"))
+            .fetch_one(&mut *db)
+            .await?,
+    )
 }
 
 /// The batch's insert, with the columns the table has; None when the table
 /// does not exist (yet).
-async fn insert(db: &mut PgConnection, batch: &Batch, scale: Scale, password_hash: &str) -> anyhow::Result<Option<u64>> {
+async fn insert(
+    db: &mut PgConnection,
+    batch: &Batch,
+    scale: Scale,
+    password_hash: &str,
+) -> anyhow::Result<Option<u64>> {
     if !table_exists(db, batch.table).await? {
         return Ok(None);
     }
