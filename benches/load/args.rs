@@ -33,9 +33,11 @@ struct Args {
     connections: usize,
 
     /// Comma-separated, in order [default: all:
-    /// health,getme,getuser,introspect,jwks,refresh,mix,login,register,cache,revocation;
-    /// also available: flood (Logins at 1×, 2×, 4× the argon2 ceiling);
-    /// with --addr, cache only with --database-url and revocation only with --watch-key]
+    /// health,getme,getuser,lookupuser,listusers,listsessions,introspect,jwks,refresh,mix,login,register,
+    /// cache,revocation,startup; also available: flood (Logins at 1×, 2×, 4× the argon2 ceiling);
+    /// with --addr, cache only with --database-url and revocation only with --watch-key;
+    /// with --scale: startup, cleanup and the call scenarios, default
+    /// startup,health,getme,introspect,refresh,listsessions,getuser,lookupuser,listusers,mix,login,register,cleanup]
     #[arg(long, value_name = "LIST", value_parser = scenario_list)]
     scenarios: Option<ScenarioList>,
 
@@ -90,6 +92,27 @@ struct Args {
     #[arg(long)]
     smoke: bool,
 
+    /// The scale run: two authd on one PostgreSQL cluster, one on an empty
+    /// database and one on a seeded copy (tests/seed/scale.rs), each
+    /// scenario on both in turns (empty, seeded, seeded, empty), with the
+    /// ratios; then Refresh during a clean-up pass (BENCHMARKS.md)
+    #[arg(long, conflicts_with_all = ["addr", "smoke"])]
+    scale: bool,
+
+    /// --scale: accounts of the seed (about 5 sessions each)
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = scale_accounts)]
+    scale_accounts: i64,
+
+    /// --scale: the folder of the kept cluster that holds the seeded
+    /// template database(s), one per --scale-accounts [default: authd-scale
+    /// in cargo's target tmp folder]
+    #[arg(long, value_name = "DIR")]
+    scale_dir: Option<std::path::PathBuf>,
+
+    /// --scale: seed again even if the kept cluster holds a seed of this size
+    #[arg(long)]
+    scale_reseed: bool,
+
     /// `cargo bench` passes this to every bench target.
     #[arg(long, hide = true)]
     bench: bool,
@@ -115,6 +138,14 @@ pub struct Options {
     pub cache_sessions: usize,
     pub cache_changes_per_sec: u32,
     pub smoke: bool,
+    pub scale: Option<Scale>,
+}
+
+/// The scale run's settings.
+pub struct Scale {
+    pub accounts: i64,
+    pub dir: std::path::PathBuf,
+    pub reseed: bool,
 }
 
 /// Parses the command line; prints help or the error and exits on failure.
@@ -123,8 +154,10 @@ pub fn parse() -> Options {
     let smoke = args.smoke;
     let no_database = args.addr.is_some() && args.database_url.is_none();
     let no_watch_key = args.addr.is_some() && args.watch_key.is_none();
+    let scale_only = |s: &Scenario| matches!(s, Scenario::Cleanup);
     let scenarios = match args.scenarios {
         Some(list) => list.0,
+        None if args.scale => scenario_list(scenarios::SCALE).map_or_else(|e| unreachable!("{e}"), |l| l.0),
         None => {
             let all = scenario_list(scenarios::ALL).map_or_else(|e| unreachable!("{e}"), |l| l.0);
             // `--addr` alone, as before the cache scenario existed, still
@@ -135,6 +168,23 @@ pub fn parse() -> Options {
                 .collect()
         }
     };
+    if args.scale
+        && let Some(s) = scenarios
+            .iter()
+            .find(|s| !matches!(s, Scenario::Calls(_) | Scenario::Startup | Scenario::Cleanup))
+    {
+        Args::command()
+            .error(
+                ErrorKind::InvalidValue,
+                format!("--scale runs startup, cleanup and call scenarios, not {s:?}"),
+            )
+            .exit();
+    }
+    if !args.scale && scenarios.iter().any(scale_only) {
+        Args::command()
+            .error(ErrorKind::InvalidValue, "the cleanup scenario needs --scale")
+            .exit();
+    }
     if no_database && scenarios.iter().any(|s| matches!(s, Scenario::Cache)) {
         Args::command()
             .error(
@@ -169,6 +219,20 @@ pub fn parse() -> Options {
         cache_sessions: args.cache_sessions.unwrap_or(if smoke { 2_000 } else { 100_000 }),
         cache_changes_per_sec: args.cache_changes,
         smoke,
+        scale: args.scale.then(|| Scale {
+            accounts: args.scale_accounts,
+            dir: args
+                .scale_dir
+                .unwrap_or_else(|| std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("authd-scale")),
+            reseed: args.scale_reseed,
+        }),
+    }
+}
+
+fn scale_accounts(v: &str) -> Result<i64, String> {
+    match v.parse::<i64>() {
+        Ok(n) if (100..=100_000_000).contains(&n) => Ok(n),
+        _ => Err("must be an integer from 100 to 100000000".into()),
     }
 }
 

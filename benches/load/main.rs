@@ -28,9 +28,17 @@ mod flood;
 mod procfs;
 mod report;
 mod revocation_scenario;
+mod scale;
+// The bulk seed the scale run shares with the tests (one file, two users).
+// clippy::collapsible_if fires in its seed_empty_tables; the file is
+// shared with the tests and not changed from here.
+#[allow(clippy::collapsible_if)]
+#[path = "../../tests/seed/scale.rs"]
+mod scale_seed;
 mod scenarios;
 mod seeding;
 mod server;
+mod startup;
 mod stats;
 
 use std::sync::Arc;
@@ -50,6 +58,25 @@ async fn main() -> std::process::ExitCode {
     let options = args::parse();
     let run_started = Instant::now();
     let cores = cores();
+    if let Some(scale) = &options.scale {
+        println!(
+            "authd load, scale run: {cores} cores ({}), {} s per scenario and side, {} concurrent calls over {} connections",
+            cpu_model(),
+            options.duration.as_secs_f64(),
+            options.concurrency,
+            options.connections,
+        );
+        let errors = scale::run(&options, scale).await;
+        println!(
+            "\ntotal errors: {errors}; whole run {:.1} s",
+            run_started.elapsed().as_secs_f64()
+        );
+        return if errors > 0 {
+            std::process::ExitCode::FAILURE
+        } else {
+            std::process::ExitCode::SUCCESS
+        };
+    }
     let defaults = Argon2Settings::default();
     println!(
         "authd load: {cores} cores ({}), {} s per scenario, {} concurrent calls over {} connections{}",
@@ -146,11 +173,22 @@ async fn main() -> std::process::ExitCode {
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     let mut flood_wrong = 0u64;
+    let mut startup_errors = 0u64;
     for scenario in &options.scenarios {
         if scenario.hashes_passwords() {
             baseline.measure(samples).await;
         }
         let new_rows = match scenario {
+            Scenario::Startup => {
+                let outcome = startup::run(&scratch, if options.smoke { 1 } else { 3 }).await;
+                for line in &outcome.notes {
+                    println!("{line}");
+                }
+                notes.extend(outcome.notes);
+                startup_errors += outcome.errors;
+                Vec::new()
+            }
+            Scenario::Cleanup => unreachable!("args::parse allows cleanup only with --scale"),
             Scenario::Calls(mix) => {
                 scenarios::run_mix(mix, &mut states, &shared, options.duration, server.pid).await
             }
@@ -240,7 +278,8 @@ async fn main() -> std::process::ExitCode {
     }
     let errors_total = rows.iter().map(Row::error_count).sum::<u64>()
         + burst.as_ref().map_or(0, |b| b.row.error_count())
-        + flood_wrong;
+        + flood_wrong
+        + startup_errors;
 
     if options.addr.is_none() {
         stop_server(&mut server).await;

@@ -41,6 +41,22 @@ fn machine_busy_ticks() -> Option<u64> {
     Some(f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)?)
 }
 
+impl CpuUse {
+    /// Two windows as one: ticks add up, busy is weighted by time, the
+    /// memory is the later window's.
+    pub fn merge(self, elapsed: Duration, later: CpuUse, later_elapsed: Duration) -> CpuUse {
+        let add = |a: Option<u64>, b: Option<u64>| a.zip(b).map(|(a, b)| a + b);
+        let (w1, w2) = (elapsed.as_secs_f64(), later_elapsed.as_secs_f64());
+        CpuUse {
+            server: add(self.server, later.server),
+            own: self.own + later.own,
+            rest: add(self.rest, later.rest),
+            busy_percent: (self.busy_percent * w1 + later.busy_percent * w2) / (w1 + w2).max(1e-9),
+            server_rss_kib: later.server_rss_kib.or(self.server_rss_kib),
+        }
+    }
+}
+
 impl CpuSnapshot {
     pub fn take(server_pid: Option<u32>) -> Self {
         Self {

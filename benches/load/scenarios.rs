@@ -12,12 +12,18 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::client::{bearer, code_label, get_me, login};
-use crate::procfs::CpuWindow;
+use crate::procfs::{CpuUse, CpuWindow};
 use crate::seeding::{Shared, TaskState};
 use crate::stats::{Row, Stats};
 
+/// The scale run's scenarios (`--scale`), in order: the call scenarios run
+/// on both servers in turns; `cleanup` is Refresh during a clean-up pass.
+pub const SCALE: &str = "startup,health,getme,introspect,refresh,listsessions,getuser,lookupuser,listusers,mix,\
+                         login,register,cleanup";
+
 /// Every scenario, in the order a run without `--scenarios` takes them.
-pub const ALL: &str = "health,getme,getuser,introspect,jwks,refresh,mix,login,register,cache,revocation";
+pub const ALL: &str = "health,getme,getuser,lookupuser,listusers,listsessions,introspect,jwks,refresh,mix,login,register,\
+                       cache,revocation,startup";
 
 #[derive(Debug, Clone)]
 pub enum Scenario {
@@ -32,6 +38,12 @@ pub enum Scenario {
     /// Logins offered at 1×, 2× and 4× the argon2 ceiling with deadlines
     /// (see `flood`); not in the default list.
     Flood,
+    /// Time from exec of authd to SERVING with its development cluster,
+    /// warm and on an empty data folder (see `startup`).
+    Startup,
+    /// `--scale` only: Refresh on the seeded database without, then during,
+    /// a clean-up pass (see `scale::cleanup_pass`).
+    Cleanup,
 }
 
 /// Which operations, in what proportions (percent).
@@ -53,6 +65,9 @@ impl Scenario {
             "health" => single(Op::Health),
             "getme" => single(Op::GetMe),
             "getuser" => single(Op::GetUser),
+            "lookupuser" => single(Op::LookupUser),
+            "listusers" => single(Op::ListUsers),
+            "listsessions" => single(Op::ListSessions),
             "introspect" => single(Op::Introspect),
             "jwks" => single(Op::Jwks),
             "refresh" => single(Op::Refresh),
@@ -65,6 +80,8 @@ impl Scenario {
             "cache" => Scenario::Cache,
             "revocation" => Scenario::Revocation,
             "flood" => Scenario::Flood,
+            "startup" => Scenario::Startup,
+            "cleanup" => Scenario::Cleanup,
             _ => return None,
         })
     }
@@ -78,7 +95,7 @@ impl Scenario {
                 .iter()
                 .any(|(op, _)| matches!(op, Op::Login | Op::Register)),
             Scenario::Flood => true,
-            Scenario::Cache | Scenario::Revocation => false,
+            Scenario::Cache | Scenario::Revocation | Scenario::Startup | Scenario::Cleanup => false,
         }
     }
 }
@@ -89,6 +106,13 @@ pub enum Op {
     GetMe,
     /// AdminService.GetUser with a service key (`users.read`), warm.
     GetUser,
+    /// AdminService.LookupUser of the task's own address, in capitals.
+    LookupUser,
+    /// AdminService.ListUsers, 50 a page: each task pages on from where it
+    /// was, and starts over after the last page.
+    ListUsers,
+    /// ListSessions of the task's own account (bearer token).
+    ListSessions,
     Introspect,
     Jwks,
     Refresh,
@@ -102,6 +126,9 @@ impl Op {
             Op::Health => "health",
             Op::GetMe => "getme",
             Op::GetUser => "getuser",
+            Op::LookupUser => "lookupuser",
+            Op::ListUsers => "listusers",
+            Op::ListSessions => "listsessions",
             Op::Introspect => "introspect",
             Op::Jwks => "jwks",
             Op::Refresh => "refresh",
@@ -155,6 +182,60 @@ async fn call(
             match r.into_inner().user {
                 Some(u) if u.id == state.user_id => Ok(()),
                 _ => Err("wrong_user".into()),
+            }
+        }
+        Op::LookupUser => {
+            let key = shared
+                .service_authorization
+                .as_ref()
+                .ok_or_else(|| "no_service_key".to_owned())?;
+            let r = admin
+                .lookup_user(bearer(
+                    pb::LookupUserRequest {
+                        email: shared.accounts[state.account].email.to_uppercase(),
+                        username: String::new(),
+                    },
+                    key,
+                ))
+                .await
+                .map_err(|s| code_label(&s))?;
+            match r.into_inner().user {
+                Some(u) if u.id == state.user_id => Ok(()),
+                _ => Err("wrong_user".into()),
+            }
+        }
+        Op::ListUsers => {
+            let key = shared
+                .service_authorization
+                .as_ref()
+                .ok_or_else(|| "no_service_key".to_owned())?;
+            let r = admin
+                .list_users(bearer(
+                    pb::ListUsersRequest {
+                        page_size: 50,
+                        page_token: std::mem::take(&mut state.page_token),
+                    },
+                    key,
+                ))
+                .await
+                .map_err(|s| code_label(&s))?
+                .into_inner();
+            // A page that is not the last is full.
+            if r.users.is_empty() || (!r.next_page_token.is_empty() && r.users.len() != 50) {
+                return Err("short_page".into());
+            }
+            state.page_token = r.next_page_token;
+            Ok(())
+        }
+        Op::ListSessions => {
+            let r = client
+                .list_sessions(bearer(pb::ListSessionsRequest {}, &state.authorization))
+                .await
+                .map_err(|s| code_label(&s))?;
+            if r.get_ref().sessions.iter().any(|s| s.current) {
+                Ok(())
+            } else {
+                Err("no_current_session".into())
             }
         }
         Op::Introspect => {
@@ -251,6 +332,25 @@ fn pick(ops: &[(Op, u32)], rng: &mut u64) -> Op {
     ops[ops.len() - 1].0
 }
 
+/// What one run of a call mix measured: per operation, and the CPU used.
+pub struct MixRun {
+    pub per_op: Vec<Stats>,
+    pub elapsed: Duration,
+    pub cpu: CpuUse,
+}
+
+impl MixRun {
+    /// Two runs of the same mix as one (the halves of a paired measurement).
+    pub fn merge(mut self, other: MixRun) -> MixRun {
+        for (total, s) in self.per_op.iter_mut().zip(other.per_op) {
+            total.merge(s);
+        }
+        self.cpu = self.cpu.merge(self.elapsed, other.cpu, other.elapsed);
+        self.elapsed += other.elapsed;
+        self
+    }
+}
+
 /// Runs one call mix; returns its total row and, for a mix of several
 /// operations, one row per operation.
 pub async fn run_mix(
@@ -260,6 +360,17 @@ pub async fn run_mix(
     duration: Duration,
     server_pid: Option<u32>,
 ) -> Vec<Row> {
+    rows(mix, drive(mix, states, shared, duration, server_pid).await)
+}
+
+/// Every task calls the mix's operations one after another for `duration`.
+pub async fn drive(
+    mix: &Mix,
+    states: &mut Vec<TaskState>,
+    shared: &Arc<Shared>,
+    duration: Duration,
+    server_pid: Option<u32>,
+) -> MixRun {
     let window = CpuWindow::open(server_pid);
     let started = window.started();
     let deadline = started + duration;
@@ -310,8 +421,21 @@ pub async fn run_mix(
             total.merge(s);
         }
     }
-    let elapsed = finished - started;
-    let cpu = window.close();
+    MixRun {
+        per_op,
+        elapsed: finished - started,
+        cpu: window.close(),
+    }
+}
+
+/// The table rows of a run: the total and, for a mix of several
+/// operations, one per operation.
+pub fn rows(mix: &Mix, run: MixRun) -> Vec<Row> {
+    let MixRun {
+        mut per_op,
+        elapsed,
+        cpu,
+    } = run;
     let mut rows = Vec::new();
     if mix.ops.len() > 1 {
         let mut all = Stats::default();

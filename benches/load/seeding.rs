@@ -35,6 +35,8 @@ pub struct TaskState {
     pub relogin: bool,
     pub rng: u64,
     pub registered: u64,
+    /// Where this task's ListUsers paging has got to (empty: the first page).
+    pub page_token: String,
 }
 
 impl TaskState {
@@ -119,6 +121,7 @@ pub async fn sign_in_tasks(shared: &Arc<Shared>, concurrency: usize) -> Vec<Task
                 relogin: false,
                 rng: 0x9E37_79B9_7F4A_7C15 ^ (task as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
                 registered: 0,
+                page_token: String::new(),
             }
         }));
     }

@@ -40,19 +40,19 @@ impl Server {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
     listener.local_addr().expect("local addr").port()
 }
 
-/// Starts PostgreSQL and authd under `scratch`; call [`wait_until_serving`]
-/// before using it.
 /// The authd to start: this build's, or another one named by
 /// `AUTHD_LOAD_BINARY` (to measure an older build with the same generator).
 pub fn authd_binary() -> std::ffi::OsString {
     std::env::var_os("AUTHD_LOAD_BINARY").unwrap_or_else(|| env!("CARGO_BIN_EXE_authd").into())
 }
 
+/// Starts a throwaway PostgreSQL cluster and authd under `scratch`; call
+/// [`wait_until_serving`] before using it.
 pub async fn start_server(scratch: &Path, extra_env: &[(String, String)]) -> Server {
     let pg_root = scratch.join("cluster");
     let pg = tokio::task::spawn_blocking(move || LocalPostgres::start(&pg_root, Durability::Throwaway))
@@ -62,17 +62,26 @@ pub async fn start_server(scratch: &Path, extra_env: &[(String, String)]) -> Ser
     pg.ensure_database("authd_bench")
         .await
         .expect("creating the database");
-    let data_dir = scratch.join("data");
+    let mut server = start_authd(&pg, "authd_bench", scratch, extra_env);
+    server.pg = Some(pg);
+    server
+}
+
+/// Starts authd on `database` of a running cluster, with its data folder
+/// and log under `dir` (the cluster is not the server's to stop); call
+/// [`wait_until_serving`] before using it.
+pub fn start_authd(pg: &LocalPostgres, database: &str, dir: &Path, extra_env: &[(String, String)]) -> Server {
+    let data_dir = dir.join("data");
     std::fs::create_dir_all(&data_dir).unwrap();
     // A configured key, as in production (no development-key warning).
     let key = data_dir.join("signing.pem");
     std::fs::write(&key, authd::crypto::keys::generate_ed25519_pem().unwrap()).unwrap();
-    let log = scratch.join("authd.log");
+    let log = dir.join("authd.log");
     let log_file = std::fs::File::create(&log).unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
     let mut env: Vec<(String, std::ffi::OsString)> = vec![
         ("PATH".into(), std::env::var_os("PATH").unwrap_or_default()),
-        ("DATABASE_URL".into(), pg.url("authd_bench").into()),
+        ("DATABASE_URL".into(), pg.url(database).into()),
         ("AUTHD_LISTEN".into(), listen.clone().into()),
         ("AUTHD_DATA_DIR".into(), data_dir.clone().into()),
         ("AUTHD_PEER_RATE_LIMIT".into(), "0".into()),
@@ -96,11 +105,11 @@ pub async fn start_server(scratch: &Path, extra_env: &[(String, String)]) -> Ser
         addr: format!("http://{listen}"),
         child: Some(child),
         pid,
-        db: Some(pg.connect_options("authd_bench")),
+        db: Some(pg.connect_options(database)),
         env,
         log: Some(log),
         data_dir: Some(data_dir),
-        pg: Some(pg),
+        pg: None,
     }
 }
 

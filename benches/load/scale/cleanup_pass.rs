@@ -1,0 +1,290 @@
+//! Refresh on the seeded database without, then during, a clean-up pass
+//! that deletes the seed's ended sessions (nine in ten of its sessions,
+//! with their refresh tokens, and the rest of its day-old backlog).
+//!
+//! The pass is run on demand by another replica on the same database
+//! (`AUTHD_CLEANUP_INTERVAL=1s`: its first attempt comes within a second of
+//! its start); the two measured servers never run one
+//! (`AUTHD_CLEANUP_INTERVAL=0`). The pass's start, end and rows deleted are
+//! read from `maintenance_runs`, where every pass is recorded, and its rows
+//! and batches per table from the replica's metrics. The Refresh load runs
+//! in one-second slices from the moment the pass is seen to start until it
+//! is seen to end.
+//!
+//! A pass deletes what the seed left to delete, so it is measured once per
+//! copy of the seed: the scale run always serves a fresh copy, and runs
+//! this after the paired scenarios.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::report;
+use crate::scale::cluster::{Kept, SEEDED};
+use crate::scale::paired::Side;
+use crate::scenarios::{self, Mix, MixRun, Op};
+use crate::server::{free_port, start_authd, stop_server, wait_until_serving};
+use crate::stats::Row;
+
+/// The load is driven in slices this long, checking the pass in between.
+const SLICE: Duration = Duration::from_secs(1);
+/// The pass must start this soon after its replica is SERVING.
+const START_WITHIN: Duration = Duration::from_secs(60);
+/// The load stops after this long; the pass is still waited for.
+const MAX_LOAD: Duration = Duration::from_secs(30 * 60);
+const MAX_PASS: Duration = Duration::from_secs(3 * 3600);
+
+pub struct Settings {
+    pub duration: Duration,
+    pub server_env: Vec<(String, String)>,
+}
+
+pub struct Outcome {
+    pub errors: u64,
+    pub notes: Vec<String>,
+}
+
+/// The pass as `maintenance_runs` recorded it.
+struct PassRecord {
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    deleted: i64,
+}
+
+pub async fn run(cluster: &Kept, side: &mut Side, dir: &Path, settings: &Settings) -> Outcome {
+    let mut notes = Vec::new();
+    let mut errors = 0u64;
+    let mix = Mix {
+        name: "refresh",
+        ops: vec![(Op::Refresh, 100)],
+    };
+    let mut db = cluster.connect(SEEDED).await;
+    let counts_before = counts(&mut db).await;
+
+    let quiet = scenarios::drive(
+        &mix,
+        &mut side.states,
+        &side.shared,
+        settings.duration,
+        side.server.pid,
+    )
+    .await;
+    let quiet = rename(scenarios::rows(&mix, quiet), "refresh, seeded, no clean-up");
+
+    // The replica that runs the pass.
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let mut env = settings.server_env.clone();
+    env.retain(|(k, _)| k != "AUTHD_CLEANUP_INTERVAL" && k != "AUTHD_METRICS_LISTEN");
+    env.push(("AUTHD_CLEANUP_INTERVAL".into(), "1s".into()));
+    env.push(("AUTHD_METRICS_LISTEN".into(), metrics_addr.clone()));
+    let launched = Utc::now();
+    let mut cleaner = start_authd(&cluster.pg, SEEDED, dir, &env);
+    wait_until_serving(&mut cleaner).await;
+
+    let waiting = Instant::now();
+    let started = loop {
+        match latest_pass(&mut db).await {
+            Some(p) if p.started_at >= launched - chrono::Duration::seconds(1) => break Some(p),
+            _ if waiting.elapsed() > START_WITHIN => break None,
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let Some(pass) = started else {
+        stop_server(&mut cleaner).await;
+        let line = format!(
+            "cleanup: no clean-up pass started within {} s of its replica being SERVING",
+            START_WITHIN.as_secs()
+        );
+        println!("{line}");
+        return Outcome {
+            errors: 1,
+            notes: vec![line],
+        };
+    };
+    let load_started = Instant::now();
+    let mut during: Option<MixRun> = None;
+    let mut record = pass;
+    while record.finished_at.is_none() && load_started.elapsed() < MAX_LOAD {
+        let slice = scenarios::drive(&mix, &mut side.states, &side.shared, SLICE, side.server.pid).await;
+        during = Some(match during.take() {
+            Some(earlier) => earlier.merge(slice),
+            None => slice,
+        });
+        if let Some(p) = latest_pass(&mut db).await {
+            record = p;
+        }
+    }
+    let load_for = load_started.elapsed();
+    while record.finished_at.is_none() && load_started.elapsed() < MAX_PASS {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(p) = latest_pass(&mut db).await {
+            record = p;
+        }
+    }
+    let per_table = cleanup_metrics(&metrics_addr).await;
+    stop_server(&mut cleaner).await;
+    let counts_after = counts(&mut db).await;
+
+    let Some(during) = during else {
+        unreachable!("the load runs at least one slice")
+    };
+    let during = rename(
+        scenarios::rows(&mix, during),
+        "refresh, seeded, during the clean-up pass",
+    );
+    println!();
+    report::table_header();
+    report::table_row(&quiet);
+    report::table_row(&during);
+    errors += quiet.error_count() + during.error_count();
+    let pass_secs = record
+        .finished_at
+        .map(|f| (f - record.started_at).num_milliseconds() as f64 / 1000.0);
+    if pass_secs.is_none() {
+        errors += 1;
+    }
+    notes.push(format!(
+        "cleanup: Refresh during the pass ÷ without: calls/s {:.0} / {:.0} = {:.2}; p50 {:.2} / {:.2} ms = {:.2}; \
+         p99 {:.2} / {:.2} ms = {:.2}",
+        during.calls_per_sec,
+        quiet.calls_per_sec,
+        during.calls_per_sec / quiet.calls_per_sec,
+        during.p50_ms,
+        quiet.p50_ms,
+        during.p50_ms / quiet.p50_ms,
+        during.p99_ms,
+        quiet.p99_ms,
+        during.p99_ms / quiet.p99_ms,
+    ));
+    notes.push(format!(
+        "cleanup: the pass took {} (maintenance_runs), deleted {} rows{}; the Refresh load ran for {:.1} s of it",
+        pass_secs.map_or_else(
+            || format!("more than {} s: NOT FINISHED", MAX_PASS.as_secs()),
+            |s| format!("{s:.1} s")
+        ),
+        record.deleted,
+        if per_table.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({})",
+                per_table
+                    .iter()
+                    .filter(|(_, rows, _)| *rows > 0.0)
+                    .map(|(t, rows, batches)| format!("{t} {rows:.0} in {batches:.0} batches"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+        load_for.as_secs_f64(),
+    ));
+    notes.push(format!(
+        "cleanup: rows before → after: {}",
+        counts_before
+            .iter()
+            .zip(&counts_after)
+            .map(|((t, b), (_, a))| format!("{t} {b} → {a}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    for note in &notes {
+        println!("{note}");
+    }
+    Outcome { errors, notes }
+}
+
+fn rename(mut rows: Vec<Row>, name: &str) -> Row {
+    let mut row = rows.remove(0);
+    row.name = name.to_owned();
+    row
+}
+
+/// The latest pass of the clean-up, if any was recorded.
+async fn latest_pass(db: &mut sqlx::PgConnection) -> Option<PassRecord> {
+    let row: Option<(DateTime<Utc>, Option<DateTime<Utc>>, i64)> = sqlx::query_as(
+        "SELECT started_at, finished_at, deleted FROM maintenance_runs WHERE task = 'cleanup'",
+    )
+    .fetch_optional(db)
+    .await
+    .unwrap_or_else(|e| panic!("reading maintenance_runs: {e}"));
+    row.map(|(started_at, finished_at, deleted)| PassRecord {
+        started_at,
+        finished_at,
+        deleted,
+    })
+}
+
+/// Rows of the tables the pass deletes from.
+async fn counts(db: &mut sqlx::PgConnection) -> Vec<(&'static str, i64)> {
+    let mut counts = Vec::new();
+    for table in [
+        "sessions",
+        "refresh_tokens",
+        "login_throttle",
+        "password_reset_tokens",
+        "email_verification_tokens",
+        "email_outbox",
+        "revocation_events",
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&mut *db)
+            .await
+            .unwrap_or(-1);
+        counts.push((table, n));
+    }
+    counts
+}
+
+/// Per table: rows deleted and batches, from the replica's `/metrics`.
+async fn cleanup_metrics(addr: &str) -> Vec<(String, f64, f64)> {
+    let text = match http_get(addr, "/metrics").await {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("cleanup: reading {addr}/metrics failed: {e}");
+            return Vec::new();
+        }
+    };
+    let sample = |line: &str, series: &str| -> Option<(String, f64)> {
+        let (name, rest) = line.split_once('{')?;
+        if !name.ends_with(series) {
+            return None;
+        }
+        let (labels, value) = rest.split_once('}')?;
+        let table = labels
+            .split(',')
+            .find_map(|l| l.trim().strip_prefix("table=\""))?
+            .trim_end_matches('"')
+            .to_owned();
+        Some((table, value.split_whitespace().next()?.parse().ok()?))
+    };
+    let mut tables: Vec<(String, f64, f64)> = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        if let Some((table, rows)) = sample(line, "cleanup_deleted_rows_total") {
+            tables.push((table, rows, 0.0));
+        }
+    }
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        if let Some((table, batches)) = sample(line, "cleanup_batches_total")
+            && let Some(t) = tables.iter_mut().find(|t| t.0 == table)
+        {
+            t.2 = batches;
+        }
+    }
+    tables
+}
+
+/// A bare HTTP/1.0 GET (no chunked body); the body.
+async fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map_or(text.clone(), |(_, body)| body.to_owned()))
+}
