@@ -74,6 +74,12 @@ pub struct Config {
     /// Session and service-key caches (`AUTHD_SESSION_CACHE`); off: every
     /// check reads the database.
     pub session_cache: bool,
+    /// How often a clean-up pass runs across all replicas
+    /// (`AUTHD_CLEANUP_INTERVAL`); zero: this replica never runs one.
+    pub cleanup_interval: Duration,
+    /// Most rows one clean-up batch (one short transaction) deletes from a
+    /// table (`AUTHD_CLEANUP_BATCH_SIZE`).
+    pub cleanup_batch_size: u32,
 }
 
 impl Default for Config {
@@ -117,6 +123,8 @@ impl Default for Config {
             mail_lease: Duration::from_secs(30),
             revocation_heartbeat: Duration::from_secs(5),
             session_cache: true,
+            cleanup_interval: Duration::from_secs(600),
+            cleanup_batch_size: 1000,
         }
     }
 }
@@ -317,6 +325,12 @@ impl Config {
         v.read("AUTHD_REVOCATION_HEARTBEAT", |s| {
             duration_into(s, &mut self.revocation_heartbeat)
         });
+        v.read("AUTHD_CLEANUP_INTERVAL", |s| {
+            duration_into(s, &mut self.cleanup_interval)
+        });
+        v.read("AUTHD_CLEANUP_BATCH_SIZE", |s| {
+            parse_into(s, &mut self.cleanup_batch_size)
+        });
     }
 
     /// Settings that are each valid but not together.
@@ -339,6 +353,12 @@ impl Config {
         }
         if self.verify_token_ttl < Duration::from_secs(60) {
             errors.push("AUTHD_VERIFY_TOKEN_TTL must be at least 1m".into());
+        }
+        if !self.cleanup_interval.is_zero() && self.cleanup_interval < Duration::from_secs(1) {
+            errors.push("AUTHD_CLEANUP_INTERVAL must be 0 (off) or at least 1s".into());
+        }
+        if !(1..=100_000).contains(&self.cleanup_batch_size) {
+            errors.push("AUTHD_CLEANUP_BATCH_SIZE: must be between 1 and 100000".into());
         }
         if self.access_token_ttl.is_zero() || self.session_idle_ttl.is_zero() {
             errors.push("token lifetimes must be positive".into());
@@ -499,6 +519,32 @@ mod tests {
             let c = Config::from_lookup(|k| (k == "AUTHD_REQUIRE_VERIFIED_EMAIL").then(|| value.to_owned()))
                 .unwrap();
             assert_eq!(c.require_verified_email, on, "{value}");
+        }
+    }
+
+    #[test]
+    fn the_clean_up_runs_every_ten_minutes_in_batches_unless_told_otherwise() {
+        let c = Config::from_lookup(|_| None).unwrap();
+        assert_eq!(c.cleanup_interval, Duration::from_secs(600));
+        assert_eq!(c.cleanup_batch_size, 1000);
+        let env: HashMap<&str, &str> = HashMap::from([
+            ("AUTHD_CLEANUP_INTERVAL", "0"),
+            ("AUTHD_CLEANUP_BATCH_SIZE", "50"),
+        ]);
+        let c = Config::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert!(c.cleanup_interval.is_zero(), "0 turns it off");
+        assert_eq!(c.cleanup_batch_size, 50);
+        for (key, value) in [
+            ("AUTHD_CLEANUP_INTERVAL", "500ms"),
+            ("AUTHD_CLEANUP_INTERVAL", "often"),
+            ("AUTHD_CLEANUP_BATCH_SIZE", "0"),
+            ("AUTHD_CLEANUP_BATCH_SIZE", "1000000"),
+        ] {
+            let err = Config::from_lookup(|k| (k == key).then(|| value.to_owned()))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key), "{key}={value}: {err}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! authd: an identity service over gRPC.
 
 pub mod change_listener;
+pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod crypto;

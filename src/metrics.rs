@@ -281,6 +281,78 @@ impl ThrottleKind {
     }
 }
 
+/// A table the clean-up deletes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CleanupTable {
+    Sessions,
+    RefreshTokens,
+    LoginThrottle,
+    ResetTokens,
+    VerificationTokens,
+    Outbox,
+    RevocationEvents,
+}
+
+impl CleanupTable {
+    pub const ALL: [Self; 7] = [
+        Self::Sessions,
+        Self::RefreshTokens,
+        Self::LoginThrottle,
+        Self::ResetTokens,
+        Self::VerificationTokens,
+        Self::Outbox,
+        Self::RevocationEvents,
+    ];
+
+    /// The table's name, which is also its label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sessions => "sessions",
+            Self::RefreshTokens => "refresh_tokens",
+            Self::LoginThrottle => "login_throttle",
+            Self::ResetTokens => "password_reset_tokens",
+            Self::VerificationTokens => "email_verification_tokens",
+            Self::Outbox => "email_outbox",
+            Self::RevocationEvents => "revocation_events",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|t| *t == self).unwrap_or(0)
+    }
+}
+
+/// What became of one attempt at a clean-up pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CleanupOutcome {
+    /// This replica ran a whole pass.
+    Ran,
+    /// Another replica holds the lock: its pass is running.
+    Busy,
+    /// Another replica (or this one) finished a pass less than an interval ago.
+    Recent,
+    /// The pass ran, but a table or its bookkeeping failed (logged); or the
+    /// database could not be reached.
+    Error,
+    /// Shutdown began during the pass, which ended between two batches.
+    Stopped,
+}
+
+impl CleanupOutcome {
+    const ALL: [Self; 5] = [Self::Ran, Self::Busy, Self::Recent, Self::Error, Self::Stopped];
+
+    /// The outcome's label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ran => "ran",
+            Self::Busy => "busy",
+            Self::Recent => "recent",
+            Self::Error => "error",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
 /// Which text format a scraper gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -337,11 +409,21 @@ struct Inner {
     cache_misses: Counter,
     cache_enabled: SampledGauge,
     listener_losses: Counter,
+    cleanup: CleanupSeries,
     db: Option<PgPool>,
     hasher: Option<PasswordHasher>,
     scraped: ScrapedGauges,
     /// When the outbox was last queried; also serialises scrapes' queries.
     outbox_queried: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// The clean-up's series, one per outcome and per table, created up front.
+struct CleanupSeries {
+    passes: [Counter; CleanupOutcome::ALL.len()],
+    batches: [Counter; CleanupTable::ALL.len()],
+    deleted: [Counter; CleanupTable::ALL.len()],
+    last_duration: SampledGauge,
+    running: SampledGauge,
 }
 
 #[derive(Default)]
@@ -496,6 +578,8 @@ impl Metrics {
             listener_losses.clone(),
         );
 
+        let cleanup = CleanupSeries::register(&mut registry);
+
         registry.register(
             "db_pool_connections_in_use",
             "Database connections lent out to queries",
@@ -535,6 +619,7 @@ impl Metrics {
                 cache_misses,
                 cache_enabled,
                 listener_losses,
+                cleanup,
                 db,
                 hasher,
                 scraped,
@@ -663,6 +748,36 @@ impl Metrics {
         self.inner.listener_losses.inc();
     }
 
+    /// One clean-up batch (one short transaction) on `table`.
+    pub fn cleanup_batch(&self, table: CleanupTable, deleted: u64) {
+        let series = &self.inner.cleanup;
+        if let Some(batches) = series.batches.get(table.index()) {
+            batches.inc();
+        }
+        if let Some(rows) = series.deleted.get(table.index()) {
+            rows.inc_by(deleted);
+        }
+    }
+
+    /// How an attempt at a clean-up pass ended.
+    pub fn cleanup_attempt(&self, outcome: CleanupOutcome) {
+        let i = CleanupOutcome::ALL.iter().position(|o| *o == outcome);
+        if let Some(counter) = i.and_then(|i| self.inner.cleanup.passes.get(i)) {
+            counter.inc();
+        }
+    }
+
+    /// How long the latest clean-up pass of this replica took.
+    pub fn cleanup_pass_took(&self, elapsed: Duration) {
+        self.inner.cleanup.last_duration.set(elapsed.as_secs_f64());
+    }
+
+    /// Whether this replica is running a clean-up pass; until first called
+    /// (clean-up off), the gauge is not exported at all.
+    pub fn set_cleanup_running(&self, running: bool) {
+        self.inner.cleanup.running.set(if running { 1.0 } else { 0.0 });
+    }
+
     /// Reads the scrape-time values, then encodes everything in `format`.
     pub async fn render(&self, format: Format) -> Result<String, std::fmt::Error> {
         self.read_pools();
@@ -721,6 +836,49 @@ impl Metrics {
                 }
             }
         }
+    }
+}
+
+impl CleanupSeries {
+    fn register(registry: &mut Registry) -> Self {
+        let passes = Family::<Tag, Counter>::default();
+        let batches = Family::<Tag, Counter>::default();
+        let deleted = Family::<Tag, Counter>::default();
+        let series = Self {
+            passes: CleanupOutcome::ALL.map(|o| passes.get_or_create_owned(&[("outcome", o.label())])),
+            batches: CleanupTable::ALL.map(|t| batches.get_or_create_owned(&[("table", t.name())])),
+            deleted: CleanupTable::ALL.map(|t| deleted.get_or_create_owned(&[("table", t.name())])),
+            last_duration: SampledGauge::default(),
+            running: SampledGauge::default(),
+        };
+        registry.register(
+            "cleanup_passes",
+            "Attempts at a clean-up pass by outcome: ran, busy (another replica's pass is running), \
+             recent (one finished less than AUTHD_CLEANUP_INTERVAL ago), error, stopped (at shutdown)",
+            passes,
+        );
+        registry.register(
+            "cleanup_batches",
+            "Clean-up batches (each one short transaction) this replica ran, by table",
+            batches,
+        );
+        registry.register(
+            "cleanup_deleted_rows",
+            "Rows the clean-up of this replica deleted, by table",
+            deleted,
+        );
+        registry.register_with_unit(
+            "cleanup_last_pass_duration",
+            "How long the latest clean-up pass this replica ran took",
+            Unit::Seconds,
+            series.last_duration.clone(),
+        );
+        registry.register(
+            "cleanup_pass_running",
+            "1 while this replica runs a clean-up pass, else 0; absent while its clean-up is off",
+            series.running.clone(),
+        );
+        series
     }
 }
 
@@ -959,6 +1117,44 @@ mod tests {
         assert!(text.contains("authd_session_cache_enabled 1"), "{text}");
         assert!(text.contains("authd_session_cache_hits_total 1"), "{text}");
         assert!(text.contains("authd_session_cache_misses_total 1"), "{text}");
+    }
+
+    #[test]
+    fn the_clean_up_is_counted_by_outcome_and_by_table() {
+        let m = Metrics::default();
+        let text = render(&m, Format::OpenMetrics);
+        assert!(!text.contains("authd_cleanup_pass_running"), "{text}");
+        assert!(!text.contains("authd_cleanup_last_pass_duration"), "{text}");
+        m.set_cleanup_running(true);
+        m.cleanup_attempt(CleanupOutcome::Busy);
+        m.cleanup_attempt(CleanupOutcome::Recent);
+        m.cleanup_batch(CleanupTable::RefreshTokens, 100);
+        m.cleanup_batch(CleanupTable::Sessions, 40);
+        m.cleanup_batch(CleanupTable::Sessions, 7);
+        m.cleanup_batch(CleanupTable::RevocationEvents, 0);
+        m.cleanup_pass_took(Duration::from_millis(1500));
+        m.set_cleanup_running(false);
+        m.cleanup_attempt(CleanupOutcome::Ran);
+        let text = render(&m, Format::OpenMetrics);
+        for line in [
+            r#"authd_cleanup_passes_total{outcome="ran"} 1"#,
+            r#"authd_cleanup_passes_total{outcome="busy"} 1"#,
+            r#"authd_cleanup_passes_total{outcome="recent"} 1"#,
+            r#"authd_cleanup_passes_total{outcome="error"} 0"#,
+            r#"authd_cleanup_passes_total{outcome="stopped"} 0"#,
+            r#"authd_cleanup_batches_total{table="sessions"} 2"#,
+            r#"authd_cleanup_deleted_rows_total{table="sessions"} 47"#,
+            r#"authd_cleanup_batches_total{table="refresh_tokens"} 1"#,
+            r#"authd_cleanup_deleted_rows_total{table="refresh_tokens"} 100"#,
+            r#"authd_cleanup_batches_total{table="revocation_events"} 1"#,
+            r#"authd_cleanup_deleted_rows_total{table="revocation_events"} 0"#,
+            r#"authd_cleanup_batches_total{table="email_outbox"} 0"#,
+            "authd_cleanup_last_pass_duration_seconds 1.5",
+            "authd_cleanup_pass_running 0.0",
+            "# UNIT authd_cleanup_last_pass_duration_seconds seconds",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 
     #[test]

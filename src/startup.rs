@@ -20,6 +20,7 @@ use tonic_health::pb::health_server::HealthServer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::change_listener::ChangeListener;
+use crate::cleanup::Cleanup;
 use crate::config::Config;
 use crate::crypto::jwt::AccessTokens;
 use crate::crypto::keys;
@@ -117,7 +118,7 @@ impl Application {
         // The migrations just reached the database; the probe takes over.
         health.set_database_up(true);
         let serve = serve(&config, &core, &health, listener, stopped)?;
-        let mut background = start_background_tasks(&config, &core, &health)?;
+        let mut background = start_background_tasks(&config, &core, &health, local_addr)?;
         let metrics_addr = serve_metrics(&config, metrics, &mut background.others).await?;
         Ok(Self {
             local_addr,
@@ -162,6 +163,8 @@ impl Application {
             probe,
             mail,
             mail_stop,
+            mut cleanup,
+            cleanup_stop,
             others,
         } = self.background;
         let result = match outcome {
@@ -171,6 +174,8 @@ impl Application {
             None => {
                 // The probe must not report SERVING again.
                 probe.abort();
+                // A clean-up pass ends after its current batch.
+                let _ = cleanup_stop.send(true);
                 self.health.begin_draining();
                 tracing::info!(grace = ?self.grace, drain = ?self.drain,
                     "shutting down: NOT_SERVING, still serving during the grace period");
@@ -185,6 +190,7 @@ impl Application {
                     // The message being sent is finished, not abandoned to
                     // its lease.
                     let _ = mail.await;
+                    let _ = (&mut cleanup).await;
                     served
                 };
                 match tokio::time::timeout(self.drain, drained).await {
@@ -199,6 +205,7 @@ impl Application {
                 }
             }
         };
+        cleanup.abort();
         for task in others {
             task.abort();
         }
@@ -218,6 +225,10 @@ struct Background {
     /// The mail worker: told to stop, then awaited within the drain.
     mail: tokio::task::JoinHandle<()>,
     mail_stop: tokio::sync::watch::Sender<bool>,
+    /// The clean-up: told to stop when shutdown begins (a pass ends between
+    /// two batches), then awaited within the drain.
+    cleanup: tokio::task::JoinHandle<()>,
+    cleanup_stop: tokio::sync::watch::Sender<bool>,
     /// Everything else: aborted at the end.
     others: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -344,7 +355,12 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
 }
 
 /// Health probing, clean-up, the cache's change listener, mail delivery.
-fn start_background_tasks(config: &Config, core: &Core, health: &HealthState) -> anyhow::Result<Background> {
+fn start_background_tasks(
+    config: &Config,
+    core: &Core,
+    health: &HealthState,
+    local_addr: SocketAddr,
+) -> anyhow::Result<Background> {
     let mail_from = config
         .mail_from
         .parse()
@@ -369,6 +385,14 @@ fn start_background_tasks(config: &Config, core: &Core, health: &HealthState) ->
     .with_metrics(core.metrics.clone())
     .with_lease(config.mail_lease);
     let (mail_stop, mail_stopping) = tokio::sync::watch::channel(false);
+    let cleanup = Cleanup::new(
+        pool,
+        config.cleanup_interval,
+        config.cleanup_batch_size,
+        crate::cleanup::replica_name(local_addr),
+        core.metrics.clone(),
+    );
+    let (cleanup_stop, cleanup_stopping) = tokio::sync::watch::channel(false);
     Ok(Background {
         probe: tokio::spawn(monitor_database(
             pool.clone(),
@@ -377,8 +401,9 @@ fn start_background_tasks(config: &Config, core: &Core, health: &HealthState) ->
         )),
         mail: tokio::spawn(worker.run(mail_stopping)),
         mail_stop,
+        cleanup: tokio::spawn(cleanup.run(cleanup_stopping)),
+        cleanup_stop,
         others: vec![
-            tokio::spawn(clean_up_periodically(pool.clone())),
             tokio::spawn(core.clone().resolve_reset_requests(config.mail_poll_interval)),
             tokio::spawn(listener.clone().run(pool.clone())),
             tokio::spawn(listener.beat(pool.clone())),
@@ -475,37 +500,6 @@ async fn monitor_database(pool: PgPool, health: HealthState, every: Duration) {
         // notice its return quickly.
         let wait = if ok { every } else { every.min(PROBE_WHILE_DOWN) };
         tokio::time::sleep(wait).await;
-    }
-}
-
-/// Deletes sessions that ended more than a day ago, stale throttle
-/// counters, day-old reset tokens, week-old delivered mail and revocation
-/// events past their retention, every ten minutes.
-async fn clean_up_periodically(pool: PgPool) {
-    let mut tick = tokio::time::interval(Duration::from_secs(600));
-    loop {
-        tick.tick().await;
-        let now = chrono::Utc::now();
-        match db::sessions::delete_dead(&pool, now, chrono::Duration::days(1)).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "removed ended sessions"),
-            Err(e) => tracing::warn!(error = %e, "session clean-up failed"),
-        }
-        if let Err(e) = db::throttle::delete_stale(&pool, now).await {
-            tracing::warn!(error = %e, "throttle clean-up failed");
-        }
-        if let Err(e) = db::recovery::delete_issued_before(&pool, now - chrono::Duration::days(1)).await {
-            tracing::warn!(error = %e, "reset token clean-up failed");
-        }
-        if let Err(e) = db::verification::delete_issued_before(&pool, now - chrono::Duration::days(1)).await {
-            tracing::warn!(error = %e, "verification token clean-up failed");
-        }
-        if let Err(e) = db::outbox::delete_finished_before(&pool, now - chrono::Duration::days(7)).await {
-            tracing::warn!(error = %e, "mail outbox clean-up failed");
-        }
-        if let Err(e) = db::revocations::prune(&pool, now - crate::revocation_feed::RETENTION).await {
-            tracing::warn!(error = %e, "revocation log clean-up failed");
-        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! PostgreSQL access: the pool, migrations and one module per table group.
 
+pub mod maintenance;
 pub mod outbox;
 pub mod recovery;
 pub mod revocations;

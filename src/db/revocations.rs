@@ -4,7 +4,7 @@
 //! this module records disables and reads the log.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgExecutor;
+use sqlx::{Connection as _, PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::error::AppError;
@@ -70,26 +70,83 @@ pub async fn after<'e>(db: impl PgExecutor<'e>, cursor: i64, limit: i64) -> Resu
     .await?)
 }
 
-/// Deletes events older than `before` (by id, so what remains is a
-/// contiguous tail) and remembers how far, so older cursors are refused
-/// rather than silently skipping what was deleted.
+/// The newest event that occurred before `before`: pruning deletes it and
+/// every event before it (by id, so what remains is a contiguous tail, even
+/// where two replicas' clocks put neighbours out of order). `None` when no
+/// event is that old.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn prune<'e>(db: impl PgExecutor<'e>, before: DateTime<Utc>) -> Result<u64, AppError> {
-    let deleted: i64 = sqlx::query_scalar(
-        "WITH horizon AS (
-             SELECT max(id) AS id FROM revocation_events WHERE occurred_at < $1),
-         gone AS (
-             DELETE FROM revocation_events e USING horizon WHERE e.id <= horizon.id
-             RETURNING e.id),
-         -- A data-modifying WITH runs whether or not it is referenced.
-         moved AS (
-             UPDATE revocation_log SET pruned_through = GREATEST(pruned_through, horizon.id)
-               FROM horizon WHERE horizon.id IS NOT NULL
-             RETURNING 1)
-         SELECT count(*) FROM gone",
+pub async fn prune_horizon<'e>(
+    db: impl PgExecutor<'e>,
+    before: DateTime<Utc>,
+) -> Result<Option<i64>, AppError> {
+    Ok(
+        sqlx::query_scalar("SELECT max(id) FROM revocation_events WHERE occurred_at < $1")
+            .bind(before)
+            .fetch_one(db)
+            .await?,
     )
-    .bind(before)
-    .fetch_one(db)
+}
+
+/// What one pruning batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub deleted: u64,
+    /// The log's `pruned_through` after the batch.
+    pub pruned_through: i64,
+}
+
+/// Deletes the next `limit` ids after the log's `pruned_through`, none
+/// after `horizon` (from [`prune_horizon`]), and moves `pruned_through`
+/// past them in the same transaction, so that cursors before it are
+/// refused (CURSOR_EXPIRED) rather than silently skipping what was deleted,
+/// and the events left are always the contiguous tail after it. The log's
+/// counter row is the last lock taken, as everywhere, and is held for the
+/// commit only. `None` when nothing up to `horizon` is left.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn prune_batch(
+    conn: &mut PgConnection,
+    horizon: i64,
+    limit: u32,
+) -> Result<Option<Pruned>, AppError> {
+    let mut tx = conn.begin().await?;
+    let floor: i64 = sqlx::query_scalar("SELECT pruned_through FROM revocation_log")
+        .fetch_one(&mut *tx)
+        .await?;
+    let upto = floor.saturating_add(i64::from(limit)).min(horizon);
+    if upto <= floor {
+        return Ok(None);
+    }
+    let deleted = sqlx::query("DELETE FROM revocation_events WHERE id > $1 AND id <= $2")
+        .bind(floor)
+        .bind(upto)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let pruned_through: i64 = sqlx::query_scalar(
+        "UPDATE revocation_log SET pruned_through = GREATEST(pruned_through, $1)
+         RETURNING pruned_through",
+    )
+    .bind(upto)
+    .fetch_one(&mut *tx)
     .await?;
-    Ok(u64::try_from(deleted).unwrap_or(0))
+    tx.commit().await?;
+    Ok(Some(Pruned {
+        deleted,
+        pruned_through,
+    }))
+}
+
+/// Deletes every event up to the newest that occurred before `before`, in
+/// the clean-up's bounded batches but without its pauses or its lock: for
+/// tests and one-off use. The service's clean-up is `crate::cleanup`.
+pub async fn prune(db: &PgPool, before: DateTime<Utc>) -> Result<u64, AppError> {
+    let mut conn = db.acquire().await?;
+    let Some(horizon) = prune_horizon(&mut *conn, before).await? else {
+        return Ok(0);
+    };
+    let mut deleted = 0;
+    while let Some(batch) = prune_batch(&mut conn, horizon, 1000).await? {
+        deleted += batch.deleted;
+    }
+    Ok(deleted)
 }

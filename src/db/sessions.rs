@@ -5,9 +5,10 @@
 //! the caller's `now`, so the rule lives in SQL and nowhere in memory.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
+use super::maintenance::Blocks;
 use super::users::{USER_COLUMNS, UserRow};
 use crate::crypto::opaque::TokenHash;
 use crate::domain::User;
@@ -291,23 +292,112 @@ pub async fn delete_refresh_tokens(tx: &mut PgConnection, session_id: Uuid) -> R
     Ok(())
 }
 
-/// Deletes sessions (and by cascade their tokens) that ended more than
-/// `retention` ago, so the tables do not grow forever.
-// Background work: a span only when debugging, not a trace every tick.
+/// The clean-up's rule: session `s` ended before the bind parameter `$3`
+/// (revoked, or past either expiry).
+const ENDED_BEFORE_3: &str =
+    "LEAST(COALESCE(s.revoked_at, 'infinity'), s.idle_expires_at, s.absolute_expires_at) < $3";
+
+/// Deletes up to `limit` refresh tokens of sessions in `blocks` that ended
+/// before `before`; their sessions go next, with [`delete_ended_in`], once
+/// this deletes fewer than `limit`. Apart, the two keep every statement
+/// bounded: a session may have thousands of consumed tokens, which the
+/// cascade of a session batch would delete all at once.
+///
+/// No index serves the end of a session, and none may (Refresh moves
+/// `idle_expires_at`, and an index on it would end its HOT updates): the
+/// sessions are found by a TID range scan of `blocks`, their tokens through
+/// `refresh_tokens_session_id_idx`. An ended session never comes back to
+/// life nor gets new tokens, so nothing is rechecked.
+// Background work: a span only when debugging, not a trace every batch.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn delete_dead<'e>(
-    db: impl PgExecutor<'e>,
+pub async fn delete_ended_tokens_in(
+    conn: &mut PgConnection,
+    blocks: Blocks,
+    before: DateTime<Utc>,
+    limit: u32,
+) -> Result<u64, AppError> {
+    let done = sqlx::query(&format!(
+        "DELETE FROM refresh_tokens
+          WHERE token_hash IN (
+                SELECT t.token_hash
+                  FROM sessions s JOIN refresh_tokens t ON t.session_id = s.id
+                 WHERE s.ctid >= format('(%s,0)', $1::bigint)::tid
+                   AND s.ctid < format('(%s,0)', $2::bigint)::tid
+                   AND {ENDED_BEFORE_3}
+                 LIMIT $4)"
+    ))
+    .bind(blocks.start)
+    .bind(blocks.end)
+    .bind(before)
+    .bind(i64::from(limit))
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Deletes up to `limit` sessions in `blocks` that ended before `before`
+/// (their remaining tokens by cascade: none, after
+/// [`delete_ended_tokens_in`]). Rows another transaction holds are skipped,
+/// for the next pass.
+// Background work: a span only when debugging, not a trace every batch.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn delete_ended_in(
+    conn: &mut PgConnection,
+    blocks: Blocks,
+    before: DateTime<Utc>,
+    limit: u32,
+) -> Result<u64, AppError> {
+    let done = sqlx::query(&format!(
+        "WITH doomed AS (
+             SELECT s.id FROM sessions s
+              WHERE s.ctid >= format('(%s,0)', $1::bigint)::tid
+                AND s.ctid < format('(%s,0)', $2::bigint)::tid
+                AND {ENDED_BEFORE_3}
+              LIMIT $4
+                FOR UPDATE SKIP LOCKED)
+         DELETE FROM sessions s USING doomed
+          WHERE s.id = doomed.id AND {ENDED_BEFORE_3}"
+    ))
+    .bind(blocks.start)
+    .bind(blocks.end)
+    .bind(before)
+    .bind(i64::from(limit))
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Deletes every session (and its tokens) that ended more than `retention`
+/// before `now`, in the clean-up's bounded batches but without its pauses
+/// or its lock: for tests and one-off use. The service's clean-up is
+/// `crate::cleanup`.
+pub async fn delete_dead(
+    db: &PgPool,
     now: DateTime<Utc>,
     retention: chrono::Duration,
 ) -> Result<u64, AppError> {
-    let done = sqlx::query(
-        "DELETE FROM sessions
-          WHERE LEAST(COALESCE(revoked_at, 'infinity'), idle_expires_at, absolute_expires_at) < $1",
-    )
-    .bind(now - retention)
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected())
+    const BATCH: u32 = 1000;
+    let before = now - retention;
+    let mut conn = db.acquire().await?;
+    let size = super::maintenance::table_size(&mut conn, "sessions").await?;
+    let mut deleted = 0;
+    let mut start = 0;
+    while start < size.blocks {
+        let blocks = Blocks {
+            start,
+            end: (start + 64).min(size.blocks),
+        };
+        while delete_ended_tokens_in(&mut conn, blocks, before, BATCH).await? == u64::from(BATCH) {}
+        loop {
+            let n = delete_ended_in(&mut conn, blocks, before, BATCH).await?;
+            deleted += n;
+            if n < u64::from(BATCH) {
+                break;
+            }
+        }
+        start = blocks.end;
+    }
+    Ok(deleted)
 }
 
 /// Where a session was started from, as recorded for its owner.

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 
+use super::maintenance::Blocks;
 use crate::error::AppError;
 
 /// How failures turn into waiting time.
@@ -150,14 +151,38 @@ pub async fn refund<'e>(db: impl PgExecutor<'e>, key: &str, backoff: &Backoff) -
     Ok(())
 }
 
-/// Deletes counters nobody has touched for a day.
-// Background work: a span only when debugging, not a trace every tick.
+/// Deletes up to `limit` counters in `blocks` nobody has touched for a day
+/// before `now` and that hold no lock past then. The table is walked in
+/// block ranges (a TID range scan), so no index on `last_failure_at` is
+/// needed, and without one a failure's update of it can be HOT. Rows a
+/// login holds are skipped, for the next pass; a login racing with the
+/// deletion of its counter starts a new one.
+// Background work: a span only when debugging, not a trace every batch.
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn delete_stale(db: &PgPool, now: DateTime<Utc>) -> Result<u64, AppError> {
-    let done = sqlx::query("DELETE FROM login_throttle WHERE last_failure_at < $1 AND (locked_until IS NULL OR locked_until < $1)")
-        .bind(now - chrono::Duration::days(1))
-        .execute(db)
-        .await?;
+pub async fn delete_stale_in(
+    conn: &mut PgConnection,
+    blocks: Blocks,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> Result<u64, AppError> {
+    let done = sqlx::query(
+        "WITH doomed AS (
+             SELECT key FROM login_throttle
+              WHERE ctid >= format('(%s,0)', $1::bigint)::tid
+                AND ctid < format('(%s,0)', $2::bigint)::tid
+                AND last_failure_at < $3 AND (locked_until IS NULL OR locked_until < $3)
+              LIMIT $4
+                FOR UPDATE SKIP LOCKED)
+         DELETE FROM login_throttle t USING doomed
+          WHERE t.key = doomed.key
+            AND t.last_failure_at < $3 AND (t.locked_until IS NULL OR t.locked_until < $3)",
+    )
+    .bind(blocks.start)
+    .bind(blocks.end)
+    .bind(now - chrono::Duration::days(1))
+    .bind(i64::from(limit))
+    .execute(conn)
+    .await?;
     Ok(done.rows_affected())
 }
 

@@ -11,6 +11,7 @@ mod seed;
 
 mod admin;
 mod adversarial;
+mod cleanup;
 mod clients;
 mod descriptor;
 mod error_contract;
