@@ -284,10 +284,10 @@ pub async fn seed_empty_tables(
             report.rows.push((batch.table, n));
         }
     }
-    if is_empty(db, "revocation_events").await? {
-        if let Some(n) = seed_revocation_events(db, scale).await? {
-            report.rows.push(("revocation_events", n));
-        }
+    if is_empty(db, "revocation_events").await?
+        && let Some(n) = seed_revocation_events(db, scale).await?
+    {
+        report.rows.push(("revocation_events", n));
     }
     finish(db).await?;
     report.elapsed = started.elapsed();
