@@ -101,6 +101,7 @@ async fn main() -> std::process::ExitCode {
     );
 
     let scratch = std::env::temp_dir().join(format!("authd-bench-{}", uuid::Uuid::new_v4().simple()));
+    let built = server::pin_binary(&scratch);
     let mut server = match &options.addr {
         Some(addr) => {
             let mut s = Server::external(addr.clone(), options.pid, options.database.clone());
@@ -110,10 +111,7 @@ async fn main() -> std::process::ExitCode {
         None => {
             let t = Instant::now();
             let mut s = start_server(&scratch, &options.server_env).await;
-            print!(
-                "started PostgreSQL (throwaway) and {} ",
-                server::authd_binary().to_string_lossy()
-            );
+            print!("started PostgreSQL (throwaway) and {} ", built.display());
             wait_until_serving(&mut s).await;
             println!(
                 "at {} (pid {}) in {:.1} s",
@@ -283,8 +281,8 @@ async fn main() -> std::process::ExitCode {
 
     if options.addr.is_none() {
         stop_server(&mut server).await;
-        let _ = std::fs::remove_dir_all(&scratch);
     }
+    let _ = std::fs::remove_dir_all(&scratch);
     println!(
         "\ntotal errors: {errors_total}; whole run {:.1} s",
         run_started.elapsed().as_secs_f64()

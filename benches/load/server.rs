@@ -46,9 +46,36 @@ pub fn free_port() -> u16 {
 }
 
 /// The authd to start: this build's, or another one named by
-/// `AUTHD_LOAD_BINARY` (to measure an older build with the same generator).
+/// `AUTHD_LOAD_BINARY` (to measure an older build with the same generator);
+/// once [`pin_binary`] ran, the run's own link to it.
 pub fn authd_binary() -> std::ffi::OsString {
+    match PINNED.get() {
+        Some(pinned) => pinned.clone().into(),
+        None => built_binary(),
+    }
+}
+
+fn built_binary() -> std::ffi::OsString {
     std::env::var_os("AUTHD_LOAD_BINARY").unwrap_or_else(|| env!("CARGO_BIN_EXE_authd").into())
+}
+
+static PINNED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Makes every later start use a link to (or, across file systems, a copy
+/// of) the binary in `dir`, taken now: the target folder may be shared, and
+/// a build there replaces the file, which a long run would otherwise pick
+/// up halfway (with other migrations, say). Returns the binary's own path.
+pub fn pin_binary(dir: &Path) -> PathBuf {
+    let built = PathBuf::from(built_binary());
+    std::fs::create_dir_all(dir).expect("creating the run's scratch folder");
+    let pinned = dir.join("authd");
+    let _ = std::fs::remove_file(&pinned);
+    if std::fs::hard_link(&built, &pinned).is_err() {
+        std::fs::copy(&built, &pinned)
+            .unwrap_or_else(|e| panic!("copying {} to {}: {e}", built.display(), pinned.display()));
+    }
+    let _ = PINNED.set(pinned);
+    built
 }
 
 /// Starts a throwaway PostgreSQL cluster and authd under `scratch`; call

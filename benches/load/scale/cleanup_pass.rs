@@ -3,13 +3,14 @@
 //! with their refresh tokens, and the rest of its day-old backlog).
 //!
 //! The pass is run on demand by another replica on the same database
-//! (`AUTHD_CLEANUP_INTERVAL=1s`: its first attempt comes within a second of
-//! its start); the two measured servers never run one
+//! (`AUTHD_CLEANUP_INTERVAL=10s`: its first attempt comes 5 to 10 s after
+//! its start, and no second pass within 10 s of the first one's end, by
+//! when the replica is stopped); the two measured servers never run one
 //! (`AUTHD_CLEANUP_INTERVAL=0`). The pass's start, end and rows deleted are
 //! read from `maintenance_runs`, where every pass is recorded, and its rows
 //! and batches per table from the replica's metrics. The Refresh load runs
 //! in one-second slices from the moment the pass is seen to start until it
-//! is seen to end.
+//! is seen to end, and for `--duration` before and after the pass.
 //!
 //! A pass deletes what the seed left to delete, so it is measured once per
 //! copy of the seed: the scale run always serves a fresh copy, and runs
@@ -28,6 +29,8 @@ use crate::scenarios::{self, Mix, MixRun, Op};
 use crate::server::{free_port, start_authd, stop_server, wait_until_serving};
 use crate::stats::Row;
 
+/// The clean-up interval of the replica that runs the pass.
+const CLEANER_INTERVAL: &str = "10s";
 /// The load is driven in slices this long, checking the pass in between.
 const SLICE: Duration = Duration::from_secs(1);
 /// The pass must start this soon after its replica is SERVING.
@@ -77,7 +80,7 @@ pub async fn run(cluster: &Kept, side: &mut Side, dir: &Path, settings: &Setting
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let mut env = settings.server_env.clone();
     env.retain(|(k, _)| k != "AUTHD_CLEANUP_INTERVAL" && k != "AUTHD_METRICS_LISTEN");
-    env.push(("AUTHD_CLEANUP_INTERVAL".into(), "1s".into()));
+    env.push(("AUTHD_CLEANUP_INTERVAL".into(), CLEANER_INTERVAL.into()));
     env.push(("AUTHD_METRICS_LISTEN".into(), metrics_addr.clone()));
     let launched = Utc::now();
     let mut cleaner = start_authd(&cluster.pg, SEEDED, dir, &env);
@@ -112,20 +115,26 @@ pub async fn run(cluster: &Kept, side: &mut Side, dir: &Path, settings: &Setting
             Some(earlier) => earlier.merge(slice),
             None => slice,
         });
-        if let Some(p) = latest_pass(&mut db).await {
-            record = p;
-        }
+        record = next_record(&mut db, record).await;
     }
     let load_for = load_started.elapsed();
     while record.finished_at.is_none() && load_started.elapsed() < MAX_PASS {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if let Some(p) = latest_pass(&mut db).await {
-            record = p;
-        }
+        record = next_record(&mut db, record).await;
     }
     let per_table = cleanup_metrics(&metrics_addr).await;
     stop_server(&mut cleaner).await;
     let counts_after = counts(&mut db).await;
+    // The same load again, on what the pass left.
+    let after = scenarios::drive(
+        &mix,
+        &mut side.states,
+        &side.shared,
+        settings.duration,
+        side.server.pid,
+    )
+    .await;
+    let after = rename(scenarios::rows(&mix, after), "refresh, seeded, after the pass");
 
     let Some(during) = during else {
         unreachable!("the load runs at least one slice")
@@ -136,28 +145,31 @@ pub async fn run(cluster: &Kept, side: &mut Side, dir: &Path, settings: &Setting
     );
     println!();
     report::table_header();
-    report::table_row(&quiet);
-    report::table_row(&during);
-    errors += quiet.error_count() + during.error_count();
+    for row in [&quiet, &during, &after] {
+        report::table_row(row);
+        errors += row.error_count();
+    }
     let pass_secs = record
         .finished_at
         .map(|f| (f - record.started_at).num_milliseconds() as f64 / 1000.0);
     if pass_secs.is_none() {
         errors += 1;
     }
-    notes.push(format!(
-        "cleanup: Refresh during the pass ÷ without: calls/s {:.0} / {:.0} = {:.2}; p50 {:.2} / {:.2} ms = {:.2}; \
-         p99 {:.2} / {:.2} ms = {:.2}",
-        during.calls_per_sec,
-        quiet.calls_per_sec,
-        during.calls_per_sec / quiet.calls_per_sec,
-        during.p50_ms,
-        quiet.p50_ms,
-        during.p50_ms / quiet.p50_ms,
-        during.p99_ms,
-        quiet.p99_ms,
-        during.p99_ms / quiet.p99_ms,
-    ));
+    for (label, reference) in [("before", &quiet), ("after", &after)] {
+        notes.push(format!(
+            "cleanup: Refresh during the pass ÷ {label} it: calls/s {:.0} / {:.0} = {:.2}; \
+             p50 {:.2} / {:.2} ms = {:.2}; p99 {:.2} / {:.2} ms = {:.2}",
+            during.calls_per_sec,
+            reference.calls_per_sec,
+            during.calls_per_sec / reference.calls_per_sec,
+            during.p50_ms,
+            reference.p50_ms,
+            during.p50_ms / reference.p50_ms,
+            during.p99_ms,
+            reference.p99_ms,
+            during.p99_ms / reference.p99_ms,
+        ));
+    }
     notes.push(format!(
         "cleanup: the pass took {} (maintenance_runs), deleted {} rows{}; the Refresh load ran for {:.1} s of it",
         pass_secs.map_or_else(
@@ -181,7 +193,7 @@ pub async fn run(cluster: &Kept, side: &mut Side, dir: &Path, settings: &Setting
         load_for.as_secs_f64(),
     ));
     notes.push(format!(
-        "cleanup: rows before → after: {}",
+        "cleanup: rows before → after the pass: {}",
         counts_before
             .iter()
             .zip(&counts_after)
@@ -201,19 +213,39 @@ fn rename(mut rows: Vec<Row>, name: &str) -> Row {
     row
 }
 
-/// The latest pass of the clean-up, if any was recorded.
+/// The latest pass of the clean-up, if any was recorded (none either when
+/// the schema has no `maintenance_runs`).
 async fn latest_pass(db: &mut sqlx::PgConnection) -> Option<PassRecord> {
     let row: Option<(DateTime<Utc>, Option<DateTime<Utc>>, i64)> = sqlx::query_as(
         "SELECT started_at, finished_at, deleted FROM maintenance_runs WHERE task = 'cleanup'",
     )
     .fetch_optional(db)
     .await
-    .unwrap_or_else(|e| panic!("reading maintenance_runs: {e}"));
+    .unwrap_or_else(|e| {
+        eprintln!("cleanup: reading maintenance_runs: {e}");
+        None
+    });
     row.map(|(started_at, finished_at, deleted)| PassRecord {
         started_at,
         finished_at,
         deleted,
     })
+}
+
+/// The pass's record now; a record of a later pass (which the interval
+/// should rule out) is not taken for it.
+async fn next_record(db: &mut sqlx::PgConnection, record: PassRecord) -> PassRecord {
+    match latest_pass(db).await {
+        Some(p) if p.started_at == record.started_at => p,
+        Some(_) => {
+            eprintln!("cleanup: a second pass started before the first was seen to finish");
+            PassRecord {
+                finished_at: Some(Utc::now()),
+                ..record
+            }
+        }
+        None => record,
+    }
 }
 
 /// Rows of the tables the pass deletes from.
@@ -272,6 +304,7 @@ async fn cleanup_metrics(addr: &str) -> Vec<(String, f64, f64)> {
             t.2 = batches;
         }
     }
+    tables.sort_by(|a, b| b.1.total_cmp(&a.1));
     tables
 }
 

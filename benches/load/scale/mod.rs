@@ -41,11 +41,12 @@ pub async fn run(options: &Options, scale: &Scale) -> u64 {
     let mut errors = 0u64;
     let mut notes: Vec<String> = Vec::new();
     let scratch = std::env::temp_dir().join(format!("authd-scale-run-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&scratch).expect("creating the run's scratch folder");
+    let built = server::pin_binary(&scratch);
     println!(
-        "scale run: {} seeded accounts; cluster and seed kept in {}",
+        "scale run: {} seeded accounts; cluster and seed kept in {}; authd {}",
         scale.accounts,
-        scale.dir.display()
+        scale.dir.display(),
+        built.display()
     );
 
     if options.scenarios.iter().any(|s| matches!(s, Scenario::Startup)) {
