@@ -253,20 +253,34 @@ pub async fn page<'e>(
     after: Option<PagePosition>,
     limit: i64,
 ) -> Result<Vec<User>, AppError> {
-    let sql = format!(
-        "SELECT {USER_COLUMNS} FROM users u
-          WHERE $1::timestamptz IS NULL OR (u.created_at, u.id) > ($1, $2)
-          ORDER BY u.created_at, u.id LIMIT $3"
-    );
-    Ok(sqlx::query_as::<_, UserRow>(&sql)
-        .bind(after.map(|p| p.created_at))
-        .bind(after.map(|p| p.id))
-        .bind(limit)
-        .fetch_all(db)
-        .await?
-        .into_iter()
-        .map(User::from)
-        .collect())
+    // Two statements, not one with `$1 IS NULL OR (…) > ($1, $2)`: the OR
+    // leaves the index no condition to start from, so once the statement
+    // runs with a generic plan, every page walks the index from the first
+    // account and filters its way to the cursor (the query-plan test
+    // reports such walks).
+    let rows = match after {
+        None => {
+            let sql = format!("SELECT {USER_COLUMNS} FROM users u ORDER BY u.created_at, u.id LIMIT $1");
+            sqlx::query_as::<_, UserRow>(&sql)
+                .bind(limit)
+                .fetch_all(db)
+                .await?
+        }
+        Some(after) => {
+            let sql = format!(
+                "SELECT {USER_COLUMNS} FROM users u
+                  WHERE (u.created_at, u.id) > ($1, $2)
+                  ORDER BY u.created_at, u.id LIMIT $3"
+            );
+            sqlx::query_as::<_, UserRow>(&sql)
+                .bind(after.created_at)
+                .bind(after.id)
+                .bind(limit)
+                .fetch_all(db)
+                .await?
+        }
+    };
+    Ok(rows.into_iter().map(User::from).collect())
 }
 
 /// Disables (keeping the first time) or enables an account; `None` when

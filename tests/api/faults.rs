@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use authd::local_pg::{Durability, LocalPostgres};
+use authd::local_pg::Durability;
 use authd::pb::auth::v1::{self as pb, RevocationKind};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
@@ -19,18 +19,6 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::helpers::*;
-
-/// A PostgreSQL cluster of the test's own: stopping or freezing the shared
-/// one would break every other test.
-async fn own_cluster(what: &str) -> LocalPostgres {
-    let root = scratch_dir(what);
-    let pg = tokio::task::spawn_blocking(move || LocalPostgres::start(&root, Durability::Throwaway))
-        .await
-        .unwrap()
-        .unwrap();
-    pg.ensure_database("authd").await.unwrap();
-    pg
-}
 
 /// The server's deadline for every call in these tests. Clients send no
 /// deadline of their own: tonic's client would enforce it too and answer

@@ -31,6 +31,19 @@ fn cluster() -> &'static LocalPostgres {
     })
 }
 
+/// A PostgreSQL cluster of the test's own, with an empty `authd` database:
+/// for tests that stop or freeze it, or change its settings, which on the
+/// shared one would break every other test.
+pub async fn own_cluster(what: &str) -> LocalPostgres {
+    let root = scratch_dir(what);
+    let pg = tokio::task::spawn_blocking(move || LocalPostgres::start(&root, Durability::Throwaway))
+        .await
+        .unwrap()
+        .unwrap();
+    pg.ensure_database("authd").await.unwrap();
+    pg
+}
+
 pub fn scratch_dir(what: &str) -> PathBuf {
     std::env::temp_dir().join(format!("authd-test-{what}-{}", uuid::Uuid::new_v4().simple()))
 }
