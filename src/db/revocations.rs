@@ -80,10 +80,20 @@ pub async fn prune_horizon<'e>(
     before: DateTime<Utc>,
 ) -> Result<Option<i64>, AppError> {
     Ok(
-        sqlx::query_scalar("SELECT max(id) FROM revocation_events WHERE occurred_at < $1")
-            .bind(before)
-            .fetch_one(db)
-            .await?,
+        // The newest event past retention, found at the near end of the
+        // time index. Ids and times rise together (an id is taken at the
+        // end of its transaction, its time at the start), so this is the
+        // highest old id but for events committed within the same
+        // milliseconds, which go a pass later or a few milliseconds early.
+        // max(id) would walk the primary key down through every event of
+        // the retention window before reaching an old one.
+        sqlx::query_scalar(
+            "SELECT id FROM revocation_events WHERE occurred_at < $1
+              ORDER BY occurred_at DESC LIMIT 1",
+        )
+        .bind(before)
+        .fetch_one(db)
+        .await?,
     )
 }
 
