@@ -94,8 +94,9 @@ struct Args {
 
     /// The scale run: two authd on one PostgreSQL cluster, one on an empty
     /// database and one on a seeded copy (tests/seed/scale.rs), each
-    /// scenario on both in turns (empty, seeded, seeded, empty), with the
-    /// ratios; then Refresh during a clean-up pass (BENCHMARKS.md)
+    /// scenario on both in turns (E S S E S E E S, a quarter of --duration
+    /// each), with the ratios; then Refresh during a clean-up pass
+    /// (BENCHMARKS.md)
     #[arg(long, conflicts_with_all = ["addr", "smoke"])]
     scale: bool,
 
@@ -112,6 +113,16 @@ struct Args {
     /// --scale: seed again even if the kept cluster holds a seed of this size
     #[arg(long)]
     scale_reseed: bool,
+
+    /// --scale, cleanup: seconds of Refresh load from the start of the
+    /// clean-up pass (less if the pass ends sooner)
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = seconds)]
+    cleanup_window: Duration,
+
+    /// --scale, cleanup: a pass still running this many seconds after its
+    /// start is stopped and reported with its rate
+    #[arg(long, value_name = "SECS", default_value = "1800", value_parser = long_seconds)]
+    cleanup_max: Duration,
 
     /// `cargo bench` passes this to every bench target.
     #[arg(long, hide = true)]
@@ -146,6 +157,8 @@ pub struct Scale {
     pub accounts: i64,
     pub dir: std::path::PathBuf,
     pub reseed: bool,
+    pub cleanup_window: Duration,
+    pub cleanup_max: Duration,
 }
 
 /// Parses the command line; prints help or the error and exits on failure.
@@ -225,6 +238,8 @@ pub fn parse() -> Options {
                 .scale_dir
                 .unwrap_or_else(|| std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("authd-scale")),
             reseed: args.scale_reseed,
+            cleanup_window: args.cleanup_window,
+            cleanup_max: args.cleanup_max,
         }),
     }
 }
@@ -242,6 +257,13 @@ fn seconds(v: &str) -> Result<Duration, String> {
         return Err("must be between 0 and 3600 seconds".into());
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn long_seconds(v: &str) -> Result<Duration, String> {
+    match v.parse::<u64>() {
+        Ok(n) if (1..=86_400).contains(&n) => Ok(Duration::from_secs(n)),
+        _ => Err("must be 1 to 86400 seconds".into()),
+    }
 }
 
 fn positive(v: &str) -> Result<usize, String> {

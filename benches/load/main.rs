@@ -30,9 +30,6 @@ mod report;
 mod revocation_scenario;
 mod scale;
 // The bulk seed the scale run shares with the tests (one file, two users).
-// clippy::collapsible_if fires in its seed_empty_tables; the file is
-// shared with the tests and not changed from here.
-#[allow(clippy::collapsible_if)]
 #[path = "../../tests/seed/scale.rs"]
 mod scale_seed;
 mod scenarios;

@@ -9,8 +9,10 @@
 //! (`AUTHD_CLEANUP_INTERVAL=0`). The pass's start, end and rows deleted are
 //! read from `maintenance_runs`, where every pass is recorded, and its rows
 //! and batches per table from the replica's metrics. The Refresh load runs
-//! in one-second slices from the moment the pass is seen to start until it
-//! is seen to end, and for `--duration` before and after the pass.
+//! for `--duration` before the pass, in one-second slices from the moment
+//! the pass is seen to start for `--cleanup-window` (or until it ends), and
+//! for `--duration` after it. A pass still running `--cleanup-max` after
+//! its start is stopped (between two batches) and reported with its rate.
 //!
 //! A pass deletes what the seed left to delete, so it is measured once per
 //! copy of the seed: the scale run always serves a fresh copy, and runs
@@ -35,12 +37,17 @@ const CLEANER_INTERVAL: &str = "10s";
 const SLICE: Duration = Duration::from_secs(1);
 /// The pass must start this soon after its replica is SERVING.
 const START_WITHIN: Duration = Duration::from_secs(60);
-/// The load stops after this long; the pass is still waited for.
-const MAX_LOAD: Duration = Duration::from_secs(30 * 60);
-const MAX_PASS: Duration = Duration::from_secs(3 * 3600);
+/// How often a pass still running after the load is reported on.
+const PROGRESS_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Settings {
+    /// The Refresh load before and after the pass.
     pub duration: Duration,
+    /// The Refresh load during the pass, from its start (less if it ends
+    /// sooner); the pass then goes on alone.
+    pub window: Duration,
+    /// A pass still running this long after its start is stopped.
+    pub max_pass: Duration,
     pub server_env: Vec<(String, String)>,
 }
 
@@ -109,7 +116,7 @@ pub async fn run(cluster: &Kept, side: &mut Side, dir: &Path, settings: &Setting
     let load_started = Instant::now();
     let mut during: Option<MixRun> = None;
     let mut record = pass;
-    while record.finished_at.is_none() && load_started.elapsed() < MAX_LOAD {
+    while record.finished_at.is_none() && load_started.elapsed() < settings.window {
         let slice = scenarios::drive(&mix, &mut side.states, &side.shared, SLICE, side.server.pid).await;
         during = Some(match during.take() {
             Some(earlier) => earlier.merge(slice),
@@ -118,13 +125,27 @@ pub async fn run(cluster: &Kept, side: &mut Side, dir: &Path, settings: &Setting
         record = next_record(&mut db, record).await;
     }
     let load_for = load_started.elapsed();
-    while record.finished_at.is_none() && load_started.elapsed() < MAX_PASS {
+    // The rest of the pass without load, reported once a minute.
+    let mut reported = Instant::now();
+    let running_for = |record: &PassRecord| (Utc::now() - record.started_at).to_std().unwrap_or_default();
+    while record.finished_at.is_none() && running_for(&record) < settings.max_pass {
         tokio::time::sleep(Duration::from_millis(500)).await;
         record = next_record(&mut db, record).await;
+        if reported.elapsed() >= PROGRESS_EVERY {
+            reported = Instant::now();
+            let so_far: f64 = cleanup_metrics(&metrics_addr).await.iter().map(|t| t.1).sum();
+            println!(
+                "cleanup: the pass has run for {:.0} s and deleted {so_far:.0} rows so far",
+                running_for(&record).as_secs_f64()
+            );
+        }
     }
     let per_table = cleanup_metrics(&metrics_addr).await;
+    let ran_for = running_for(&record);
+    // A pass still running ends between two batches.
     stop_server(&mut cleaner).await;
     let counts_after = counts(&mut db).await;
+    let ended_left = ended_sessions(&mut db).await;
     // The same load again, on what the pass left.
     let after = scenarios::drive(
         &mix,
@@ -149,12 +170,7 @@ pub async fn run(cluster: &Kept, side: &mut Side, dir: &Path, settings: &Setting
         report::table_row(row);
         errors += row.error_count();
     }
-    let pass_secs = record
-        .finished_at
-        .map(|f| (f - record.started_at).num_milliseconds() as f64 / 1000.0);
-    if pass_secs.is_none() {
-        errors += 1;
-    }
+    let deleted: f64 = per_table.iter().map(|t| t.1).sum();
     for (label, reference) in [("before", &quiet), ("after", &after)] {
         notes.push(format!(
             "cleanup: Refresh during the pass ÷ {label} it: calls/s {:.0} / {:.0} = {:.2}; \
@@ -170,28 +186,33 @@ pub async fn run(cluster: &Kept, side: &mut Side, dir: &Path, settings: &Setting
             during.p99_ms / reference.p99_ms,
         ));
     }
-    notes.push(format!(
-        "cleanup: the pass took {} (maintenance_runs), deleted {} rows{}; the Refresh load ran for {:.1} s of it",
-        pass_secs.map_or_else(
-            || format!("more than {} s: NOT FINISHED", MAX_PASS.as_secs()),
-            |s| format!("{s:.1} s")
-        ),
-        record.deleted,
-        if per_table.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " ({})",
-                per_table
-                    .iter()
-                    .filter(|(_, rows, _)| *rows > 0.0)
-                    .map(|(t, rows, batches)| format!("{t} {rows:.0} in {batches:.0} batches"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        },
-        load_for.as_secs_f64(),
-    ));
+    let tables = per_table
+        .iter()
+        .filter(|(_, rows, _)| *rows > 0.0)
+        .map(|(t, rows, batches)| format!("{t} {rows:.0} in {batches:.0} batches"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match record.finished_at {
+        Some(finished) => notes.push(format!(
+            "cleanup: the pass took {:.1} s (maintenance_runs) and deleted {} rows ({tables}); \
+             the Refresh load ran for the first {:.1} s of it",
+            (finished - record.started_at).num_milliseconds() as f64 / 1000.0,
+            record.deleted,
+            load_for.as_secs_f64(),
+        )),
+        None => {
+            let rate = deleted / ran_for.as_secs_f64().max(1e-9);
+            notes.push(format!(
+                "cleanup: the pass did NOT finish within --cleanup-max ({:.0} s) and was stopped: {deleted:.0} rows \
+                 deleted ({tables}), {rate:.0} rows/s; {ended_left} sessions that ended more than a day ago are \
+                 left (at that rate with their tokens, about {:.0} min more); the Refresh load ran for the first \
+                 {:.1} s of it",
+                ran_for.as_secs_f64(),
+                2.0 * ended_left as f64 / rate.max(1e-9) / 60.0,
+                load_for.as_secs_f64(),
+            ));
+        }
+    }
     notes.push(format!(
         "cleanup: rows before → after the pass: {}",
         counts_before
@@ -246,6 +267,19 @@ async fn next_record(db: &mut sqlx::PgConnection, record: PassRecord) -> PassRec
         }
         None => record,
     }
+}
+
+/// Sessions that ended more than a day ago (the clean-up's retention of
+/// them), which a finished pass leaves none of.
+async fn ended_sessions(db: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM sessions
+          WHERE LEAST(COALESCE(revoked_at, 'infinity'), idle_expires_at, absolute_expires_at)
+                < now() - interval '1 day'",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap_or(-1)
 }
 
 /// Rows of the tables the pass deletes from.

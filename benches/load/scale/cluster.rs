@@ -8,8 +8,9 @@
 //! Registers, its Refreshes, the clean-up pass that deletes the seed's
 //! ended sessions) never changes the template. A file `seed-<N>.json`
 //! beside the cluster records a completed seed (its time and rows, the
-//! migrations it was seeded under); without it, or when authd's
-//! migrations have changed since, the template is seeded again.
+//! migrations it was seeded under, a digest of the seed's source); without
+//! it, or when authd's migrations or the seed have changed since, the
+//! template is seeded again.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -20,6 +21,9 @@ use sqlx::{Connection as _, PgConnection};
 
 use crate::scale_seed::{self, Scale};
 use crate::server::authd_binary;
+
+/// The seed's source, whose digest tells a kept seed from a stale one.
+const SEED_SOURCE: &str = include_str!("../../../tests/seed/scale.rs");
 
 pub const EMPTY: &str = "authd_empty";
 pub const SEEDED: &str = "authd_seeded";
@@ -131,6 +135,9 @@ impl Kept {
             .map_err(|_| format!("no seed of {accounts} accounts in {} yet", self.dir.display()))?;
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| format!("unreadable seed record: {e}"))?;
+        if v["seed_sha256"].as_str() != Some(seed_digest().as_str()) {
+            return Err("tests/seed/scale.rs changed since the kept seed was written".to_owned());
+        }
         let template = Self::template(accounts);
         let mut db = self.connect("postgres").await;
         let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
@@ -187,6 +194,7 @@ impl Kept {
             "seed_secs": report.elapsed.as_secs_f64(),
             "rows": report.rows.iter().map(|(t, n)| serde_json::json!([t, n])).collect::<Vec<_>>(),
             "migrations": expected_migrations().iter().map(|(v, _)| v).collect::<Vec<_>>(),
+            "seed_sha256": seed_digest(),
         });
         std::fs::write(
             self.record_path(accounts),
@@ -265,6 +273,14 @@ impl Kept {
         tokio::task::spawn_blocking(move || pg.stop()).await.ok();
         let _ = std::fs::remove_file(lock);
     }
+}
+
+fn seed_digest() -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(SEED_SOURCE.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn expected_migrations() -> Vec<(i64, Vec<u8>)> {

@@ -214,6 +214,8 @@ pub async fn run(options: &Options, scale: &Scale) -> u64 {
         let [_, seeded_side] = &mut sides;
         let settings = cleanup_pass::Settings {
             duration: options.duration,
+            window: scale.cleanup_window,
+            max_pass: scale.cleanup_max,
             server_env: env.clone(),
         };
         let outcome = cleanup_pass::run(&cluster, seeded_side, &scratch.join("cleaner"), &settings).await;

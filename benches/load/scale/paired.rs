@@ -1,7 +1,8 @@
 //! One call scenario on both servers, in turns: empty, seeded, seeded,
-//! empty, each for half of `--duration`, so that whatever else the machine
-//! does (other tenants, builds) falls on both sides alike; each side's two
-//! halves are then one row.
+//! empty, seeded, empty, empty, seeded (ABBA BAAB), each for a quarter of
+//! `--duration`, so that whatever else the machine does (other tenants,
+//! builds), and whatever the order itself does, falls on both sides alike;
+//! each side's four quarters are then one row.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,12 +71,16 @@ fn targeted(name: &str) -> bool {
     matches!(name, "getme" | "introspect" | "refresh")
 }
 
-/// Runs `mix` on `sides` (empty, seeded) in the order empty, seeded,
-/// seeded, empty, each leg half of `duration`.
+/// The order of the legs (0: empty, 1: seeded): balanced for position and
+/// for what precedes each leg.
+const ORDER: [usize; 8] = [0, 1, 1, 0, 1, 0, 0, 1];
+
+/// Runs `mix` on `sides` (empty, seeded) in [`ORDER`], each leg a quarter
+/// of `duration`.
 pub async fn run(mix: &Mix, sides: &mut [Side; 2], duration: Duration) -> Vec<Pair> {
-    let leg = duration / 2;
+    let leg = duration / 4;
     let mut runs: [Option<MixRun>; 2] = [None, None];
-    for side in [0, 1, 1, 0] {
+    for side in ORDER {
         let s = &mut sides[side];
         let run = scenarios::drive(mix, &mut s.states, &s.shared, leg, s.server.pid).await;
         runs[side] = Some(match runs[side].take() {
@@ -98,7 +103,8 @@ pub async fn run(mix: &Mix, sides: &mut [Side; 2], duration: Duration) -> Vec<Pa
 
 pub fn table_header() {
     println!(
-        "Paired runs: E = empty database, S = seeded copy; each side twice for half the duration, in the order E S S E. \
+        "Paired runs: E = empty database, S = seeded copy; each side four times for a quarter of the duration, in the order \
+         E S S E S E E S. \
          µs/call: CPU time per successful call of authd, and of everything else (PostgreSQL, other tenants).\n"
     );
     println!(
