@@ -20,11 +20,12 @@ pub const MAX_PASSWORD_CHARS: usize = 128;
 /// Estimated guesses a new password must withstand.
 const MIN_GUESSES: u64 = 1_000_000;
 /// The strength estimate reads windows of this many code points. Its cost
-/// grows faster than the length (0.8 ms at 32, 5 ms at 57, 13 ms at 120 on
-/// the benchmark machine) while what it looks for is short: the longest
-/// entry of its dictionaries has 23 characters, and a sequence or keyboard
-/// walk that runs on is still one inside a window. See [`estimated_windows`].
-const ESTIMATED_CHARS: usize = 32;
+/// grows faster than the length (0.25-0.35 ms at 24, 0.6-1 ms at 32, 3 ms
+/// at 57, 13 ms at 120 on the benchmark machine) while what it looks for
+/// is short: the longest entry of its dictionaries has 23 characters, and
+/// a sequence or keyboard walk that runs on is still one inside a window.
+/// See [`estimated_windows`].
+const ESTIMATED_CHARS: usize = 24;
 /// Raw input larger than this cannot be 128 code points even after NFKC
 /// expansion is undone, so it is refused before any normalisation work.
 const MAX_PASSWORD_BYTES: usize = MAX_PASSWORD_CHARS * 4;
