@@ -52,7 +52,7 @@ use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::sync::watch;
 
 use crate::db;
-use crate::db::maintenance::Blocks;
+use crate::db::maintenance::{AgedRows, Blocks};
 use crate::error::AppError;
 use crate::metrics::{CleanupOutcome, CleanupTable, Metrics};
 
@@ -474,12 +474,15 @@ impl<'a> Pass<'a> {
             BlockStep::EndedSessions => db::sessions::delete_ended_in(conn, blocks, c.sessions, limit).await,
             BlockStep::StaleCounters => db::throttle::delete_stale_in(conn, blocks, c.now, limit).await,
             BlockStep::OldResetTokens => {
-                db::recovery::delete_issued_before_in(conn, blocks, c.tokens, limit).await
+                db::maintenance::delete_aged_in(conn, AgedRows::ResetTokens, blocks, c.tokens, limit).await
             }
             BlockStep::OldVerificationTokens => {
-                db::verification::delete_issued_before_in(conn, blocks, c.tokens, limit).await
+                db::maintenance::delete_aged_in(conn, AgedRows::VerificationTokens, blocks, c.tokens, limit)
+                    .await
             }
-            BlockStep::OldMail => db::outbox::delete_finished_before_in(conn, blocks, c.mail, limit).await,
+            BlockStep::OldMail => {
+                db::maintenance::delete_aged_in(conn, AgedRows::FinishedMail, blocks, c.mail, limit).await
+            }
         }?;
         self.counted(step.table(), deleted, started.elapsed()).await?;
         Ok(deleted)

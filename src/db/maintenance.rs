@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use crate::error::AppError;
@@ -130,4 +131,70 @@ pub async fn finish_run(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Rows kept for a while and then deleted by their age alone, each kind
+/// walked in block ranges: no index serves its cut-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgedRows {
+    /// Reset tokens issued before the cut-off and expired by then (long
+    /// unusable, and older than the hour the mail cap counts).
+    ResetTokens,
+    /// Verification and email-change links, likewise.
+    VerificationTokens,
+    /// Sent or discarded mail created before the cut-off; pending mail is
+    /// never touched.
+    FinishedMail,
+}
+
+impl AgedRows {
+    fn delete_statement(self) -> &'static str {
+        match self {
+            Self::ResetTokens => {
+                "DELETE FROM password_reset_tokens WHERE token_hash IN (
+                     SELECT token_hash FROM password_reset_tokens
+                      WHERE ctid >= format('(%s,0)', $1::bigint)::tid
+                        AND ctid < format('(%s,0)', $2::bigint)::tid
+                        AND created_at < $3 AND expires_at < $3
+                      LIMIT $4)"
+            }
+            Self::VerificationTokens => {
+                "DELETE FROM email_verification_tokens WHERE token_hash IN (
+                     SELECT token_hash FROM email_verification_tokens
+                      WHERE ctid >= format('(%s,0)', $1::bigint)::tid
+                        AND ctid < format('(%s,0)', $2::bigint)::tid
+                        AND created_at < $3 AND expires_at < $3
+                      LIMIT $4)"
+            }
+            Self::FinishedMail => {
+                "DELETE FROM email_outbox WHERE id IN (
+                     SELECT id FROM email_outbox
+                      WHERE ctid >= format('(%s,0)', $1::bigint)::tid
+                        AND ctid < format('(%s,0)', $2::bigint)::tid
+                        AND created_at < $3 AND (sent_at IS NOT NULL OR discarded_at IS NOT NULL)
+                      LIMIT $4)"
+            }
+        }
+    }
+}
+
+/// Deletes at most `limit` rows of `rows` in `blocks` that are older than
+/// `before`.
+// Background work: a span only when debugging, not a trace every batch.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn delete_aged_in(
+    conn: &mut PgConnection,
+    rows: AgedRows,
+    blocks: Blocks,
+    before: DateTime<Utc>,
+    limit: u32,
+) -> Result<u64, AppError> {
+    let done = sqlx::query(rows.delete_statement())
+        .bind(blocks.start)
+        .bind(blocks.end)
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
 }

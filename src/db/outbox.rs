@@ -9,7 +9,6 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use super::maintenance::Blocks;
 use crate::domain::mail::{MailKind, OutgoingMail};
 use crate::error::AppError;
 
@@ -189,35 +188,6 @@ pub async fn retry_at<'e>(
     .execute(db)
     .await?;
     Ok(())
-}
-
-/// Deletes up to `limit` sent or discarded messages in `blocks` created
-/// before `before`. The table is walked in block ranges (a TID range scan),
-/// so no index on `created_at` is needed; pending mail is never touched.
-// Background work: a span only when debugging, not a trace every batch.
-#[tracing::instrument(level = "debug", skip_all)]
-pub async fn delete_finished_before_in(
-    conn: &mut PgConnection,
-    blocks: Blocks,
-    before: DateTime<Utc>,
-    limit: u32,
-) -> Result<u64, AppError> {
-    let done = sqlx::query(
-        "DELETE FROM email_outbox
-          WHERE id IN (
-                SELECT id FROM email_outbox
-                 WHERE ctid >= format('(%s,0)', $1::bigint)::tid
-                   AND ctid < format('(%s,0)', $2::bigint)::tid
-                   AND created_at < $3 AND (sent_at IS NOT NULL OR discarded_at IS NOT NULL)
-                 LIMIT $4)",
-    )
-    .bind(blocks.start)
-    .bind(blocks.end)
-    .bind(before)
-    .bind(i64::from(limit))
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected())
 }
 
 /// The backlog: how many messages are pending and when the oldest was queued.

@@ -9,7 +9,6 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use super::maintenance::Blocks;
 use crate::crypto::opaque::TokenHash;
 use crate::error::AppError;
 
@@ -134,36 +133,6 @@ pub async fn consume(
     .bind(now)
     .fetch_optional(tx)
     .await?)
-}
-
-/// Deletes up to `limit` tokens in `blocks` issued before `before` and
-/// expired by then (long unusable, and older than the hour the cap looks
-/// at). The table is walked in block ranges (a TID range scan): no index
-/// serves the issue time alone.
-// Background work: a span only when debugging, not a trace every batch.
-#[tracing::instrument(level = "debug", skip_all)]
-pub async fn delete_issued_before_in(
-    conn: &mut PgConnection,
-    blocks: Blocks,
-    before: DateTime<Utc>,
-    limit: u32,
-) -> Result<u64, AppError> {
-    let done = sqlx::query(
-        "DELETE FROM password_reset_tokens
-          WHERE token_hash IN (
-                SELECT token_hash FROM password_reset_tokens
-                 WHERE ctid >= format('(%s,0)', $1::bigint)::tid
-                   AND ctid < format('(%s,0)', $2::bigint)::tid
-                   AND created_at < $3 AND expires_at < $3
-                 LIMIT $4)",
-    )
-    .bind(blocks.start)
-    .bind(blocks.end)
-    .bind(before)
-    .bind(i64::from(limit))
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected())
 }
 
 /// Records a ForgotPassword request, for [`take_request`] to resolve.
