@@ -193,6 +193,11 @@ impl PasswordHasher {
         .await?
     }
 
+    /// A worker is free and nobody waits for one.
+    fn idle(&self) -> bool {
+        self.inner.waiting.load(Ordering::Relaxed) == 0 && self.inner.permits.available_permits() > 0
+    }
+
     /// When work queued now would be done, from the queue ahead of it and
     /// the average piece of work.
     fn expected_done_in(&self) -> Duration {
@@ -210,7 +215,15 @@ impl PasswordHasher {
 
     /// Refuses at once ([`AppError::Overloaded`]) when work queued now
     /// could not be done before the call's deadline; fine outside a call.
+    ///
+    /// A worker that is free, with nobody waiting for it, always takes the
+    /// work: the estimate only learns by working, and an idle pool that
+    /// refused because of one slow spell would refuse every call with a
+    /// short deadline for good.
     pub fn admit(&self) -> Result<(), AppError> {
+        if self.idle() {
+            return Ok(());
+        }
         if let Some(deadline) = crate::deadline::current() {
             let done_in = self.expected_done_in();
             if tokio::time::Instant::now() + done_in > deadline {
@@ -236,12 +249,19 @@ impl PasswordHasher {
         self.admit()?;
         let deadline = crate::deadline::current();
         let queued = Instant::now();
-        self.inner.waiting.fetch_add(1, Ordering::Relaxed);
-        let acquired = self.inner.permits.clone().acquire_owned().await;
-        self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
-        let permit = acquired.map_err(AppError::internal)?;
+        // Work that found a worker free runs (see `admit`); only work that
+        // waited is checked again against its deadline.
+        let (permit, waited) = match self.inner.permits.clone().try_acquire_owned() {
+            Ok(permit) => (permit, false),
+            Err(_) => {
+                self.inner.waiting.fetch_add(1, Ordering::Relaxed);
+                let acquired = self.inner.permits.clone().acquire_owned().await;
+                self.inner.waiting.fetch_sub(1, Ordering::Relaxed);
+                (acquired.map_err(AppError::internal)?, true)
+            }
+        };
         self.inner.queue_wait.observe(queued.elapsed());
-        if let Some(deadline) = deadline {
+        if let Some(deadline) = deadline.filter(|_| waited) {
             let work = Duration::from_micros(self.inner.work_micros.load(Ordering::Relaxed));
             if tokio::time::Instant::now() + work > deadline {
                 return Err(AppError::Overloaded(self.expected_done_in()));
@@ -374,6 +394,30 @@ mod tests {
         iterations: 1,
         parallelism: 1,
     };
+
+    #[tokio::test]
+    async fn an_idle_pool_takes_work_whatever_its_estimate_says() -> anyhow::Result<()> {
+        // One slow spell (a starved machine) left an estimate longer than
+        // the deadline: the idle pool must still run the work, and so
+        // learn the real cost, instead of refusing every such call.
+        let h = PasswordHasher::new(FAST, 1)?;
+        for _ in 0..40 {
+            h.inner.record_work(Duration::from_secs(10));
+        }
+        assert!(h.expected_done_in() > Duration::from_secs(1));
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        let hashed = crate::deadline::within(deadline, h.hash(&pw("correct horse battery"))).await;
+        assert!(hashed.is_ok(), "{hashed:?}");
+        for _ in 0..40 {
+            crate::deadline::within(deadline, h.hash(&pw("correct horse battery"))).await?;
+        }
+        assert!(
+            h.expected_done_in() < Duration::from_secs(1),
+            "{:?}",
+            h.expected_done_in()
+        );
+        Ok(())
+    }
 
     #[tokio::test]
     async fn hashes_verify_and_dummy_never_matches() -> anyhow::Result<()> {
