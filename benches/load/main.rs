@@ -168,7 +168,8 @@ async fn main() -> std::process::ExitCode {
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     let mut flood_wrong = 0u64;
-    let mut startup_errors = 0u64;
+    // Steps that failed: a start-up, preparing a scenario.
+    let mut step_errors = 0u64;
     for scenario in &options.scenarios {
         if scenario.hashes_passwords() {
             baseline.measure(samples).await;
@@ -180,11 +181,25 @@ async fn main() -> std::process::ExitCode {
                     println!("{line}");
                 }
                 notes.extend(outcome.notes);
-                startup_errors += outcome.errors;
+                step_errors += outcome.errors;
                 Vec::new()
             }
             Scenario::Cleanup => unreachable!("args::parse allows cleanup only with --scale"),
             Scenario::Calls(mix) => {
+                if mix.lists_users() {
+                    match scenarios::prepare_list_starts(&mut states, &shared).await {
+                        Ok((places, took)) => notes.push(format!(
+                            "{}: each task pages from one of {places} places in the list of accounts \
+                             (found in {:.1} s)",
+                            mix.name,
+                            took.as_secs_f64()
+                        )),
+                        Err(e) => {
+                            notes.push(format!("{}: {e}", mix.name));
+                            step_errors += 1;
+                        }
+                    }
+                }
                 scenarios::run_mix(mix, &mut states, &shared, options.duration, server.pid).await
             }
             Scenario::Cache => {
@@ -274,7 +289,7 @@ async fn main() -> std::process::ExitCode {
     let errors_total = rows.iter().map(Row::error_count).sum::<u64>()
         + burst.as_ref().map_or(0, |b| b.row.error_count())
         + flood_wrong
-        + startup_errors;
+        + step_errors;
 
     if options.addr.is_none() {
         stop_server(&mut server).await;

@@ -53,6 +53,13 @@ pub struct Mix {
     pub ops: Vec<(Op, u32)>,
 }
 
+impl Mix {
+    /// Whether its tasks need places in the list of accounts first.
+    pub fn lists_users(&self) -> bool {
+        self.ops.iter().any(|(op, _)| *op == Op::ListUsers)
+    }
+}
+
 impl Scenario {
     pub fn by_name(name: &str) -> Option<Self> {
         let single = |op: Op| {
@@ -100,6 +107,12 @@ impl Scenario {
     }
 }
 
+/// Accounts per ListUsers page, and pages a task reads from its place in
+/// the list before it goes back there: the same calls, whatever the list's
+/// length, as long as it holds a few more than 60 accounts.
+pub const LIST_PAGE_SIZE: i32 = 20;
+pub const LIST_PAGES: u32 = 3;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     Health,
@@ -108,8 +121,9 @@ pub enum Op {
     GetUser,
     /// AdminService.LookupUser of the task's own address, in capitals.
     LookupUser,
-    /// AdminService.ListUsers, 50 a page: each task pages on from where it
-    /// was, and starts over after the last page.
+    /// AdminService.ListUsers: each task reads [`LIST_PAGES`] pages of
+    /// [`LIST_PAGE_SIZE`] from its own place in the list (see
+    /// [`prepare_list_starts`]), then goes back to that place.
     ListUsers,
     /// ListSessions of the task's own account (bearer token).
     ListSessions,
@@ -209,11 +223,16 @@ async fn call(
                 .service_authorization
                 .as_ref()
                 .ok_or_else(|| "no_service_key".to_owned())?;
+            let page_token = if state.list_page == 0 {
+                state.list_start.clone()
+            } else {
+                std::mem::take(&mut state.page_token)
+            };
             let r = admin
                 .list_users(bearer(
                     pb::ListUsersRequest {
-                        page_size: 50,
-                        page_token: std::mem::take(&mut state.page_token),
+                        page_size: LIST_PAGE_SIZE,
+                        page_token,
                     },
                     key,
                 ))
@@ -221,9 +240,15 @@ async fn call(
                 .map_err(|s| code_label(&s))?
                 .into_inner();
             // A page that is not the last is full.
-            if r.users.is_empty() || (!r.next_page_token.is_empty() && r.users.len() != 50) {
+            let full = usize::try_from(LIST_PAGE_SIZE).unwrap_or(usize::MAX);
+            if r.users.is_empty() || (!r.next_page_token.is_empty() && r.users.len() != full) {
                 return Err("short_page".into());
             }
+            state.list_page = if r.next_page_token.is_empty() {
+                0
+            } else {
+                (state.list_page + 1) % LIST_PAGES
+            };
             state.page_token = r.next_page_token;
             Ok(())
         }
@@ -330,6 +355,62 @@ fn pick(ops: &[(Op, u32)], rng: &mut u64) -> Op {
         r -= weight;
     }
     ops[ops.len() - 1].0
+}
+
+/// Gives each task a place in the list of accounts to page from (before a
+/// mix with ListUsers): cursors spread over the whole list, read with pages
+/// of 500 (a list of a million accounts is walked in 2 000 calls), or, for
+/// a list of up to 500, the place after its first account, so that the
+/// first page of each task's round is read with a cursor too. Returns how
+/// many places, and how long it took.
+pub async fn prepare_list_starts(
+    states: &mut [TaskState],
+    shared: &Shared,
+) -> Result<(usize, Duration), String> {
+    let started = Instant::now();
+    let key = shared
+        .service_authorization
+        .as_ref()
+        .ok_or_else(|| "no_service_key".to_owned())?;
+    let admin = AdminServiceClient::new(shared.channels[0].clone());
+    let page = |page_size: i32, page_token: String| {
+        let request = bearer(
+            pb::ListUsersRequest {
+                page_size,
+                page_token,
+            },
+            key,
+        );
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .list_users(request)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| format!("ListUsers while preparing: {}", code_label(&s)))
+        }
+    };
+    let mut cursors = Vec::new();
+    let mut token = String::new();
+    loop {
+        let r = page(500, token).await?;
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token.clone();
+        cursors.push(r.next_page_token);
+    }
+    // The last place may have fewer than a round's accounts after it.
+    cursors.pop();
+    if cursors.is_empty() {
+        cursors.push(page(1, String::new()).await?.next_page_token);
+    }
+    let tasks = states.len().max(1);
+    for (i, state) in states.iter_mut().enumerate() {
+        state.list_start = cursors[i * cursors.len() / tasks].clone();
+        state.list_page = 0;
+    }
+    Ok((cursors.len(), started.elapsed()))
 }
 
 /// What one run of a call mix measured: per operation, and the CPU used.

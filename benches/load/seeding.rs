@@ -35,8 +35,12 @@ pub struct TaskState {
     pub relogin: bool,
     pub rng: u64,
     pub registered: u64,
-    /// Where this task's ListUsers paging has got to (empty: the first page).
+    /// ListUsers: the place in the list this task pages from (a cursor;
+    /// empty: the start), the next page's cursor, and pages read since the
+    /// place.
+    pub list_start: String,
     pub page_token: String,
+    pub list_page: u32,
 }
 
 impl TaskState {
@@ -121,7 +125,9 @@ pub async fn sign_in_tasks(shared: &Arc<Shared>, concurrency: usize) -> Vec<Task
                 relogin: false,
                 rng: 0x9E37_79B9_7F4A_7C15 ^ (task as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03),
                 registered: 0,
+                list_start: String::new(),
                 page_token: String::new(),
+                list_page: 0,
             }
         }));
     }

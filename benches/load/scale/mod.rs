@@ -152,17 +152,25 @@ pub async fn run(options: &Options, scale: &Scale) -> u64 {
     println!();
     paired::table_header();
     let mut pairs: Vec<Pair> = Vec::new();
+    let mut preparations: Vec<String> = Vec::new();
     for scenario in &options.scenarios {
         if let Scenario::Calls(mix) = scenario {
-            for pair in paired::run(mix, &mut sides, options.duration).await {
+            let (new_pairs, found, failed) = paired::run(mix, &mut sides, options.duration).await;
+            for pair in new_pairs {
                 paired::table_row(&pair);
                 pairs.push(pair);
             }
+            preparations.extend(found);
+            errors += failed;
         }
     }
     let rss_after = sides.each_ref().map(|s| memory(&s.server));
 
     println!();
+    for line in preparations {
+        println!("{line}");
+        notes.push(line);
+    }
     for pair in pairs.iter().filter(|p| !p.name.starts_with(' ')) {
         let line = format!(
             "{}: seeded ÷ empty calls/s {:.0} / {:.0} = {:.2}; p50 {:.2} / {:.2} ms = {:.2}; p99 {:.2} / {:.2} ms = {:.2}{}",

@@ -77,7 +77,25 @@ const ORDER: [usize; 8] = [0, 1, 1, 0, 1, 0, 0, 1];
 
 /// Runs `mix` on `sides` (empty, seeded) in [`ORDER`], each leg a quarter
 /// of `duration`.
-pub async fn run(mix: &Mix, sides: &mut [Side; 2], duration: Duration) -> Vec<Pair> {
+/// Also returns what preparing the scenario found, and its failures.
+pub async fn run(mix: &Mix, sides: &mut [Side; 2], duration: Duration) -> (Vec<Pair>, Vec<String>, u64) {
+    let mut notes = Vec::new();
+    let mut failed = 0;
+    if mix.lists_users() {
+        for (label, s) in ["empty", "seeded"].into_iter().zip(sides.iter_mut()) {
+            match scenarios::prepare_list_starts(&mut s.states, &s.shared).await {
+                Ok((places, took)) => notes.push(format!(
+                    "{}, {label}: each task pages from one of {places} places in the list of accounts (found in {:.1} s)",
+                    mix.name,
+                    took.as_secs_f64()
+                )),
+                Err(e) => {
+                    notes.push(format!("{}, {label}: {e}", mix.name));
+                    failed += 1;
+                }
+            }
+        }
+    }
     let leg = duration / 4;
     let mut runs: [Option<MixRun>; 2] = [None, None];
     for side in ORDER {
@@ -89,7 +107,7 @@ pub async fn run(mix: &Mix, sides: &mut [Side; 2], duration: Duration) -> Vec<Pa
         });
     }
     let [empty, seeded] = runs.map(|r| scenarios::rows(mix, r.expect("both sides ran")));
-    empty
+    let pairs = empty
         .into_iter()
         .zip(seeded)
         .map(|(empty, seeded)| Pair {
@@ -98,7 +116,8 @@ pub async fn run(mix: &Mix, sides: &mut [Side; 2], duration: Duration) -> Vec<Pa
             empty,
             seeded,
         })
-        .collect()
+        .collect();
+    (pairs, notes, failed)
 }
 
 pub fn table_header() {
