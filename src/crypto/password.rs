@@ -55,6 +55,10 @@ pub struct PasswordHasher {
     inner: Arc<Inner>,
 }
 
+/// An idle pool trusts its estimate of the work's duration this long after
+/// work last updated it; then it takes work to learn the current cost.
+const PROBE_AFTER: Duration = Duration::from_secs(2);
+
 struct Inner {
     params: Params,
     permits: Arc<Semaphore>,
@@ -71,6 +75,10 @@ struct Inner {
     /// Moving average of one piece of work, in microseconds: with the queue
     /// it predicts when a newcomer would be done.
     work_micros: AtomicU64,
+    /// When the last piece of work ended (or the pool started), in
+    /// microseconds since `started`.
+    last_work_micros: AtomicU64,
+    started: Instant,
 }
 
 /// Occupancy of the hashing pool at one moment.
@@ -141,6 +149,8 @@ impl PasswordHasher {
                 queue_wait: DurationHistogram::new(QUEUE_WAIT_BUCKETS),
                 waiting: AtomicUsize::new(0),
                 work_micros: AtomicU64::new(micros(first_hash)),
+                last_work_micros: AtomicU64::new(0),
+                started: Instant::now(),
             }),
         })
     }
@@ -193,6 +203,18 @@ impl PasswordHasher {
         .await?
     }
 
+    /// An idle pool with a stale estimate: work now is a probe, whose time
+    /// replaces the estimate instead of moving it by an eighth.
+    fn probing(&self) -> bool {
+        self.idle() && self.estimate_age() > PROBE_AFTER
+    }
+
+    /// Time since the estimate last learnt from finished work.
+    fn estimate_age(&self) -> Duration {
+        let last = Duration::from_micros(self.inner.last_work_micros.load(Ordering::Relaxed));
+        self.inner.started.elapsed().saturating_sub(last)
+    }
+
     /// A worker is free and nobody waits for one.
     fn idle(&self) -> bool {
         self.inner.waiting.load(Ordering::Relaxed) == 0 && self.inner.permits.available_permits() > 0
@@ -216,12 +238,12 @@ impl PasswordHasher {
     /// Refuses at once ([`AppError::Overloaded`]) when work queued now
     /// could not be done before the call's deadline; fine outside a call.
     ///
-    /// A worker that is free, with nobody waiting for it, always takes the
-    /// work: the estimate only learns by working, and an idle pool that
-    /// refused because of one slow spell would refuse every call with a
-    /// short deadline for good.
+    /// An idle pool whose estimate is older than [`PROBE_AFTER`] takes the
+    /// work whatever the estimate says: only work updates it, and a pool
+    /// that refused because of one slow spell (a starved machine) would
+    /// otherwise refuse every call with a short deadline for good.
     pub fn admit(&self) -> Result<(), AppError> {
-        if self.idle() {
+        if self.probing() {
             return Ok(());
         }
         if let Some(deadline) = crate::deadline::current() {
@@ -246,11 +268,12 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, AppError> {
+        let probe = self.probing();
         self.admit()?;
         let deadline = crate::deadline::current();
         let queued = Instant::now();
-        // Work that found a worker free runs (see `admit`); only work that
-        // waited is checked again against its deadline.
+        // Work that found a worker free was judged by `admit`; work that
+        // waited is judged again, by the time it is to start.
         let (permit, waited) = match self.inner.permits.clone().try_acquire_owned() {
             Ok(permit) => (permit, false),
             Err(_) => {
@@ -278,7 +301,7 @@ impl PasswordHasher {
             let _permit = permit;
             let started = Instant::now();
             let done = span.in_scope(work);
-            inner.record_work(started.elapsed());
+            inner.record_work(started.elapsed(), probe && !waited);
             done
         })
         .await
@@ -290,8 +313,14 @@ impl Inner {
     /// Folds one piece of work into the average (weight 1/8: recent
     /// enough to follow a change of load, smooth enough to ignore one
     /// outlier).
-    fn record_work(&self, took: Duration) {
+    fn record_work(&self, took: Duration, probe: bool) {
+        self.last_work_micros
+            .store(micros(self.started.elapsed()), Ordering::Relaxed);
         let took = micros(took);
+        if probe {
+            self.work_micros.store(took, Ordering::Relaxed);
+            return;
+        }
         let _ = self
             .work_micros
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
@@ -402,9 +431,16 @@ mod tests {
         // learn the real cost, instead of refusing every such call.
         let h = PasswordHasher::new(FAST, 1)?;
         for _ in 0..40 {
-            h.inner.record_work(Duration::from_secs(10));
+            h.inner.record_work(Duration::from_secs(10), false);
         }
         assert!(h.expected_done_in() > Duration::from_secs(1));
+        // While the estimate is fresh it is trusted: refused at once.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        let refused = crate::deadline::within(deadline, h.hash(&pw("correct horse battery"))).await;
+        assert!(matches!(refused, Err(AppError::Overloaded(_))), "{refused:?}");
+        // Once it is stale, the idle pool works and learns.
+        h.inner.last_work_micros.store(0, Ordering::Relaxed);
+        tokio::time::sleep(PROBE_AFTER + Duration::from_millis(50)).await;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
         let hashed = crate::deadline::within(deadline, h.hash(&pw("correct horse battery"))).await;
         assert!(hashed.is_ok(), "{hashed:?}");
