@@ -35,6 +35,9 @@ pub struct Config {
     /// Link template of verification mails, with `{token}`.
     pub verify_url: String,
     pub verify_token_ttl: Duration,
+    /// How long a link mailed by ChangeEmail works: shorter than a
+    /// verification link, since it moves the account to another mailbox.
+    pub email_change_ttl: Duration,
     /// Login refuses a correct password while the address is unverified.
     pub require_verified_email: bool,
     pub metrics_listen: Option<SocketAddr>,
@@ -102,6 +105,7 @@ impl Default for Config {
             reset_url: "http://localhost:3000/reset-password?token={token}".into(),
             verify_url: "http://localhost:3000/verify-email?token={token}".into(),
             verify_token_ttl: Duration::from_secs(86_400),
+            email_change_ttl: Duration::from_secs(3_600),
             require_verified_email: false,
             metrics_listen: None,
             tls_cert: None,
@@ -221,6 +225,9 @@ impl Config {
         });
         v.read("AUTHD_VERIFY_TOKEN_TTL", |s| {
             duration_into(s, &mut self.verify_token_ttl)
+        });
+        v.read("AUTHD_EMAIL_CHANGE_TTL", |s| {
+            duration_into(s, &mut self.email_change_ttl)
         });
         v.read("AUTHD_REQUIRE_VERIFIED_EMAIL", |s| {
             self.require_verified_email = parse_bool(s)?;
@@ -353,6 +360,10 @@ impl Config {
         }
         if self.verify_token_ttl < Duration::from_secs(60) {
             errors.push("AUTHD_VERIFY_TOKEN_TTL must be at least 1m".into());
+        }
+        if self.email_change_ttl < Duration::from_secs(60) || self.email_change_ttl > self.verify_token_ttl {
+            errors
+                .push("AUTHD_EMAIL_CHANGE_TTL must be at least 1m and at most AUTHD_VERIFY_TOKEN_TTL".into());
         }
         if !self.cleanup_interval.is_zero() && self.cleanup_interval < Duration::from_secs(1) {
             errors.push("AUTHD_CLEANUP_INTERVAL must be 0 (off) or at least 1s".into());
@@ -504,6 +515,7 @@ mod tests {
         assert_eq!(c.access_token_ttl, Duration::from_secs(900));
         assert_eq!(c.argon2, Argon2Settings::default());
         assert_eq!(c.verify_token_ttl, Duration::from_secs(86_400));
+        assert_eq!(c.email_change_ttl, Duration::from_secs(3_600));
         assert!(!c.require_verified_email);
     }
 

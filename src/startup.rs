@@ -270,6 +270,7 @@ async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Metr
             reset_ttl: config.reset_token_ttl,
             verify_url: config.verify_url.clone(),
             verify_ttl: config.verify_token_ttl,
+            change_ttl: config.email_change_ttl,
             queued: Default::default(),
             reset_requested: Default::default(),
         },

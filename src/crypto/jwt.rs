@@ -180,10 +180,16 @@ impl AccessTokens {
         session_id: Uuid,
         roles: &[String],
         now: DateTime<Utc>,
+        session_expires_at: DateTime<Utc>,
     ) -> anyhow::Result<IssuedAccess> {
         let signer = &self.inner.keys[0];
         let iat = now.timestamp();
-        let ttl = i64::try_from(self.inner.ttl.as_secs())?;
+        // Never past the session's own end: a revocation lists only sessions
+        // that are still live, so a token outliving its session would stay
+        // valid at local verifiers after its user's sessions were ended.
+        let ttl = i64::try_from(self.inner.ttl.as_secs())?
+            .min(session_expires_at.timestamp() - iat)
+            .max(0);
         let claims = AccessClaims {
             iss: self.inner.issuer.clone(),
             aud: self.inner.audience.clone(),
@@ -204,7 +210,7 @@ impl AccessTokens {
         URL_SAFE_NO_PAD.encode_string(signature, &mut token);
         Ok(IssuedAccess {
             token,
-            expires_in: self.inner.ttl,
+            expires_in: std::time::Duration::from_secs(u64::try_from(ttl)?),
         })
     }
 
@@ -290,14 +296,16 @@ mod tests {
     fn validity_is_judged_at_the_given_time() {
         let t = tokens();
         let issued_at = Utc::now() - chrono::Duration::days(1);
-        let issued = t.issue(Uuid::new_v4(), Uuid::new_v4(), &[], issued_at).unwrap();
+        let issued = t
+            .issue(Uuid::new_v4(), Uuid::new_v4(), &[], issued_at, far_future())
+            .unwrap();
         assert!(t.verify(&issued.token, issued_at).is_ok(), "valid when issued");
         let after = issued_at + chrono::Duration::seconds(900 + LEEWAY_SECS as i64 + 1);
         assert_eq!(t.verify(&issued.token, after), Err(TokenProblem::Expired));
         let before = issued_at - chrono::Duration::seconds(LEEWAY_SECS as i64 + 1);
         let fresh = tokens();
         let early = fresh
-            .issue(Uuid::new_v4(), Uuid::new_v4(), &[], issued_at)
+            .issue(Uuid::new_v4(), Uuid::new_v4(), &[], issued_at, far_future())
             .unwrap();
         assert_eq!(
             fresh.verify(&early.token, before),
@@ -306,11 +314,33 @@ mod tests {
         );
     }
 
+    fn far_future() -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::days(30)
+    }
+
+    #[test]
+    fn a_token_never_outlives_its_session() {
+        let t = tokens();
+        let now = Utc::now();
+        let session_ends = now + chrono::Duration::seconds(60);
+        let issued = t
+            .issue(Uuid::new_v4(), Uuid::new_v4(), &[], now, session_ends)
+            .unwrap();
+        assert_eq!(issued.expires_in, std::time::Duration::from_secs(60));
+        let after = session_ends + chrono::Duration::seconds(LEEWAY_SECS as i64 + 1);
+        assert_eq!(t.verify(&issued.token, after), Err(TokenProblem::Expired));
+        // A session further away than the lifetime leaves the lifetime.
+        let long = t
+            .issue(Uuid::new_v4(), Uuid::new_v4(), &[], now, far_future())
+            .unwrap();
+        assert_eq!(long.expires_in, std::time::Duration::from_secs(900));
+    }
+
     #[test]
     fn issued_tokens_verify() {
         let t = tokens();
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
-        let issued = t.issue(user, session, &[], Utc::now()).unwrap();
+        let issued = t.issue(user, session, &[], Utc::now(), far_future()).unwrap();
         let v = t.verify(&issued.token, Utc::now()).unwrap();
         assert_eq!((v.user_id, v.session_id), (user, session));
     }
@@ -324,7 +354,9 @@ mod tests {
         let es_kid = es.kid.clone();
         // The first key signs; the second only verifies.
         let t = AccessTokens::new(vec![es, ed], "iss", "aud", Duration::from_secs(60)).unwrap();
-        let issued = t.issue(Uuid::new_v4(), Uuid::new_v4(), &[], Utc::now()).unwrap();
+        let issued = t
+            .issue(Uuid::new_v4(), Uuid::new_v4(), &[], Utc::now(), far_future())
+            .unwrap();
         let header = jsonwebtoken::decode_header(&issued.token).unwrap();
         assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
         assert_eq!(header.kid.as_deref(), Some(es_kid.as_str()));
@@ -335,10 +367,14 @@ mod tests {
     #[test]
     fn tokens_of_another_key_or_expired_are_refused() {
         let (a, b) = (tokens(), tokens());
-        let issued = a.issue(Uuid::new_v4(), Uuid::new_v4(), &[], Utc::now()).unwrap();
+        let issued = a
+            .issue(Uuid::new_v4(), Uuid::new_v4(), &[], Utc::now(), far_future())
+            .unwrap();
         assert_eq!(b.verify(&issued.token, Utc::now()), Err(TokenProblem::Invalid));
         let old = Utc::now() - chrono::Duration::hours(1);
-        let expired = a.issue(Uuid::new_v4(), Uuid::new_v4(), &[], old).unwrap();
+        let expired = a
+            .issue(Uuid::new_v4(), Uuid::new_v4(), &[], old, far_future())
+            .unwrap();
         assert_eq!(a.verify(&expired.token, Utc::now()), Err(TokenProblem::Expired));
         assert_eq!(a.verify("garbage", Utc::now()), Err(TokenProblem::Invalid));
         assert_eq!(
@@ -350,7 +386,9 @@ mod tests {
     #[test]
     fn a_remembered_token_still_expires_and_a_tampered_one_is_checked_afresh() {
         let t = tokens();
-        let issued = t.issue(Uuid::new_v4(), Uuid::new_v4(), &[], Utc::now()).unwrap();
+        let issued = t
+            .issue(Uuid::new_v4(), Uuid::new_v4(), &[], Utc::now(), far_future())
+            .unwrap();
         assert!(t.verify(&issued.token, Utc::now()).is_ok());
         assert!(
             t.verify(&issued.token, Utc::now()).is_ok(),

@@ -1,9 +1,10 @@
 //! The `password_reset_tokens` table, and the account lookups of password
 //! recovery.
 //!
-//! A reset token is usable while it is neither consumed nor superseded and
-//! has not expired; every query that accepts one repeats that condition with
-//! the caller's `now`.
+//! A reset token is usable while it is neither consumed nor superseded, has
+//! not expired and was issued under the account's current security stamp;
+//! every query that accepts one repeats that condition with the caller's
+//! `now`.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
@@ -84,7 +85,8 @@ pub async fn insert_token(
     expires_at: DateTime<Utc>,
 ) -> Result<(), AppError> {
     sqlx::query(
-        "INSERT INTO password_reset_tokens (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO password_reset_tokens (token_hash, user_id, created_at, expires_at, security_stamp)
+         SELECT $1, $2, $3, $4, u.security_stamp FROM users u WHERE u.id = $2",
     )
     .bind(hash.as_bytes())
     .bind(user_id)
@@ -107,7 +109,7 @@ pub async fn usable_token_owner<'e>(
         "SELECT u.id, u.email, u.username
            FROM password_reset_tokens t JOIN users u ON u.id = t.user_id
           WHERE t.token_hash = $1 AND t.consumed_at IS NULL AND t.superseded_at IS NULL
-            AND t.expires_at > $2 AND u.disabled_at IS NULL",
+            AND t.expires_at > $2 AND u.disabled_at IS NULL AND u.security_stamp = t.security_stamp",
     )
     .bind(hash.as_bytes())
     .bind(now)
@@ -125,9 +127,12 @@ pub async fn consume(
     now: DateTime<Utc>,
 ) -> Result<Option<Uuid>, AppError> {
     Ok(sqlx::query_scalar(
-        "UPDATE password_reset_tokens SET consumed_at = $2
-          WHERE token_hash = $1 AND consumed_at IS NULL AND superseded_at IS NULL AND expires_at > $2
-         RETURNING user_id",
+        "UPDATE password_reset_tokens t SET consumed_at = $2
+           FROM users u
+          WHERE t.token_hash = $1 AND t.consumed_at IS NULL AND t.superseded_at IS NULL
+            AND t.expires_at > $2
+            AND u.id = t.user_id AND u.security_stamp = t.security_stamp
+         RETURNING t.user_id",
     )
     .bind(hash.as_bytes())
     .bind(now)

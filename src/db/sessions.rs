@@ -248,9 +248,20 @@ pub async fn revoke_by_refresh_token<'e>(
     .await?)
 }
 
+/// How long after its expiry a session is still listed by a revocation:
+/// twice the largest leeway a verifier may allow (30 s, RFC 8725 practice
+/// and the verifier crate's cap), for clocks that disagree.
+pub const EXPIRED_STILL_LISTED: chrono::Duration = chrono::Duration::seconds(60);
+
 /// Ends every live session of a user, except `keep` if given, and records
 /// one USER_SESSIONS_ENDED event listing them, in one statement. Returns
 /// how many ended.
+///
+/// The event also lists sessions that reached their expiry within the last
+/// [`EXPIRED_STILL_LISTED`]: their last access token ends with the session
+/// (it is capped at the session's expiry) but a verifier still accepts it
+/// for its leeway, so it must hear of the revocation too. Those are not
+/// counted: they had ended already.
 #[tracing::instrument(skip_all)]
 pub async fn revoke_all_for_user<'e>(
     db: impl PgExecutor<'e>,
@@ -264,9 +275,9 @@ pub async fn revoke_all_for_user<'e>(
         "WITH ended AS (
              UPDATE sessions SET revoked_at = $3, revoked_reason = $4
               WHERE user_id = $1 AND revoked_at IS NULL AND ($2::uuid IS NULL OR id <> $2)
-                AND idle_expires_at > $3 AND absolute_expires_at > $3
-             RETURNING id)
-         SELECT count(*),
+                AND idle_expires_at > $5 AND absolute_expires_at > $5
+             RETURNING id, LEAST(idle_expires_at, absolute_expires_at) > $3 AS live)
+         SELECT count(*) FILTER (WHERE live),
                 CASE WHEN count(*) > 0
                      THEN authd_record_revocation('USER_SESSIONS_ENDED', $1, array_agg(id), $3)
                 END
@@ -276,6 +287,7 @@ pub async fn revoke_all_for_user<'e>(
     .bind(keep)
     .bind(now)
     .bind(reason)
+    .bind(now - EXPIRED_STILL_LISTED)
     .fetch_one(db)
     .await?;
     Ok(u64::try_from(ended).unwrap_or(0))

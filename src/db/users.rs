@@ -435,6 +435,18 @@ pub async fn lock(tx: &mut PgConnection, id: Uuid) -> Result<Option<User>, AppEr
         .map(User::from))
 }
 
+/// Moves the account's security stamp on: every link issued under the old
+/// stamp (verification, address change, password reset) stops working.
+/// Called in the transaction of each change of who controls the account.
+#[tracing::instrument(skip_all, fields(%id))]
+pub async fn rotate_security_stamp(tx: &mut PgConnection, id: Uuid) -> Result<(), AppError> {
+    sqlx::query("UPDATE users SET security_stamp = security_stamp + 1 WHERE id = $1")
+        .bind(id)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
 /// Deletes an account; its sessions, refresh tokens, reset and
 /// verification tokens and the mail sent about it go with it by cascade.
 /// Returns whether it existed.

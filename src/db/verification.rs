@@ -2,9 +2,9 @@
 //! either the account's own (`Purpose::Verify`) or one it moves to
 //! (`Purpose::Change`).
 //!
-//! A token is usable while it is neither consumed nor superseded and has not
-//! expired; every query that accepts one repeats that condition with the
-//! caller's `now`.
+//! A token is usable while it is neither consumed nor superseded, has not
+//! expired and was issued under the account's current security stamp; every
+//! query that accepts one repeats that condition with the caller's `now`.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -128,8 +128,9 @@ pub async fn insert_token(
     now: DateTime<Utc>,
 ) -> Result<(), AppError> {
     sqlx::query(
-        "INSERT INTO email_verification_tokens (token_hash, user_id, purpose, email, created_at, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO email_verification_tokens
+                (token_hash, user_id, purpose, email, created_at, expires_at, security_stamp)
+         SELECT $1, $2, $3, $4, $5, $6, u.security_stamp FROM users u WHERE u.id = $2",
     )
     .bind(token.hash.as_bytes())
     .bind(token.user_id)
@@ -173,9 +174,12 @@ pub async fn consume(
     now: DateTime<Utc>,
 ) -> Result<Option<ConsumedToken>, AppError> {
     Ok(sqlx::query_as::<_, ConsumedToken>(
-        "UPDATE email_verification_tokens SET consumed_at = $2
-          WHERE token_hash = $1 AND consumed_at IS NULL AND superseded_at IS NULL AND expires_at > $2
-         RETURNING user_id, purpose, email",
+        "UPDATE email_verification_tokens t SET consumed_at = $2
+           FROM users u
+          WHERE t.token_hash = $1 AND t.consumed_at IS NULL AND t.superseded_at IS NULL
+            AND t.expires_at > $2
+            AND u.id = t.user_id AND u.security_stamp = t.security_stamp
+         RETURNING t.user_id, t.purpose, t.email",
     )
     .bind(hash.as_bytes())
     .bind(now)

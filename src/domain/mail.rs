@@ -24,17 +24,20 @@ pub enum MailKind {
     EmailChange,
     /// The notice to the old address that a move was asked for.
     EmailChangeNotice,
+    /// The notice to the old address that the account has moved.
+    EmailChanged,
     /// The notice that an account and its data were deleted.
     AccountDeleted,
 }
 
 impl MailKind {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::PasswordReset,
         Self::PasswordChanged,
         Self::EmailVerification,
         Self::EmailChange,
         Self::EmailChangeNotice,
+        Self::EmailChanged,
         Self::AccountDeleted,
     ];
 
@@ -45,6 +48,7 @@ impl MailKind {
             Self::EmailVerification => "email_verification",
             Self::EmailChange => "email_change",
             Self::EmailChangeNotice => "email_change_notice",
+            Self::EmailChanged => "email_changed",
             Self::AccountDeleted => "account_deleted",
         }
     }
@@ -254,8 +258,8 @@ pub fn email_change_notice(recipient: &str, at: DateTime<Utc>) -> OutgoingMail {
          On {when} someone signed in to the account {recipient} asked to move it to \
          another email address. The address changes only once the link sent to the \
          new address is opened.\n\n\
-         If you did not ask for this, change your password now and tell your \
-         administrator.\n"
+         If you did not ask for this, change your password now: that cancels the \
+         move, and signs out every other device. Then tell your administrator.\n"
     );
     let html = format!(
         "<!DOCTYPE html>\n<html><body>\n\
@@ -263,8 +267,8 @@ pub fn email_change_notice(recipient: &str, at: DateTime<Utc>) -> OutgoingMail {
          <p>On {when} someone signed in to the account {recipient} asked to move it to \
          another email address. The address changes only once the link sent to the \
          new address is opened.</p>\n\
-         <p>If you did not ask for this, change your password now and tell your \
-         administrator.</p>\n\
+         <p>If you did not ask for this, change your password now: that cancels the \
+         move, and signs out every other device. Then tell your administrator.</p>\n\
          </body></html>\n",
         recipient = escape_html(recipient),
     );
@@ -272,6 +276,41 @@ pub fn email_change_notice(recipient: &str, at: DateTime<Utc>) -> OutgoingMail {
         kind: MailKind::EmailChangeNotice,
         recipient: recipient.to_owned(),
         subject: "Your email address is about to change".into(),
+        text,
+        html,
+        expires_at: at + NOTIFICATION_LIFETIME,
+    }
+}
+
+/// The notice to the address an account had that it now has another one.
+/// Like the request notice, it carries no link and not the new address:
+/// the old mailbox may no longer be the owner's, and the new one is none of
+/// its business.
+pub fn email_changed_notice(recipient: &str, at: DateTime<Utc>) -> OutgoingMail {
+    let when = at.format("%Y-%m-%d %H:%M UTC");
+    let text = format!(
+        "Hello,\n\n\
+         On {when} the account that used {recipient} moved to another email address, \
+         confirmed with a link mailed to that address. This address no longer signs \
+         in to it and gets no more mail about it.\n\n\
+         If you did not do this, your account may have been taken over: tell your \
+         administrator now.\n"
+    );
+    let html = format!(
+        "<!DOCTYPE html>\n<html><body>\n\
+         <p>Hello,</p>\n\
+         <p>On {when} the account that used {recipient} moved to another email address, \
+         confirmed with a link mailed to that address. This address no longer signs \
+         in to it and gets no more mail about it.</p>\n\
+         <p>If you did not do this, your account may have been taken over: tell your \
+         administrator now.</p>\n\
+         </body></html>\n",
+        recipient = escape_html(recipient),
+    );
+    OutgoingMail {
+        kind: MailKind::EmailChanged,
+        recipient: recipient.to_owned(),
+        subject: "Your email address was changed".into(),
         text,
         html,
         expires_at: at + NOTIFICATION_LIFETIME,

@@ -20,6 +20,8 @@ pub struct MailSettings {
     /// Link template of verification and email-change mails, with `{token}`.
     pub verify_url: String,
     pub verify_ttl: Duration,
+    /// How long an email-change link works.
+    pub change_ttl: Duration,
     /// Wakes this process's worker after a commit that queued mail, so
     /// delivery does not wait for the next poll.
     pub queued: Arc<Notify>,

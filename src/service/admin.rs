@@ -194,8 +194,9 @@ impl Core {
         Ok((users, next))
     }
 
-    /// Disables the account and ends every session of it, in one
-    /// transaction; every replica's caches hear of both.
+    /// Disables the account, ends every session of it and kills its
+    /// outstanding links, in one transaction; every replica's caches hear
+    /// of it. Enabling it later does not bring the links back.
     #[tracing::instrument(skip_all)]
     pub async fn disable_user(&self, user_id: &str, now: DateTime<Utc>) -> Result<User, AppError> {
         let id = parse_user_id(user_id)?;
@@ -203,6 +204,7 @@ impl Core {
         let user = db::users::set_disabled(&mut *tx, id, true, now)
             .await?
             .ok_or(AppError::UserNotFound)?;
+        db::users::rotate_security_stamp(&mut tx, id).await?;
         let ended = db::sessions::revoke_all_for_user(&mut *tx, id, None, "user_disabled", now).await?;
         db::revocations::record_user_disabled(&mut *tx, id, now).await?;
         tx.commit().await?;
@@ -252,14 +254,22 @@ impl Core {
         Ok(user)
     }
 
-    /// Ends every live session of the account; how many there were.
+    /// Ends every live session of the account and kills its outstanding
+    /// links (a service ends sessions when it suspects a takeover, and a
+    /// link kept by the intruder would undo that); how many sessions there
+    /// were.
     #[tracing::instrument(skip_all)]
     pub async fn revoke_user_sessions(&self, user_id: &str, now: DateTime<Utc>) -> Result<u64, AppError> {
         let id = parse_user_id(user_id)?;
-        if db::users::by_id(&self.db, id).await?.is_none() {
+        let mut tx = self.db.begin().await?;
+        // The account first, in the order every other change locks it; the
+        // revocation log's counter last.
+        if db::users::lock(&mut tx, id).await?.is_none() {
             return Err(AppError::UserNotFound);
         }
-        let ended = db::sessions::revoke_all_for_user(&self.db, id, None, "revoked_by_service", now).await?;
+        db::users::rotate_security_stamp(&mut tx, id).await?;
+        let ended = db::sessions::revoke_all_for_user(&mut *tx, id, None, "revoked_by_service", now).await?;
+        tx.commit().await?;
         self.cache.evict_user(id);
         Ok(ended)
     }

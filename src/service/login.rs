@@ -14,10 +14,18 @@ use crate::error::{AppError, Violation};
 /// Longest login string worth looking up (an email's maximum).
 const MAX_LOGIN_LEN: usize = 254;
 
-/// The throttle counter of an account's password checks (Login and
-/// ChangePassword share it).
+/// The throttle counter of an account's password checks (Login by email,
+/// ChangePassword and the other checks of a bearer's password share it).
 pub(super) fn throttle_key_for_user(user_id: Uuid) -> String {
     format!("user:{user_id}")
+}
+
+/// The throttle counter of Login by username. Apart from the account's
+/// other counter: were they one, failures through an email address would
+/// throttle a username, and an attacker would learn that both name one
+/// account. The price is a second back-off ladder for the same password.
+pub(super) fn username_throttle_key_for_user(user_id: Uuid) -> String {
+    format!("user:{user_id}:username")
 }
 
 /// The throttle counter of a login string that names no account. It is
@@ -67,7 +75,8 @@ impl Core {
 
         // A login that cannot name an account still costs a lookup and a
         // hash, so neither timing nor answer tells which accounts exist.
-        let credentials = if login.contains('@') {
+        let by_email = login.contains('@');
+        let credentials = if by_email {
             match Email::parse(login) {
                 Ok(email) => db::users::find_credentials(&self.db, LoginKey::Email(email.as_str())).await?,
                 Err(_) => None,
@@ -81,7 +90,8 @@ impl Core {
         // Known and unknown accounts are throttled alike, so a throttled
         // answer does not tell them apart either.
         let throttle_key = match &credentials {
-            Some(c) => throttle_key_for_user(c.user.id),
+            Some(c) if by_email => throttle_key_for_user(c.user.id),
+            Some(c) => username_throttle_key_for_user(c.user.id),
             None => unknown_login_throttle_key(login),
         };
         let charge = self.charge_attempt(&throttle_key, &Backoff::LOGIN, now).await?;
@@ -183,7 +193,7 @@ impl Core {
     ) -> Result<TokenPair, AppError> {
         let access = self
             .tokens
-            .issue(user_id, session_id, roles, now)
+            .issue(user_id, session_id, roles, now, refresh_expires_at)
             .map_err(AppError::internal)?;
         Ok(TokenPair {
             access_token: access.token,

@@ -233,6 +233,7 @@ impl Core {
         };
         let mut counters = vec![
             throttle_key,
+            super::login::username_throttle_key_for_user(account.id),
             super::login::unknown_login_throttle_key(&account.email),
         ];
         if let Some(username) = &account.username {

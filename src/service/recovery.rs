@@ -170,8 +170,10 @@ impl Core {
     }
 
     /// What every password change does inside its transaction besides
-    /// replacing the hash: outstanding reset links stop working, and the
-    /// owner is told by mail. The caller wakes the mail worker after commit.
+    /// replacing the hash: every outstanding link (reset, verification,
+    /// address change) stops working, so one kept by whoever knew the old
+    /// password cannot move the account afterwards, and the owner is told
+    /// by mail. The caller wakes the mail worker after commit.
     pub(super) async fn record_password_change(
         &self,
         tx: &mut PgConnection,
@@ -180,6 +182,7 @@ impl Core {
         now: DateTime<Utc>,
     ) -> Result<(), AppError> {
         db::recovery::supersede_all(tx, user_id, now).await?;
+        db::users::rotate_security_stamp(tx, user_id).await?;
         db::outbox::enqueue(tx, &outbox::password_changed(email, now), Some(user_id), now).await?;
         Ok(())
     }

@@ -105,6 +105,9 @@ impl Core {
         {
             return Err(AppError::Token(TokenProblem::SessionRevoked));
         }
+        // Signing out everywhere else is what an owner does who suspects
+        // someone else is in: links that someone may have asked for die too.
+        db::users::rotate_security_stamp(&mut tx, bearer.user_id).await?;
         let ended = db::sessions::revoke_all_for_user(
             &mut *tx,
             bearer.user_id,

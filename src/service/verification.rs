@@ -37,7 +37,10 @@ impl Core {
         now: DateTime<Utc>,
     ) -> Result<(), AppError> {
         let token = NewToken::generate(TokenKind::EmailVerification).map_err(AppError::internal)?;
-        let ttl = self.mail.verify_ttl;
+        let ttl = match purpose {
+            Purpose::Verify => self.mail.verify_ttl,
+            Purpose::Change => self.mail.change_ttl,
+        };
         let expires_at = now + chrono_duration(ttl);
         db::verification::supersede(tx, user_id, Some(purpose), now).await?;
         db::verification::insert_token(
@@ -226,10 +229,11 @@ impl Core {
         let Some(owner) = db::verification::owner(&mut tx, &hash).await? else {
             return Err(AppError::InvalidVerifyToken);
         };
-        // A disabled account's links wait, unused, until it is enabled.
-        if db::verification::lock_account(&mut tx, owner).await?.is_none() {
+        // A disabled account's links are dead (disabling moved its security
+        // stamp on); this answers alike before the token is looked at.
+        let Some(account) = db::verification::lock_account(&mut tx, owner).await? else {
             return Err(AppError::InvalidVerifyToken);
-        }
+        };
         let token = db::verification::consume(&mut tx, &hash, now)
             .await?
             .ok_or(AppError::InvalidVerifyToken)?;
@@ -245,15 +249,30 @@ impl Core {
         .ok_or(AppError::InvalidVerifyToken)?;
         if token.purpose == Purpose::Change {
             // Links mailed to the old address, to verify it or to reset the
-            // password, no longer reach the account's owner.
+            // password, no longer reach the account's owner; nor does any
+            // other link issued before the move.
             db::verification::supersede(&mut tx, user.id, None, now).await?;
             db::recovery::supersede_all(&mut tx, user.id, now).await?;
+            db::users::rotate_security_stamp(&mut tx, user.id).await?;
+            // The old address hears of the move when it happens, not only
+            // when it was asked for: a move the owner did not make is then
+            // never silent, even when the request notice went unread.
+            db::outbox::enqueue(
+                &mut tx,
+                &outbox::email_changed_notice(&account.email, now),
+                Some(user.id),
+                now,
+            )
+            .await?;
         }
         if let Some(key) = guess_key {
             db::throttle::refund(&mut *tx, key, &Backoff::VERIFY_GUESSES).await?;
         }
         tx.commit().await?;
         self.cache.evict_user(user.id);
+        if token.purpose == Purpose::Change {
+            self.mail.queued.notify_one();
+        }
         tracing::info!(user_id = %user.id, switched = token.purpose == Purpose::Change, "email address verified");
         Ok(user)
     }

@@ -466,3 +466,41 @@ async fn a_password_change_that_fails_midway_changes_nothing() {
     refresh(&app, &this.refresh_token).await.unwrap();
     app.login(&user.email, PASSWORD).await.unwrap();
 }
+
+/// A token that outlived its session would stay valid at local verifiers
+/// after every session of its user was ended (a revocation names only
+/// sessions that could still be used), so its expiry is capped at the
+/// session's: here 90 s of absolute lifetime against 15 min of token.
+#[tokio::test]
+async fn an_access_token_ends_with_its_session() {
+    let app = spawn_app_with(|c| {
+        c.access_token_ttl = Duration::from_secs(900);
+        c.session_idle_ttl = Duration::from_secs(90);
+        c.session_max_ttl = Duration::from_secs(90);
+    })
+    .await;
+    let user = app
+        .register(
+            &format!("capped-{}@example.com", uuid::Uuid::new_v4().simple()),
+            PASSWORD,
+        )
+        .await;
+    let tokens = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+    let claims = crate::admin::claims(&tokens.access_token);
+    let (iat, exp) = (claims["iat"].as_i64().unwrap(), claims["exp"].as_i64().unwrap());
+    let session_ends: i64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM LEAST(idle_expires_at, absolute_expires_at))::bigint
+           FROM sessions WHERE user_id = $1::uuid",
+    )
+    .bind(&user.id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(exp <= session_ends, "exp {exp}, session ends {session_ends}");
+    assert!(exp - iat <= 90, "lifetime {}", exp - iat);
+    assert!(tokens.expires_in <= 90, "expires_in {}", tokens.expires_in);
+    // Refresh issues a token capped the same way.
+    let next = refresh(&app, &tokens.refresh_token).await.unwrap();
+    let exp = crate::admin::claims(&next.access_token)["exp"].as_i64().unwrap();
+    assert!(exp <= session_ends + 1, "exp {exp}, session ends {session_ends}");
+}

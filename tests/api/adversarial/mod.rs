@@ -11,6 +11,7 @@ mod raw_h2;
 mod secrets_in_logs;
 mod service_keys;
 mod stolen_database;
+mod takeover;
 mod transport_limits;
 
 use std::time::{Duration, Instant};
