@@ -20,7 +20,7 @@ const NEW_PASSWORD: &str = "another long passphrase for rest";
 const RESET_PASSWORD: &str = "a third passphrase set by reset";
 
 /// The envoy binary: `ENVOY_BIN`, else `envoy` on the PATH.
-fn envoy_binary() -> Option<PathBuf> {
+pub(crate) fn envoy_binary() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("ENVOY_BIN") {
         return Some(PathBuf::from(path));
     }
@@ -34,14 +34,14 @@ fn envoy_binary() -> Option<PathBuf> {
 }
 
 /// Envoy running the committed config, pointed at `upstream`.
-struct Gateway {
+pub(crate) struct Gateway {
     child: tokio::process::Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     dir: PathBuf,
 }
 
 impl Gateway {
-    async fn start(envoy: &PathBuf, upstream: SocketAddr) -> Self {
+    pub(crate) async fn start(envoy: &PathBuf, upstream: SocketAddr) -> Self {
         let dir = scratch_dir("envoy");
         std::fs::create_dir_all(&dir).unwrap();
         // What `authd descriptor-set` writes.
