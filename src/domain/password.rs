@@ -292,6 +292,34 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_weak_unit_repeated_with_a_character_more_is_refused() {
+        let policy = PasswordPolicy::default();
+        for near_periodic in [
+            "adminadminadminadminadmin1",
+            "1letmeinletmeinletmeinletmein",
+            "master1master1master1master1!",
+        ] {
+            let whole = estimate(near_periodic, &[]).map_or(0, |e| e.guesses());
+            assert!(whole < MIN_GUESSES, "{near_periodic}: {whole}");
+            assert!(policy.parse_new(near_periodic, &[]).is_err(), "{near_periodic}");
+        }
+    }
+
+    #[test]
+    fn a_strong_phrase_padded_with_one_repeated_letter_is_accepted() {
+        let policy = PasswordPolicy::default();
+        let phrase = "correct horse battery";
+        for padded in [
+            format!("{phrase}{}", "a".repeat(42)),
+            format!("{}{phrase}", "z".repeat(42)),
+        ] {
+            let whole = estimate(&padded, &[]).map_or(0, |e| e.guesses());
+            assert!(whole >= MIN_GUESSES, "{padded}: {whole}");
+            assert!(policy.parse_new(&padded, &[]).is_ok(), "{padded}");
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
             std::env::var("PASSWORD_PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(48)
@@ -319,6 +347,88 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PASSWORD_PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(64)
+        ))]
+        /// A common password or word (or two) repeated, with up to three
+        /// characters before and after it: refused and accepted as the
+        /// estimate of the whole password refuses and accepts it.
+        #[test]
+        fn near_periodic_passwords_are_judged_as_the_whole_estimate_judges_them(
+            unit in proptest::collection::vec(proptest::sample::select(WEAK_PIECES), 1..3),
+            copies in 2..12usize,
+            before in proptest::collection::vec(proptest::sample::select(PADDING), 0..4),
+            after in proptest::collection::vec(proptest::sample::select(PADDING), 0..4),
+        ) {
+            let candidate = format!(
+                "{}{}{}",
+                before.concat(),
+                unit.concat().repeat(copies),
+                after.concat()
+            );
+            agrees_with_the_whole_estimate(&candidate)?;
+        }
+
+        /// A long strong phrase with weak padding (one character repeated,
+        /// or a common password repeated) before it, after it or both.
+        #[test]
+        fn strong_phrases_with_weak_padding_are_judged_as_the_whole_estimate_judges_them(
+            phrase in proptest::sample::select(STRONG_PHRASES),
+            letter in proptest::sample::select(PADDING),
+            letters in 1..60usize,
+            weak in proptest::sample::select(WEAK_PIECES),
+            copies in 1..6usize,
+            layout in 0..6u8,
+        ) {
+            let repeated_letter = letter.repeat(letters);
+            let repeated_weak = weak.repeat(copies);
+            let candidate = match layout {
+                0 => format!("{phrase}{repeated_letter}"),
+                1 => format!("{repeated_letter}{phrase}"),
+                2 => format!("{repeated_letter}{phrase}{repeated_letter}"),
+                3 => format!("{phrase}{repeated_weak}"),
+                4 => format!("{repeated_weak}{phrase}"),
+                _ => format!("{repeated_weak}{phrase}{repeated_letter}"),
+            };
+            agrees_with_the_whole_estimate(&candidate)?;
+        }
+    }
+
+    /// How far from [`MIN_GUESSES`] the estimate may judge a password
+    /// otherwise than zxcvbn's estimate of the whole password.
+    const TOLERANCE: u64 = 10;
+
+    /// Checks both directions on the first 100 code points, all that
+    /// zxcvbn reads of a password.
+    fn agrees_with_the_whole_estimate(candidate: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+        let candidate: String = candidate.chars().take(100).collect();
+        let whole = estimate(&candidate, &[]);
+        proptest::prop_assume!(whole.is_some());
+        let whole = whole.map_or(0, |e| e.guesses());
+        let accepted = PasswordPolicy::default().parse_new(&candidate, &[]).is_ok();
+        if whole < MIN_GUESSES / TOLERANCE {
+            proptest::prop_assert!(!accepted, "accepted {candidate:?}, whole estimate {whole}");
+        }
+        if whole > MIN_GUESSES.saturating_mul(TOLERANCE) {
+            proptest::prop_assert!(accepted, "refused {candidate:?}, whole estimate {whole}");
+        }
+        Ok(())
+    }
+
+    const PADDING: &[&str] = &["a", "1", "!", "x", "0", "z", "?", ".", "-", "9", "Q", " "];
+
+    const STRONG_PHRASES: &[&str] = &[
+        "correct horse battery",
+        "tulip orbit canyon mosaic",
+        "glacier spoon velvet harbour",
+        "x7#Qv9!mZ2@kL4$p",
+        "crimson ferry oboe kettle",
+        "purple-violin-88-sandwich",
+        "quiet lantern, a mosaic of rain",
+        "Wq8#zL2!rT mj3K!9vPq",
+    ];
 
     const WEAK_PIECES: &[&str] = &[
         "password",
