@@ -1,4 +1,4 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Load generator for authd (`cargo bench --bench load -- [options]`).
 //!
 //! Without `--addr` it starts a throwaway PostgreSQL cluster and the

@@ -1,5 +1,6 @@
 //! PostgreSQL access: the pool, migrations and one module per table group.
 
+pub mod error;
 pub mod maintenance;
 pub mod outbox;
 pub mod recovery;
@@ -45,7 +46,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         match MIGRATOR.run(pool).await {
             Ok(()) => return Ok(()),
             Err(sqlx::migrate::MigrateError::Execute(e))
-                if crate::error::is_connectivity_error(&e) && attempts < 10 =>
+                if error::is_connectivity_error(&e) && attempts < 10 =>
             {
                 tracing::warn!(error = %e, "database not reachable yet; retrying migrations");
             }

@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::middleware::{BoxFuture, HttpResponse, Middleware};
+use super::status::ERROR_DOMAIN;
 use crate::deadline::{parse_grpc_timeout, within};
-use crate::error::ERROR_DOMAIN;
 use crate::pb::auth::v1::ErrorReason;
 
 #[derive(Clone)]

@@ -12,6 +12,7 @@ pub mod middleware;
 pub mod observe;
 pub mod policy;
 pub mod rate_limit;
+pub mod status;
 
 pub use admin::AdminApi;
 pub use handlers::AuthApi;

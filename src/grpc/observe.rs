@@ -40,7 +40,9 @@ fn ensure_error_info(response: Response<tonic::body::Body>) -> Response<tonic::b
         return response;
     }
     match tonic::Status::from_header_map(response.headers()) {
-        Some(status) if status.code() != tonic::Code::Ok => crate::error::with_error_info(status).into_http(),
+        Some(status) if status.code() != tonic::Code::Ok => {
+            super::status::with_error_info(status).into_http()
+        }
         _ => response,
     }
 }

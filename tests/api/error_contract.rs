@@ -2,7 +2,7 @@
 //! of every RPC answers with an ErrorInfo whose reason the proto lists, and
 //! every field violation carries a machine reason the proto lists too.
 
-use authd::error::ERROR_DOMAIN;
+use authd::grpc::status::ERROR_DOMAIN;
 use authd::pb::auth::v1::{self as pb, ErrorReason, FieldViolationReason};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::{Code, Status};

@@ -2,7 +2,7 @@
 //! for it, a fresh database and a real server on a real socket per test, and
 //! the generated tonic client.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod helpers;
 /// The bulk seed shared with the load generator's scale scenario.
@@ -19,6 +19,7 @@ mod faults;
 mod grpc_web;
 mod health;
 mod http1;
+mod layering;
 mod lifecycle;
 mod login;
 mod metrics;

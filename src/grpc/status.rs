@@ -1,0 +1,241 @@
+//! The one mapping from the domain error to `tonic::Status`, with
+//! `google.rpc` details: nothing else in the crate builds a `Status` by
+//! hand, so codes, reasons and details stay consistent and nothing internal
+//! reaches a caller.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+use crate::domain::FieldReason;
+use crate::error::{AppError, TokenProblem};
+use crate::pb::auth::v1::{ErrorReason, FieldViolationReason};
+
+/// `ErrorInfo.domain` of every error authd returns.
+pub const ERROR_DOMAIN: &str = "authd";
+
+fn token_reason(problem: TokenProblem) -> ErrorReason {
+    match problem {
+        TokenProblem::Missing => ErrorReason::TokenMissing,
+        TokenProblem::Invalid => ErrorReason::TokenInvalid,
+        TokenProblem::Expired => ErrorReason::TokenExpired,
+        TokenProblem::SessionRevoked => ErrorReason::SessionRevoked,
+    }
+}
+
+fn token_message(problem: TokenProblem) -> &'static str {
+    match problem {
+        TokenProblem::Missing => "missing bearer token",
+        TokenProblem::Invalid => "invalid bearer token",
+        TokenProblem::Expired => "bearer token expired",
+        TokenProblem::SessionRevoked => "session has ended",
+    }
+}
+
+/// A status whose only detail is its ErrorInfo.
+fn plain(code: Code, message: impl Into<String>, reason: ErrorReason) -> Status {
+    Status::with_error_details(code, message, info(reason))
+}
+
+fn info(reason: ErrorReason) -> ErrorDetails {
+    ErrorDetails::with_error_info(reason.as_str_name(), ERROR_DOMAIN, HashMap::new())
+}
+
+/// The proto's name for a field reason, so every reason sent is one the
+/// contract lists.
+fn field_reason(reason: FieldReason) -> FieldViolationReason {
+    match reason {
+        FieldReason::Required => FieldViolationReason::Required,
+        FieldReason::TooShort => FieldViolationReason::TooShort,
+        FieldReason::TooLong => FieldViolationReason::TooLong,
+        FieldReason::InvalidFormat => FieldViolationReason::InvalidFormat,
+        FieldReason::InvalidCharacters => FieldViolationReason::InvalidCharacters,
+        FieldReason::TooCommon => FieldViolationReason::TooCommon,
+        FieldReason::ContainsIdentifier => FieldViolationReason::ContainsIdentifier,
+        FieldReason::UnknownField => FieldViolationReason::UnknownField,
+    }
+}
+
+/// The reason of a status that authd's own mapping did not build (tonic
+/// refused the message, no such method, a deadline...), so that every error
+/// carries an ErrorInfo.
+pub fn reason_for_code(code: Code) -> ErrorReason {
+    match code {
+        Code::InvalidArgument => ErrorReason::InvalidArgument,
+        Code::OutOfRange => ErrorReason::MessageTooLarge,
+        Code::Unimplemented => ErrorReason::UnknownMethod,
+        Code::DeadlineExceeded | Code::Cancelled => ErrorReason::DeadlineExceeded,
+        Code::ResourceExhausted => ErrorReason::Throttled,
+        Code::Unauthenticated => ErrorReason::TokenInvalid,
+        Code::PermissionDenied => ErrorReason::MissingScope,
+        Code::NotFound => ErrorReason::UserNotFound,
+        Code::Aborted => ErrorReason::ConcurrentUpdate,
+        Code::Unavailable => ErrorReason::Unavailable,
+        _ => ErrorReason::Internal,
+    }
+}
+
+/// Adds an ErrorInfo to a status that has no details; returns it unchanged
+/// otherwise.
+pub fn with_error_info(status: Status) -> Status {
+    if !status.details().is_empty() {
+        return status;
+    }
+    let reason = reason_for_code(status.code());
+    plain(status.code(), status.message(), reason)
+}
+
+impl From<AppError> for Status {
+    fn from(err: AppError) -> Self {
+        match err {
+            AppError::Validation(violations) => {
+                let fields: Vec<FieldViolation> = violations
+                    .into_iter()
+                    .map(|v| FieldViolation {
+                        field: v.field.to_owned(),
+                        description: v.problem.description,
+                        reason: field_reason(v.problem.reason).as_str_name().to_owned(),
+                        localized_message: None,
+                    })
+                    .collect();
+                let message = format!(
+                    "invalid request: {}",
+                    fields
+                        .iter()
+                        .map(|f| format!("{}: {}", f.field, f.description))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+                let mut details = ErrorDetails::with_bad_request(fields);
+                details.set_error_info(
+                    ErrorReason::InvalidArgument.as_str_name(),
+                    ERROR_DOMAIN,
+                    HashMap::new(),
+                );
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            AppError::EmailTaken => plain(
+                Code::AlreadyExists,
+                "an account with this email already exists",
+                ErrorReason::EmailTaken,
+            ),
+            AppError::UsernameTaken => plain(
+                Code::AlreadyExists,
+                "this username is taken",
+                ErrorReason::UsernameTaken,
+            ),
+            AppError::InvalidCredentials => plain(
+                Code::Unauthenticated,
+                "invalid login or password",
+                ErrorReason::InvalidCredentials,
+            ),
+            AppError::WrongCurrentPassword => plain(
+                Code::InvalidArgument,
+                "current_password is wrong",
+                ErrorReason::InvalidCredentials,
+            ),
+            AppError::Conflict => plain(
+                Code::Aborted,
+                "a concurrent change won; read again and retry",
+                ErrorReason::ConcurrentUpdate,
+            ),
+            AppError::MissingScope(scope) => {
+                let metadata = HashMap::from([("scope".to_owned(), scope.as_str().to_owned())]);
+                Status::with_error_details(
+                    Code::PermissionDenied,
+                    format!("this method needs a service key with scope {scope}"),
+                    ErrorDetails::with_error_info(
+                        ErrorReason::MissingScope.as_str_name(),
+                        ERROR_DOMAIN,
+                        metadata,
+                    ),
+                )
+            }
+            AppError::UserNotFound => plain(Code::NotFound, "no such user", ErrorReason::UserNotFound),
+            AppError::AccountDisabled => plain(
+                Code::PermissionDenied,
+                "this account is disabled",
+                ErrorReason::AccountDisabled,
+            ),
+            AppError::Token(problem) => plain(
+                Code::Unauthenticated,
+                token_message(problem),
+                token_reason(problem),
+            ),
+            AppError::InvalidRefreshToken => plain(
+                Code::Unauthenticated,
+                "invalid refresh token",
+                ErrorReason::RefreshTokenInvalid,
+            ),
+            AppError::RefreshTokenReused => plain(
+                Code::Unauthenticated,
+                "refresh token was already used; the session has been ended",
+                ErrorReason::RefreshTokenReused,
+            ),
+            AppError::InvalidResetToken => plain(
+                Code::Unauthenticated,
+                "invalid or expired reset token",
+                ErrorReason::ResetTokenInvalid,
+            ),
+            AppError::InvalidVerifyToken => plain(
+                Code::Unauthenticated,
+                "invalid or expired verification link",
+                ErrorReason::VerifyTokenInvalid,
+            ),
+            AppError::EmailNotVerified => plain(
+                Code::FailedPrecondition,
+                "this account's email address is not verified yet; use the link mailed to it",
+                ErrorReason::EmailNotVerified,
+            ),
+            AppError::SessionNotFound => {
+                plain(Code::NotFound, "no such session", ErrorReason::SessionNotFound)
+            }
+            AppError::Throttled(delay) => {
+                let mut details = ErrorDetails::with_retry_info(Some(delay));
+                details.set_error_info(ErrorReason::Throttled.as_str_name(), ERROR_DOMAIN, HashMap::new());
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!("too many attempts; retry in {} s", delay.as_secs().max(1)),
+                    details,
+                )
+            }
+            AppError::Overloaded(wait) => {
+                let mut details = ErrorDetails::with_retry_info(Some(wait));
+                details.set_error_info(
+                    ErrorReason::Overloaded.as_str_name(),
+                    ERROR_DOMAIN,
+                    HashMap::new(),
+                );
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    "authd is at capacity and could not answer before your deadline; retry after the delay, elsewhere if you can",
+                    details,
+                )
+            }
+            AppError::CursorExpired => plain(
+                Code::FailedPrecondition,
+                "this cursor is older than the retained revocations or was not issued here; \
+                 start again from 0",
+                ErrorReason::CursorExpired,
+            ),
+            AppError::ShuttingDown => plain(
+                Code::Unavailable,
+                "this authd replica is shutting down; reconnect",
+                ErrorReason::Unavailable,
+            ),
+            AppError::Unavailable(cause) => {
+                tracing::warn!(error = format!("{cause:#}"), "database unavailable");
+                plain(
+                    Code::Unavailable,
+                    "service temporarily unavailable",
+                    ErrorReason::Unavailable,
+                )
+            }
+            AppError::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "internal error");
+                plain(Code::Internal, "internal error", ErrorReason::Internal)
+            }
+        }
+    }
+}
