@@ -19,6 +19,7 @@ use crate::db;
 use crate::domain::Scope;
 use crate::error::AppError;
 use crate::freshness::Freshness;
+use crate::metrics::Metrics;
 
 /// Keys cached at most; beyond, lookups go to the database.
 const MAX_KEYS: usize = 10_000;
@@ -47,6 +48,7 @@ struct Cached {
 
 struct Inner {
     db: PgPool,
+    metrics: Metrics,
     /// False once a lock was poisoned.
     usable: AtomicBool,
     freshness: Freshness,
@@ -62,10 +64,11 @@ pub struct ServiceKeys {
 impl ServiceKeys {
     /// Cached lookups answer only while `freshness` says the change
     /// listener keeps up.
-    pub fn new(db: PgPool, freshness: Freshness) -> Self {
+    pub fn new(db: PgPool, freshness: Freshness, metrics: Metrics) -> Self {
         Self {
             inner: Arc::new(Inner {
                 db,
+                metrics,
                 usable: AtomicBool::new(true),
                 freshness,
                 generation: AtomicU64::new(0),
@@ -89,7 +92,9 @@ impl ServiceKeys {
             Some(c) => c,
             None => {
                 let generation = self.inner.generation.load(Ordering::Acquire);
-                let Some(owner) = db::service_accounts::find_by_key(&self.inner.db, &hash).await? else {
+                let owner = db::service_accounts::find_by_key(&self.inner.db, &hash).await?;
+                self.inner.metrics.service_key_lookup(owner.is_some());
+                let Some(owner) = owner else {
                     return Ok(None);
                 };
                 let identity = ServiceIdentity {

@@ -261,7 +261,7 @@ async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Metr
             require_verified_email: config.require_verified_email,
         },
         cache: SessionCache::new(freshness.clone()),
-        service_keys: ServiceKeys::new(pool.clone(), freshness.clone()),
+        service_keys: ServiceKeys::new(pool.clone(), freshness.clone(), metrics.clone()),
         freshness,
         page_tokens: PageTokens::default(),
         revocation_feed: RevocationFeed::new(config.revocation_heartbeat),
