@@ -259,15 +259,18 @@ pub enum ThrottleKind {
     VerifyGuesses,
     /// The hourly cap on verification and email-change mails per account.
     VerificationMails,
+    /// Failed service-key checks per client address.
+    ServiceAuth,
 }
 
 impl ThrottleKind {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::LoginBackoff,
         Self::PeerLimit,
         Self::ResetGuesses,
         Self::VerifyGuesses,
         Self::VerificationMails,
+        Self::ServiceAuth,
     ];
 
     fn label(self) -> &'static str {
@@ -277,6 +280,7 @@ impl ThrottleKind {
             Self::ResetGuesses => "reset_guesses",
             Self::VerifyGuesses => "verify_guesses",
             Self::VerificationMails => "verification_mails",
+            Self::ServiceAuth => "service_auth",
         }
     }
 }

@@ -324,10 +324,13 @@ fn serve(
             PeerRateLimit::new(config.peer_rate_limit, config.trusted_proxy_header.clone())
                 .with_metrics(core.metrics.clone()),
         ))
-        .layer(MiddlewareLayer(BearerAuth::new(
-            core.tokens.clone(),
-            core.service_keys.clone(),
-        )))
+        .layer(MiddlewareLayer(
+            BearerAuth::new(core.tokens.clone(), core.service_keys.clone()).with_failure_limit(
+                config.service_auth_failure_limit,
+                config.trusted_proxy_header.clone(),
+                core.metrics.clone(),
+            ),
+        ))
         .add_service(HealthServer::new(HealthApi::new(health.clone())))
         .add_service(reflection_builder().build_v1()?)
         .add_service(reflection_builder().build_v1alpha()?)

@@ -1139,9 +1139,7 @@ fn has_field(line: &str, field: &str, value: &str) -> bool {
 /// The audit lines of `method` by the service account `name`.
 fn audit_lines(logs: &str, name: &str, method: &str) -> Vec<String> {
     logs.lines()
-        .filter(|line| {
-            line.contains("authd::audit") && line.contains(name) && line.contains(method)
-        })
+        .filter(|line| line.contains("authd::audit") && line.contains(name) && line.contains(method))
         .map(str::to_owned)
         .collect()
 }
@@ -1162,7 +1160,10 @@ async fn introspect_token_calls_are_audited_with_outcome_and_ids_but_no_token() 
         let key = key.clone();
         async move {
             client
-                .introspect_token(with_bearer(pb::IntrospectTokenRequest { access_token: token }, &key))
+                .introspect_token(with_bearer(
+                    pb::IntrospectTokenRequest { access_token: token },
+                    &key,
+                ))
                 .await
                 .unwrap()
                 .into_inner()
@@ -1175,9 +1176,9 @@ async fn introspect_token_calls_are_audited_with_outcome_and_ids_but_no_token() 
     let logs = captured_logs().unwrap();
     let lines = audit_lines(&logs, &name, "IntrospectToken");
     assert!(
-        lines.iter().any(|l| has_field(l, "outcome", "active")
-            && l.contains(&user.id)
-            && l.contains(&session_id)),
+        lines
+            .iter()
+            .any(|l| has_field(l, "outcome", "active") && l.contains(&user.id) && l.contains(&session_id)),
         "no audit line of the active answer naming its user and session: {lines:#?}"
     );
     assert!(
