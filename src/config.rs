@@ -49,6 +49,10 @@ pub struct Config {
     pub hash_workers: usize,
     pub password_min_length: usize,
     pub peer_rate_limit: f64,
+    /// Failed service-key checks a client address may make per minute
+    /// before its further key checks are refused without a database read
+    /// (`AUTHD_SERVICE_AUTH_FAILURE_LIMIT`); 0: no limit.
+    pub service_auth_failure_limit: u32,
     /// Header set by a trusted gateway carrying the client address (its last
     /// entry is used), e.g. `x-forwarded-for`. Unset: the TCP peer.
     pub trusted_proxy_header: Option<http::header::HeaderName>,
@@ -115,6 +119,7 @@ impl Default for Config {
             hash_workers: cores,
             password_min_length: 8,
             peer_rate_limit: 20.0,
+            service_auth_failure_limit: 30,
             trusted_proxy_header: None,
             cors_origins: Vec::new(),
             db_max_connections: (cores as u32 * 4).clamp(8, 32),
@@ -282,6 +287,9 @@ impl Config {
     fn read_clients(&mut self, v: &mut Vars<'_>) {
         v.read("AUTHD_PEER_RATE_LIMIT", |s| {
             parse_into(s, &mut self.peer_rate_limit)
+        });
+        v.read("AUTHD_SERVICE_AUTH_FAILURE_LIMIT", |s| {
+            parse_into(s, &mut self.service_auth_failure_limit)
         });
         v.read("AUTHD_TRUSTED_PROXY_HEADER", |s| {
             let header = s.to_ascii_lowercase().parse();

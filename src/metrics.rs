@@ -259,15 +259,18 @@ pub enum ThrottleKind {
     VerifyGuesses,
     /// The hourly cap on verification and email-change mails per account.
     VerificationMails,
+    /// Failed service-key checks per client address.
+    ServiceAuth,
 }
 
 impl ThrottleKind {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::LoginBackoff,
         Self::PeerLimit,
         Self::ResetGuesses,
         Self::VerifyGuesses,
         Self::VerificationMails,
+        Self::ServiceAuth,
     ];
 
     fn label(self) -> &'static str {
@@ -277,6 +280,7 @@ impl ThrottleKind {
             Self::ResetGuesses => "reset_guesses",
             Self::VerifyGuesses => "verify_guesses",
             Self::VerificationMails => "verification_mails",
+            Self::ServiceAuth => "service_auth",
         }
     }
 }
@@ -409,6 +413,8 @@ struct Inner {
     cache_misses: Counter,
     cache_enabled: SampledGauge,
     listener_losses: Counter,
+    /// Service-key lookups that went to the database: found, unknown.
+    key_lookups: [Counter; 2],
     cleanup: CleanupSeries,
     db: Option<PgPool>,
     hasher: Option<PasswordHasher>,
@@ -578,6 +584,15 @@ impl Metrics {
             listener_losses.clone(),
         );
 
+        let key_lookup_family = Family::<Tag, Counter>::default();
+        let key_lookups =
+            ["found", "unknown"].map(|r| key_lookup_family.get_or_create_owned(&[("result", r)]));
+        registry.register(
+            "service_key_lookups",
+            "Service-key checks that read the database (not answered from memory), by whether the key exists",
+            key_lookup_family,
+        );
+
         let cleanup = CleanupSeries::register(&mut registry);
 
         registry.register(
@@ -619,6 +634,7 @@ impl Metrics {
                 cache_misses,
                 cache_enabled,
                 listener_losses,
+                key_lookups,
                 cleanup,
                 db,
                 hasher,
@@ -741,6 +757,12 @@ impl Metrics {
     /// not exported at all.
     pub fn set_session_cache_enabled(&self, on: bool) {
         self.inner.cache_enabled.set(if on { 1.0 } else { 0.0 });
+    }
+
+    /// A service key looked up in the database; `found`: it exists.
+    pub fn service_key_lookup(&self, found: bool) {
+        let [found_series, unknown_series] = &self.inner.key_lookups;
+        if found { found_series } else { unknown_series }.inc();
     }
 
     /// The change listener was lost or stalled.

@@ -2,16 +2,21 @@
 //! up by its SHA-256 (a hash, never the password-hash pool: keys are 256
 //! random bits) and the answer is kept in memory like live sessions, with the
 //! same rules: the cache is only used while the change listener hears
-//! PostgreSQL's notifications (a deleted key or account flushes it on every
-//! replica), and a lookup racing a change is not stored. Only real keys are
-//! cached, so the cache is bounded by the number of keys that exist.
+//! PostgreSQL's notifications (a created or deleted key, a deleted account or
+//! changed scopes flush it on every replica), and a lookup racing a change is
+//! not stored. Real keys are cached up to a bound; presented keys that do not
+//! exist are remembered too, briefly and within a bound of their own, so a
+//! client repeating one costs no query. Each flush is also announced to
+//! long-lived calls, which re-read their key (`grpc::key_guard`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::crypto::opaque::{self, TokenKind};
@@ -19,9 +24,15 @@ use crate::db;
 use crate::domain::Scope;
 use crate::error::AppError;
 use crate::freshness::Freshness;
+use crate::metrics::Metrics;
 
 /// Keys cached at most; beyond, lookups go to the database.
 const MAX_KEYS: usize = 10_000;
+/// Unknown keys remembered at most (in two generations of half this).
+const MAX_UNKNOWN: usize = 10_000;
+/// How long an unknown key is remembered. Flushes (a key created anywhere)
+/// already end it; the limit only bounds what a missed flush could cost.
+const UNKNOWN_TTL: Duration = Duration::from_secs(30);
 /// `last_used_at` is written at most this often per key and replica.
 const TOUCH_EVERY_SECS: i64 = 60;
 
@@ -47,11 +58,15 @@ struct Cached {
 
 struct Inner {
     db: PgPool,
+    metrics: Metrics,
     /// False once a lock was poisoned.
     usable: AtomicBool,
     freshness: Freshness,
     generation: AtomicU64,
     keys: RwLock<HashMap<[u8; 32], Arc<Cached>>>,
+    unknown: Mutex<UnknownKeys>,
+    /// The generation after each flush, for calls that outlive one check.
+    flushed: watch::Sender<u64>,
 }
 
 #[derive(Clone)]
@@ -62,14 +77,17 @@ pub struct ServiceKeys {
 impl ServiceKeys {
     /// Cached lookups answer only while `freshness` says the change
     /// listener keeps up.
-    pub fn new(db: PgPool, freshness: Freshness) -> Self {
+    pub fn new(db: PgPool, freshness: Freshness, metrics: Metrics) -> Self {
         Self {
             inner: Arc::new(Inner {
                 db,
+                metrics,
                 usable: AtomicBool::new(true),
                 freshness,
                 generation: AtomicU64::new(0),
                 keys: RwLock::default(),
+                unknown: Mutex::new(UnknownKeys::new(MAX_UNKNOWN, UNKNOWN_TTL)),
+                flushed: watch::Sender::new(0),
             }),
         }
     }
@@ -84,32 +102,57 @@ impl ServiceKeys {
         let Some(hash) = opaque::parse_presented(TokenKind::ServiceKey, presented) else {
             return Ok(None);
         };
-        let cached = self.cached(&hash.0);
-        let cached = match cached {
-            Some(c) => c,
-            None => {
-                let generation = self.inner.generation.load(Ordering::Acquire);
-                let Some(owner) = db::service_accounts::find_by_key(&self.inner.db, &hash).await? else {
-                    return Ok(None);
-                };
-                let identity = ServiceIdentity {
-                    account_id: owner.account_id,
-                    key_id: owner.key_id,
-                    name: owner.name,
-                    // Scopes the code does not know (from a newer version)
-                    // grant nothing here.
-                    scopes: owner.scopes.iter().filter_map(|s| Scope::parse(s).ok()).collect(),
-                };
-                let cached = Arc::new(Cached {
-                    identity: Arc::new(identity),
-                    last_touched: AtomicI64::new(0),
-                });
-                self.store(hash.0, cached.clone(), generation);
-                cached
-            }
+        if let Some(cached) = self.cached(&hash.0) {
+            self.touch(&cached, now);
+            return Ok(Some(cached.identity.clone()));
+        }
+        if self.known_unknown(&hash.0) {
+            return Ok(None);
+        }
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let owner = db::service_accounts::find_by_key(&self.inner.db, &hash).await?;
+        self.inner.metrics.service_key_lookup(owner.is_some());
+        let Some(owner) = owner else {
+            self.store_unknown(hash.0, generation);
+            return Ok(None);
         };
+        let cached = Arc::new(Cached {
+            identity: Arc::new(identity_of(owner)),
+            last_touched: AtomicI64::new(0),
+        });
+        self.store(hash.0, cached.clone(), generation);
         self.touch(&cached, now);
         Ok(Some(cached.identity.clone()))
+    }
+
+    /// Like [`Self::identify`], but from memory only: `None` unless the key
+    /// is cached as live.
+    pub fn identify_in_memory(&self, presented: &str, now: DateTime<Utc>) -> Option<Arc<ServiceIdentity>> {
+        let hash = opaque::parse_presented(TokenKind::ServiceKey, presented)?;
+        let cached = self.cached(&hash.0)?;
+        self.touch(&cached, now);
+        Some(cached.identity.clone())
+    }
+
+    /// The key behind `identity` as the database has it now (never the
+    /// cache): `None` once the key or its account is gone.
+    pub async fn recheck(&self, identity: &ServiceIdentity) -> Result<Option<ServiceIdentity>, AppError> {
+        Ok(
+            db::service_accounts::find_by_key_id(&self.inner.db, identity.key_id)
+                .await?
+                .map(identity_of),
+        )
+    }
+
+    /// Changes as flushes happen (the count of flushes so far).
+    pub fn flushes(&self) -> watch::Receiver<u64> {
+        self.inner.flushed.subscribe()
+    }
+
+    /// Whether flushes can be trusted to announce every change now (the
+    /// change listener proved it keeps up).
+    pub fn hears_changes(&self) -> bool {
+        self.may_answer()
     }
 
     fn cached(&self, hash: &[u8; 32]) -> Option<Arc<Cached>> {
@@ -117,6 +160,29 @@ impl ServiceKeys {
             return None;
         }
         self.inner.keys.read().ok()?.get(hash).cloned()
+    }
+
+    fn known_unknown(&self, hash: &[u8; 32]) -> bool {
+        if !self.may_answer() {
+            return false;
+        }
+        self.inner
+            .unknown
+            .lock()
+            .is_ok_and(|unknown| unknown.contains(hash, Instant::now()))
+    }
+
+    fn store_unknown(&self, hash: [u8; 32], generation: u64) {
+        if !self.may_answer() {
+            return;
+        }
+        let Ok(mut unknown) = self.inner.unknown.lock() else {
+            return;
+        };
+        // A key created since the lookup began may be this very one.
+        if self.inner.generation.load(Ordering::Acquire) == generation {
+            unknown.insert(hash, Instant::now());
+        }
     }
 
     fn store(&self, hash: [u8; 32], cached: Arc<Cached>, generation: u64) {
@@ -155,14 +221,113 @@ impl ServiceKeys {
     }
 
     pub fn flush(&self) {
-        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        let generation = self.inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
         match self.inner.keys.write() {
             Ok(mut keys) => keys.clear(),
             Err(_) => self.inner.usable.store(false, Ordering::Release),
         }
+        match self.inner.unknown.lock() {
+            Ok(mut unknown) => unknown.clear(),
+            Err(_) => self.inner.usable.store(false, Ordering::Release),
+        }
+        self.inner.flushed.send_replace(generation);
     }
 
     fn may_answer(&self) -> bool {
         self.inner.usable.load(Ordering::Acquire) && self.inner.freshness.is_fresh()
+    }
+}
+
+fn identity_of(owner: db::service_accounts::KeyOwner) -> ServiceIdentity {
+    ServiceIdentity {
+        account_id: owner.account_id,
+        key_id: owner.key_id,
+        name: owner.name,
+        // Scopes the code does not know (from a newer version) grant
+        // nothing here.
+        scopes: owner.scopes.iter().filter_map(|s| Scope::parse(s).ok()).collect(),
+    }
+}
+
+/// Hashes of presented keys that do not exist. Two generations of at most
+/// `per_generation` entries: when the newer fills up, the older is dropped,
+/// so memory stays bounded whatever a client sends and what was seen
+/// recently stays longest.
+struct UnknownKeys {
+    newer: HashMap<[u8; 32], Instant>,
+    older: HashMap<[u8; 32], Instant>,
+    per_generation: usize,
+    ttl: Duration,
+}
+
+impl UnknownKeys {
+    fn new(max: usize, ttl: Duration) -> Self {
+        Self {
+            newer: HashMap::new(),
+            older: HashMap::new(),
+            per_generation: (max / 2).max(1),
+            ttl,
+        }
+    }
+
+    fn contains(&self, hash: &[u8; 32], now: Instant) -> bool {
+        self.newer
+            .get(hash)
+            .or_else(|| self.older.get(hash))
+            .is_some_and(|seen| now.saturating_duration_since(*seen) < self.ttl)
+    }
+
+    fn insert(&mut self, hash: [u8; 32], now: Instant) {
+        if self.newer.len() >= self.per_generation {
+            self.older = std::mem::take(&mut self.newer);
+        }
+        self.newer.insert(hash, now);
+    }
+
+    fn clear(&mut self) {
+        self.newer.clear();
+        self.older.clear();
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.newer.len() + self.older.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(i: u32) -> [u8; 32] {
+        let mut h = [0u8; 32];
+        h[..4].copy_from_slice(&i.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn unknown_keys_stay_within_their_bound_and_keep_the_recent_ones() {
+        let mut unknown = UnknownKeys::new(100, Duration::from_secs(30));
+        let t0 = Instant::now();
+        for i in 0..10_000 {
+            unknown.insert(hash(i), t0);
+            assert!(unknown.len() <= 100, "{} after {i}", unknown.len());
+        }
+        assert!(unknown.contains(&hash(9_999), t0));
+        assert!(unknown.contains(&hash(9_950), t0));
+        assert!(!unknown.contains(&hash(0), t0));
+    }
+
+    #[test]
+    fn an_unknown_key_is_forgotten_after_its_time_or_a_flush() {
+        let mut unknown = UnknownKeys::new(100, Duration::from_secs(30));
+        let t0 = Instant::now();
+        unknown.insert(hash(1), t0);
+        assert!(unknown.contains(&hash(1), t0 + Duration::from_secs(29)));
+        assert!(!unknown.contains(&hash(1), t0 + Duration::from_secs(30)));
+        unknown.insert(hash(2), t0);
+        unknown.clear();
+        assert!(!unknown.contains(&hash(2), t0));
+        assert_eq!(unknown.len(), 0);
     }
 }

@@ -261,7 +261,7 @@ async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Metr
             require_verified_email: config.require_verified_email,
         },
         cache: SessionCache::new(freshness.clone()),
-        service_keys: ServiceKeys::new(pool.clone(), freshness.clone()),
+        service_keys: ServiceKeys::new(pool.clone(), freshness.clone(), metrics.clone()),
         freshness,
         page_tokens: PageTokens::default(),
         revocation_feed: RevocationFeed::new(config.revocation_heartbeat),
@@ -325,10 +325,13 @@ fn serve(
             PeerRateLimit::new(config.peer_rate_limit, config.trusted_proxy_header.clone())
                 .with_metrics(core.metrics.clone()),
         ))
-        .layer(MiddlewareLayer(BearerAuth::new(
-            core.tokens.clone(),
-            core.service_keys.clone(),
-        )))
+        .layer(MiddlewareLayer(
+            BearerAuth::new(core.tokens.clone(), core.service_keys.clone()).with_failure_limit(
+                config.service_auth_failure_limit,
+                config.trusted_proxy_header.clone(),
+                core.metrics.clone(),
+            ),
+        ))
         .add_service(HealthServer::new(HealthApi::new(health.clone())))
         .add_service(reflection_builder().build_v1()?)
         .add_service(reflection_builder().build_v1alpha()?)

@@ -28,6 +28,20 @@ pub async fn find_by_key<'e>(db: impl PgExecutor<'e>, key: &TokenHash) -> Result
     .await?)
 }
 
+/// The key `key_id` and its account as they are now; `None` once either is
+/// gone.
+#[tracing::instrument(skip_all)]
+pub async fn find_by_key_id<'e>(db: impl PgExecutor<'e>, key_id: Uuid) -> Result<Option<KeyOwner>, AppError> {
+    Ok(sqlx::query_as::<_, KeyOwner>(
+        "SELECT a.id AS account_id, k.id AS key_id, a.name, a.scopes
+           FROM service_account_keys k JOIN service_accounts a ON a.id = k.account_id
+          WHERE k.id = $1",
+    )
+    .bind(key_id)
+    .fetch_optional(db)
+    .await?)
+}
+
 /// Records a key's use (callers write at most about once a minute per key).
 #[tracing::instrument(skip_all)]
 pub async fn touch_key<'e>(

@@ -11,6 +11,8 @@ use tonic::{Request, Response, Status};
 
 use super::auth_layer::service_caller;
 use super::convert::timestamp;
+use super::key_guard::KeyGuard;
+use crate::domain::Scope;
 use crate::error::AppError;
 use crate::pb::auth::v1::{self as pb, admin_service_server::AdminService};
 use crate::service::{Core, RevocationEvent, RevocationKind};
@@ -32,13 +34,7 @@ impl AdminApi {
         target: &str,
         result: Result<T, AppError>,
     ) -> Result<Response<T>, Status> {
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(AppError::UserNotFound) => "not_found",
-            Err(AppError::Validation(_)) => "invalid_argument",
-            Err(AppError::Unavailable(_)) => "unavailable",
-            Err(_) => "error",
-        };
+        let outcome = outcome_of(&result);
         tracing::info!(
             target: "authd::audit",
             service_account = caller,
@@ -49,6 +45,44 @@ impl AdminApi {
         );
         self.core.metrics.admin_call(caller, method, outcome);
         result.map(Response::new).map_err(Status::from)
+    }
+
+    /// Like [`Self::audited`] for a call that reads several accounts: the
+    /// line names every account it returned (at most a page, 500 ids).
+    fn audited_reads<T>(
+        &self,
+        caller: &str,
+        method: &'static str,
+        result: Result<(T, Vec<String>), AppError>,
+    ) -> Result<Response<T>, Status> {
+        let outcome = outcome_of(&result);
+        let (count, ids) = match &result {
+            Ok((_, ids)) => (ids.len(), ids.join(",")),
+            Err(_) => (0, String::new()),
+        };
+        tracing::info!(
+            target: "authd::audit",
+            service_account = caller,
+            method,
+            read_count = count,
+            read_user_ids = %ids,
+            outcome,
+            "admin call"
+        );
+        self.core.metrics.admin_call(caller, method, outcome);
+        result
+            .map(|(answer, _)| Response::new(answer))
+            .map_err(Status::from)
+    }
+}
+
+fn outcome_of<T>(result: &Result<T, AppError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(AppError::UserNotFound) => "not_found",
+        Err(AppError::Validation(_)) => "invalid_argument",
+        Err(AppError::Unavailable(_)) => "unavailable",
+        Err(_) => "error",
     }
 }
 
@@ -73,15 +107,14 @@ impl AdminService for AdminApi {
     ) -> Reply<pb::BatchGetUsersResponse> {
         let caller = service_caller(&request)?;
         let r = request.into_inner();
-        let result = self
-            .core
-            .batch_get_users(&r.user_ids)
-            .await
-            .map(|users| pb::BatchGetUsersResponse {
+        let result = self.core.batch_get_users(&r.user_ids).await.map(|users| {
+            let ids = users.iter().map(|u| u.id.to_string()).collect();
+            let answer = pb::BatchGetUsersResponse {
                 users: users.into_iter().map(Into::into).collect(),
-            });
-        let target = format!("{} ids", r.user_ids.len());
-        self.audited(&caller.name, "BatchGetUsers", &target, result)
+            };
+            (answer, ids)
+        });
+        self.audited_reads(&caller.name, "BatchGetUsers", result)
     }
 
     async fn lookup_user(&self, request: Request<pb::LookupUserRequest>) -> Reply<pb::LookupUserResponse> {
@@ -101,11 +134,15 @@ impl AdminService for AdminApi {
             .core
             .list_users(r.page_size, &r.page_token)
             .await
-            .map(|(users, next)| pb::ListUsersResponse {
-                users: users.into_iter().map(Into::into).collect(),
-                next_page_token: next,
+            .map(|(users, next)| {
+                let ids = users.iter().map(|u| u.id.to_string()).collect();
+                let answer = pb::ListUsersResponse {
+                    users: users.into_iter().map(Into::into).collect(),
+                    next_page_token: next,
+                };
+                (answer, ids)
             });
-        self.audited(&caller.name, "ListUsers", "", result)
+        self.audited_reads(&caller.name, "ListUsers", result)
     }
 
     async fn disable_user(&self, request: Request<pb::DisableUserRequest>) -> Reply<pb::DisableUserResponse> {
@@ -167,6 +204,12 @@ impl AdminService for AdminApi {
         request: Request<pb::WatchRevocationsRequest>,
     ) -> Reply<Self::WatchRevocationsStream> {
         let caller = service_caller(&request)?;
+        let guard = KeyGuard::of(
+            &request,
+            &self.core.service_keys,
+            Scope::RevocationsWatch,
+            "WatchRevocations",
+        )?;
         let after = request.get_ref().after_event_id;
         let result = self
             .core
@@ -176,7 +219,8 @@ impl AdminService for AdminApi {
                 Box::pin(
                     ReceiverStream::new(events).map(|item| item.map(revocation_event).map_err(Status::from)),
                 )
-            });
+            })
+            .map(|stream| guard.bind(stream));
         self.audited(&caller.name, "WatchRevocations", "", result)
     }
 }

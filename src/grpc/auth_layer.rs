@@ -3,18 +3,30 @@
 //! (`grpc::policy`), which fails closed: nothing, a user's access token, or
 //! a service key with a scope. The verified caller travels to the handler as
 //! a request extension.
+//!
+//! Failed service-key checks are limited per client address, in memory: a
+//! made-up key costs a database read, and the point of the limit is that a
+//! client past it costs none, so its count cannot live in the database. The
+//! count is per replica (a client spread over replicas gets the limit at
+//! each), which is what matters here: each replica has its own pool to
+//! protect.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
+use http::header::HeaderName;
 use http::{HeaderMap, Request};
 use tonic::Status;
 use tower::Service;
 
 use super::middleware::{BoxFuture, HttpResponse, Middleware, answer};
 use super::policy::{Caller, policy_for};
+use super::rate_limit::{PeerLimiter, peer_address};
 use crate::crypto::jwt::{AccessTokens, VerifiedAccess};
 use crate::domain::Scope;
 use crate::error::{AppError, TokenProblem};
+use crate::metrics::{Metrics, ThrottleKind};
 use crate::service_keys::{ServiceIdentity, ServiceKeys};
 
 /// Whether the gRPC method at `path` needs a credential (a user's token or
@@ -57,11 +69,46 @@ const SERVICE_KEY_PREFIX: &str = "sk_";
 pub struct BearerAuth {
     tokens: AccessTokens,
     keys: ServiceKeys,
+    failures: Option<FailureLimit>,
+}
+
+/// Failed service-key checks per client address.
+#[derive(Clone)]
+struct FailureLimit {
+    limiter: Arc<PeerLimiter>,
+    trusted_header: Option<HeaderName>,
+    metrics: Metrics,
 }
 
 impl BearerAuth {
     pub fn new(tokens: AccessTokens, keys: ServiceKeys) -> Self {
-        Self { tokens, keys }
+        Self {
+            tokens,
+            keys,
+            failures: None,
+        }
+    }
+
+    /// After `per_minute` failed service-key checks (a burst, then that
+    /// rate), a client address's further key checks are answered from
+    /// memory only: a key this replica holds as live still works (a proxy
+    /// shared with a prober must not lock every service out), anything else
+    /// is RESOURCE_EXHAUSTED with the wait. 0: no limit.
+    pub fn with_failure_limit(
+        mut self,
+        per_minute: u32,
+        trusted_header: Option<HeaderName>,
+        metrics: Metrics,
+    ) -> Self {
+        self.failures = (per_minute > 0).then(|| FailureLimit {
+            limiter: Arc::new(PeerLimiter::with_burst(
+                f64::from(per_minute) / 60.0,
+                f64::from(per_minute),
+            )),
+            trusted_header,
+            metrics,
+        });
+        self
     }
 }
 
@@ -97,11 +144,20 @@ impl Middleware for BearerAuth {
                     return answer(refused(&method, None, refusal));
                 }
                 let keys = self.keys.clone();
+                let limit = self.failures.clone().and_then(|limit| {
+                    let peer = peer_address(&req, limit.trusted_header.as_ref())?;
+                    Some((limit, peer))
+                });
                 Box::pin(async move {
-                    match check_key(&keys, &presented, scope).await {
+                    match check_key_limited(&keys, &presented, scope, limit).await {
                         Ok(identity) => {
                             req.extensions_mut().insert(identity);
                             next.call(req).await
+                        }
+                        Err((_, AppError::Throttled(wait))) => {
+                            // Not audited line by line: a client past its
+                            // limit could flood the log instead.
+                            Ok(Status::from(AppError::Throttled(wait)).into_http())
                         }
                         Err((who, refusal)) => Ok(refused(&method, who.as_deref(), refusal).into_http()),
                     }
@@ -111,18 +167,49 @@ impl Middleware for BearerAuth {
     }
 }
 
-/// The key's service, if it may call a method needing `scope`; else the
-/// refusal, with the service's name when the key is real.
-async fn check_key(
+type Checked = Result<Arc<ServiceIdentity>, (Option<String>, AppError)>;
+
+/// [`check_key`] under the client's failure limit: past it, memory only;
+/// a key that is not live counts against it.
+async fn check_key_limited(
     keys: &ServiceKeys,
     presented: &str,
     scope: Scope,
-) -> Result<Arc<ServiceIdentity>, (Option<String>, AppError)> {
+    limit: Option<(FailureLimit, IpAddr)>,
+) -> Checked {
+    let Some((limit, peer)) = limit else {
+        return check_key(keys, presented, scope).await;
+    };
+    if let Err(wait) = limit.limiter.available(peer, Instant::now()) {
+        return match keys.identify_in_memory(presented, chrono::Utc::now()) {
+            Some(identity) => with_scope(identity, scope),
+            None => {
+                limit.metrics.throttled(ThrottleKind::ServiceAuth);
+                Err((None, AppError::Throttled(wait)))
+            }
+        };
+    }
+    let checked = check_key(keys, presented, scope).await;
+    if let Err((_, AppError::Token(_))) = &checked {
+        // The bucket may have emptied meanwhile; this failure is counted
+        // all the same by the refusal it gets.
+        let _ = limit.limiter.try_acquire(peer, Instant::now());
+    }
+    checked
+}
+
+/// The key's service, if it may call a method needing `scope`; else the
+/// refusal, with the service's name when the key is real.
+async fn check_key(keys: &ServiceKeys, presented: &str, scope: Scope) -> Checked {
     let identity = keys
         .identify(presented, chrono::Utc::now())
         .await
         .map_err(|e| (None, e))?
         .ok_or((None, AppError::Token(TokenProblem::Invalid)))?;
+    with_scope(identity, scope)
+}
+
+fn with_scope(identity: Arc<ServiceIdentity>, scope: Scope) -> Checked {
     if identity.may(scope) {
         Ok(identity)
     } else {

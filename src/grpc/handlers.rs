@@ -4,10 +4,11 @@
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 
-use super::auth_layer::bearer;
+use super::auth_layer::{bearer, service_caller};
 use super::convert::timestamp;
 use super::rate_limit::{client_address, client_ip};
 use crate::domain::ClientInfo;
+use crate::error::AppError;
 use crate::metrics::ThrottleKind;
 use crate::pb::auth::v1::{self as pb, auth_service_server::AuthService};
 use crate::service::{Core, Introspection, ProfileValues, RegisterInput, UpdateMeInput};
@@ -28,6 +29,29 @@ impl AuthApi {
 }
 
 type Reply<T> = Result<Response<T>, Status>;
+
+/// Which service asked about whom: the answer, and when the token is active
+/// its user and session, never the token.
+fn audit_introspection(caller: &str, answer: &Result<Introspection, AppError>) {
+    let (outcome, user_id, session_id) = match answer {
+        Ok(Introspection::Active { token, .. }) => {
+            ("active", token.user_id.to_string(), token.session_id.to_string())
+        }
+        Ok(Introspection::Inactive) => ("inactive", String::new(), String::new()),
+        Err(AppError::Validation(_)) => ("invalid_argument", String::new(), String::new()),
+        Err(AppError::Unavailable(_)) => ("unavailable", String::new(), String::new()),
+        Err(_) => ("error", String::new(), String::new()),
+    };
+    tracing::info!(
+        target: "authd::audit",
+        service_account = caller,
+        method = "IntrospectToken",
+        outcome,
+        user_id = %user_id,
+        session_id = %session_id,
+        "token introspected"
+    );
+}
 
 #[tonic::async_trait]
 impl AuthService for AuthApi {
@@ -164,11 +188,13 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::IntrospectTokenRequest>,
     ) -> Reply<pb::IntrospectTokenResponse> {
+        let caller = service_caller(&request)?;
         let answer = self
             .core
             .introspect(&request.get_ref().access_token, Utc::now())
-            .await?;
-        Ok(Response::new(match answer {
+            .await;
+        audit_introspection(&caller.name, &answer);
+        Ok(Response::new(match answer? {
             Introspection::Inactive => pb::IntrospectTokenResponse::default(),
             Introspection::Active { token, user } => pb::IntrospectTokenResponse {
                 active: true,

@@ -1,5 +1,6 @@
 //! The gRPC face of authd: a thin `AuthService` over `service::Core`, the
-//! conversions between protobuf and domain types, and the bearer layer.
+//! conversions between protobuf and domain types, the bearer layer, and the
+//! guard that ends a stream when its key goes.
 
 mod admin;
 pub mod auth_layer;
@@ -8,6 +9,7 @@ pub mod database_gate;
 pub mod deadline;
 mod handlers;
 pub mod health;
+pub mod key_guard;
 pub mod middleware;
 pub mod observe;
 pub mod policy;

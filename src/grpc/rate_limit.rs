@@ -1,6 +1,7 @@
 //! A first line of defence in memory: a token bucket per peer address in
 //! front of the password RPCs (each costs an argon2 hash). Token RPCs are the
-//! hot path of every internal caller and are never limited here. The durable,
+//! hot path of every internal caller and are never limited here. The same
+//! buckets count failed service-key checks (`auth_layer`). The durable,
 //! cross-replica limits live in PostgreSQL (`db::throttle`).
 
 use std::collections::HashMap;
@@ -43,8 +44,26 @@ impl PeerLimiter {
         }
     }
 
+    /// `per_second` on average after a first burst of `burst`.
+    pub fn with_burst(per_second: f64, burst: f64) -> Self {
+        Self {
+            per_second,
+            burst: burst.max(1.0),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Takes a token for `peer`, or says how long until one is available.
     pub fn try_acquire(&self, peer: IpAddr, now: Instant) -> Result<(), Duration> {
+        self.with_bucket(peer, now, true)
+    }
+
+    /// Whether `peer` has a token now, without taking it.
+    pub fn available(&self, peer: IpAddr, now: Instant) -> Result<(), Duration> {
+        self.with_bucket(peer, now, false)
+    }
+
+    fn with_bucket(&self, peer: IpAddr, now: Instant, take: bool) -> Result<(), Duration> {
         let Ok(mut buckets) = self.buckets.lock() else {
             // A poisoned lock means a panic elsewhere; fail open rather than
             // refuse every login.
@@ -62,7 +81,9 @@ impl PeerLimiter {
         bucket.tokens = (bucket.tokens + refill).min(self.burst);
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+            if take {
+                bucket.tokens -= 1.0;
+            }
             Ok(())
         } else {
             Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_second))
@@ -201,6 +222,23 @@ mod tests {
         assert!(limiter.try_acquire(peer, t0 + Duration::from_millis(500)).is_ok());
         // Another peer has its own bucket.
         assert!(limiter.try_acquire("192.0.2.2".parse().unwrap(), t0).is_ok());
+    }
+
+    #[test]
+    fn a_larger_burst_and_looking_without_taking() {
+        // 30 per minute, all at once at first.
+        let limiter = PeerLimiter::with_burst(0.5, 30.0);
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..30 {
+            assert!(limiter.available(peer, t0).is_ok());
+            assert!(limiter.try_acquire(peer, t0).is_ok());
+        }
+        let wait = limiter.available(peer, t0).unwrap_err();
+        assert_eq!(wait, Duration::from_secs(2));
+        assert!(limiter.try_acquire(peer, t0).is_err());
+        assert!(limiter.available(peer, t0 + Duration::from_secs(2)).is_ok());
+        assert!(limiter.available("192.0.2.2".parse().unwrap(), t0).is_ok());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use hmac::{Hmac, Mac as _};
 use secrecy::SecretString;
 use sha2::Sha256;
 use tonic::{Code, Status};
+use tonic_types::StatusExt as _;
 
 use super::fresh_email;
 use crate::admin::{
@@ -63,7 +64,9 @@ fn with_one_character_changed(key: &str, at: usize) -> String {
 
 #[tokio::test]
 async fn malformed_and_forged_service_keys_are_token_invalid() {
-    let app = spawn_app().await;
+    // 144 refusals from one address: past the failure limit, which has a
+    // test of its own.
+    let app = spawn_app_with(|c| c.service_auth_failure_limit = 0).await;
     let key = admin_key(&app).await;
     let user = app.register(&fresh_email(), PASSWORD).await;
     let body = key.strip_prefix("sk_").unwrap();
@@ -475,4 +478,362 @@ async fn a_login_racing_disable_user_gets_no_live_session() {
             );
         }
     }
+}
+
+// ------------------------------------------- a key revoked while it streams
+
+const WATCH: &str = "revocations.watch";
+/// How soon a stream must end once its key is revoked: the notification
+/// takes milliseconds; without it the periodic re-check takes a second.
+const STREAM_END_BOUND: Duration = Duration::from_secs(2);
+
+/// A WatchRevocations stream opened with `key`, past its first message (the
+/// cursor), so the call was accepted before anything is revoked.
+async fn open_watch(app: &TestApp, key: &str) -> tonic::Streaming<pb::WatchRevocationsResponse> {
+    let mut stream = app
+        .admin()
+        // From now (every field at its default).
+        .watch_revocations(with_bearer(pb::WatchRevocationsRequest::default(), key))
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the cursor within 10 s")
+        .expect("the cursor")
+        .expect("the stream is open");
+    stream
+}
+
+/// The status that ends `stream` within `bound`; panics if it is still open
+/// then, or ends without an error.
+async fn ended_within(
+    stream: &mut tonic::Streaming<pb::WatchRevocationsResponse>,
+    bound: Duration,
+    what: &str,
+) -> Status {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Err(_) => panic!("{what}: the stream is still open {bound:?} after the revocation"),
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => panic!("{what}: the stream ended without a status"),
+            Ok(Err(status)) => return status,
+        }
+    }
+}
+
+/// The id of `key`'s row, as `authd service-account list` shows it.
+async fn key_id_of(app: &TestApp, key: &str) -> uuid::Uuid {
+    use sha2::Digest as _;
+    sqlx::query_scalar("SELECT id FROM service_account_keys WHERE key_hash = $1")
+        .bind(sha2::Sha256::digest(key.as_bytes()).to_vec())
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+/// Ends a session, so that a revocation event is written.
+async fn log_a_session_out(app: &TestApp) {
+    let (_, tokens) = app.signed_in_user().await;
+    app.client
+        .clone()
+        .logout(pb::LogoutRequest {
+            refresh_token: tokens.refresh_token,
+        })
+        .await
+        .unwrap();
+}
+
+#[track_caller]
+fn assert_revoked_key_status(status: &Status, what: &str) {
+    assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+    assert_eq!(reason(status), "TOKEN_INVALID", "{what}");
+}
+
+#[tokio::test]
+async fn a_watch_stream_ends_when_its_key_or_its_account_is_revoked() {
+    let app = spawn_app().await;
+    crate::admin::wait_for_listeners(&app, 1).await;
+    let name = "leaky-watcher";
+    let first = app.service_key(name, &[WATCH]).await;
+    let second = app.service_key(name, &[WATCH]).await;
+    let mut first_stream = open_watch(&app, &first).await;
+    let mut second_stream = open_watch(&app, &second).await;
+
+    // `authd service-account revoke leaky-watcher --key-id …`
+    let key_id = key_id_of(&app, &first).await;
+    assert!(
+        authd::db::service_accounts::delete_key(&app.db, name, key_id)
+            .await
+            .unwrap()
+    );
+    let status = ended_within(&mut first_stream, STREAM_END_BOUND, "the revoked key").await;
+    assert_revoked_key_status(&status, "the revoked key");
+
+    // The sibling key's stream goes on delivering events.
+    log_a_session_out(&app).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let message = tokio::time::timeout_at(deadline, second_stream.message())
+            .await
+            .expect("an event on the sibling's stream")
+            .expect("the sibling's stream goes on")
+            .expect("the sibling's stream goes on");
+        if message.kind() == pb::RevocationKind::SessionEnded {
+            break;
+        }
+    }
+
+    // `authd service-account revoke leaky-watcher`
+    assert!(
+        authd::db::service_accounts::delete_account(&app.db, name)
+            .await
+            .unwrap()
+    );
+    let status = ended_within(&mut second_stream, STREAM_END_BOUND, "the revoked account").await;
+    assert_revoked_key_status(&status, "the revoked account");
+}
+
+/// Scopes change only in the database (the CLI refuses to change them), but
+/// a stream must not outlive the scope it was opened with either.
+#[tokio::test]
+async fn a_watch_stream_ends_when_its_account_loses_the_scope() {
+    let app = spawn_app().await;
+    crate::admin::wait_for_listeners(&app, 1).await;
+    let key = app.service_key("narrowed-watcher", &[WATCH]).await;
+    let mut stream = open_watch(&app, &key).await;
+    sqlx::query("UPDATE service_accounts SET scopes = '{users.read}' WHERE name = 'narrowed-watcher'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let status = ended_within(&mut stream, STREAM_END_BOUND, "the narrowed account").await;
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert_eq!(missing_scope(&status), WATCH);
+}
+
+#[tokio::test]
+async fn a_key_revoked_ends_its_streams_on_every_replica() {
+    let a = spawn_app().await;
+    let b = spawn_app_on(&crate::admin::database_url(&a), |_| {}).await;
+    crate::admin::wait_for_listeners(&a, 2).await;
+    let key = a.service_key("replicated-watcher", &[WATCH]).await;
+    let mut at_a = open_watch(&a, &key).await;
+    let mut at_b = open_watch(&b, &key).await;
+    assert!(
+        authd::db::service_accounts::delete_account(&a.db, "replicated-watcher")
+            .await
+            .unwrap()
+    );
+    let status = ended_within(&mut at_b, STREAM_END_BOUND, "the other replica").await;
+    assert_revoked_key_status(&status, "the other replica");
+    let status = ended_within(&mut at_a, STREAM_END_BOUND, "this replica").await;
+    assert_revoked_key_status(&status, "this replica");
+}
+
+/// With the caches off and the revocation's notification lost (the
+/// trigger switched off, as a dropped notification would look), the stream
+/// still ends: it re-reads its key while it cannot trust notifications.
+#[tokio::test]
+async fn a_revoked_key_s_stream_ends_without_the_notification_while_caches_are_off() {
+    let app = spawn_app_with(|c| c.session_cache = false).await;
+    let key = app.service_key("unnotified-watcher", &[WATCH]).await;
+    let mut stream = open_watch(&app, &key).await;
+    sqlx::query("ALTER TABLE service_account_keys DISABLE TRIGGER USER")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE service_accounts DISABLE TRIGGER USER")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert!(
+        authd::db::service_accounts::delete_account(&app.db, "unnotified-watcher")
+            .await
+            .unwrap()
+    );
+    let status = ended_within(&mut stream, STREAM_END_BOUND, "no notification").await;
+    assert_revoked_key_status(&status, "no notification");
+}
+
+// ------------------------------------------------- made-up keys and the pool
+
+/// A key in the right format that was never stored.
+fn made_up_key() -> String {
+    authd::crypto::opaque::NewToken::generate(authd::crypto::opaque::TokenKind::ServiceKey)
+        .unwrap()
+        .expose()
+        .to_owned()
+}
+
+/// Service-key checks that read the database so far, by result.
+async fn key_lookups(app: &TestApp, result: &str) -> f64 {
+    let page = crate::metrics::scrape(app, None).await;
+    crate::metrics::value(
+        &page.body,
+        &format!("authd_service_key_lookups_total{{result=\"{result}\"}}"),
+    )
+    .unwrap_or_else(|| panic!("no lookup counter in\n{}", page.body))
+}
+
+/// Waits until the key cache answers (its change listener proved itself).
+async fn caches_on(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::metrics::value(
+        &crate::metrics::scrape(app, None).await.body,
+        "authd_session_cache_enabled",
+    ) != Some(1.0)
+    {
+        assert!(Instant::now() < deadline, "the caches never came on");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// GetUser with `key`, as the client at `address` (through the trusted
+/// proxy header).
+async fn get_user_from(app: &TestApp, address: &str, key: &str, user_id: &str) -> Result<pb::User, Status> {
+    let mut request = authorized(
+        pb::GetUserRequest {
+            user_id: user_id.into(),
+        },
+        &[&bearer(key)],
+    );
+    request
+        .metadata_mut()
+        .insert("x-forwarded-for", address.parse().unwrap());
+    app.admin()
+        .get_user(request)
+        .await
+        .map(|r| r.into_inner().user.expect("user"))
+}
+
+#[tokio::test]
+async fn a_made_up_key_presented_again_and_again_reads_the_database_once() {
+    let app = spawn_app_with(crate::metrics::with_metrics).await;
+    caches_on(&app).await;
+    let user = app.register(&fresh_email(), PASSWORD).await;
+    let made_up = made_up_key();
+    let before = key_lookups(&app, "unknown").await;
+    for _ in 0..20 {
+        assert_error(
+            get_user(&app, &made_up, &user.id).await,
+            Code::Unauthenticated,
+            "TOKEN_INVALID",
+        );
+    }
+    let lookups = key_lookups(&app, "unknown").await - before;
+    assert!(
+        lookups <= 1.0,
+        "20 calls with one made-up key read the database {lookups} times"
+    );
+}
+
+#[tokio::test]
+async fn a_key_refused_as_unknown_works_at_once_when_created_on_every_replica() {
+    let a = spawn_app().await;
+    let b = spawn_app_on(&crate::admin::database_url(&a), |_| {}).await;
+    crate::admin::wait_for_listeners(&a, 2).await;
+    let user = a.register(&fresh_email(), PASSWORD).await;
+    let token =
+        authd::crypto::opaque::NewToken::generate(authd::crypto::opaque::TokenKind::ServiceKey).unwrap();
+    let key = token.expose().to_owned();
+    for app in [&a, &b] {
+        for _ in 0..2 {
+            assert_error(
+                get_user(app, &key, &user.id).await,
+                Code::Unauthenticated,
+                "TOKEN_INVALID",
+            );
+        }
+    }
+    // `authd service-account create late-comer --scope users.read`
+    let added = authd::db::service_accounts::add_key(
+        &a.db,
+        "late-comer",
+        &[READ.to_owned()],
+        &token.hash,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        added,
+        authd::db::service_accounts::KeyAdded::NewAccount { .. }
+    ));
+    for (replica, app) in [("A", &a), ("B", &b)] {
+        let started = Instant::now();
+        while let Err(status) = get_user(app, &key, &user.id).await {
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "replica {replica} still refuses the new key after 1 s: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_fails_too_often_is_throttled_without_the_database_while_another_is_not() {
+    let app = spawn_app_with(|c| {
+        crate::metrics::with_metrics(c);
+        c.trusted_proxy_header = Some(http::header::HeaderName::from_static("x-forwarded-for"));
+    })
+    .await;
+    caches_on(&app).await;
+    let user = app.register(&fresh_email(), PASSWORD).await;
+    let key = app.service_key("innocent", &[READ]).await;
+    let (prober, neighbour) = ("198.51.100.7", "203.0.113.9");
+    // The real key is used once by anyone, so this replica holds it.
+    get_user_from(&app, neighbour, &key, &user.id).await.unwrap();
+
+    let mut failures = 0;
+    let throttled = loop {
+        match get_user_from(&app, prober, &made_up_key(), &user.id).await {
+            Err(status) if status.code() == Code::Unauthenticated => failures += 1,
+            Err(status) if status.code() == Code::ResourceExhausted => break status,
+            other => panic!("a made-up key answered {other:?}"),
+        }
+        assert!(
+            failures <= 100,
+            "100 made-up keys from one client and no throttling"
+        );
+    };
+    assert_eq!(reason(&throttled), "THROTTLED");
+    let retry = throttled.get_details_retry_info().expect("RetryInfo");
+    assert!(retry.retry_delay.is_some_and(|d| !d.is_zero()), "{retry:?}");
+
+    // Further made-up keys from the prober cost no database read, but for
+    // the one attempt per two seconds the limit (30 a minute) lets through.
+    let before = key_lookups(&app, "unknown").await;
+    let started = Instant::now();
+    let mut let_through = 0.0;
+    for _ in 0..20 {
+        let status = get_user_from(&app, prober, &made_up_key(), &user.id)
+            .await
+            .expect_err("a made-up key");
+        match status.code() {
+            Code::ResourceExhausted => assert_eq!(reason(&status), "THROTTLED"),
+            Code::Unauthenticated => let_through += 1.0,
+            _ => panic!("{status:?}"),
+        }
+    }
+    let allowed = 1.0 + (started.elapsed().as_secs_f64() / 2.0).floor();
+    assert!(
+        let_through <= allowed,
+        "{let_through} of 20 let through, {allowed} allowed"
+    );
+    let lookups = key_lookups(&app, "unknown").await - before;
+    assert_eq!(lookups, let_through, "a throttled client read the database");
+
+    // Another client is not throttled: its made-up key is merely invalid,
+    // and its real key works.
+    assert_error(
+        get_user_from(&app, neighbour, &made_up_key(), &user.id).await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+    get_user_from(&app, neighbour, &key, &user.id).await.unwrap();
+    // A real key this replica holds in memory still works from the prober's
+    // address (a shared proxy address must not lock every service out).
+    get_user_from(&app, prober, &key, &user.id).await.unwrap();
 }
