@@ -28,6 +28,7 @@ mod query_plans;
 mod recovery;
 mod register;
 mod rest_gateway;
+mod revocation_coverage;
 mod revocations;
 mod scale_seed;
 mod service_account_cli;
