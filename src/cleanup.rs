@@ -363,7 +363,6 @@ struct Cutoffs {
     sessions: DateTime<Utc>,
     tokens: DateTime<Utc>,
     mail: DateTime<Utc>,
-    revocations: DateTime<Utc>,
 }
 
 /// One pass over every table, on the locked connection.
@@ -393,7 +392,6 @@ impl<'a> Pass<'a> {
                 sessions: now - SESSION_RETENTION,
                 tokens: now - TOKEN_RETENTION,
                 mail: now - MAIL_RETENTION,
-                revocations: now - crate::revocation_feed::RETENTION,
             },
             tally: Tally::default(),
             failed: false,
@@ -488,10 +486,12 @@ impl<'a> Pass<'a> {
         Ok(deleted)
     }
 
-    /// Revocation events past retention, in id ranges.
+    /// Revocation events past retention, in id ranges. The retention is
+    /// measured on the database's clock, which wrote the events' times and
+    /// checks subscribers' `since`, not on this replica's.
     async fn prune_revocations(&mut self) -> Result<(), Halt> {
-        let Some(horizon) = db::revocations::prune_horizon(&mut *self.conn, self.cutoffs.revocations).await?
-        else {
+        let retention = crate::revocation_feed::RETENTION;
+        let Some(horizon) = db::revocations::prune_horizon(&mut *self.conn, retention).await? else {
             return Ok(());
         };
         loop {

@@ -55,6 +55,34 @@ pub async fn state<'e>(db: impl PgExecutor<'e>) -> Result<LogState, AppError> {
     )
 }
 
+/// Where a subscriber that starts at a time begins, read in one snapshot.
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct TimeStart {
+    /// The database's clock, which event times and the retention use.
+    pub now: DateTime<Utc>,
+    pub last_event_id: i64,
+    /// The first event that occurred at or after the time asked for.
+    pub first_id: Option<i64>,
+}
+
+/// The log's state and the first event that occurred at or after `since`,
+/// found at the near end of the time index (times rise with ids, see the
+/// migration that moved event times to the database's clock). One
+/// statement, so an event committed after it has an id above
+/// `last_event_id`.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn start_at<'e>(db: impl PgExecutor<'e>, since: DateTime<Utc>) -> Result<TimeStart, AppError> {
+    Ok(sqlx::query_as::<_, TimeStart>(
+        "SELECT now() AS now, last_event_id,
+                (SELECT id FROM revocation_events WHERE occurred_at >= $1
+                  ORDER BY occurred_at, id LIMIT 1) AS first_id
+           FROM revocation_log",
+    )
+    .bind(since)
+    .fetch_one(db)
+    .await?)
+}
+
 /// Up to `limit` events after `cursor`, oldest first. Ids are gapless and
 /// commit in order (see the migration), so a reader that moves its cursor
 /// to the last id it got never skips an event.
@@ -70,28 +98,30 @@ pub async fn after<'e>(db: impl PgExecutor<'e>, cursor: i64, limit: i64) -> Resu
     .await?)
 }
 
-/// The newest event that occurred before `before`: pruning deletes it and
-/// every event before it (by id, so what remains is a contiguous tail, even
-/// where two replicas' clocks put neighbours out of order). `None` when no
-/// event is that old.
+/// The newest event that occurred more than `retention` ago: pruning
+/// deletes it and every event before it (by id, so what remains is a
+/// contiguous tail). `None` when no event is that old.
+///
+/// "Ago" is by the database's clock, the one event times are written with,
+/// never a replica's: a replica whose clock runs ahead must not prune what
+/// a subscriber's `since` (checked against the same database clock) still
+/// counts on.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn prune_horizon<'e>(
     db: impl PgExecutor<'e>,
-    before: DateTime<Utc>,
+    retention: chrono::Duration,
 ) -> Result<Option<i64>, AppError> {
     Ok(
         // The newest event past retention, found at the near end of the
-        // time index. Ids and times rise together (an id is taken at the
-        // end of its transaction, its time at the start), so this is the
-        // highest old id but for events committed within the same
-        // milliseconds, which go a pass later or a few milliseconds early.
+        // time index; times rise with ids, so it is the highest old id.
         // max(id) would walk the primary key down through every event of
         // the retention window before reaching an old one.
         sqlx::query_scalar(
-            "SELECT id FROM revocation_events WHERE occurred_at < $1
+            "SELECT id FROM revocation_events
+              WHERE occurred_at < now() - make_interval(secs => $1)
               ORDER BY occurred_at DESC LIMIT 1",
         )
-        .bind(before)
+        .bind(retention.as_seconds_f64())
         .fetch_one(db)
         .await?,
     )
@@ -146,12 +176,13 @@ pub async fn prune_batch(
     }))
 }
 
-/// Deletes every event up to the newest that occurred before `before`, in
-/// the clean-up's bounded batches but without its pauses or its lock: for
-/// tests and one-off use. The service's clean-up is `crate::cleanup`.
-pub async fn prune(db: &PgPool, before: DateTime<Utc>) -> Result<u64, AppError> {
+/// Deletes every event up to the newest that occurred more than
+/// `retention` ago, in the clean-up's bounded batches but without its
+/// pauses or its lock: for tests and one-off use. The service's clean-up
+/// is `crate::cleanup`.
+pub async fn prune(db: &PgPool, retention: chrono::Duration) -> Result<u64, AppError> {
     let mut conn = db.acquire().await?;
-    let Some(horizon) = prune_horizon(&mut *conn, before).await? else {
+    let Some(horizon) = prune_horizon(&mut *conn, retention).await? else {
         return Ok(0);
     };
     let mut deleted = 0;

@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::auth_layer::service_caller;
 use super::convert::timestamp;
 use super::key_guard::KeyGuard;
-use crate::domain::Scope;
+use crate::domain::{FieldReason, Invalid, Scope};
 use crate::error::AppError;
 use crate::pb::auth::v1::{self as pb, admin_service_server::AdminService};
 use crate::service::{Core, RevocationEvent, RevocationKind};
@@ -210,19 +210,32 @@ impl AdminService for AdminApi {
             Scope::RevocationsWatch,
             "WatchRevocations",
         )?;
-        let after = request.get_ref().after_event_id;
-        let result = self
-            .core
-            .watch_revocations(after)
-            .await
-            .map(|events| -> RevocationResponses {
-                Box::pin(
-                    ReceiverStream::new(events).map(|item| item.map(revocation_event).map_err(Status::from)),
-                )
-            })
-            .map(|stream| guard.bind(stream));
+        let r = request.get_ref();
+        let after = r.after_event_id;
+        let result = match r.since.map(instant).transpose() {
+            Ok(since) => self.core.watch_revocations(after, since).await,
+            Err(e) => Err(e),
+        }
+        .map(|events| -> RevocationResponses {
+            Box::pin(ReceiverStream::new(events).map(|item| item.map(revocation_event).map_err(Status::from)))
+        })
+        .map(|stream| guard.bind(stream));
         self.audited(&caller.name, "WatchRevocations", "", result)
     }
+}
+
+/// A request's point in time, or INVALID_ARGUMENT for one no date can be.
+fn instant(t: prost_types::Timestamp) -> Result<DateTime<Utc>, AppError> {
+    u32::try_from(t.nanos)
+        .ok()
+        .filter(|nanos| *nanos < 1_000_000_000)
+        .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
+        .ok_or_else(|| {
+            AppError::invalid(
+                "since",
+                Invalid::new(FieldReason::InvalidFormat, "is not a valid timestamp"),
+            )
+        })
 }
 
 type RevocationResponses = Pin<Box<dyn Stream<Item = Result<pb::WatchRevocationsResponse, Status>> + Send>>;

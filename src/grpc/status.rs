@@ -216,7 +216,7 @@ impl From<AppError> for Status {
             AppError::CursorExpired => plain(
                 Code::FailedPrecondition,
                 "this cursor is older than the retained revocations or was not issued here; \
-                 start again from 0",
+                 start again from a recent `since` or from 0",
                 ErrorReason::CursorExpired,
             ),
             AppError::ShuttingDown => plain(

@@ -67,29 +67,66 @@ impl TryFrom<EventRow> for RevocationEvent {
 pub type RevocationStream = mpsc::Receiver<Result<RevocationEvent, AppError>>;
 
 impl Core {
-    /// Checks the cursor now (so a bad one is the call's status, not a
-    /// broken stream) and starts the subscriber's task.
+    /// Checks where the subscriber starts now (so a bad cursor or time is
+    /// the call's status, not a broken stream) and starts its task. It
+    /// starts after `after_event_id`, or with the first event that occurred
+    /// at or after `since`, or at the present when neither is given.
     #[tracing::instrument(skip_all, fields(after_event_id))]
-    pub async fn watch_revocations(&self, after_event_id: i64) -> Result<RevocationStream, AppError> {
+    pub async fn watch_revocations(
+        &self,
+        after_event_id: i64,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<RevocationStream, AppError> {
         if after_event_id < 0 {
             return Err(AppError::invalid(
                 "after_event_id",
                 Invalid::new(FieldReason::InvalidFormat, "must be 0 (from now) or an event id"),
             ));
         }
-        let state = db::revocations::state(&self.db).await?;
-        let cursor = match after_event_id {
-            0 => state.last_event_id,
-            // Equal to pruned_through is fine: everything after it is kept.
-            c if c < state.pruned_through || c > state.last_event_id => {
-                return Err(AppError::CursorExpired);
+        let (cursor, head) = match (after_event_id, since) {
+            (0, Some(since)) => self.cursor_at(since).await?,
+            (_, Some(_)) => {
+                return Err(AppError::invalid(
+                    "since",
+                    Invalid::new(FieldReason::InvalidFormat, "only when after_event_id is 0"),
+                ));
             }
-            c => c,
+            (after, None) => {
+                let state = db::revocations::state(&self.db).await?;
+                let cursor = match after {
+                    0 => state.last_event_id,
+                    // Equal to pruned_through is fine: everything after it is kept.
+                    c if c < state.pruned_through || c > state.last_event_id => {
+                        return Err(AppError::CursorExpired);
+                    }
+                    c => c,
+                };
+                (cursor, state.last_event_id)
+            }
         };
-        self.revocation_feed.announce(state.last_event_id);
+        self.revocation_feed.announce(head);
         let (tx, rx) = mpsc::channel(CHANNEL);
         tokio::spawn(self.clone().serve_subscriber(cursor, tx));
         Ok(rx)
+    }
+
+    /// The cursor just before the first event that occurred at or after
+    /// `since`, and the log's head. Times are the database's and rise with
+    /// ids, so every event from `since` on comes after that cursor; and
+    /// within the retention, by the same clock, none of them was pruned.
+    async fn cursor_at(&self, since: DateTime<Utc>) -> Result<(i64, i64), AppError> {
+        let start = db::revocations::start_at(&self.db, since).await?;
+        if since > start.now {
+            return Err(AppError::invalid(
+                "since",
+                Invalid::new(FieldReason::InvalidFormat, "is in the future"),
+            ));
+        }
+        if since < start.now - crate::revocation_feed::RETENTION {
+            return Err(AppError::CursorExpired);
+        }
+        let cursor = start.first_id.map_or(start.last_event_id, |id| id - 1);
+        Ok((cursor, start.last_event_id))
     }
 
     async fn serve_subscriber(self, mut cursor: i64, tx: mpsc::Sender<Result<RevocationEvent, AppError>>) {
@@ -97,11 +134,13 @@ impl Core {
         let mut head = feed.head();
         let mut closing = feed.closing();
         let every = feed.heartbeat();
-        // The cursor at once, so a subscriber that starts from 0 and loses
+        // A heartbeat says every event committed before the call began has
+        // been delivered, so the first one waits for the catch-up (it is
+        // the first message when there is none): a subscriber that starts
+        // from a time knows when it has heard of everything since. It also
+        // carries the cursor, so a subscriber that starts from 0 and loses
         // the stream before the first event resumes where it was.
-        if tx.send(Ok(heartbeat(cursor))).await.is_err() {
-            return;
-        }
+        let mut caught_up = false;
         let mut quiet_since = tokio::time::Instant::now();
         loop {
             if *closing.borrow() {
@@ -112,6 +151,25 @@ impl Core {
                 match db::revocations::after(&self.db, cursor, BATCH).await {
                     Ok(rows) => {
                         let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= BATCH;
+                        if rows.is_empty() {
+                            // Events after the cursor committed (the head
+                            // says so) but none is left: pruned while this
+                            // subscriber was behind, with nothing newer to
+                            // show the gap. Found here, not by the
+                            // heartbeat: while the head is ahead, every
+                            // heartbeat's turn reads again.
+                            match self.successors_pruned(cursor).await {
+                                Ok(false) => {}
+                                Ok(true) => {
+                                    let _ = tx.send(Err(AppError::CursorExpired)).await;
+                                    return;
+                                }
+                                Err(e) => {
+                                    let _ = tx.send(Err(e)).await;
+                                    return;
+                                }
+                            }
+                        }
                         for row in rows {
                             let id = row.id;
                             // Ids are gapless, so a missing one was pruned
@@ -141,6 +199,13 @@ impl Core {
                     }
                 }
             }
+            if !caught_up {
+                caught_up = true;
+                if tx.send(Ok(heartbeat(cursor))).await.is_err() {
+                    return;
+                }
+                quiet_since = tokio::time::Instant::now();
+            }
             tokio::select! {
                 changed = head.changed() => if changed.is_err() { return },
                 _ = closing.changed() => {}
@@ -153,6 +218,11 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Whether events right after `cursor` were pruned.
+    async fn successors_pruned(&self, cursor: i64) -> Result<bool, AppError> {
+        Ok(db::revocations::state(&self.db).await?.pruned_through > cursor)
     }
 }
 

@@ -226,11 +226,16 @@ async fn seeded(seed: Seed) -> (String, PgPool) {
            FROM generate_series(1, {others}) i;
 
          SELECT authd_record_revocation('SESSION_ENDED', md5('cleanup user 1')::uuid,
-                                        ARRAY[gen_random_uuid()], now() - interval '25 hours')
+                                        ARRAY[gen_random_uuid()], now())
            FROM generate_series(1, {old_events});
          SELECT authd_record_revocation('SESSION_ENDED', md5('cleanup user 2')::uuid,
-                                        ARRAY[gen_random_uuid()], now() - interval '1 hour')
+                                        ARRAY[gen_random_uuid()], now())
            FROM generate_series(1, {recent_events});
+         -- Events are timed by the database when written: aged here.
+         UPDATE revocation_events
+            SET occurred_at = occurred_at - CASE user_id WHEN md5('cleanup user 1')::uuid
+                                                         THEN interval '25 hours'
+                                                         ELSE interval '1 hour' END;
 
          -- Every DELETE on the two session tables, as PostgreSQL saw it
          -- (the cascade's empty per-session statements left out).

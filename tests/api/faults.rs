@@ -473,10 +473,7 @@ async fn sigterm_under_load_says_not_serving_first_loses_no_call_and_streams_do_
     );
     let mut revocations =
         authd::pb::auth::v1::admin_service_client::AdminServiceClient::new(served.channel())
-            .watch_revocations(with_bearer(
-                pb::WatchRevocationsRequest { after_event_id: 0 },
-                key.expose(),
-            ))
+            .watch_revocations(with_bearer(pb::WatchRevocationsRequest::default(), key.expose()))
             .await
             .unwrap()
             .into_inner();

@@ -30,6 +30,7 @@ mod readme;
 mod recovery;
 mod register;
 mod rest_gateway;
+mod revocation_coverage;
 mod revocations;
 mod scale_seed;
 mod security_claims;

@@ -1235,7 +1235,7 @@ async fn drive_every_rpc(app: &TestApp, smtp: &SmtpServer, tester: &PgPool) {
     // WatchRevocations from the present (a heartbeat) and from a cursor a
     // few events back (the events after it).
     let mut present = admin
-        .watch_revocations(as_service!(pb::WatchRevocationsRequest { after_event_id: 0 }))
+        .watch_revocations(as_service!(pb::WatchRevocationsRequest::default()))
         .await
         .unwrap()
         .into_inner();
@@ -1243,11 +1243,12 @@ async fn drive_every_rpc(app: &TestApp, smtp: &SmtpServer, tester: &PgPool) {
     let mut behind = admin
         .watch_revocations(as_service!(pb::WatchRevocationsRequest {
             after_event_id: head - 3,
+            since: None,
         }))
         .await
         .unwrap()
         .into_inner();
-    // (It starts with a heartbeat carrying the cursor.)
+    // (Heartbeats skipped.)
     let mut events = Vec::new();
     while events.len() < 3 {
         let message = behind.message().await.unwrap().unwrap();
@@ -1256,4 +1257,17 @@ async fn drive_every_rpc(app: &TestApp, smtp: &SmtpServer, tester: &PgPool) {
         }
     }
     assert_eq!(events, [head - 2, head - 1, head]);
+    // And from a time: the first event at or after it.
+    let mut since = admin
+        .watch_revocations(as_service!(pb::WatchRevocationsRequest {
+            after_event_id: 0,
+            since: Some(prost_types::Timestamp {
+                seconds: chrono::Utc::now().timestamp() - 600,
+                nanos: 0,
+            }),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    since.message().await.unwrap().unwrap();
 }

@@ -26,6 +26,7 @@ async fn watch(
         .watch_revocations(with_bearer(
             pb::WatchRevocationsRequest {
                 after_event_id: after,
+                since: None,
             },
             key,
         ))
@@ -355,7 +356,7 @@ async fn cursors_outside_the_log_are_refused_with_cursor_expired() {
         .execute(&app.db)
         .await
         .unwrap();
-    let pruned = authd::db::revocations::prune(&app.db, chrono::Utc::now() - chrono::Duration::hours(24))
+    let pruned = authd::db::revocations::prune(&app.db, authd::revocation_feed::RETENTION)
         .await
         .unwrap();
     assert_eq!(pruned, 2);
@@ -385,7 +386,7 @@ async fn the_stream_needs_the_watch_scope() {
     );
     let status = app
         .admin()
-        .watch_revocations(pb::WatchRevocationsRequest { after_event_id: 0 })
+        .watch_revocations(pb::WatchRevocationsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(reason(&status), "TOKEN_MISSING");
@@ -563,7 +564,7 @@ async fn events_pruned_before_a_slow_subscriber_read_them_end_its_stream_with_cu
         .execute(&app.db)
         .await
         .unwrap();
-    let pruned = authd::db::revocations::prune(&app.db, chrono::Utc::now() - chrono::Duration::hours(24))
+    let pruned = authd::db::revocations::prune(&app.db, authd::revocation_feed::RETENTION)
         .await
         .unwrap();
     assert_eq!(pruned, 600);

@@ -176,10 +176,7 @@ impl OtherSubscribers {
         for i in 0..n {
             let mut admin = AdminServiceClient::new(channels[i % channels.len()].clone());
             let mut stream = admin
-                .watch_revocations(bearer(
-                    pb::WatchRevocationsRequest { after_event_id: 0 },
-                    &authorization,
-                ))
+                .watch_revocations(bearer(pb::WatchRevocationsRequest::default(), &authorization))
                 .await
                 .unwrap_or_else(|s| panic!("revocation scenario: WatchRevocations refused: {s:?}"))
                 .into_inner();

@@ -12,15 +12,19 @@ pub const MAX_LEEWAY: Duration = Duration::from_secs(30);
 
 /// What to do with a token while the verifier cannot vouch for its
 /// revocation state: the stream has been silent for longer than
-/// [`VerifierConfig::max_staleness`], or it has not (re)started yet.
+/// [`VerifierConfig::max_staleness`], it has not caught up yet (at start,
+/// or after authd lost events it had not delivered), or the token is older
+/// than what the stream covers (authd no longer had revocations from a
+/// token lifetime ago, or sent one this version cannot read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnStale {
-    /// Refuse every token with UNAVAILABLE until the stream is back. A
-    /// client retries; nothing revoked is ever accepted.
+    /// Refuse such a token with UNAVAILABLE. A client retries; nothing the
+    /// stream has not vouched for is accepted.
     #[default]
     FailClosed,
-    /// Ask authd with IntrospectToken, once per call, until the stream is
-    /// back. The service key then needs the `tokens.introspect` scope as
+    /// Ask authd with IntrospectToken: once per call while the stream is
+    /// down or catching up, once per token for a token older than the
+    /// coverage. The service key then needs the `tokens.introspect` scope as
     /// well as `revocations.watch`. If authd cannot answer either, the call
     /// is refused with UNAVAILABLE.
     Introspect,
@@ -154,6 +158,17 @@ impl VerifierConfig {
         self.max_token_lifetime + self.leeway
     }
 
+    /// How far back a stream without a cursor starts: far enough that
+    /// every revocation that can concern a token still accepted is
+    /// delivered. A token is accepted up to `leeway` past its `exp`, so it
+    /// was issued at most `max_token_lifetime + leeway` ago; what revokes
+    /// it happened after it was issued. Its `iat` is an authd replica's
+    /// clock, the event's time the database's and `since` this process's:
+    /// another leeway for each of the two differences.
+    pub(crate) fn coverage_lookback(&self) -> Duration {
+        self.max_token_lifetime + self.leeway * 3
+    }
+
     pub(crate) fn validate(&self) -> Result<(), StartError> {
         let problem = if self.issuer.is_empty() {
             "the issuer is empty"
@@ -187,6 +202,7 @@ mod tests {
         let config = VerifierConfig::new("https://authd", "svc", "sk_secret");
         assert!(config.validate().is_ok());
         assert_eq!(config.revocation_retention(), Duration::from_secs(15 * 60 + 5));
+        assert_eq!(config.coverage_lookback(), Duration::from_secs(15 * 60 + 15));
         let printed = format!("{config:?}");
         assert!(!printed.contains("sk_secret"), "{printed}");
     }

@@ -210,10 +210,7 @@ mod tests {
         let key = TestKey::ed25519();
         let verifier = Verifier::without_tasks(test_shared(&key, OnStale::FailClosed));
         let now = SystemTime::now();
-        verifier
-            .shared()
-            .health
-            .started_from_present(UNIX_EPOCH, Instant::now());
+        verifier.shared().health.covered_from(UNIX_EPOCH, Instant::now());
         let token = key.sign(&claims_json(unix_now(now), 900));
         let layer = VerifierLayer::new(verifier).exempt_prefix("/grpc.health.v1.Health/");
         let service = layer.layer(echo_user());

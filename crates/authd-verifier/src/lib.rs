@@ -15,9 +15,10 @@
 //!   servers that verifies every request's `authorization: Bearer` and puts
 //!   the [`Claims`] into the request's extensions, or answers with authd's
 //!   own error codes and `ErrorInfo` reasons.
-//! * [`OnStale`] — what happens while the stream is down for longer than
-//!   [`VerifierConfig::with_max_staleness`]: fail closed (UNAVAILABLE), or
-//!   ask authd with IntrospectToken per call.
+//! * [`OnStale`] — what happens while the stream cannot vouch for a token
+//!   (down for longer than [`VerifierConfig::with_max_staleness`], still
+//!   catching up): fail closed (UNAVAILABLE), or ask authd with
+//!   IntrospectToken.
 //!
 //! ```ignore
 //! let config = VerifierConfig::new("https://auth.example.com", "my-services", service_key);
@@ -34,6 +35,13 @@
 //!
 //! # Guarantees
 //!
+//! * Covered from its first message: the stream starts
+//!   `max_token_lifetime` + 3 × leeway in the past (WatchRevocations
+//!   `since`), so every revocation that can concern a token the verifier
+//!   would still accept, those committed before this process started
+//!   included, is delivered before the verifier vouches for anything. Until
+//!   authd says the catch-up is done (its first heartbeat) the verifier is
+//!   stale.
 //! * A revocation reaches the verifier as fast as authd pushes it; while the
 //!   stream is silent (no event, no heartbeat) for longer than
 //!   `max_staleness`, no token is accepted on the strength of local state
@@ -41,13 +49,20 @@
 //!   after its revocation, even if the network fails silently.
 //! * The stream resumes after any failure from the last event applied,
 //!   on any authd replica, and misses nothing. If authd no longer has that
-//!   event (an outage longer than its 24 h retention), the verifier is
-//!   stale until it has started again from the present.
-//! * Revocations committed before the stream (re)started from the present
-//!   (at start, or after an expired cursor) were never delivered. With
-//!   [`OnStale::Introspect`], tokens issued before that moment are
-//!   introspected once each; with [`OnStale::FailClosed`] they are judged
-//!   on their signature and claims alone, as a keys-only verifier would.
+//!   event (an outage longer than its 24 h retention), or the event ids
+//!   skip some, the verifier is stale and starts over from one token
+//!   lifetime in the past, as at start.
+//! * A token the stream cannot vouch for is never accepted on its signature
+//!   alone: [`OnStale::FailClosed`] refuses it with UNAVAILABLE,
+//!   [`OnStale::Introspect`] asks authd once per token. Two cases leave
+//!   such tokens while the stream is live, each until those tokens expire:
+//!   tokens issued up to an event of a kind this version does not know (a
+//!   newer authd; upgrade the verifier), and, if authd refuses to go back a
+//!   token lifetime (`max_token_lifetime` beyond its 24 h retention), tokens
+//!   issued before the stream then started from the present.
+//! * It needs an authd that knows `since` (the same release as this crate,
+//!   or later): an older one ignores it and starts from the present, so
+//!   upgrade authd before its verifiers.
 //! * Memory is bounded: a revocation is remembered only until every token
 //!   it concerns has expired (`max_token_lifetime` + leeway), and at most
 //!   50 000 verified tokens are remembered to skip signature checks.

@@ -45,7 +45,7 @@ impl std::fmt::Debug for Verifier {
 /// health checks, metrics and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamStatus {
-    /// The verifier vouches for revocation state now: the stream started
+    /// The verifier vouches for revocation state now: the stream caught up
     /// and said something (an event or a heartbeat) within `max_staleness`.
     pub fresh: bool,
     /// A WatchRevocations stream is open right now.
@@ -56,8 +56,10 @@ pub struct StreamStatus {
     /// Time since the stream's last message or start; `None` before the
     /// first, or after continuity was lost.
     pub last_message_age: Option<Duration>,
-    /// From when on every revocation is known (the last start of the stream
-    /// from the present); `None` while unknown.
+    /// Tokens issued from then on (within the leeway) are vouched for: the
+    /// start of the stream that caught up, normally one token lifetime
+    /// before it was opened, so every unexpired token. `None` while no
+    /// stream has caught up since the verifier started or lost events.
     pub covered_since: Option<SystemTime>,
     /// Ended sessions and disabled or deleted accounts remembered now.
     pub remembered_revocations: usize,
@@ -102,8 +104,9 @@ pub(crate) fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 
 impl Verifier {
     /// Fetches authd's keys over `channel` (failing if that fails), then
-    /// starts following WatchRevocations in the background. Until the stream
-    /// has started, the verifier is stale (see [`OnStale`]); call
+    /// starts following WatchRevocations in the background, from one token
+    /// lifetime in the past. Until the stream has delivered those
+    /// revocations, the verifier is stale (see [`OnStale`]); call
     /// [`Verifier::wait_until_fresh`] to wait for it.
     pub async fn start(channel: Channel, config: VerifierConfig) -> Result<Self, StartError> {
         config.validate()?;
@@ -220,12 +223,11 @@ impl Shared {
             self.config.on_stale,
         ) {
             (Vouch::Fresh, _) => Ok(claims),
-            // Revocations from before the stream started were never
-            // delivered: a JWKS-only verifier's blind spot, which the
-            // fail-closed mode accepts (refusing every older token for a
-            // token lifetime after each start would be an outage) and the
-            // introspecting mode closes with one IntrospectToken per token.
-            (Vouch::IssuedBeforeCoverage(_), OnStale::FailClosed) => Ok(claims),
+            // The stream cannot say whether such a token was revoked
+            // (authd no longer had the revocations from its issue on, or
+            // sent one this version cannot read): stale, never valid on
+            // its signature alone.
+            (Vouch::IssuedBeforeCoverage(_), OnStale::FailClosed) => Err(VerifyError::Unavailable),
             (Vouch::IssuedBeforeCoverage(coverage), OnStale::Introspect) => {
                 if introspected_for != Some(coverage) {
                     self.introspect(token).await?;

@@ -1,6 +1,7 @@
-//! The background tasks: following WatchRevocations (resuming with the
-//! cursor after any failure, starting again from the present when the
-//! cursor is refused), and refreshing the keys now and then.
+//! The background tasks: following WatchRevocations (from one token
+//! lifetime in the past at start, resuming with the cursor after any
+//! failure, starting over from a time when events were lost), and
+//! refreshing the keys now and then.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,26 +12,52 @@ use tonic_types::StatusExt;
 use crate::claims::unix_now;
 use crate::pb::{self, RevocationKind, admin_service_client::AdminServiceClient};
 use crate::revocations::Change;
+use crate::stream_health::{secs_down, secs_up};
 use crate::verifier::{Shared, write};
 
 /// The ErrorInfo reason of a cursor authd no longer has (or never had).
 const CURSOR_EXPIRED: &str = "CURSOR_EXPIRED";
 
+/// Where a stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// After the last event applied: coverage continues.
+    After(i64),
+    /// From a time far enough back that every revocation that can concern
+    /// an unexpired token is delivered.
+    Since(SystemTime),
+    /// From the present, when authd no longer has events from that far
+    /// back: tokens issued before are not vouched for.
+    Present,
+}
+
 /// Follows the stream until the verifier is dropped (the task is aborted).
 pub(crate) async fn follow_revocations(shared: Arc<Shared>) {
     let mut backoff = Backoff::default();
+    // authd refused to go back as far as a token lifetime (its retention
+    // is shorter): the next start without a cursor is from the present.
+    let mut since_refused = false;
     loop {
-        let after = shared.health.cursor();
-        let ended = match open(&shared, after).await {
+        let start = match shared.health.cursor() {
+            0 if since_refused => Start::Present,
+            0 => Start::Since(
+                SystemTime::now()
+                    .checked_sub(shared.config.coverage_lookback())
+                    .unwrap_or(UNIX_EPOCH),
+            ),
+            cursor => Start::After(cursor),
+        };
+        let ended = match open(&shared, start).await {
             Ok(stream) => {
-                if after == 0 {
-                    shared
-                        .health
-                        .started_from_present(SystemTime::now(), Instant::now());
-                } else {
-                    shared.health.resumed(Instant::now());
+                match start {
+                    Start::Since(since) => shared.health.syncing_from(secs_down(since)),
+                    // authd read its head before answering, so nothing it
+                    // leaves out committed after this moment.
+                    Start::Present => shared.health.syncing_from(secs_up(SystemTime::now())),
+                    Start::After(_) => {}
                 }
-                tracing::debug!(after_event_id = after, "revocation stream open");
+                shared.health.connected();
+                tracing::debug!(?start, "revocation stream open");
                 backoff.reset();
                 let ended = read_stream(&shared, stream).await;
                 shared.health.disconnected();
@@ -39,16 +66,28 @@ pub(crate) async fn follow_revocations(shared: Arc<Shared>) {
             Err(refusal) => refusal,
         };
         let delay = match ended {
-            Ended::CursorExpired => {
-                // Nothing from the cursor on can be had any more: what was
-                // revoked meanwhile is unknown. Stale until a stream from
-                // the present starts, which is at once.
+            Ended::CursorExpired if matches!(start, Start::Since(_)) => {
                 tracing::warn!(
-                    after_event_id = after,
-                    "authd no longer has the revocation cursor; starting again from the present"
+                    lookback = ?shared.config.coverage_lookback(),
+                    "authd no longer has revocations from one token lifetime ago; \
+                     starting from the present, and tokens issued before are stale until they expire"
                 );
+                since_refused = true;
                 shared.health.forget_continuity();
                 Duration::ZERO
+            }
+            Ended::CursorExpired | Ended::Gap => {
+                // What was revoked between the cursor and now is unknown:
+                // stale until a stream from a token lifetime ago has
+                // caught up, which starts at once.
+                tracing::warn!(
+                    ?start,
+                    "authd no longer has the revocation cursor, or events were skipped; \
+                     starting again from one token lifetime ago"
+                );
+                since_refused = false;
+                shared.health.forget_continuity();
+                backoff.next()
             }
             Ended::Refused(status)
                 if matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied) =>
@@ -79,6 +118,8 @@ pub(crate) async fn follow_revocations(shared: Arc<Shared>) {
 /// Why a stream ended or did not start.
 enum Ended {
     CursorExpired,
+    /// Event ids skipped some: those events are lost to this stream.
+    Gap,
     Refused(Status),
     Closed,
     Silent,
@@ -96,11 +137,28 @@ fn ended_by(status: Status) -> Ended {
     }
 }
 
-async fn open(
-    shared: &Shared,
-    after_event_id: i64,
-) -> Result<Streaming<pb::WatchRevocationsResponse>, Ended> {
-    let mut request = tonic::Request::new(pb::WatchRevocationsRequest { after_event_id });
+fn request_for(start: Start) -> pb::WatchRevocationsRequest {
+    match start {
+        Start::After(after_event_id) => pb::WatchRevocationsRequest {
+            after_event_id,
+            since: None,
+        },
+        Start::Since(since) => pb::WatchRevocationsRequest {
+            after_event_id: 0,
+            since: Some(prost_types::Timestamp {
+                seconds: secs_down(since),
+                nanos: 0,
+            }),
+        },
+        Start::Present => pb::WatchRevocationsRequest {
+            after_event_id: 0,
+            since: None,
+        },
+    }
+}
+
+async fn open(shared: &Shared, start: Start) -> Result<Streaming<pb::WatchRevocationsResponse>, Ended> {
+    let mut request = tonic::Request::new(request_for(start));
     request
         .metadata_mut()
         .insert("authorization", shared.service_authorization.clone());
@@ -112,12 +170,16 @@ async fn open(
     }
 }
 
-/// Applies messages until the stream ends, fails, or says nothing for
-/// `max_staleness` (a connection that died without closing).
+/// Applies messages until the stream ends, fails, skips events, or says
+/// nothing for `max_staleness` (a connection that died without closing).
 async fn read_stream(shared: &Shared, mut stream: Streaming<pb::WatchRevocationsResponse>) -> Ended {
     loop {
         match tokio::time::timeout(shared.config.max_staleness, stream.message()).await {
-            Ok(Ok(Some(message))) => apply_message(shared, &message, SystemTime::now()),
+            Ok(Ok(Some(message))) => {
+                if apply_message(shared, &message, SystemTime::now()) == Applied::EventsLost {
+                    return Ended::Gap;
+                }
+            }
             Ok(Ok(None)) => return Ended::Closed,
             Ok(Err(status)) => return ended_by(status),
             Err(_) => return Ended::Silent,
@@ -125,10 +187,22 @@ async fn read_stream(shared: &Shared, mut stream: Streaming<pb::WatchRevocations
     }
 }
 
+/// What a message did to the verifier's continuity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Applied {
+    InStep,
+    /// Its id skipped events: the stream must start over from a time.
+    EventsLost,
+}
+
 /// One message: a revocation to remember, or a heartbeat carrying the
-/// cursor. Event ids increase by one; a gap means events were lost, so
-/// only tokens issued from now on are fully covered.
-pub(crate) fn apply_message(shared: &Shared, message: &pb::WatchRevocationsResponse, wall: SystemTime) {
+/// cursor (which also says the stream has caught up). Event ids increase
+/// by one; a gap means events were lost.
+pub(crate) fn apply_message(
+    shared: &Shared,
+    message: &pb::WatchRevocationsResponse,
+    wall: SystemTime,
+) -> Applied {
     let now = unix_now(wall);
     let cursor = shared.health.cursor();
     let id = message.event_id;
@@ -136,25 +210,27 @@ pub(crate) fn apply_message(shared: &Shared, message: &pb::WatchRevocationsRespo
     if kind == Some(RevocationKind::Heartbeat) {
         if cursor != 0 && id > cursor {
             tracing::warn!(cursor, heartbeat = id, "the revocation stream skipped events");
-            shared.health.restart_coverage(wall);
+            return Applied::EventsLost;
         }
         if id > cursor {
             shared.health.set_cursor(id);
         }
         write(&shared.revocations).prune(now);
-        shared.health.note_message(Instant::now());
-        return;
+        shared.health.note_heartbeat(Instant::now());
+        return Applied::InStep;
     }
     if cursor != 0 && id <= cursor {
         // Already applied (a replica repeating itself): harmless.
         shared.health.note_message(Instant::now());
-        return;
+        return Applied::InStep;
     }
-    if cursor != 0 && id != cursor + 1 {
-        tracing::warn!(cursor, event_id = id, "the revocation stream skipped events");
-        shared.health.restart_coverage(wall);
-    }
-    let occurred_at = message.occurred_at.as_ref().map_or(now, |t| t.seconds);
+    let in_step = cursor == 0 || id == cursor + 1;
+    // Its second, and the first whole second after it.
+    let (occurred_at, occurred_by) = match &message.occurred_at {
+        Some(t) if t.nanos > 0 => (t.seconds, t.seconds.saturating_add(1)),
+        Some(t) => (t.seconds, t.seconds),
+        None => (now, secs_up(wall)),
+    };
     let change = match kind {
         Some(RevocationKind::SessionEnded | RevocationKind::UserSessionsEnded) => {
             Some(Change::SessionsEnded(ended_sessions(message)))
@@ -164,22 +240,34 @@ pub(crate) fn apply_message(shared: &Shared, message: &pb::WatchRevocationsRespo
         Some(RevocationKind::Heartbeat | RevocationKind::Unspecified) | None => None,
     };
     {
+        // Applied even after a gap: it is a revocation all the same.
         let mut state = write(&shared.revocations);
         match change {
             Some(change) => state.apply(change, occurred_at, now),
             None => {
-                // A kind this verifier does not know revokes something it
-                // cannot tell: end the sessions it names, and stop vouching
-                // for tokens issued before now.
-                tracing::warn!(kind = message.kind, event_id = id, "unknown revocation kind");
+                // A kind this verifier does not know (a newer authd)
+                // revokes something it cannot tell: end the sessions it
+                // names, and stop vouching for tokens issued up to it.
+                // Starting over would only deliver it again.
+                tracing::warn!(
+                    kind = message.kind,
+                    event_id = id,
+                    "unknown revocation kind: tokens issued before it are stale until they expire; \
+                     upgrade authd-verifier"
+                );
                 state.apply(Change::SessionsEnded(ended_sessions(message)), occurred_at, now);
-                shared.health.restart_coverage(wall);
+                shared.health.not_covered_before(occurred_by);
             }
         }
         state.prune(now);
     }
+    if !in_step {
+        tracing::warn!(cursor, event_id = id, "the revocation stream skipped events");
+        return Applied::EventsLost;
+    }
     shared.health.set_cursor(id);
     shared.health.note_message(Instant::now());
+    Applied::InStep
 }
 
 /// The sessions an event ended: `session_ids`, and `session_id` too in case
@@ -270,7 +358,7 @@ mod tests {
     }
 
     #[test]
-    fn only_cursor_expired_restarts_from_the_present() {
+    fn only_cursor_expired_starts_over() {
         let info = tonic_types::ErrorDetails::with_error_info(
             CURSOR_EXPIRED,
             "authd",

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::test_shared as shared;
 use super::*;
 use crate::test_keys::{TestKey, claims_json};
-use crate::watcher::apply_message;
+use crate::watcher::{Applied, apply_message};
 
 const T: i64 = 1_900_000_000;
 
@@ -49,7 +49,7 @@ async fn a_valid_token_passes_once_the_stream_has_started_and_fails_closed_when_
         Err(VerifyError::Unavailable),
         "no stream yet"
     );
-    s.health.started_from_present(at(T), started);
+    s.health.covered_from(at(T), started);
     let claims = s.verify(&token, at(T + 100), started).await.unwrap();
     assert_eq!(claims.user_id(), "user-1");
     let later = started + Duration::from_secs(11);
@@ -65,7 +65,7 @@ async fn events_refuse_the_tokens_they_concern() {
     let key = TestKey::ed25519();
     let s = shared(&key, OnStale::FailClosed);
     let now = Instant::now();
-    s.health.started_from_present(at(T), now);
+    s.health.covered_from(at(T), now);
     let token = key.sign(&claims_json(T + 100, 900));
     assert!(s.verify(&token, at(T + 100), now).await.is_ok());
     apply_message(&s, &heartbeat(41), at(T + 101));
@@ -125,7 +125,7 @@ async fn expiry_is_checked_on_every_call_and_comes_before_revocation() {
     let key = TestKey::ed25519();
     let s = shared(&key, OnStale::FailClosed);
     let now = Instant::now();
-    s.health.started_from_present(at(T), now);
+    s.health.covered_from(at(T), now);
     let token = key.sign(&claims_json(T + 100, 900));
     assert!(s.verify(&token, at(T + 100), now).await.is_ok());
     assert_eq!(
@@ -136,46 +136,61 @@ async fn expiry_is_checked_on_every_call_and_comes_before_revocation() {
 }
 
 #[tokio::test]
-async fn a_gap_in_event_ids_restarts_coverage_and_duplicates_are_ignored() {
+async fn a_gap_in_event_ids_asks_to_start_over_and_duplicates_are_ignored() {
     let key = TestKey::ed25519();
     let s = shared(&key, OnStale::FailClosed);
     let now = Instant::now();
-    s.health.started_from_present(at(T), now);
-    apply_message(&s, &heartbeat(10), at(T + 1));
-    apply_message(
-        &s,
-        &event(11, pb::RevocationKind::SessionEnded, "u", &["a"], T + 2),
-        at(T + 2),
-    );
-    apply_message(
-        &s,
-        &event(11, pb::RevocationKind::SessionEnded, "u", &["b"], T + 2),
-        at(T + 2),
-    );
+    s.health.covered_from(at(T), now);
+    assert_eq!(apply_message(&s, &heartbeat(10), at(T + 1)), Applied::InStep);
+    let ended_a = event(11, pb::RevocationKind::SessionEnded, "u", &["a"], T + 2);
+    assert_eq!(apply_message(&s, &ended_a, at(T + 2)), Applied::InStep);
+    let repeated = event(11, pb::RevocationKind::SessionEnded, "u", &["b"], T + 2);
+    assert_eq!(apply_message(&s, &repeated, at(T + 2)), Applied::InStep);
     assert_eq!(read(&s.revocations).len(), 1, "event 11 applied once");
     assert_eq!(s.health.covered_since(), Some(at(T)));
-    apply_message(
-        &s,
-        &event(13, pb::RevocationKind::SessionEnded, "u", &["c"], T + 3),
-        at(T + 3),
+    let after_gap = event(13, pb::RevocationKind::SessionEnded, "u", &["c"], T + 3);
+    assert_eq!(
+        apply_message(&s, &after_gap, at(T + 3)),
+        Applied::EventsLost,
+        "event 12 was lost"
     );
-    assert_eq!(s.health.cursor(), 13);
-    assert_eq!(s.health.covered_since(), Some(at(T + 3)), "event 12 was lost");
-    apply_message(&s, &heartbeat(15), at(T + 4));
-    assert_eq!(s.health.cursor(), 15);
-    assert_eq!(s.health.covered_since(), Some(at(T + 4)), "14 and 15 were lost");
+    assert_eq!(
+        read(&s.revocations).len(),
+        2,
+        "what did arrive is applied all the same"
+    );
+    assert_eq!(s.health.cursor(), 11, "the stream task starts over from a time");
+
+    let s = shared(&key, OnStale::FailClosed);
+    s.health.covered_from(at(T), now);
+    apply_message(&s, &heartbeat(10), at(T + 1));
+    assert_eq!(
+        apply_message(&s, &heartbeat(12), at(T + 4)),
+        Applied::EventsLost,
+        "a heartbeat ahead of the cursor: 11 and 12 were lost"
+    );
 }
 
 #[tokio::test]
-async fn an_unknown_kind_ends_the_sessions_it_names_and_restarts_coverage() {
+async fn an_unknown_kind_ends_the_sessions_it_names_and_older_tokens_are_stale() {
     let key = TestKey::ed25519();
     let s = shared(&key, OnStale::FailClosed);
-    s.health.started_from_present(at(T), Instant::now());
-    let mut unknown = event(1, pb::RevocationKind::SessionEnded, "u", &["s"], T + 1);
+    let now = Instant::now();
+    s.health.covered_from(at(T), now);
+    let older = key.sign(&claims_json(T + 100, 900));
+    assert!(s.verify(&older, at(T + 100), now).await.is_ok());
+    let mut unknown = event(1, pb::RevocationKind::SessionEnded, "u", &["s"], T + 200);
     unknown.kind = 99;
-    apply_message(&s, &unknown, at(T + 1));
+    assert_eq!(apply_message(&s, &unknown, at(T + 201)), Applied::InStep);
     assert_eq!(read(&s.revocations).len(), 1);
-    assert_eq!(s.health.covered_since(), Some(at(T + 1)));
+    assert_eq!(s.health.covered_since(), Some(at(T + 200)));
+    assert_eq!(
+        s.verify(&older, at(T + 201), now).await,
+        Err(VerifyError::Unavailable),
+        "it may have revoked this one: stale, not valid"
+    );
+    let newer = key.sign(&claims_json(T + 300, 900));
+    assert!(s.verify(&newer, at(T + 300), now).await.is_ok());
 }
 
 #[tokio::test]
@@ -189,7 +204,7 @@ async fn introspection_that_cannot_reach_authd_refuses_with_unavailable() {
         Err(VerifyError::Unavailable)
     );
     // Fresh, but the token predates the stream's start: asked too.
-    s.health.started_from_present(at(T + 200), Instant::now());
+    s.health.covered_from(at(T + 200), Instant::now());
     assert_eq!(
         s.verify(&token, at(T + 200), Instant::now()).await,
         Err(VerifyError::Unavailable)
@@ -200,19 +215,44 @@ async fn introspection_that_cannot_reach_authd_refuses_with_unavailable() {
 }
 
 #[tokio::test]
-async fn with_fail_closed_a_token_older_than_the_stream_is_judged_locally() {
+async fn with_fail_closed_a_token_older_than_the_coverage_is_refused_as_stale() {
     let key = TestKey::ed25519();
     let s = shared(&key, OnStale::FailClosed);
-    s.health.started_from_present(at(T + 200), Instant::now());
+    s.health.covered_from(at(T + 200), Instant::now());
     let token = key.sign(&claims_json(T + 100, 900));
-    assert!(s.verify(&token, at(T + 200), Instant::now()).await.is_ok());
+    assert_eq!(
+        s.verify(&token, at(T + 200), Instant::now()).await,
+        Err(VerifyError::Unavailable),
+        "never accepted on its signature alone"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_from_a_time_vouches_for_nothing_until_it_has_caught_up() {
+    let key = TestKey::ed25519();
+    let s = shared(&key, OnStale::FailClosed);
+    let now = Instant::now();
+    let token = key.sign(&claims_json(T + 100, 900));
+    // Opened from a token lifetime before T + 200.
+    s.health.syncing_from(T + 200 - 915);
+    s.health.connected();
+    let backlog = event(7, pb::RevocationKind::SessionEnded, "user-1", &["other"], T + 50);
+    assert_eq!(apply_message(&s, &backlog, at(T + 200)), Applied::InStep);
+    assert_eq!(
+        s.verify(&token, at(T + 200), now).await,
+        Err(VerifyError::Unavailable),
+        "still catching up"
+    );
+    assert_eq!(apply_message(&s, &heartbeat(7), at(T + 200)), Applied::InStep);
+    assert!(s.verify(&token, at(T + 200), now).await.is_ok(), "caught up");
+    assert_eq!(s.health.covered_since(), Some(at(T + 200 - 915)));
 }
 
 #[tokio::test]
 async fn an_unknown_kid_is_refused_and_refetches_are_rate_limited() {
     let key = TestKey::ed25519();
     let s = shared(&key, OnStale::FailClosed);
-    s.health.started_from_present(at(T), Instant::now());
+    s.health.covered_from(at(T), Instant::now());
     let stranger = TestKey::ed25519();
     let token = stranger.sign(&claims_json(T + 100, 900));
     assert_eq!(
@@ -236,7 +276,7 @@ async fn an_unknown_kid_is_refused_and_refetches_are_rate_limited() {
 async fn a_changed_key_set_forgets_remembered_tokens() {
     let key = TestKey::ed25519();
     let s = shared(&key, OnStale::FailClosed);
-    s.health.started_from_present(at(T), Instant::now());
+    s.health.covered_from(at(T), Instant::now());
     let token = key.sign(&claims_json(T + 100, 900));
     assert!(s.verify(&token, at(T + 100), Instant::now()).await.is_ok());
     assert_eq!(s.verified.len(), 1);
