@@ -53,6 +53,23 @@ async fn change_password(app: &TestApp, access: &str) {
         .unwrap();
 }
 
+/// The owner takes the account back with ForgotPassword and the link mailed
+/// to the account's address.
+async fn reset_password_by_mail(app: &TestApp, smtp: &SmtpServer, email: &str) {
+    forgot(app, email).await.unwrap();
+    let reset = nth_mail(smtp, email, "Reset your password", 1)
+        .await
+        .reset_token();
+    app.client
+        .clone()
+        .reset_password(pb::ResetPasswordRequest {
+            token: reset,
+            new_password: NEW_PASSWORD.into(),
+        })
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_kept_email_change_link_dies_when_the_owner_changes_the_password() {
     let (app, smtp) = app_with_mail(|_| {}).await;
@@ -74,18 +91,7 @@ async fn a_kept_email_change_link_dies_when_the_owner_resets_the_password() {
     registered(&app, &smtp, &owner_email).await;
     let link = intruder_keeps_a_change_link(&app, &smtp, &owner_email).await;
 
-    forgot(&app, &owner_email).await.unwrap();
-    let reset = nth_mail(&smtp, &owner_email, "Reset your password", 1)
-        .await
-        .reset_token();
-    app.client
-        .clone()
-        .reset_password(pb::ResetPasswordRequest {
-            token: reset,
-            new_password: NEW_PASSWORD.into(),
-        })
-        .await
-        .unwrap();
+    reset_password_by_mail(&app, &smtp, &owner_email).await;
 
     assert_link_dead_and_account_kept(&app, &link, &owner_email, NEW_PASSWORD).await;
 }
@@ -101,18 +107,7 @@ async fn a_pre_hijacked_account_stays_with_the_owner_who_recovered_it() {
     registered(&app, &smtp, &victim_email).await;
     let link = intruder_keeps_a_change_link(&app, &smtp, &victim_email).await;
 
-    forgot(&app, &victim_email).await.unwrap();
-    let reset = nth_mail(&smtp, &victim_email, "Reset your password", 1)
-        .await
-        .reset_token();
-    app.client
-        .clone()
-        .reset_password(pb::ResetPasswordRequest {
-            token: reset,
-            new_password: NEW_PASSWORD.into(),
-        })
-        .await
-        .unwrap();
+    reset_password_by_mail(&app, &smtp, &victim_email).await;
 
     assert_link_dead_and_account_kept(&app, &link, &victim_email, NEW_PASSWORD).await;
     // And no later ForgotPassword can reach the intruder's mailbox.
