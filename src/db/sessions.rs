@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::maintenance::Blocks;
 use super::users::{USER_COLUMNS, UserRow};
 use crate::crypto::opaque::TokenHash;
-use crate::domain::User;
+use crate::domain::{EndReason, User};
 use crate::error::AppError;
 
 /// The condition for "session `s` is live at the bind parameter `now`".
@@ -201,7 +201,7 @@ pub async fn refresh_token_state(
 pub async fn revoke<'e>(
     db: impl PgExecutor<'e>,
     session_id: Uuid,
-    reason: &str,
+    reason: EndReason,
     now: DateTime<Utc>,
 ) -> Result<bool, AppError> {
     let event: Option<i64> = sqlx::query_scalar(
@@ -213,7 +213,7 @@ pub async fn revoke<'e>(
     )
     .bind(session_id)
     .bind(now)
-    .bind(reason)
+    .bind(reason.as_str())
     .fetch_optional(db)
     .await?;
     Ok(event.is_some())
@@ -226,7 +226,7 @@ pub async fn revoke<'e>(
 pub async fn revoke_by_refresh_token<'e>(
     db: impl PgExecutor<'e>,
     hash: &TokenHash,
-    reason: &str,
+    reason: EndReason,
     now: DateTime<Utc>,
 ) -> Result<Option<Uuid>, AppError> {
     // A WITH that only reads runs only if referenced: the always-true
@@ -243,7 +243,7 @@ pub async fn revoke_by_refresh_token<'e>(
     )
     .bind(hash.as_bytes())
     .bind(now)
-    .bind(reason)
+    .bind(reason.as_str())
     .fetch_optional(db)
     .await?)
 }
@@ -267,7 +267,7 @@ pub async fn revoke_all_for_user<'e>(
     db: impl PgExecutor<'e>,
     user_id: Uuid,
     keep: Option<Uuid>,
-    reason: &str,
+    reason: EndReason,
     now: DateTime<Utc>,
 ) -> Result<u64, AppError> {
     // CASE, unlike OR, guarantees the event is not recorded when nothing ended.
@@ -286,7 +286,7 @@ pub async fn revoke_all_for_user<'e>(
     .bind(user_id)
     .bind(keep)
     .bind(now)
-    .bind(reason)
+    .bind(reason.as_str())
     .bind(now - EXPIRED_STILL_LISTED)
     .fetch_one(db)
     .await?;
@@ -516,7 +516,7 @@ pub async fn revoke_of_user<'e>(
     db: impl PgExecutor<'e>,
     user_id: Uuid,
     session_id: Uuid,
-    reason: &str,
+    reason: EndReason,
     now: DateTime<Utc>,
 ) -> Result<OwnSessionEnded, AppError> {
     let sql = format!(
@@ -534,7 +534,7 @@ pub async fn revoke_of_user<'e>(
         .bind(user_id)
         .bind(session_id)
         .bind(now)
-        .bind(reason)
+        .bind(reason.as_str())
         .fetch_one(db)
         .await?;
     Ok(match (found, ended) {

@@ -6,6 +6,7 @@ pub mod mail;
 mod password;
 mod profile;
 mod service_account;
+mod session;
 mod user;
 mod username;
 
@@ -14,6 +15,7 @@ pub use email::Email;
 pub use password::{Password, PasswordPolicy};
 pub use profile::{FullName, ImageUrl, Phone};
 pub use service_account::{Role, Scope, ServiceAccountName};
+pub use session::EndReason;
 pub use user::User;
 pub use username::Username;
 

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::Core;
 use crate::db::{self, users::LoginKey, users::PagePosition};
-use crate::domain::{Email, FieldReason, Invalid, Role, User, Username};
+use crate::domain::{Email, EndReason, FieldReason, Invalid, Role, User, Username};
 use crate::error::{AppError, Violation};
 
 pub const MAX_BATCH: usize = 100;
@@ -205,7 +205,8 @@ impl Core {
             .await?
             .ok_or(AppError::UserNotFound)?;
         db::users::rotate_security_stamp(&mut tx, id).await?;
-        let ended = db::sessions::revoke_all_for_user(&mut *tx, id, None, "user_disabled", now).await?;
+        let ended =
+            db::sessions::revoke_all_for_user(&mut *tx, id, None, EndReason::UserDisabled, now).await?;
         db::revocations::record_user_disabled(&mut *tx, id, now).await?;
         tx.commit().await?;
         self.cache.evict_user(id);
@@ -268,7 +269,8 @@ impl Core {
             return Err(AppError::UserNotFound);
         }
         db::users::rotate_security_stamp(&mut tx, id).await?;
-        let ended = db::sessions::revoke_all_for_user(&mut *tx, id, None, "revoked_by_service", now).await?;
+        let ended =
+            db::sessions::revoke_all_for_user(&mut *tx, id, None, EndReason::RevokedByService, now).await?;
         tx.commit().await?;
         self.cache.evict_user(id);
         Ok(ended)

@@ -11,7 +11,7 @@ use super::{Core, chrono_duration};
 use crate::crypto::opaque::{self, NewToken, TokenKind};
 use crate::db::{self, throttle::Backoff};
 use crate::domain::mail as outbox;
-use crate::domain::{Email, Invalid};
+use crate::domain::{Email, EndReason, Invalid};
 use crate::error::AppError;
 
 /// Reset mails per account per hour; requests beyond it are answered alike
@@ -161,7 +161,7 @@ impl Core {
         }
         // Last: the revocation log's counter, which every revocation waits
         // for until this commits, must not be held while waiting for a lock.
-        db::sessions::revoke_all_for_user(&mut *tx, account.id, None, "password_reset", now).await?;
+        db::sessions::revoke_all_for_user(&mut *tx, account.id, None, EndReason::PasswordReset, now).await?;
         tx.commit().await?;
         self.cache.evict_user(account.id);
         self.mail.queued.notify_one();

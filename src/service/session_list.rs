@@ -7,11 +7,8 @@ use super::Core;
 use crate::crypto::jwt::VerifiedAccess;
 use crate::db;
 use crate::db::sessions::{OwnSessionEnded, SessionSummary};
-use crate::domain::Invalid;
+use crate::domain::{EndReason, Invalid};
 use crate::error::{AppError, TokenProblem};
-
-/// What `revoked_reason` says of a session its owner ended.
-const REVOKED_BY_OWNER: &str = "revoked_by_owner";
 
 /// One of the bearer's live sessions.
 #[derive(Debug, Clone)]
@@ -69,7 +66,9 @@ impl Core {
         if self.live_session_user(&bearer, now).await?.is_none() {
             return Err(AppError::Token(TokenProblem::SessionRevoked));
         }
-        match db::sessions::revoke_of_user(&self.db, bearer.user_id, target, REVOKED_BY_OWNER, now).await? {
+        match db::sessions::revoke_of_user(&self.db, bearer.user_id, target, EndReason::RevokedByOwner, now)
+            .await?
+        {
             OwnSessionEnded::NotFound => Err(AppError::SessionNotFound),
             OwnSessionEnded::AlreadyOver => Ok(()),
             OwnSessionEnded::Ended => {
@@ -112,7 +111,7 @@ impl Core {
             &mut *tx,
             bearer.user_id,
             Some(bearer.session_id),
-            REVOKED_BY_OWNER,
+            EndReason::RevokedByOwner,
             now,
         )
         .await?;

@@ -11,7 +11,7 @@ use crate::crypto::opaque::{self, NewToken, TokenKind};
 use crate::crypto::password::Verified;
 use crate::db;
 use crate::db::throttle::Backoff;
-use crate::domain::{Invalid, Password, User};
+use crate::domain::{EndReason, Invalid, Password, User};
 use crate::error::{AppError, TokenProblem, Violation};
 
 /// Answer of IntrospectToken.
@@ -71,7 +71,7 @@ impl Core {
                     tracing::info!(session_id = %state.session_id, "refresh token replayed within grace; session kept");
                     return Err(AppError::RefreshTokenReused);
                 }
-                db::sessions::revoke(&mut *tx, state.session_id, "refresh_token_reused", now).await?;
+                db::sessions::revoke(&mut *tx, state.session_id, EndReason::RefreshTokenReused, now).await?;
                 tx.commit().await?;
                 self.cache.evict_session(state.session_id);
                 tracing::warn!(session_id = %state.session_id, "refresh token reused; session ended");
@@ -84,7 +84,7 @@ impl Core {
     #[tracing::instrument(skip_all)]
     pub async fn logout(&self, presented: &str, now: DateTime<Utc>) -> Result<(), AppError> {
         let hash = require_refresh_token(presented)?;
-        match db::sessions::revoke_by_refresh_token(&self.db, &hash, "logout", now).await? {
+        match db::sessions::revoke_by_refresh_token(&self.db, &hash, EndReason::Logout, now).await? {
             Some(session_id) => {
                 self.cache.evict_session(session_id);
                 Ok(())
@@ -203,7 +203,7 @@ impl Core {
             &mut *tx,
             user.id,
             Some(bearer.session_id),
-            "password_changed",
+            EndReason::PasswordChanged,
             now,
         )
         .await?;
