@@ -5,15 +5,12 @@
 use std::time::{Duration, Instant};
 
 use authd::pb::auth::v1 as pb;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use secrecy::ExposeSecret;
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::adversarial::fresh_email;
 use crate::helpers::*;
 
 pub const READ: &str = "users.read";
@@ -229,24 +226,6 @@ pub async fn revoke_sessions(app: &TestApp, key: &str, user_id: &str) -> Result<
         .map(|r| r.into_inner().revoked_count)
 }
 
-pub async fn refresh(app: &TestApp, refresh_token: &str) -> Result<pb::TokenPair, Status> {
-    app.client
-        .clone()
-        .refresh(pb::RefreshRequest {
-            refresh_token: refresh_token.into(),
-        })
-        .await
-        .map(|r| r.into_inner().tokens.expect("tokens"))
-}
-
-pub async fn forgot(app: &TestApp, email: &str) -> Result<(), Status> {
-    app.client
-        .clone()
-        .forgot_password(pb::ForgotPasswordRequest { email: email.into() })
-        .await
-        .map(drop)
-}
-
 /// Logs an existing account in again: a further session.
 pub async fn another_session(app: &TestApp, user: &pb::User) -> pb::TokenPair {
     app.login(&user.email, PASSWORD)
@@ -254,12 +233,6 @@ pub async fn another_session(app: &TestApp, user: &pb::User) -> pb::TokenPair {
         .expect("login")
         .tokens
         .expect("tokens")
-}
-
-/// The payload of a JWT, decoded without any check.
-pub fn claims(access_token: &str) -> Value {
-    let part = access_token.split('.').nth(1).expect("a JWT");
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
 }
 
 pub fn ids(users: &[pb::User]) -> Vec<String> {
@@ -583,7 +556,7 @@ async fn disable_user_ends_every_session_at_once() {
             "SESSION_REVOKED",
         );
         assert_error(
-            refresh(&app, &tokens.refresh_token).await,
+            app.refresh(&tokens.refresh_token).await,
             Code::Unauthenticated,
             "REFRESH_TOKEN_INVALID",
         );
@@ -617,12 +590,12 @@ async fn a_disabled_account_is_sent_no_reset_mail() {
     let key = admin_key(&app).await;
     let user = app.register(&fresh_email(), PASSWORD).await;
     disable(&app, &key, &user.id).await.unwrap();
-    forgot(&app, &user.email).await.unwrap();
+    app.forgot_password(&user.email).await.unwrap();
     app.reset_requests_resolved().await;
     assert_eq!(outbox_rows_for(&app, &user.email).await, 0, "no mail queued");
     // The control: enabled again, the same request queues one.
     enable(&app, &key, &user.id).await.unwrap();
-    forgot(&app, &user.email).await.unwrap();
+    app.forgot_password(&user.email).await.unwrap();
     app.reset_requests_resolved().await;
     assert_eq!(outbox_rows_for(&app, &user.email).await, 1);
 }
@@ -643,7 +616,7 @@ async fn enable_user_lets_the_account_log_in_but_its_ended_sessions_stay_ended()
         "SESSION_REVOKED",
     );
     assert_error(
-        refresh(&app, &old.refresh_token).await,
+        app.refresh(&old.refresh_token).await,
         Code::Unauthenticated,
         "REFRESH_TOKEN_INVALID",
     );
@@ -734,21 +707,24 @@ async fn new_roles_reach_the_next_login_and_refresh_but_not_tokens_already_issue
     let (user, before) = app.signed_in_user().await;
     set_roles(&app, &key, &user.id, &["reader"]).await.unwrap();
     let reader = another_session(&app, &user).await;
-    assert_eq!(claims(&reader.access_token)["roles"], json!(["reader"]));
+    assert_eq!(jwt_claims(&reader.access_token)["roles"], json!(["reader"]));
 
     set_roles(&app, &key, &user.id, &["reader", "editor"])
         .await
         .unwrap();
     let login = another_session(&app, &user).await;
-    assert_eq!(claims(&login.access_token)["roles"], json!(["editor", "reader"]));
-    let refreshed = refresh(&app, &before.refresh_token).await.unwrap();
     assert_eq!(
-        claims(&refreshed.access_token)["roles"],
+        jwt_claims(&login.access_token)["roles"],
+        json!(["editor", "reader"])
+    );
+    let refreshed = app.refresh(&before.refresh_token).await.unwrap();
+    assert_eq!(
+        jwt_claims(&refreshed.access_token)["roles"],
         json!(["editor", "reader"])
     );
 
     // Tokens already issued keep theirs.
-    assert_eq!(claims(&reader.access_token)["roles"], json!(["reader"]));
+    assert_eq!(jwt_claims(&reader.access_token)["roles"], json!(["reader"]));
     let old = app.introspect(&reader.access_token).await.unwrap();
     assert!(old.active);
     assert_eq!(old.roles, ["reader"]);
@@ -788,7 +764,7 @@ async fn revoke_user_sessions_ends_every_live_session_and_counts_them() {
             "SESSION_REVOKED",
         );
         assert_error(
-            refresh(&app, &tokens.refresh_token).await,
+            app.refresh(&tokens.refresh_token).await,
             Code::Unauthenticated,
             "REFRESH_TOKEN_INVALID",
         );
@@ -818,7 +794,10 @@ async fn revoke_user_sessions_counts_only_sessions_that_were_live() {
         .await
         .unwrap();
     let expired = another_session(&app, &user).await;
-    let expired_sid = claims(&expired.access_token)["sid"].as_str().unwrap().to_owned();
+    let expired_sid = jwt_claims(&expired.access_token)["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     sqlx::query("UPDATE sessions SET idle_expires_at = now() - interval '1 minute' WHERE id = $1::uuid")
         .bind(&expired_sid)
         .execute(&app.db)
@@ -1154,7 +1133,10 @@ async fn introspect_token_calls_are_audited_with_outcome_and_ids_but_no_token() 
     let name = format!("introspector-{}", uuid::Uuid::new_v4().simple());
     let key = app.service_key(&name, &[INTROSPECT]).await;
     let (user, tokens) = app.signed_in_user().await;
-    let session_id = claims(&tokens.access_token)["sid"].as_str().unwrap().to_owned();
+    let session_id = jwt_claims(&tokens.access_token)["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let introspect = |token: String| {
         let mut client = app.client.clone();
         let key = key.clone();

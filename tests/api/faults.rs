@@ -40,10 +40,6 @@ impl Codes {
     }
 }
 
-fn fresh_email() -> String {
-    format!("fault-{}@example.com", uuid::Uuid::new_v4().simple())
-}
-
 fn sha256(token: &str) -> Vec<u8> {
     use sha2::{Digest, Sha256};
     Sha256::digest(token.as_bytes()).to_vec()
@@ -260,15 +256,6 @@ fn children_of(parent: u32) -> Vec<u32> {
         }
     }
     children
-}
-
-fn signal(pid: u32, name: &str) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid}");
 }
 
 #[tokio::test]

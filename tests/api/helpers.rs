@@ -335,6 +335,54 @@ impl TestApp {
         panic!("ForgotPassword requests still unresolved after 5 s");
     }
 
+    pub async fn refresh(&self, refresh_token: &str) -> Result<pb::TokenPair, Status> {
+        self.client
+            .clone()
+            .refresh(pb::RefreshRequest {
+                refresh_token: refresh_token.into(),
+            })
+            .await
+            .map(|r| r.into_inner().tokens.expect("tokens"))
+    }
+
+    pub async fn logout(&self, refresh_token: &str) -> Result<(), Status> {
+        self.client
+            .clone()
+            .logout(pb::LogoutRequest {
+                refresh_token: refresh_token.into(),
+            })
+            .await
+            .map(drop)
+    }
+
+    pub async fn forgot_password(&self, email: &str) -> Result<(), Status> {
+        self.client
+            .clone()
+            .forgot_password(pb::ForgotPasswordRequest { email: email.into() })
+            .await
+            .map(drop)
+    }
+
+    /// ChangePassword as the session of `access`; returns its renewed tokens.
+    pub async fn change_password(
+        &self,
+        access: &str,
+        current: &str,
+        new: &str,
+    ) -> Result<pb::TokenPair, Status> {
+        self.client
+            .clone()
+            .change_password(with_bearer(
+                pb::ChangePasswordRequest {
+                    current_password: current.into(),
+                    new_password: new.into(),
+                },
+                access,
+            ))
+            .await
+            .map(|r| r.into_inner().tokens.expect("tokens"))
+    }
+
     pub async fn get_me(&self, access_token: &str) -> Result<pb::User, Status> {
         self.client
             .clone()
@@ -404,4 +452,82 @@ pub fn skip_test(why: &str) {
     }
     use std::io::Write as _;
     let _ = std::io::stderr().write_all(format!("SKIPPED: {why}\n").as_bytes());
+}
+
+/// An address no other test uses.
+pub fn fresh_email() -> String {
+    format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+/// Part `index` of a JWT (0 the header, 1 the claims), decoded without any
+/// check.
+pub fn jwt_part(token: &str, index: usize) -> serde_json::Value {
+    use base64::Engine as _;
+    let part = token.split('.').nth(index).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// The claims of a JWT, decoded without any check.
+pub fn jwt_claims(token: &str) -> serde_json::Value {
+    jwt_part(token, 1)
+}
+
+/// The header of a JWT, decoded without any check.
+pub fn jwt_header(token: &str) -> serde_json::Value {
+    jwt_part(token, 0)
+}
+
+/// The `sid` claim of an access token.
+pub fn session_of(access_token: &str) -> String {
+    jwt_claims(access_token)["sid"].as_str().unwrap().to_owned()
+}
+
+/// Field → reason of a validation error, sorted by field.
+pub fn field_reasons(status: &Status) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = status
+        .get_details_bad_request()
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.reason))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Expected field → reason pairs, in the shape `field_reasons` returns.
+pub fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .map(|(f, r)| ((*f).to_owned(), (*r).to_owned()))
+        .collect()
+}
+
+/// The retry delay a throttled answer carries.
+pub fn retry_delay(status: &Status) -> Duration {
+    status
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo with a delay")
+}
+
+pub fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// kill(1) with signal `name`: the processes signalled belong to this test
+/// binary's user (its own servers and PostgreSQL backends).
+pub fn signal(pid: impl std::fmt::Display, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
 }

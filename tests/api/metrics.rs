@@ -72,16 +72,6 @@ async fn closed_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-async fn refresh(app: &TestApp, token: &str) -> Result<pb::TokenPair, tonic::Status> {
-    app.client
-        .clone()
-        .refresh(pb::RefreshRequest {
-            refresh_token: token.into(),
-        })
-        .await
-        .map(|r| r.into_inner().tokens.expect("tokens"))
-}
-
 #[tokio::test]
 async fn the_page_counts_logins_refreshes_throttling_pools_and_the_outbox() {
     let smtp_port = closed_port().await;
@@ -120,10 +110,10 @@ async fn the_page_counts_logins_refreshes_throttling_pools_and_the_outbox() {
             .code(),
         Code::Unauthenticated
     );
-    let rotated = refresh(&app, &tokens.refresh_token).await.unwrap();
+    let rotated = app.refresh(&tokens.refresh_token).await.unwrap();
     assert!(!rotated.refresh_token.is_empty());
     assert_error(
-        refresh(&app, &tokens.refresh_token).await,
+        app.refresh(&tokens.refresh_token).await,
         Code::Unauthenticated,
         "REFRESH_TOKEN_REUSED",
     );

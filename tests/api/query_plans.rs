@@ -1053,7 +1053,7 @@ async fn drive_every_rpc(app: &TestApp, smtp: &SmtpServer, tester: &PgPool) {
             &current.access_token,
         )
     };
-    let other_id = crate::lifecycle::session_of(&other.access_token);
+    let other_id = session_of(&other.access_token);
     auth.revoke_session(revoke(&other_id)).await.unwrap();
     assert_error(
         auth.revoke_session(revoke(&uuid::Uuid::new_v4().to_string()))

@@ -68,16 +68,6 @@ async fn assert_no_event(stream: &mut Streaming<pb::WatchRevocationsResponse>, q
     }
 }
 
-fn session_id_of(access_token: &str) -> String {
-    use base64::Engine as _;
-    let payload = access_token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    claims["sid"].as_str().unwrap().to_owned()
-}
-
 /// The event ended exactly these sessions, in any order.
 #[track_caller]
 fn assert_same_sessions(ended: &[String], mut expected: Vec<String>) {
@@ -85,16 +75,6 @@ fn assert_same_sessions(ended: &[String], mut expected: Vec<String>) {
     ended.sort();
     expected.sort();
     assert_eq!(ended, expected);
-}
-
-async fn logout(app: &TestApp, refresh_token: &str) {
-    app.client
-        .clone()
-        .logout(pb::LogoutRequest {
-            refresh_token: refresh_token.into(),
-        })
-        .await
-        .unwrap();
 }
 
 async fn second_login(app: &TestApp, user: &pb::User) -> pb::TokenPair {
@@ -108,15 +88,15 @@ async fn logout_refresh_reuse_and_change_password_each_emit_their_event() {
 
     // Logout: SESSION_ENDED naming the session.
     let (user, tokens) = app.signed_in_user().await;
-    logout(&app, &tokens.refresh_token).await;
+    app.logout(&tokens.refresh_token).await.unwrap();
     let first = next_event(&mut stream).await;
     assert_eq!(first.kind(), RevocationKind::SessionEnded);
     assert_eq!(first.user_id, user.id);
-    assert_eq!(first.session_id, session_id_of(&tokens.access_token));
+    assert_eq!(first.session_id, session_of(&tokens.access_token));
     assert_eq!(first.session_ids, vec![first.session_id.clone()]);
     assert!(first.occurred_at.is_some());
     // A repeated Logout ends nothing and emits nothing.
-    logout(&app, &tokens.refresh_token).await;
+    app.logout(&tokens.refresh_token).await.unwrap();
 
     // Refresh-token reuse: the session it belongs to.
     let reused = second_login(&app, &user).await;
@@ -137,7 +117,7 @@ async fn logout_refresh_reuse_and_change_password_each_emit_their_event() {
     let second = next_event(&mut stream).await;
     assert_eq!(second.event_id, first.event_id + 1, "ids are consecutive");
     assert_eq!(second.kind(), RevocationKind::SessionEnded);
-    assert_eq!(second.session_id, session_id_of(&reused.access_token));
+    assert_eq!(second.session_id, session_of(&reused.access_token));
 
     // ChangePassword: the user's other sessions, not the caller's.
     let keep = second_login(&app, &user).await;
@@ -162,8 +142,8 @@ async fn logout_refresh_reuse_and_change_password_each_emit_their_event() {
     assert_same_sessions(
         &third.session_ids,
         vec![
-            session_id_of(&other_a.access_token),
-            session_id_of(&other_b.access_token),
+            session_of(&other_a.access_token),
+            session_of(&other_b.access_token),
         ],
     );
     assert_no_event(&mut stream, Duration::from_millis(300)).await;
@@ -183,7 +163,7 @@ async fn reset_password_disable_user_and_revoke_user_sessions_emit_their_events(
         .unwrap();
     let event = next_event(&mut stream).await;
     assert_eq!(event.kind(), RevocationKind::UserSessionsEnded);
-    assert_eq!(event.session_ids, vec![session_id_of(&tokens.access_token)]);
+    assert_eq!(event.session_ids, vec![session_of(&tokens.access_token)]);
 
     // DisableUser: the sessions, then the account.
     let (user, tokens) = app.signed_in_user().await;
@@ -199,7 +179,7 @@ async fn reset_password_disable_user_and_revoke_user_sessions_emit_their_events(
         .unwrap();
     let sessions = next_event(&mut stream).await;
     assert_eq!(sessions.kind(), RevocationKind::UserSessionsEnded);
-    assert_eq!(sessions.session_ids, vec![session_id_of(&tokens.access_token)]);
+    assert_eq!(sessions.session_ids, vec![session_of(&tokens.access_token)]);
     let disabled = next_event(&mut stream).await;
     assert_eq!(disabled.kind(), RevocationKind::UserDisabled);
     assert_eq!(disabled.user_id, user.id);
@@ -234,10 +214,7 @@ async fn reset_password_disable_user_and_revoke_user_sessions_emit_their_events(
     assert_eq!(event.kind(), RevocationKind::UserSessionsEnded);
     assert_same_sessions(
         &event.session_ids,
-        vec![
-            session_id_of(&first.access_token),
-            session_id_of(&second.access_token),
-        ],
+        vec![session_of(&first.access_token), session_of(&second.access_token)],
     );
     // Nothing live left: nothing ended, no event.
     admin
@@ -255,15 +232,15 @@ async fn a_resumed_subscriber_gets_exactly_the_missed_events_in_order() {
     let app = spawn_app().await;
     let (key, mut stream) = watcher(&app).await;
     let (_, tokens) = app.signed_in_user().await;
-    logout(&app, &tokens.refresh_token).await;
+    app.logout(&tokens.refresh_token).await.unwrap();
     let seen = next_event(&mut stream).await;
     drop(stream);
 
     let mut missed = Vec::new();
     for _ in 0..3 {
         let (_, tokens) = app.signed_in_user().await;
-        logout(&app, &tokens.refresh_token).await;
-        missed.push(session_id_of(&tokens.access_token));
+        app.logout(&tokens.refresh_token).await.unwrap();
+        missed.push(session_of(&tokens.access_token));
     }
     let mut resumed = watch(&app, &key, seen.event_id).await.unwrap();
     for (offset, session) in (1..).zip(&missed) {
@@ -301,10 +278,10 @@ async fn a_rolled_back_change_emits_nothing_and_leaves_no_gap() {
         .await
         .expect("the session is still live");
 
-    logout(&app, &tokens.refresh_token).await;
+    app.logout(&tokens.refresh_token).await.unwrap();
     let event = next_event(&mut stream).await;
     assert_eq!(event.event_id, recorded, "the rolled-back id is reused: no gap");
-    assert_eq!(event.session_id, session_id_of(&tokens.access_token));
+    assert_eq!(event.session_id, session_of(&tokens.access_token));
 }
 
 #[tokio::test]
@@ -316,9 +293,9 @@ async fn a_change_on_one_replica_reaches_a_subscriber_of_another() {
     let (_key, mut at_b) = watcher(&b).await;
     let (_, tokens) = a.signed_in_user().await;
     let logged_out = Instant::now();
-    logout(&a, &tokens.refresh_token).await;
+    a.logout(&tokens.refresh_token).await.unwrap();
     let event = next_event(&mut at_b).await;
-    assert_eq!(event.session_id, session_id_of(&tokens.access_token));
+    assert_eq!(event.session_id, session_of(&tokens.access_token));
     // Pushed by the notification, not found by the one-second poll.
     assert!(
         logged_out.elapsed() < Duration::from_millis(900),
@@ -333,7 +310,7 @@ async fn cursors_outside_the_log_are_refused_with_cursor_expired() {
     let key = app.service_key("watcher", &[WATCH]).await;
     for _ in 0..3 {
         let (_, tokens) = app.signed_in_user().await;
-        logout(&app, &tokens.refresh_token).await;
+        app.logout(&tokens.refresh_token).await.unwrap();
     }
     // From the future (another deployment, a restored database).
     assert_error(
@@ -396,7 +373,7 @@ async fn the_stream_needs_the_watch_scope() {
 async fn a_quiet_stream_sends_heartbeats_with_its_cursor() {
     let app = spawn_app_with(|c| c.revocation_heartbeat = Duration::from_millis(200)).await;
     let (_, tokens) = app.signed_in_user().await;
-    logout(&app, &tokens.refresh_token).await;
+    app.logout(&tokens.refresh_token).await.unwrap();
     let (_key, mut stream) = watcher(&app).await;
     // The first message, at once: the cursor.
     let first = tokio::time::timeout(Duration::from_millis(500), stream.message())
@@ -486,7 +463,7 @@ async fn the_lifecycle_rpcs_emit_their_events() {
         .clone()
         .revoke_session(with_bearer(
             pb::RevokeSessionRequest {
-                session_id: session_id_of(&other.access_token),
+                session_id: session_of(&other.access_token),
             },
             &current.access_token,
         ))
@@ -494,7 +471,7 @@ async fn the_lifecycle_rpcs_emit_their_events() {
         .unwrap();
     let event = next_event(&mut stream).await;
     assert_eq!(event.kind(), RevocationKind::SessionEnded);
-    assert_eq!(event.session_id, session_id_of(&other.access_token));
+    assert_eq!(event.session_id, session_of(&other.access_token));
 
     // RevokeOtherSessions: all but the caller's, as one event.
     let fourth = second_login(&app, &user).await;
@@ -513,10 +490,7 @@ async fn the_lifecycle_rpcs_emit_their_events() {
     assert_eq!(event.kind(), RevocationKind::UserSessionsEnded);
     assert_same_sessions(
         &event.session_ids,
-        vec![
-            session_id_of(&third.access_token),
-            session_id_of(&fourth.access_token),
-        ],
+        vec![session_of(&third.access_token), session_of(&fourth.access_token)],
     );
 
     // DeleteMe: the account, by id only.

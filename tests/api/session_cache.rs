@@ -158,16 +158,6 @@ impl Drop for Frozen {
     }
 }
 
-/// kill(1): the backend belongs to the suite's own cluster, same user.
-fn signal(pid: i32, name: &str) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid}");
-}
-
 #[tokio::test]
 async fn a_stalled_listener_silences_the_cache_within_the_bound() {
     let b = spawn_app_with(crate::metrics::with_metrics).await;

@@ -7,13 +7,10 @@ use tonic_types::StatusExt;
 
 use crate::helpers::*;
 
-/// The retry delay of a throttled answer.
-fn retry_delay(status: &Status) -> Duration {
+/// The retry delay of an answer that must be a throttled one.
+fn throttled_retry_delay(status: &Status) -> Duration {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    status
-        .get_details_retry_info()
-        .and_then(|r| r.retry_delay)
-        .expect("RetryInfo with a delay")
+    retry_delay(status)
 }
 
 async fn fail_login(app: &TestApp, login: &str) -> Status {
@@ -31,7 +28,7 @@ async fn failed_logins_back_off_after_five_free_attempts() {
         );
     }
     let status = fail_login(&app, &user.email).await;
-    let delay = retry_delay(&status);
+    let delay = throttled_retry_delay(&status);
     assert!(
         delay <= Duration::from_secs(1) && delay > Duration::ZERO,
         "{delay:?}"
@@ -150,7 +147,7 @@ async fn change_password_guesses_count_against_the_account() {
         );
     }
     let status = attempt("wrong guess").await.unwrap_err();
-    retry_delay(&status);
+    throttled_retry_delay(&status);
 }
 
 #[tokio::test]
@@ -158,7 +155,7 @@ async fn the_peer_limit_guards_password_rpcs_only() {
     let app = spawn_app_with(|c| c.peer_rate_limit = 2.0).await;
     let (_, tokens) = app.signed_in_user().await; // two calls: Register and Login
     let status = app.login("someone@example.com", PASSWORD).await.unwrap_err();
-    let delay = retry_delay(&status);
+    let delay = throttled_retry_delay(&status);
     assert!(delay <= Duration::from_millis(500), "{delay:?}");
     // The token RPCs of internal callers are never limited per peer.
     for _ in 0..30 {

@@ -8,21 +8,13 @@ use std::time::Duration;
 use authd::pb::auth::v1 as pb;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
-use super::{fresh_email, fresh_password};
+use super::fresh_password;
 use crate::helpers::*;
 use crate::lifecycle::{
     CHANGE_SUBJECT, VERIFY_SUBJECT, VERIFY_URL, app_with_mail, change_email, delete_me, link_token, nth_mail,
-    revoke_session, session_of, verify,
+    revoke_session, verify,
 };
-
-fn retry_delay(status: &Status) -> Duration {
-    status
-        .get_details_retry_info()
-        .and_then(|r| r.retry_delay)
-        .expect("RetryInfo with a delay")
-}
 
 /// A password check through ChangeEmail or, if not, DeleteMe.
 async fn guess(

@@ -7,15 +7,10 @@ use std::time::{Duration, Instant};
 
 use authd::pb::auth::v1 as pb;
 
-use super::{fresh_email, fresh_password};
+use super::fresh_password;
 use crate::helpers::*;
 
 const PAIRS: usize = 50;
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
 
 async fn timed_forgot(app: &TestApp, email: &str) -> Duration {
     let started = Instant::now();

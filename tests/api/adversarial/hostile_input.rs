@@ -8,7 +8,7 @@ use authd::pb::auth::v1 as pb;
 use tonic::Code;
 use unicode_normalization::UnicodeNormalization as _;
 
-use super::{HEAVY_ARGON2, fresh_email, fresh_password, one_hash};
+use super::{HEAVY_ARGON2, fresh_password, one_hash};
 use crate::helpers::*;
 use crate::register::futures_join_all;
 
@@ -29,16 +29,6 @@ async fn user_count(app: &TestApp) -> i64 {
         .fetch_one(&app.db)
         .await
         .unwrap()
-}
-
-async fn refresh(app: &TestApp, token: &str) -> Result<pb::RefreshResponse, tonic::Status> {
-    app.client
-        .clone()
-        .refresh(pb::RefreshRequest {
-            refresh_token: token.into(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
 }
 
 #[tokio::test]
@@ -435,11 +425,11 @@ async fn garbage_refresh_tokens_are_refused_without_a_lookup_error() {
         "rt_é".repeat(20),
     ] {
         assert_error(
-            refresh(&app, &token).await,
+            app.refresh(&token).await,
             Code::Unauthenticated,
             "REFRESH_TOKEN_INVALID",
         );
     }
     // The genuine token still works: none of that counted as a replay.
-    refresh(&app, &tokens.refresh_token).await.unwrap();
+    app.refresh(&tokens.refresh_token).await.unwrap();
 }

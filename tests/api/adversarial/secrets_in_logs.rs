@@ -8,7 +8,7 @@ use authd::pb::auth::v1 as pb;
 use secrecy::SecretString;
 use tonic::Code;
 
-use super::{fresh_email, fresh_password};
+use super::fresh_password;
 use crate::helpers::*;
 use crate::smtp::SmtpServer;
 
@@ -20,16 +20,6 @@ async fn password_hash(app: &TestApp, user_id: &str) -> String {
         .fetch_one(&app.db)
         .await
         .unwrap()
-}
-
-async fn refresh(app: &TestApp, token: &str) -> Result<pb::TokenPair, tonic::Status> {
-    app.client
-        .clone()
-        .refresh(pb::RefreshRequest {
-            refresh_token: token.into(),
-        })
-        .await
-        .map(|r| r.into_inner().tokens.unwrap())
 }
 
 #[tokio::test]
@@ -65,9 +55,9 @@ async fn a_full_flow_logs_no_password_token_hash_or_reset_link() {
     // A session whose refresh token is replayed: authd logs the reuse with
     // the session id, which shows this flow's lines were captured.
     let a = app.login(&email, &first).await.unwrap().tokens.unwrap();
-    let a2 = refresh(&app, &a.refresh_token).await.unwrap();
+    let a2 = app.refresh(&a.refresh_token).await.unwrap();
     assert_error(
-        refresh(&app, &a.refresh_token).await,
+        app.refresh(&a.refresh_token).await,
         Code::Unauthenticated,
         "REFRESH_TOKEN_REUSED",
     );

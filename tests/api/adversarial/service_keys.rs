@@ -15,7 +15,6 @@ use sha2::Sha256;
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 
-use super::fresh_email;
 use crate::admin::{
     READ, READ_RPCS, WRITE, WRITE_RPCS, admin_key, authorized, batch_get, bearer, call_admin, delete_key,
     get_user, key_refused_within_a_second, list, lookup, missing_scope,
@@ -378,7 +377,7 @@ async fn a_users_refresh_token_is_not_a_service_key() {
     let glued = format!("sk_{}", refresh_token.strip_prefix("rt_").unwrap());
     assert_refused_everywhere(&app, &[&bearer(&glued)], &user.id, "a refresh token as sk_").await;
     // And the refresh token itself is untouched.
-    crate::admin::refresh(&app, &refresh_token).await.unwrap();
+    app.refresh(&refresh_token).await.unwrap();
 }
 
 #[tokio::test]
@@ -472,7 +471,7 @@ async fn a_login_racing_disable_user_gets_no_live_session() {
             let introspected = app.introspect(&tokens.access_token).await.unwrap();
             assert!(!introspected.active, "{introspected:?}");
             assert_error(
-                crate::admin::refresh(&app, &tokens.refresh_token).await,
+                app.refresh(&tokens.refresh_token).await,
                 Code::Unauthenticated,
                 "REFRESH_TOKEN_INVALID",
             );

@@ -6,7 +6,7 @@ use authd::crypto::password::Argon2Settings;
 use authd::pb::auth::v1 as pb;
 use secrecy::ExposeSecret as _;
 
-use super::{fresh_email, fresh_password};
+use super::fresh_password;
 use crate::helpers::*;
 
 const TABLES: [&str; 6] = [

@@ -7,11 +7,11 @@
 use authd::pb::auth::v1 as pb;
 use tonic::Code;
 
-use crate::admin::{admin_key, disable, enable, forgot, revoke_sessions};
+use crate::admin::{admin_key, disable, enable, revoke_sessions};
 use crate::helpers::*;
 use crate::lifecycle::{
-    CHANGE_SUBJECT, app_with_mail, change_email, fresh_email, link_token, nth_mail, registered,
-    revoke_others, tokens_of, verify,
+    CHANGE_SUBJECT, app_with_mail, change_email, link_token, nth_mail, registered, revoke_others, tokens_of,
+    verify,
 };
 use crate::smtp::SmtpServer;
 
@@ -39,24 +39,10 @@ async fn assert_link_dead_and_account_kept(app: &TestApp, link: &str, owner_emai
     app.login(owner_email, password).await.unwrap();
 }
 
-async fn change_password(app: &TestApp, access: &str) {
-    app.client
-        .clone()
-        .change_password(with_bearer(
-            pb::ChangePasswordRequest {
-                current_password: PASSWORD.into(),
-                new_password: NEW_PASSWORD.into(),
-            },
-            access,
-        ))
-        .await
-        .unwrap();
-}
-
 /// The owner takes the account back with ForgotPassword and the link mailed
 /// to the account's address.
 async fn reset_password_by_mail(app: &TestApp, smtp: &SmtpServer, email: &str) {
-    forgot(app, email).await.unwrap();
+    app.forgot_password(email).await.unwrap();
     let reset = nth_mail(smtp, email, "Reset your password", 1)
         .await
         .reset_token();
@@ -79,7 +65,9 @@ async fn a_kept_email_change_link_dies_when_the_owner_changes_the_password() {
     let link = intruder_keeps_a_change_link(&app, &smtp, &owner_email).await;
 
     // The owner reads the notice and does what it says.
-    change_password(&app, &owner.access_token).await;
+    app.change_password(&owner.access_token, PASSWORD, NEW_PASSWORD)
+        .await
+        .unwrap();
 
     assert_link_dead_and_account_kept(&app, &link, &owner_email, NEW_PASSWORD).await;
 }
@@ -173,7 +161,7 @@ async fn a_reset_link_dies_when_a_service_ends_the_accounts_sessions() {
     let key = admin_key(&app).await;
     let owner_email = fresh_email();
     let (user, _) = registered(&app, &smtp, &owner_email).await;
-    forgot(&app, &owner_email).await.unwrap();
+    app.forgot_password(&owner_email).await.unwrap();
     let reset = nth_mail(&smtp, &owner_email, "Reset your password", 1)
         .await
         .reset_token();

@@ -72,7 +72,7 @@ async fn after_delete_me_nothing_of_the_account_remains_and_its_names_are_free()
     // a failed login, a reset link, a pending move to another address.
     let here = tokens_of(&app, &username).await;
     let there = tokens_of(&app, &email).await;
-    refresh(&app, &there.refresh_token).await.unwrap();
+    app.refresh(&there.refresh_token).await.unwrap();
     assert_error(
         app.login(&email, "a wrong guess at it").await,
         Code::Unauthenticated,
@@ -147,7 +147,7 @@ async fn after_delete_me_nothing_of_the_account_remains_and_its_names_are_free()
         "SESSION_REVOKED",
     );
     assert_error(
-        refresh(&app, &here.refresh_token).await,
+        app.refresh(&here.refresh_token).await,
         Code::Unauthenticated,
         "REFRESH_TOKEN_INVALID",
     );

@@ -5,29 +5,6 @@ use tonic::Code;
 
 use super::*;
 
-/// Field → reason of a validation error, sorted by field.
-fn field_reasons(status: &tonic::Status) -> Vec<(String, String)> {
-    use tonic_types::StatusExt;
-    let mut v: Vec<(String, String)> = status
-        .get_details_bad_request()
-        .map(|b| {
-            b.field_violations
-                .into_iter()
-                .map(|v| (v.field, v.reason))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
-    expected
-        .iter()
-        .map(|(f, r)| ((*f).to_owned(), (*r).to_owned()))
-        .collect()
-}
-
 async fn full_profile(app: &TestApp) -> (pb::User, pb::TokenPair) {
     let email = fresh_email();
     let username = format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);

@@ -100,7 +100,7 @@ async fn list_sessions_marks_the_current_one_and_shows_where_each_came_from() {
 
     // A refresh moves the phone's session to the top and slides its expiry.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let renewed = refresh(&app, &on_phone.refresh_token).await.unwrap();
+    let renewed = app.refresh(&on_phone.refresh_token).await.unwrap();
     let listed = list_sessions(&app, &renewed.access_token).await.unwrap();
     assert_eq!(listed[0].id, session_of(&on_phone.access_token));
     assert!(listed[0].current);
@@ -145,7 +145,7 @@ async fn revoke_session_cannot_touch_another_users_session() {
 
     // Their session is untouched.
     app.get_me(&theirs.access_token).await.unwrap();
-    let renewed = refresh(&app, &theirs.refresh_token).await.unwrap();
+    let renewed = app.refresh(&theirs.refresh_token).await.unwrap();
     app.get_me(&renewed.access_token).await.unwrap();
 
     for bad in ["not-a-uuid", "", "' OR 1=1 --"] {
@@ -173,7 +173,7 @@ async fn revoke_session_ends_one_of_mine_at_once() {
         Code::Unauthenticated,
         "SESSION_REVOKED",
     );
-    assert!(refresh(&app, &there.refresh_token).await.is_err());
+    assert!(app.refresh(&there.refresh_token).await.is_err());
     let listed = list_sessions(&app, &here.access_token).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert!(listed[0].current);
@@ -224,10 +224,10 @@ async fn revoke_other_sessions_ends_all_but_the_current_and_counts_them() {
             Code::Unauthenticated,
             "SESSION_REVOKED",
         );
-        assert!(refresh(&app, &other.refresh_token).await.is_err());
+        assert!(app.refresh(&other.refresh_token).await.is_err());
     }
     app.get_me(&here.access_token).await.unwrap();
-    let renewed = refresh(&app, &here.refresh_token).await.unwrap();
+    let renewed = app.refresh(&here.refresh_token).await.unwrap();
     assert_eq!(revoke_others(&app, &renewed.access_token).await.unwrap(), 0);
     let listed = list_sessions(&app, &renewed.access_token).await.unwrap();
     assert_eq!(listed.len(), 1);
