@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use authd::pb::auth::v1 as pb;
-use secrecy::ExposeSecret;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
@@ -319,15 +318,6 @@ async fn outbox_rows_for(app: &TestApp, email: &str) -> i64 {
     .fetch_one(&app.db)
     .await
     .unwrap()
-}
-
-pub(crate) fn database_url(app: &TestApp) -> String {
-    app.config
-        .database_url
-        .as_ref()
-        .unwrap()
-        .expose_secret()
-        .to_owned()
 }
 
 // ---------------------------------------------------------------- reading
@@ -985,7 +975,7 @@ async fn a_key_deleted_from_the_database_is_refused_at_once() {
 #[tokio::test]
 async fn a_key_deleted_at_one_replica_is_refused_by_another_that_cached_it() {
     let a = spawn_app().await;
-    let b = spawn_app_on(&database_url(&a), |_| {}).await;
+    let b = spawn_app_on(&a.database_url(), |_| {}).await;
     wait_for_listeners(&a, 2).await;
     let key = a.service_key("replicated", &[READ]).await;
     let user = a.register(&fresh_email(), PASSWORD).await;
@@ -1005,8 +995,7 @@ async fn a_key_deleted_at_one_replica_is_refused_by_another_that_cached_it() {
 #[tokio::test]
 async fn a_user_disabled_at_one_replica_is_refused_at_the_other() {
     let a = spawn_app().await;
-    let keys = a.config.signing_keys.clone();
-    let b = spawn_app_on(&database_url(&a), |c| c.signing_keys = keys).await;
+    let b = a.replica().await;
     wait_for_listeners(&a, 2).await;
     let key = admin_key(&a).await;
     let (user, tokens) = b.signed_in_user().await;
@@ -1040,7 +1029,7 @@ async fn a_user_disabled_at_one_replica_is_refused_at_the_other() {
 #[tokio::test]
 async fn page_tokens_from_one_replica_work_at_another() {
     let a = spawn_app().await;
-    let b = spawn_app_on(&database_url(&a), |_| {}).await;
+    let b = spawn_app_on(&a.database_url(), |_| {}).await;
     let key = a.service_key("reader", &[READ]).await;
     let mut created = Vec::new();
     for _ in 0..4 {

@@ -902,15 +902,7 @@ async fn a_pool_exhausted_by_lock_waits_is_not_a_database_outage() {
     // probe declare the database down (and the gate refuse every call).
     let app = spawn_app_with(|c| c.request_timeout = Duration::from_secs(10)).await;
     let (user, tokens) = app.signed_in_user().await;
-    let url = {
-        use secrecy::ExposeSecret as _;
-        app.config
-            .database_url
-            .as_ref()
-            .unwrap()
-            .expose_secret()
-            .to_owned()
-    };
+    let url = app.database_url();
     let mut holder = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
         .await
         .unwrap();

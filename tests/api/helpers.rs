@@ -335,6 +335,24 @@ impl TestApp {
         panic!("ForgotPassword requests still unresolved after 5 s");
     }
 
+    /// The URL of this server's database, for a second server or a
+    /// connection of the test's own.
+    pub fn database_url(&self) -> String {
+        use secrecy::ExposeSecret as _;
+        self.config
+            .database_url
+            .as_ref()
+            .expect("a database URL")
+            .expose_secret()
+            .to_owned()
+    }
+
+    /// A second server on this server's database with the same signing keys.
+    pub async fn replica(&self) -> TestApp {
+        let keys = self.config.signing_keys.clone();
+        spawn_app_on(&self.database_url(), |c| c.signing_keys = keys).await
+    }
+
     pub async fn refresh(&self, refresh_token: &str) -> Result<pb::TokenPair, Status> {
         self.client
             .clone()

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use authd::config::Config;
 use authd::pb::auth::v1 as pb;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
 
@@ -532,7 +532,7 @@ fn made_up_token() -> String {
 #[tokio::test]
 async fn reset_guesses_from_one_client_are_capped_across_replicas() {
     let a = spawn_app().await;
-    let url = a.config.database_url.as_ref().unwrap().expose_secret().to_owned();
+    let url = a.database_url();
     let b = spawn_app_on(&url, |_| {}).await;
     // Ten free guesses, then a growing wait (the eleventh starts it).
     for _ in 0..11 {

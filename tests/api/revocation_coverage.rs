@@ -15,7 +15,6 @@ use authd_verifier::{OnStale, Revocation, Verifier, VerifierConfig, VerifyError}
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
-use crate::admin::database_url;
 use crate::helpers::*;
 
 const WATCH: &str = "revocations.watch";
@@ -140,7 +139,7 @@ async fn a_verifier_whose_cursor_expired_resyncs_from_a_time_and_refuses_what_it
     // passes the retention and is pruned (so its cursor is refused), and
     // the token's session ends at another replica.
     let (url, keys, addr, pem) = (
-        database_url(&a),
+        a.database_url(),
         a.config.signing_keys.clone(),
         a.addr,
         a.signing_pem.clone(),

@@ -8,7 +8,7 @@ use authd::pb::auth::v1::{self as pb, RevocationKind};
 use tokio::time::Instant;
 use tonic::{Code, Streaming};
 
-use crate::admin::{database_url, wait_for_listeners};
+use crate::admin::wait_for_listeners;
 use crate::helpers::*;
 use crate::recovery::{app_with_mail, requested_reset, reset};
 
@@ -287,8 +287,7 @@ async fn a_rolled_back_change_emits_nothing_and_leaves_no_gap() {
 #[tokio::test]
 async fn a_change_on_one_replica_reaches_a_subscriber_of_another() {
     let a = spawn_app().await;
-    let keys = a.config.signing_keys.clone();
-    let b = spawn_app_on(&database_url(&a), |c| c.signing_keys = keys).await;
+    let b = a.replica().await;
     wait_for_listeners(&a, 2).await;
     let (_key, mut at_b) = watcher(&b).await;
     let (_, tokens) = a.signed_in_user().await;

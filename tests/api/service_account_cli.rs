@@ -7,7 +7,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use authd::pb::auth::v1 as pb;
-use secrecy::ExposeSecret as _;
 use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -31,13 +30,7 @@ struct Target {
 
 impl Target {
     fn of(app: &TestApp) -> Self {
-        let url = app
-            .config
-            .database_url
-            .as_ref()
-            .unwrap()
-            .expose_secret()
-            .to_owned();
+        let url = app.database_url();
         Self {
             database_url: Some(url),
             data_dir: scratch_dir("cli-data"),

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use authd::pb::auth::v1 as pb;
-use secrecy::ExposeSecret;
 use tonic::Code;
 
 use crate::helpers::*;
@@ -60,9 +59,7 @@ async fn a_session_ended_behind_authds_back_is_dropped_within_milliseconds() {
 #[tokio::test]
 async fn a_logout_at_one_replica_reaches_the_cache_of_another() {
     let a = spawn_app().await;
-    let url = a.config.database_url.as_ref().unwrap().expose_secret().to_owned();
-    let keys = a.config.signing_keys.clone();
-    let b = spawn_app_on(&url, |c| c.signing_keys = keys).await;
+    let b = a.replica().await;
     wait_for_listener(&b).await;
     let (_, tokens) = a.signed_in_user().await;
     b.get_me(&tokens.access_token).await.unwrap();
@@ -162,9 +159,7 @@ impl Drop for Frozen {
 async fn a_stalled_listener_silences_the_cache_within_the_bound() {
     let b = spawn_app_with(crate::metrics::with_metrics).await;
     let frozen_pid = listener_backend(&b).await;
-    let url = b.config.database_url.as_ref().unwrap().expose_secret().to_owned();
-    let keys = b.config.signing_keys.clone();
-    let a = spawn_app_on(&url, |c| c.signing_keys = keys).await;
+    let a = b.replica().await;
     crate::admin::wait_for_listeners(&a, 2).await;
 
     let (_, tokens) = a.signed_in_user().await;

@@ -1,7 +1,6 @@
 use std::time::Duration;
 
 use authd::pb::auth::v1 as pb;
-use secrecy::ExposeSecret;
 use tonic::Code;
 
 use crate::helpers::*;
@@ -317,9 +316,7 @@ async fn change_password_applies_the_policy_and_needs_a_live_session() {
 #[tokio::test]
 async fn two_replicas_on_one_database_share_every_session() {
     let a = spawn_app().await;
-    let url = a.config.database_url.as_ref().unwrap().expose_secret().to_owned();
-    let keys = a.config.signing_keys.clone();
-    let b = spawn_app_on(&url, |c| c.signing_keys = keys).await;
+    let b = a.replica().await;
 
     let (user, tokens) = a.signed_in_user().await;
     assert_eq!(

@@ -1,7 +1,6 @@
 use std::time::Duration;
 
 use authd::pb::auth::v1 as pb;
-use secrecy::ExposeSecret;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -108,7 +107,7 @@ async fn concurrent_guesses_cannot_outrun_the_counter() {
 #[tokio::test]
 async fn the_throttle_holds_across_replicas() {
     let a = spawn_app().await;
-    let url = a.config.database_url.as_ref().unwrap().expose_secret().to_owned();
+    let url = a.database_url();
     let b = spawn_app_on(&url, |_| {}).await;
     a.register("kim@example.com", PASSWORD).await;
     for _ in 0..6 {

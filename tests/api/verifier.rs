@@ -20,7 +20,6 @@ use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::admin::database_url;
 use crate::helpers::*;
 
 #[path = "../../examples/verified_service.rs"]
@@ -303,7 +302,7 @@ async fn a_new_signing_key_is_picked_up_by_the_first_token_that_uses_it() {
     let (new_key, old_key) = (keys.join("new.pem"), keys.join("old.pem"));
     std::fs::write(&new_key, authd::crypto::keys::generate_ed25519_pem().unwrap()).unwrap();
     std::fs::write(&old_key, &a.signing_pem).unwrap();
-    let (addr, url) = (a.addr, database_url(&a));
+    let (addr, url) = (a.addr, a.database_url());
     a.stop().await.unwrap();
     let b = spawn_app_on(&url, |c| {
         c.listen = addr;
@@ -369,7 +368,7 @@ async fn the_stream_resumes_after_authd_restarts_and_delivers_what_it_missed() {
     let (_, tokens) = a.signed_in_user().await;
     service.who_am_i(&tokens.access_token).await.unwrap();
 
-    let url = database_url(&a);
+    let url = a.database_url();
     let keys = a.config.signing_keys.clone();
     let addr = a.addr;
     let other = spawn_app_on(&url, |c| c.signing_keys = keys.clone()).await;

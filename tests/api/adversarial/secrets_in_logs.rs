@@ -61,14 +61,7 @@ async fn a_full_flow_logs_no_password_token_hash_or_reset_link() {
         Code::Unauthenticated,
         "REFRESH_TOKEN_REUSED",
     );
-    let replayed_session = {
-        let claims = a.access_token.split('.').nth(1).unwrap();
-        let claims: serde_json::Value = serde_json::from_slice(
-            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims).unwrap(),
-        )
-        .unwrap();
-        claims["sid"].as_str().unwrap().to_owned()
-    };
+    let replayed_session = session_of(&a.access_token);
 
     let b = app.login(&email, &first).await.unwrap().tokens.unwrap();
     app.get_me(&b.access_token).await.unwrap();

@@ -614,7 +614,7 @@ async fn a_watch_stream_ends_when_its_account_loses_the_scope() {
 #[tokio::test]
 async fn a_key_revoked_ends_its_streams_on_every_replica() {
     let a = spawn_app().await;
-    let b = spawn_app_on(&crate::admin::database_url(&a), |_| {}).await;
+    let b = spawn_app_on(&a.database_url(), |_| {}).await;
     crate::admin::wait_for_listeners(&a, 2).await;
     let key = a.service_key("replicated-watcher", &[WATCH]).await;
     let mut at_a = open_watch(&a, &key).await;
@@ -730,7 +730,7 @@ async fn a_made_up_key_presented_again_and_again_reads_the_database_once() {
 #[tokio::test]
 async fn a_key_refused_as_unknown_works_at_once_when_created_on_every_replica() {
     let a = spawn_app().await;
-    let b = spawn_app_on(&crate::admin::database_url(&a), |_| {}).await;
+    let b = spawn_app_on(&a.database_url(), |_| {}).await;
     crate::admin::wait_for_listeners(&a, 2).await;
     let user = a.register(&fresh_email(), PASSWORD).await;
     let token =

@@ -4,7 +4,6 @@
 
 use authd::crypto::password::Argon2Settings;
 use authd::pb::auth::v1 as pb;
-use secrecy::ExposeSecret as _;
 
 use super::fresh_password;
 use crate::helpers::*;
@@ -116,13 +115,7 @@ async fn outdated_hashes_are_upgraded_at_the_next_login() {
     let weak = stored_hash(&old, &email).await;
     assert!(weak.starts_with("$argon2id$v=19$m=4096,t=1,p=1$"), "{weak}");
 
-    let url = old
-        .config
-        .database_url
-        .as_ref()
-        .unwrap()
-        .expose_secret()
-        .to_owned();
+    let url = old.database_url();
     let stronger = Argon2Settings {
         memory_kib: 8192,
         iterations: 2,

@@ -273,15 +273,7 @@ async fn delete_me_does_not_wait_for_a_reset_request_being_resolved() {
     use sqlx::{Connection, PgConnection};
     let app = spawn_app().await;
     let (user, tokens) = app.signed_in_user().await;
-    let url = {
-        use secrecy::ExposeSecret;
-        app.config
-            .database_url
-            .as_ref()
-            .unwrap()
-            .expose_secret()
-            .to_owned()
-    };
+    let url = app.database_url();
     // The worker's first step, on a connection of the test's own: take a
     // committed request for the address (retrying should the real worker
     // take it first).

@@ -17,14 +17,7 @@ use super::*;
 /// A connection of its own, so the test's locks do not take one of the
 /// server's pool.
 async fn holder(app: &TestApp) -> PgConnection {
-    use secrecy::ExposeSecret;
-    let url = app
-        .config
-        .database_url
-        .as_ref()
-        .unwrap()
-        .expose_secret()
-        .to_owned();
+    let url = app.database_url();
     PgConnection::connect(&url).await.unwrap()
 }
 

@@ -250,11 +250,8 @@ async fn refused_within_two_seconds(app: &TestApp, access: &str) {
 /// served from another replica's cache within milliseconds.
 #[tokio::test]
 async fn lifecycle_changes_at_one_replica_reach_the_cache_of_another() {
-    use secrecy::ExposeSecret as _;
     let a = spawn_app().await;
-    let url = a.config.database_url.as_ref().unwrap().expose_secret().to_owned();
-    let keys = a.config.signing_keys.clone();
-    let b = spawn_app_on(&url, |c| c.signing_keys = keys).await;
+    let b = a.replica().await;
     let (user, here) = a.signed_in_user().await;
     let (one, two, three) = (
         tokens_of(&a, &user.email).await,
