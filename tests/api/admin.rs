@@ -776,13 +776,7 @@ async fn revoke_user_sessions_counts_only_sessions_that_were_live() {
     let (user, live) = app.signed_in_user().await;
     let _also_live = another_session(&app, &user).await;
     let logged_out = another_session(&app, &user).await;
-    app.client
-        .clone()
-        .logout(pb::LogoutRequest {
-            refresh_token: logged_out.refresh_token,
-        })
-        .await
-        .unwrap();
+    app.logout(&logged_out.refresh_token).await.unwrap();
     let expired = another_session(&app, &user).await;
     let expired_sid = jwt_claims(&expired.access_token)["sid"]
         .as_str()

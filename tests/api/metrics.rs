@@ -6,7 +6,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use authd::config::Config;
-use authd::pb::auth::v1 as pb;
 use secrecy::SecretString;
 use tokio::io::AsyncWriteExt as _;
 use tonic::Code;
@@ -131,13 +130,7 @@ async fn the_page_counts_logins_refreshes_throttling_pools_and_the_outbox() {
         "THROTTLED",
     );
     // A reset mail the (closed) SMTP port refuses stays pending.
-    app.client
-        .clone()
-        .forgot_password(pb::ForgotPasswordRequest {
-            email: "ada@example.com".into(),
-        })
-        .await
-        .unwrap();
+    app.forgot_password("ada@example.com").await.unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(15);
     let page = loop {

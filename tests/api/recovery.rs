@@ -376,15 +376,7 @@ async fn a_rejected_mail_is_not_marked_sent_and_is_retried() {
 async fn change_password_sends_a_notification() {
     let (app, server) = app_with_mail(|_| {}).await;
     let (user, tokens) = app.signed_in_user().await;
-    app.client
-        .clone()
-        .change_password(with_bearer(
-            pb::ChangePasswordRequest {
-                current_password: PASSWORD.into(),
-                new_password: NEW_PASSWORD.into(),
-            },
-            &tokens.access_token,
-        ))
+    app.change_password(&tokens.access_token, PASSWORD, NEW_PASSWORD)
         .await
         .unwrap();
     let mail = server.wait_for(1, MAIL_WAIT).await.remove(0);
@@ -401,15 +393,7 @@ async fn change_password_ends_outstanding_reset_links() {
     let (app, server) = app_with_mail(|_| {}).await;
     let (email, token) = requested_reset(&app, &server).await;
     let tokens = app.login(&email, PASSWORD).await.unwrap().tokens.unwrap();
-    app.client
-        .clone()
-        .change_password(with_bearer(
-            pb::ChangePasswordRequest {
-                current_password: PASSWORD.into(),
-                new_password: NEW_PASSWORD.into(),
-            },
-            &tokens.access_token,
-        ))
+    app.change_password(&tokens.access_token, PASSWORD, NEW_PASSWORD)
         .await
         .unwrap();
     assert_error(

@@ -123,15 +123,7 @@ async fn logout_refresh_reuse_and_change_password_each_emit_their_event() {
     let keep = second_login(&app, &user).await;
     let other_a = second_login(&app, &user).await;
     let other_b = second_login(&app, &user).await;
-    app.client
-        .clone()
-        .change_password(with_bearer(
-            pb::ChangePasswordRequest {
-                current_password: PASSWORD.into(),
-                new_password: "another long passphrase 2026".into(),
-            },
-            &keep.access_token,
-        ))
+    app.change_password(&keep.access_token, PASSWORD, "another long passphrase 2026")
         .await
         .unwrap();
     let third = next_event(&mut stream).await;

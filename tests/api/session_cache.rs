@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use authd::pb::auth::v1 as pb;
 use tonic::Code;
 
 use crate::helpers::*;
@@ -64,13 +63,7 @@ async fn a_logout_at_one_replica_reaches_the_cache_of_another() {
     let (_, tokens) = a.signed_in_user().await;
     b.get_me(&tokens.access_token).await.unwrap();
     b.get_me(&tokens.access_token).await.unwrap();
-    a.client
-        .clone()
-        .logout(pb::LogoutRequest {
-            refresh_token: tokens.refresh_token.clone(),
-        })
-        .await
-        .unwrap();
+    a.logout(&tokens.refresh_token).await.unwrap();
     let took = time_until_revoked(&b, &tokens.access_token).await;
     println!("cross-replica revocation seen after {took:?}");
 }
@@ -182,13 +175,7 @@ async fn a_stalled_listener_silences_the_cache_within_the_bound() {
 
     // B's listener hangs without closing its socket; A ends the session.
     let frozen = Frozen::new(frozen_pid);
-    a.client
-        .clone()
-        .logout(pb::LogoutRequest {
-            refresh_token: tokens.refresh_token.clone(),
-        })
-        .await
-        .unwrap();
+    a.logout(&tokens.refresh_token).await.unwrap();
     let logged_out = Instant::now();
     let took = loop {
         match b.get_me(&tokens.access_token).await {

@@ -5,8 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use authd::pb::auth::v1 as pb;
-
 use super::fresh_password;
 use crate::helpers::*;
 
@@ -14,11 +12,7 @@ const PAIRS: usize = 50;
 
 async fn timed_forgot(app: &TestApp, email: &str) -> Duration {
     let started = Instant::now();
-    app.client
-        .clone()
-        .forgot_password(pb::ForgotPasswordRequest { email: email.into() })
-        .await
-        .unwrap();
+    app.forgot_password(email).await.unwrap();
     started.elapsed()
 }
 

@@ -351,15 +351,7 @@ async fn a_service_key_is_not_a_users_bearer() {
     let key = admin_key(&app).await;
     assert_error(app.get_me(&key).await, Code::Unauthenticated, "TOKEN_INVALID");
     assert_error(
-        app.client
-            .clone()
-            .change_password(with_bearer(
-                pb::ChangePasswordRequest {
-                    current_password: PASSWORD.into(),
-                    new_password: "another long passphrase here".into(),
-                },
-                &key,
-            ))
+        app.change_password(&key, PASSWORD, "another long passphrase here")
             .await,
         Code::Unauthenticated,
         "TOKEN_INVALID",
@@ -391,13 +383,7 @@ async fn a_password_reset_token_is_not_a_service_key() {
     })
     .await;
     let user = app.register(&fresh_email(), PASSWORD).await;
-    app.client
-        .clone()
-        .forgot_password(pb::ForgotPasswordRequest {
-            email: user.email.clone(),
-        })
-        .await
-        .unwrap();
+    app.forgot_password(&user.email).await.unwrap();
     // Register's verification mail may come first.
     let is_reset = |m: &crate::smtp::ReceivedMail| m.text().contains("token=pr_");
     smtp.wait_until(Duration::from_secs(15), |s| s.received().iter().any(is_reset))
@@ -535,13 +521,7 @@ async fn key_id_of(app: &TestApp, key: &str) -> uuid::Uuid {
 /// Ends a session, so that a revocation event is written.
 async fn log_a_session_out(app: &TestApp) {
     let (_, tokens) = app.signed_in_user().await;
-    app.client
-        .clone()
-        .logout(pb::LogoutRequest {
-            refresh_token: tokens.refresh_token,
-        })
-        .await
-        .unwrap();
+    app.logout(&tokens.refresh_token).await.unwrap();
 }
 
 #[track_caller]

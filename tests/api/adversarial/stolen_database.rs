@@ -3,7 +3,6 @@
 //! has logged in again.
 
 use authd::crypto::password::Argon2Settings;
-use authd::pb::auth::v1 as pb;
 
 use super::fresh_password;
 use crate::helpers::*;
@@ -47,31 +46,10 @@ async fn a_database_dump_holds_no_password_or_token_in_plain_text() {
     let (first, second) = (fresh_password(), fresh_password());
     app.register(&email, &first).await;
     let a = app.login(&email, &first).await.unwrap().tokens.unwrap();
-    let a2 = app
-        .client
-        .clone()
-        .refresh(pb::RefreshRequest {
-            refresh_token: a.refresh_token.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens
-        .unwrap();
+    let a2 = app.refresh(&a.refresh_token).await.unwrap();
     let b = app
-        .client
-        .clone()
-        .change_password(with_bearer(
-            pb::ChangePasswordRequest {
-                current_password: first.clone(),
-                new_password: second.clone(),
-            },
-            &a2.access_token,
-        ))
+        .change_password(&a2.access_token, &first, &second)
         .await
-        .unwrap()
-        .into_inner()
-        .tokens
         .unwrap();
     let _ = app.login(&email, "a wrong guess at it").await;
     let dump = dump(&app).await;

@@ -78,11 +78,7 @@ async fn after_delete_me_nothing_of_the_account_remains_and_its_names_are_free()
         Code::Unauthenticated,
         "INVALID_CREDENTIALS",
     );
-    app.client
-        .clone()
-        .forgot_password(pb::ForgotPasswordRequest { email: email.clone() })
-        .await
-        .unwrap();
+    app.forgot_password(&email).await.unwrap();
     let moving_to = fresh_email();
     change_email(&app, &here.access_token, &moving_to, PASSWORD)
         .await

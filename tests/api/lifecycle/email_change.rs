@@ -15,11 +15,7 @@ async fn the_address_changes_only_when_the_new_address_link_is_used() {
     let (user, old_link) = registered(&app, &smtp, &old).await;
     let tokens = tokens_of(&app, &old).await;
     // A reset link mailed to the old address before the move.
-    app.client
-        .clone()
-        .forgot_password(pb::ForgotPasswordRequest { email: old.clone() })
-        .await
-        .unwrap();
+    app.forgot_password(&old).await.unwrap();
     let reset_token = nth_mail(&smtp, &old, "Reset your password", 1)
         .await
         .reset_token();

@@ -167,13 +167,7 @@ async fn change_password_waits_without_holding_the_revocation_counter() {
     // A second session, which the change ends (recording its event).
     app.login(&user.email, PASSWORD).await.unwrap();
     let (_, bystander) = app.signed_in_user().await;
-    app.client
-        .clone()
-        .forgot_password(pb::ForgotPasswordRequest {
-            email: user.email.clone(),
-        })
-        .await
-        .unwrap();
+    app.forgot_password(&user.email).await.unwrap();
     app.reset_requests_resolved().await;
 
     // ResetPassword consuming the account's reset link.
@@ -226,11 +220,7 @@ async fn reset_password_waits_for_the_account_before_its_link() {
     let (app, smtp) = app_with_mail(|_| {}).await;
     let email = fresh_email();
     let (user, _) = registered(&app, &smtp, &email).await;
-    app.client
-        .clone()
-        .forgot_password(pb::ForgotPasswordRequest { email: email.clone() })
-        .await
-        .unwrap();
+    app.forgot_password(&email).await.unwrap();
     let token = nth_mail(&smtp, &email, "Reset your password", 1)
         .await
         .reset_token();

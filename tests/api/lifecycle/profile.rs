@@ -206,13 +206,7 @@ async fn a_taken_username_is_already_exists_in_any_letter_case() {
 async fn update_me_needs_a_live_session() {
     let app = spawn_app().await;
     let (me, tokens) = full_profile(&app).await;
-    app.client
-        .clone()
-        .logout(pb::LogoutRequest {
-            refresh_token: tokens.refresh_token.clone(),
-        })
-        .await
-        .unwrap();
+    app.logout(&tokens.refresh_token).await.unwrap();
     assert_error(
         update_me(&app, &tokens.access_token, all_new_values(), &["full_name"]).await,
         Code::Unauthenticated,

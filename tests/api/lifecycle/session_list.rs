@@ -206,13 +206,7 @@ async fn revoke_other_sessions_ends_all_but_the_current_and_counts_them() {
     ];
     // An ended one is not counted.
     let ended = tokens_of(&app, &user.email).await;
-    app.client
-        .clone()
-        .logout(pb::LogoutRequest {
-            refresh_token: ended.refresh_token,
-        })
-        .await
-        .unwrap();
+    app.logout(&ended.refresh_token).await.unwrap();
     for other in &others {
         app.get_me(&other.access_token).await.unwrap();
     }

@@ -174,13 +174,7 @@ async fn send_verification_email_needs_a_live_session() {
         Code::Unauthenticated,
         "TOKEN_MISSING",
     );
-    app.client
-        .clone()
-        .logout(authd::pb::auth::v1::LogoutRequest {
-            refresh_token: tokens.refresh_token.clone(),
-        })
-        .await
-        .unwrap();
+    app.logout(&tokens.refresh_token).await.unwrap();
     assert_error(
         send_verification(&app, &tokens.access_token).await,
         Code::Unauthenticated,
