@@ -225,15 +225,6 @@ pub async fn revoke_sessions(app: &TestApp, key: &str, user_id: &str) -> Result<
         .map(|r| r.into_inner().revoked_count)
 }
 
-/// Logs an existing account in again: a further session.
-pub async fn another_session(app: &TestApp, user: &pb::User) -> pb::TokenPair {
-    app.login(&user.email, PASSWORD)
-        .await
-        .expect("login")
-        .tokens
-        .expect("tokens")
-}
-
 pub fn ids(users: &[pb::User]) -> Vec<String> {
     users.iter().map(|u| u.id.clone()).collect()
 }
@@ -530,7 +521,7 @@ async fn disable_user_ends_every_session_at_once() {
     let app = spawn_app().await;
     let key = admin_key(&app).await;
     let (user, first) = app.signed_in_user().await;
-    let second = another_session(&app, &user).await;
+    let second = app.tokens_of(&user.email).await;
     for tokens in [&first, &second] {
         // Twice, so the session cache holds them.
         app.get_me(&tokens.access_token).await.unwrap();
@@ -598,7 +589,7 @@ async fn enable_user_lets_the_account_log_in_but_its_ended_sessions_stay_ended()
     disable(&app, &key, &user.id).await.unwrap();
     let enabled = enable(&app, &key, &user.id).await.unwrap();
     assert!(!enabled.disabled);
-    let fresh = another_session(&app, &user).await;
+    let fresh = app.tokens_of(&user.email).await;
     app.get_me(&fresh.access_token).await.unwrap();
     assert_error(
         app.get_me(&old.access_token).await,
@@ -696,13 +687,13 @@ async fn new_roles_reach_the_next_login_and_refresh_but_not_tokens_already_issue
     let key = admin_key(&app).await;
     let (user, before) = app.signed_in_user().await;
     set_roles(&app, &key, &user.id, &["reader"]).await.unwrap();
-    let reader = another_session(&app, &user).await;
+    let reader = app.tokens_of(&user.email).await;
     assert_eq!(jwt_claims(&reader.access_token)["roles"], json!(["reader"]));
 
     set_roles(&app, &key, &user.id, &["reader", "editor"])
         .await
         .unwrap();
-    let login = another_session(&app, &user).await;
+    let login = app.tokens_of(&user.email).await;
     assert_eq!(
         jwt_claims(&login.access_token)["roles"],
         json!(["editor", "reader"])
@@ -739,8 +730,8 @@ async fn revoke_user_sessions_ends_every_live_session_and_counts_them() {
     let (user, first) = app.signed_in_user().await;
     let sessions = [
         first,
-        another_session(&app, &user).await,
-        another_session(&app, &user).await,
+        app.tokens_of(&user.email).await,
+        app.tokens_of(&user.email).await,
     ];
     let (_, bystander) = app.signed_in_user().await;
     for tokens in &sessions {
@@ -766,7 +757,7 @@ async fn revoke_user_sessions_ends_every_live_session_and_counts_them() {
         "none left"
     );
     // Not a ban: the account logs in again.
-    another_session(&app, &user).await;
+    app.tokens_of(&user.email).await;
 }
 
 #[tokio::test]
@@ -774,10 +765,10 @@ async fn revoke_user_sessions_counts_only_sessions_that_were_live() {
     let app = spawn_app().await;
     let key = admin_key(&app).await;
     let (user, live) = app.signed_in_user().await;
-    let _also_live = another_session(&app, &user).await;
-    let logged_out = another_session(&app, &user).await;
+    let _also_live = app.tokens_of(&user.email).await;
+    let logged_out = app.tokens_of(&user.email).await;
     app.logout(&logged_out.refresh_token).await.unwrap();
-    let expired = another_session(&app, &user).await;
+    let expired = app.tokens_of(&user.email).await;
     let expired_sid = jwt_claims(&expired.access_token)["sid"]
         .as_str()
         .unwrap()

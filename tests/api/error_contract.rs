@@ -176,7 +176,7 @@ async fn every_error_of_every_rpc_carries_a_listed_reason() {
         Code::Unauthenticated,
         "INVALID_CREDENTIALS",
     );
-    let tokens = app.login(&email, PASSWORD).await.unwrap().tokens.unwrap();
+    let tokens = app.tokens_of(&email).await;
 
     // Refresh and Logout.
     let status = expect(app.refresh("").await, Code::InvalidArgument, "INVALID_ARGUMENT");
@@ -230,7 +230,7 @@ async fn every_error_of_every_rpc_carries_a_listed_reason() {
         Code::Unauthenticated,
         "TOKEN_MISSING",
     );
-    let live = app.login(&email, PASSWORD).await.unwrap().tokens.unwrap();
+    let live = app.tokens_of(&email).await;
     let change = |current: &str, new: &str| {
         let mut c = app.client.clone();
         let request = with_bearer(
@@ -447,7 +447,7 @@ async fn every_error_of_the_account_lifecycle_carries_a_listed_reason() {
         .execute(&app.db)
         .await
         .unwrap();
-    let tokens = app.login(&email, PASSWORD).await.unwrap().tokens.unwrap();
+    let tokens = app.tokens_of(&email).await;
     let access = tokens.access_token.as_str();
 
     // Every bearer RPC without a bearer.

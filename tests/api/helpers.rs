@@ -248,13 +248,17 @@ impl TestApp {
     pub async fn signed_in_user(&self) -> (pb::User, pb::TokenPair) {
         let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
         let user = self.register(&email, PASSWORD).await;
-        let tokens = self
-            .login(&email, PASSWORD)
+        let tokens = self.tokens_of(&email).await;
+        (user, tokens)
+    }
+
+    /// Logs an existing account with `PASSWORD` in: a further session.
+    pub async fn tokens_of(&self, login: &str) -> pb::TokenPair {
+        self.login(login, PASSWORD)
             .await
             .expect("login")
             .tokens
-            .expect("tokens");
-        (user, tokens)
+            .expect("tokens")
     }
 
     /// A new service account `name` with `scopes` (stored the way

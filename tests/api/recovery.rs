@@ -107,7 +107,7 @@ async fn forgot_then_reset_replaces_the_password_and_ends_every_session() {
     let (app, server) = app_with_mail(|_| {}).await;
     let email = fresh_email();
     app.register(&email, PASSWORD).await;
-    let old = app.login(&email, PASSWORD).await.unwrap().tokens.unwrap();
+    let old = app.tokens_of(&email).await;
 
     app.forgot_password(&email).await.unwrap();
     let mail = server.wait_for(1, MAIL_WAIT).await.remove(0);
@@ -392,7 +392,7 @@ async fn change_password_sends_a_notification() {
 async fn change_password_ends_outstanding_reset_links() {
     let (app, server) = app_with_mail(|_| {}).await;
     let (email, token) = requested_reset(&app, &server).await;
-    let tokens = app.login(&email, PASSWORD).await.unwrap().tokens.unwrap();
+    let tokens = app.tokens_of(&email).await;
     app.change_password(&tokens.access_token, PASSWORD, NEW_PASSWORD)
         .await
         .unwrap();

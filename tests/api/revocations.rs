@@ -77,10 +77,6 @@ fn assert_same_sessions(ended: &[String], mut expected: Vec<String>) {
     assert_eq!(ended, expected);
 }
 
-async fn second_login(app: &TestApp, user: &pb::User) -> pb::TokenPair {
-    app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap()
-}
-
 #[tokio::test]
 async fn logout_refresh_reuse_and_change_password_each_emit_their_event() {
     let app = spawn_app().await;
@@ -99,7 +95,7 @@ async fn logout_refresh_reuse_and_change_password_each_emit_their_event() {
     app.logout(&tokens.refresh_token).await.unwrap();
 
     // Refresh-token reuse: the session it belongs to.
-    let reused = second_login(&app, &user).await;
+    let reused = app.tokens_of(&user.email).await;
     let mut client = app.client.clone();
     client
         .refresh(pb::RefreshRequest {
@@ -120,9 +116,9 @@ async fn logout_refresh_reuse_and_change_password_each_emit_their_event() {
     assert_eq!(second.session_id, session_of(&reused.access_token));
 
     // ChangePassword: the user's other sessions, not the caller's.
-    let keep = second_login(&app, &user).await;
-    let other_a = second_login(&app, &user).await;
-    let other_b = second_login(&app, &user).await;
+    let keep = app.tokens_of(&user.email).await;
+    let other_a = app.tokens_of(&user.email).await;
+    let other_b = app.tokens_of(&user.email).await;
     app.change_password(&keep.access_token, PASSWORD, "another long passphrase 2026")
         .await
         .unwrap();
@@ -149,7 +145,7 @@ async fn reset_password_disable_user_and_revoke_user_sessions_emit_their_events(
 
     // ResetPassword ends every session.
     let (email, token) = requested_reset(&app, &smtp).await;
-    let tokens = app.login(&email, PASSWORD).await.unwrap().tokens.unwrap();
+    let tokens = app.tokens_of(&email).await;
     reset(&app, &token, "a brand new passphrase for recovery")
         .await
         .unwrap();
@@ -190,7 +186,7 @@ async fn reset_password_disable_user_and_revoke_user_sessions_emit_their_events(
 
     // RevokeUserSessions: all of them, one event.
     let (user, first) = app.signed_in_user().await;
-    let second = second_login(&app, &user).await;
+    let second = app.tokens_of(&user.email).await;
     let answer = admin
         .revoke_user_sessions(with_bearer(
             pb::RevokeUserSessionsRequest {
@@ -446,8 +442,8 @@ async fn the_lifecycle_rpcs_emit_their_events() {
     let app = spawn_app().await;
     let (_key, mut stream) = watcher(&app).await;
     let (user, current) = app.signed_in_user().await;
-    let other = second_login(&app, &user).await;
-    let third = second_login(&app, &user).await;
+    let other = app.tokens_of(&user.email).await;
+    let third = app.tokens_of(&user.email).await;
 
     // RevokeSession: that one session.
     app.client
@@ -465,7 +461,7 @@ async fn the_lifecycle_rpcs_emit_their_events() {
     assert_eq!(event.session_id, session_of(&other.access_token));
 
     // RevokeOtherSessions: all but the caller's, as one event.
-    let fourth = second_login(&app, &user).await;
+    let fourth = app.tokens_of(&user.email).await;
     let answer = app
         .client
         .clone()

@@ -94,7 +94,7 @@ async fn a_refresh_racing_a_logout_never_outlives_it() {
     let app = spawn_app().await;
     let user = app.register("race@example.com", PASSWORD).await;
     for round in 0..10 {
-        let tokens = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+        let tokens = app.tokens_of(&user.email).await;
         let (refreshed, logged_out) = tokio::join!(
             app.refresh(&tokens.refresh_token),
             app.logout(&tokens.refresh_token)
@@ -264,7 +264,7 @@ async fn change_password_with_a_wrong_current_password_changes_nothing() {
 async fn change_password_ends_other_sessions_and_renews_this_one() {
     let app = spawn_app().await;
     let (user, this) = app.signed_in_user().await;
-    let other = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+    let other = app.tokens_of(&user.email).await;
     let new_password = "a brand new passphrase";
     let renewed = app
         .change_password(&this.access_token, PASSWORD, new_password)
@@ -337,7 +337,7 @@ async fn two_replicas_on_one_database_share_every_session() {
         "SESSION_REVOKED",
     );
 
-    let second = b.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+    let second = b.tokens_of(&user.email).await;
     a.logout(&second.refresh_token).await.unwrap();
     assert_error(
         b.get_me(&second.access_token).await,
@@ -374,7 +374,7 @@ async fn clean_up_deletes_long_dead_sessions_only() {
 async fn a_password_change_that_fails_midway_changes_nothing() {
     let app = spawn_app().await;
     let (user, this) = app.signed_in_user().await;
-    let other = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+    let other = app.tokens_of(&user.email).await;
     let new_password = "a brand new passphrase";
     for _ in 0..2 {
         assert_error(
@@ -447,7 +447,7 @@ async fn an_access_token_ends_with_its_session() {
             PASSWORD,
         )
         .await;
-    let tokens = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+    let tokens = app.tokens_of(&user.email).await;
     let claims = jwt_claims(&tokens.access_token);
     let (iat, exp) = (claims["iat"].as_i64().unwrap(), claims["exp"].as_i64().unwrap());
     let session_ends: i64 = sqlx::query_scalar(

@@ -189,7 +189,7 @@ async fn a_verified_service_accepts_a_token_and_refuses_it_right_after_logout() 
     assert!(service.verifier.status().remembered_revocations >= 1);
 
     // Another session of the same account is untouched.
-    let other = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+    let other = app.tokens_of(&user.email).await;
     assert!(service.who_am_i(&other.access_token).await.is_ok());
 }
 

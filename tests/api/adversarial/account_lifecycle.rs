@@ -75,7 +75,7 @@ async fn password_guesses_through_change_email_and_delete_me_back_off_like_login
 async fn a_second_session_does_not_get_fresh_password_guesses() {
     let app = spawn_app().await;
     let (user, first) = app.signed_in_user().await;
-    let second = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+    let second = app.tokens_of(&user.email).await;
     for _ in 0..6 {
         assert_error(
             delete_me(&app, &first.access_token, &fresh_password()).await,

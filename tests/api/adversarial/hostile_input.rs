@@ -128,12 +128,7 @@ async fn sql_looking_profile_fields_are_stored_verbatim() {
         ),
         ("o'brien+'--@example.com", full_name, image_url)
     );
-    let tokens = app
-        .login("o'brien+'--@example.com", PASSWORD)
-        .await
-        .unwrap()
-        .tokens
-        .unwrap();
+    let tokens = app.tokens_of("o'brien+'--@example.com").await;
     assert_eq!(app.get_me(&tokens.access_token).await.unwrap(), user);
 }
 

@@ -10,8 +10,7 @@ use tonic::Code;
 use crate::admin::{admin_key, disable, enable, revoke_sessions};
 use crate::helpers::*;
 use crate::lifecycle::{
-    CHANGE_SUBJECT, app_with_mail, change_email, link_token, nth_mail, registered, revoke_others, tokens_of,
-    verify,
+    CHANGE_SUBJECT, app_with_mail, change_email, link_token, nth_mail, registered, revoke_others, verify,
 };
 use crate::smtp::SmtpServer;
 
@@ -21,7 +20,7 @@ const SWITCHED_SUBJECT: &str = "Your email address was changed";
 /// The intruder, signed in with the password they learnt, asks to move the
 /// owner's account to their own mailbox and reads the link there.
 async fn intruder_keeps_a_change_link(app: &TestApp, smtp: &SmtpServer, owner_email: &str) -> String {
-    let intruder = tokens_of(app, owner_email).await;
+    let intruder = app.tokens_of(owner_email).await;
     let theirs = fresh_email();
     change_email(app, &intruder.access_token, &theirs, PASSWORD)
         .await
@@ -61,7 +60,7 @@ async fn a_kept_email_change_link_dies_when_the_owner_changes_the_password() {
     let (app, smtp) = app_with_mail(|_| {}).await;
     let owner_email = fresh_email();
     registered(&app, &smtp, &owner_email).await;
-    let owner = tokens_of(&app, &owner_email).await;
+    let owner = app.tokens_of(&owner_email).await;
     let link = intruder_keeps_a_change_link(&app, &smtp, &owner_email).await;
 
     // The owner reads the notice and does what it says.
@@ -145,7 +144,7 @@ async fn a_kept_email_change_link_dies_when_the_owner_signs_out_everywhere_else(
     let (app, smtp) = app_with_mail(|_| {}).await;
     let owner_email = fresh_email();
     registered(&app, &smtp, &owner_email).await;
-    let owner = tokens_of(&app, &owner_email).await;
+    let owner = app.tokens_of(&owner_email).await;
     let link = intruder_keeps_a_change_link(&app, &smtp, &owner_email).await;
 
     assert_eq!(revoke_others(&app, &owner.access_token).await.unwrap(), 1);

@@ -70,8 +70,8 @@ async fn after_delete_me_nothing_of_the_account_remains_and_its_names_are_free()
     verify(&app, &verify_link).await.unwrap();
     // Everything a live account accumulates: sessions with rotated tokens,
     // a failed login, a reset link, a pending move to another address.
-    let here = tokens_of(&app, &username).await;
-    let there = tokens_of(&app, &email).await;
+    let here = app.tokens_of(&username).await;
+    let there = app.tokens_of(&email).await;
     app.refresh(&there.refresh_token).await.unwrap();
     assert_error(
         app.login(&email, "a wrong guess at it").await,
@@ -176,14 +176,14 @@ async fn after_delete_me_nothing_of_the_account_remains_and_its_names_are_free()
         .unwrap();
     assert_ne!(again.id, user.id);
     assert!(!again.email_verified, "a new account proves its address anew");
-    tokens_of(&app, &username).await;
+    app.tokens_of(&username).await;
 }
 
 #[tokio::test]
 async fn delete_me_ends_every_session_on_every_path_at_once() {
     let app = spawn_app().await;
     let (user, here) = app.signed_in_user().await;
-    let there = tokens_of(&app, &user.email).await;
+    let there = app.tokens_of(&user.email).await;
     // Both cached as live before.
     app.get_me(&here.access_token).await.unwrap();
     app.get_me(&there.access_token).await.unwrap();
@@ -221,7 +221,7 @@ async fn a_wrong_or_missing_password_deletes_nothing() {
     );
     assert_eq!(violated_fields(&status), ["current_password"]);
     assert_eq!(app.get_me(&tokens.access_token).await.unwrap().id, user.id);
-    tokens_of(&app, &user.email).await;
+    app.tokens_of(&user.email).await;
 }
 
 /// A deletion is one transaction: when its last write before the delete

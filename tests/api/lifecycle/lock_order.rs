@@ -110,7 +110,7 @@ async fn verify_email_waits_for_the_account_before_its_token() {
 async fn revoke_other_sessions_waits_for_the_account_before_any_session() {
     let app = spawn_app().await;
     let (user, first) = app.signed_in_user().await;
-    let second = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+    let second = app.tokens_of(&user.email).await;
     let id = user_id(&user);
     let changing: Uuid = session_of(&second.access_token).parse().unwrap();
 
@@ -263,5 +263,5 @@ async fn reset_password_waits_for_the_account_before_its_link() {
         Code::Unauthenticated,
         "RESET_TOKEN_INVALID",
     );
-    tokens_of(&app, &email).await;
+    app.tokens_of(&email).await;
 }

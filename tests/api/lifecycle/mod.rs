@@ -98,10 +98,6 @@ pub async fn registered(app: &TestApp, smtp: &SmtpServer, email: &str) -> (pb::U
     (user, link_token(&mail))
 }
 
-pub async fn tokens_of(app: &TestApp, login: &str) -> pb::TokenPair {
-    app.login(login, PASSWORD).await.unwrap().tokens.unwrap()
-}
-
 pub async fn verify(app: &TestApp, token: &str) -> Result<pb::User, Status> {
     app.client
         .clone()

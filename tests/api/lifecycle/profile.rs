@@ -24,7 +24,7 @@ async fn full_profile(app: &TestApp) -> (pb::User, pb::TokenPair) {
         .into_inner()
         .user
         .unwrap();
-    let tokens = tokens_of(app, &email).await;
+    let tokens = app.tokens_of(&email).await;
     (user, tokens)
 }
 
@@ -212,7 +212,7 @@ async fn update_me_needs_a_live_session() {
         Code::Unauthenticated,
         "SESSION_REVOKED",
     );
-    let fresh = tokens_of(&app, &me.email).await;
+    let fresh = app.tokens_of(&me.email).await;
     assert_eq!(
         app.get_me(&fresh.access_token).await.unwrap().full_name,
         me.full_name

@@ -162,7 +162,7 @@ async fn revoke_session_cannot_touch_another_users_session() {
 async fn revoke_session_ends_one_of_mine_at_once() {
     let app = spawn_app().await;
     let (user, here) = app.signed_in_user().await;
-    let there = tokens_of(&app, &user.email).await;
+    let there = app.tokens_of(&user.email).await;
     let there_id = session_of(&there.access_token);
     // Cached as live before it ends.
     app.get_me(&there.access_token).await.unwrap();
@@ -200,12 +200,9 @@ async fn revoke_session_ends_one_of_mine_at_once() {
 async fn revoke_other_sessions_ends_all_but_the_current_and_counts_them() {
     let app = spawn_app().await;
     let (user, here) = app.signed_in_user().await;
-    let others = [
-        tokens_of(&app, &user.email).await,
-        tokens_of(&app, &user.email).await,
-    ];
+    let others = [app.tokens_of(&user.email).await, app.tokens_of(&user.email).await];
     // An ended one is not counted.
-    let ended = tokens_of(&app, &user.email).await;
+    let ended = app.tokens_of(&user.email).await;
     app.logout(&ended.refresh_token).await.unwrap();
     for other in &others {
         app.get_me(&other.access_token).await.unwrap();
@@ -248,9 +245,9 @@ async fn lifecycle_changes_at_one_replica_reach_the_cache_of_another() {
     let b = a.replica().await;
     let (user, here) = a.signed_in_user().await;
     let (one, two, three) = (
-        tokens_of(&a, &user.email).await,
-        tokens_of(&a, &user.email).await,
-        tokens_of(&a, &user.email).await,
+        a.tokens_of(&user.email).await,
+        a.tokens_of(&user.email).await,
+        a.tokens_of(&user.email).await,
     );
     // B serves all four from its cache.
     for t in [&here, &one, &two, &three] {
