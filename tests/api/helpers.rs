@@ -405,6 +405,29 @@ impl TestApp {
             .map(|r| r.into_inner().tokens.expect("tokens"))
     }
 
+    /// Every base table of the database, quoted for use in SQL.
+    pub async fn base_tables(&self) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT quote_ident(table_name) FROM information_schema.tables
+              WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+        )
+        .fetch_all(&self.db)
+        .await
+        .unwrap()
+    }
+
+    /// Rows of `table` that hold `needle` as text, or its UTF-8 bytes as hex.
+    pub async fn rows_holding_text_or_hex(&self, table: &str, needle: &str) -> i64 {
+        sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table} t
+              WHERE strpos(t::text, $1) > 0 OR strpos(t::text, encode(convert_to($1, 'UTF8'), 'hex')) > 0"
+        ))
+        .bind(needle)
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+
     pub async fn get_me(&self, access_token: &str) -> Result<pb::User, Status> {
         self.client
             .clone()

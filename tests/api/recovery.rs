@@ -441,24 +441,11 @@ async fn a_sent_mail_keeps_no_body_and_no_token_is_stored_in_plain_text() {
 
     // Neither the token nor its random part appears anywhere, as text or
     // as bytes, in any table.
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT quote_ident(table_name) FROM information_schema.tables
-          WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
-    )
-    .fetch_all(&app.db)
-    .await
-    .unwrap();
+    let tables = app.base_tables().await;
     assert!(tables.iter().any(|t| t == "email_outbox"));
     let random_part = token.trim_start_matches("pr_").to_owned();
     for table in tables {
-        let hits: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM {table} t
-              WHERE strpos(t::text, $1) > 0 OR strpos(t::text, encode(convert_to($1, 'UTF8'), 'hex')) > 0"
-        ))
-        .bind(&random_part)
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+        let hits = app.rows_holding_text_or_hex(&table, &random_part).await;
         assert_eq!(hits, 0, "the token appears in {table}");
     }
 }

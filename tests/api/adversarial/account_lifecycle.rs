@@ -287,23 +287,10 @@ async fn a_database_dump_holds_no_verification_link() {
         .await
         .unwrap();
     assert_eq!(stored, vec![Sha256::digest(token.as_bytes()).to_vec()]);
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT quote_ident(table_name) FROM information_schema.tables
-          WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
-    )
-    .fetch_all(&app.db)
-    .await
-    .unwrap();
+    let tables = app.base_tables().await;
     let random_part = token.trim_start_matches("ev_").to_owned();
     for table in tables {
-        let hits: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM {table} t
-              WHERE strpos(t::text, $1) > 0 OR strpos(t::text, encode(convert_to($1, 'UTF8'), 'hex')) > 0"
-        ))
-        .bind(&random_part)
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+        let hits = app.rows_holding_text_or_hex(&table, &random_part).await;
         assert_eq!(hits, 0, "the token appears in {table}");
     }
 }

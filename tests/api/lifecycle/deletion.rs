@@ -8,17 +8,6 @@ use tonic::Code;
 
 use super::*;
 
-/// Every base table of the database.
-async fn tables(app: &TestApp) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT quote_ident(table_name) FROM information_schema.tables
-          WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
-    )
-    .fetch_all(&app.db)
-    .await
-    .unwrap()
-}
-
 /// Rows of `table` whose text holds `needle` in any letter case.
 async fn rows_holding(app: &TestApp, table: &str, needle: &str) -> Vec<String> {
     sqlx::query_scalar(&format!(
@@ -113,7 +102,7 @@ async fn after_delete_me_nothing_of_the_account_remains_and_its_names_are_free()
         ("email's throttle key", sha256_hex(&email.to_lowercase())),
         ("username's throttle key", sha256_hex(&username.to_lowercase())),
     ];
-    let tables = tables(&app).await;
+    let tables = app.base_tables().await;
     assert!(tables.len() >= 9, "{tables:?}");
     for table in &tables {
         for (what, needle) in &traces {
