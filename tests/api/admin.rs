@@ -286,19 +286,13 @@ pub async fn key_refused_within_a_second(app: &TestApp, key: &str, user_id: &str
 }
 
 async fn register_with_username(app: &TestApp, email: &str, username: &str) -> pb::User {
-    app.client
-        .clone()
-        .register(pb::RegisterRequest {
-            email: email.into(),
-            password: PASSWORD.into(),
-            username: username.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("register")
-        .into_inner()
-        .user
-        .expect("user")
+    app.register_as(pb::RegisterRequest {
+        email: email.into(),
+        password: PASSWORD.into(),
+        username: username.into(),
+        ..Default::default()
+    })
+    .await
 }
 
 async fn outbox_rows_for(app: &TestApp, email: &str) -> i64 {

@@ -219,13 +219,19 @@ impl TestApp {
     }
 
     pub async fn register(&self, email: &str, password: &str) -> pb::User {
+        self.register_as(pb::RegisterRequest {
+            email: email.into(),
+            password: password.into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Register with every field the request gives; the call must succeed.
+    pub async fn register_as(&self, request: pb::RegisterRequest) -> pb::User {
         self.client
             .clone()
-            .register(pb::RegisterRequest {
-                email: email.into(),
-                password: password.into(),
-                ..Default::default()
-            })
+            .register(request)
             .await
             .expect("register")
             .into_inner()

@@ -155,16 +155,8 @@ async fn reset_password_disable_user_and_revoke_user_sessions_emit_their_events(
 
     // DisableUser: the sessions, then the account.
     let (user, tokens) = app.signed_in_user().await;
+    crate::admin::disable(&app, &admin_key, &user.id).await.unwrap();
     let mut admin = app.admin();
-    admin
-        .disable_user(with_bearer(
-            pb::DisableUserRequest {
-                user_id: user.id.clone(),
-            },
-            &admin_key,
-        ))
-        .await
-        .unwrap();
     let sessions = next_event(&mut stream).await;
     assert_eq!(sessions.kind(), RevocationKind::UserSessionsEnded);
     assert_eq!(sessions.session_ids, vec![session_of(&tokens.access_token)]);

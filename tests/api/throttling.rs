@@ -319,16 +319,13 @@ async fn failures_through_an_email_do_not_throttle_the_username_of_the_same_acco
     let app = spawn_app().await;
     let email = format!("linked-{}@example.com", uuid::Uuid::new_v4().simple());
     let username = format!("linked_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    app.client
-        .clone()
-        .register(pb::RegisterRequest {
-            email: email.clone(),
-            password: PASSWORD.into(),
-            username: username.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    app.register_as(pb::RegisterRequest {
+        email: email.clone(),
+        password: PASSWORD.into(),
+        username: username.clone(),
+        ..Default::default()
+    })
+    .await;
     // The address's counter runs out.
     let mut last = fail_login(&app, &email).await;
     for _ in 0..7 {

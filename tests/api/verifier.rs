@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use authd::crypto::keys::Key;
-use authd::pb::auth::v1 as pb;
 use authd_verifier::{OnStale, Verifier, VerifierConfig};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -332,15 +331,7 @@ async fn a_disabled_account_is_refused_by_the_service() {
     let (user, tokens) = app.signed_in_user().await;
     service.who_am_i(&tokens.access_token).await.unwrap();
     let admin_key = app.service_key("account-admin", &["users.write"]).await;
-    app.admin()
-        .disable_user(with_bearer(
-            pb::DisableUserRequest {
-                user_id: user.id.clone(),
-            },
-            &admin_key,
-        ))
-        .await
-        .unwrap();
+    crate::admin::disable(&app, &admin_key, &user.id).await.unwrap();
     let (status, took) = service.refused_within(&tokens.access_token, REFUSAL_WAIT).await;
     assert_refusal(&status, Code::Unauthenticated, "SESSION_REVOKED");
     println!("DisableUser answered → refused by the service in {took:?}");

@@ -106,20 +106,14 @@ async fn sql_looking_profile_fields_are_stored_verbatim() {
     let full_name = "Robert'); DROP TABLE users;-- \\x00 $$ E'\\\\'";
     let image_url = "https://example.com/a.png?q=';DELETE%20FROM%20sessions;--";
     let user = app
-        .client
-        .clone()
-        .register(pb::RegisterRequest {
+        .register_as(pb::RegisterRequest {
             email: "o'brien+'--@example.com".into(),
             password: PASSWORD.into(),
             full_name: full_name.into(),
             image_url: image_url.into(),
             ..Default::default()
         })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+        .await;
     assert_eq!(
         (
             user.email.as_str(),

@@ -316,16 +316,13 @@ async fn lookup_user_with_both_neither_or_blank_fields_is_invalid_argument() {
 async fn lookup_user_takes_wildcards_and_quotes_literally() {
     let app = spawn_app().await;
     let key = app.service_key("reader", &[READ]).await;
-    app.client
-        .clone()
-        .register(pb::RegisterRequest {
-            email: "target@example.com".into(),
-            password: PASSWORD.into(),
-            username: "target".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    app.register_as(pb::RegisterRequest {
+        email: "target@example.com".into(),
+        password: PASSWORD.into(),
+        username: "target".into(),
+        ..Default::default()
+    })
+    .await;
     for (email, username) in [
         ("%@example.com", ""),
         ("t_rget@example.com", ""),

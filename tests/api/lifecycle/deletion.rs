@@ -40,9 +40,7 @@ async fn after_delete_me_nothing_of_the_account_remains_and_its_names_are_free()
         );
     }
     let user = app
-        .client
-        .clone()
-        .register(pb::RegisterRequest {
+        .register_as(pb::RegisterRequest {
             email: email.clone(),
             password: PASSWORD.into(),
             username: username.clone(),
@@ -50,11 +48,7 @@ async fn after_delete_me_nothing_of_the_account_remains_and_its_names_are_free()
             phone: "+1 202 555 0147".into(),
             image_url: "https://example.com/grace-hopper.png".into(),
         })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+        .await;
     let verify_link = link_token(&nth_mail(&smtp, &email, VERIFY_SUBJECT, 1).await);
     verify(&app, &verify_link).await.unwrap();
     // Everything a live account accumulates: sessions with rotated tokens,
@@ -150,19 +144,13 @@ async fn after_delete_me_nothing_of_the_account_remains_and_its_names_are_free()
     }
     // Address and username are free for a new account.
     let again = app
-        .client
-        .clone()
-        .register(pb::RegisterRequest {
+        .register_as(pb::RegisterRequest {
             email: email.to_uppercase(),
             password: PASSWORD.into(),
             username: username.clone(),
             ..Default::default()
         })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+        .await;
     assert_ne!(again.id, user.id);
     assert!(!again.email_verified, "a new account proves its address anew");
     app.tokens_of(&username).await;

@@ -9,9 +9,7 @@ async fn full_profile(app: &TestApp) -> (pb::User, pb::TokenPair) {
     let email = fresh_email();
     let username = format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let user = app
-        .client
-        .clone()
-        .register(pb::RegisterRequest {
+        .register_as(pb::RegisterRequest {
             email: email.clone(),
             password: PASSWORD.into(),
             username,
@@ -19,11 +17,7 @@ async fn full_profile(app: &TestApp) -> (pb::User, pb::TokenPair) {
             phone: "+44 20 7946 0000".into(),
             image_url: "https://example.com/ada.png".into(),
         })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+        .await;
     let tokens = app.tokens_of(&email).await;
     (user, tokens)
 }
