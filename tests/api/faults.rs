@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use authd::local_pg::Durability;
 use authd::pb::auth::v1::{self as pb, RevocationKind};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -358,21 +357,7 @@ async fn serve_binary(database_url: &str, data_dir: &Path, env: &[(&str, &str)])
         command.env(k, v);
     }
     let mut child = command.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if log["message"] == "authd listening" {
-                return log["addr"].as_str().unwrap().parse().unwrap();
-            }
-        }
-        panic!("authd serve exited before listening");
-    })
-    .await
-    .expect("authd serve did not start listening");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = listening_address(&mut child, Duration::from_secs(60)).await;
     Served {
         child,
         addr,

@@ -582,3 +582,27 @@ pub fn signal(pid: impl std::fmt::Display, name: &str) {
         .unwrap();
     assert!(status.success(), "kill -{name} {pid}");
 }
+
+/// Waits until the `authd serve` child (logging JSON to a piped stdout) says
+/// where it listens, then keeps reading its output in the background: a full
+/// pipe would stall the server's logging.
+pub async fn listening_address(child: &mut tokio::process::Child, within: Duration) -> SocketAddr {
+    use tokio::io::AsyncBufReadExt as _;
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(within, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if log["message"] == "authd listening" {
+                return log["addr"].as_str().unwrap().parse().unwrap();
+            }
+        }
+        panic!("authd serve exited before listening");
+    })
+    .await
+    .expect("authd serve did not start listening");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    addr
+}
