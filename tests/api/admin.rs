@@ -763,10 +763,7 @@ async fn revoke_user_sessions_counts_only_sessions_that_were_live() {
     let logged_out = app.tokens_of(&user.email).await;
     app.logout(&logged_out.refresh_token).await.unwrap();
     let expired = app.tokens_of(&user.email).await;
-    let expired_sid = jwt_claims(&expired.access_token)["sid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let expired_sid = session_of(&expired.access_token);
     sqlx::query("UPDATE sessions SET idle_expires_at = now() - interval '1 minute' WHERE id = $1::uuid")
         .bind(&expired_sid)
         .execute(&app.db)
@@ -1101,10 +1098,7 @@ async fn introspect_token_calls_are_audited_with_outcome_and_ids_but_no_token() 
     let name = format!("introspector-{}", uuid::Uuid::new_v4().simple());
     let key = app.service_key(&name, &[INTROSPECT]).await;
     let (user, tokens) = app.signed_in_user().await;
-    let session_id = jwt_claims(&tokens.access_token)["sid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let session_id = session_of(&tokens.access_token);
     let introspect = |token: String| {
         let mut client = app.client.clone();
         let key = key.clone();

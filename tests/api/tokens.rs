@@ -205,10 +205,7 @@ async fn introspection_tells_active_tokens_from_the_rest() {
     let answer = app.introspect(&tokens.access_token).await.unwrap();
     assert!(answer.active);
     assert_eq!(answer.user_id, user.id);
-    assert_eq!(
-        answer.session_id,
-        jwt_claims(&tokens.access_token)["sid"].as_str().unwrap()
-    );
+    assert_eq!(answer.session_id, session_of(&tokens.access_token));
     assert_eq!(
         answer.expires_at.unwrap().seconds,
         jwt_claims(&tokens.access_token)["exp"].as_i64().unwrap()
