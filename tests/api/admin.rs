@@ -5,15 +5,11 @@
 use std::time::{Duration, Instant};
 
 use authd::pb::auth::v1 as pb;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use secrecy::ExposeSecret;
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::adversarial::fresh_email;
 use crate::helpers::*;
 
 pub const READ: &str = "users.read";
@@ -229,39 +225,6 @@ pub async fn revoke_sessions(app: &TestApp, key: &str, user_id: &str) -> Result<
         .map(|r| r.into_inner().revoked_count)
 }
 
-pub async fn refresh(app: &TestApp, refresh_token: &str) -> Result<pb::TokenPair, Status> {
-    app.client
-        .clone()
-        .refresh(pb::RefreshRequest {
-            refresh_token: refresh_token.into(),
-        })
-        .await
-        .map(|r| r.into_inner().tokens.expect("tokens"))
-}
-
-pub async fn forgot(app: &TestApp, email: &str) -> Result<(), Status> {
-    app.client
-        .clone()
-        .forgot_password(pb::ForgotPasswordRequest { email: email.into() })
-        .await
-        .map(drop)
-}
-
-/// Logs an existing account in again: a further session.
-pub async fn another_session(app: &TestApp, user: &pb::User) -> pb::TokenPair {
-    app.login(&user.email, PASSWORD)
-        .await
-        .expect("login")
-        .tokens
-        .expect("tokens")
-}
-
-/// The payload of a JWT, decoded without any check.
-pub fn claims(access_token: &str) -> Value {
-    let part = access_token.split('.').nth(1).expect("a JWT");
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
-}
-
 pub fn ids(users: &[pb::User]) -> Vec<String> {
     users.iter().map(|u| u.id.clone()).collect()
 }
@@ -323,19 +286,13 @@ pub async fn key_refused_within_a_second(app: &TestApp, key: &str, user_id: &str
 }
 
 async fn register_with_username(app: &TestApp, email: &str, username: &str) -> pb::User {
-    app.client
-        .clone()
-        .register(pb::RegisterRequest {
-            email: email.into(),
-            password: PASSWORD.into(),
-            username: username.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("register")
-        .into_inner()
-        .user
-        .expect("user")
+    app.register_as(pb::RegisterRequest {
+        email: email.into(),
+        password: PASSWORD.into(),
+        username: username.into(),
+        ..Default::default()
+    })
+    .await
 }
 
 async fn outbox_rows_for(app: &TestApp, email: &str) -> i64 {
@@ -346,15 +303,6 @@ async fn outbox_rows_for(app: &TestApp, email: &str) -> i64 {
     .fetch_one(&app.db)
     .await
     .unwrap()
-}
-
-pub(crate) fn database_url(app: &TestApp) -> String {
-    app.config
-        .database_url
-        .as_ref()
-        .unwrap()
-        .expose_secret()
-        .to_owned()
 }
 
 // ---------------------------------------------------------------- reading
@@ -567,7 +515,7 @@ async fn disable_user_ends_every_session_at_once() {
     let app = spawn_app().await;
     let key = admin_key(&app).await;
     let (user, first) = app.signed_in_user().await;
-    let second = another_session(&app, &user).await;
+    let second = app.tokens_of(&user.email).await;
     for tokens in [&first, &second] {
         // Twice, so the session cache holds them.
         app.get_me(&tokens.access_token).await.unwrap();
@@ -583,7 +531,7 @@ async fn disable_user_ends_every_session_at_once() {
             "SESSION_REVOKED",
         );
         assert_error(
-            refresh(&app, &tokens.refresh_token).await,
+            app.refresh(&tokens.refresh_token).await,
             Code::Unauthenticated,
             "REFRESH_TOKEN_INVALID",
         );
@@ -617,12 +565,12 @@ async fn a_disabled_account_is_sent_no_reset_mail() {
     let key = admin_key(&app).await;
     let user = app.register(&fresh_email(), PASSWORD).await;
     disable(&app, &key, &user.id).await.unwrap();
-    forgot(&app, &user.email).await.unwrap();
+    app.forgot_password(&user.email).await.unwrap();
     app.reset_requests_resolved().await;
     assert_eq!(outbox_rows_for(&app, &user.email).await, 0, "no mail queued");
     // The control: enabled again, the same request queues one.
     enable(&app, &key, &user.id).await.unwrap();
-    forgot(&app, &user.email).await.unwrap();
+    app.forgot_password(&user.email).await.unwrap();
     app.reset_requests_resolved().await;
     assert_eq!(outbox_rows_for(&app, &user.email).await, 1);
 }
@@ -635,7 +583,7 @@ async fn enable_user_lets_the_account_log_in_but_its_ended_sessions_stay_ended()
     disable(&app, &key, &user.id).await.unwrap();
     let enabled = enable(&app, &key, &user.id).await.unwrap();
     assert!(!enabled.disabled);
-    let fresh = another_session(&app, &user).await;
+    let fresh = app.tokens_of(&user.email).await;
     app.get_me(&fresh.access_token).await.unwrap();
     assert_error(
         app.get_me(&old.access_token).await,
@@ -643,7 +591,7 @@ async fn enable_user_lets_the_account_log_in_but_its_ended_sessions_stay_ended()
         "SESSION_REVOKED",
     );
     assert_error(
-        refresh(&app, &old.refresh_token).await,
+        app.refresh(&old.refresh_token).await,
         Code::Unauthenticated,
         "REFRESH_TOKEN_INVALID",
     );
@@ -733,22 +681,25 @@ async fn new_roles_reach_the_next_login_and_refresh_but_not_tokens_already_issue
     let key = admin_key(&app).await;
     let (user, before) = app.signed_in_user().await;
     set_roles(&app, &key, &user.id, &["reader"]).await.unwrap();
-    let reader = another_session(&app, &user).await;
-    assert_eq!(claims(&reader.access_token)["roles"], json!(["reader"]));
+    let reader = app.tokens_of(&user.email).await;
+    assert_eq!(jwt_claims(&reader.access_token)["roles"], json!(["reader"]));
 
     set_roles(&app, &key, &user.id, &["reader", "editor"])
         .await
         .unwrap();
-    let login = another_session(&app, &user).await;
-    assert_eq!(claims(&login.access_token)["roles"], json!(["editor", "reader"]));
-    let refreshed = refresh(&app, &before.refresh_token).await.unwrap();
+    let login = app.tokens_of(&user.email).await;
     assert_eq!(
-        claims(&refreshed.access_token)["roles"],
+        jwt_claims(&login.access_token)["roles"],
+        json!(["editor", "reader"])
+    );
+    let refreshed = app.refresh(&before.refresh_token).await.unwrap();
+    assert_eq!(
+        jwt_claims(&refreshed.access_token)["roles"],
         json!(["editor", "reader"])
     );
 
     // Tokens already issued keep theirs.
-    assert_eq!(claims(&reader.access_token)["roles"], json!(["reader"]));
+    assert_eq!(jwt_claims(&reader.access_token)["roles"], json!(["reader"]));
     let old = app.introspect(&reader.access_token).await.unwrap();
     assert!(old.active);
     assert_eq!(old.roles, ["reader"]);
@@ -773,8 +724,8 @@ async fn revoke_user_sessions_ends_every_live_session_and_counts_them() {
     let (user, first) = app.signed_in_user().await;
     let sessions = [
         first,
-        another_session(&app, &user).await,
-        another_session(&app, &user).await,
+        app.tokens_of(&user.email).await,
+        app.tokens_of(&user.email).await,
     ];
     let (_, bystander) = app.signed_in_user().await;
     for tokens in &sessions {
@@ -788,7 +739,7 @@ async fn revoke_user_sessions_ends_every_live_session_and_counts_them() {
             "SESSION_REVOKED",
         );
         assert_error(
-            refresh(&app, &tokens.refresh_token).await,
+            app.refresh(&tokens.refresh_token).await,
             Code::Unauthenticated,
             "REFRESH_TOKEN_INVALID",
         );
@@ -800,7 +751,7 @@ async fn revoke_user_sessions_ends_every_live_session_and_counts_them() {
         "none left"
     );
     // Not a ban: the account logs in again.
-    another_session(&app, &user).await;
+    app.tokens_of(&user.email).await;
 }
 
 #[tokio::test]
@@ -808,17 +759,11 @@ async fn revoke_user_sessions_counts_only_sessions_that_were_live() {
     let app = spawn_app().await;
     let key = admin_key(&app).await;
     let (user, live) = app.signed_in_user().await;
-    let _also_live = another_session(&app, &user).await;
-    let logged_out = another_session(&app, &user).await;
-    app.client
-        .clone()
-        .logout(pb::LogoutRequest {
-            refresh_token: logged_out.refresh_token,
-        })
-        .await
-        .unwrap();
-    let expired = another_session(&app, &user).await;
-    let expired_sid = claims(&expired.access_token)["sid"].as_str().unwrap().to_owned();
+    let _also_live = app.tokens_of(&user.email).await;
+    let logged_out = app.tokens_of(&user.email).await;
+    app.logout(&logged_out.refresh_token).await.unwrap();
+    let expired = app.tokens_of(&user.email).await;
+    let expired_sid = session_of(&expired.access_token);
     sqlx::query("UPDATE sessions SET idle_expires_at = now() - interval '1 minute' WHERE id = $1::uuid")
         .bind(&expired_sid)
         .execute(&app.db)
@@ -1006,7 +951,7 @@ async fn a_key_deleted_from_the_database_is_refused_at_once() {
 #[tokio::test]
 async fn a_key_deleted_at_one_replica_is_refused_by_another_that_cached_it() {
     let a = spawn_app().await;
-    let b = spawn_app_on(&database_url(&a), |_| {}).await;
+    let b = spawn_app_on(&a.database_url(), |_| {}).await;
     wait_for_listeners(&a, 2).await;
     let key = a.service_key("replicated", &[READ]).await;
     let user = a.register(&fresh_email(), PASSWORD).await;
@@ -1026,8 +971,7 @@ async fn a_key_deleted_at_one_replica_is_refused_by_another_that_cached_it() {
 #[tokio::test]
 async fn a_user_disabled_at_one_replica_is_refused_at_the_other() {
     let a = spawn_app().await;
-    let keys = a.config.signing_keys.clone();
-    let b = spawn_app_on(&database_url(&a), |c| c.signing_keys = keys).await;
+    let b = a.replica().await;
     wait_for_listeners(&a, 2).await;
     let key = admin_key(&a).await;
     let (user, tokens) = b.signed_in_user().await;
@@ -1061,7 +1005,7 @@ async fn a_user_disabled_at_one_replica_is_refused_at_the_other() {
 #[tokio::test]
 async fn page_tokens_from_one_replica_work_at_another() {
     let a = spawn_app().await;
-    let b = spawn_app_on(&database_url(&a), |_| {}).await;
+    let b = spawn_app_on(&a.database_url(), |_| {}).await;
     let key = a.service_key("reader", &[READ]).await;
     let mut created = Vec::new();
     for _ in 0..4 {
@@ -1154,7 +1098,7 @@ async fn introspect_token_calls_are_audited_with_outcome_and_ids_but_no_token() 
     let name = format!("introspector-{}", uuid::Uuid::new_v4().simple());
     let key = app.service_key(&name, &[INTROSPECT]).await;
     let (user, tokens) = app.signed_in_user().await;
-    let session_id = claims(&tokens.access_token)["sid"].as_str().unwrap().to_owned();
+    let session_id = session_of(&tokens.access_token);
     let introspect = |token: String| {
         let mut client = app.client.clone();
         let key = key.clone();

@@ -8,7 +8,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use crate::adversarial::{HEAVY_ARGON2, fresh_email};
+use crate::adversarial::HEAVY_ARGON2;
 use crate::helpers::*;
 
 /// Checks the details every error must carry; returns the reason.
@@ -48,28 +48,6 @@ fn expect(result: Result<impl std::fmt::Debug, Status>, code: Code, reason: &str
     assert_eq!(status.code(), code, "{status:?}");
     assert_eq!(check_contract(&status), reason, "{status:?}");
     status
-}
-
-/// Field → reason of a validation error, sorted by field.
-fn field_reasons(status: &Status) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = status
-        .get_details_bad_request()
-        .map(|b| {
-            b.field_violations
-                .into_iter()
-                .map(|v| (v.field, v.reason))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
-    expected
-        .iter()
-        .map(|(f, r)| ((*f).to_owned(), (*r).to_owned()))
-        .collect()
 }
 
 #[tokio::test]
@@ -198,28 +176,19 @@ async fn every_error_of_every_rpc_carries_a_listed_reason() {
         Code::Unauthenticated,
         "INVALID_CREDENTIALS",
     );
-    let tokens = app.login(&email, PASSWORD).await.unwrap().tokens.unwrap();
+    let tokens = app.tokens_of(&email).await;
 
     // Refresh and Logout.
-    let refresh = |token: &str| {
-        let mut c = app.client.clone();
-        let token = token.to_owned();
-        async move {
-            c.refresh(pb::RefreshRequest { refresh_token: token })
-                .await
-                .map(tonic::Response::into_inner)
-        }
-    };
-    let status = expect(refresh("").await, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = expect(app.refresh("").await, Code::InvalidArgument, "INVALID_ARGUMENT");
     assert_eq!(field_reasons(&status), pairs(&[("refresh_token", "REQUIRED")]));
     expect(
-        refresh("rt_garbage").await,
+        app.refresh("rt_garbage").await,
         Code::Unauthenticated,
         "REFRESH_TOKEN_INVALID",
     );
-    let rotated = refresh(&tokens.refresh_token).await.unwrap().tokens.unwrap();
+    let rotated = app.refresh(&tokens.refresh_token).await.unwrap();
     expect(
-        refresh(&tokens.refresh_token).await,
+        app.refresh(&tokens.refresh_token).await,
         Code::Unauthenticated,
         "REFRESH_TOKEN_REUSED",
     );
@@ -261,7 +230,7 @@ async fn every_error_of_every_rpc_carries_a_listed_reason() {
         Code::Unauthenticated,
         "TOKEN_MISSING",
     );
-    let live = app.login(&email, PASSWORD).await.unwrap().tokens.unwrap();
+    let live = app.tokens_of(&email).await;
     let change = |current: &str, new: &str| {
         let mut c = app.client.clone();
         let request = with_bearer(
@@ -478,7 +447,7 @@ async fn every_error_of_the_account_lifecycle_carries_a_listed_reason() {
         .execute(&app.db)
         .await
         .unwrap();
-    let tokens = app.login(&email, PASSWORD).await.unwrap().tokens.unwrap();
+    let tokens = app.tokens_of(&email).await;
     let access = tokens.access_token.as_str();
 
     // Every bearer RPC without a bearer.

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use authd::local_pg::Durability;
 use authd::pb::auth::v1::{self as pb, RevocationKind};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -38,10 +37,6 @@ impl Codes {
     fn seen(&self) -> HashMap<Code, usize> {
         self.0.lock().unwrap().clone()
     }
-}
-
-fn fresh_email() -> String {
-    format!("fault-{}@example.com", uuid::Uuid::new_v4().simple())
 }
 
 fn sha256(token: &str) -> Vec<u8> {
@@ -262,15 +257,6 @@ fn children_of(parent: u32) -> Vec<u32> {
     children
 }
 
-fn signal(pid: u32, name: &str) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid}");
-}
-
 #[tokio::test]
 async fn calls_end_within_their_deadline_while_the_database_is_frozen() {
     let pg = own_cluster("fault-freeze").await;
@@ -371,21 +357,7 @@ async fn serve_binary(database_url: &str, data_dir: &Path, env: &[(&str, &str)])
         command.env(k, v);
     }
     let mut child = command.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if log["message"] == "authd listening" {
-                return log["addr"].as_str().unwrap().parse().unwrap();
-            }
-        }
-        panic!("authd serve exited before listening");
-    })
-    .await
-    .expect("authd serve did not start listening");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = listening_address(&mut child, Duration::from_secs(60)).await;
     Served {
         child,
         addr,
@@ -915,15 +887,7 @@ async fn a_pool_exhausted_by_lock_waits_is_not_a_database_outage() {
     // probe declare the database down (and the gate refuse every call).
     let app = spawn_app_with(|c| c.request_timeout = Duration::from_secs(10)).await;
     let (user, tokens) = app.signed_in_user().await;
-    let url = {
-        use secrecy::ExposeSecret as _;
-        app.config
-            .database_url
-            .as_ref()
-            .unwrap()
-            .expose_secret()
-            .to_owned()
-    };
+    let url = app.database_url();
     let mut holder = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
         .await
         .unwrap();

@@ -219,13 +219,19 @@ impl TestApp {
     }
 
     pub async fn register(&self, email: &str, password: &str) -> pb::User {
+        self.register_as(pb::RegisterRequest {
+            email: email.into(),
+            password: password.into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Register with every field the request gives; the call must succeed.
+    pub async fn register_as(&self, request: pb::RegisterRequest) -> pb::User {
         self.client
             .clone()
-            .register(pb::RegisterRequest {
-                email: email.into(),
-                password: password.into(),
-                ..Default::default()
-            })
+            .register(request)
             .await
             .expect("register")
             .into_inner()
@@ -248,13 +254,17 @@ impl TestApp {
     pub async fn signed_in_user(&self) -> (pb::User, pb::TokenPair) {
         let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
         let user = self.register(&email, PASSWORD).await;
-        let tokens = self
-            .login(&email, PASSWORD)
+        let tokens = self.tokens_of(&email).await;
+        (user, tokens)
+    }
+
+    /// Logs an existing account with `PASSWORD` in: a further session.
+    pub async fn tokens_of(&self, login: &str) -> pb::TokenPair {
+        self.login(login, PASSWORD)
             .await
             .expect("login")
             .tokens
-            .expect("tokens");
-        (user, tokens)
+            .expect("tokens")
     }
 
     /// A new service account `name` with `scopes` (stored the way
@@ -335,6 +345,95 @@ impl TestApp {
         panic!("ForgotPassword requests still unresolved after 5 s");
     }
 
+    /// The URL of this server's database, for a second server or a
+    /// connection of the test's own.
+    pub fn database_url(&self) -> String {
+        use secrecy::ExposeSecret as _;
+        self.config
+            .database_url
+            .as_ref()
+            .expect("a database URL")
+            .expose_secret()
+            .to_owned()
+    }
+
+    /// A second server on this server's database with the same signing keys.
+    pub async fn replica(&self) -> TestApp {
+        let keys = self.config.signing_keys.clone();
+        spawn_app_on(&self.database_url(), |c| c.signing_keys = keys).await
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Result<pb::TokenPair, Status> {
+        self.client
+            .clone()
+            .refresh(pb::RefreshRequest {
+                refresh_token: refresh_token.into(),
+            })
+            .await
+            .map(|r| r.into_inner().tokens.expect("tokens"))
+    }
+
+    pub async fn logout(&self, refresh_token: &str) -> Result<(), Status> {
+        self.client
+            .clone()
+            .logout(pb::LogoutRequest {
+                refresh_token: refresh_token.into(),
+            })
+            .await
+            .map(drop)
+    }
+
+    pub async fn forgot_password(&self, email: &str) -> Result<(), Status> {
+        self.client
+            .clone()
+            .forgot_password(pb::ForgotPasswordRequest { email: email.into() })
+            .await
+            .map(drop)
+    }
+
+    /// ChangePassword as the session of `access`; returns its renewed tokens.
+    pub async fn change_password(
+        &self,
+        access: &str,
+        current: &str,
+        new: &str,
+    ) -> Result<pb::TokenPair, Status> {
+        self.client
+            .clone()
+            .change_password(with_bearer(
+                pb::ChangePasswordRequest {
+                    current_password: current.into(),
+                    new_password: new.into(),
+                },
+                access,
+            ))
+            .await
+            .map(|r| r.into_inner().tokens.expect("tokens"))
+    }
+
+    /// Every base table of the database, quoted for use in SQL.
+    pub async fn base_tables(&self) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT quote_ident(table_name) FROM information_schema.tables
+              WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+        )
+        .fetch_all(&self.db)
+        .await
+        .unwrap()
+    }
+
+    /// Rows of `table` that hold `needle` as text, or its UTF-8 bytes as hex.
+    pub async fn rows_holding_text_or_hex(&self, table: &str, needle: &str) -> i64 {
+        sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table} t
+              WHERE strpos(t::text, $1) > 0 OR strpos(t::text, encode(convert_to($1, 'UTF8'), 'hex')) > 0"
+        ))
+        .bind(needle)
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+
     pub async fn get_me(&self, access_token: &str) -> Result<pb::User, Status> {
         self.client
             .clone()
@@ -404,4 +503,106 @@ pub fn skip_test(why: &str) {
     }
     use std::io::Write as _;
     let _ = std::io::stderr().write_all(format!("SKIPPED: {why}\n").as_bytes());
+}
+
+/// An address no other test uses.
+pub fn fresh_email() -> String {
+    format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+/// Part `index` of a JWT (0 the header, 1 the claims), decoded without any
+/// check.
+pub fn jwt_part(token: &str, index: usize) -> serde_json::Value {
+    use base64::Engine as _;
+    let part = token.split('.').nth(index).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// The claims of a JWT, decoded without any check.
+pub fn jwt_claims(token: &str) -> serde_json::Value {
+    jwt_part(token, 1)
+}
+
+/// The header of a JWT, decoded without any check.
+pub fn jwt_header(token: &str) -> serde_json::Value {
+    jwt_part(token, 0)
+}
+
+/// The `sid` claim of an access token.
+pub fn session_of(access_token: &str) -> String {
+    jwt_claims(access_token)["sid"].as_str().unwrap().to_owned()
+}
+
+/// Field → reason of a validation error, sorted by field.
+pub fn field_reasons(status: &Status) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = status
+        .get_details_bad_request()
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.reason))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Expected field → reason pairs, in the shape `field_reasons` returns.
+pub fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .map(|(f, r)| ((*f).to_owned(), (*r).to_owned()))
+        .collect()
+}
+
+/// The retry delay a throttled answer carries.
+pub fn retry_delay(status: &Status) -> Duration {
+    status
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo with a delay")
+}
+
+pub fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// kill(1) with signal `name`: the processes signalled belong to this test
+/// binary's user (its own servers and PostgreSQL backends).
+pub fn signal(pid: impl std::fmt::Display, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Waits until the `authd serve` child (logging JSON to a piped stdout) says
+/// where it listens, then keeps reading its output in the background: a full
+/// pipe would stall the server's logging.
+pub async fn listening_address(child: &mut tokio::process::Child, within: Duration) -> SocketAddr {
+    use tokio::io::AsyncBufReadExt as _;
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(within, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if log["message"] == "authd listening" {
+                return log["addr"].as_str().unwrap().parse().unwrap();
+            }
+        }
+        panic!("authd serve exited before listening");
+    })
+    .await
+    .expect("authd serve did not start listening");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    addr
 }

@@ -6,16 +6,13 @@ use crate::helpers::*;
 #[tokio::test]
 async fn login_by_email_in_any_case_or_by_username() {
     let app = spawn_app().await;
-    app.client
-        .clone()
-        .register(pb::RegisterRequest {
-            email: "dora@example.com".into(),
-            password: PASSWORD.into(),
-            username: "dora".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    app.register_as(pb::RegisterRequest {
+        email: "dora@example.com".into(),
+        password: PASSWORD.into(),
+        username: "dora".into(),
+        ..Default::default()
+    })
+    .await;
     for login in ["dora@example.com", "DORA@Example.com", "dora", "DoRa"] {
         let response = app.login(login, PASSWORD).await.unwrap();
         let tokens = response.tokens.unwrap();

@@ -6,7 +6,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use authd::config::Config;
-use authd::pb::auth::v1 as pb;
 use secrecy::SecretString;
 use tokio::io::AsyncWriteExt as _;
 use tonic::Code;
@@ -72,16 +71,6 @@ async fn closed_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-async fn refresh(app: &TestApp, token: &str) -> Result<pb::TokenPair, tonic::Status> {
-    app.client
-        .clone()
-        .refresh(pb::RefreshRequest {
-            refresh_token: token.into(),
-        })
-        .await
-        .map(|r| r.into_inner().tokens.expect("tokens"))
-}
-
 #[tokio::test]
 async fn the_page_counts_logins_refreshes_throttling_pools_and_the_outbox() {
     let smtp_port = closed_port().await;
@@ -94,12 +83,7 @@ async fn the_page_counts_logins_refreshes_throttling_pools_and_the_outbox() {
     .await;
 
     app.register("ada@example.com", PASSWORD).await;
-    let tokens = app
-        .login("ada@example.com", PASSWORD)
-        .await
-        .unwrap()
-        .tokens
-        .unwrap();
+    let tokens = app.tokens_of("ada@example.com").await;
     // GetMe twice on one session: the database once, then the cache (the
     // cache is on once its listener is up; wait for that).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -120,10 +104,10 @@ async fn the_page_counts_logins_refreshes_throttling_pools_and_the_outbox() {
             .code(),
         Code::Unauthenticated
     );
-    let rotated = refresh(&app, &tokens.refresh_token).await.unwrap();
+    let rotated = app.refresh(&tokens.refresh_token).await.unwrap();
     assert!(!rotated.refresh_token.is_empty());
     assert_error(
-        refresh(&app, &tokens.refresh_token).await,
+        app.refresh(&tokens.refresh_token).await,
         Code::Unauthenticated,
         "REFRESH_TOKEN_REUSED",
     );
@@ -141,13 +125,7 @@ async fn the_page_counts_logins_refreshes_throttling_pools_and_the_outbox() {
         "THROTTLED",
     );
     // A reset mail the (closed) SMTP port refuses stays pending.
-    app.client
-        .clone()
-        .forgot_password(pb::ForgotPasswordRequest {
-            email: "ada@example.com".into(),
-        })
-        .await
-        .unwrap();
+    app.forgot_password("ada@example.com").await.unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(15);
     let page = loop {

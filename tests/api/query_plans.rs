@@ -804,8 +804,8 @@ async fn drive_every_rpc(app: &TestApp, smtp: &SmtpServer, tester: &PgPool) {
     // Login: by address and by username, a seeded account (its hash is
     // upgraded), an unknown login, a wrong password until throttled, a
     // disabled account.
-    let first = app.login(ada_email, PASSWORD).await.unwrap().tokens.unwrap();
-    let second = app.login("Ada_Plans", PASSWORD).await.unwrap().tokens.unwrap();
+    let first = app.tokens_of(ada_email).await;
+    let second = app.tokens_of("Ada_Plans").await;
     let seeded = app
         .login(&seeded_email(7), SEEDED_PASSWORD)
         .await
@@ -873,7 +873,7 @@ async fn drive_every_rpc(app: &TestApp, smtp: &SmtpServer, tester: &PgPool) {
     );
 
     // GetMe of a live session and of one that ended; GetJwks; IntrospectToken.
-    let live = app.login(ada_email, PASSWORD).await.unwrap().tokens.unwrap();
+    let live = app.tokens_of(ada_email).await;
     assert_eq!(app.get_me(&live.access_token).await.unwrap().id, ada.id);
     assert_error(
         app.get_me(&second.access_token).await,
@@ -1053,7 +1053,7 @@ async fn drive_every_rpc(app: &TestApp, smtp: &SmtpServer, tester: &PgPool) {
             &current.access_token,
         )
     };
-    let other_id = crate::lifecycle::session_of(&other.access_token);
+    let other_id = session_of(&other.access_token);
     auth.revoke_session(revoke(&other_id)).await.unwrap();
     assert_error(
         auth.revoke_session(revoke(&uuid::Uuid::new_v4().to_string()))

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use authd::config::Config;
 use authd::pb::auth::v1 as pb;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
 
@@ -41,14 +41,6 @@ pub(crate) async fn app_with_mail(tweak: impl FnOnce(&mut Config)) -> (TestApp, 
     (app, server)
 }
 
-async fn forgot(app: &TestApp, email: &str) -> Result<(), Status> {
-    app.client
-        .clone()
-        .forgot_password(pb::ForgotPasswordRequest { email: email.into() })
-        .await
-        .map(drop)
-}
-
 pub(crate) async fn reset(app: &TestApp, token: &str, new_password: &str) -> Result<(), Status> {
     app.client
         .clone()
@@ -60,27 +52,13 @@ pub(crate) async fn reset(app: &TestApp, token: &str, new_password: &str) -> Res
         .map(drop)
 }
 
-async fn refresh(app: &TestApp, token: &str) -> Result<pb::TokenPair, Status> {
-    app.client
-        .clone()
-        .refresh(pb::RefreshRequest {
-            refresh_token: token.into(),
-        })
-        .await
-        .map(|r| r.into_inner().tokens.expect("tokens"))
-}
-
-fn fresh_email() -> String {
-    format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
-}
-
 /// Registers an account, asks for a reset mail and returns the address and
 /// the token from the mail.
 pub(crate) async fn requested_reset(app: &TestApp, server: &SmtpServer) -> (String, String) {
     let email = fresh_email();
     app.register(&email, PASSWORD).await;
     let before = server.received().len();
-    forgot(app, &email).await.unwrap();
+    app.forgot_password(&email).await.unwrap();
     let mail = server.wait_for(before + 1, MAIL_WAIT).await.pop().unwrap();
     assert_eq!(mail.to, vec![email.clone()]);
     (email, mail.reset_token())
@@ -129,9 +107,9 @@ async fn forgot_then_reset_replaces_the_password_and_ends_every_session() {
     let (app, server) = app_with_mail(|_| {}).await;
     let email = fresh_email();
     app.register(&email, PASSWORD).await;
-    let old = app.login(&email, PASSWORD).await.unwrap().tokens.unwrap();
+    let old = app.tokens_of(&email).await;
 
-    forgot(&app, &email).await.unwrap();
+    app.forgot_password(&email).await.unwrap();
     let mail = server.wait_for(1, MAIL_WAIT).await.remove(0);
     assert_eq!(mail.from, "accounts@app.example");
     assert_eq!(mail.to, vec![email.clone()]);
@@ -160,7 +138,7 @@ async fn forgot_then_reset_replaces_the_password_and_ends_every_session() {
         "INVALID_CREDENTIALS",
     );
     app.login(&email, NEW_PASSWORD).await.unwrap();
-    let refused = refresh(&app, &old.refresh_token).await.unwrap_err();
+    let refused = app.refresh(&old.refresh_token).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     assert_error(
         app.get_me(&old.access_token).await,
@@ -209,7 +187,7 @@ async fn an_unknown_address_gets_the_same_answer_and_no_mail() {
     assert_eq!(received[0].to, vec![known]);
     assert_eq!(outbox(&app).await.len(), 1);
 
-    let status = forgot(&app, "not an address").await.unwrap_err();
+    let status = app.forgot_password("not an address").await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&status), vec!["email"]);
 }
@@ -276,7 +254,7 @@ async fn an_expired_token_is_refused() {
 async fn a_new_request_supersedes_the_older_token() {
     let (app, server) = app_with_mail(|_| {}).await;
     let (email, first) = requested_reset(&app, &server).await;
-    forgot(&app, &email).await.unwrap();
+    app.forgot_password(&email).await.unwrap();
     let second = server.wait_for(2, MAIL_WAIT).await[1].reset_token();
     assert_ne!(first, second);
     assert_error(
@@ -343,7 +321,7 @@ async fn an_smtp_outage_delays_the_mail_and_loses_nothing() {
     app.register(&email, PASSWORD).await;
 
     let started = Instant::now();
-    forgot(&app, &email).await.unwrap();
+    app.forgot_password(&email).await.unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "{:?}",
@@ -370,7 +348,7 @@ async fn a_rejected_mail_is_not_marked_sent_and_is_retried() {
     server.reject_data(true);
     let email = fresh_email();
     app.register(&email, PASSWORD).await;
-    forgot(&app, &email).await.unwrap();
+    app.forgot_password(&email).await.unwrap();
 
     // Register's verification mail is refused too: wait for the reset mail's.
     let rows = wait_for_outbox(&app, |rows| {
@@ -398,15 +376,7 @@ async fn a_rejected_mail_is_not_marked_sent_and_is_retried() {
 async fn change_password_sends_a_notification() {
     let (app, server) = app_with_mail(|_| {}).await;
     let (user, tokens) = app.signed_in_user().await;
-    app.client
-        .clone()
-        .change_password(with_bearer(
-            pb::ChangePasswordRequest {
-                current_password: PASSWORD.into(),
-                new_password: NEW_PASSWORD.into(),
-            },
-            &tokens.access_token,
-        ))
+    app.change_password(&tokens.access_token, PASSWORD, NEW_PASSWORD)
         .await
         .unwrap();
     let mail = server.wait_for(1, MAIL_WAIT).await.remove(0);
@@ -422,16 +392,8 @@ async fn change_password_sends_a_notification() {
 async fn change_password_ends_outstanding_reset_links() {
     let (app, server) = app_with_mail(|_| {}).await;
     let (email, token) = requested_reset(&app, &server).await;
-    let tokens = app.login(&email, PASSWORD).await.unwrap().tokens.unwrap();
-    app.client
-        .clone()
-        .change_password(with_bearer(
-            pb::ChangePasswordRequest {
-                current_password: PASSWORD.into(),
-                new_password: NEW_PASSWORD.into(),
-            },
-            &tokens.access_token,
-        ))
+    let tokens = app.tokens_of(&email).await;
+    app.change_password(&tokens.access_token, PASSWORD, NEW_PASSWORD)
         .await
         .unwrap();
     assert_error(
@@ -447,7 +409,7 @@ async fn the_sixth_request_in_an_hour_is_answered_but_sends_nothing() {
     let email = fresh_email();
     app.register(&email, PASSWORD).await;
     for _ in 0..6 {
-        forgot(&app, &email).await.unwrap();
+        app.forgot_password(&email).await.unwrap();
     }
     let received = server.wait_for(5, MAIL_WAIT).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -479,24 +441,11 @@ async fn a_sent_mail_keeps_no_body_and_no_token_is_stored_in_plain_text() {
 
     // Neither the token nor its random part appears anywhere, as text or
     // as bytes, in any table.
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT quote_ident(table_name) FROM information_schema.tables
-          WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
-    )
-    .fetch_all(&app.db)
-    .await
-    .unwrap();
+    let tables = app.base_tables().await;
     assert!(tables.iter().any(|t| t == "email_outbox"));
     let random_part = token.trim_start_matches("pr_").to_owned();
     for table in tables {
-        let hits: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM {table} t
-              WHERE strpos(t::text, $1) > 0 OR strpos(t::text, encode(convert_to($1, 'UTF8'), 'hex')) > 0"
-        ))
-        .bind(&random_part)
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+        let hits = app.rows_holding_text_or_hex(&table, &random_part).await;
         assert_eq!(hits, 0, "the token appears in {table}");
     }
 }
@@ -511,7 +460,7 @@ async fn a_reset_mail_that_outlives_its_token_is_dropped_unsent() {
     .await;
     let email = fresh_email();
     app.register(&email, PASSWORD).await;
-    forgot(&app, &email).await.unwrap();
+    app.forgot_password(&email).await.unwrap();
     let rows = wait_for_outbox(&app, |rows| rows.iter().all(|r| r.discarded)).await;
     assert_eq!(rows.len(), 1);
     assert!(
@@ -533,7 +482,7 @@ async fn without_smtp_mail_is_dropped_as_not_sent() {
     .await;
     let email = fresh_email();
     app.register(&email, PASSWORD).await;
-    forgot(&app, &email).await.unwrap();
+    app.forgot_password(&email).await.unwrap();
     let rows = wait_for_outbox(&app, |rows| rows.iter().all(|r| r.discarded)).await;
     assert_eq!(rows.len(), 1);
     assert!(rows[0].body_text.is_none(), "{rows:?}");
@@ -554,7 +503,7 @@ fn made_up_token() -> String {
 #[tokio::test]
 async fn reset_guesses_from_one_client_are_capped_across_replicas() {
     let a = spawn_app().await;
-    let url = a.config.database_url.as_ref().unwrap().expose_secret().to_owned();
+    let url = a.database_url();
     let b = spawn_app_on(&url, |_| {}).await;
     // Ten free guesses, then a growing wait (the eleventh starts it).
     for _ in 0..11 {
@@ -586,7 +535,7 @@ async fn a_successful_reset_does_not_count_as_a_guess() {
             "RESET_TOKEN_INVALID",
         );
     }
-    forgot(&app, &email).await.unwrap();
+    app.forgot_password(&email).await.unwrap();
     let token = server.wait_for(1, MAIL_WAIT).await.remove(0).reset_token();
     reset(&app, &token, NEW_PASSWORD).await.unwrap();
     // Had the success counted, the next guess would already wait.

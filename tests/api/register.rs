@@ -15,9 +15,7 @@ fn request(email: &str, password: &str) -> pb::RegisterRequest {
 async fn register_returns_the_new_account_without_secrets() {
     let app = spawn_app().await;
     let user = app
-        .client
-        .clone()
-        .register(pb::RegisterRequest {
+        .register_as(pb::RegisterRequest {
             email: "  Ada@Example.com ".into(),
             password: PASSWORD.into(),
             username: "ada_l".into(),
@@ -25,11 +23,7 @@ async fn register_returns_the_new_account_without_secrets() {
             phone: "+44 20 7946 0958".into(),
             image_url: "https://example.com/ada.png".into(),
         })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+        .await;
     assert_eq!(user.email, "Ada@Example.com");
     assert_eq!(user.username, "ada_l");
     assert_eq!(user.full_name, "Ada Lovelace");

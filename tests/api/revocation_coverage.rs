@@ -15,7 +15,6 @@ use authd_verifier::{OnStale, Revocation, Verifier, VerifierConfig, VerifyError}
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
-use crate::admin::database_url;
 use crate::helpers::*;
 
 const WATCH: &str = "revocations.watch";
@@ -37,16 +36,6 @@ async fn watch_only_verifier(app: &TestApp, name: &str, on_stale: OnStale) -> Ve
     let key = app.service_key(name, &[WATCH]).await;
     let config = VerifierConfig::new(&app.config.issuer, &app.config.audience, key).with_on_stale(on_stale);
     start_verifier(app.addr, config).await
-}
-
-async fn logout(app: &TestApp, refresh_token: &str) {
-    app.client
-        .clone()
-        .logout(pb::LogoutRequest {
-            refresh_token: refresh_token.to_owned(),
-        })
-        .await
-        .unwrap();
 }
 
 async fn watch(
@@ -85,7 +74,7 @@ async fn a_verifier_started_after_a_logout_refuses_the_still_unexpired_token() {
     let (_, logged_out) = app.signed_in_user().await;
     let (disabled_user, of_disabled) = app.signed_in_user().await;
     let (_, live) = app.signed_in_user().await;
-    logout(&app, &logged_out.refresh_token).await;
+    app.logout(&logged_out.refresh_token).await.unwrap();
     let writer = app.service_key("disabler", &[WRITE]).await;
     app.admin()
         .disable_user(with_bearer(
@@ -136,7 +125,7 @@ async fn a_verifier_whose_cursor_expired_resyncs_from_a_time_and_refuses_what_it
     let verifier = start_verifier(a.addr, config).await;
     assert!(verifier.wait_until_fresh(WAIT).await);
     let (_, earlier) = a.signed_in_user().await;
-    logout(&a, &earlier.refresh_token).await;
+    a.logout(&earlier.refresh_token).await.unwrap();
     let known = Instant::now();
     while verifier.cursor() < 2 {
         assert!(known.elapsed() < WAIT, "no cursor: {:?}", verifier.status());
@@ -150,7 +139,7 @@ async fn a_verifier_whose_cursor_expired_resyncs_from_a_time_and_refuses_what_it
     // passes the retention and is pruned (so its cursor is refused), and
     // the token's session ends at another replica.
     let (url, keys, addr, pem) = (
-        database_url(&a),
+        a.database_url(),
         a.config.signing_keys.clone(),
         a.addr,
         a.signing_pem.clone(),
@@ -158,7 +147,7 @@ async fn a_verifier_whose_cursor_expired_resyncs_from_a_time_and_refuses_what_it
     let other = spawn_app_on(&url, |c| c.signing_keys = keys.clone()).await;
     a.stop().await.unwrap();
     let (_, unseen) = other.signed_in_user().await;
-    logout(&other, &unseen.refresh_token).await;
+    other.logout(&unseen.refresh_token).await.unwrap();
     sqlx::query("UPDATE revocation_events SET occurred_at = now() - interval '25 hours'")
         .execute(&other.db)
         .await
@@ -172,7 +161,7 @@ async fn a_verifier_whose_cursor_expired_resyncs_from_a_time_and_refuses_what_it
         .await
         .unwrap();
     assert!(pruned_through > cursor, "{pruned_through} <= {cursor}");
-    logout(&other, &tokens.refresh_token).await;
+    other.logout(&tokens.refresh_token).await.unwrap();
 
     let key_file = scratch_dir("resync-key");
     std::fs::write(&key_file, pem).unwrap();
@@ -347,7 +336,7 @@ async fn a_stream_since_a_time_delivers_every_event_from_then_on_then_a_heartbea
     let key = app.service_key("since-watcher", &[WATCH]).await;
     for _ in 0..3 {
         let (_, tokens) = app.signed_in_user().await;
-        logout(&app, &tokens.refresh_token).await;
+        app.logout(&tokens.refresh_token).await.unwrap();
     }
     // Events 2, 3 and 4, two hours, one hour and ten minutes old.
     sqlx::query(
@@ -400,7 +389,7 @@ async fn a_stream_since_a_time_delivers_every_event_from_then_on_then_a_heartbea
     let first = next_message(&mut stream).await;
     assert_eq!((first.event_id, first.kind()), (4, RevocationKind::Heartbeat));
     let (_, tokens) = app.signed_in_user().await;
-    logout(&app, &tokens.refresh_token).await;
+    app.logout(&tokens.refresh_token).await.unwrap();
     let event = loop {
         let m = next_message(&mut stream).await;
         if m.kind() != RevocationKind::Heartbeat {

@@ -8,7 +8,7 @@ use authd::pb::auth::v1::{self as pb, RevocationKind};
 use tokio::time::Instant;
 use tonic::{Code, Streaming};
 
-use crate::admin::{database_url, wait_for_listeners};
+use crate::admin::wait_for_listeners;
 use crate::helpers::*;
 use crate::recovery::{app_with_mail, requested_reset, reset};
 
@@ -68,16 +68,6 @@ async fn assert_no_event(stream: &mut Streaming<pb::WatchRevocationsResponse>, q
     }
 }
 
-fn session_id_of(access_token: &str) -> String {
-    use base64::Engine as _;
-    let payload = access_token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    claims["sid"].as_str().unwrap().to_owned()
-}
-
 /// The event ended exactly these sessions, in any order.
 #[track_caller]
 fn assert_same_sessions(ended: &[String], mut expected: Vec<String>) {
@@ -87,20 +77,6 @@ fn assert_same_sessions(ended: &[String], mut expected: Vec<String>) {
     assert_eq!(ended, expected);
 }
 
-async fn logout(app: &TestApp, refresh_token: &str) {
-    app.client
-        .clone()
-        .logout(pb::LogoutRequest {
-            refresh_token: refresh_token.into(),
-        })
-        .await
-        .unwrap();
-}
-
-async fn second_login(app: &TestApp, user: &pb::User) -> pb::TokenPair {
-    app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap()
-}
-
 #[tokio::test]
 async fn logout_refresh_reuse_and_change_password_each_emit_their_event() {
     let app = spawn_app().await;
@@ -108,18 +84,18 @@ async fn logout_refresh_reuse_and_change_password_each_emit_their_event() {
 
     // Logout: SESSION_ENDED naming the session.
     let (user, tokens) = app.signed_in_user().await;
-    logout(&app, &tokens.refresh_token).await;
+    app.logout(&tokens.refresh_token).await.unwrap();
     let first = next_event(&mut stream).await;
     assert_eq!(first.kind(), RevocationKind::SessionEnded);
     assert_eq!(first.user_id, user.id);
-    assert_eq!(first.session_id, session_id_of(&tokens.access_token));
+    assert_eq!(first.session_id, session_of(&tokens.access_token));
     assert_eq!(first.session_ids, vec![first.session_id.clone()]);
     assert!(first.occurred_at.is_some());
     // A repeated Logout ends nothing and emits nothing.
-    logout(&app, &tokens.refresh_token).await;
+    app.logout(&tokens.refresh_token).await.unwrap();
 
     // Refresh-token reuse: the session it belongs to.
-    let reused = second_login(&app, &user).await;
+    let reused = app.tokens_of(&user.email).await;
     let mut client = app.client.clone();
     client
         .refresh(pb::RefreshRequest {
@@ -137,21 +113,13 @@ async fn logout_refresh_reuse_and_change_password_each_emit_their_event() {
     let second = next_event(&mut stream).await;
     assert_eq!(second.event_id, first.event_id + 1, "ids are consecutive");
     assert_eq!(second.kind(), RevocationKind::SessionEnded);
-    assert_eq!(second.session_id, session_id_of(&reused.access_token));
+    assert_eq!(second.session_id, session_of(&reused.access_token));
 
     // ChangePassword: the user's other sessions, not the caller's.
-    let keep = second_login(&app, &user).await;
-    let other_a = second_login(&app, &user).await;
-    let other_b = second_login(&app, &user).await;
-    app.client
-        .clone()
-        .change_password(with_bearer(
-            pb::ChangePasswordRequest {
-                current_password: PASSWORD.into(),
-                new_password: "another long passphrase 2026".into(),
-            },
-            &keep.access_token,
-        ))
+    let keep = app.tokens_of(&user.email).await;
+    let other_a = app.tokens_of(&user.email).await;
+    let other_b = app.tokens_of(&user.email).await;
+    app.change_password(&keep.access_token, PASSWORD, "another long passphrase 2026")
         .await
         .unwrap();
     let third = next_event(&mut stream).await;
@@ -162,8 +130,8 @@ async fn logout_refresh_reuse_and_change_password_each_emit_their_event() {
     assert_same_sessions(
         &third.session_ids,
         vec![
-            session_id_of(&other_a.access_token),
-            session_id_of(&other_b.access_token),
+            session_of(&other_a.access_token),
+            session_of(&other_b.access_token),
         ],
     );
     assert_no_event(&mut stream, Duration::from_millis(300)).await;
@@ -177,29 +145,21 @@ async fn reset_password_disable_user_and_revoke_user_sessions_emit_their_events(
 
     // ResetPassword ends every session.
     let (email, token) = requested_reset(&app, &smtp).await;
-    let tokens = app.login(&email, PASSWORD).await.unwrap().tokens.unwrap();
+    let tokens = app.tokens_of(&email).await;
     reset(&app, &token, "a brand new passphrase for recovery")
         .await
         .unwrap();
     let event = next_event(&mut stream).await;
     assert_eq!(event.kind(), RevocationKind::UserSessionsEnded);
-    assert_eq!(event.session_ids, vec![session_id_of(&tokens.access_token)]);
+    assert_eq!(event.session_ids, vec![session_of(&tokens.access_token)]);
 
     // DisableUser: the sessions, then the account.
     let (user, tokens) = app.signed_in_user().await;
+    crate::admin::disable(&app, &admin_key, &user.id).await.unwrap();
     let mut admin = app.admin();
-    admin
-        .disable_user(with_bearer(
-            pb::DisableUserRequest {
-                user_id: user.id.clone(),
-            },
-            &admin_key,
-        ))
-        .await
-        .unwrap();
     let sessions = next_event(&mut stream).await;
     assert_eq!(sessions.kind(), RevocationKind::UserSessionsEnded);
-    assert_eq!(sessions.session_ids, vec![session_id_of(&tokens.access_token)]);
+    assert_eq!(sessions.session_ids, vec![session_of(&tokens.access_token)]);
     let disabled = next_event(&mut stream).await;
     assert_eq!(disabled.kind(), RevocationKind::UserDisabled);
     assert_eq!(disabled.user_id, user.id);
@@ -218,7 +178,7 @@ async fn reset_password_disable_user_and_revoke_user_sessions_emit_their_events(
 
     // RevokeUserSessions: all of them, one event.
     let (user, first) = app.signed_in_user().await;
-    let second = second_login(&app, &user).await;
+    let second = app.tokens_of(&user.email).await;
     let answer = admin
         .revoke_user_sessions(with_bearer(
             pb::RevokeUserSessionsRequest {
@@ -234,10 +194,7 @@ async fn reset_password_disable_user_and_revoke_user_sessions_emit_their_events(
     assert_eq!(event.kind(), RevocationKind::UserSessionsEnded);
     assert_same_sessions(
         &event.session_ids,
-        vec![
-            session_id_of(&first.access_token),
-            session_id_of(&second.access_token),
-        ],
+        vec![session_of(&first.access_token), session_of(&second.access_token)],
     );
     // Nothing live left: nothing ended, no event.
     admin
@@ -255,15 +212,15 @@ async fn a_resumed_subscriber_gets_exactly_the_missed_events_in_order() {
     let app = spawn_app().await;
     let (key, mut stream) = watcher(&app).await;
     let (_, tokens) = app.signed_in_user().await;
-    logout(&app, &tokens.refresh_token).await;
+    app.logout(&tokens.refresh_token).await.unwrap();
     let seen = next_event(&mut stream).await;
     drop(stream);
 
     let mut missed = Vec::new();
     for _ in 0..3 {
         let (_, tokens) = app.signed_in_user().await;
-        logout(&app, &tokens.refresh_token).await;
-        missed.push(session_id_of(&tokens.access_token));
+        app.logout(&tokens.refresh_token).await.unwrap();
+        missed.push(session_of(&tokens.access_token));
     }
     let mut resumed = watch(&app, &key, seen.event_id).await.unwrap();
     for (offset, session) in (1..).zip(&missed) {
@@ -301,24 +258,23 @@ async fn a_rolled_back_change_emits_nothing_and_leaves_no_gap() {
         .await
         .expect("the session is still live");
 
-    logout(&app, &tokens.refresh_token).await;
+    app.logout(&tokens.refresh_token).await.unwrap();
     let event = next_event(&mut stream).await;
     assert_eq!(event.event_id, recorded, "the rolled-back id is reused: no gap");
-    assert_eq!(event.session_id, session_id_of(&tokens.access_token));
+    assert_eq!(event.session_id, session_of(&tokens.access_token));
 }
 
 #[tokio::test]
 async fn a_change_on_one_replica_reaches_a_subscriber_of_another() {
     let a = spawn_app().await;
-    let keys = a.config.signing_keys.clone();
-    let b = spawn_app_on(&database_url(&a), |c| c.signing_keys = keys).await;
+    let b = a.replica().await;
     wait_for_listeners(&a, 2).await;
     let (_key, mut at_b) = watcher(&b).await;
     let (_, tokens) = a.signed_in_user().await;
     let logged_out = Instant::now();
-    logout(&a, &tokens.refresh_token).await;
+    a.logout(&tokens.refresh_token).await.unwrap();
     let event = next_event(&mut at_b).await;
-    assert_eq!(event.session_id, session_id_of(&tokens.access_token));
+    assert_eq!(event.session_id, session_of(&tokens.access_token));
     // Pushed by the notification, not found by the one-second poll.
     assert!(
         logged_out.elapsed() < Duration::from_millis(900),
@@ -333,7 +289,7 @@ async fn cursors_outside_the_log_are_refused_with_cursor_expired() {
     let key = app.service_key("watcher", &[WATCH]).await;
     for _ in 0..3 {
         let (_, tokens) = app.signed_in_user().await;
-        logout(&app, &tokens.refresh_token).await;
+        app.logout(&tokens.refresh_token).await.unwrap();
     }
     // From the future (another deployment, a restored database).
     assert_error(
@@ -396,7 +352,7 @@ async fn the_stream_needs_the_watch_scope() {
 async fn a_quiet_stream_sends_heartbeats_with_its_cursor() {
     let app = spawn_app_with(|c| c.revocation_heartbeat = Duration::from_millis(200)).await;
     let (_, tokens) = app.signed_in_user().await;
-    logout(&app, &tokens.refresh_token).await;
+    app.logout(&tokens.refresh_token).await.unwrap();
     let (_key, mut stream) = watcher(&app).await;
     // The first message, at once: the cursor.
     let first = tokio::time::timeout(Duration::from_millis(500), stream.message())
@@ -478,15 +434,15 @@ async fn the_lifecycle_rpcs_emit_their_events() {
     let app = spawn_app().await;
     let (_key, mut stream) = watcher(&app).await;
     let (user, current) = app.signed_in_user().await;
-    let other = second_login(&app, &user).await;
-    let third = second_login(&app, &user).await;
+    let other = app.tokens_of(&user.email).await;
+    let third = app.tokens_of(&user.email).await;
 
     // RevokeSession: that one session.
     app.client
         .clone()
         .revoke_session(with_bearer(
             pb::RevokeSessionRequest {
-                session_id: session_id_of(&other.access_token),
+                session_id: session_of(&other.access_token),
             },
             &current.access_token,
         ))
@@ -494,10 +450,10 @@ async fn the_lifecycle_rpcs_emit_their_events() {
         .unwrap();
     let event = next_event(&mut stream).await;
     assert_eq!(event.kind(), RevocationKind::SessionEnded);
-    assert_eq!(event.session_id, session_id_of(&other.access_token));
+    assert_eq!(event.session_id, session_of(&other.access_token));
 
     // RevokeOtherSessions: all but the caller's, as one event.
-    let fourth = second_login(&app, &user).await;
+    let fourth = app.tokens_of(&user.email).await;
     let answer = app
         .client
         .clone()
@@ -513,10 +469,7 @@ async fn the_lifecycle_rpcs_emit_their_events() {
     assert_eq!(event.kind(), RevocationKind::UserSessionsEnded);
     assert_same_sessions(
         &event.session_ids,
-        vec![
-            session_id_of(&third.access_token),
-            session_id_of(&fourth.access_token),
-        ],
+        vec![session_of(&third.access_token), session_of(&fourth.access_token)],
     );
 
     // DeleteMe: the account, by id only.

@@ -7,13 +7,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use authd::pb::auth::v1 as pb;
-use secrecy::ExposeSecret as _;
 use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use uuid::Uuid;
 
-use crate::helpers::{PASSWORD, TestApp, connect, scratch_dir, spawn_app};
+use crate::helpers::{PASSWORD, TestApp, connect, listening_address, scratch_dir, signal, spawn_app};
 
 /// What a finished command left behind.
 struct Run {
@@ -31,13 +29,7 @@ struct Target {
 
 impl Target {
     fn of(app: &TestApp) -> Self {
-        let url = app
-            .config
-            .database_url
-            .as_ref()
-            .unwrap()
-            .expose_secret()
-            .to_owned();
+        let url = app.database_url();
         Self {
             database_url: Some(url),
             data_dir: scratch_dir("cli-data"),
@@ -395,30 +387,12 @@ async fn serve(target: &Target) -> (tokio::process::Child, std::net::SocketAddr)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let log: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if log["message"] == "authd listening" {
-                return log["addr"].as_str().unwrap().parse().unwrap();
-            }
-        }
-        panic!("authd serve exited before listening");
-    })
-    .await
-    .expect("authd serve did not start listening");
-    // A full pipe would stall the server's logging.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = listening_address(&mut server, Duration::from_secs(120)).await;
     (server, addr)
 }
 
 async fn stop(mut server: tokio::process::Child) {
-    let pid = server.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    signal(server.id().unwrap(), "TERM");
     let exit = tokio::time::timeout(Duration::from_secs(30), server.wait()).await;
     assert!(exit.unwrap().unwrap().success());
 }

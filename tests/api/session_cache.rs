@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use authd::pb::auth::v1 as pb;
-use secrecy::ExposeSecret;
 use tonic::Code;
 
 use crate::helpers::*;
@@ -60,20 +58,12 @@ async fn a_session_ended_behind_authds_back_is_dropped_within_milliseconds() {
 #[tokio::test]
 async fn a_logout_at_one_replica_reaches_the_cache_of_another() {
     let a = spawn_app().await;
-    let url = a.config.database_url.as_ref().unwrap().expose_secret().to_owned();
-    let keys = a.config.signing_keys.clone();
-    let b = spawn_app_on(&url, |c| c.signing_keys = keys).await;
+    let b = a.replica().await;
     wait_for_listener(&b).await;
     let (_, tokens) = a.signed_in_user().await;
     b.get_me(&tokens.access_token).await.unwrap();
     b.get_me(&tokens.access_token).await.unwrap();
-    a.client
-        .clone()
-        .logout(pb::LogoutRequest {
-            refresh_token: tokens.refresh_token.clone(),
-        })
-        .await
-        .unwrap();
+    a.logout(&tokens.refresh_token).await.unwrap();
     let took = time_until_revoked(&b, &tokens.access_token).await;
     println!("cross-replica revocation seen after {took:?}");
 }
@@ -158,23 +148,11 @@ impl Drop for Frozen {
     }
 }
 
-/// kill(1): the backend belongs to the suite's own cluster, same user.
-fn signal(pid: i32, name: &str) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid}");
-}
-
 #[tokio::test]
 async fn a_stalled_listener_silences_the_cache_within_the_bound() {
     let b = spawn_app_with(crate::metrics::with_metrics).await;
     let frozen_pid = listener_backend(&b).await;
-    let url = b.config.database_url.as_ref().unwrap().expose_secret().to_owned();
-    let keys = b.config.signing_keys.clone();
-    let a = spawn_app_on(&url, |c| c.signing_keys = keys).await;
+    let a = b.replica().await;
     crate::admin::wait_for_listeners(&a, 2).await;
 
     let (_, tokens) = a.signed_in_user().await;
@@ -197,13 +175,7 @@ async fn a_stalled_listener_silences_the_cache_within_the_bound() {
 
     // B's listener hangs without closing its socket; A ends the session.
     let frozen = Frozen::new(frozen_pid);
-    a.client
-        .clone()
-        .logout(pb::LogoutRequest {
-            refresh_token: tokens.refresh_token.clone(),
-        })
-        .await
-        .unwrap();
+    a.logout(&tokens.refresh_token).await.unwrap();
     let logged_out = Instant::now();
     let took = loop {
         match b.get_me(&tokens.access_token).await {

@@ -1,50 +1,10 @@
 use std::time::Duration;
 
 use authd::pb::auth::v1 as pb;
-use secrecy::ExposeSecret;
 use tonic::Code;
 
 use crate::helpers::*;
 use crate::register::futures_join_all;
-
-async fn refresh(app: &TestApp, token: &str) -> Result<pb::TokenPair, tonic::Status> {
-    app.client
-        .clone()
-        .refresh(pb::RefreshRequest {
-            refresh_token: token.into(),
-        })
-        .await
-        .map(|r| r.into_inner().tokens.expect("tokens"))
-}
-
-async fn logout(app: &TestApp, token: &str) -> Result<(), tonic::Status> {
-    app.client
-        .clone()
-        .logout(pb::LogoutRequest {
-            refresh_token: token.into(),
-        })
-        .await
-        .map(drop)
-}
-
-async fn change_password(
-    app: &TestApp,
-    access: &str,
-    current: &str,
-    new: &str,
-) -> Result<pb::TokenPair, tonic::Status> {
-    app.client
-        .clone()
-        .change_password(with_bearer(
-            pb::ChangePasswordRequest {
-                current_password: current.into(),
-                new_password: new.into(),
-            },
-            access,
-        ))
-        .await
-        .map(|r| r.into_inner().tokens.expect("tokens"))
-}
 
 async fn introspect(app: &TestApp, access: &str) -> bool {
     app.introspect(access).await.unwrap().active
@@ -57,7 +17,7 @@ async fn a_chain_of_twenty_rotations_and_the_replay_of_any_earlier_token() {
     let mut chain = vec![first];
     for _ in 0..20 {
         let last = chain.last().unwrap();
-        let next = refresh(&app, &last.refresh_token).await.unwrap();
+        let next = app.refresh(&last.refresh_token).await.unwrap();
         assert_ne!(next.refresh_token, last.refresh_token, "rotated");
         assert_eq!(next.token_type, "Bearer");
         assert_eq!(app.get_me(&next.access_token).await.unwrap().id, user.id);
@@ -68,13 +28,13 @@ async fn a_chain_of_twenty_rotations_and_the_replay_of_any_earlier_token() {
     // and every later one is still recognised as reuse.
     for earlier in &chain {
         assert_error(
-            refresh(&app, &earlier.refresh_token).await,
+            app.refresh(&earlier.refresh_token).await,
             Code::Unauthenticated,
             "REFRESH_TOKEN_REUSED",
         );
     }
     assert!(
-        refresh(&app, &latest.refresh_token).await.is_err(),
+        app.refresh(&latest.refresh_token).await.is_err(),
         "the family is dead"
     );
     assert_error(
@@ -89,16 +49,16 @@ async fn a_chain_of_twenty_rotations_and_the_replay_of_any_earlier_token() {
 async fn replaying_a_middle_token_ends_the_session_for_its_legitimate_holder_too() {
     let app = spawn_app().await;
     let (_, t0) = app.signed_in_user().await;
-    let t1 = refresh(&app, &t0.refresh_token).await.unwrap();
-    let t2 = refresh(&app, &t1.refresh_token).await.unwrap();
+    let t1 = app.refresh(&t0.refresh_token).await.unwrap();
+    let t2 = app.refresh(&t1.refresh_token).await.unwrap();
     // An attacker replays t1.
     assert_error(
-        refresh(&app, &t1.refresh_token).await,
+        app.refresh(&t1.refresh_token).await,
         Code::Unauthenticated,
         "REFRESH_TOKEN_REUSED",
     );
     // The victim's current pair is dead as well.
-    assert!(refresh(&app, &t2.refresh_token).await.is_err());
+    assert!(app.refresh(&t2.refresh_token).await.is_err());
     assert_error(
         app.get_me(&t2.access_token).await,
         Code::Unauthenticated,
@@ -134,15 +94,15 @@ async fn a_refresh_racing_a_logout_never_outlives_it() {
     let app = spawn_app().await;
     let user = app.register("race@example.com", PASSWORD).await;
     for round in 0..10 {
-        let tokens = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+        let tokens = app.tokens_of(&user.email).await;
         let (refreshed, logged_out) = tokio::join!(
-            refresh(&app, &tokens.refresh_token),
-            logout(&app, &tokens.refresh_token)
+            app.refresh(&tokens.refresh_token),
+            app.logout(&tokens.refresh_token)
         );
         logged_out.unwrap_or_else(|e| panic!("round {round}: logout {e:?}"));
         if let Ok(pair) = refreshed {
             assert!(
-                refresh(&app, &pair.refresh_token).await.is_err(),
+                app.refresh(&pair.refresh_token).await.is_err(),
                 "round {round}: a token from the race outlived the logout"
             );
             assert!(!introspect(&app, &pair.access_token).await, "round {round}");
@@ -155,7 +115,7 @@ async fn a_refresh_racing_a_logout_never_outlives_it() {
 async fn refresh_slides_the_idle_expiry() {
     let app = spawn_app().await;
     let (_, tokens) = app.signed_in_user().await;
-    let next = refresh(&app, &tokens.refresh_token).await.unwrap();
+    let next = app.refresh(&tokens.refresh_token).await.unwrap();
     assert_eq!(next.expires_in, 900);
     assert_eq!(next.refresh_expires_in, 7 * 86_400);
 }
@@ -167,7 +127,7 @@ async fn a_session_idle_for_longer_than_its_idle_lifetime_is_over() {
     assert_eq!(tokens.refresh_expires_in, 1);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_error(
-        refresh(&app, &tokens.refresh_token).await,
+        app.refresh(&tokens.refresh_token).await,
         Code::Unauthenticated,
         "REFRESH_TOKEN_INVALID",
     );
@@ -187,7 +147,7 @@ async fn refreshing_never_extends_a_session_past_its_absolute_lifetime() {
     .await;
     let (_, tokens) = app.signed_in_user().await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let next = refresh(&app, &tokens.refresh_token).await.unwrap();
+    let next = app.refresh(&tokens.refresh_token).await.unwrap();
     assert!(
         next.refresh_expires_in <= 1,
         "capped by the absolute expiry: {}",
@@ -196,7 +156,7 @@ async fn refreshing_never_extends_a_session_past_its_absolute_lifetime() {
     tokio::time::sleep(Duration::from_millis(1300)).await;
     // Only ~1.3 s idle, but 2.3 s old.
     assert_error(
-        refresh(&app, &next.refresh_token).await,
+        app.refresh(&next.refresh_token).await,
         Code::Unauthenticated,
         "REFRESH_TOKEN_INVALID",
     );
@@ -206,7 +166,7 @@ async fn refreshing_never_extends_a_session_past_its_absolute_lifetime() {
 async fn logout_ends_the_session_at_once_and_is_repeatable() {
     let app = spawn_app().await;
     let (_, tokens) = app.signed_in_user().await;
-    logout(&app, &tokens.refresh_token).await.unwrap();
+    app.logout(&tokens.refresh_token).await.unwrap();
     assert_error(
         app.get_me(&tokens.access_token).await,
         Code::Unauthenticated,
@@ -214,10 +174,10 @@ async fn logout_ends_the_session_at_once_and_is_repeatable() {
     );
     assert!(!introspect(&app, &tokens.access_token).await);
     assert!(
-        refresh(&app, &tokens.refresh_token).await.is_err(),
+        app.refresh(&tokens.refresh_token).await.is_err(),
         "refresh after logout"
     );
-    logout(&app, &tokens.refresh_token).await.unwrap();
+    app.logout(&tokens.refresh_token).await.unwrap();
 }
 
 #[tokio::test]
@@ -229,12 +189,12 @@ async fn logout_with_garbage_says_nothing_more() {
         "eyJ.eyJ.sig",
     ] {
         assert_error(
-            logout(&app, garbage).await,
+            app.logout(garbage).await,
             Code::Unauthenticated,
             "REFRESH_TOKEN_INVALID",
         );
     }
-    let status = logout(&app, "").await.unwrap_err();
+    let status = app.logout("").await.unwrap_err();
     assert_eq!(violated_fields(&status), ["refresh_token"]);
 }
 
@@ -243,7 +203,7 @@ async fn an_access_token_is_not_a_refresh_token() {
     let app = spawn_app().await;
     let (_, tokens) = app.signed_in_user().await;
     assert_error(
-        refresh(&app, &tokens.access_token).await,
+        app.refresh(&tokens.access_token).await,
         Code::Unauthenticated,
         "REFRESH_TOKEN_INVALID",
     );
@@ -253,22 +213,23 @@ async fn an_access_token_is_not_a_refresh_token() {
 async fn within_the_grace_window_a_replay_of_the_previous_token_keeps_the_session() {
     let app = spawn_app_with(|c| c.refresh_reuse_grace = Duration::from_secs(30)).await;
     let (_, t0) = app.signed_in_user().await;
-    let t1 = refresh(&app, &t0.refresh_token).await.unwrap();
+    let t1 = app.refresh(&t0.refresh_token).await.unwrap();
     assert_error(
-        refresh(&app, &t0.refresh_token).await,
+        app.refresh(&t0.refresh_token).await,
         Code::Unauthenticated,
         "REFRESH_TOKEN_REUSED",
     );
-    let t2 = refresh(&app, &t1.refresh_token)
+    let t2 = app
+        .refresh(&t1.refresh_token)
         .await
         .expect("session survived the benign replay");
     // Two generations back is never benign.
     assert_error(
-        refresh(&app, &t0.refresh_token).await,
+        app.refresh(&t0.refresh_token).await,
         Code::Unauthenticated,
         "REFRESH_TOKEN_REUSED",
     );
-    assert!(refresh(&app, &t2.refresh_token).await.is_err());
+    assert!(app.refresh(&t2.refresh_token).await.is_err());
 }
 
 #[tokio::test]
@@ -283,13 +244,9 @@ async fn change_password_with_a_wrong_current_password_changes_nothing() {
         .fetch_one(&app.db)
         .await
         .unwrap();
-    let result = change_password(
-        &app,
-        &tokens.access_token,
-        "not my password",
-        "a brand new passphrase",
-    )
-    .await;
+    let result = app
+        .change_password(&tokens.access_token, "not my password", "a brand new passphrase")
+        .await;
     // INVALID_ARGUMENT, not UNAUTHENTICATED: the bearer is fine, and clients
     // log their user out on UNAUTHENTICATED.
     assert_error(result, Code::InvalidArgument, "INVALID_CREDENTIALS");
@@ -299,7 +256,7 @@ async fn change_password_with_a_wrong_current_password_changes_nothing() {
         .unwrap();
     assert_eq!(hash_before, hash_after);
     app.get_me(&other.access_token).await.unwrap();
-    refresh(&app, &tokens.refresh_token).await.unwrap();
+    app.refresh(&tokens.refresh_token).await.unwrap();
     app.login(&user.email, PASSWORD).await.unwrap();
 }
 
@@ -307,9 +264,10 @@ async fn change_password_with_a_wrong_current_password_changes_nothing() {
 async fn change_password_ends_other_sessions_and_renews_this_one() {
     let app = spawn_app().await;
     let (user, this) = app.signed_in_user().await;
-    let other = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+    let other = app.tokens_of(&user.email).await;
     let new_password = "a brand new passphrase";
-    let renewed = change_password(&app, &this.access_token, PASSWORD, new_password)
+    let renewed = app
+        .change_password(&this.access_token, PASSWORD, new_password)
         .await
         .unwrap();
 
@@ -318,12 +276,12 @@ async fn change_password_ends_other_sessions_and_renews_this_one() {
         Code::Unauthenticated,
         "SESSION_REVOKED",
     );
-    assert!(refresh(&app, &other.refresh_token).await.is_err());
+    assert!(app.refresh(&other.refresh_token).await.is_err());
     // This session lives on with the new pair; its old refresh token is dead.
     app.get_me(&renewed.access_token).await.unwrap();
     app.get_me(&this.access_token).await.unwrap();
-    assert!(refresh(&app, &this.refresh_token).await.is_err());
-    refresh(&app, &renewed.refresh_token).await.unwrap();
+    assert!(app.refresh(&this.refresh_token).await.is_err());
+    app.refresh(&renewed.refresh_token).await.unwrap();
     assert_error(
         app.login(&user.email, PASSWORD).await,
         Code::Unauthenticated,
@@ -336,13 +294,16 @@ async fn change_password_ends_other_sessions_and_renews_this_one() {
 async fn change_password_applies_the_policy_and_needs_a_live_session() {
     let app = spawn_app().await;
     let (_, tokens) = app.signed_in_user().await;
-    let status = change_password(&app, &tokens.access_token, "", "short")
+    let status = app
+        .change_password(&tokens.access_token, "", "short")
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&status), ["current_password", "new_password"]);
-    logout(&app, &tokens.refresh_token).await.unwrap();
-    let result = change_password(&app, &tokens.access_token, PASSWORD, "a brand new passphrase").await;
+    app.logout(&tokens.refresh_token).await.unwrap();
+    let result = app
+        .change_password(&tokens.access_token, PASSWORD, "a brand new passphrase")
+        .await;
     assert_error(result, Code::Unauthenticated, "SESSION_REVOKED");
     let result = app
         .client
@@ -355,9 +316,7 @@ async fn change_password_applies_the_policy_and_needs_a_live_session() {
 #[tokio::test]
 async fn two_replicas_on_one_database_share_every_session() {
     let a = spawn_app().await;
-    let url = a.config.database_url.as_ref().unwrap().expose_secret().to_owned();
-    let keys = a.config.signing_keys.clone();
-    let b = spawn_app_on(&url, |c| c.signing_keys = keys).await;
+    let b = a.replica().await;
 
     let (user, tokens) = a.signed_in_user().await;
     assert_eq!(
@@ -366,9 +325,9 @@ async fn two_replicas_on_one_database_share_every_session() {
         "A's token works at B"
     );
 
-    let rotated_at_a = refresh(&a, &tokens.refresh_token).await.unwrap();
+    let rotated_at_a = a.refresh(&tokens.refresh_token).await.unwrap();
     assert_error(
-        refresh(&b, &tokens.refresh_token).await,
+        b.refresh(&tokens.refresh_token).await,
         Code::Unauthenticated,
         "REFRESH_TOKEN_REUSED",
     );
@@ -378,8 +337,8 @@ async fn two_replicas_on_one_database_share_every_session() {
         "SESSION_REVOKED",
     );
 
-    let second = b.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
-    logout(&a, &second.refresh_token).await.unwrap();
+    let second = b.tokens_of(&user.email).await;
+    a.logout(&second.refresh_token).await.unwrap();
     assert_error(
         b.get_me(&second.access_token).await,
         Code::Unauthenticated,
@@ -392,7 +351,7 @@ async fn clean_up_deletes_long_dead_sessions_only() {
     let app = spawn_app().await;
     let (_, ended) = app.signed_in_user().await;
     let (_, live) = app.signed_in_user().await;
-    logout(&app, &ended.refresh_token).await.unwrap();
+    app.logout(&ended.refresh_token).await.unwrap();
     let later = chrono::Utc::now() + chrono::Duration::days(2);
     let deleted = authd::db::sessions::delete_dead(&app.db, later, chrono::Duration::days(1))
         .await
@@ -415,11 +374,12 @@ async fn clean_up_deletes_long_dead_sessions_only() {
 async fn a_password_change_that_fails_midway_changes_nothing() {
     let app = spawn_app().await;
     let (user, this) = app.signed_in_user().await;
-    let other = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+    let other = app.tokens_of(&user.email).await;
     let new_password = "a brand new passphrase";
     for _ in 0..2 {
         assert_error(
-            change_password(&app, &this.access_token, "not my password", new_password).await,
+            app.change_password(&this.access_token, "not my password", new_password)
+                .await,
             Code::InvalidArgument,
             "INVALID_CREDENTIALS",
         );
@@ -438,7 +398,9 @@ async fn a_password_change_that_fails_midway_changes_nothing() {
     .await
     .unwrap();
 
-    let failed = change_password(&app, &this.access_token, PASSWORD, new_password).await;
+    let failed = app
+        .change_password(&this.access_token, PASSWORD, new_password)
+        .await;
     assert_eq!(failed.unwrap_err().code(), Code::Internal);
     // The log says which step and which query failed.
     if let Some(logs) = captured_logs() {
@@ -463,7 +425,7 @@ async fn a_password_change_that_fails_midway_changes_nothing() {
     // given back.
     app.wait_for_counted_failures(&user.id, 2).await;
     app.get_me(&other.access_token).await.unwrap();
-    refresh(&app, &this.refresh_token).await.unwrap();
+    app.refresh(&this.refresh_token).await.unwrap();
     app.login(&user.email, PASSWORD).await.unwrap();
 }
 
@@ -485,8 +447,8 @@ async fn an_access_token_ends_with_its_session() {
             PASSWORD,
         )
         .await;
-    let tokens = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
-    let claims = crate::admin::claims(&tokens.access_token);
+    let tokens = app.tokens_of(&user.email).await;
+    let claims = jwt_claims(&tokens.access_token);
     let (iat, exp) = (claims["iat"].as_i64().unwrap(), claims["exp"].as_i64().unwrap());
     let session_ends: i64 = sqlx::query_scalar(
         "SELECT extract(epoch FROM LEAST(idle_expires_at, absolute_expires_at))::bigint
@@ -500,7 +462,7 @@ async fn an_access_token_ends_with_its_session() {
     assert!(exp - iat <= 90, "lifetime {}", exp - iat);
     assert!(tokens.expires_in <= 90, "expires_in {}", tokens.expires_in);
     // Refresh issues a token capped the same way.
-    let next = refresh(&app, &tokens.refresh_token).await.unwrap();
-    let exp = crate::admin::claims(&next.access_token)["exp"].as_i64().unwrap();
+    let next = app.refresh(&tokens.refresh_token).await.unwrap();
+    let exp = jwt_claims(&next.access_token)["exp"].as_i64().unwrap();
     assert!(exp <= session_ends + 1, "exp {exp}, session ends {session_ends}");
 }

@@ -1,19 +1,15 @@
 use std::time::Duration;
 
 use authd::pb::auth::v1 as pb;
-use secrecy::ExposeSecret;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use crate::helpers::*;
 
-/// The retry delay of a throttled answer.
-fn retry_delay(status: &Status) -> Duration {
+/// The retry delay of an answer that must be a throttled one.
+fn throttled_retry_delay(status: &Status) -> Duration {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    status
-        .get_details_retry_info()
-        .and_then(|r| r.retry_delay)
-        .expect("RetryInfo with a delay")
+    retry_delay(status)
 }
 
 async fn fail_login(app: &TestApp, login: &str) -> Status {
@@ -31,7 +27,7 @@ async fn failed_logins_back_off_after_five_free_attempts() {
         );
     }
     let status = fail_login(&app, &user.email).await;
-    let delay = retry_delay(&status);
+    let delay = throttled_retry_delay(&status);
     assert!(
         delay <= Duration::from_secs(1) && delay > Duration::ZERO,
         "{delay:?}"
@@ -111,7 +107,7 @@ async fn concurrent_guesses_cannot_outrun_the_counter() {
 #[tokio::test]
 async fn the_throttle_holds_across_replicas() {
     let a = spawn_app().await;
-    let url = a.config.database_url.as_ref().unwrap().expose_secret().to_owned();
+    let url = a.database_url();
     let b = spawn_app_on(&url, |_| {}).await;
     a.register("kim@example.com", PASSWORD).await;
     for _ in 0..6 {
@@ -150,7 +146,7 @@ async fn change_password_guesses_count_against_the_account() {
         );
     }
     let status = attempt("wrong guess").await.unwrap_err();
-    retry_delay(&status);
+    throttled_retry_delay(&status);
 }
 
 #[tokio::test]
@@ -158,7 +154,7 @@ async fn the_peer_limit_guards_password_rpcs_only() {
     let app = spawn_app_with(|c| c.peer_rate_limit = 2.0).await;
     let (_, tokens) = app.signed_in_user().await; // two calls: Register and Login
     let status = app.login("someone@example.com", PASSWORD).await.unwrap_err();
-    let delay = retry_delay(&status);
+    let delay = throttled_retry_delay(&status);
     assert!(delay <= Duration::from_millis(500), "{delay:?}");
     // The token RPCs of internal callers are never limited per peer.
     for _ in 0..30 {
@@ -323,16 +319,13 @@ async fn failures_through_an_email_do_not_throttle_the_username_of_the_same_acco
     let app = spawn_app().await;
     let email = format!("linked-{}@example.com", uuid::Uuid::new_v4().simple());
     let username = format!("linked_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    app.client
-        .clone()
-        .register(pb::RegisterRequest {
-            email: email.clone(),
-            password: PASSWORD.into(),
-            username: username.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    app.register_as(pb::RegisterRequest {
+        email: email.clone(),
+        password: PASSWORD.into(),
+        username: username.clone(),
+        ..Default::default()
+    })
+    .await;
     // The address's counter runs out.
     let mut last = fail_login(&app, &email).await;
     for _ in 0..7 {

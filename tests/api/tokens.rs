@@ -8,16 +8,6 @@ use tonic::Code;
 
 use crate::helpers::*;
 
-fn payload(token: &str) -> Value {
-    let part = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
-}
-
-fn header(token: &str) -> Value {
-    let part = token.split('.').next().unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
-}
-
 /// Signs `claims` with the app's real key (as an attacker who stole nothing
 /// cannot; used to build tokens that differ in one claim only).
 fn sign(pem: &str, claims: &Value, typ: Option<&str>) -> String {
@@ -48,11 +38,11 @@ async fn get_me_returns_the_bearer() {
 async fn access_tokens_carry_the_documented_header_and_claims() {
     let app = spawn_app().await;
     let (user, tokens) = app.signed_in_user().await;
-    let h = header(&tokens.access_token);
+    let h = jwt_header(&tokens.access_token);
     assert_eq!(h["alg"], "EdDSA");
     assert_eq!(h["typ"], "at+jwt");
     assert!(h["kid"].is_string());
-    let c = payload(&tokens.access_token);
+    let c = jwt_claims(&tokens.access_token);
     assert_eq!(c["iss"], "https://authd.test");
     assert_eq!(c["aud"], "test-services");
     assert_eq!(c["sub"], user.id.as_str());
@@ -101,7 +91,7 @@ async fn tampered_tokens_are_token_invalid() {
     let app = spawn_app().await;
     let (_, tokens) = app.signed_in_user().await;
     let parts: Vec<&str> = tokens.access_token.split('.').collect();
-    let mut claims = payload(&tokens.access_token);
+    let mut claims = jwt_claims(&tokens.access_token);
     claims["sub"] = json!(uuid::Uuid::new_v4().to_string());
     let forged_payload = URL_SAFE_NO_PAD.encode(claims.to_string());
     let tampered = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
@@ -123,7 +113,7 @@ async fn tampered_tokens_are_token_invalid() {
 async fn expired_tokens_are_token_expired() {
     let app = spawn_app().await;
     let (_, tokens) = app.signed_in_user().await;
-    let mut claims = payload(&tokens.access_token);
+    let mut claims = jwt_claims(&tokens.access_token);
     claims["iat"] = json!(now() - 3600);
     claims["nbf"] = json!(now() - 3600);
     claims["exp"] = json!(now() - 60);
@@ -135,7 +125,7 @@ async fn expired_tokens_are_token_expired() {
 async fn tokens_differing_in_one_rule_are_token_invalid() {
     let app = spawn_app().await;
     let (_, tokens) = app.signed_in_user().await;
-    let good = payload(&tokens.access_token);
+    let good = jwt_claims(&tokens.access_token);
     // The control: the same claims signed the same way are accepted.
     let control = sign(&app.signing_pem, &good, Some("at+jwt"));
     app.get_me(&control).await.unwrap();
@@ -194,7 +184,7 @@ async fn jwks_lets_a_service_verify_tokens_locally() {
         ),
         ("OKP", "Ed25519", "EdDSA", "sig")
     );
-    assert_eq!(header(&tokens.access_token)["kid"], jwk.kid.as_str());
+    assert_eq!(jwt_header(&tokens.access_token)["kid"], jwk.kid.as_str());
     let doc: Value = serde_json::from_str(&jwks.jwks_json).unwrap();
     assert_eq!(doc["keys"][0]["x"], jwk.x.as_str());
     assert!(!jwks.jwks_json.contains("\"d\""), "no private material");
@@ -215,13 +205,10 @@ async fn introspection_tells_active_tokens_from_the_rest() {
     let answer = app.introspect(&tokens.access_token).await.unwrap();
     assert!(answer.active);
     assert_eq!(answer.user_id, user.id);
-    assert_eq!(
-        answer.session_id,
-        payload(&tokens.access_token)["sid"].as_str().unwrap()
-    );
+    assert_eq!(answer.session_id, session_of(&tokens.access_token));
     assert_eq!(
         answer.expires_at.unwrap().seconds,
-        payload(&tokens.access_token)["exp"].as_i64().unwrap()
+        jwt_claims(&tokens.access_token)["exp"].as_i64().unwrap()
     );
 
     for inactive in ["garbage", tokens.refresh_token.as_str()] {

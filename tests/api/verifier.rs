@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use authd::crypto::keys::Key;
-use authd::pb::auth::v1 as pb;
 use authd_verifier::{OnStale, Verifier, VerifierConfig};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -20,7 +19,6 @@ use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::admin::database_url;
 use crate::helpers::*;
 
 #[path = "../../examples/verified_service.rs"]
@@ -147,11 +145,6 @@ fn assert_refusal(status: &Status, code: Code, expected_reason: &str) {
     assert_eq!(reason(status), expected_reason, "{status:?}");
 }
 
-fn claims_of(token: &str) -> Value {
-    let part = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
-}
-
 fn kid_of(token: &str) -> String {
     jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
 }
@@ -169,16 +162,6 @@ fn sign(pem: &str, claims: &Value, kid: &str, typ: Option<&str>) -> String {
     .unwrap()
 }
 
-async fn logout(app: &TestApp, refresh_token: &str) {
-    app.client
-        .clone()
-        .logout(pb::LogoutRequest {
-            refresh_token: refresh_token.to_owned(),
-        })
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn a_verified_service_accepts_a_token_and_refuses_it_right_after_logout() {
     let app = spawn_app().await;
@@ -186,7 +169,7 @@ async fn a_verified_service_accepts_a_token_and_refuses_it_right_after_logout() 
     let (user, tokens) = app.signed_in_user().await;
 
     let me = service.who_am_i(&tokens.access_token).await.unwrap();
-    let claims = claims_of(&tokens.access_token);
+    let claims = jwt_claims(&tokens.access_token);
     assert_eq!(
         me,
         Identity {
@@ -197,7 +180,7 @@ async fn a_verified_service_accepts_a_token_and_refuses_it_right_after_logout() 
         "the handler reads the verified claims"
     );
 
-    logout(&app, &tokens.refresh_token).await;
+    app.logout(&tokens.refresh_token).await.unwrap();
     let (status, took) = service.refused_within(&tokens.access_token, REFUSAL_WAIT).await;
     assert_refusal(&status, Code::Unauthenticated, "SESSION_REVOKED");
     println!("Logout answered → refused by the service in {took:?}");
@@ -205,7 +188,7 @@ async fn a_verified_service_accepts_a_token_and_refuses_it_right_after_logout() 
     assert!(service.verifier.status().remembered_revocations >= 1);
 
     // Another session of the same account is untouched.
-    let other = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+    let other = app.tokens_of(&user.email).await;
     assert!(service.who_am_i(&other.access_token).await.is_ok());
 }
 
@@ -214,7 +197,7 @@ async fn forged_expired_wrong_audience_and_wrong_typ_tokens_are_refused_by_the_s
     let app = spawn_app().await;
     let service = fresh_service(&app, |c| c).await;
     let (_, tokens) = app.signed_in_user().await;
-    let genuine = claims_of(&tokens.access_token);
+    let genuine = jwt_claims(&tokens.access_token);
     let kid = Key::from_pkcs8_pem(&app.signing_pem).unwrap().kid;
     assert_eq!(kid, kid_of(&tokens.access_token));
     let now = chrono::Utc::now().timestamp();
@@ -318,7 +301,7 @@ async fn a_new_signing_key_is_picked_up_by_the_first_token_that_uses_it() {
     let (new_key, old_key) = (keys.join("new.pem"), keys.join("old.pem"));
     std::fs::write(&new_key, authd::crypto::keys::generate_ed25519_pem().unwrap()).unwrap();
     std::fs::write(&old_key, &a.signing_pem).unwrap();
-    let (addr, url) = (a.addr, database_url(&a));
+    let (addr, url) = (a.addr, a.database_url());
     a.stop().await.unwrap();
     let b = spawn_app_on(&url, |c| {
         c.listen = addr;
@@ -348,15 +331,7 @@ async fn a_disabled_account_is_refused_by_the_service() {
     let (user, tokens) = app.signed_in_user().await;
     service.who_am_i(&tokens.access_token).await.unwrap();
     let admin_key = app.service_key("account-admin", &["users.write"]).await;
-    app.admin()
-        .disable_user(with_bearer(
-            pb::DisableUserRequest {
-                user_id: user.id.clone(),
-            },
-            &admin_key,
-        ))
-        .await
-        .unwrap();
+    crate::admin::disable(&app, &admin_key, &user.id).await.unwrap();
     let (status, took) = service.refused_within(&tokens.access_token, REFUSAL_WAIT).await;
     assert_refusal(&status, Code::Unauthenticated, "SESSION_REVOKED");
     println!("DisableUser answered → refused by the service in {took:?}");
@@ -371,7 +346,7 @@ async fn the_stream_resumes_after_authd_restarts_and_delivers_what_it_missed() {
     // A cursor to resume from: one event, or a heartbeat after it. (On a
     // log with no event at all the cursor is 0, which means "from now".)
     let (_, earlier) = a.signed_in_user().await;
-    logout(&a, &earlier.refresh_token).await;
+    a.logout(&earlier.refresh_token).await.unwrap();
     let known = Instant::now();
     while service.verifier.cursor() == 0 {
         assert!(
@@ -384,7 +359,7 @@ async fn the_stream_resumes_after_authd_restarts_and_delivers_what_it_missed() {
     let (_, tokens) = a.signed_in_user().await;
     service.who_am_i(&tokens.access_token).await.unwrap();
 
-    let url = database_url(&a);
+    let url = a.database_url();
     let keys = a.config.signing_keys.clone();
     let addr = a.addr;
     let other = spawn_app_on(&url, |c| c.signing_keys = keys.clone()).await;
@@ -392,7 +367,7 @@ async fn the_stream_resumes_after_authd_restarts_and_delivers_what_it_missed() {
     // replica while the verifier cannot hear of it.
     let pem = a.signing_pem.clone();
     a.stop().await.unwrap();
-    logout(&other, &tokens.refresh_token).await;
+    other.logout(&tokens.refresh_token).await.unwrap();
     assert!(
         service.who_am_i(&tokens.access_token).await.is_ok(),
         "unheard of yet: {:?}",
@@ -455,7 +430,7 @@ async fn without_the_stream_the_introspection_fallback_asks_authd() {
     let refused = failing_closed.who_am_i(&tokens.access_token).await.unwrap_err();
     assert_refusal(&refused, Code::Unavailable, "UNAVAILABLE");
 
-    logout(&app, &tokens.refresh_token).await;
+    app.logout(&tokens.refresh_token).await.unwrap();
     let (status, took) = introspecting
         .refused_within(&tokens.access_token, REFUSAL_WAIT)
         .await;
@@ -476,7 +451,7 @@ async fn without_the_stream_the_introspection_fallback_asks_authd() {
 async fn a_session_ended_before_the_verifier_started_is_refused_in_either_mode() {
     let app = spawn_app().await;
     let (_, ended_earlier) = app.signed_in_user().await;
-    logout(&app, &ended_earlier.refresh_token).await;
+    app.logout(&ended_earlier.refresh_token).await.unwrap();
     let (_, live) = app.signed_in_user().await;
     let key = app
         .service_key("watching-and-introspecting", &[WATCH, INTROSPECT])
@@ -501,7 +476,7 @@ async fn a_session_ended_before_the_verifier_started_is_refused_in_either_mode()
         assert!(service.who_am_i(&live.access_token).await.is_ok());
     }
     // ...and a later revocation arrives by the stream.
-    logout(&app, &live.refresh_token).await;
+    app.logout(&live.refresh_token).await.unwrap();
     for service in [&introspecting, &failing_closed] {
         let (status, _) = service.refused_within(&live.access_token, REFUSAL_WAIT).await;
         assert_refusal(&status, Code::Unauthenticated, "SESSION_REVOKED");

@@ -8,21 +8,13 @@ use std::time::Duration;
 use authd::pb::auth::v1 as pb;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
-use super::{fresh_email, fresh_password};
+use super::fresh_password;
 use crate::helpers::*;
 use crate::lifecycle::{
     CHANGE_SUBJECT, VERIFY_SUBJECT, VERIFY_URL, app_with_mail, change_email, delete_me, link_token, nth_mail,
-    revoke_session, session_of, verify,
+    revoke_session, verify,
 };
-
-fn retry_delay(status: &Status) -> Duration {
-    status
-        .get_details_retry_info()
-        .and_then(|r| r.retry_delay)
-        .expect("RetryInfo with a delay")
-}
 
 /// A password check through ChangeEmail or, if not, DeleteMe.
 async fn guess(
@@ -83,7 +75,7 @@ async fn password_guesses_through_change_email_and_delete_me_back_off_like_login
 async fn a_second_session_does_not_get_fresh_password_guesses() {
     let app = spawn_app().await;
     let (user, first) = app.signed_in_user().await;
-    let second = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+    let second = app.tokens_of(&user.email).await;
     for _ in 0..6 {
         assert_error(
             delete_me(&app, &first.access_token, &fresh_password()).await,
@@ -295,23 +287,10 @@ async fn a_database_dump_holds_no_verification_link() {
         .await
         .unwrap();
     assert_eq!(stored, vec![Sha256::digest(token.as_bytes()).to_vec()]);
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT quote_ident(table_name) FROM information_schema.tables
-          WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
-    )
-    .fetch_all(&app.db)
-    .await
-    .unwrap();
+    let tables = app.base_tables().await;
     let random_part = token.trim_start_matches("ev_").to_owned();
     for table in tables {
-        let hits: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM {table} t
-              WHERE strpos(t::text, $1) > 0 OR strpos(t::text, encode(convert_to($1, 'UTF8'), 'hex')) > 0"
-        ))
-        .bind(&random_part)
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+        let hits = app.rows_holding_text_or_hex(&table, &random_part).await;
         assert_eq!(hits, 0, "the token appears in {table}");
     }
 }

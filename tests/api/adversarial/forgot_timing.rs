@@ -5,25 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use authd::pb::auth::v1 as pb;
-
-use super::{fresh_email, fresh_password};
+use super::fresh_password;
 use crate::helpers::*;
 
 const PAIRS: usize = 50;
 
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
 async fn timed_forgot(app: &TestApp, email: &str) -> Duration {
     let started = Instant::now();
-    app.client
-        .clone()
-        .forgot_password(pb::ForgotPasswordRequest { email: email.into() })
-        .await
-        .unwrap();
+    app.forgot_password(email).await.unwrap();
     started.elapsed()
 }
 

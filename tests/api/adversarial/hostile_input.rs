@@ -8,7 +8,7 @@ use authd::pb::auth::v1 as pb;
 use tonic::Code;
 use unicode_normalization::UnicodeNormalization as _;
 
-use super::{HEAVY_ARGON2, fresh_email, fresh_password, one_hash};
+use super::{HEAVY_ARGON2, fresh_password, one_hash};
 use crate::helpers::*;
 use crate::register::futures_join_all;
 
@@ -29,16 +29,6 @@ async fn user_count(app: &TestApp) -> i64 {
         .fetch_one(&app.db)
         .await
         .unwrap()
-}
-
-async fn refresh(app: &TestApp, token: &str) -> Result<pb::RefreshResponse, tonic::Status> {
-    app.client
-        .clone()
-        .refresh(pb::RefreshRequest {
-            refresh_token: token.into(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
 }
 
 #[tokio::test]
@@ -116,20 +106,14 @@ async fn sql_looking_profile_fields_are_stored_verbatim() {
     let full_name = "Robert'); DROP TABLE users;-- \\x00 $$ E'\\\\'";
     let image_url = "https://example.com/a.png?q=';DELETE%20FROM%20sessions;--";
     let user = app
-        .client
-        .clone()
-        .register(pb::RegisterRequest {
+        .register_as(pb::RegisterRequest {
             email: "o'brien+'--@example.com".into(),
             password: PASSWORD.into(),
             full_name: full_name.into(),
             image_url: image_url.into(),
             ..Default::default()
         })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+        .await;
     assert_eq!(
         (
             user.email.as_str(),
@@ -138,12 +122,7 @@ async fn sql_looking_profile_fields_are_stored_verbatim() {
         ),
         ("o'brien+'--@example.com", full_name, image_url)
     );
-    let tokens = app
-        .login("o'brien+'--@example.com", PASSWORD)
-        .await
-        .unwrap()
-        .tokens
-        .unwrap();
+    let tokens = app.tokens_of("o'brien+'--@example.com").await;
     assert_eq!(app.get_me(&tokens.access_token).await.unwrap(), user);
 }
 
@@ -165,11 +144,7 @@ async fn sql_looking_address_in_forgot_password_queues_no_mail() {
     let app = spawn_app().await;
     app.register(&fresh_email(), PASSWORD).await;
     for email in ["x'--@example.com", "' OR 1=1 --@example.com", "%@example.com"] {
-        let result = app
-            .client
-            .clone()
-            .forgot_password(pb::ForgotPasswordRequest { email: email.into() })
-            .await;
+        let result = app.forgot_password(email).await;
         if let Err(status) = result {
             assert_eq!(status.code(), Code::InvalidArgument, "{email}: {status:?}");
         }
@@ -435,11 +410,11 @@ async fn garbage_refresh_tokens_are_refused_without_a_lookup_error() {
         "rt_é".repeat(20),
     ] {
         assert_error(
-            refresh(&app, &token).await,
+            app.refresh(&token).await,
             Code::Unauthenticated,
             "REFRESH_TOKEN_INVALID",
         );
     }
     // The genuine token still works: none of that counted as a replay.
-    refresh(&app, &tokens.refresh_token).await.unwrap();
+    app.refresh(&tokens.refresh_token).await.unwrap();
 }

@@ -6,15 +6,10 @@ use std::time::{Duration, Instant};
 use authd::crypto::password::Argon2Settings;
 use tonic::Code;
 
-use super::{fresh_email, fresh_password};
+use super::fresh_password;
 use crate::helpers::*;
 
 const RUNS: usize = 30;
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
 
 async fn timed_failed_login(app: &TestApp, login: &str) -> Duration {
     let started = Instant::now();

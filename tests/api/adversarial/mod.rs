@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use authd::crypto::password::Argon2Settings;
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, fresh_email};
 
 /// Parameters under which one argon2 computation takes the better part of a
 /// second here, so "no hashing happened" and "the deadline passed mid-hash"
@@ -28,10 +28,6 @@ pub const HEAVY_ARGON2: Argon2Settings = Argon2Settings {
     iterations: 16,
     parallelism: 1,
 };
-
-pub fn fresh_email() -> String {
-    format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
-}
 
 /// A password no blocklist holds and no other test uses.
 pub fn fresh_password() -> String {

@@ -8,7 +8,7 @@ use authd::pb::auth::v1 as pb;
 use secrecy::SecretString;
 use tonic::Code;
 
-use super::{fresh_email, fresh_password};
+use super::fresh_password;
 use crate::helpers::*;
 use crate::smtp::SmtpServer;
 
@@ -20,16 +20,6 @@ async fn password_hash(app: &TestApp, user_id: &str) -> String {
         .fetch_one(&app.db)
         .await
         .unwrap()
-}
-
-async fn refresh(app: &TestApp, token: &str) -> Result<pb::TokenPair, tonic::Status> {
-    app.client
-        .clone()
-        .refresh(pb::RefreshRequest {
-            refresh_token: token.into(),
-        })
-        .await
-        .map(|r| r.into_inner().tokens.unwrap())
 }
 
 #[tokio::test]
@@ -65,20 +55,13 @@ async fn a_full_flow_logs_no_password_token_hash_or_reset_link() {
     // A session whose refresh token is replayed: authd logs the reuse with
     // the session id, which shows this flow's lines were captured.
     let a = app.login(&email, &first).await.unwrap().tokens.unwrap();
-    let a2 = refresh(&app, &a.refresh_token).await.unwrap();
+    let a2 = app.refresh(&a.refresh_token).await.unwrap();
     assert_error(
-        refresh(&app, &a.refresh_token).await,
+        app.refresh(&a.refresh_token).await,
         Code::Unauthenticated,
         "REFRESH_TOKEN_REUSED",
     );
-    let replayed_session = {
-        let claims = a.access_token.split('.').nth(1).unwrap();
-        let claims: serde_json::Value = serde_json::from_slice(
-            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, claims).unwrap(),
-        )
-        .unwrap();
-        claims["sid"].as_str().unwrap().to_owned()
-    };
+    let replayed_session = session_of(&a.access_token);
 
     let b = app.login(&email, &first).await.unwrap().tokens.unwrap();
     app.get_me(&b.access_token).await.unwrap();

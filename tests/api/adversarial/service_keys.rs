@@ -15,7 +15,6 @@ use sha2::Sha256;
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 
-use super::fresh_email;
 use crate::admin::{
     READ, READ_RPCS, WRITE, WRITE_RPCS, admin_key, authorized, batch_get, bearer, call_admin, delete_key,
     get_user, key_refused_within_a_second, list, lookup, missing_scope,
@@ -317,16 +316,13 @@ async fn lookup_user_with_both_neither_or_blank_fields_is_invalid_argument() {
 async fn lookup_user_takes_wildcards_and_quotes_literally() {
     let app = spawn_app().await;
     let key = app.service_key("reader", &[READ]).await;
-    app.client
-        .clone()
-        .register(pb::RegisterRequest {
-            email: "target@example.com".into(),
-            password: PASSWORD.into(),
-            username: "target".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    app.register_as(pb::RegisterRequest {
+        email: "target@example.com".into(),
+        password: PASSWORD.into(),
+        username: "target".into(),
+        ..Default::default()
+    })
+    .await;
     for (email, username) in [
         ("%@example.com", ""),
         ("t_rget@example.com", ""),
@@ -352,15 +348,7 @@ async fn a_service_key_is_not_a_users_bearer() {
     let key = admin_key(&app).await;
     assert_error(app.get_me(&key).await, Code::Unauthenticated, "TOKEN_INVALID");
     assert_error(
-        app.client
-            .clone()
-            .change_password(with_bearer(
-                pb::ChangePasswordRequest {
-                    current_password: PASSWORD.into(),
-                    new_password: "another long passphrase here".into(),
-                },
-                &key,
-            ))
+        app.change_password(&key, PASSWORD, "another long passphrase here")
             .await,
         Code::Unauthenticated,
         "TOKEN_INVALID",
@@ -378,7 +366,7 @@ async fn a_users_refresh_token_is_not_a_service_key() {
     let glued = format!("sk_{}", refresh_token.strip_prefix("rt_").unwrap());
     assert_refused_everywhere(&app, &[&bearer(&glued)], &user.id, "a refresh token as sk_").await;
     // And the refresh token itself is untouched.
-    crate::admin::refresh(&app, &refresh_token).await.unwrap();
+    app.refresh(&refresh_token).await.unwrap();
 }
 
 #[tokio::test]
@@ -392,13 +380,7 @@ async fn a_password_reset_token_is_not_a_service_key() {
     })
     .await;
     let user = app.register(&fresh_email(), PASSWORD).await;
-    app.client
-        .clone()
-        .forgot_password(pb::ForgotPasswordRequest {
-            email: user.email.clone(),
-        })
-        .await
-        .unwrap();
+    app.forgot_password(&user.email).await.unwrap();
     // Register's verification mail may come first.
     let is_reset = |m: &crate::smtp::ReceivedMail| m.text().contains("token=pr_");
     smtp.wait_until(Duration::from_secs(15), |s| s.received().iter().any(is_reset))
@@ -472,7 +454,7 @@ async fn a_login_racing_disable_user_gets_no_live_session() {
             let introspected = app.introspect(&tokens.access_token).await.unwrap();
             assert!(!introspected.active, "{introspected:?}");
             assert_error(
-                crate::admin::refresh(&app, &tokens.refresh_token).await,
+                app.refresh(&tokens.refresh_token).await,
                 Code::Unauthenticated,
                 "REFRESH_TOKEN_INVALID",
             );
@@ -536,13 +518,7 @@ async fn key_id_of(app: &TestApp, key: &str) -> uuid::Uuid {
 /// Ends a session, so that a revocation event is written.
 async fn log_a_session_out(app: &TestApp) {
     let (_, tokens) = app.signed_in_user().await;
-    app.client
-        .clone()
-        .logout(pb::LogoutRequest {
-            refresh_token: tokens.refresh_token,
-        })
-        .await
-        .unwrap();
+    app.logout(&tokens.refresh_token).await.unwrap();
 }
 
 #[track_caller]
@@ -615,7 +591,7 @@ async fn a_watch_stream_ends_when_its_account_loses_the_scope() {
 #[tokio::test]
 async fn a_key_revoked_ends_its_streams_on_every_replica() {
     let a = spawn_app().await;
-    let b = spawn_app_on(&crate::admin::database_url(&a), |_| {}).await;
+    let b = spawn_app_on(&a.database_url(), |_| {}).await;
     crate::admin::wait_for_listeners(&a, 2).await;
     let key = a.service_key("replicated-watcher", &[WATCH]).await;
     let mut at_a = open_watch(&a, &key).await;
@@ -731,7 +707,7 @@ async fn a_made_up_key_presented_again_and_again_reads_the_database_once() {
 #[tokio::test]
 async fn a_key_refused_as_unknown_works_at_once_when_created_on_every_replica() {
     let a = spawn_app().await;
-    let b = spawn_app_on(&crate::admin::database_url(&a), |_| {}).await;
+    let b = spawn_app_on(&a.database_url(), |_| {}).await;
     crate::admin::wait_for_listeners(&a, 2).await;
     let user = a.register(&fresh_email(), PASSWORD).await;
     let token =

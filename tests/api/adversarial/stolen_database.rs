@@ -3,10 +3,8 @@
 //! has logged in again.
 
 use authd::crypto::password::Argon2Settings;
-use authd::pb::auth::v1 as pb;
-use secrecy::ExposeSecret as _;
 
-use super::{fresh_email, fresh_password};
+use super::fresh_password;
 use crate::helpers::*;
 
 const TABLES: [&str; 6] = [
@@ -48,31 +46,10 @@ async fn a_database_dump_holds_no_password_or_token_in_plain_text() {
     let (first, second) = (fresh_password(), fresh_password());
     app.register(&email, &first).await;
     let a = app.login(&email, &first).await.unwrap().tokens.unwrap();
-    let a2 = app
-        .client
-        .clone()
-        .refresh(pb::RefreshRequest {
-            refresh_token: a.refresh_token.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens
-        .unwrap();
+    let a2 = app.refresh(&a.refresh_token).await.unwrap();
     let b = app
-        .client
-        .clone()
-        .change_password(with_bearer(
-            pb::ChangePasswordRequest {
-                current_password: first.clone(),
-                new_password: second.clone(),
-            },
-            &a2.access_token,
-        ))
+        .change_password(&a2.access_token, &first, &second)
         .await
-        .unwrap()
-        .into_inner()
-        .tokens
         .unwrap();
     let _ = app.login(&email, "a wrong guess at it").await;
     let dump = dump(&app).await;
@@ -116,13 +93,7 @@ async fn outdated_hashes_are_upgraded_at_the_next_login() {
     let weak = stored_hash(&old, &email).await;
     assert!(weak.starts_with("$argon2id$v=19$m=4096,t=1,p=1$"), "{weak}");
 
-    let url = old
-        .config
-        .database_url
-        .as_ref()
-        .unwrap()
-        .expose_secret()
-        .to_owned();
+    let url = old.database_url();
     let stronger = Argon2Settings {
         memory_kib: 8192,
         iterations: 2,

@@ -7,11 +7,10 @@
 use authd::pb::auth::v1 as pb;
 use tonic::Code;
 
-use crate::admin::{admin_key, disable, enable, forgot, revoke_sessions};
+use crate::admin::{admin_key, disable, enable, revoke_sessions};
 use crate::helpers::*;
 use crate::lifecycle::{
-    CHANGE_SUBJECT, app_with_mail, change_email, fresh_email, link_token, nth_mail, registered,
-    revoke_others, tokens_of, verify,
+    CHANGE_SUBJECT, app_with_mail, change_email, link_token, nth_mail, registered, revoke_others, verify,
 };
 use crate::smtp::SmtpServer;
 
@@ -21,7 +20,7 @@ const SWITCHED_SUBJECT: &str = "Your email address was changed";
 /// The intruder, signed in with the password they learnt, asks to move the
 /// owner's account to their own mailbox and reads the link there.
 async fn intruder_keeps_a_change_link(app: &TestApp, smtp: &SmtpServer, owner_email: &str) -> String {
-    let intruder = tokens_of(app, owner_email).await;
+    let intruder = app.tokens_of(owner_email).await;
     let theirs = fresh_email();
     change_email(app, &intruder.access_token, &theirs, PASSWORD)
         .await
@@ -39,24 +38,10 @@ async fn assert_link_dead_and_account_kept(app: &TestApp, link: &str, owner_emai
     app.login(owner_email, password).await.unwrap();
 }
 
-async fn change_password(app: &TestApp, access: &str) {
-    app.client
-        .clone()
-        .change_password(with_bearer(
-            pb::ChangePasswordRequest {
-                current_password: PASSWORD.into(),
-                new_password: NEW_PASSWORD.into(),
-            },
-            access,
-        ))
-        .await
-        .unwrap();
-}
-
 /// The owner takes the account back with ForgotPassword and the link mailed
 /// to the account's address.
 async fn reset_password_by_mail(app: &TestApp, smtp: &SmtpServer, email: &str) {
-    forgot(app, email).await.unwrap();
+    app.forgot_password(email).await.unwrap();
     let reset = nth_mail(smtp, email, "Reset your password", 1)
         .await
         .reset_token();
@@ -75,11 +60,13 @@ async fn a_kept_email_change_link_dies_when_the_owner_changes_the_password() {
     let (app, smtp) = app_with_mail(|_| {}).await;
     let owner_email = fresh_email();
     registered(&app, &smtp, &owner_email).await;
-    let owner = tokens_of(&app, &owner_email).await;
+    let owner = app.tokens_of(&owner_email).await;
     let link = intruder_keeps_a_change_link(&app, &smtp, &owner_email).await;
 
     // The owner reads the notice and does what it says.
-    change_password(&app, &owner.access_token).await;
+    app.change_password(&owner.access_token, PASSWORD, NEW_PASSWORD)
+        .await
+        .unwrap();
 
     assert_link_dead_and_account_kept(&app, &link, &owner_email, NEW_PASSWORD).await;
 }
@@ -157,7 +144,7 @@ async fn a_kept_email_change_link_dies_when_the_owner_signs_out_everywhere_else(
     let (app, smtp) = app_with_mail(|_| {}).await;
     let owner_email = fresh_email();
     registered(&app, &smtp, &owner_email).await;
-    let owner = tokens_of(&app, &owner_email).await;
+    let owner = app.tokens_of(&owner_email).await;
     let link = intruder_keeps_a_change_link(&app, &smtp, &owner_email).await;
 
     assert_eq!(revoke_others(&app, &owner.access_token).await.unwrap(), 1);
@@ -173,7 +160,7 @@ async fn a_reset_link_dies_when_a_service_ends_the_accounts_sessions() {
     let key = admin_key(&app).await;
     let owner_email = fresh_email();
     let (user, _) = registered(&app, &smtp, &owner_email).await;
-    forgot(&app, &owner_email).await.unwrap();
+    app.forgot_password(&owner_email).await.unwrap();
     let reset = nth_mail(&smtp, &owner_email, "Reset your password", 1)
         .await
         .reset_token();

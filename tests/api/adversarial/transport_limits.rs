@@ -9,11 +9,11 @@ use authd::pb::auth::v1 as pb;
 use prost::Message as _;
 use tonic::Code;
 
+use super::HEAVY_ARGON2;
 use super::raw_h2::{
     ENHANCE_YOUR_CALM, FRAME_GOAWAY, FRAME_RST_STREAM, REFUSED_STREAM, RawConnection, RawFrames,
     advertised_max_concurrent_streams,
 };
-use super::{HEAVY_ARGON2, fresh_email};
 use crate::helpers::*;
 
 const MAX_CONCURRENT_STREAMS: u32 = 128;

@@ -8,17 +8,6 @@ use tonic::Code;
 
 use super::*;
 
-/// Every base table of the database.
-async fn tables(app: &TestApp) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT quote_ident(table_name) FROM information_schema.tables
-          WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
-    )
-    .fetch_all(&app.db)
-    .await
-    .unwrap()
-}
-
 /// Rows of `table` whose text holds `needle` in any letter case.
 async fn rows_holding(app: &TestApp, table: &str, needle: &str) -> Vec<String> {
     sqlx::query_scalar(&format!(
@@ -51,9 +40,7 @@ async fn after_delete_me_nothing_of_the_account_remains_and_its_names_are_free()
         );
     }
     let user = app
-        .client
-        .clone()
-        .register(pb::RegisterRequest {
+        .register_as(pb::RegisterRequest {
             email: email.clone(),
             password: PASSWORD.into(),
             username: username.clone(),
@@ -61,28 +48,20 @@ async fn after_delete_me_nothing_of_the_account_remains_and_its_names_are_free()
             phone: "+1 202 555 0147".into(),
             image_url: "https://example.com/grace-hopper.png".into(),
         })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+        .await;
     let verify_link = link_token(&nth_mail(&smtp, &email, VERIFY_SUBJECT, 1).await);
     verify(&app, &verify_link).await.unwrap();
     // Everything a live account accumulates: sessions with rotated tokens,
     // a failed login, a reset link, a pending move to another address.
-    let here = tokens_of(&app, &username).await;
-    let there = tokens_of(&app, &email).await;
-    refresh(&app, &there.refresh_token).await.unwrap();
+    let here = app.tokens_of(&username).await;
+    let there = app.tokens_of(&email).await;
+    app.refresh(&there.refresh_token).await.unwrap();
     assert_error(
         app.login(&email, "a wrong guess at it").await,
         Code::Unauthenticated,
         "INVALID_CREDENTIALS",
     );
-    app.client
-        .clone()
-        .forgot_password(pb::ForgotPasswordRequest { email: email.clone() })
-        .await
-        .unwrap();
+    app.forgot_password(&email).await.unwrap();
     let moving_to = fresh_email();
     change_email(&app, &here.access_token, &moving_to, PASSWORD)
         .await
@@ -117,7 +96,7 @@ async fn after_delete_me_nothing_of_the_account_remains_and_its_names_are_free()
         ("email's throttle key", sha256_hex(&email.to_lowercase())),
         ("username's throttle key", sha256_hex(&username.to_lowercase())),
     ];
-    let tables = tables(&app).await;
+    let tables = app.base_tables().await;
     assert!(tables.len() >= 9, "{tables:?}");
     for table in &tables {
         for (what, needle) in &traces {
@@ -147,7 +126,7 @@ async fn after_delete_me_nothing_of_the_account_remains_and_its_names_are_free()
         "SESSION_REVOKED",
     );
     assert_error(
-        refresh(&app, &here.refresh_token).await,
+        app.refresh(&here.refresh_token).await,
         Code::Unauthenticated,
         "REFRESH_TOKEN_INVALID",
     );
@@ -165,29 +144,23 @@ async fn after_delete_me_nothing_of_the_account_remains_and_its_names_are_free()
     }
     // Address and username are free for a new account.
     let again = app
-        .client
-        .clone()
-        .register(pb::RegisterRequest {
+        .register_as(pb::RegisterRequest {
             email: email.to_uppercase(),
             password: PASSWORD.into(),
             username: username.clone(),
             ..Default::default()
         })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
+        .await;
     assert_ne!(again.id, user.id);
     assert!(!again.email_verified, "a new account proves its address anew");
-    tokens_of(&app, &username).await;
+    app.tokens_of(&username).await;
 }
 
 #[tokio::test]
 async fn delete_me_ends_every_session_on_every_path_at_once() {
     let app = spawn_app().await;
     let (user, here) = app.signed_in_user().await;
-    let there = tokens_of(&app, &user.email).await;
+    let there = app.tokens_of(&user.email).await;
     // Both cached as live before.
     app.get_me(&here.access_token).await.unwrap();
     app.get_me(&there.access_token).await.unwrap();
@@ -225,7 +198,7 @@ async fn a_wrong_or_missing_password_deletes_nothing() {
     );
     assert_eq!(violated_fields(&status), ["current_password"]);
     assert_eq!(app.get_me(&tokens.access_token).await.unwrap().id, user.id);
-    tokens_of(&app, &user.email).await;
+    app.tokens_of(&user.email).await;
 }
 
 /// A deletion is one transaction: when its last write before the delete
@@ -273,15 +246,7 @@ async fn delete_me_does_not_wait_for_a_reset_request_being_resolved() {
     use sqlx::{Connection, PgConnection};
     let app = spawn_app().await;
     let (user, tokens) = app.signed_in_user().await;
-    let url = {
-        use secrecy::ExposeSecret;
-        app.config
-            .database_url
-            .as_ref()
-            .unwrap()
-            .expose_secret()
-            .to_owned()
-    };
+    let url = app.database_url();
     // The worker's first step, on a connection of the test's own: take a
     // committed request for the address (retrying should the real worker
     // take it first).

@@ -13,13 +13,9 @@ async fn the_address_changes_only_when_the_new_address_link_is_used() {
     let (app, smtp) = app_with_mail(|_| {}).await;
     let old = fresh_email();
     let (user, old_link) = registered(&app, &smtp, &old).await;
-    let tokens = tokens_of(&app, &old).await;
+    let tokens = app.tokens_of(&old).await;
     // A reset link mailed to the old address before the move.
-    app.client
-        .clone()
-        .forgot_password(pb::ForgotPasswordRequest { email: old.clone() })
-        .await
-        .unwrap();
+    app.forgot_password(&old).await.unwrap();
     let reset_token = nth_mail(&smtp, &old, "Reset your password", 1)
         .await
         .reset_token();
@@ -48,7 +44,7 @@ async fn the_address_changes_only_when_the_new_address_link_is_used() {
         Code::Unauthenticated,
         "INVALID_CREDENTIALS",
     );
-    tokens_of(&app, &old).await;
+    app.tokens_of(&old).await;
 
     let switched = verify(&app, &token).await.unwrap();
     assert_eq!(switched.id, user.id);
@@ -62,7 +58,7 @@ async fn the_address_changes_only_when_the_new_address_link_is_used() {
         Code::Unauthenticated,
         "INVALID_CREDENTIALS",
     );
-    tokens_of(&app, &new).await;
+    app.tokens_of(&new).await;
     // Links mailed to the old address no longer work.
     assert_error(
         verify(&app, &old_link).await,
@@ -93,7 +89,7 @@ async fn an_address_taken_by_then_is_email_taken_at_the_switch() {
     let (app, smtp) = app_with_mail(|_| {}).await;
     let mine = fresh_email();
     registered(&app, &smtp, &mine).await;
-    let tokens = tokens_of(&app, &mine).await;
+    let tokens = app.tokens_of(&mine).await;
 
     let wanted = fresh_email();
     change_email(&app, &tokens.access_token, &wanted, PASSWORD)
@@ -106,7 +102,7 @@ async fn an_address_taken_by_then_is_email_taken_at_the_switch() {
     assert_error(verify(&app, &token).await, Code::AlreadyExists, "EMAIL_TAKEN");
     let me = app.get_me(&tokens.access_token).await.unwrap();
     assert_eq!(me.email, mine, "the account keeps its address");
-    tokens_of(&app, &mine).await;
+    app.tokens_of(&mine).await;
 }
 
 #[tokio::test]
@@ -116,7 +112,7 @@ async fn an_address_taken_already_gets_the_same_answer_and_fails_at_the_switch()
     app.register(&taken, PASSWORD).await;
     let mine = fresh_email();
     registered(&app, &smtp, &mine).await;
-    let tokens = tokens_of(&app, &mine).await;
+    let tokens = app.tokens_of(&mine).await;
 
     let free = fresh_email();
     // The same (empty) answer whether or not the address is taken.

@@ -17,14 +17,7 @@ use super::*;
 /// A connection of its own, so the test's locks do not take one of the
 /// server's pool.
 async fn holder(app: &TestApp) -> PgConnection {
-    use secrecy::ExposeSecret;
-    let url = app
-        .config
-        .database_url
-        .as_ref()
-        .unwrap()
-        .expose_secret()
-        .to_owned();
+    let url = app.database_url();
     PgConnection::connect(&url).await.unwrap()
 }
 
@@ -117,7 +110,7 @@ async fn verify_email_waits_for_the_account_before_its_token() {
 async fn revoke_other_sessions_waits_for_the_account_before_any_session() {
     let app = spawn_app().await;
     let (user, first) = app.signed_in_user().await;
-    let second = app.login(&user.email, PASSWORD).await.unwrap().tokens.unwrap();
+    let second = app.tokens_of(&user.email).await;
     let id = user_id(&user);
     let changing: Uuid = session_of(&second.access_token).parse().unwrap();
 
@@ -174,13 +167,7 @@ async fn change_password_waits_without_holding_the_revocation_counter() {
     // A second session, which the change ends (recording its event).
     app.login(&user.email, PASSWORD).await.unwrap();
     let (_, bystander) = app.signed_in_user().await;
-    app.client
-        .clone()
-        .forgot_password(pb::ForgotPasswordRequest {
-            email: user.email.clone(),
-        })
-        .await
-        .unwrap();
+    app.forgot_password(&user.email).await.unwrap();
     app.reset_requests_resolved().await;
 
     // ResetPassword consuming the account's reset link.
@@ -233,11 +220,7 @@ async fn reset_password_waits_for_the_account_before_its_link() {
     let (app, smtp) = app_with_mail(|_| {}).await;
     let email = fresh_email();
     let (user, _) = registered(&app, &smtp, &email).await;
-    app.client
-        .clone()
-        .forgot_password(pb::ForgotPasswordRequest { email: email.clone() })
-        .await
-        .unwrap();
+    app.forgot_password(&email).await.unwrap();
     let token = nth_mail(&smtp, &email, "Reset your password", 1)
         .await
         .reset_token();
@@ -280,5 +263,5 @@ async fn reset_password_waits_for_the_account_before_its_link() {
         Code::Unauthenticated,
         "RESET_TOKEN_INVALID",
     );
-    tokens_of(&app, &email).await;
+    app.tokens_of(&email).await;
 }

@@ -46,10 +46,6 @@ pub async fn app_with_mail(tweak: impl FnOnce(&mut Config)) -> (TestApp, SmtpSer
     (app, smtp)
 }
 
-pub fn fresh_email() -> String {
-    format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
-}
-
 /// The mails to `to` (in any letter case) with `subject`, oldest first.
 pub fn mails(smtp: &SmtpServer, to: &str, subject: &str) -> Vec<ReceivedMail> {
     smtp.received()
@@ -100,10 +96,6 @@ pub async fn registered(app: &TestApp, smtp: &SmtpServer, email: &str) -> (pb::U
     let user = app.register(email, PASSWORD).await;
     let mail = nth_mail(smtp, email, VERIFY_SUBJECT, 1).await;
     (user, link_token(&mail))
-}
-
-pub async fn tokens_of(app: &TestApp, login: &str) -> pb::TokenPair {
-    app.login(login, PASSWORD).await.unwrap().tokens.unwrap()
 }
 
 pub async fn verify(app: &TestApp, token: &str) -> Result<pb::User, Status> {
@@ -202,29 +194,6 @@ pub async fn revoke_others(app: &TestApp, access: &str) -> Result<i32, Status> {
         .revoke_other_sessions(with_bearer(pb::RevokeOtherSessionsRequest {}, access))
         .await
         .map(|r| r.into_inner().revoked_count)
-}
-
-pub async fn refresh(app: &TestApp, refresh_token: &str) -> Result<pb::TokenPair, Status> {
-    app.client
-        .clone()
-        .refresh(pb::RefreshRequest {
-            refresh_token: refresh_token.into(),
-        })
-        .await
-        .map(|r| r.into_inner().tokens.unwrap())
-}
-
-/// The `sid` claim of an access token.
-pub fn session_of(access_token: &str) -> String {
-    use base64::Engine as _;
-    let claims = access_token.split('.').nth(1).unwrap();
-    let claims: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(claims)
-            .unwrap(),
-    )
-    .unwrap();
-    claims["sid"].as_str().unwrap().to_owned()
 }
 
 /// Mail rows in the outbox of `kind`.

@@ -5,36 +5,11 @@ use tonic::Code;
 
 use super::*;
 
-/// Field → reason of a validation error, sorted by field.
-fn field_reasons(status: &tonic::Status) -> Vec<(String, String)> {
-    use tonic_types::StatusExt;
-    let mut v: Vec<(String, String)> = status
-        .get_details_bad_request()
-        .map(|b| {
-            b.field_violations
-                .into_iter()
-                .map(|v| (v.field, v.reason))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
-    expected
-        .iter()
-        .map(|(f, r)| ((*f).to_owned(), (*r).to_owned()))
-        .collect()
-}
-
 async fn full_profile(app: &TestApp) -> (pb::User, pb::TokenPair) {
     let email = fresh_email();
     let username = format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let user = app
-        .client
-        .clone()
-        .register(pb::RegisterRequest {
+        .register_as(pb::RegisterRequest {
             email: email.clone(),
             password: PASSWORD.into(),
             username,
@@ -42,12 +17,8 @@ async fn full_profile(app: &TestApp) -> (pb::User, pb::TokenPair) {
             phone: "+44 20 7946 0000".into(),
             image_url: "https://example.com/ada.png".into(),
         })
-        .await
-        .unwrap()
-        .into_inner()
-        .user
-        .unwrap();
-    let tokens = tokens_of(app, &email).await;
+        .await;
+    let tokens = app.tokens_of(&email).await;
     (user, tokens)
 }
 
@@ -229,19 +200,13 @@ async fn a_taken_username_is_already_exists_in_any_letter_case() {
 async fn update_me_needs_a_live_session() {
     let app = spawn_app().await;
     let (me, tokens) = full_profile(&app).await;
-    app.client
-        .clone()
-        .logout(pb::LogoutRequest {
-            refresh_token: tokens.refresh_token.clone(),
-        })
-        .await
-        .unwrap();
+    app.logout(&tokens.refresh_token).await.unwrap();
     assert_error(
         update_me(&app, &tokens.access_token, all_new_values(), &["full_name"]).await,
         Code::Unauthenticated,
         "SESSION_REVOKED",
     );
-    let fresh = tokens_of(&app, &me.email).await;
+    let fresh = app.tokens_of(&me.email).await;
     assert_eq!(
         app.get_me(&fresh.access_token).await.unwrap().full_name,
         me.full_name

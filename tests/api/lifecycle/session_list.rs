@@ -100,7 +100,7 @@ async fn list_sessions_marks_the_current_one_and_shows_where_each_came_from() {
 
     // A refresh moves the phone's session to the top and slides its expiry.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let renewed = refresh(&app, &on_phone.refresh_token).await.unwrap();
+    let renewed = app.refresh(&on_phone.refresh_token).await.unwrap();
     let listed = list_sessions(&app, &renewed.access_token).await.unwrap();
     assert_eq!(listed[0].id, session_of(&on_phone.access_token));
     assert!(listed[0].current);
@@ -145,7 +145,7 @@ async fn revoke_session_cannot_touch_another_users_session() {
 
     // Their session is untouched.
     app.get_me(&theirs.access_token).await.unwrap();
-    let renewed = refresh(&app, &theirs.refresh_token).await.unwrap();
+    let renewed = app.refresh(&theirs.refresh_token).await.unwrap();
     app.get_me(&renewed.access_token).await.unwrap();
 
     for bad in ["not-a-uuid", "", "' OR 1=1 --"] {
@@ -162,7 +162,7 @@ async fn revoke_session_cannot_touch_another_users_session() {
 async fn revoke_session_ends_one_of_mine_at_once() {
     let app = spawn_app().await;
     let (user, here) = app.signed_in_user().await;
-    let there = tokens_of(&app, &user.email).await;
+    let there = app.tokens_of(&user.email).await;
     let there_id = session_of(&there.access_token);
     // Cached as live before it ends.
     app.get_me(&there.access_token).await.unwrap();
@@ -173,7 +173,7 @@ async fn revoke_session_ends_one_of_mine_at_once() {
         Code::Unauthenticated,
         "SESSION_REVOKED",
     );
-    assert!(refresh(&app, &there.refresh_token).await.is_err());
+    assert!(app.refresh(&there.refresh_token).await.is_err());
     let listed = list_sessions(&app, &here.access_token).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert!(listed[0].current);
@@ -200,19 +200,10 @@ async fn revoke_session_ends_one_of_mine_at_once() {
 async fn revoke_other_sessions_ends_all_but_the_current_and_counts_them() {
     let app = spawn_app().await;
     let (user, here) = app.signed_in_user().await;
-    let others = [
-        tokens_of(&app, &user.email).await,
-        tokens_of(&app, &user.email).await,
-    ];
+    let others = [app.tokens_of(&user.email).await, app.tokens_of(&user.email).await];
     // An ended one is not counted.
-    let ended = tokens_of(&app, &user.email).await;
-    app.client
-        .clone()
-        .logout(pb::LogoutRequest {
-            refresh_token: ended.refresh_token,
-        })
-        .await
-        .unwrap();
+    let ended = app.tokens_of(&user.email).await;
+    app.logout(&ended.refresh_token).await.unwrap();
     for other in &others {
         app.get_me(&other.access_token).await.unwrap();
     }
@@ -224,10 +215,10 @@ async fn revoke_other_sessions_ends_all_but_the_current_and_counts_them() {
             Code::Unauthenticated,
             "SESSION_REVOKED",
         );
-        assert!(refresh(&app, &other.refresh_token).await.is_err());
+        assert!(app.refresh(&other.refresh_token).await.is_err());
     }
     app.get_me(&here.access_token).await.unwrap();
-    let renewed = refresh(&app, &here.refresh_token).await.unwrap();
+    let renewed = app.refresh(&here.refresh_token).await.unwrap();
     assert_eq!(revoke_others(&app, &renewed.access_token).await.unwrap(), 0);
     let listed = list_sessions(&app, &renewed.access_token).await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -250,16 +241,13 @@ async fn refused_within_two_seconds(app: &TestApp, access: &str) {
 /// served from another replica's cache within milliseconds.
 #[tokio::test]
 async fn lifecycle_changes_at_one_replica_reach_the_cache_of_another() {
-    use secrecy::ExposeSecret as _;
     let a = spawn_app().await;
-    let url = a.config.database_url.as_ref().unwrap().expose_secret().to_owned();
-    let keys = a.config.signing_keys.clone();
-    let b = spawn_app_on(&url, |c| c.signing_keys = keys).await;
+    let b = a.replica().await;
     let (user, here) = a.signed_in_user().await;
     let (one, two, three) = (
-        tokens_of(&a, &user.email).await,
-        tokens_of(&a, &user.email).await,
-        tokens_of(&a, &user.email).await,
+        a.tokens_of(&user.email).await,
+        a.tokens_of(&user.email).await,
+        a.tokens_of(&user.email).await,
     );
     // B serves all four from its cache.
     for t in [&here, &one, &two, &three] {

@@ -32,7 +32,7 @@ async fn register_mails_a_link_that_verifies_the_address_once() {
         verified.updated_at.unwrap().seconds >= user.updated_at.unwrap().seconds,
         "{verified:?}"
     );
-    let tokens = tokens_of(&app, &email).await;
+    let tokens = app.tokens_of(&email).await;
     assert!(app.get_me(&tokens.access_token).await.unwrap().email_verified);
 
     // The link works once.
@@ -56,7 +56,7 @@ async fn a_newer_link_supersedes_the_older_one() {
     let (app, smtp) = app_with_mail(|_| {}).await;
     let email = fresh_email();
     let (_, first) = registered(&app, &smtp, &email).await;
-    let tokens = tokens_of(&app, &email).await;
+    let tokens = app.tokens_of(&email).await;
 
     send_verification(&app, &tokens.access_token).await.unwrap();
     let second = link_token(&nth_mail(&smtp, &email, VERIFY_SUBJECT, 2).await);
@@ -82,7 +82,7 @@ async fn an_expired_link_is_refused() {
         Code::Unauthenticated,
         "VERIFY_TOKEN_INVALID",
     );
-    let tokens = tokens_of(&app, &email).await;
+    let tokens = app.tokens_of(&email).await;
     assert!(!app.get_me(&tokens.access_token).await.unwrap().email_verified);
 }
 
@@ -91,7 +91,7 @@ async fn unknown_and_malformed_links_get_the_same_answer() {
     let (app, smtp) = app_with_mail(|_| {}).await;
     let email = fresh_email();
     let (_, token) = registered(&app, &smtp, &email).await;
-    let tokens = tokens_of(&app, &email).await;
+    let tokens = app.tokens_of(&email).await;
     let mut messages = Vec::new();
     for bad in [
         format!("ev_{}", "A".repeat(43)),
@@ -120,7 +120,7 @@ async fn verification_mails_are_capped_at_five_an_hour_per_account() {
     let (app, smtp) = app_with_mail(|_| {}).await;
     let email = fresh_email();
     registered(&app, &smtp, &email).await;
-    let tokens = tokens_of(&app, &email).await;
+    let tokens = app.tokens_of(&email).await;
     // Register's mail counts: four more this hour.
     for _ in 0..4 {
         send_verification(&app, &tokens.access_token).await.unwrap();
@@ -153,7 +153,7 @@ async fn a_verified_address_is_answered_ok_and_mailed_nothing() {
     let email = fresh_email();
     let (_, token) = registered(&app, &smtp, &email).await;
     verify(&app, &token).await.unwrap();
-    let tokens = tokens_of(&app, &email).await;
+    let tokens = app.tokens_of(&email).await;
     for _ in 0..6 {
         send_verification(&app, &tokens.access_token).await.unwrap();
     }
@@ -174,13 +174,7 @@ async fn send_verification_email_needs_a_live_session() {
         Code::Unauthenticated,
         "TOKEN_MISSING",
     );
-    app.client
-        .clone()
-        .logout(authd::pb::auth::v1::LogoutRequest {
-            refresh_token: tokens.refresh_token.clone(),
-        })
-        .await
-        .unwrap();
+    app.logout(&tokens.refresh_token).await.unwrap();
     assert_error(
         send_verification(&app, &tokens.access_token).await,
         Code::Unauthenticated,
@@ -247,7 +241,7 @@ async fn with_verification_required_only_the_right_password_learns_of_it() {
     assert_eq!(sessions, 0, "no session for an unverified account");
 
     verify(&app, &token).await.unwrap();
-    let tokens = tokens_of(&app, &email).await;
+    let tokens = app.tokens_of(&email).await;
     assert!(app.get_me(&tokens.access_token).await.unwrap().email_verified);
 }
 
@@ -256,6 +250,6 @@ async fn without_the_requirement_an_unverified_account_logs_in() {
     let (app, smtp) = app_with_mail(|_| {}).await;
     let email = fresh_email();
     registered(&app, &smtp, &email).await;
-    let tokens = tokens_of(&app, &email).await;
+    let tokens = app.tokens_of(&email).await;
     assert!(!app.get_me(&tokens.access_token).await.unwrap().email_verified);
 }
