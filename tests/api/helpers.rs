@@ -207,6 +207,20 @@ fn capture_logs() {
 }
 
 impl TestApp {
+    /// Ages the revocation events up to `through` (all with `i64::MAX`)
+    /// past the 24 h retention and prunes them as the clean-up does;
+    /// returns how many went.
+    pub async fn prune_revocations_through(&self, through: i64) -> u64 {
+        sqlx::query("UPDATE revocation_events SET occurred_at = now() - interval '25 hours' WHERE id <= $1")
+            .bind(through)
+            .execute(&self.db)
+            .await
+            .unwrap();
+        authd::db::revocations::prune(&self.db, authd::revocation_feed::RETENTION)
+            .await
+            .unwrap()
+    }
+
     /// Stops the server gracefully and reports how that went.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {

@@ -148,13 +148,7 @@ async fn a_verifier_whose_cursor_expired_resyncs_from_a_time_and_refuses_what_it
     a.stop().await.unwrap();
     let (_, unseen) = other.signed_in_user().await;
     other.logout(&unseen.refresh_token).await.unwrap();
-    sqlx::query("UPDATE revocation_events SET occurred_at = now() - interval '25 hours'")
-        .execute(&other.db)
-        .await
-        .unwrap();
-    let pruned = authd::db::revocations::prune(&other.db, authd::revocation_feed::RETENTION)
-        .await
-        .unwrap();
+    let pruned = other.prune_revocations_through(i64::MAX).await;
     assert!(pruned >= 2, "{pruned}");
     let pruned_through: i64 = sqlx::query_scalar("SELECT pruned_through FROM revocation_log")
         .fetch_one(&other.db)
@@ -230,13 +224,7 @@ async fn pruned_events_after_the_cursor_end_the_stream_even_when_nothing_newer_e
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Every event passes the retention and is pruned, the ones the slow
     // subscriber has not read included; nothing newer is ever written.
-    sqlx::query("UPDATE revocation_events SET occurred_at = now() - interval '25 hours'")
-        .execute(&app.db)
-        .await
-        .unwrap();
-    let pruned = authd::db::revocations::prune(&app.db, authd::revocation_feed::RETENTION)
-        .await
-        .unwrap();
+    let pruned = app.prune_revocations_through(i64::MAX).await;
     assert_eq!(pruned, 1000);
     // What it gets is contiguous, then CURSOR_EXPIRED: not heartbeats that
     // vouch for a cursor whose successors are gone.

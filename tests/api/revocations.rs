@@ -308,13 +308,7 @@ async fn cursors_outside_the_log_are_refused_with_cursor_expired() {
         .await
         .expect("cursor 1 is resumable on a fresh log");
     // Past the retention: the first two events (2 and 3) are pruned.
-    sqlx::query("UPDATE revocation_events SET occurred_at = now() - interval '25 hours' WHERE id <= 3")
-        .execute(&app.db)
-        .await
-        .unwrap();
-    let pruned = authd::db::revocations::prune(&app.db, authd::revocation_feed::RETENTION)
-        .await
-        .unwrap();
+    let pruned = app.prune_revocations_through(3).await;
     assert_eq!(pruned, 2);
     assert_error(
         watch(&app, &key, 2).await.map(drop),
@@ -513,13 +507,7 @@ async fn events_pruned_before_a_slow_subscriber_read_them_end_its_stream_with_cu
     assert_eq!(next_event(&mut stream).await.event_id, 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Meanwhile the retention passes for events it has not read yet.
-    sqlx::query("UPDATE revocation_events SET occurred_at = now() - interval '25 hours' WHERE id <= 601")
-        .execute(&app.db)
-        .await
-        .unwrap();
-    let pruned = authd::db::revocations::prune(&app.db, authd::revocation_feed::RETENTION)
-        .await
-        .unwrap();
+    let pruned = app.prune_revocations_through(601).await;
     assert_eq!(pruned, 600);
     // What it gets is contiguous, then CURSOR_EXPIRED (so it knows to fall
     // back): never a silent jump over what was pruned.
