@@ -19,15 +19,16 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::pb::health_server::HealthServer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::change_listener::ChangeListener;
-use crate::cleanup::Cleanup;
+use crate::coherence::change_listener::ChangeListener;
+use crate::coherence::freshness::Freshness;
+use crate::coherence::revocation_feed::RevocationFeed;
+use crate::coherence::session_cache::SessionCache;
 use crate::config::Config;
 use crate::crypto::jwt::AccessTokens;
 use crate::crypto::keys;
 use crate::crypto::password::PasswordHasher;
 use crate::db;
 use crate::domain::PasswordPolicy;
-use crate::freshness::Freshness;
 use crate::grpc::auth_layer::BearerAuth;
 use crate::grpc::database_gate::DatabaseGate;
 use crate::grpc::deadline::Deadlines;
@@ -36,18 +37,17 @@ use crate::grpc::middleware::MiddlewareLayer;
 use crate::grpc::observe::Observe;
 use crate::grpc::rate_limit::PeerRateLimit;
 use crate::grpc::{AdminApi, AuthApi};
+use crate::jobs::cleanup::Cleanup;
+use crate::jobs::mail_worker::OutboxWorker;
 use crate::local_pg::{Durability, LocalPostgres};
 use crate::mail::MailSettings;
 use crate::mail::transport::Transport;
-use crate::mail::worker::OutboxWorker;
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::auth::v1::admin_service_server::AdminServiceServer;
 use crate::pb::auth::v1::auth_service_server::AuthServiceServer;
-use crate::revocation_feed::RevocationFeed;
+use crate::service::keys::ServiceKeys;
 use crate::service::{Core, PageTokens, SessionSettings};
-use crate::service_keys::ServiceKeys;
-use crate::session_cache::SessionCache;
 
 /// Largest request authd decodes; its messages are a few hundred bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -373,7 +373,7 @@ fn start_background_tasks(
     let pool = &core.db;
     let listener = ChangeListener::new(
         core.cache.clone(),
-        core.service_keys.clone(),
+        std::sync::Arc::new(core.service_keys.clone()),
         core.revocation_feed.clone(),
         core.freshness.clone(),
         core.metrics.clone(),
@@ -393,7 +393,7 @@ fn start_background_tasks(
         pool,
         config.cleanup_interval,
         config.cleanup_batch_size,
-        crate::cleanup::replica_name(local_addr),
+        crate::jobs::cleanup::replica_name(local_addr),
         core.metrics.clone(),
     );
     let (cleanup_stop, cleanup_stopping) = tokio::sync::watch::channel(false);

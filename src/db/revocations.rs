@@ -179,7 +179,7 @@ pub async fn prune_batch(
 /// Deletes every event up to the newest that occurred more than
 /// `retention` ago, in the clean-up's bounded batches but without its
 /// pauses or its lock: for tests and one-off use. The service's clean-up
-/// is `crate::cleanup`.
+/// is `crate::jobs::cleanup`.
 pub async fn prune(db: &PgPool, retention: chrono::Duration) -> Result<u64, AppError> {
     let mut conn = db.acquire().await?;
     let Some(horizon) = prune_horizon(&mut *conn, retention).await? else {

@@ -382,7 +382,7 @@ pub async fn delete_ended_in(
 /// Deletes every session (and its tokens) that ended more than `retention`
 /// before `now`, in the clean-up's bounded batches but without its pauses
 /// or its lock: for tests and one-off use. The service's clean-up is
-/// `crate::cleanup`.
+/// `crate::jobs::cleanup`.
 pub async fn delete_dead(
     db: &PgPool,
     now: DateTime<Utc>,

@@ -27,7 +27,7 @@ use crate::crypto::jwt::{AccessTokens, VerifiedAccess};
 use crate::domain::Scope;
 use crate::error::{AppError, TokenProblem};
 use crate::metrics::{Metrics, ThrottleKind};
-use crate::service_keys::{ServiceIdentity, ServiceKeys};
+use crate::service::keys::{ServiceIdentity, ServiceKeys};
 
 /// Whether the gRPC method at `path` needs a credential (a user's token or
 /// a service key).

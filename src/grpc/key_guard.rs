@@ -20,7 +20,7 @@ use tonic::Status;
 use super::auth_layer::service_caller;
 use crate::domain::Scope;
 use crate::error::{AppError, TokenProblem};
-use crate::service_keys::{ServiceIdentity, ServiceKeys};
+use crate::service::keys::{ServiceIdentity, ServiceKeys};
 
 /// How often a stream re-reads its key while notifications cannot be
 /// trusted (the caches are off, or the change listener is lost or late).

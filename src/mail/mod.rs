@@ -4,7 +4,6 @@
 //! fails a call or loses a message.
 
 pub mod transport;
-pub mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;

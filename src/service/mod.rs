@@ -4,6 +4,7 @@
 mod accounts;
 mod admin;
 mod attempts;
+pub mod keys;
 mod login;
 mod profile;
 mod reauthentication;
@@ -19,16 +20,16 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use sqlx::PgPool;
 
+use crate::coherence::freshness::Freshness;
+use crate::coherence::revocation_feed::RevocationFeed;
+use crate::coherence::session_cache::SessionCache;
 use crate::crypto::jwt::AccessTokens;
 use crate::crypto::password::PasswordHasher;
 use crate::domain::{Invalid, Password, PasswordPolicy};
 use crate::error::AppError;
-use crate::freshness::Freshness;
 use crate::mail::MailSettings;
 use crate::metrics::Metrics;
-use crate::revocation_feed::RevocationFeed;
-use crate::service_keys::ServiceKeys;
-use crate::session_cache::SessionCache;
+use crate::service::keys::ServiceKeys;
 
 pub use accounts::RegisterInput;
 pub use admin::PageTokens;

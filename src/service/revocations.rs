@@ -122,7 +122,7 @@ impl Core {
                 Invalid::new(FieldReason::InvalidFormat, "is in the future"),
             ));
         }
-        if since < start.now - crate::revocation_feed::RETENTION {
+        if since < start.now - crate::coherence::revocation_feed::RETENTION {
             return Err(AppError::CursorExpired);
         }
         let cursor = start.first_id.map_or(start.last_event_id, |id| id - 1);

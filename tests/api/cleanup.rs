@@ -10,8 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use authd::cleanup::LOCK_KEY;
 use authd::config::Config;
+use authd::jobs::cleanup::LOCK_KEY;
 use sqlx::{Connection as _, PgConnection, PgPool};
 
 use crate::helpers::*;

@@ -267,7 +267,7 @@ async fn calls_end_within_their_deadline_while_the_database_is_frozen() {
     let frozen = FrozenCluster::freeze(pg.data_dir());
     // Past the caches' staleness bound, so nothing can be answered from
     // memory either.
-    tokio::time::sleep(authd::freshness::BOUND + Duration::from_millis(100)).await;
+    tokio::time::sleep(authd::coherence::freshness::BOUND + Duration::from_millis(100)).await;
     let deadline = SERVER_DEADLINE;
     let mut calls = Vec::new();
     for i in 0..12 {
@@ -847,7 +847,7 @@ async fn while_the_database_is_known_down_calls_fail_fast_and_the_cache_is_silen
         .unwrap()
         .unwrap();
     // The probe notices (200 ms in tests); the caches' bound passes.
-    tokio::time::sleep(authd::freshness::BOUND + Duration::from_millis(300)).await;
+    tokio::time::sleep(authd::coherence::freshness::BOUND + Duration::from_millis(300)).await;
 
     // A partitioned replica must not keep accepting sessions that other
     // replicas may be revoking: the cached session is not served.

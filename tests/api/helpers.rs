@@ -216,7 +216,7 @@ impl TestApp {
             .execute(&self.db)
             .await
             .unwrap();
-        authd::db::revocations::prune(&self.db, authd::revocation_feed::RETENTION)
+        authd::db::revocations::prune(&self.db, authd::coherence::revocation_feed::RETENTION)
             .await
             .unwrap()
     }

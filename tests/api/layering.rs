@@ -16,8 +16,8 @@ fn layer_of(module: &str) -> &'static str {
         "crypto" => "crypto",
         "db" => "db",
         "mail" => "mail",
-        "change_listener" | "freshness" | "session_cache" | "service_keys" | "revocation_feed" => "coherence",
-        "cleanup" => "jobs",
+        "coherence" => "coherence",
+        "jobs" => "jobs",
         "service" => "service",
         "grpc" => "grpc",
         "metrics" => "metrics",
@@ -131,16 +131,6 @@ const DEBT: &[(&str, &str, &str)] = &[
         "src/grpc/auth_layer.rs",
         "crypto",
         "bearer checks through a service use case",
-    ),
-    (
-        "src/grpc/auth_layer.rs",
-        "service_keys",
-        "service keys as a use case under service",
-    ),
-    (
-        "src/grpc/key_guard.rs",
-        "service_keys",
-        "service keys as a use case under service",
     ),
     (
         "src/metrics.rs",

@@ -7,7 +7,7 @@
 //! - throttle counters nobody touched for a day and that hold no lock;
 //! - reset and verification tokens issued more than a day ago and expired;
 //! - sent or discarded mail older than a week;
-//! - revocation events past [`RETENTION`](crate::revocation_feed::RETENTION).
+//! - revocation events past [`RETENTION`](crate::coherence::revocation_feed::RETENTION).
 //!
 //! **Bounded batches.** Every statement deletes at most
 //! `AUTHD_CLEANUP_BATCH_SIZE` rows and is its own short transaction, with a
@@ -490,7 +490,7 @@ impl<'a> Pass<'a> {
     /// measured on the database's clock, which wrote the events' times and
     /// checks subscribers' `since`, not on this replica's.
     async fn prune_revocations(&mut self) -> Result<(), Halt> {
-        let retention = crate::revocation_feed::RETENTION;
+        let retention = crate::coherence::revocation_feed::RETENTION;
         let Some(horizon) = db::revocations::prune_horizon(&mut *self.conn, retention).await? else {
             return Ok(());
         };

@@ -9,11 +9,11 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use uuid::Uuid;
 
-use crate::freshness::{BEAT, Freshness};
+use crate::coherence::freshness::{BEAT, Freshness};
+use crate::coherence::revocation_feed::RevocationFeed;
+use crate::coherence::session_cache::SessionCache;
 use crate::metrics::Metrics;
-use crate::revocation_feed::RevocationFeed;
-use crate::service_keys::ServiceKeys;
-use crate::session_cache::SessionCache;
+use std::sync::Arc;
 
 const SESSION_ENDED: &str = "authd_session_ended";
 const USER_CHANGED: &str = "authd_user_changed";
@@ -23,10 +23,17 @@ const REVOCATION: &str = "authd_revocation";
 /// Every replica's beats, `<replica>:<stamp>`; each listens for its own.
 const BEAT_CHANNEL: &str = "authd_listener_beat";
 
+/// A cache of credentials kept elsewhere (the service-key cache, a use
+/// case's) that a change notification must empty on every replica. The
+/// listener knows only this, so the layer below never names the one above.
+pub trait FlushOnChange: Send + Sync {
+    fn flush(&self);
+}
+
 #[derive(Clone)]
 pub struct ChangeListener {
     pub cache: SessionCache,
-    pub keys: ServiceKeys,
+    pub keys: Arc<dyn FlushOnChange>,
     pub revocations: RevocationFeed,
     pub freshness: Freshness,
     pub metrics: Metrics,
@@ -37,7 +44,7 @@ pub struct ChangeListener {
 impl ChangeListener {
     pub fn new(
         cache: SessionCache,
-        keys: ServiceKeys,
+        keys: Arc<dyn FlushOnChange>,
         revocations: RevocationFeed,
         freshness: Freshness,
         metrics: Metrics,
@@ -150,7 +157,7 @@ impl ChangeListener {
                     tracing::info!("change listener keeps up; caches on");
                 } else {
                     tracing::warn!(
-                        bound = ?crate::freshness::BOUND,
+                        bound = ?crate::coherence::freshness::BOUND,
                         "change listener has not proven it keeps up; caches off"
                     );
                     self.metrics.change_listener_lost();

@@ -19,11 +19,11 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::coherence::freshness::Freshness;
 use crate::crypto::opaque::{self, TokenKind};
 use crate::db;
 use crate::domain::Scope;
 use crate::error::AppError;
-use crate::freshness::Freshness;
 use crate::metrics::Metrics;
 
 /// Keys cached at most; beyond, lookups go to the database.
@@ -235,6 +235,12 @@ impl ServiceKeys {
 
     fn may_answer(&self) -> bool {
         self.inner.usable.load(Ordering::Acquire) && self.inner.freshness.is_fresh()
+    }
+}
+
+impl crate::coherence::change_listener::FlushOnChange for ServiceKeys {
+    fn flush(&self) {
+        ServiceKeys::flush(self);
     }
 }
 

@@ -16,10 +16,10 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::transport::{Handoff, Transport};
 use crate::db;
 use crate::domain::mail::{MailKind, recipient_domain};
 use crate::error::AppError;
+use crate::mail::transport::{Handoff, Transport};
 use crate::metrics::Metrics;
 
 /// Longest one delivery may take (connect, TLS, every command) before it

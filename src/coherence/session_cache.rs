@@ -29,8 +29,8 @@ use std::sync::{Arc, RwLock};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::coherence::freshness::Freshness;
 use crate::domain::User;
-use crate::freshness::Freshness;
 
 /// Bounds memory (an entry holds a copy of the account, about 0.5 KiB).
 pub const MAX_ENTRIES: usize = 100_000;
