@@ -35,7 +35,6 @@ use prometheus_client::registry::{Registry, Unit};
 use prost::Message as _;
 use sqlx::PgPool;
 
-use crate::crypto::password::PasswordHasher;
 use crate::error::AppError;
 
 /// Upper bounds of the RPC latency buckets, in seconds; the last ones reach
@@ -417,7 +416,8 @@ struct Inner {
     key_lookups: [Counter; 2],
     cleanup: CleanupSeries,
     db: Option<PgPool>,
-    hasher: Option<PasswordHasher>,
+    hasher: Option<Arc<dyn WorkerPool>>,
+    backlog: Option<Arc<dyn Backlog>>,
     scraped: ScrapedGauges,
     /// When the outbox was last queried; also serialises scrapes' queries.
     outbox_queried: tokio::sync::Mutex<Option<Instant>>,
@@ -443,20 +443,49 @@ struct ScrapedGauges {
     outbox_oldest_age: SampledGauge,
 }
 
+/// A pool of workers read at scrape time (the password hasher's). Metrics
+/// names only this, so the modules that report to metrics may import it
+/// without metrics importing them back.
+pub trait WorkerPool: Send + Sync {
+    /// Computations holding a worker now, and the workers there are.
+    fn in_flight_and_workers(&self) -> (usize, usize);
+    /// The histogram the pool records each job's wait for a worker in.
+    fn queue_wait(&self) -> &DurationHistogram;
+}
+
+/// The mail backlog, read at scrape time: how many messages wait, and
+/// since when the oldest.
+pub trait Backlog: Send + Sync {
+    fn pending(&self) -> PendingFuture<'_>;
+}
+
+pub type PendingFuture<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<(i64, Option<chrono::DateTime<chrono::Utc>>), String>>
+            + Send
+            + 'a,
+    >,
+>;
+
 impl Default for Metrics {
     /// Metrics without a database or hashing pool to read at scrape time.
     fn default() -> Self {
-        Self::build(None, None)
+        Self::build(None, None, None)
     }
 }
 
 impl Metrics {
-    /// Metrics of a running service: `db` and `hasher` are read at scrape time.
-    pub fn for_service(db: PgPool, hasher: &PasswordHasher) -> Self {
-        Self::build(Some(db), Some(hasher.clone()))
+    /// Metrics of a running service: the pool, `hasher` and `backlog` are
+    /// read at scrape time.
+    pub fn for_service(db: PgPool, hasher: Arc<dyn WorkerPool>, backlog: Arc<dyn Backlog>) -> Self {
+        Self::build(Some(db), Some(hasher), Some(backlog))
     }
 
-    fn build(db: Option<PgPool>, hasher: Option<PasswordHasher>) -> Self {
+    fn build(
+        db: Option<PgPool>,
+        hasher: Option<Arc<dyn WorkerPool>>,
+        backlog: Option<Arc<dyn Backlog>>,
+    ) -> Self {
         let mut registry = Registry::with_prefix("authd");
         let names = known_methods();
         let method_index = names
@@ -638,6 +667,7 @@ impl Metrics {
                 cleanup,
                 db,
                 hasher,
+                backlog,
                 scraped,
                 outbox_queried: tokio::sync::Mutex::new(None),
             }),
@@ -824,14 +854,16 @@ impl Metrics {
             scraped.db_max.set(f64::from(db.options().get_max_connections()));
         }
         if let Some(hasher) = &self.inner.hasher {
-            let pool = hasher.pool_stats();
-            scraped.hash_in_flight.set(pool.in_flight as f64);
-            scraped.hash_workers.set(pool.workers as f64);
+            let (in_flight, workers) = hasher.in_flight_and_workers();
+            scraped.hash_in_flight.set(in_flight as f64);
+            scraped.hash_workers.set(workers as f64);
         }
     }
 
     async fn read_outbox(&self) {
-        let Some(db) = &self.inner.db else { return };
+        let Some(backlog) = &self.inner.backlog else {
+            return;
+        };
         let mut queried = self.inner.outbox_queried.lock().await;
         if queried.is_some_and(|at| at.elapsed() < OUTBOX_QUERY_EVERY) {
             return;
@@ -839,10 +871,10 @@ impl Metrics {
         *queried = Some(Instant::now());
         let now = chrono::Utc::now();
         let scraped = &self.inner.scraped;
-        match tokio::time::timeout(OUTBOX_QUERY_TIMEOUT, crate::db::outbox::pending_summary(db)).await {
-            Ok(Ok(summary)) => {
-                scraped.outbox_pending.set(summary.count as f64);
-                let age = summary.oldest_created_at.map_or(0.0, |oldest| {
+        match tokio::time::timeout(OUTBOX_QUERY_TIMEOUT, backlog.pending()).await {
+            Ok(Ok((count, oldest_created_at))) => {
+                scraped.outbox_pending.set(count as f64);
+                let age = oldest_created_at.map_or(0.0, |oldest| {
                     (now - oldest).num_milliseconds().max(0) as f64 / 1000.0
                 });
                 scraped.outbox_oldest_age.set(age);

@@ -407,6 +407,17 @@ fn is_outdated(hash: &PasswordHash<'_>, current: &Params) -> bool {
     }
 }
 
+impl crate::metrics::WorkerPool for PasswordHasher {
+    fn in_flight_and_workers(&self) -> (usize, usize) {
+        let pool = self.pool_stats();
+        (pool.in_flight, pool.workers)
+    }
+
+    fn queue_wait(&self) -> &DurationHistogram {
+        PasswordHasher::queue_wait(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -255,6 +255,21 @@ fn compose(mail: db::outbox::ClaimedMail, from: &Mailbox) -> Result<Message, Str
         .map_err(|e| e.to_string())
 }
 
+/// The outbox as the metrics page reads it: a query of the few pending
+/// rows, which the partial due index keeps cheap.
+pub struct OutboxBacklog(pub PgPool);
+
+impl crate::metrics::Backlog for OutboxBacklog {
+    fn pending(&self) -> crate::metrics::PendingFuture<'_> {
+        Box::pin(async move {
+            crate::db::outbox::pending_summary(&self.0)
+                .await
+                .map(|s| (s.count, s.oldest_created_at))
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
