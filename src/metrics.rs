@@ -35,8 +35,6 @@ use prometheus_client::registry::{Registry, Unit};
 use prost::Message as _;
 use sqlx::PgPool;
 
-use crate::error::AppError;
-
 /// Upper bounds of the RPC latency buckets, in seconds; the last ones reach
 /// the default request timeout.
 pub const RPC_BUCKETS: &[f64] = &[
@@ -200,9 +198,9 @@ struct MethodSeries {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MethodId(usize);
 
-/// How a Login ended.
+/// How a Login ended (the transport classifies its result).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LoginOutcome {
+pub enum LoginOutcome {
     Success,
     BadCredentials,
     Throttled,
@@ -220,17 +218,6 @@ impl LoginOutcome {
         Self::Unavailable,
         Self::Error,
     ];
-
-    fn of<T>(result: &Result<T, AppError>) -> Self {
-        match result {
-            Ok(_) => Self::Success,
-            Err(AppError::InvalidCredentials) => Self::BadCredentials,
-            Err(AppError::Throttled(_)) => Self::Throttled,
-            Err(AppError::Validation(_)) => Self::InvalidArgument,
-            Err(AppError::Unavailable(_)) => Self::Unavailable,
-            Err(_) => Self::Error,
-        }
-    }
 
     fn label(self) -> &'static str {
         match self {
@@ -715,9 +702,8 @@ impl Metrics {
             .observe(elapsed);
     }
 
-    /// Counts a Login by its result, and its throttling if any.
-    pub fn count_login<T>(&self, result: &Result<T, AppError>) {
-        let outcome = LoginOutcome::of(result);
+    /// Counts a Login by how it ended, and its throttling if it was.
+    pub fn login(&self, outcome: LoginOutcome) {
         if let Some(counter) = LoginOutcome::ALL
             .iter()
             .position(|o| *o == outcome)
@@ -725,27 +711,19 @@ impl Metrics {
         {
             counter.inc();
         }
-        self.count_throttle(ThrottleKind::LoginBackoff, result);
-    }
-
-    /// Counts a Refresh that rotated its token or detected a replay.
-    pub fn count_refresh<T>(&self, result: &Result<T, AppError>) {
-        match result {
-            Ok(_) => {
-                self.inner.refresh_rotations.inc();
-            }
-            Err(AppError::RefreshTokenReused) => {
-                self.inner.refresh_reuse.inc();
-            }
-            Err(_) => {}
+        if outcome == LoginOutcome::Throttled {
+            self.throttled(ThrottleKind::LoginBackoff);
         }
     }
 
-    /// Counts `result` as refused by `kind` if it was throttled.
-    pub fn count_throttle<T>(&self, kind: ThrottleKind, result: &Result<T, AppError>) {
-        if matches!(result, Err(AppError::Throttled(_))) {
-            self.throttled(kind);
-        }
+    /// A Refresh rotated its token.
+    pub fn refresh_rotated(&self) {
+        self.inner.refresh_rotations.inc();
+    }
+
+    /// A Refresh presented a consumed token and ended its session.
+    pub fn refresh_reuse_detected(&self) {
+        self.inner.refresh_reuse.inc();
     }
 
     /// One call refused by `kind`.
@@ -1115,22 +1093,14 @@ mod tests {
     #[test]
     fn outcomes_come_from_the_handlers_results() {
         let m = Metrics::default();
-        m.count_login(&Ok::<(), AppError>(()));
-        m.count_login(&Err::<(), _>(AppError::InvalidCredentials));
-        m.count_login(&Err::<(), _>(AppError::InvalidCredentials));
-        m.count_login(&Err::<(), _>(AppError::Throttled(Duration::from_secs(1))));
-        m.count_login(&Err::<(), _>(AppError::Unavailable(anyhow::anyhow!("down"))));
-        m.count_refresh(&Ok::<(), AppError>(()));
-        m.count_refresh(&Err::<(), _>(AppError::RefreshTokenReused));
-        m.count_refresh(&Err::<(), _>(AppError::InvalidRefreshToken));
-        m.count_throttle(
-            ThrottleKind::ResetGuesses,
-            &Err::<(), _>(AppError::Throttled(Duration::from_secs(1))),
-        );
-        m.count_throttle(
-            ThrottleKind::ResetGuesses,
-            &Err::<(), _>(AppError::InvalidResetToken),
-        );
+        m.login(LoginOutcome::Success);
+        m.login(LoginOutcome::BadCredentials);
+        m.login(LoginOutcome::BadCredentials);
+        m.login(LoginOutcome::Throttled);
+        m.login(LoginOutcome::Unavailable);
+        m.refresh_rotated();
+        m.refresh_reuse_detected();
+        m.throttled(ThrottleKind::ResetGuesses);
         m.throttled(ThrottleKind::PeerLimit);
         m.mail_delivery_failed();
         let text = render(&m, Format::OpenMetrics);

@@ -1,6 +1,7 @@
 //! `auth.v1.AuthService`: each handler converts its request, calls the use
 //! case with the current time, and converts the answer. No logic lives here.
 
+use super::outcomes::CountResults;
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 

@@ -12,6 +12,7 @@ pub mod health;
 pub mod key_guard;
 pub mod middleware;
 pub mod observe;
+mod outcomes;
 pub mod policy;
 pub mod rate_limit;
 pub mod status;
