@@ -222,8 +222,16 @@ async fn server_request_timeout_cuts_off_slow_calls() {
     .await;
     let result = app.login(&fresh_email(), "not anyone's password").await;
     let status = result.unwrap_err();
-    assert!(is_refused_for_its_deadline(status.code() as i32), "{status:?}");
-    assert_eq!(reason(&status), "OVERLOADED");
+    // Cut off either way the server can: refused at once because the hash
+    // cannot fit (OVERLOADED), or, when the lookups before the hash already
+    // used the 50 ms (a loaded machine running the suite in parallel), at
+    // the deadline itself. Never served late, never INTERNAL.
+    let code = status.code() as i32;
+    match reason(&status).as_str() {
+        "OVERLOADED" => assert!(is_refused_for_its_deadline(code), "{status:?}"),
+        "DEADLINE_EXCEEDED" => assert!(is_deadline_answer(code), "{status:?}"),
+        other => panic!("not cut off by its deadline ({other}): {status:?}"),
+    }
     // Calls that fit in the time are served.
     app.client.clone().get_jwks(pb::GetJwksRequest {}).await.unwrap();
 }
