@@ -249,10 +249,8 @@ impl Core {
         .ok_or(AppError::InvalidVerifyToken)?;
         if token.purpose == Purpose::Change {
             // Links mailed to the old address, to verify it or to reset the
-            // password, no longer reach the account's owner; nor does any
-            // other link issued before the move.
-            db::verification::supersede(&mut tx, user.id, None, now).await?;
-            db::recovery::supersede_all(&mut tx, user.id, now).await?;
+            // password, no longer reach the account's owner: the new stamp
+            // ends them, with every other link issued before the move.
             db::users::rotate_security_stamp(&mut tx, user.id).await?;
             // The old address hears of the move when it happens, not only
             // when it was asked for: a move the owner did not make is then

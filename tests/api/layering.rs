@@ -181,31 +181,43 @@ fn named_modules(source: &str) -> BTreeSet<String> {
     found
 }
 
-/// Every arrow of the crate: (file, module named, from layer, to layer).
-fn arrows() -> Vec<(String, String, &'static str, &'static str)> {
+/// Every production source file of the library: its path from the crate
+/// root, its first-level module, and the modules its `crate::` paths name.
+fn sources() -> Vec<(String, String, BTreeSet<String>)> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
     rust_files(&root.join("src"), &mut files);
     files.sort();
+    files
+        .into_iter()
+        .map(|file| {
+            let relative = file
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            let first = relative
+                .trim_start_matches("src/")
+                .split(['/', '.'])
+                .next()
+                .unwrap()
+                .to_owned();
+            let source = std::fs::read_to_string(&file).unwrap();
+            let named = named_modules(production(&source));
+            (relative, first, named)
+        })
+        .collect()
+}
+
+/// Every arrow of the crate: (file, module named, from layer, to layer).
+fn arrows() -> Vec<(String, String, &'static str, &'static str)> {
     let mut arrows = Vec::new();
-    for file in files {
-        let relative = file
-            .strip_prefix(&root)
-            .unwrap()
-            .to_string_lossy()
-            .replace('\\', "/");
-        let first = relative
-            .trim_start_matches("src/")
-            .split(['/', '.'])
-            .next()
-            .unwrap()
-            .to_owned();
+    for (file, first, named) in sources() {
         let from = layer_of(&first);
-        let source = std::fs::read_to_string(&file).unwrap();
-        for module in named_modules(production(&source)) {
+        for module in named {
             let to = layer_of(&module);
             if to != from {
-                arrows.push((relative.clone(), module, from, to));
+                arrows.push((file.clone(), module, from, to));
             }
         }
     }
@@ -303,28 +315,10 @@ fn a_wrong_import_is_caught() {
 /// names.
 #[test]
 fn no_module_cycle() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut files = Vec::new();
-    rust_files(&root.join("src"), &mut files);
-    for file in files {
-        let relative = file
-            .strip_prefix(&root)
-            .unwrap()
-            .to_string_lossy()
-            .replace('\\', "/");
-        let first = relative
-            .trim_start_matches("src/")
-            .split(['/', '.'])
-            .next()
-            .unwrap()
-            .to_owned();
-        let source = std::fs::read_to_string(&file).unwrap();
-        let named = named_modules(production(&source));
-        graph
-            .entry(first.clone())
-            .or_default()
-            .extend(named.into_iter().filter(|m| *m != first));
+    for (_, first, named) in sources() {
+        let others: BTreeSet<String> = named.into_iter().filter(|m| *m != first).collect();
+        graph.entry(first).or_default().extend(others);
     }
     fn visit(
         module: &str,
