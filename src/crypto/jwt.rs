@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::keys::{Key, PublicJwk};
+use crate::domain::{Assurance, AuthMethod};
 use crate::error::TokenProblem;
 
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
@@ -42,6 +43,18 @@ pub struct AccessClaims {
     /// have none.
     #[serde(default)]
     pub roles: Vec<String>,
+    /// RFC 8176 methods the session proved.
+    #[serde(default)]
+    pub amr: Vec<String>,
+    /// "aal1" or "aal2"; follows from `amr`.
+    #[serde(default)]
+    pub acr: String,
+    /// The session's last proof (seconds since the epoch).
+    #[serde(default)]
+    pub auth_time: i64,
+    /// The account must enrol a second factor before anything else.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mfa_enrollment_required: bool,
 }
 
 /// What a verified access token says.
@@ -52,6 +65,17 @@ pub struct VerifiedAccess {
     pub expires_at: i64,
     /// Shared: remembered verifications hand out clones.
     pub roles: Arc<[String]>,
+    pub assurance: Assurance,
+    pub mfa_enrollment_required: bool,
+}
+
+/// Who a new access token is for.
+pub struct Subject<'a> {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub roles: &'a [String],
+    pub assurance: &'a Assurance,
+    pub mfa_enrollment_required: bool,
 }
 
 pub struct IssuedAccess {
@@ -176,9 +200,7 @@ impl AccessTokens {
 
     pub fn issue(
         &self,
-        user_id: Uuid,
-        session_id: Uuid,
-        roles: &[String],
+        subject: &Subject<'_>,
         now: DateTime<Utc>,
         session_expires_at: DateTime<Utc>,
     ) -> anyhow::Result<IssuedAccess> {
@@ -193,13 +215,17 @@ impl AccessTokens {
         let claims = AccessClaims {
             iss: self.inner.issuer.clone(),
             aud: self.inner.audience.clone(),
-            sub: user_id.to_string(),
-            sid: session_id.to_string(),
+            sub: subject.user_id.to_string(),
+            sid: subject.session_id.to_string(),
             iat,
             nbf: iat,
             exp: iat + ttl,
             jti: Uuid::new_v4().to_string(),
-            roles: roles.to_vec(),
+            roles: subject.roles.to_vec(),
+            amr: subject.assurance.amr_strings(),
+            acr: subject.assurance.acr.as_str().to_owned(),
+            auth_time: subject.assurance.auth_time.timestamp(),
+            mfa_enrollment_required: subject.mfa_enrollment_required,
         };
         // JWS compact serialization (RFC 7515 §7.1).
         let mut token = signer.encoded_header.clone();
@@ -265,11 +291,30 @@ impl AccessTokens {
         }
         let user_id = Uuid::parse_str(&claims.sub).map_err(|_| TokenProblem::Invalid)?;
         let session_id = Uuid::parse_str(&claims.sid).map_err(|_| TokenProblem::Invalid)?;
+        // Tokens from before assurance was recorded proved a password when
+        // they were issued.
+        let auth_time = if claims.auth_time > 0 {
+            claims.auth_time
+        } else {
+            claims.iat
+        };
+        let auth_time = DateTime::from_timestamp(auth_time, 0).ok_or(TokenProblem::Invalid)?;
+        let methods: Vec<AuthMethod> = if claims.amr.is_empty() {
+            vec![AuthMethod::Pwd]
+        } else {
+            claims
+                .amr
+                .iter()
+                .map(|m| AuthMethod::parse(m).ok_or(TokenProblem::Invalid))
+                .collect::<Result<_, _>>()?
+        };
         Ok(VerifiedAccess {
             user_id,
             session_id,
             expires_at: claims.exp,
             roles: claims.roles.into(),
+            assurance: Assurance::from_parts(methods, auth_time),
+            mfa_enrollment_required: claims.mfa_enrollment_required,
         })
     }
 
@@ -287,6 +332,19 @@ mod tests {
     use super::*;
     use crate::crypto::keys::generate_ed25519_pem;
 
+    fn subject(user_id: Uuid, session_id: Uuid) -> Subject<'static> {
+        static NO_ROLES: [String; 0] = [];
+        static PWD: std::sync::LazyLock<Assurance> =
+            std::sync::LazyLock::new(|| Assurance::password(DateTime::UNIX_EPOCH));
+        Subject {
+            user_id,
+            session_id,
+            roles: &NO_ROLES,
+            assurance: &PWD,
+            mfa_enrollment_required: false,
+        }
+    }
+
     fn tokens() -> AccessTokens {
         let key = Key::from_pkcs8_pem(&generate_ed25519_pem().unwrap()).unwrap();
         AccessTokens::new(vec![key], "https://authd.test", "svc", Duration::from_secs(900)).unwrap()
@@ -297,7 +355,7 @@ mod tests {
         let t = tokens();
         let issued_at = Utc::now() - chrono::Duration::days(1);
         let issued = t
-            .issue(Uuid::new_v4(), Uuid::new_v4(), &[], issued_at, far_future())
+            .issue(&subject(Uuid::new_v4(), Uuid::new_v4()), issued_at, far_future())
             .unwrap();
         assert!(t.verify(&issued.token, issued_at).is_ok(), "valid when issued");
         let after = issued_at + chrono::Duration::seconds(900 + LEEWAY_SECS as i64 + 1);
@@ -305,7 +363,7 @@ mod tests {
         let before = issued_at - chrono::Duration::seconds(LEEWAY_SECS as i64 + 1);
         let fresh = tokens();
         let early = fresh
-            .issue(Uuid::new_v4(), Uuid::new_v4(), &[], issued_at, far_future())
+            .issue(&subject(Uuid::new_v4(), Uuid::new_v4()), issued_at, far_future())
             .unwrap();
         assert_eq!(
             fresh.verify(&early.token, before),
@@ -324,14 +382,14 @@ mod tests {
         let now = Utc::now();
         let session_ends = now + chrono::Duration::seconds(60);
         let issued = t
-            .issue(Uuid::new_v4(), Uuid::new_v4(), &[], now, session_ends)
+            .issue(&subject(Uuid::new_v4(), Uuid::new_v4()), now, session_ends)
             .unwrap();
         assert_eq!(issued.expires_in, std::time::Duration::from_secs(60));
         let after = session_ends + chrono::Duration::seconds(LEEWAY_SECS as i64 + 1);
         assert_eq!(t.verify(&issued.token, after), Err(TokenProblem::Expired));
         // A session further away than the lifetime leaves the lifetime.
         let long = t
-            .issue(Uuid::new_v4(), Uuid::new_v4(), &[], now, far_future())
+            .issue(&subject(Uuid::new_v4(), Uuid::new_v4()), now, far_future())
             .unwrap();
         assert_eq!(long.expires_in, std::time::Duration::from_secs(900));
     }
@@ -340,7 +398,9 @@ mod tests {
     fn issued_tokens_verify() {
         let t = tokens();
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
-        let issued = t.issue(user, session, &[], Utc::now(), far_future()).unwrap();
+        let issued = t
+            .issue(&subject(user, session), Utc::now(), far_future())
+            .unwrap();
         let v = t.verify(&issued.token, Utc::now()).unwrap();
         assert_eq!((v.user_id, v.session_id), (user, session));
     }
@@ -355,7 +415,7 @@ mod tests {
         // The first key signs; the second only verifies.
         let t = AccessTokens::new(vec![es, ed], "iss", "aud", Duration::from_secs(60)).unwrap();
         let issued = t
-            .issue(Uuid::new_v4(), Uuid::new_v4(), &[], Utc::now(), far_future())
+            .issue(&subject(Uuid::new_v4(), Uuid::new_v4()), Utc::now(), far_future())
             .unwrap();
         let header = jsonwebtoken::decode_header(&issued.token).unwrap();
         assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
@@ -368,12 +428,12 @@ mod tests {
     fn tokens_of_another_key_or_expired_are_refused() {
         let (a, b) = (tokens(), tokens());
         let issued = a
-            .issue(Uuid::new_v4(), Uuid::new_v4(), &[], Utc::now(), far_future())
+            .issue(&subject(Uuid::new_v4(), Uuid::new_v4()), Utc::now(), far_future())
             .unwrap();
         assert_eq!(b.verify(&issued.token, Utc::now()), Err(TokenProblem::Invalid));
         let old = Utc::now() - chrono::Duration::hours(1);
         let expired = a
-            .issue(Uuid::new_v4(), Uuid::new_v4(), &[], old, far_future())
+            .issue(&subject(Uuid::new_v4(), Uuid::new_v4()), old, far_future())
             .unwrap();
         assert_eq!(a.verify(&expired.token, Utc::now()), Err(TokenProblem::Expired));
         assert_eq!(a.verify("garbage", Utc::now()), Err(TokenProblem::Invalid));
@@ -387,7 +447,7 @@ mod tests {
     fn a_remembered_token_still_expires_and_a_tampered_one_is_checked_afresh() {
         let t = tokens();
         let issued = t
-            .issue(Uuid::new_v4(), Uuid::new_v4(), &[], Utc::now(), far_future())
+            .issue(&subject(Uuid::new_v4(), Uuid::new_v4()), Utc::now(), far_future())
             .unwrap();
         assert!(t.verify(&issued.token, Utc::now()).is_ok());
         assert!(
@@ -418,6 +478,8 @@ mod tests {
             session_id: Uuid::new_v4(),
             expires_at: now + 60,
             roles: Arc::from(Vec::new()),
+            assurance: Assurance::password(Utc::now()),
+            mfa_enrollment_required: false,
         };
         for i in 0..(MAX_REMEMBERED + 10) {
             let key: [u8; 32] = Sha256::digest(i.to_le_bytes()).into();

@@ -1,5 +1,6 @@
 //! Request values parsed once into types that are trusted afterwards.
 
+mod assurance;
 mod client;
 mod email;
 pub mod mail;
@@ -10,6 +11,7 @@ mod session;
 mod user;
 mod username;
 
+pub use assurance::{Acr, Assurance, AuthMethod};
 pub use client::{ClientInfo, UserAgent};
 pub use email::Email;
 pub use password::{Password, PasswordPolicy};

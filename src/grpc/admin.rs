@@ -199,6 +199,13 @@ impl AdminService for AdminApi {
 
     type WatchRevocationsStream = RevocationResponses;
 
+    async fn reset_user_factors(
+        &self,
+        _request: Request<pb::ResetUserFactorsRequest>,
+    ) -> Reply<pb::ResetUserFactorsResponse> {
+        Err(Status::unimplemented("in progress"))
+    }
+
     async fn watch_revocations(
         &self,
         request: Request<pb::WatchRevocationsRequest>,

@@ -87,6 +87,7 @@ impl AuthService for AuthApi {
         Ok(Response::new(pb::LoginResponse {
             tokens: Some(tokens.into()),
             user: Some(user.into()),
+            ..Default::default()
         }))
     }
 
@@ -140,6 +141,7 @@ impl AuthService for AuthApi {
         let user = self.core.get_me(bearer(&request)?, Utc::now()).await?;
         Ok(Response::new(pb::GetMeResponse {
             user: Some(pb::User::from(&*user)),
+            ..Default::default()
         }))
     }
 
@@ -204,6 +206,7 @@ impl AuthService for AuthApi {
                 expires_at: chrono::DateTime::from_timestamp(token.expires_at, 0).map(timestamp),
                 roles: token.roles.to_vec(),
                 disabled: user.disabled,
+                ..Default::default()
             },
         }))
     }
@@ -307,5 +310,48 @@ impl AuthService for AuthApi {
         Ok(Response::new(pb::RevokeOtherSessionsResponse {
             revoked_count: i32::try_from(ended).unwrap_or(i32::MAX),
         }))
+    }
+
+    async fn complete_login(
+        &self,
+        _request: Request<pb::CompleteLoginRequest>,
+    ) -> Reply<pb::CompleteLoginResponse> {
+        Err(Status::unimplemented("in progress"))
+    }
+
+    async fn enroll_totp(&self, _request: Request<pb::EnrollTotpRequest>) -> Reply<pb::EnrollTotpResponse> {
+        Err(Status::unimplemented("in progress"))
+    }
+
+    async fn confirm_totp(
+        &self,
+        _request: Request<pb::ConfirmTotpRequest>,
+    ) -> Reply<pb::ConfirmTotpResponse> {
+        Err(Status::unimplemented("in progress"))
+    }
+
+    async fn list_factors(
+        &self,
+        _request: Request<pb::ListFactorsRequest>,
+    ) -> Reply<pb::ListFactorsResponse> {
+        Err(Status::unimplemented("in progress"))
+    }
+
+    async fn remove_factor(
+        &self,
+        _request: Request<pb::RemoveFactorRequest>,
+    ) -> Reply<pb::RemoveFactorResponse> {
+        Err(Status::unimplemented("in progress"))
+    }
+
+    async fn regenerate_recovery_codes(
+        &self,
+        _request: Request<pb::RegenerateRecoveryCodesRequest>,
+    ) -> Reply<pb::RegenerateRecoveryCodesResponse> {
+        Err(Status::unimplemented("in progress"))
+    }
+
+    async fn step_up(&self, _request: Request<pb::StepUpRequest>) -> Reply<pb::StepUpResponse> {
+        Err(Status::unimplemented("in progress"))
     }
 }

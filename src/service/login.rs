@@ -4,11 +4,12 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{Core, TokenPair, chrono_duration, seconds_until};
+use crate::crypto::jwt::Subject;
 use crate::crypto::opaque::{NewToken, TokenKind};
 use crate::crypto::password::Verified;
 use crate::db::throttle::Backoff;
 use crate::db::{self, users::LoginKey};
-use crate::domain::{ClientInfo, Email, FieldReason, Invalid, Password, User, Username};
+use crate::domain::{Assurance, ClientInfo, Email, FieldReason, Invalid, Password, User, Username};
 use crate::error::{AppError, Violation};
 
 /// Longest login string worth looking up (an email's maximum).
@@ -193,7 +194,17 @@ impl Core {
     ) -> Result<TokenPair, AppError> {
         let access = self
             .tokens
-            .issue(user_id, session_id, roles, now, refresh_expires_at)
+            .issue(
+                &Subject {
+                    user_id,
+                    session_id,
+                    roles,
+                    assurance: &Assurance::password(now),
+                    mfa_enrollment_required: false,
+                },
+                now,
+                refresh_expires_at,
+            )
             .map_err(AppError::internal)?;
         Ok(TokenPair {
             access_token: access.token,

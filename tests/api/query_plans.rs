@@ -1244,6 +1244,7 @@ async fn drive_every_rpc(app: &TestApp, smtp: &SmtpServer, tester: &PgPool) {
         .watch_revocations(as_service!(pb::WatchRevocationsRequest {
             after_event_id: head - 3,
             since: None,
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -1265,6 +1266,7 @@ async fn drive_every_rpc(app: &TestApp, smtp: &SmtpServer, tester: &PgPool) {
                 seconds: chrono::Utc::now().timestamp() - 600,
                 nanos: 0,
             }),
+            ..Default::default()
         }))
         .await
         .unwrap()

@@ -340,6 +340,7 @@ async fn a_stream_since_a_time_delivers_every_event_from_then_on_then_a_heartbea
     let since = |t| pb::WatchRevocationsRequest {
         after_event_id: 0,
         since: timestamp(t),
+        ..Default::default()
     };
     let mut stream = watch(&app, &key, since(database_time(&app, "-90 minutes").await))
         .await
@@ -398,6 +399,7 @@ async fn since_in_the_future_with_a_cursor_or_beyond_the_retention_is_refused() 
         pb::WatchRevocationsRequest {
             after_event_id: 0,
             since: timestamp(future),
+            ..Default::default()
         },
     )
     .await
@@ -412,6 +414,7 @@ async fn since_in_the_future_with_a_cursor_or_beyond_the_retention_is_refused() 
         pb::WatchRevocationsRequest {
             after_event_id: 1,
             since: timestamp(recent),
+            ..Default::default()
         },
     )
     .await
@@ -428,6 +431,7 @@ async fn since_in_the_future_with_a_cursor_or_beyond_the_retention_is_refused() 
                 seconds: recent.timestamp(),
                 nanos: -1,
             }),
+            ..Default::default()
         },
     )
     .await
@@ -442,6 +446,7 @@ async fn since_in_the_future_with_a_cursor_or_beyond_the_retention_is_refused() 
             pb::WatchRevocationsRequest {
                 after_event_id: 0,
                 since: timestamp(beyond),
+                ..Default::default()
             },
         )
         .await
@@ -456,6 +461,7 @@ async fn since_in_the_future_with_a_cursor_or_beyond_the_retention_is_refused() 
         pb::WatchRevocationsRequest {
             after_event_id: 0,
             since: timestamp(within),
+            ..Default::default()
         },
     )
     .await

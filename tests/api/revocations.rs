@@ -27,6 +27,7 @@ async fn watch(
             pb::WatchRevocationsRequest {
                 after_event_id: after,
                 since: None,
+                ..Default::default()
             },
             key,
         ))

@@ -142,6 +142,7 @@ fn request_for(start: Start) -> pb::WatchRevocationsRequest {
         Start::After(after_event_id) => pb::WatchRevocationsRequest {
             after_event_id,
             since: None,
+            ..Default::default()
         },
         Start::Since(since) => pb::WatchRevocationsRequest {
             after_event_id: 0,
@@ -149,10 +150,12 @@ fn request_for(start: Start) -> pb::WatchRevocationsRequest {
                 seconds: secs_down(since),
                 nanos: 0,
             }),
+            ..Default::default()
         },
         Start::Present => pb::WatchRevocationsRequest {
             after_event_id: 0,
             since: None,
+            ..Default::default()
         },
     }
 }
@@ -237,6 +240,8 @@ pub(crate) fn apply_message(
         }
         Some(RevocationKind::UserDisabled) => Some(Change::UserDisabled(message.user_id.clone())),
         Some(RevocationKind::UserDeleted) => Some(Change::UserDeleted(message.user_id.clone())),
+        // Revokes no token.
+        Some(RevocationKind::FactorsChanged) => Some(Change::SessionsEnded(Vec::new())),
         Some(RevocationKind::Heartbeat | RevocationKind::Unspecified) | None => None,
     };
     {
