@@ -33,6 +33,7 @@ mod rest_gateway;
 mod revocation_coverage;
 mod revocations;
 mod scale_seed;
+mod second_factor_flow;
 mod security_claims;
 mod service_account_cli;
 mod session_cache;
