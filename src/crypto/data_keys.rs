@@ -458,12 +458,12 @@ mod tests {
         for (name, contents, expected) in cases {
             let path = dir.join(name);
             std::fs::write(&path, contents).unwrap();
-            let err = error_of(&[path.clone()]);
+            let err = error_of(std::slice::from_ref(&path));
             assert!(err.contains(expected), "{name}: {err}");
             assert!(err.contains(&*path.to_string_lossy()), "{name}: {err}");
         }
         let missing = dir.join("missing");
-        let err = error_of(&[missing.clone()]);
+        let err = error_of(std::slice::from_ref(&missing));
         assert!(
             err.contains("reading data key") && err.contains(&*missing.to_string_lossy()),
             "{err}"

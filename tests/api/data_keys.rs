@@ -345,6 +345,9 @@ async fn without_data_keys_a_server_makes_a_development_key_and_says_so() {
     }
 }
 
+/// A change to a server's configuration.
+type Tweak<'a> = &'a dyn Fn(&mut authd::config::Config);
+
 #[tokio::test]
 async fn a_server_refuses_to_start_with_a_bad_data_key_or_mfa_setting() {
     let app = spawn_app().await;
@@ -354,7 +357,7 @@ async fn a_server_refuses_to_start_with_a_bad_data_key_or_mfa_setting() {
     let good = dir.key("good");
     let copy = dir.0.join("copy");
     std::fs::copy(&good, &copy).unwrap();
-    let cases: [(&dyn Fn(&mut authd::config::Config), String); 4] = [
+    let cases: [(Tweak<'_>, String); 4] = [
         (&|c| c.data_keys = vec![bad.clone()], bad.display().to_string()),
         (
             &|c| c.data_keys = vec![dir.0.join("missing")],
