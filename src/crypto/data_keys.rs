@@ -152,7 +152,8 @@ impl DataKeys {
             .random
             .fill(&mut nonce)
             .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
-        // Encrypted in place, so the plaintext is never copied in the clear.
+        // Encrypted where it is copied to, with room for the tag reserved,
+        // so no copy of the plaintext is left behind in a reallocation.
         let mut ciphertext = Vec::with_capacity(plaintext.len() + TAG_LEN);
         ciphertext.extend_from_slice(plaintext);
         key.aead
