@@ -13,6 +13,7 @@ mod admin;
 mod adversarial;
 mod cleanup;
 mod clients;
+mod data_keys;
 mod descriptor;
 mod error_contract;
 mod faults;
