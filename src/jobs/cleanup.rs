@@ -276,6 +276,7 @@ impl Cleanup {
     }
 
     /// Under the lock: a pass, unless one finished less than an interval ago.
+    #[allow(clippy::disallowed_methods)] // a job's loop top: a pass measures every cut-off from its start
     async fn pass_unless_recent(&self, conn: &mut PgConnection, stop: &mut watch::Receiver<bool>) -> Attempt {
         match db::maintenance::next_due_in(conn, TASK, self.interval).await {
             Ok(None) => {}
