@@ -271,47 +271,6 @@ impl ThrottleKind {
     }
 }
 
-/// A table the clean-up deletes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CleanupTable {
-    Sessions,
-    RefreshTokens,
-    LoginThrottle,
-    ResetTokens,
-    VerificationTokens,
-    Outbox,
-    RevocationEvents,
-}
-
-impl CleanupTable {
-    pub const ALL: [Self; 7] = [
-        Self::Sessions,
-        Self::RefreshTokens,
-        Self::LoginThrottle,
-        Self::ResetTokens,
-        Self::VerificationTokens,
-        Self::Outbox,
-        Self::RevocationEvents,
-    ];
-
-    /// The table's name, which is also its label.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Sessions => "sessions",
-            Self::RefreshTokens => "refresh_tokens",
-            Self::LoginThrottle => "login_throttle",
-            Self::ResetTokens => "password_reset_tokens",
-            Self::VerificationTokens => "email_verification_tokens",
-            Self::Outbox => "email_outbox",
-            Self::RevocationEvents => "revocation_events",
-        }
-    }
-
-    fn index(self) -> usize {
-        Self::ALL.iter().position(|t| *t == self).unwrap_or(0)
-    }
-}
-
 /// What became of one attempt at a clean-up pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CleanupOutcome {
@@ -410,11 +369,12 @@ struct Inner {
     outbox_queried: tokio::sync::Mutex<Option<Instant>>,
 }
 
-/// The clean-up's series, one per outcome and per table, created up front.
+/// The clean-up's series: one per outcome, created up front; per table,
+/// created when the clean-up names its tables.
 struct CleanupSeries {
     passes: [Counter; CleanupOutcome::ALL.len()],
-    batches: [Counter; CleanupTable::ALL.len()],
-    deleted: [Counter; CleanupTable::ALL.len()],
+    batches: Family<Tag, Counter>,
+    deleted: Family<Tag, Counter>,
     last_duration: SampledGauge,
     running: SampledGauge,
 }
@@ -778,15 +738,22 @@ impl Metrics {
         self.inner.listener_losses.inc();
     }
 
-    /// One clean-up batch (one short transaction) on `table`.
-    pub fn cleanup_batch(&self, table: CleanupTable, deleted: u64) {
+    /// The tables the clean-up deletes from, so that each one's series
+    /// reads 0 before its first batch.
+    pub fn cleanup_tables(&self, tables: &[&'static str]) {
         let series = &self.inner.cleanup;
-        if let Some(batches) = series.batches.get(table.index()) {
-            batches.inc();
+        for &table in tables {
+            series.batches.get_or_create_owned(&[("table", table)]);
+            series.deleted.get_or_create_owned(&[("table", table)]);
         }
-        if let Some(rows) = series.deleted.get(table.index()) {
-            rows.inc_by(deleted);
-        }
+    }
+
+    /// One clean-up batch (one short transaction) on `table`. (The clean-up
+    /// runs a few batches a second at most: the family's lock is no cost.)
+    pub fn cleanup_batch(&self, table: &'static str, deleted: u64) {
+        let series = &self.inner.cleanup;
+        series.batches.get_or_create(&[("table", table)]).inc();
+        series.deleted.get_or_create(&[("table", table)]).inc_by(deleted);
     }
 
     /// How an attempt at a clean-up pass ended.
@@ -879,8 +846,8 @@ impl CleanupSeries {
         let deleted = Family::<Tag, Counter>::default();
         let series = Self {
             passes: CleanupOutcome::ALL.map(|o| passes.get_or_create_owned(&[("outcome", o.label())])),
-            batches: CleanupTable::ALL.map(|t| batches.get_or_create_owned(&[("table", t.name())])),
-            deleted: CleanupTable::ALL.map(|t| deleted.get_or_create_owned(&[("table", t.name())])),
+            batches: batches.clone(),
+            deleted: deleted.clone(),
             last_duration: SampledGauge::default(),
             running: SampledGauge::default(),
         };
@@ -1153,10 +1120,11 @@ mod tests {
         m.set_cleanup_running(true);
         m.cleanup_attempt(CleanupOutcome::Busy);
         m.cleanup_attempt(CleanupOutcome::Recent);
-        m.cleanup_batch(CleanupTable::RefreshTokens, 100);
-        m.cleanup_batch(CleanupTable::Sessions, 40);
-        m.cleanup_batch(CleanupTable::Sessions, 7);
-        m.cleanup_batch(CleanupTable::RevocationEvents, 0);
+        m.cleanup_tables(&["sessions", "refresh_tokens", "revocation_events", "email_outbox"]);
+        m.cleanup_batch("refresh_tokens", 100);
+        m.cleanup_batch("sessions", 40);
+        m.cleanup_batch("sessions", 7);
+        m.cleanup_batch("revocation_events", 0);
         m.cleanup_pass_took(Duration::from_millis(1500));
         m.set_cleanup_running(false);
         m.cleanup_attempt(CleanupOutcome::Ran);
