@@ -414,27 +414,33 @@ pub type PendingFuture<'a> = std::pin::Pin<
     >,
 >;
 
-impl Default for Metrics {
-    /// Metrics without a database or hashing pool to read at scrape time.
-    fn default() -> Self {
-        Self::build(None, None, None)
-    }
-}
-
 impl Metrics {
-    /// Metrics of a running service: the pool, `hasher` and `backlog` are
+    /// Metrics of a running service that serves the RPCs of `services` (a
+    /// serialized `FileDescriptorSet`; health and reflection are added):
+    /// the pool, `hasher` and `backlog` are read at scrape time.
+    pub fn for_service(
+        services: &[u8],
+        db: PgPool,
+        hasher: Arc<dyn WorkerPool>,
+        backlog: Arc<dyn Backlog>,
+    ) -> Self {
+        Self::build(services, Some(db), Some(hasher), Some(backlog))
+    }
+
+    /// Metrics of the RPCs of `services` with no database or hashing pool to
     /// read at scrape time.
-    pub fn for_service(db: PgPool, hasher: Arc<dyn WorkerPool>, backlog: Arc<dyn Backlog>) -> Self {
-        Self::build(Some(db), Some(hasher), Some(backlog))
+    pub fn serving(services: &[u8]) -> Self {
+        Self::build(services, None, None, None)
     }
 
     fn build(
+        services: &[u8],
         db: Option<PgPool>,
         hasher: Option<Arc<dyn WorkerPool>>,
         backlog: Option<Arc<dyn Backlog>>,
     ) -> Self {
         let mut registry = Registry::with_prefix("authd");
-        let names = known_methods();
+        let names = known_methods(services);
         let method_index = names
             .iter()
             .enumerate()
@@ -883,11 +889,12 @@ impl CleanupSeries {
 }
 
 /// `/package.Service/Method` of every RPC authd serves, from the descriptor
-/// sets of its services, so a new RPC gets its own label without a list to
-/// keep in step.
-fn known_methods() -> Vec<String> {
+/// sets of its services (`services`, handed in at start-up, and health and
+/// reflection), so a new RPC gets its own label without a list to keep in
+/// step.
+fn known_methods(services: &[u8]) -> Vec<String> {
     let sets = [
-        crate::pb::FILE_DESCRIPTOR_SET,
+        services,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
@@ -990,7 +997,7 @@ mod tests {
 
     #[test]
     fn every_rpc_of_the_contract_has_its_own_label() {
-        let m = Metrics::default();
+        let m = Metrics::serving(crate::pb::FILE_DESCRIPTOR_SET);
         for path in [
             LOGIN,
             auth::INTROSPECT_TOKEN,
@@ -1018,7 +1025,7 @@ mod tests {
 
     #[test]
     fn counts_calls_by_code_and_cumulates_buckets() {
-        let m = Metrics::default();
+        let m = Metrics::serving(crate::pb::FILE_DESCRIPTOR_SET);
         let login = m.method_id(LOGIN);
         m.record(login, tonic::Code::Ok, Duration::from_millis(30));
         m.record(login, tonic::Code::Unauthenticated, Duration::from_millis(3));
@@ -1060,7 +1067,7 @@ mod tests {
 
     #[test]
     fn outcomes_come_from_the_handlers_results() {
-        let m = Metrics::default();
+        let m = Metrics::serving(crate::pb::FILE_DESCRIPTOR_SET);
         m.login(LoginOutcome::Success);
         m.login(LoginOutcome::BadCredentials);
         m.login(LoginOutcome::BadCredentials);
@@ -1097,7 +1104,7 @@ mod tests {
 
     #[test]
     fn scrape_time_gauges_exist_only_with_a_reading() {
-        let m = Metrics::default();
+        let m = Metrics::serving(crate::pb::FILE_DESCRIPTOR_SET);
         let text = render(&m, Format::OpenMetrics);
         assert!(!text.contains("authd_session_cache_enabled"), "{text}");
         assert!(!text.contains("authd_db_pool_connections_in_use"), "{text}");
@@ -1113,7 +1120,7 @@ mod tests {
 
     #[test]
     fn the_clean_up_is_counted_by_outcome_and_by_table() {
-        let m = Metrics::default();
+        let m = Metrics::serving(crate::pb::FILE_DESCRIPTOR_SET);
         let text = render(&m, Format::OpenMetrics);
         assert!(!text.contains("authd_cleanup_pass_running"), "{text}");
         assert!(!text.contains("authd_cleanup_last_pass_duration"), "{text}");
@@ -1152,7 +1159,7 @@ mod tests {
 
     #[test]
     fn the_prometheus_text_format_for_clients_that_do_not_ask_for_openmetrics() {
-        let m = Metrics::default();
+        let m = Metrics::serving(crate::pb::FILE_DESCRIPTOR_SET);
         m.record(m.method_id(LOGIN), tonic::Code::Ok, Duration::from_millis(1));
         let text = render(&m, Format::PrometheusText);
         assert!(text.contains("# TYPE authd_rpc_calls_total counter"), "{text}");
@@ -1190,7 +1197,7 @@ mod tests {
     /// not a lock, keep them consistent).
     #[test]
     fn concurrent_recording_loses_nothing() {
-        let m = Metrics::default();
+        let m = Metrics::serving(crate::pb::FILE_DESCRIPTOR_SET);
         let login = m.method_id(LOGIN);
         std::thread::scope(|s| {
             for _ in 0..4 {

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::Core;
-use crate::db::{self, revocations::EventRow};
+use crate::db::{self, revocations::EventKind, revocations::EventRow};
 use crate::domain::{FieldReason, Invalid};
 use crate::error::AppError;
 
@@ -42,15 +42,16 @@ impl TryFrom<EventRow> for RevocationEvent {
     type Error = AppError;
 
     fn try_from(row: EventRow) -> Result<Self, AppError> {
-        let kind = match row.kind.as_str() {
-            "SESSION_ENDED" => RevocationKind::SessionEnded,
-            "USER_SESSIONS_ENDED" => RevocationKind::UserSessionsEnded,
-            "USER_DISABLED" => RevocationKind::UserDisabled,
-            "USER_DELETED" => RevocationKind::UserDeleted,
-            other => {
+        let kind = match row.kind {
+            EventKind::SessionEnded => RevocationKind::SessionEnded,
+            EventKind::UserSessionsEnded => RevocationKind::UserSessionsEnded,
+            EventKind::UserDisabled => RevocationKind::UserDisabled,
+            EventKind::UserDeleted => RevocationKind::UserDeleted,
+            EventKind::FactorsChanged => {
                 return Err(AppError::internal(anyhow::anyhow!(
-                    "revocation event {} has unknown kind {other:?}",
-                    row.id
+                    "revocation event {} has a kind the stream does not carry: {:?}",
+                    row.id,
+                    row.kind
                 )));
             }
         };
