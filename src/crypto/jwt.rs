@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use authd_token_rules::{Leeway, PinnedKey, Refusal, Rules, TokenKind, UserAccess};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use authd_token_rules::{Leeway, PinnedKey, Refusal, Rules, TokenKind, UserAccess};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -458,7 +458,10 @@ mod tests {
             "events": {"https://schemas.openid.net/secevent/caep/event-type/session-revoked": {}},
         });
         let set_header = Rules::<authd_token_rules::SecurityEvent>::header(key.alg, &key.kid);
-        assert_eq!(t.verify(&sign(&set_header, event.clone()), now), Err(TokenProblem::Invalid));
+        assert_eq!(
+            t.verify(&sign(&set_header, event.clone()), now),
+            Err(TokenProblem::Invalid)
+        );
         assert_eq!(t.verify(&sign(&access, event), now), Err(TokenProblem::Invalid));
         let service = serde_json::json!({
             "iss": "https://authd.test", "aud": "svc", "sub": "svc:billing", "client_id": "billing",

@@ -110,7 +110,11 @@ impl UserAccess {
     /// When the session last proved who its holder is: `auth_time`, or
     /// `iat` for an older token (it was issued by a login).
     pub fn proven_at(&self) -> i64 {
-        if self.auth_time > 0 { self.auth_time } else { self.iat }
+        if self.auth_time > 0 {
+            self.auth_time
+        } else {
+            self.iat
+        }
     }
 }
 

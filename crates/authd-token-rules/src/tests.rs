@@ -116,7 +116,10 @@ fn a_users_token_verifies_under_either_algorithm_and_says_how_they_proved_it() {
     for key in [TestKey::ed25519(), TestKey::es256()] {
         let token = key.sign(&user_claims(NOW, 900));
         let claims = verify(&users(), &key, &token, NOW).unwrap();
-        assert_eq!((claims.sub.as_str(), claims.sid.as_str()), ("0b7c6d1e-user", "5e55-session"));
+        assert_eq!(
+            (claims.sub.as_str(), claims.sid.as_str()),
+            ("0b7c6d1e-user", "5e55-session")
+        );
         assert_eq!(claims.methods(), ["mfa", "otp", "pwd"]);
         assert_eq!((claims.level(), claims.proven_at()), ("aal2", NOW - 30));
         assert!(!claims.mfa_enrollment_required);
@@ -164,7 +167,11 @@ fn only_this_kinds_typ_is_accepted_in_either_form() {
         Some("text/at+jwt"),
     ] {
         let token = key.sign_typed(&claims, typ);
-        assert_eq!(outcome(verify(&users(), &key, &token, NOW)), invalid(Invalid::Typ), "{typ:?}");
+        assert_eq!(
+            outcome(verify(&users(), &key, &token, NOW)),
+            invalid(Invalid::Typ),
+            "{typ:?}"
+        );
     }
 }
 
@@ -177,45 +184,72 @@ fn alg_none_and_another_algorithm_under_the_same_kid_are_refused() {
     let head = URL_SAFE_NO_PAD.encode(json!({"alg": "none", "typ": "at+jwt", "kid": ed.kid}).to_string());
     let body = URL_SAFE_NO_PAD.encode(claims.to_string());
     for unsigned in [format!("{head}.{body}."), format!("{head}.{body}")] {
-        assert_eq!(outcome(verify(&users(), &ed, &unsigned, NOW)), invalid(Invalid::Malformed));
+        assert_eq!(
+            outcome(verify(&users(), &ed, &unsigned, NOW)),
+            invalid(Invalid::Malformed)
+        );
     }
     // HMAC with the public key as the secret: the classic confusion.
     let mut header = Header::new(Algorithm::HS256);
     header.typ = Some("at+jwt".into());
     header.kid = Some(ed.kid.clone());
     let hmac = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&ed.public)).unwrap();
-    assert_eq!(outcome(verify(&users(), &ed, &hmac, NOW)), invalid(Invalid::Algorithm));
+    assert_eq!(
+        outcome(verify(&users(), &ed, &hmac, NOW)),
+        invalid(Invalid::Algorithm)
+    );
     // A real ES256 signature naming the Ed25519 key, and the other way.
     let mut header = Header::new(Algorithm::ES256);
     header.typ = Some("at+jwt".into());
     header.kid = Some(ed.kid.clone());
     let confused = jsonwebtoken::encode(&header, &claims, &es.encoding).unwrap();
-    assert_eq!(outcome(verify(&users(), &ed, &confused, NOW)), invalid(Invalid::Algorithm));
+    assert_eq!(
+        outcome(verify(&users(), &ed, &confused, NOW)),
+        invalid(Invalid::Algorithm)
+    );
     let mut header = Header::new(Algorithm::EdDSA);
     header.typ = Some("at+jwt".into());
     header.kid = Some(es.kid.clone());
     let confused = jsonwebtoken::encode(&header, &claims, &ed.encoding).unwrap();
-    assert_eq!(outcome(verify(&users(), &es, &confused, NOW)), invalid(Invalid::Algorithm));
+    assert_eq!(
+        outcome(verify(&users(), &es, &confused, NOW)),
+        invalid(Invalid::Algorithm)
+    );
     // A key of another issuer that names ours.
     let other = TestKey::ed25519();
     let mut header = Header::new(Algorithm::EdDSA);
     header.typ = Some("at+jwt".into());
     header.kid = Some(ed.kid.clone());
     let forged = jsonwebtoken::encode(&header, &claims, &other.encoding).unwrap();
-    assert_eq!(outcome(verify(&users(), &ed, &forged, NOW)), invalid(Invalid::Signature));
+    assert_eq!(
+        outcome(verify(&users(), &ed, &forged, NOW)),
+        invalid(Invalid::Signature)
+    );
     // No kid, or one naming no key.
     let mut header = Header::new(Algorithm::EdDSA);
     header.typ = Some("at+jwt".into());
     let unnamed = jsonwebtoken::encode(&header, &claims, &ed.encoding).unwrap();
-    assert_eq!(outcome(verify(&users(), &ed, &unnamed, NOW)), invalid(Invalid::Kid));
+    assert_eq!(
+        outcome(verify(&users(), &ed, &unnamed, NOW)),
+        invalid(Invalid::Kid)
+    );
     let stranger = other.sign(&claims);
-    assert_eq!(outcome(verify(&users(), &ed, &stranger, NOW)), invalid(Invalid::Kid));
+    assert_eq!(
+        outcome(verify(&users(), &ed, &stranger, NOW)),
+        invalid(Invalid::Kid)
+    );
 }
 
 #[test]
 fn keys_are_pinned_by_type_and_curve_and_only_eddsa_and_es256_exist() {
-    assert_eq!(PinnedKey::algorithm_of_jwk("OKP", "Ed25519", ""), Ok(Algorithm::EdDSA));
-    assert_eq!(PinnedKey::algorithm_of_jwk("EC", "P-256", "ES256"), Ok(Algorithm::ES256));
+    assert_eq!(
+        PinnedKey::algorithm_of_jwk("OKP", "Ed25519", ""),
+        Ok(Algorithm::EdDSA)
+    );
+    assert_eq!(
+        PinnedKey::algorithm_of_jwk("EC", "P-256", "ES256"),
+        Ok(Algorithm::ES256)
+    );
     assert!(PinnedKey::algorithm_of_jwk("EC", "P-256", "EdDSA").is_err());
     assert!(PinnedKey::algorithm_of_jwk("OKP", "Ed25519", "HS256").is_err());
     assert!(PinnedKey::algorithm_of_jwk("RSA", "", "RS256").is_err());
@@ -233,7 +267,10 @@ fn an_oversized_or_empty_bearer_is_refused_before_parsing() {
     assert!(big.len() > MAX_TOKEN_BYTES, "{}", big.len());
     assert_eq!(outcome(verify(&users(), &key, &big, NOW)), invalid(Invalid::Size));
     assert_eq!(outcome(verify(&users(), &key, "", NOW)), invalid(Invalid::Size));
-    assert_eq!(outcome(verify(&users(), &key, "garbage", NOW)), invalid(Invalid::Malformed));
+    assert_eq!(
+        outcome(verify(&users(), &key, "garbage", NOW)),
+        invalid(Invalid::Malformed)
+    );
 }
 
 #[test]
@@ -242,17 +279,32 @@ fn exp_nbf_and_iat_are_judged_at_the_edges_of_the_leeway() {
     let token = key.sign(&user_claims(NOW, 900));
     let rules = users();
     assert!(verify(&rules, &key, &token, NOW + 900 + 5).is_ok(), "exp 5 s ago");
-    assert_eq!(outcome(verify(&rules, &key, &token, NOW + 900 + 6)), Err(Refusal::Expired));
+    assert_eq!(
+        outcome(verify(&rules, &key, &token, NOW + 900 + 6)),
+        Err(Refusal::Expired)
+    );
     assert!(verify(&rules, &key, &token, NOW - 5).is_ok(), "nbf 5 s ahead");
-    assert_eq!(outcome(verify(&rules, &key, &token, NOW - 6)), invalid(Invalid::NotYetValid));
+    assert_eq!(
+        outcome(verify(&rules, &key, &token, NOW - 6)),
+        invalid(Invalid::NotYetValid)
+    );
     let mut issued_ahead = user_claims(NOW, 900);
     issued_ahead["iat"] = json!(NOW + 6);
     let token = key.sign(&issued_ahead);
-    assert_eq!(outcome(verify(&rules, &key, &token, NOW)), invalid(Invalid::IssuedInFuture));
+    assert_eq!(
+        outcome(verify(&rules, &key, &token, NOW)),
+        invalid(Invalid::IssuedInFuture)
+    );
     let long_lived = key.sign(&user_claims(NOW, 901));
-    assert_eq!(outcome(verify(&rules, &key, &long_lived, NOW)), invalid(Invalid::Lifetime));
+    assert_eq!(
+        outcome(verify(&rules, &key, &long_lived, NOW)),
+        invalid(Invalid::Lifetime)
+    );
     let unbounded = Rules::<UserAccess>::new(ISS, AUD, Leeway::DEFAULT);
-    assert!(verify(&unbounded, &key, &long_lived, NOW).is_ok(), "authd sets no bound");
+    assert!(
+        verify(&unbounded, &key, &long_lived, NOW).is_ok(),
+        "authd sets no bound"
+    );
     let wide = Rules::<UserAccess>::new(ISS, AUD, Leeway::MAX);
     assert!(verify(&wide, &key, &token, NOW).is_ok(), "within 30 s");
 }
@@ -273,7 +325,11 @@ fn missing_or_foreign_claims_are_refused() {
         let mut claims = user_claims(NOW, 900);
         claims.as_object_mut().unwrap().remove(claim);
         let token = key.sign(&claims);
-        assert_eq!(outcome(verify(&users(), &key, &token, NOW)), invalid(Invalid::Claims), "{claim}");
+        assert_eq!(
+            outcome(verify(&users(), &key, &token, NOW)),
+            invalid(Invalid::Claims),
+            "{claim}"
+        );
     }
     for (claim, value) in [
         ("iss", json!("https://evil.test")),
@@ -284,13 +340,21 @@ fn missing_or_foreign_claims_are_refused() {
         let mut claims = user_claims(NOW, 900);
         claims[claim] = value;
         let token = key.sign(&claims);
-        assert_eq!(outcome(verify(&users(), &key, &token, NOW)), invalid(Invalid::Claims), "{claim}");
+        assert_eq!(
+            outcome(verify(&users(), &key, &token, NOW)),
+            invalid(Invalid::Claims),
+            "{claim}"
+        );
     }
     for (claim, value) in [("sub", json!("")), ("sid", json!("")), ("iat", json!(-1))] {
         let mut claims = user_claims(NOW, 900);
         claims[claim] = value;
         let token = key.sign(&claims);
-        assert_eq!(outcome(verify(&users(), &key, &token, NOW)), invalid(Invalid::Shape), "{claim}");
+        assert_eq!(
+            outcome(verify(&users(), &key, &token, NOW)),
+            invalid(Invalid::Shape),
+            "{claim}"
+        );
     }
 }
 
@@ -305,16 +369,25 @@ fn a_security_event_token_is_never_an_access_token() {
     // Even under the access token's typ, its claims are not an access
     // token's; nor are an access token's claims with `events` added.
     let retyped = key.sign(&set_claims(NOW));
-    assert_eq!(outcome(verify(&users(), &key, &retyped, NOW)), invalid(Invalid::Claims));
+    assert_eq!(
+        outcome(verify(&users(), &key, &retyped, NOW)),
+        invalid(Invalid::Claims)
+    );
     let mut hybrid = user_claims(NOW, 900);
     hybrid["events"] = set_claims(NOW)["events"].clone();
     let hybrid = key.sign(&hybrid);
-    assert_eq!(outcome(verify(&users(), &key, &hybrid, NOW)), invalid(Invalid::Shape));
+    assert_eq!(
+        outcome(verify(&users(), &key, &hybrid, NOW)),
+        invalid(Invalid::Shape)
+    );
     // And the other way: an access token is no event.
     let access = key.sign(&user_claims(NOW, 900));
     assert_eq!(outcome(verify(&sets, &key, &access, NOW)), invalid(Invalid::Typ));
     let retyped = key.sign_typed(&user_claims(NOW, 900), Some("secevent+jwt"));
-    assert_eq!(outcome(verify(&sets, &key, &retyped, NOW)), invalid(Invalid::Claims));
+    assert_eq!(
+        outcome(verify(&sets, &key, &retyped, NOW)),
+        invalid(Invalid::Claims)
+    );
     let mut empty = set_claims(NOW);
     empty["events"] = json!({});
     let empty = key.sign_typed(&empty, Some("secevent+jwt"));
@@ -327,22 +400,47 @@ fn a_services_token_never_passes_as_a_users_nor_the_other_way() {
     let services = Rules::<ServiceAccess>::new(ISS, AUD, Leeway::DEFAULT);
     let service = key.sign(&service_claims(NOW));
     let claims = verify(&services, &key, &service, NOW).unwrap();
-    assert_eq!((claims.sub.as_str(), claims.client_id.as_str()), ("svc:billing", "billing"));
-    assert_eq!(outcome(verify(&users(), &key, &service, NOW)), invalid(Invalid::Claims), "no sid");
+    assert_eq!(
+        (claims.sub.as_str(), claims.client_id.as_str()),
+        ("svc:billing", "billing")
+    );
+    assert_eq!(
+        outcome(verify(&users(), &key, &service, NOW)),
+        invalid(Invalid::Claims),
+        "no sid"
+    );
     let mut with_sid = service_claims(NOW);
     with_sid["sid"] = json!("5e55-session");
     let with_sid = key.sign(&with_sid);
-    assert_eq!(outcome(verify(&users(), &key, &with_sid, NOW)), invalid(Invalid::Shape), "sub svc:");
-    assert_eq!(outcome(verify(&services, &key, &with_sid, NOW)), invalid(Invalid::Shape), "a sid");
+    assert_eq!(
+        outcome(verify(&users(), &key, &with_sid, NOW)),
+        invalid(Invalid::Shape),
+        "sub svc:"
+    );
+    assert_eq!(
+        outcome(verify(&services, &key, &with_sid, NOW)),
+        invalid(Invalid::Shape),
+        "a sid"
+    );
 
     let user = key.sign(&user_claims(NOW, 900));
-    assert_eq!(outcome(verify(&services, &key, &user, NOW)), invalid(Invalid::Claims), "no client_id");
+    assert_eq!(
+        outcome(verify(&services, &key, &user, NOW)),
+        invalid(Invalid::Claims),
+        "no client_id"
+    );
     let mut with_client = user_claims(NOW, 900);
     with_client["client_id"] = json!("billing");
     let with_client = key.sign(&with_client);
-    assert_eq!(outcome(verify(&services, &key, &with_client, NOW)), invalid(Invalid::Shape));
+    assert_eq!(
+        outcome(verify(&services, &key, &with_client, NOW)),
+        invalid(Invalid::Shape)
+    );
     let mut mismatched = service_claims(NOW);
     mismatched["client_id"] = json!("other");
     let mismatched = key.sign(&mismatched);
-    assert_eq!(outcome(verify(&services, &key, &mismatched, NOW)), invalid(Invalid::Shape));
+    assert_eq!(
+        outcome(verify(&services, &key, &mismatched, NOW)),
+        invalid(Invalid::Shape)
+    );
 }

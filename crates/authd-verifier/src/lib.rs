@@ -73,6 +73,7 @@ mod error;
 mod jwks;
 mod layer;
 pub mod pb;
+mod policy;
 mod revocations;
 mod stream_health;
 #[cfg(test)]
@@ -85,4 +86,5 @@ pub use claims::Claims;
 pub use config::{MAX_LEEWAY, OnStale, VerifierConfig};
 pub use error::{ERROR_DOMAIN, Revocation, StartError, VerifyError};
 pub use layer::{Verified, VerifierLayer, bearer_token};
+pub use policy::{Acr, Policy};
 pub use verifier::{StreamStatus, Verifier};
