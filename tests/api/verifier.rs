@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use authd::crypto::keys::Key;
-use authd_verifier::{OnStale, Verifier, VerifierConfig};
+use authd_verifier::{Acr, OnStale, Policy, Verifier, VerifierConfig, VerifierLayer};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+use tonic_types::StatusExt as _;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -58,10 +59,15 @@ fn config_for(app: &TestApp, key: &str) -> VerifierConfig {
 }
 
 async fn serve(verifier: Verifier) -> VerifiedService {
+    serve_layer(VerifierLayer::new(verifier.clone()), verifier).await
+}
+
+/// The example service behind `layer`, which wraps `verifier`.
+async fn serve_layer(layer: VerifierLayer, verifier: Verifier) -> VerifiedService {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(verified_service::serve(listener, verifier.clone(), async {
+    tokio::spawn(verified_service::serve_with(listener, layer, async {
         let _ = stopped.await;
     }));
     let channel = Channel::from_shared(format!("http://{addr}"))
@@ -111,6 +117,20 @@ impl VerifiedService {
             session_id: read("x-session-id"),
             roles: read("x-roles"),
         })
+    }
+
+    /// How the caller proved who they are, as the service read it: `amr`,
+    /// `acr`, `auth_time`.
+    async fn assurance(&self, access_token: &str) -> Result<(String, String, i64), Status> {
+        let request = with_bearer(
+            HealthCheckRequest {
+                service: String::new(),
+            },
+            access_token,
+        );
+        let response = self.client.clone().check(request).await?;
+        let read = |name: &str| response.metadata().get(name).unwrap().to_str().unwrap().to_owned();
+        Ok((read("x-amr"), read("x-acr"), read("x-auth-time").parse().unwrap()))
     }
 
     /// Calls until the service refuses `access_token`; the refusal and how
@@ -481,4 +501,34 @@ async fn a_session_ended_before_the_verifier_started_is_refused_in_either_mode()
         let (status, _) = service.refused_within(&live.access_token, REFUSAL_WAIT).await;
         assert_refusal(&status, Code::Unauthenticated, "SESSION_REVOKED");
     }
+}
+
+#[tokio::test]
+async fn the_service_reads_the_assurance_authd_signed_and_a_route_can_require_more() {
+    let app = spawn_app().await;
+    let key = app.service_key("verified-service", &[WATCH]).await;
+    let verifier = start_verifier(app.addr, config_for(&app, &key)).await;
+    assert!(verifier.wait_until_fresh(REFUSAL_WAIT).await, "{:?}", verifier.status());
+    let open = serve(verifier.clone()).await;
+    let strict = serve_layer(
+        VerifierLayer::new(verifier.clone()).route(
+            verified_service::CHECK,
+            Policy::new().require_acr(Acr::Aal2).max_age(Duration::from_secs(600)),
+        ),
+        verifier,
+    )
+    .await;
+    let before = chrono::Utc::now().timestamp();
+    let (_, tokens) = app.signed_in_user().await;
+
+    let (amr, acr, auth_time) = open.assurance(&tokens.access_token).await.unwrap();
+    assert_eq!((amr.as_str(), acr.as_str()), ("pwd", "aal1"), "a password login");
+    let after = chrono::Utc::now().timestamp();
+    assert!((before - 1..=after + 1).contains(&auth_time), "{auth_time} not in {before}..{after}");
+
+    let status = strict.who_am_i(&tokens.access_token).await.unwrap_err();
+    assert_refusal(&status, Code::FailedPrecondition, "REAUTHENTICATION_REQUIRED");
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(info.domain, "authd");
+    assert_eq!(info.metadata.get("max_age").map(String::as_str), Some("600"));
 }
