@@ -16,9 +16,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tonic_types::StatusExt as _;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt as _;
 
 use crate::helpers::*;
 
@@ -129,7 +129,15 @@ impl VerifiedService {
             access_token,
         );
         let response = self.client.clone().check(request).await?;
-        let read = |name: &str| response.metadata().get(name).unwrap().to_str().unwrap().to_owned();
+        let read = |name: &str| {
+            response
+                .metadata()
+                .get(name)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
         Ok((read("x-amr"), read("x-acr"), read("x-auth-time").parse().unwrap()))
     }
 
@@ -508,12 +516,18 @@ async fn the_service_reads_the_assurance_authd_signed_and_a_route_can_require_mo
     let app = spawn_app().await;
     let key = app.service_key("verified-service", &[WATCH]).await;
     let verifier = start_verifier(app.addr, config_for(&app, &key)).await;
-    assert!(verifier.wait_until_fresh(REFUSAL_WAIT).await, "{:?}", verifier.status());
+    assert!(
+        verifier.wait_until_fresh(REFUSAL_WAIT).await,
+        "{:?}",
+        verifier.status()
+    );
     let open = serve(verifier.clone()).await;
     let strict = serve_layer(
         VerifierLayer::new(verifier.clone()).route(
             verified_service::CHECK,
-            Policy::new().require_acr(Acr::Aal2).max_age(Duration::from_secs(600)),
+            Policy::new()
+                .require_acr(Acr::Aal2)
+                .max_age(Duration::from_secs(600)),
         ),
         verifier,
     )
@@ -524,7 +538,10 @@ async fn the_service_reads_the_assurance_authd_signed_and_a_route_can_require_mo
     let (amr, acr, auth_time) = open.assurance(&tokens.access_token).await.unwrap();
     assert_eq!((amr.as_str(), acr.as_str()), ("pwd", "aal1"), "a password login");
     let after = chrono::Utc::now().timestamp();
-    assert!((before - 1..=after + 1).contains(&auth_time), "{auth_time} not in {before}..{after}");
+    assert!(
+        (before - 1..=after + 1).contains(&auth_time),
+        "{auth_time} not in {before}..{after}"
+    );
 
     let status = strict.who_am_i(&tokens.access_token).await.unwrap_err();
     assert_refusal(&status, Code::FailedPrecondition, "REAUTHENTICATION_REQUIRED");

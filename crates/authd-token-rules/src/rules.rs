@@ -68,7 +68,7 @@ impl Leeway {
 
     /// `leeway` in whole seconds, if it is at most [`Leeway::MAX`].
     pub fn new(leeway: Duration) -> Option<Self> {
-        (leeway <= Self::MAX.as_duration()).then(|| Self(leeway.as_secs()))
+        (leeway <= Self::MAX.as_duration()).then_some(Self(leeway.as_secs()))
     }
 
     /// As a duration.

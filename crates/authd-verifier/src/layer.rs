@@ -88,7 +88,9 @@ impl VerifierLayer {
         if route.ends_with('/') {
             routes.prefixes.retain(|(prefix, _)| *prefix != route);
             routes.prefixes.push((route, policy));
-            routes.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            routes
+                .prefixes
+                .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         } else {
             routes.methods.insert(route, policy);
         }

@@ -133,7 +133,7 @@ impl Policy {
             max_age: self.max_age,
         };
         if let Some(required) = self.acr
-            && !Acr::parse(claims.acr()).is_some_and(|level| level >= required)
+            && Acr::parse(claims.acr()).is_none_or(|level| level < required)
         {
             return Err(again);
         }
