@@ -63,7 +63,8 @@ pub struct StreamStatus {
     /// before it was opened, so every unexpired token. `None` while no
     /// stream has caught up since the verifier started or lost events.
     pub covered_since: Option<SystemTime>,
-    /// Ended sessions and disabled or deleted accounts remembered now.
+    /// Ended sessions, disabled or deleted accounts and accounts' last
+    /// factor changes remembered now.
     pub remembered_revocations: usize,
 }
 
