@@ -420,7 +420,7 @@ pub(super) async fn drive_every_rpc(app: &TestApp, smtp: &SmtpServer, tester: &P
         "INVALID_CREDENTIALS",
     );
     let doomed = app
-        .login(&seeded_email(11), SEEDED_PASSWORD)
+        .login(&seeded_email(12), SEEDED_PASSWORD)
         .await
         .unwrap()
         .tokens
@@ -506,7 +506,7 @@ pub(super) async fn drive_every_rpc(app: &TestApp, smtp: &SmtpServer, tester: &P
         };
     }
     let mut seeded_ids = BTreeMap::new();
-    for n in [3, 10, 13] {
+    for n in [3, 10, 13, 16] {
         // The seed's ids are md5('user' || n) as a UUID.
         let id: String = sqlx::query_scalar("SELECT md5('user' || $1)::uuid::text")
             .bind(n.to_string())
@@ -636,7 +636,7 @@ pub(super) async fn drive_every_rpc(app: &TestApp, smtp: &SmtpServer, tester: &P
     );
     admin
         .reset_user_factors(as_service!(pb::ResetUserFactorsRequest {
-            user_id: seeded_id(13),
+            user_id: seeded_id(16),
         }))
         .await
         .unwrap();
