@@ -9,11 +9,12 @@ fn root() -> PathBuf {
 }
 
 /// The places a module path can live: the integration binary's modules,
-/// the library's (unit tests), and the verifier crate's.
+/// the library's (unit tests), the verifier crate's and the token rules'.
 fn candidate_files(segments: &[&str]) -> Vec<PathBuf> {
     let root = root();
     let (bases, segments): (Vec<PathBuf>, &[&str]) = match segments.first() {
         Some(&"authd_verifier") => (vec![root.join("crates/authd-verifier/src")], &segments[1..]),
+        Some(&"authd_token_rules") => (vec![root.join("crates/authd-token-rules/src")], &segments[1..]),
         _ => (vec![root.join("tests/api"), root.join("src")], segments),
     };
     let mut found = Vec::new();
