@@ -24,6 +24,18 @@ pub struct Config {
     pub issuer: String,
     pub audience: String,
     pub signing_keys: Vec<PathBuf>,
+    /// Key files sealing stored secrets (`AUTHD_DATA_KEYS`); the first
+    /// seals, all open. Empty: a development key in the data folder.
+    pub data_keys: Vec<PathBuf>,
+    /// Issuer label of `otpauth://` URIs (`AUTHD_TOTP_ISSUER`); unset: see
+    /// `totp_issuer()`.
+    pub totp_issuer: Option<String>,
+    /// How recent the last proof must be for calls that need a fresh one
+    /// (`AUTHD_REAUTH_MAX_AGE`).
+    pub reauth_max_age: Duration,
+    /// `AUTHD_REQUIRE_MFA` as given: `off`, `all` or `roles:a,b`; its role
+    /// names are checked when the runtime settings are built.
+    pub require_mfa: String,
     pub access_token_ttl: Duration,
     pub session_idle_ttl: Duration,
     pub session_max_ttl: Duration,
@@ -99,6 +111,10 @@ impl Default for Config {
             issuer: "authd".into(),
             audience: "authd".into(),
             signing_keys: Vec::new(),
+            data_keys: Vec::new(),
+            totp_issuer: None,
+            reauth_max_age: Duration::from_secs(600),
+            require_mfa: "off".into(),
             access_token_ttl: Duration::from_secs(15 * 60),
             session_idle_ttl: Duration::from_secs(7 * 86_400),
             session_max_ttl: Duration::from_secs(30 * 86_400),
@@ -162,6 +178,7 @@ impl Config {
         c.read_tokens(&mut vars);
         c.read_mail(&mut vars);
         c.read_passwords(&mut vars);
+        c.read_factors(&mut vars);
         c.read_clients(&mut vars);
         c.read_operations(&mut vars);
         vars.errors.extend(c.inconsistencies());
@@ -205,12 +222,7 @@ impl Config {
             Ok(())
         });
         v.read("AUTHD_SIGNING_KEYS", |s| {
-            self.signing_keys = s
-                .split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from)
-                .collect();
+            self.signing_keys = path_list(s);
             Ok(())
         });
         v.read("AUTHD_ACCESS_TOKEN_TTL", |s| {
@@ -280,6 +292,44 @@ impl Config {
         v.read("AUTHD_PASSWORD_MIN_LENGTH", |s| {
             parse_into(s, &mut self.password_min_length)
         });
+    }
+
+    /// Second factors: the keys sealing their secrets, the label
+    /// authenticator apps show, freshness, and who must have one.
+    fn read_factors(&mut self, v: &mut Vars<'_>) {
+        v.read("AUTHD_DATA_KEYS", |s| {
+            self.data_keys = path_list(s);
+            if self.data_keys.is_empty() {
+                return Err("names no key file".into());
+            }
+            Ok(())
+        });
+        v.read("AUTHD_TOTP_ISSUER", |s| {
+            self.totp_issuer = Some(check_totp_issuer(s)?);
+            Ok(())
+        });
+        v.read("AUTHD_REAUTH_MAX_AGE", |s| {
+            duration_into(s, &mut self.reauth_max_age)
+        });
+        v.read("AUTHD_REQUIRE_MFA", |s| {
+            self.require_mfa = s.to_owned();
+            Ok(())
+        });
+    }
+
+    /// The issuer label of `otpauth://` URIs: `AUTHD_TOTP_ISSUER`, else the
+    /// host of `AUTHD_ISSUER` when it is a URL, else the issuer itself
+    /// (without the colons the URI format reserves).
+    pub fn totp_issuer(&self) -> String {
+        if let Some(issuer) = &self.totp_issuer {
+            return issuer.clone();
+        }
+        let label = host_of(&self.issuer).unwrap_or(&self.issuer).replace(':', "");
+        if label.trim().is_empty() {
+            "authd".into()
+        } else {
+            label
+        }
     }
 
     /// How clients reach authd: per-client limits, the gateway's header,
@@ -379,6 +429,10 @@ impl Config {
         if !(1..=100_000).contains(&self.cleanup_batch_size) {
             errors.push("AUTHD_CLEANUP_BATCH_SIZE: must be between 1 and 100000".into());
         }
+        if self.reauth_max_age < Duration::from_secs(60) || self.reauth_max_age > Duration::from_secs(86_400)
+        {
+            errors.push("AUTHD_REAUTH_MAX_AGE must be between 1m and 24h".into());
+        }
         if self.access_token_ttl.is_zero() || self.session_idle_ttl.is_zero() {
             errors.push("token lifetimes must be positive".into());
         }
@@ -401,6 +455,44 @@ impl Vars<'_> {
             self.errors.push(format!("{key}: {e}"));
         }
     }
+}
+
+/// A comma-separated list of files.
+fn path_list(v: &str) -> Vec<PathBuf> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// The host of a URL like `https://auth.example.com:8443/x`, without port or
+/// credentials; `None` for a string that is not such a URL.
+fn host_of(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    let host = if let Some(bracketed) = host_port.strip_prefix('[') {
+        bracketed.split(']').next()?
+    } else {
+        host_port.split(':').next()?
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+/// An issuer label authenticator apps show next to the account: the
+/// otpauth format puts it before a colon, so it may hold none.
+fn check_totp_issuer(v: &str) -> Result<String, String> {
+    if v.contains(':') {
+        return Err("must not contain ':' (it separates issuer and account in otpauth labels)".into());
+    }
+    if v.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    if v.chars().count() > 64 {
+        return Err("must be at most 64 characters".into());
+    }
+    Ok(v.to_owned())
 }
 
 /// `*`, or a comma-separated list of exact origins (`https://app.example.com`,
@@ -566,6 +658,57 @@ mod tests {
                 .unwrap_or_default();
             assert!(err.contains(key), "{key}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn second_factor_settings_have_defaults_and_bounds() {
+        let c = Config::from_lookup(|_| None).unwrap();
+        assert!(c.data_keys.is_empty(), "development key by default");
+        assert_eq!(c.reauth_max_age, Duration::from_secs(600));
+        assert_eq!(c.require_mfa, "off");
+        let env: HashMap<&str, &str> = HashMap::from([
+            ("AUTHD_DATA_KEYS", "/keys/new, /keys/old,"),
+            ("AUTHD_REAUTH_MAX_AGE", "1h"),
+            ("AUTHD_REQUIRE_MFA", "roles:admin"),
+            ("AUTHD_TOTP_ISSUER", "Example Corp"),
+        ]);
+        let c = Config::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(
+            c.data_keys,
+            vec![PathBuf::from("/keys/new"), PathBuf::from("/keys/old")]
+        );
+        assert_eq!(c.reauth_max_age, Duration::from_secs(3600));
+        assert_eq!(c.require_mfa, "roles:admin");
+        assert_eq!(c.totp_issuer(), "Example Corp");
+        for (key, value) in [
+            ("AUTHD_REAUTH_MAX_AGE", "30s"),
+            ("AUTHD_REAUTH_MAX_AGE", "2d"),
+            ("AUTHD_REAUTH_MAX_AGE", "soon"),
+            ("AUTHD_DATA_KEYS", " , "),
+            ("AUTHD_TOTP_ISSUER", "Example: Corp"),
+        ] {
+            let err = Config::from_lookup(|k| (k == key).then(|| value.to_owned()))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key), "{key}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_totp_issuer_defaults_to_the_issuer_host() {
+        let issuer = |issuer: &str| {
+            Config {
+                issuer: issuer.into(),
+                ..Config::default()
+            }
+            .totp_issuer()
+        };
+        assert_eq!(issuer("https://auth.example.com"), "auth.example.com");
+        assert_eq!(issuer("https://auth.example.com:8443/realm"), "auth.example.com");
+        assert_eq!(issuer("http://127.0.0.1:50051"), "127.0.0.1");
+        assert_eq!(issuer("authd"), "authd");
+        assert_eq!(issuer("urn:example:authd"), "urnexampleauthd");
     }
 
     #[test]

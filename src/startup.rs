@@ -24,11 +24,12 @@ use crate::coherence::freshness::Freshness;
 use crate::coherence::revocation_feed::RevocationFeed;
 use crate::coherence::session_cache::SessionCache;
 use crate::config::Config;
+use crate::crypto::data_keys::DataKeys;
 use crate::crypto::jwt::AccessTokens;
 use crate::crypto::keys;
 use crate::crypto::password::PasswordHasher;
 use crate::db;
-use crate::domain::PasswordPolicy;
+use crate::domain::{MfaRequirement, PasswordPolicy};
 use crate::grpc::auth_layer::BearerAuth;
 use crate::grpc::database_gate::DatabaseGate;
 use crate::grpc::deadline::Deadlines;
@@ -47,7 +48,7 @@ use crate::pb;
 use crate::pb::auth::v1::admin_service_server::AdminServiceServer;
 use crate::pb::auth::v1::auth_service_server::AuthServiceServer;
 use crate::service::keys::ServiceKeys;
-use crate::service::{Core, PageTokens, SessionSettings};
+use crate::service::{Core, FactorSettings, PageTokens, SessionSettings};
 
 /// Largest request authd decodes; its messages are a few hundred bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -242,6 +243,7 @@ async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Metr
         &config.audience,
         config.access_token_ttl,
     )?;
+    let factors = factor_settings(config)?;
     let hasher = PasswordHasher::new(config.argon2, config.hash_workers)?;
     hasher.run(PasswordPolicy::warm_up).await?;
     let metrics = Metrics::for_service(
@@ -278,8 +280,24 @@ async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Metr
             queued: Default::default(),
             reset_requested: Default::default(),
         },
+        factors,
     };
     Ok((core, metrics))
+}
+
+/// The second-factor settings, with the data keys loaded (or the
+/// development key made) and the role names of `AUTHD_REQUIRE_MFA` checked.
+pub fn factor_settings(config: &Config) -> anyhow::Result<FactorSettings> {
+    let require_mfa = MfaRequirement::parse(&config.require_mfa)
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n  AUTHD_REQUIRE_MFA: {e}"))?;
+    let data_keys = DataKeys::load_or_generate(&config.data_keys, &config.data_dir)
+        .context("loading the data keys (AUTHD_DATA_KEYS)")?;
+    Ok(FactorSettings {
+        data_keys,
+        totp_issuer: config.totp_issuer(),
+        reauth_max_age: config.reauth_max_age,
+        require_mfa,
+    })
 }
 
 /// tonic's server with explicit limits: it leaves streams and reset floods

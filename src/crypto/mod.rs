@@ -1,5 +1,7 @@
-//! Password hashing, access-token signing and opaque secrets.
+//! Password hashing, access-token signing, opaque secrets and the data keys
+//! that seal stored secrets.
 
+pub mod data_keys;
 pub mod jwt;
 pub mod keys;
 pub mod opaque;

@@ -5,6 +5,7 @@ pub mod maintenance;
 pub mod outbox;
 pub mod recovery;
 pub mod revocations;
+pub mod sealed_secrets;
 pub mod secrets;
 pub mod service_accounts;
 pub mod sessions;

@@ -4,6 +4,7 @@
 mod accounts;
 mod admin;
 mod attempts;
+pub mod factor_settings;
 pub mod keys;
 mod login;
 mod profile;
@@ -33,6 +34,7 @@ use crate::service::keys::ServiceKeys;
 
 pub use accounts::RegisterInput;
 pub use admin::PageTokens;
+pub use factor_settings::FactorSettings;
 pub use profile::{ProfileValues, UpdateMeInput};
 pub use revocations::{RevocationEvent, RevocationKind, RevocationStream};
 pub use session_list::OwnSession;
@@ -76,6 +78,8 @@ pub struct Core {
     pub freshness: Freshness,
     /// Wakes WatchRevocations subscribers; ends their streams at shutdown.
     pub revocation_feed: RevocationFeed,
+    /// Second factors: data keys, TOTP issuer, freshness, enforcement.
+    pub factors: FactorSettings,
 }
 
 impl Core {

@@ -96,6 +96,10 @@ pub async fn spawn_app_on(database_url: &str, tweak: impl FnOnce(&mut Config)) -
     let signing_pem = authd::crypto::keys::generate_ed25519_pem().unwrap();
     let key_path = data_dir.join("signing.pem");
     std::fs::write(&key_path, &signing_pem).unwrap();
+    // A data key of the test's own, as an operator configures one; tests
+    // read `config.data_keys` to seal or rotate.
+    let data_key_path = data_dir.join("data-key");
+    authd::crypto::data_keys::generate_key_file(&data_key_path).unwrap();
     let mut config = Config {
         database_url: Some(SecretString::from(database_url.to_owned())),
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -103,6 +107,7 @@ pub async fn spawn_app_on(database_url: &str, tweak: impl FnOnce(&mut Config)) -
         issuer: "https://authd.test".into(),
         audience: "test-services".into(),
         signing_keys: vec![key_path],
+        data_keys: vec![data_key_path],
         argon2: TEST_ARGON2,
         db_max_connections: 5,
         health_check_interval: Duration::from_millis(200),
@@ -371,10 +376,16 @@ impl TestApp {
             .to_owned()
     }
 
-    /// A second server on this server's database with the same signing keys.
+    /// A second server on this server's database with the same signing and
+    /// data keys.
     pub async fn replica(&self) -> TestApp {
         let keys = self.config.signing_keys.clone();
-        spawn_app_on(&self.database_url(), |c| c.signing_keys = keys).await
+        let data_keys = self.config.data_keys.clone();
+        spawn_app_on(&self.database_url(), |c| {
+            c.signing_keys = keys;
+            c.data_keys = data_keys;
+        })
+        .await
     }
 
     pub async fn refresh(&self, refresh_token: &str) -> Result<pb::TokenPair, Status> {

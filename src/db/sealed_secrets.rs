@@ -1,0 +1,119 @@
+//! Secrets sealed under a data key, as the re-seal after a key rotation
+//! reads and rewrites them: today the TOTP secrets of `factors`.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The associated data a factor's secret is sealed with: the factor's id
+/// then its owner's, 16 raw bytes each. A sealed secret copied to another
+/// factor or account then does not open.
+pub fn factor_secret_aad(factor_id: Uuid, user_id: Uuid) -> [u8; 32] {
+    let mut aad = [0u8; 32];
+    aad[..16].copy_from_slice(factor_id.as_bytes());
+    aad[16..].copy_from_slice(user_id.as_bytes());
+    aad
+}
+
+/// A factor's secret as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SealedFactorSecret {
+    pub factor_id: Uuid,
+    pub user_id: Uuid,
+    pub key_id: String,
+    pub sealed: Vec<u8>,
+}
+
+/// A secret sealed anew, to replace `old` if the row still holds it.
+#[derive(Debug, Clone)]
+pub struct Resealed {
+    pub old: SealedFactorSecret,
+    pub sealed: Vec<u8>,
+}
+
+/// Up to `limit` factor secrets not sealed under `key_id`, in id order from
+/// after `after`: the caller walks the table once even when some rows
+/// cannot be re-sealed.
+pub async fn factor_secrets_not_under(
+    db: &PgPool,
+    key_id: &str,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<SealedFactorSecret>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id AS factor_id, user_id, secret_key_id AS key_id, secret_sealed AS sealed
+           FROM factors
+          WHERE secret_sealed IS NOT NULL AND secret_key_id IS NOT NULL
+            AND secret_key_id <> $1
+            AND ($2::uuid IS NULL OR id > $2)
+          ORDER BY id
+          LIMIT $3",
+    )
+    .bind(key_id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Stores each re-sealed secret under `key_id`, in one statement, but only
+/// where the row still holds the value that was read: a secret changed or
+/// removed meanwhile (a new enrolment, another re-seal) is left as it is.
+/// Returns how many rows were replaced.
+pub async fn replace_factor_secrets(
+    db: &PgPool,
+    key_id: &str,
+    resealed: &[Resealed],
+) -> Result<u64, sqlx::Error> {
+    if resealed.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = resealed.iter().map(|r| r.old.factor_id).collect();
+    let old_key_ids: Vec<&str> = resealed.iter().map(|r| r.old.key_id.as_str()).collect();
+    let old_sealed: Vec<&[u8]> = resealed.iter().map(|r| r.old.sealed.as_slice()).collect();
+    let new_sealed: Vec<&[u8]> = resealed.iter().map(|r| r.sealed.as_slice()).collect();
+    let done = sqlx::query(
+        "UPDATE factors f
+            SET secret_sealed = r.new_sealed, secret_key_id = $5
+           FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::bytea[])
+                AS r(id, old_key_id, old_sealed, new_sealed)
+          WHERE f.id = r.id
+            AND f.secret_key_id = r.old_key_id
+            AND f.secret_sealed = r.old_sealed",
+    )
+    .bind(&ids)
+    .bind(&old_key_ids)
+    .bind(&old_sealed)
+    .bind(&new_sealed)
+    .bind(key_id)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// How many factor secrets each data key seals, by key id.
+pub async fn factor_secrets_by_key(db: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT secret_key_id, count(*)
+           FROM factors
+          WHERE secret_key_id IS NOT NULL
+          GROUP BY secret_key_id
+          ORDER BY secret_key_id",
+    )
+    .fetch_all(db)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_aad_is_the_factor_then_its_owner() {
+        let factor = Uuid::new_v4();
+        let user = Uuid::new_v4();
+        let aad = factor_secret_aad(factor, user);
+        assert_eq!(&aad[..16], factor.as_bytes());
+        assert_eq!(&aad[16..], user.as_bytes());
+        assert_ne!(aad, factor_secret_aad(user, factor));
+    }
+}
