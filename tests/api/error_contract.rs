@@ -835,3 +835,18 @@ async fn every_error_of_second_factors_carries_a_listed_reason() {
         "TOKEN_MISSING",
     );
 }
+/// MFA_ENROLLMENT_REQUIRED: an account AUTHD_REQUIRE_MFA applies to, with
+/// no factor yet, may do nothing but enrol.
+#[tokio::test]
+async fn mfa_enrollment_required_carries_a_listed_reason() {
+    let app = spawn_app_with(|c| c.require_mfa = "all".into()).await;
+    let (_, tokens) = app.signed_in_user().await;
+    expect(
+        app.client
+            .clone()
+            .list_sessions(with_bearer(pb::ListSessionsRequest {}, &tokens.access_token))
+            .await,
+        Code::FailedPrecondition,
+        "MFA_ENROLLMENT_REQUIRED",
+    );
+}

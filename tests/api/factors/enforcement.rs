@@ -1,16 +1,7 @@
 //! AUTHD_REQUIRE_MFA (enrol first, nothing else) and AUTHD_REAUTH_MAX_AGE
 //! (how recent a second factor must be for a sensitive call).
 
-use authd::config::Config;
-
 use super::*;
-
-/// Sets `require_mfa` as the operator would write AUTHD_REQUIRE_MFA.
-pub fn require_mfa(config: &mut Config, value: &str) {
-    let parsed = Config::from_lookup(|key| (key == "AUTHD_REQUIRE_MFA").then(|| value.to_owned()))
-        .expect("a valid AUTHD_REQUIRE_MFA");
-    config.require_mfa = parsed.require_mfa;
-}
 
 async fn update_me(app: &TestApp, access: &str) -> Result<pb::UpdateMeResponse, Status> {
     app.client
@@ -38,7 +29,7 @@ fn assert_enrollment_required<T: std::fmt::Debug>(result: Result<T, Status>) {
 
 #[tokio::test]
 async fn require_mfa_all_lets_an_account_without_a_factor_only_enrol() {
-    let app = spawn_app_with(|c| require_mfa(c, "all")).await;
+    let app = spawn_app_with(|c| c.require_mfa = "all".into()).await;
     let email = fresh_email();
     app.register(&email, PASSWORD).await;
     let login = app.login(&email, PASSWORD).await.unwrap();
@@ -50,8 +41,8 @@ async fn require_mfa_all_lets_an_account_without_a_factor_only_enrol() {
     let access = &tokens.access_token;
     assert_eq!(acr(access), "aal1");
 
-    let me = me(&app, access).await.expect("GetMe is allowed");
-    assert!(me.mfa_enrollment_required);
+    let restricted = me(&app, access).await.expect("GetMe is allowed");
+    assert!(restricted.mfa_enrollment_required);
     assert!(list_factors(&app, access).await.factors.is_empty());
     assert_enrollment_required(update_me(&app, access).await);
     assert_enrollment_required(list_sessions(&app, access).await);
@@ -79,7 +70,7 @@ async fn require_mfa_all_lets_an_account_without_a_factor_only_enrol() {
 
 #[tokio::test]
 async fn require_mfa_for_a_role_lets_its_members_enrol_and_nothing_else() {
-    let app = spawn_app_with(|c| require_mfa(c, "roles:admin")).await;
+    let app = spawn_app_with(|c| c.require_mfa = "roles:admin".into()).await;
     let key = app.service_key("role-admin", &["users.write"]).await;
     let (admin, _) = app.signed_in_user().await;
     crate::admin::set_roles(&app, &key, &admin.id, &["admin"]).await.unwrap();

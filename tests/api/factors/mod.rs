@@ -4,6 +4,8 @@
 //! from the tests' own RFC 6238 implementation (`crate::totp`).
 
 mod assurance;
+mod at_rest;
+mod enforcement;
 mod enrollment;
 mod login;
 mod management;
