@@ -691,7 +691,13 @@ async fn every_error_of_second_factors_carries_a_listed_reason() {
 
     // ENROLLMENT_EXPIRED, INVALID_CODE, INVALID_ARGUMENT on ConfirmTotp.
     expect(
-        confirm(&app, &enrolling.access_token, &uuid::Uuid::new_v4().to_string(), "123456").await,
+        confirm(
+            &app,
+            &enrolling.access_token,
+            &uuid::Uuid::new_v4().to_string(),
+            "123456",
+        )
+        .await,
         Code::NotFound,
         "ENROLLMENT_EXPIRED",
     );

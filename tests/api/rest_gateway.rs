@@ -582,7 +582,12 @@ async fn second_factor_routes_work_through_envoy() {
     assert_eq!(r.status, 200, "{}", r.json());
     let enrollment = r.json();
     let secret = enrollment["secret"].as_str().unwrap().to_owned();
-    assert!(enrollment["otpauthUri"].as_str().unwrap().starts_with("otpauth://totp/"));
+    assert!(
+        enrollment["otpauthUri"]
+            .as_str()
+            .unwrap()
+            .starts_with("otpauth://totp/")
+    );
     let authenticator = Authenticator::new(&secret);
 
     let r = Request::new("POST", "/v1/users/me/factors/totp:confirm")
@@ -603,7 +608,10 @@ async fn second_factor_routes_work_through_envoy() {
     let factor_id = confirmed["factor"]["id"].as_str().unwrap().to_owned();
     assert_eq!(confirmed["recoveryCodes"].as_array().unwrap().len(), 10);
 
-    let r = Request::new("GET", "/v1/users/me/factors").bearer(&access).send(at).await;
+    let r = Request::new("GET", "/v1/users/me/factors")
+        .bearer(&access)
+        .send(at)
+        .await;
     assert_eq!(r.status, 200, "{}", r.json());
     assert_eq!(r.json()["factors"][0]["id"], factor_id.as_str());
     assert_eq!(r.json()["recoveryCodesLeft"], 10);
@@ -677,8 +685,16 @@ async fn second_factor_routes_work_through_envoy() {
     let path = format!("/v1/users/me/factors/{factor_id}");
     let r = Request::new("DELETE", &path).bearer(&raised).send(at).await;
     assert_eq!(r.status, 200, "{}", r.json());
-    let r = Request::new("GET", "/v1/users/me/factors").bearer(&raised).send(at).await;
-    assert_eq!(r.json()["factors"].as_array().map_or(0, Vec::len), 0, "{}", r.json());
+    let r = Request::new("GET", "/v1/users/me/factors")
+        .bearer(&raised)
+        .send(at)
+        .await;
+    assert_eq!(
+        r.json()["factors"].as_array().map_or(0, Vec::len),
+        0,
+        "{}",
+        r.json()
+    );
 
     // An admin resets a lost factor.
     let r = Request::new("POST", "/v1/users/me/factors/totp")
@@ -695,11 +711,19 @@ async fn second_factor_routes_work_through_envoy() {
     assert_eq!(r.status, 200, "{}", r.json());
     let key = app.service_key("rest-resetter", &["users.write"]).await;
     let path = format!("/v1/admin/users/{}/factors:reset", user.id);
-    let r = Request::new("POST", &path).bearer(&key).json(&json!({})).send(at).await;
+    let r = Request::new("POST", &path)
+        .bearer(&key)
+        .json(&json!({}))
+        .send(at)
+        .await;
     assert_eq!(r.status, 200, "{}", r.json());
     assert_eq!(r.json()["user"]["id"], user.id.as_str());
     let missing = format!("/v1/admin/users/{}/factors:reset", uuid::Uuid::new_v4());
-    let r = Request::new("POST", &missing).bearer(&key).json(&json!({})).send(at).await;
+    let r = Request::new("POST", &missing)
+        .bearer(&key)
+        .json(&json!({}))
+        .send(at)
+        .await;
     assert_http_error(&r, 404, "USER_NOT_FOUND");
     let r = Request::new("POST", "/v1/auth/login")
         .json(&json!({"login": user.email, "password": PASSWORD}))

@@ -79,8 +79,10 @@ pub async fn safe_step() -> u64 {
         } else {
             STEP_SECONDS - into + EDGE_MARGIN
         };
-        tokio::time::sleep(Duration::from_secs(until_safe) - Duration::from_nanos(u64::from(now.subsec_nanos())))
-            .await;
+        tokio::time::sleep(
+            Duration::from_secs(until_safe) - Duration::from_nanos(u64::from(now.subsec_nanos())),
+        )
+        .await;
     }
 }
 

@@ -144,10 +144,7 @@ async fn an_mfa_token_does_not_accept_another_accounts_code() {
         .expect("Alice's own code")
         .tokens
         .unwrap();
-    assert_eq!(
-        app.get_me(&tokens.access_token).await.unwrap().id,
-        alice.user.id
-    );
+    assert_eq!(app.get_me(&tokens.access_token).await.unwrap().id, alice.user.id);
 }
 
 #[tokio::test]
@@ -200,7 +197,11 @@ async fn step_up_with_another_accounts_code_is_refused() {
         "INVALID_CODE",
     );
     assert_eq!(
-        acr(&app.refresh(&alice_session.refresh_token).await.unwrap().access_token),
+        acr(&app
+            .refresh(&alice_session.refresh_token)
+            .await
+            .unwrap()
+            .access_token),
         "aal1"
     );
 }

@@ -17,7 +17,11 @@ async fn a_database_dump_does_not_hold_the_totp_secret() {
         .output()
         .await
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let dump = String::from_utf8_lossy(&output.stdout).to_lowercase();
     assert!(dump.contains(&user.user.id), "the dump holds the account");
     assert!(dump.contains("factors"), "the dump holds the factors table");
@@ -30,7 +34,10 @@ async fn a_database_dump_does_not_hold_the_totp_secret() {
     assert!(!dump.contains(&hex), "the secret's hex is in the dump");
     for code in &user.recovery_codes {
         assert!(!dump.contains(code.as_str()), "a recovery code is in the dump");
-        assert!(!dump.contains(&code.replace('-', "")), "a recovery code is in the dump");
+        assert!(
+            !dump.contains(&code.replace('-', "")),
+            "a recovery code is in the dump"
+        );
     }
 }
 

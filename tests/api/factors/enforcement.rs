@@ -46,11 +46,19 @@ async fn require_mfa_all_lets_an_account_without_a_factor_only_enrol() {
     assert!(list_factors(&app, access).await.factors.is_empty());
     assert_enrollment_required(update_me(&app, access).await);
     assert_enrollment_required(list_sessions(&app, access).await);
-    assert_enrollment_required(app.change_password(access, PASSWORD, "a completely new passphrase").await);
+    assert_enrollment_required(
+        app.change_password(access, PASSWORD, "a completely new passphrase")
+            .await,
+    );
     assert_enrollment_required(change_email(&app, access, &fresh_email()).await);
     assert_enrollment_required(list_sessions(&app, &other.access_token).await);
-    app.logout(&leaving.refresh_token).await.expect("Logout is allowed");
-    let refreshed = app.refresh(&tokens.refresh_token).await.expect("Refresh is allowed");
+    app.logout(&leaving.refresh_token)
+        .await
+        .expect("Logout is allowed");
+    let refreshed = app
+        .refresh(&tokens.refresh_token)
+        .await
+        .expect("Refresh is allowed");
     assert_enrollment_required(list_sessions(&app, &refreshed.access_token).await);
 
     add_totp(&app, &refreshed.access_token).await;
@@ -62,8 +70,15 @@ async fn require_mfa_all_lets_an_account_without_a_factor_only_enrol() {
         .expect("the other session is free too");
     let raised = app.refresh(&refreshed.refresh_token).await.unwrap();
     assert_eq!(acr(&raised.access_token), "aal2");
-    update_me(&app, &raised.access_token).await.expect("UpdateMe after enrolling");
-    assert!(!me(&app, &raised.access_token).await.unwrap().mfa_enrollment_required);
+    update_me(&app, &raised.access_token)
+        .await
+        .expect("UpdateMe after enrolling");
+    assert!(
+        !me(&app, &raised.access_token)
+            .await
+            .unwrap()
+            .mfa_enrollment_required
+    );
     // From now on Login asks for the factor.
     challenge(&app, &email).await;
 }
@@ -73,15 +88,21 @@ async fn require_mfa_for_a_role_lets_its_members_enrol_and_nothing_else() {
     let app = spawn_app_with(|c| c.require_mfa = "roles:admin".into()).await;
     let key = app.service_key("role-admin", &["users.write"]).await;
     let (admin, _) = app.signed_in_user().await;
-    crate::admin::set_roles(&app, &key, &admin.id, &["admin"]).await.unwrap();
+    crate::admin::set_roles(&app, &key, &admin.id, &["admin"])
+        .await
+        .unwrap();
     let (plain, _) = app.signed_in_user().await;
-    crate::admin::set_roles(&app, &key, &plain.id, &["billing:read"]).await.unwrap();
+    crate::admin::set_roles(&app, &key, &plain.id, &["billing:read"])
+        .await
+        .unwrap();
 
     // Not an admin: untouched.
     let login = app.login(&plain.email, PASSWORD).await.unwrap();
     assert!(!login.mfa_enrollment_required);
     let tokens = login.tokens.unwrap();
-    list_sessions(&app, &tokens.access_token).await.expect("ListSessions");
+    list_sessions(&app, &tokens.access_token)
+        .await
+        .expect("ListSessions");
     update_me(&app, &tokens.access_token).await.expect("UpdateMe");
 
     // An admin: enrol first.
@@ -95,7 +116,9 @@ async fn require_mfa_for_a_role_lets_its_members_enrol_and_nothing_else() {
     list_sessions(&app, &raised.access_token)
         .await
         .expect("ListSessions after enrolling");
-    update_me(&app, &raised.access_token).await.expect("UpdateMe after enrolling");
+    update_me(&app, &raised.access_token)
+        .await
+        .expect("UpdateMe after enrolling");
 }
 
 /// A second factor proved longer ago than AUTHD_REAUTH_MAX_AGE is not

@@ -43,9 +43,14 @@ async fn enroll_totp_gives_the_secret_and_an_otpauth_uri_apps_accept() {
     assert_near(enrollment.expires_at.unwrap().seconds, started + 600, 10);
 
     let uri = &enrollment.otpauth_uri;
-    let rest = uri.strip_prefix("otpauth://totp/").unwrap_or_else(|| panic!("{uri}"));
+    let rest = uri
+        .strip_prefix("otpauth://totp/")
+        .unwrap_or_else(|| panic!("{uri}"));
     let (label, query) = rest.split_once('?').unwrap_or_else(|| panic!("{uri}"));
-    assert!(!label.contains(' ') && !label.contains('?'), "label not encoded: {uri}");
+    assert!(
+        !label.contains(' ') && !label.contains('?'),
+        "label not encoded: {uri}"
+    );
     let label = percent_decode(label);
     let (issuer, account) = label.split_once(':').unwrap_or_else(|| panic!("{uri}"));
     assert_eq!(account, user.email);
@@ -104,7 +109,12 @@ async fn the_first_factor_comes_with_ten_recovery_codes_and_raises_the_session()
     let factor = confirmed.factor.unwrap();
     assert_eq!(factor.kind(), pb::FactorKind::Totp);
     assert_eq!(factor.name, "Phone");
-    assert_eq!(confirmed.recovery_codes.len(), 10, "{:?}", confirmed.recovery_codes);
+    assert_eq!(
+        confirmed.recovery_codes.len(),
+        10,
+        "{:?}",
+        confirmed.recovery_codes
+    );
     for code in &confirmed.recovery_codes {
         assert_recovery_code_format(code);
     }
@@ -120,7 +130,10 @@ async fn the_first_factor_comes_with_ten_recovery_codes_and_raises_the_session()
     // The session that confirmed proved both factors.
     let refreshed = app.refresh(&tokens.refresh_token).await.unwrap();
     assert_eq!(acr(&refreshed.access_token), "aal2");
-    assert_eq!(sorted(amr(&refreshed.access_token)), strings(&["mfa", "otp", "pwd"]));
+    assert_eq!(
+        sorted(amr(&refreshed.access_token)),
+        strings(&["mfa", "otp", "pwd"])
+    );
     // And the next Login needs the second factor.
     challenge(&app, &user.email).await;
 }
@@ -204,13 +217,24 @@ async fn unknown_confirmed_or_expired_enrollments_are_enrollment_expired() {
 
     let enrollment = enroll(&app, access, "").await.unwrap();
     let authenticator = Authenticator::new(&enrollment.secret);
-    confirm(&app, access, &enrollment.enrollment_id, &authenticator.code().await)
-        .await
-        .unwrap();
+    confirm(
+        &app,
+        access,
+        &enrollment.enrollment_id,
+        &authenticator.code().await,
+    )
+    .await
+    .unwrap();
     // A fresh token: the account has a factor now.
     let fresh = app.refresh(&tokens.refresh_token).await.unwrap();
     assert_error(
-        confirm(&app, &fresh.access_token, &enrollment.enrollment_id, &authenticator.code().await).await,
+        confirm(
+            &app,
+            &fresh.access_token,
+            &enrollment.enrollment_id,
+            &authenticator.code().await,
+        )
+        .await,
         Code::NotFound,
         "ENROLLMENT_EXPIRED",
     );
@@ -250,7 +274,13 @@ async fn more_apps_need_a_fresh_factor_and_stop_at_five() {
     let enrollment = enroll(&app, &first_session.access_token, "").await.unwrap();
     let code = Authenticator::new(&enrollment.secret).code().await;
     assert_reauthentication_required(
-        confirm(&app, &first_session.access_token, &enrollment.enrollment_id, &code).await,
+        confirm(
+            &app,
+            &first_session.access_token,
+            &enrollment.enrollment_id,
+            &code,
+        )
+        .await,
     );
 
     let fresh = app.refresh(&first_session.refresh_token).await.unwrap();

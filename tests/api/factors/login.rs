@@ -25,14 +25,24 @@ async fn login_answers_a_challenge_and_starts_no_session_until_completed() {
     assert!(response.tokens.is_none(), "{response:?}");
     assert_eq!(response.user.as_ref().unwrap().id, user.user.id);
     let challenge = response.mfa_required.expect("mfa_required");
-    assert!(challenge.mfa_token.len() >= 43, "256 bits at least: {}", challenge.mfa_token);
+    assert!(
+        challenge.mfa_token.len() >= 43,
+        "256 bits at least: {}",
+        challenge.mfa_token
+    );
     assert_eq!(
         challenge.factors().collect::<Vec<_>>(),
         [pb::FactorKind::Totp, pb::FactorKind::RecoveryCode]
     );
     assert_near(challenge.expires_at.unwrap().seconds, started + 300, 10);
     // The password step made no session.
-    assert_eq!(list_sessions(&app, &user.tokens.access_token).await.unwrap().len(), 1);
+    assert_eq!(
+        list_sessions(&app, &user.tokens.access_token)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
     let completed = complete_totp(&app, &challenge.mfa_token, &user.app.code().await)
         .await
@@ -56,9 +66,14 @@ async fn a_replayed_code_is_refused() {
     let enrollment = enroll(&app, &enrolling.access_token, "").await.unwrap();
     let step = safe_step().await;
     let confirm_code = code_at_step(&enrollment.secret, step);
-    confirm(&app, &enrolling.access_token, &enrollment.enrollment_id, &confirm_code)
-        .await
-        .unwrap();
+    confirm(
+        &app,
+        &enrolling.access_token,
+        &enrollment.enrollment_id,
+        &confirm_code,
+    )
+    .await
+    .unwrap();
 
     let first = challenge(&app, &user.email).await;
     assert_error(
@@ -201,10 +216,12 @@ async fn used_unknown_and_expired_mfa_tokens_are_invalid() {
     }
 
     let expired = challenge(&app, &user.email).await;
-    sqlx::query("UPDATE mfa_challenges SET expires_at = now() - interval '1 second' WHERE consumed_at IS NULL")
-        .execute(&app.db)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE mfa_challenges SET expires_at = now() - interval '1 second' WHERE consumed_at IS NULL",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
     assert_error(
         complete_totp(&app, &expired.mfa_token, &user.app.code().await).await,
         Code::Unauthenticated,
@@ -275,10 +292,7 @@ async fn the_second_step_is_charged_on_the_login_throttle() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!(
-        "the count was not forgiven: {}",
-        counted_failures(&app, id).await
-    );
+    panic!("the count was not forgiven: {}", counted_failures(&app, id).await);
 }
 
 /// Two replicas get the same code for two challenges at once: the step is

@@ -22,7 +22,12 @@ async fn removing_another_users_or_an_unknown_factor_is_factor_not_found() {
         "FACTOR_NOT_FOUND",
     );
     assert_error(
-        remove_factor(&app, &alice.tokens.access_token, &uuid::Uuid::new_v4().to_string()).await,
+        remove_factor(
+            &app,
+            &alice.tokens.access_token,
+            &uuid::Uuid::new_v4().to_string(),
+        )
+        .await,
         Code::NotFound,
         "FACTOR_NOT_FOUND",
     );
@@ -32,7 +37,10 @@ async fn removing_another_users_or_an_unknown_factor_is_factor_not_found() {
         "INVALID_ARGUMENT",
     );
     assert_eq!(violated_fields(&status), ["factor_id"]);
-    assert_eq!(list_factors(&app, &bob.tokens.access_token).await.factors.len(), 1);
+    assert_eq!(
+        list_factors(&app, &bob.tokens.access_token).await.factors.len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -85,7 +93,11 @@ async fn removing_one_of_two_factors_keeps_the_other_and_the_codes() {
         .expect("the remaining app");
 }
 
-async fn watch(app: &TestApp, key: &str, include_factor_changes: bool) -> Streaming<pb::WatchRevocationsResponse> {
+async fn watch(
+    app: &TestApp,
+    key: &str,
+    include_factor_changes: bool,
+) -> Streaming<pb::WatchRevocationsResponse> {
     app.admin()
         .watch_revocations(with_bearer(
             pb::WatchRevocationsRequest {
@@ -109,7 +121,8 @@ async fn next_event(stream: &mut Streaming<pb::WatchRevocationsResponse>) -> pb:
             .expect("no revocation event in time")
             .expect("stream failed")
             .expect("stream ended");
-        let ended_sessions = message.kind() == RevocationKind::UserSessionsEnded && !message.session_ids.is_empty();
+        let ended_sessions =
+            message.kind() == RevocationKind::UserSessionsEnded && !message.session_ids.is_empty();
         if message.kind() != RevocationKind::Heartbeat && !ended_sessions {
             return message;
         }
@@ -128,7 +141,9 @@ async fn factor_changes_mail_a_notice_and_reach_revocation_watchers() {
         c.mail_poll_interval = Duration::from_millis(100);
     })
     .await;
-    let key = app.service_key("watcher", &["revocations.watch", "users.write"]).await;
+    let key = app
+        .service_key("watcher", &["revocations.watch", "users.write"])
+        .await;
     let mut knows = watch(&app, &key, true).await;
     let mut older = watch(&app, &key, false).await;
 
@@ -139,9 +154,13 @@ async fn factor_changes_mail_a_notice_and_reach_revocation_watchers() {
     let factor_id = confirmed.factor.unwrap().id;
 
     let pending = challenge(&app, &user.email).await;
-    complete_recovery(&app, &pending.mfa_token, &codes[0]).await.unwrap();
+    complete_recovery(&app, &pending.mfa_token, &codes[0])
+        .await
+        .unwrap();
     regenerate_codes(&app, &fresh.access_token).await.unwrap();
-    remove_factor(&app, &fresh.access_token, &factor_id).await.unwrap();
+    remove_factor(&app, &fresh.access_token, &factor_id)
+        .await
+        .unwrap();
     // One more, for the admin reset.
     add_totp(&app, &fresh.access_token).await;
     reset_user_factors(&app, &key, &user.id).await.unwrap();
@@ -151,10 +170,18 @@ async fn factor_changes_mail_a_notice_and_reach_revocation_watchers() {
     let mut last_id = None;
     for change in 0..6 {
         let new = next_event(&mut knows).await;
-        assert_eq!(new.kind(), RevocationKind::FactorsChanged, "change {change}: {new:?}");
+        assert_eq!(
+            new.kind(),
+            RevocationKind::FactorsChanged,
+            "change {change}: {new:?}"
+        );
         assert_eq!(new.user_id, user.id);
         let old = next_event(&mut older).await;
-        assert_eq!(old.kind(), RevocationKind::UserSessionsEnded, "change {change}: {old:?}");
+        assert_eq!(
+            old.kind(),
+            RevocationKind::UserSessionsEnded,
+            "change {change}: {old:?}"
+        );
         assert!(old.session_ids.is_empty(), "{old:?}");
         assert_eq!(old.user_id, user.id);
         assert_eq!(old.event_id, new.event_id);

@@ -94,7 +94,10 @@ pub async fn mfa_user(app: &TestApp) -> MfaUser {
 /// A password Login of an account with a factor: the challenge it answers.
 pub async fn challenge(app: &TestApp, login: &str) -> pb::MfaChallenge {
     let response = app.login(login, PASSWORD).await.expect("Login");
-    assert!(response.tokens.is_none(), "tokens before the second factor: {response:?}");
+    assert!(
+        response.tokens.is_none(),
+        "tokens before the second factor: {response:?}"
+    );
     response.mfa_required.expect("mfa_required")
 }
 
@@ -113,8 +116,17 @@ pub async fn complete(
         .map(tonic::Response::into_inner)
 }
 
-pub async fn complete_totp(app: &TestApp, mfa_token: &str, code: &str) -> Result<pb::CompleteLoginResponse, Status> {
-    complete(app, mfa_token, complete_login_request::Proof::TotpCode(code.into())).await
+pub async fn complete_totp(
+    app: &TestApp,
+    mfa_token: &str,
+    code: &str,
+) -> Result<pb::CompleteLoginResponse, Status> {
+    complete(
+        app,
+        mfa_token,
+        complete_login_request::Proof::TotpCode(code.into()),
+    )
+    .await
 }
 
 pub async fn complete_recovery(
@@ -122,7 +134,12 @@ pub async fn complete_recovery(
     mfa_token: &str,
     code: &str,
 ) -> Result<pb::CompleteLoginResponse, Status> {
-    complete(app, mfa_token, complete_login_request::Proof::RecoveryCode(code.into())).await
+    complete(
+        app,
+        mfa_token,
+        complete_login_request::Proof::RecoveryCode(code.into()),
+    )
+    .await
 }
 
 /// CompleteLogin, waiting out the Login throttle's delays (the password
@@ -179,7 +196,11 @@ pub async fn list_factors(app: &TestApp, access: &str) -> pb::ListFactorsRespons
         .into_inner()
 }
 
-pub async fn remove_factor(app: &TestApp, access: &str, factor_id: &str) -> Result<pb::RemoveFactorResponse, Status> {
+pub async fn remove_factor(
+    app: &TestApp,
+    access: &str,
+    factor_id: &str,
+) -> Result<pb::RemoveFactorResponse, Status> {
     app.client
         .clone()
         .remove_factor(with_bearer(
@@ -208,7 +229,11 @@ pub async fn me(app: &TestApp, access: &str) -> Result<pb::GetMeResponse, Status
         .map(tonic::Response::into_inner)
 }
 
-pub async fn change_email(app: &TestApp, access: &str, new_email: &str) -> Result<pb::ChangeEmailResponse, Status> {
+pub async fn change_email(
+    app: &TestApp,
+    access: &str,
+    new_email: &str,
+) -> Result<pb::ChangeEmailResponse, Status> {
     app.client
         .clone()
         .change_email(with_bearer(
@@ -253,7 +278,10 @@ pub fn amr(access_token: &str) -> Vec<String> {
 }
 
 pub fn acr(access_token: &str) -> String {
-    jwt_claims(access_token)["acr"].as_str().unwrap_or_default().to_owned()
+    jwt_claims(access_token)["acr"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 pub fn auth_time(access_token: &str) -> i64 {
@@ -294,7 +322,9 @@ pub fn assert_recovery_code_format(code: &str) {
     for group in groups {
         assert_eq!(group.len(), 4, "{code:?}");
         assert!(
-            group.bytes().all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)),
+            group
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)),
             "{code:?}"
         );
     }

@@ -17,7 +17,10 @@ async fn a_recovery_code_completes_a_login_once() {
         .unwrap();
     assert_eq!(acr(&tokens.access_token), "aal2");
     assert_eq!(sorted(amr(&tokens.access_token)), strings(&["mfa", "otp", "pwd"]));
-    assert_eq!(list_factors(&app, &tokens.access_token).await.recovery_codes_left, 9);
+    assert_eq!(
+        list_factors(&app, &tokens.access_token).await.recovery_codes_left,
+        9
+    );
 
     let second = challenge(&app, &user.email).await;
     assert_error(
@@ -36,7 +39,10 @@ async fn a_recovery_code_completes_a_login_once() {
         Code::InvalidArgument,
         "INVALID_CODE",
     );
-    assert_eq!(list_factors(&app, &tokens.access_token).await.recovery_codes_left, 9);
+    assert_eq!(
+        list_factors(&app, &tokens.access_token).await.recovery_codes_left,
+        9
+    );
 }
 
 #[tokio::test]
@@ -53,7 +59,12 @@ async fn spaces_hyphens_and_letter_case_are_ignored() {
     complete_recovery(&app, &pending.mfa_token, &squashed)
         .await
         .expect("the code without hyphens");
-    assert_eq!(list_factors(&app, &user.tokens.access_token).await.recovery_codes_left, 8);
+    assert_eq!(
+        list_factors(&app, &user.tokens.access_token)
+            .await
+            .recovery_codes_left,
+        8
+    );
 }
 
 #[tokio::test]
@@ -87,7 +98,12 @@ async fn regenerated_codes_replace_the_old_ones() {
         assert_recovery_code_format(code);
         assert!(!user.recovery_codes.contains(code));
     }
-    assert_eq!(list_factors(&app, &user.tokens.access_token).await.recovery_codes_left, 10);
+    assert_eq!(
+        list_factors(&app, &user.tokens.access_token)
+            .await
+            .recovery_codes_left,
+        10
+    );
 
     let pending = challenge(&app, &user.email).await;
     assert_error(

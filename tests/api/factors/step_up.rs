@@ -56,7 +56,10 @@ async fn step_up_with_a_recovery_code_uses_it_up() {
     .await
     .expect("StepUp with a recovery code");
     assert_eq!(acr(&raised.access_token), "aal2");
-    assert_eq!(list_factors(&app, &raised.access_token).await.recovery_codes_left, 9);
+    assert_eq!(
+        list_factors(&app, &raised.access_token).await.recovery_codes_left,
+        9
+    );
 }
 
 #[tokio::test]
@@ -82,7 +85,10 @@ async fn a_wrong_step_up_code_is_invalid_code_and_counts_as_a_failed_login() {
         "INVALID_CODE",
     );
     app.wait_for_counted_failures(&user.user.id, 1).await;
-    assert_eq!(acr(&app.refresh(&session.refresh_token).await.unwrap().access_token), "aal1");
+    assert_eq!(
+        acr(&app.refresh(&session.refresh_token).await.unwrap().access_token),
+        "aal1"
+    );
 }
 
 #[tokio::test]
@@ -108,7 +114,10 @@ async fn sensitive_calls_refuse_a_password_only_session() {
     let mut c = app.client.clone();
     assert_reauthentication_required(remove_factor(&app, access, &user.factor_id).await);
     assert_reauthentication_required(regenerate_codes(&app, access).await);
-    assert_reauthentication_required(app.change_password(access, PASSWORD, "a completely new passphrase").await);
+    assert_reauthentication_required(
+        app.change_password(access, PASSWORD, "a completely new passphrase")
+            .await,
+    );
     assert_reauthentication_required(change_email(&app, access, &fresh_email()).await);
     assert_reauthentication_required(
         c.delete_me(with_bearer(
@@ -127,11 +136,15 @@ async fn sensitive_calls_refuse_a_password_only_session() {
     let listed = list_factors(&app, access).await;
     assert_eq!(listed.factors.len(), 1);
     assert_eq!(listed.recovery_codes_left, 10);
-    app.login(&user.email, PASSWORD).await.expect("the password is unchanged");
+    app.login(&user.email, PASSWORD)
+        .await
+        .expect("the password is unchanged");
 
     // The same calls from the fresh session work.
     let fresh = &user.tokens.access_token;
-    regenerate_codes(&app, fresh).await.expect("RegenerateRecoveryCodes");
+    regenerate_codes(&app, fresh)
+        .await
+        .expect("RegenerateRecoveryCodes");
     c.delete_me(with_bearer(
         pb::DeleteMeRequest {
             current_password: PASSWORD.into(),
