@@ -108,18 +108,24 @@ impl Authenticator {
     pub async fn code_and_step(&self) -> (String, u64) {
         loop {
             let now = safe_step().await;
-            let mut last = self.last_step.lock().unwrap();
-            let candidate = match *last {
-                Some(last) => (last + 1).max(now - 1),
-                None => now,
-            };
-            if candidate <= now + 1 {
-                *last = Some(candidate);
-                return (code_at_step(&self.secret, candidate), candidate);
+            if let Some(step) = self.claim_step(now) {
+                return (code_at_step(&self.secret, step), step);
             }
-            drop(last);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+
+    /// The earliest unused step the server accepts at step `now`, if any.
+    fn claim_step(&self, now: u64) -> Option<u64> {
+        let mut last = self.last_step.lock().unwrap();
+        let candidate = match *last {
+            Some(last) => (last + 1).max(now - 1),
+            None => now,
+        };
+        (candidate <= now + 1).then(|| {
+            *last = Some(candidate);
+            candidate
+        })
     }
 
     pub async fn code(&self) -> String {
