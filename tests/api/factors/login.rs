@@ -57,7 +57,11 @@ async fn login_answers_a_challenge_and_starts_no_session_until_completed() {
     // The factor remembers when it last proved a login.
     let factor = list_factors(&app, &tokens.access_token).await.factors.remove(0);
     assert!(factor.created_at.is_some());
-    assert_near(factor.last_used_at.expect("last_used_at").seconds, now_seconds(), 10);
+    assert_near(
+        factor.last_used_at.expect("last_used_at").seconds,
+        now_seconds(),
+        10,
+    );
 }
 
 /// A step is accepted once per factor: the step ConfirmTotp used, then a
