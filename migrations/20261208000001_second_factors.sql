@@ -52,8 +52,6 @@ CREATE TABLE mfa_challenges (
     -- The Login throttle counter the password was charged on; wrong codes
     -- are charged on it too.
     throttle_key    text        NOT NULL,
-    user_agent      text,
-    ip_address      text,
     created_at      timestamptz NOT NULL,
     expires_at      timestamptz NOT NULL,
     failures        integer     NOT NULL DEFAULT 0,

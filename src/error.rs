@@ -80,6 +80,28 @@ pub enum AppError {
     /// A WatchRevocations cursor older than the retention, or never issued.
     #[error("revocation cursor expired")]
     CursorExpired,
+    /// The call needs a second factor proven within `max_age` (StepUp).
+    #[error("reauthentication required")]
+    ReauthenticationRequired { max_age: Duration },
+    /// The account must enrol a second factor before anything else.
+    #[error("second factor enrollment required")]
+    MfaEnrollmentRequired,
+    #[error("mfa token invalid")]
+    MfaTokenInvalid,
+    /// A second-factor code that does not match, where the bearer itself is
+    /// fine (ConfirmTotp, StepUp).
+    #[error("code does not match")]
+    InvalidCode,
+    /// No such factor of the bearer.
+    #[error("factor not found")]
+    FactorNotFound,
+    /// The account has no second factor where one is needed.
+    #[error("no second factor")]
+    NoFactor,
+    #[error("enrollment expired")]
+    EnrollmentExpired,
+    #[error("factor limit reached")]
+    FactorLimitReached,
     /// The server is draining: long-lived calls end so clients reconnect to
     /// another replica.
     #[error("shutting down")]

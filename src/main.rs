@@ -32,6 +32,7 @@ async fn main() -> ExitCode {
         Command::DescriptorSet { file } => write(&file, authd::pb::FILE_DESCRIPTOR_SET),
         Command::Openapi { file } => write(&file, authd::pb::OPENAPI_JSON.as_bytes()),
         Command::ServiceAccount(command) => authd::cli::service_account::run(&config, command).await,
+        Command::DataKeys(command) => authd::cli::data_keys::run(&config, command).await,
     };
     telemetry.shutdown().await;
     match result {

@@ -1,6 +1,7 @@
 //! The command line: the server, and the one-shot commands an operator runs
 //! next to it.
 
+pub mod data_keys;
 mod database;
 pub mod service_account;
 
@@ -42,12 +43,16 @@ pub enum Command {
     /// Manage the accounts other services call authd with
     #[command(subcommand)]
     ServiceAccount(service_account::ServiceAccountCommand),
+    /// Make data keys and re-seal stored secrets under the first one
+    /// (rotation of AUTHD_DATA_KEYS)
+    #[command(subcommand)]
+    DataKeys(data_keys::DataKeysCommand),
 }
 
 impl Command {
     /// Whether stdout is the command's output, which logs must stay out of.
     pub fn prints_to_stdout(&self) -> bool {
-        matches!(self, Self::ServiceAccount(_))
+        matches!(self, Self::ServiceAccount(_) | Self::DataKeys(_))
     }
 }
 
@@ -127,6 +132,19 @@ mod tests {
             parse(&["descriptor-set", "a.pb"]).map(|c| c.command),
             Ok(Some(Command::DescriptorSet { .. }))
         ));
+        assert!(matches!(
+            parse(&["data-keys", "generate", "k"]).map(|c| c.command),
+            Ok(Some(Command::DataKeys(
+                data_keys::DataKeysCommand::Generate { .. }
+            )))
+        ));
+        assert!(matches!(
+            parse(&["data-keys", "reseal"]).map(|c| c.command),
+            Ok(Some(Command::DataKeys(data_keys::DataKeysCommand::Reseal {
+                batch_size: 500
+            })))
+        ));
+        assert!(parse(&["data-keys", "reseal", "--batch-size", "0"]).is_err());
         assert!(parse(&["openapi"]).is_err());
         assert!(parse(&["frobnicate"]).is_err());
     }

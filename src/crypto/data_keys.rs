@@ -152,7 +152,8 @@ impl DataKeys {
             .random
             .fill(&mut nonce)
             .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
-        // Encrypted in place, so the plaintext is never copied in the clear.
+        // Encrypted where it is copied to, with room for the tag reserved,
+        // so no copy of the plaintext is left behind in a reallocation.
         let mut ciphertext = Vec::with_capacity(plaintext.len() + TAG_LEN);
         ciphertext.extend_from_slice(plaintext);
         key.aead
@@ -458,12 +459,12 @@ mod tests {
         for (name, contents, expected) in cases {
             let path = dir.join(name);
             std::fs::write(&path, contents).unwrap();
-            let err = error_of(&[path.clone()]);
+            let err = error_of(std::slice::from_ref(&path));
             assert!(err.contains(expected), "{name}: {err}");
             assert!(err.contains(&*path.to_string_lossy()), "{name}: {err}");
         }
         let missing = dir.join("missing");
-        let err = error_of(&[missing.clone()]);
+        let err = error_of(std::slice::from_ref(&missing));
         assert!(
             err.contains("reading data key") && err.contains(&*missing.to_string_lossy()),
             "{err}"

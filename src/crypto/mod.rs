@@ -6,3 +6,5 @@ pub mod jwt;
 pub mod keys;
 pub mod opaque;
 pub mod password;
+pub mod recovery_codes;
+pub mod totp;

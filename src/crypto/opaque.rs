@@ -17,6 +17,8 @@ pub enum TokenKind {
     EmailVerification,
     /// A service account's key (`authorization: Bearer sk_…`).
     ServiceKey,
+    /// A login waiting for its second factor (CompleteLogin).
+    MfaChallenge,
 }
 
 impl TokenKind {
@@ -26,6 +28,7 @@ impl TokenKind {
             Self::PasswordReset => "pr_",
             Self::EmailVerification => "ev_",
             Self::ServiceKey => "sk_",
+            Self::MfaChallenge => "mfa_",
         }
     }
 }

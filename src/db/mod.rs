@@ -1,6 +1,7 @@
 //! PostgreSQL access: the pool, migrations and one module per table group.
 
 pub mod error;
+pub mod factors;
 pub mod maintenance;
 pub mod outbox;
 pub mod recovery;

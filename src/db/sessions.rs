@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::maintenance::Blocks;
 use super::users::{USER_COLUMNS, UserRow};
 use crate::crypto::opaque::TokenHash;
-use crate::domain::{EndReason, User};
+use crate::domain::{Assurance, AuthMethod, EndReason, User};
 use crate::error::AppError;
 
 /// The condition for "session `s` is live at the bind parameter `now`".
@@ -19,12 +19,84 @@ fn live(now: &str) -> String {
     format!("s.revoked_at IS NULL AND s.idle_expires_at > {now} AND s.absolute_expires_at > {now}")
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct NewSession {
     pub id: Uuid,
     pub user_id: Uuid,
     pub idle_expires_at: DateTime<Utc>,
     pub absolute_expires_at: DateTime<Utc>,
+    pub proof: SessionProof,
+}
+
+/// How a session was proven, as its row keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionProof {
+    pub assurance: Assurance,
+    /// The account must enrol a second factor before anything else.
+    pub mfa_enrollment_required: bool,
+}
+
+/// The columns behind [`SessionProof`]; `auth_time` NULL means the
+/// session's creation (sessions from before assurance was recorded).
+const PROOF_COLUMNS: &str =
+    "s.amr, COALESCE(s.auth_time, s.created_at) AS auth_time, s.mfa_enrollment_required";
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct ProofRow {
+    amr: Vec<String>,
+    auth_time: DateTime<Utc>,
+    mfa_enrollment_required: bool,
+}
+
+impl From<ProofRow> for SessionProof {
+    fn from(r: ProofRow) -> Self {
+        // Only authd writes the column; a name it does not know proves nothing.
+        let methods = r.amr.iter().filter_map(|m| AuthMethod::parse(m));
+        Self {
+            assurance: Assurance::from_parts(methods, r.auth_time),
+            mfa_enrollment_required: r.mfa_enrollment_required,
+        }
+    }
+}
+
+/// Records a new proof of a live session (StepUp, a confirmed factor):
+/// its assurance, and that it no longer waits for an enrollment. Returns
+/// whether the session is live.
+#[tracing::instrument(skip_all)]
+pub async fn record_proof<'e>(
+    db: impl PgExecutor<'e>,
+    user_id: Uuid,
+    session_id: Uuid,
+    assurance: &Assurance,
+    now: DateTime<Utc>,
+) -> Result<bool, AppError> {
+    let sql = format!(
+        "UPDATE sessions s SET amr = $3, auth_time = $4, mfa_enrollment_required = false
+          WHERE s.user_id = $1 AND s.id = $2 AND {live}",
+        live = live("$5")
+    );
+    let done = sqlx::query(&sql)
+        .bind(user_id)
+        .bind(session_id)
+        .bind(assurance.amr_strings())
+        .bind(assurance.auth_time)
+        .bind(now)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The account has a factor now: none of its sessions waits for one.
+#[tracing::instrument(skip_all)]
+pub async fn clear_enrollment_required<'e>(db: impl PgExecutor<'e>, user_id: Uuid) -> Result<(), AppError> {
+    sqlx::query(
+        "UPDATE sessions SET mfa_enrollment_required = false
+          WHERE user_id = $1 AND mfa_enrollment_required AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .execute(db)
+    .await?;
+    Ok(())
 }
 
 #[tracing::instrument(skip_all)]
@@ -91,26 +163,46 @@ pub async fn lock_live(
     user_id: Uuid,
     session_id: Uuid,
     now: DateTime<Utc>,
-) -> Result<Option<DateTime<Utc>>, AppError> {
+) -> Result<Option<(DateTime<Utc>, SessionProof)>, AppError> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        idle_expires_at: DateTime<Utc>,
+        #[sqlx(flatten)]
+        proof: ProofRow,
+    }
     let sql = format!(
-        "SELECT s.idle_expires_at FROM sessions s WHERE s.user_id = $1 AND s.id = $2 AND {live} FOR UPDATE",
+        "SELECT s.idle_expires_at, {PROOF_COLUMNS} FROM sessions s
+          WHERE s.user_id = $1 AND s.id = $2 AND {live} FOR UPDATE",
         live = live("$3")
     );
-    Ok(sqlx::query_scalar(&sql)
+    Ok(sqlx::query_as::<_, Row>(&sql)
         .bind(user_id)
         .bind(session_id)
         .bind(now)
         .fetch_optional(tx)
-        .await?)
+        .await?
+        .map(|r| (r.idle_expires_at, r.proof.into())))
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct RotatedSession {
     pub id: Uuid,
     pub user_id: Uuid,
     pub idle_expires_at: DateTime<Utc>,
     /// The account's roles now, for the new access token.
     pub roles: Vec<String>,
+    /// Copied into the new access token, never raised by a rotation.
+    pub proof: SessionProof,
+}
+
+#[derive(sqlx::FromRow)]
+struct RotatedRow {
+    id: Uuid,
+    user_id: Uuid,
+    idle_expires_at: DateTime<Utc>,
+    roles: Vec<String>,
+    #[sqlx(flatten)]
+    proof: ProofRow,
 }
 
 /// Rotates a refresh token in one statement (one round trip, atomic):
@@ -141,7 +233,7 @@ pub async fn rotate_refresh_token<'e>(
                FROM refresh_tokens rt
               WHERE rt.token_hash = $1 AND rt.consumed_at IS NULL
                 AND s.id = rt.session_id AND {live}
-             RETURNING s.id, s.user_id, s.idle_expires_at),
+             RETURNING s.id, s.user_id, s.idle_expires_at, {PROOF_COLUMNS}),
          consumed AS (
              UPDATE refresh_tokens rt SET consumed_at = $3
                FROM slid
@@ -151,18 +243,26 @@ pub async fn rotate_refresh_token<'e>(
              INSERT INTO refresh_tokens (token_hash, session_id, issued_at)
              SELECT $4, session_id, $3 FROM consumed
              RETURNING session_id)
-         SELECT slid.id, slid.user_id, slid.idle_expires_at, u.roles
+         SELECT slid.id, slid.user_id, slid.idle_expires_at, u.roles,
+                slid.amr, slid.auth_time, slid.mfa_enrollment_required
            FROM slid JOIN issued ON issued.session_id = slid.id
            JOIN users u ON u.id = slid.user_id",
         live = live("$3")
     );
-    Ok(sqlx::query_as::<_, RotatedSession>(&sql)
+    Ok(sqlx::query_as::<_, RotatedRow>(&sql)
         .bind(presented.as_bytes())
         .bind(idle_ttl)
         .bind(now)
         .bind(next.as_bytes())
         .fetch_optional(db)
-        .await?)
+        .await?
+        .map(|r| RotatedSession {
+            id: r.id,
+            user_id: r.user_id,
+            idle_expires_at: r.idle_expires_at,
+            roles: r.roles,
+            proof: r.proof.into(),
+        }))
 }
 
 /// What is known of a refresh token that could not be consumed.
@@ -441,8 +541,9 @@ pub async fn start_from<'e>(
               forgiven AS (DELETE FROM login_throttle WHERE key = $7 AND EXISTS (SELECT 1 FROM owner)),
               session AS (
                   INSERT INTO sessions (id, user_id, created_at, last_used_at, idle_expires_at,
-                                        absolute_expires_at, user_agent, ip_address)
-                  SELECT $1, id, $3, $3, $4, $5, $8, $9 FROM owner
+                                        absolute_expires_at, user_agent, ip_address,
+                                        amr, auth_time, mfa_enrollment_required)
+                  SELECT $1, id, $3, $3, $4, $5, $8, $9, $10, $11, $12 FROM owner
                   RETURNING id)
          INSERT INTO refresh_tokens (token_hash, session_id, issued_at)
          SELECT $6, id, $3 FROM session",
@@ -456,6 +557,9 @@ pub async fn start_from<'e>(
     .bind(forgive)
     .bind(from.user_agent)
     .bind(from.ip_address)
+    .bind(s.proof.assurance.amr_strings())
+    .bind(s.proof.assurance.auth_time)
+    .bind(s.proof.mfa_enrollment_required)
     .execute(db)
     .await?;
     Ok(started.rows_affected() == 1)

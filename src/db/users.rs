@@ -95,6 +95,8 @@ fn map_unique_violation(err: sqlx::Error) -> AppError {
 pub struct Credentials {
     pub user: User,
     pub password_hash: String,
+    /// The account has a live second factor.
+    pub has_factor: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -102,6 +104,7 @@ struct CredentialsRow {
     #[sqlx(flatten)]
     user: UserRow,
     password_hash: String,
+    has_factor: bool,
 }
 
 /// `u.email` equals `$1` in any letter case. The expression of the unique
@@ -128,7 +131,11 @@ impl<'a> LoginKey<'a> {
 #[tracing::instrument(skip_all)]
 pub async fn find_credentials(db: &PgPool, key: LoginKey<'_>) -> Result<Option<Credentials>, AppError> {
     let (condition, value) = key.condition();
-    let sql = format!("SELECT {USER_COLUMNS}, u.password_hash FROM users u WHERE {condition}");
+    let sql = format!(
+        "SELECT {USER_COLUMNS}, u.password_hash,
+                EXISTS (SELECT 1 FROM factors f WHERE f.user_id = u.id AND f.confirmed_at IS NOT NULL) AS has_factor
+           FROM users u WHERE {condition}"
+    );
     Ok(sqlx::query_as::<_, CredentialsRow>(&sql)
         .bind(value)
         .fetch_optional(db)
@@ -136,6 +143,7 @@ pub async fn find_credentials(db: &PgPool, key: LoginKey<'_>) -> Result<Option<C
         .map(|r| Credentials {
             user: r.user.into(),
             password_hash: r.password_hash,
+            has_factor: r.has_factor,
         }))
 }
 

@@ -134,8 +134,11 @@ impl Assurance {
         &self.amr
     }
 
+    /// The `amr` claim, in alphabetical order so equal sets compare equal.
     pub fn amr_strings(&self) -> Vec<String> {
-        self.amr.iter().map(|m| m.as_str().to_owned()).collect()
+        let mut names: Vec<String> = self.amr.iter().map(|m| m.as_str().to_owned()).collect();
+        names.sort_unstable();
+        names
     }
 
     /// A second factor was proven within `max_age` of `now`.

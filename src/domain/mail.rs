@@ -28,10 +28,16 @@ pub enum MailKind {
     EmailChanged,
     /// The notice that an account and its data were deleted.
     AccountDeleted,
+    /// Second-factor notices (see [`FactorNotice`]).
+    FactorAdded,
+    FactorRemoved,
+    RecoveryCodeUsed,
+    RecoveryCodesRegenerated,
+    FactorsReset,
 }
 
 impl MailKind {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 12] = [
         Self::PasswordReset,
         Self::PasswordChanged,
         Self::EmailVerification,
@@ -39,6 +45,11 @@ impl MailKind {
         Self::EmailChangeNotice,
         Self::EmailChanged,
         Self::AccountDeleted,
+        Self::FactorAdded,
+        Self::FactorRemoved,
+        Self::RecoveryCodeUsed,
+        Self::RecoveryCodesRegenerated,
+        Self::FactorsReset,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +61,11 @@ impl MailKind {
             Self::EmailChangeNotice => "email_change_notice",
             Self::EmailChanged => "email_changed",
             Self::AccountDeleted => "account_deleted",
+            Self::FactorAdded => "factor_added",
+            Self::FactorRemoved => "factor_removed",
+            Self::RecoveryCodeUsed => "recovery_code_used",
+            Self::RecoveryCodesRegenerated => "recovery_codes_regenerated",
+            Self::FactorsReset => "factors_reset",
         }
     }
 
@@ -457,5 +473,80 @@ mod tests {
     fn only_the_domain_of_a_recipient_is_loggable() {
         assert_eq!(recipient_domain("alice@example.com"), "example.com");
         assert_eq!(recipient_domain("nonsense"), "");
+    }
+}
+
+/// A change to an account's second factors, told to its address so that
+/// its owner notices one they did not make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FactorNotice {
+    Added,
+    Removed,
+    RecoveryCodeUsed,
+    RecoveryCodesRegenerated,
+    /// An administrator removed every factor.
+    Reset,
+}
+
+impl FactorNotice {
+    fn kind(self) -> MailKind {
+        match self {
+            Self::Added => MailKind::FactorAdded,
+            Self::Removed => MailKind::FactorRemoved,
+            Self::RecoveryCodeUsed => MailKind::RecoveryCodeUsed,
+            Self::RecoveryCodesRegenerated => MailKind::RecoveryCodesRegenerated,
+            Self::Reset => MailKind::FactorsReset,
+        }
+    }
+
+    fn subject(self) -> &'static str {
+        match self {
+            Self::Added => "Two-step verification: an authenticator app was added",
+            Self::Removed => "Two-step verification: a factor was removed",
+            Self::RecoveryCodeUsed => "A recovery code was used to sign in",
+            Self::RecoveryCodesRegenerated => "New recovery codes were created",
+            Self::Reset => "Your two-step verification was reset",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Self::Added => "an authenticator app was added as a second factor to",
+            Self::Removed => "a second factor was removed from",
+            Self::RecoveryCodeUsed => "one of the recovery codes was used to sign in to",
+            Self::RecoveryCodesRegenerated => {
+                "new recovery codes were created (the old ones no longer work) for"
+            }
+            Self::Reset => {
+                "an administrator removed every second factor and recovery code, and signed out every session, of"
+            }
+        }
+    }
+}
+
+/// The notice of a second-factor change.
+pub fn factor_notice(notice: FactorNotice, recipient: &str, at: DateTime<Utc>) -> OutgoingMail {
+    let when = at.format("%Y-%m-%d %H:%M UTC");
+    let what = notice.what();
+    let text = format!(
+        "Hello,\n\n\
+         On {when} {what} the account {recipient}.\n\n\
+         If this was not you, change your password now and tell your administrator.\n"
+    );
+    let html = format!(
+        "<!DOCTYPE html>\n<html><body>\n\
+         <p>Hello,</p>\n\
+         <p>On {when} {what} the account {recipient}.</p>\n\
+         <p>If this was not you, change your password now and tell your administrator.</p>\n\
+         </body></html>\n",
+        recipient = escape_html(recipient),
+    );
+    OutgoingMail {
+        kind: notice.kind(),
+        recipient: recipient.to_owned(),
+        subject: notice.subject().into(),
+        text,
+        html,
+        expires_at: at + NOTIFICATION_LIFETIME,
     }
 }

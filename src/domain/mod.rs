@@ -3,6 +3,7 @@
 mod assurance;
 mod client;
 mod email;
+mod factor;
 pub mod mail;
 mod mfa_requirement;
 mod password;
@@ -15,6 +16,7 @@ mod username;
 pub use assurance::{Acr, Assurance, AuthMethod};
 pub use client::{ClientInfo, UserAgent};
 pub use email::Email;
+pub use factor::{Factor, FactorKind, FactorName};
 pub use mfa_requirement::MfaRequirement;
 pub use password::{Password, PasswordPolicy};
 pub use profile::{FullName, ImageUrl, Phone};

@@ -17,10 +17,12 @@ pub enum EndReason {
     RevokedByService,
     /// RevokeSession or RevokeOtherSessions, by the account's owner.
     RevokedByOwner,
+    /// ResetUserFactors, by a service.
+    FactorsReset,
 }
 
 impl EndReason {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Logout,
         Self::RefreshTokenReused,
         Self::PasswordChanged,
@@ -28,6 +30,7 @@ impl EndReason {
         Self::UserDisabled,
         Self::RevokedByService,
         Self::RevokedByOwner,
+        Self::FactorsReset,
     ];
 
     /// The stored form.
@@ -40,6 +43,7 @@ impl EndReason {
             Self::UserDisabled => "user_disabled",
             Self::RevokedByService => "revoked_by_service",
             Self::RevokedByOwner => "revoked_by_owner",
+            Self::FactorsReset => "factors_reset",
         }
     }
 

@@ -21,7 +21,7 @@ use tonic::Status;
 use tower::Service;
 
 use super::middleware::{BoxFuture, HttpResponse, Middleware, answer};
-use super::policy::{Caller, policy_for};
+use super::policy::{Caller, allowed_during_enrollment, policy_for};
 use super::rate_limit::{PeerLimiter, peer_address};
 use crate::crypto::jwt::{AccessTokens, VerifiedAccess};
 use crate::domain::Scope;
@@ -122,6 +122,13 @@ impl Middleware for BearerAuth {
         match policy_for(req.uri().path()).caller {
             Caller::Anyone => Box::pin(next.call(req)),
             Caller::User => match authenticate(req.headers(), &self.tokens) {
+                // An account that must enrol a second factor may do that and
+                // little else until it has (AUTHD_REQUIRE_MFA).
+                Ok(verified)
+                    if verified.mfa_enrollment_required && !allowed_during_enrollment(req.uri().path()) =>
+                {
+                    answer(Status::from(AppError::MfaEnrollmentRequired))
+                }
                 Ok(verified) => {
                     req.extensions_mut().insert(verified);
                     Box::pin(next.call(req))

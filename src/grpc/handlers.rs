@@ -6,13 +6,13 @@ use chrono::Utc;
 use tonic::{Request, Response, Status};
 
 use super::auth_layer::{bearer, service_caller};
-use super::convert::timestamp;
+use super::convert::{complete_login_proof, step_up_proof, timestamp};
 use super::rate_limit::{client_address, client_ip};
 use crate::domain::ClientInfo;
 use crate::error::AppError;
 use crate::metrics::ThrottleKind;
 use crate::pb::auth::v1::{self as pb, auth_service_server::AuthService};
-use crate::service::{Core, Introspection, ProfileValues, RegisterInput, UpdateMeInput};
+use crate::service::{Core, Introspection, LoginAnswer, ProfileValues, RegisterInput, UpdateMeInput};
 
 pub struct AuthApi {
     core: Core,
@@ -83,11 +83,23 @@ impl AuthService for AuthApi {
         let r = request.into_inner();
         let result = self.core.login(&r.login, &r.password, &client, Utc::now()).await;
         self.core.metrics.count_login(&result);
-        let (tokens, user) = result?;
-        Ok(Response::new(pb::LoginResponse {
-            tokens: Some(tokens.into()),
-            user: Some(user.into()),
-            ..Default::default()
+        Ok(Response::new(match result? {
+            LoginAnswer::Session {
+                tokens,
+                user,
+                mfa_enrollment_required,
+            } => pb::LoginResponse {
+                tokens: Some(tokens.into()),
+                user: Some(user.into()),
+                mfa_required: None,
+                mfa_enrollment_required,
+            },
+            LoginAnswer::SecondFactorDue { challenge, user } => pb::LoginResponse {
+                tokens: None,
+                user: Some(user.into()),
+                mfa_required: Some(challenge.into()),
+                mfa_enrollment_required: false,
+            },
         }))
     }
 
@@ -138,10 +150,14 @@ impl AuthService for AuthApi {
     }
 
     async fn get_me(&self, request: Request<pb::GetMeRequest>) -> Reply<pb::GetMeResponse> {
-        let user = self.core.get_me(bearer(&request)?, Utc::now()).await?;
+        let bearer = bearer(&request)?;
+        let assurance = pb::Assurance::from(&bearer.assurance);
+        let mfa_enrollment_required = bearer.mfa_enrollment_required;
+        let user = self.core.get_me(bearer, Utc::now()).await?;
         Ok(Response::new(pb::GetMeResponse {
             user: Some(pb::User::from(&*user)),
-            ..Default::default()
+            assurance: Some(assurance),
+            mfa_enrollment_required,
         }))
     }
 
@@ -206,7 +222,7 @@ impl AuthService for AuthApi {
                 expires_at: chrono::DateTime::from_timestamp(token.expires_at, 0).map(timestamp),
                 roles: token.roles.to_vec(),
                 disabled: user.disabled,
-                ..Default::default()
+                assurance: Some(pb::Assurance::from(&token.assurance)),
             },
         }))
     }
@@ -314,44 +330,98 @@ impl AuthService for AuthApi {
 
     async fn complete_login(
         &self,
-        _request: Request<pb::CompleteLoginRequest>,
+        request: Request<pb::CompleteLoginRequest>,
     ) -> Reply<pb::CompleteLoginResponse> {
-        Err(Status::unimplemented("in progress"))
+        let client = ClientInfo::new(
+            request
+                .metadata()
+                .get(http::header::USER_AGENT.as_str())
+                .and_then(|v| v.to_str().ok()),
+            client_ip(&request, self.trusted_proxy_header.as_ref()),
+        );
+        let r = request.into_inner();
+        let result = self
+            .core
+            .complete_login(&r.mfa_token, complete_login_proof(r.proof), &client, Utc::now())
+            .await;
+        self.core.metrics.count_login(&result);
+        let (tokens, user) = result?;
+        Ok(Response::new(pb::CompleteLoginResponse {
+            tokens: Some(tokens.into()),
+            user: Some(user.into()),
+        }))
     }
 
-    async fn enroll_totp(&self, _request: Request<pb::EnrollTotpRequest>) -> Reply<pb::EnrollTotpResponse> {
-        Err(Status::unimplemented("in progress"))
+    async fn enroll_totp(&self, request: Request<pb::EnrollTotpRequest>) -> Reply<pb::EnrollTotpResponse> {
+        let bearer = bearer(&request)?;
+        let e = self
+            .core
+            .enroll_totp(bearer, &request.get_ref().name, Utc::now())
+            .await?;
+        Ok(Response::new(pb::EnrollTotpResponse {
+            enrollment_id: e.id.to_string(),
+            secret: e.secret_base32.to_string(),
+            otpauth_uri: e.otpauth_uri.to_string(),
+            expires_at: Some(timestamp(e.expires_at)),
+        }))
     }
 
-    async fn confirm_totp(
-        &self,
-        _request: Request<pb::ConfirmTotpRequest>,
-    ) -> Reply<pb::ConfirmTotpResponse> {
-        Err(Status::unimplemented("in progress"))
+    async fn confirm_totp(&self, request: Request<pb::ConfirmTotpRequest>) -> Reply<pb::ConfirmTotpResponse> {
+        let bearer = bearer(&request)?;
+        let r = request.get_ref();
+        let result = self
+            .core
+            .confirm_totp(bearer, &r.enrollment_id, &r.code, Utc::now())
+            .await;
+        self.core
+            .metrics
+            .count_throttle(ThrottleKind::LoginBackoff, &result);
+        let (factor, codes) = result?;
+        Ok(Response::new(pb::ConfirmTotpResponse {
+            factor: Some(factor.into()),
+            recovery_codes: codes.iter().map(|c| c.to_string()).collect(),
+        }))
     }
 
-    async fn list_factors(
-        &self,
-        _request: Request<pb::ListFactorsRequest>,
-    ) -> Reply<pb::ListFactorsResponse> {
-        Err(Status::unimplemented("in progress"))
+    async fn list_factors(&self, request: Request<pb::ListFactorsRequest>) -> Reply<pb::ListFactorsResponse> {
+        let (factors, codes_left) = self.core.list_factors(bearer(&request)?, Utc::now()).await?;
+        Ok(Response::new(pb::ListFactorsResponse {
+            factors: factors.into_iter().map(Into::into).collect(),
+            recovery_codes_left: i32::try_from(codes_left).unwrap_or(i32::MAX),
+        }))
     }
 
     async fn remove_factor(
         &self,
-        _request: Request<pb::RemoveFactorRequest>,
+        request: Request<pb::RemoveFactorRequest>,
     ) -> Reply<pb::RemoveFactorResponse> {
-        Err(Status::unimplemented("in progress"))
+        let bearer = bearer(&request)?;
+        self.core
+            .remove_factor(bearer, &request.get_ref().factor_id, Utc::now())
+            .await?;
+        Ok(Response::new(pb::RemoveFactorResponse {}))
     }
 
     async fn regenerate_recovery_codes(
         &self,
-        _request: Request<pb::RegenerateRecoveryCodesRequest>,
+        request: Request<pb::RegenerateRecoveryCodesRequest>,
     ) -> Reply<pb::RegenerateRecoveryCodesResponse> {
-        Err(Status::unimplemented("in progress"))
+        let codes = self
+            .core
+            .regenerate_recovery_codes(bearer(&request)?, Utc::now())
+            .await?;
+        Ok(Response::new(pb::RegenerateRecoveryCodesResponse {
+            recovery_codes: codes.iter().map(|c| c.to_string()).collect(),
+        }))
     }
 
-    async fn step_up(&self, _request: Request<pb::StepUpRequest>) -> Reply<pb::StepUpResponse> {
-        Err(Status::unimplemented("in progress"))
+    async fn step_up(&self, request: Request<pb::StepUpRequest>) -> Reply<pb::StepUpResponse> {
+        let bearer = bearer(&request)?;
+        let proof = step_up_proof(request.into_inner().proof);
+        let stepped = self.core.step_up(bearer, proof, Utc::now()).await?;
+        Ok(Response::new(pb::StepUpResponse {
+            access_token: stepped.access_token,
+            expires_in: i64::try_from(stepped.expires_in.as_secs()).unwrap_or(i64::MAX),
+        }))
     }
 }

@@ -86,7 +86,31 @@ const TABLE: &[(&str, Policy)] = &[
     (admin::SET_USER_ROLES, service(Scope::UsersWrite)),
     (admin::REVOKE_USER_SESSIONS, service(Scope::UsersWrite)),
     (admin::WATCH_REVOCATIONS, service(Scope::RevocationsWatch)),
+    (auth::COMPLETE_LOGIN, PUBLIC_LIMITED),
+    (auth::ENROLL_TOTP, USER),
+    // Wrong codes are charged on the account's Login throttle; the limit
+    // per client bounds what one client can make the database count.
+    (auth::CONFIRM_TOTP, USER_LIMITED),
+    (auth::LIST_FACTORS, USER),
+    (auth::REMOVE_FACTOR, USER),
+    (auth::REGENERATE_RECOVERY_CODES, USER),
+    (auth::STEP_UP, USER_LIMITED),
+    (admin::RESET_USER_FACTORS, service(Scope::UsersWrite)),
 ];
+
+/// What a session that must enrol a second factor first may call (its
+/// token says `mfa_enrollment_required`); Refresh and Logout take no bearer.
+const DURING_ENROLLMENT: &[&str] = &[
+    auth::GET_ME,
+    auth::ENROLL_TOTP,
+    auth::CONFIRM_TOTP,
+    auth::LIST_FACTORS,
+];
+
+/// Whether a bearer that must enrol a second factor may call `path`.
+pub fn allowed_during_enrollment(path: &str) -> bool {
+    DURING_ENROLLMENT.contains(&path)
+}
 
 /// Services that are not authd's contract but the server's plumbing:
 /// health checks and reflection answer anyone, unlimited.

@@ -219,6 +219,52 @@ impl From<AppError> for Status {
                  start again from a recent `since` or from 0",
                 ErrorReason::CursorExpired,
             ),
+            AppError::ReauthenticationRequired { max_age } => {
+                let metadata = HashMap::from([("max_age".to_owned(), max_age.as_secs().to_string())]);
+                Status::with_error_details(
+                    Code::FailedPrecondition,
+                    format!(
+                        "this call needs a second factor proven within the last {} s; call StepUp and retry with its token",
+                        max_age.as_secs()
+                    ),
+                    ErrorDetails::with_error_info(
+                        ErrorReason::ReauthenticationRequired.as_str_name(),
+                        ERROR_DOMAIN,
+                        metadata,
+                    ),
+                )
+            }
+            AppError::MfaEnrollmentRequired => plain(
+                Code::FailedPrecondition,
+                "this account must enrol a second factor first (EnrollTotp, ConfirmTotp)",
+                ErrorReason::MfaEnrollmentRequired,
+            ),
+            AppError::MfaTokenInvalid => plain(
+                Code::Unauthenticated,
+                "invalid or expired mfa_token; log in again",
+                ErrorReason::MfaTokenInvalid,
+            ),
+            AppError::InvalidCode => plain(
+                Code::InvalidArgument,
+                "the code does not match",
+                ErrorReason::InvalidCode,
+            ),
+            AppError::FactorNotFound => plain(Code::NotFound, "no such factor", ErrorReason::FactorNotFound),
+            AppError::NoFactor => plain(
+                Code::FailedPrecondition,
+                "this account has no second factor",
+                ErrorReason::FactorNotFound,
+            ),
+            AppError::EnrollmentExpired => plain(
+                Code::NotFound,
+                "no such enrollment, or it expired; call EnrollTotp again",
+                ErrorReason::EnrollmentExpired,
+            ),
+            AppError::FactorLimitReached => plain(
+                Code::FailedPrecondition,
+                "this account has as many authenticator apps as it may; remove one first",
+                ErrorReason::FactorLimitReached,
+            ),
             AppError::ShuttingDown => plain(
                 Code::Unavailable,
                 "this authd replica is shutting down; reconnect",

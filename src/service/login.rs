@@ -3,10 +3,12 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::factors::MfaChallenge;
 use super::{Core, TokenPair, chrono_duration, seconds_until};
 use crate::crypto::jwt::Subject;
 use crate::crypto::opaque::{NewToken, TokenKind};
 use crate::crypto::password::Verified;
+use crate::db::sessions::SessionProof;
 use crate::db::throttle::Backoff;
 use crate::db::{self, users::LoginKey};
 use crate::domain::{Assurance, ClientInfo, Email, FieldReason, Invalid, Password, User, Username};
@@ -48,7 +50,7 @@ impl Core {
         password: &str,
         client: &ClientInfo,
         now: DateTime<Utc>,
-    ) -> Result<(TokenPair, User), AppError> {
+    ) -> Result<LoginAnswer, AppError> {
         let login = login.trim();
         let mut violations = Vec::new();
         if login.is_empty() {
@@ -121,26 +123,74 @@ impl Core {
             charge.checked();
             return Err(AppError::EmailNotVerified);
         }
-        let pair = self
-            .start_session(&credentials, upgrade.as_deref(), &throttle_key, client, now)
-            .await?;
+        if credentials.has_factor {
+            if let Some(new_hash) = &upgrade {
+                db::users::upgrade_password_hash(
+                    &self.db,
+                    credentials.user.id,
+                    &credentials.password_hash,
+                    new_hash,
+                )
+                .await?;
+            }
+            let challenge = self
+                .challenge_second_factor(credentials.user.id, &throttle_key, now)
+                .await?;
+            // The attempt stands until CompleteLogin proves the second
+            // factor and forgives it: a known password alone must not reset
+            // the back-off that wrong codes build up.
+            charge.checked();
+            return Ok(LoginAnswer::SecondFactorDue {
+                challenge,
+                user: credentials.user,
+            });
+        }
+        let proof = SessionProof {
+            assurance: Assurance::password(now),
+            mfa_enrollment_required: self.factors.require_mfa.applies_to(&credentials.user.roles),
+        };
+        let mfa_enrollment_required = proof.mfa_enrollment_required;
+        let pair = match upgrade {
+            None => {
+                self.start_session_in(&self.db, &credentials.user, proof, &throttle_key, client, now)
+                    .await?
+            }
+            Some(new_hash) => {
+                let mut tx = self.db.begin().await?;
+                db::users::upgrade_password_hash(
+                    &mut *tx,
+                    credentials.user.id,
+                    &credentials.password_hash,
+                    &new_hash,
+                )
+                .await?;
+                let pair = self
+                    .start_session_in(&mut *tx, &credentials.user, proof, &throttle_key, client, now)
+                    .await?;
+                tx.commit().await?;
+                pair
+            }
+        };
         // The session's statement forgave the count; nothing to give back.
         charge.checked();
-        Ok((pair, credentials.user))
+        Ok(LoginAnswer::Session {
+            tokens: pair,
+            user: credentials.user,
+            mfa_enrollment_required,
+        })
     }
 
     /// Creates a session with its first refresh token and forgets the
-    /// failures counted under `throttle_key` (one statement); with a
-    /// re-hashed password, stores the new hash in the same transaction.
-    async fn start_session(
+    /// failures counted under `throttle_key` (one statement).
+    pub(super) async fn start_session_in<'e>(
         &self,
-        credentials: &db::users::Credentials,
-        upgraded_hash: Option<&str>,
+        db: impl sqlx::PgExecutor<'e>,
+        user: &User,
+        proof: SessionProof,
         throttle_key: &str,
         client: &ClientInfo,
         now: DateTime<Utc>,
     ) -> Result<TokenPair, AppError> {
-        let user_id = credentials.user.id;
         let ip_address = client.ip_text();
         let from = db::sessions::StartedFrom {
             user_agent: client.user_agent.as_ref().map(|ua| ua.as_str()),
@@ -149,45 +199,37 @@ impl Core {
         let absolute = now + chrono_duration(self.sessions.max_ttl);
         let session = db::sessions::NewSession {
             id: Uuid::new_v4(),
-            user_id,
+            user_id: user.id,
             idle_expires_at: (now + chrono_duration(self.sessions.idle_ttl)).min(absolute),
             absolute_expires_at: absolute,
+            proof,
         };
         let refresh = NewToken::generate(TokenKind::Refresh).map_err(AppError::internal)?;
         let hash = refresh.hash;
         // Signed before the commit, so a committed session always has tokens.
         let pair = self.pair(
-            user_id,
+            user.id,
             session.id,
-            &credentials.user.roles,
+            &user.roles,
+            &session.proof,
             refresh,
             session.idle_expires_at,
             now,
         )?;
-        let started = match upgraded_hash {
-            None => db::sessions::start_from(&self.db, &session, &hash, throttle_key, from, now).await?,
-            Some(new_hash) => {
-                let mut tx = self.db.begin().await?;
-                db::users::upgrade_password_hash(&mut *tx, user_id, &credentials.password_hash, new_hash)
-                    .await?;
-                let started =
-                    db::sessions::start_from(&mut *tx, &session, &hash, throttle_key, from, now).await?;
-                tx.commit().await?;
-                started
-            }
-        };
         // Disabled (or deleted) while the password was being checked.
-        if !started {
+        if !db::sessions::start_from(db, &session, &hash, throttle_key, from, now).await? {
             return Err(AppError::AccountDisabled);
         }
         Ok(pair)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn pair(
         &self,
         user_id: Uuid,
         session_id: Uuid,
         roles: &[String],
+        proof: &SessionProof,
         refresh: NewToken,
         refresh_expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
@@ -199,8 +241,8 @@ impl Core {
                     user_id,
                     session_id,
                     roles,
-                    assurance: &Assurance::password(now),
-                    mfa_enrollment_required: false,
+                    assurance: &proof.assurance,
+                    mfa_enrollment_required: proof.mfa_enrollment_required,
                 },
                 now,
                 refresh_expires_at,
@@ -213,4 +255,16 @@ impl Core {
             refresh_expires_in: seconds_until(now, refresh_expires_at),
         })
     }
+}
+
+/// What Login answers when the password checks out.
+pub enum LoginAnswer {
+    Session {
+        tokens: TokenPair,
+        user: User,
+        /// The session may only enrol a second factor.
+        mfa_enrollment_required: bool,
+    },
+    /// The account has a second factor: CompleteLogin finishes the login.
+    SecondFactorDue { challenge: MfaChallenge, user: User },
 }

@@ -214,6 +214,7 @@ impl Core {
         current_password: &str,
         now: DateTime<Utc>,
     ) -> Result<(), AppError> {
+        self.require_fresh(&bearer, now).await?;
         let current =
             Password::normalize(current_password).map_err(|e| AppError::invalid("current_password", e))?;
         if self.live_session_user(&bearer, now).await?.is_none() {

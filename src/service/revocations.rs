@@ -25,6 +25,9 @@ pub enum RevocationKind {
     UserSessionsEnded,
     UserDisabled,
     UserDeleted,
+    /// A second factor was added, removed or reset, or recovery codes
+    /// changed; revokes no token.
+    FactorsChanged,
     Heartbeat,
 }
 
@@ -47,6 +50,7 @@ impl TryFrom<EventRow> for RevocationEvent {
             "USER_SESSIONS_ENDED" => RevocationKind::UserSessionsEnded,
             "USER_DISABLED" => RevocationKind::UserDisabled,
             "USER_DELETED" => RevocationKind::UserDeleted,
+            "FACTORS_CHANGED" => RevocationKind::FactorsChanged,
             other => {
                 return Err(AppError::internal(anyhow::anyhow!(
                     "revocation event {} has unknown kind {other:?}",

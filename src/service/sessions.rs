@@ -51,6 +51,7 @@ impl Core {
                 session.user_id,
                 session.id,
                 &session.roles,
+                &session.proof,
                 next,
                 session.idle_expires_at,
                 now,
@@ -127,6 +128,7 @@ impl Core {
         new: &str,
         now: DateTime<Utc>,
     ) -> Result<TokenPair, AppError> {
+        self.require_fresh(&bearer, now).await?;
         let current = Password::normalize(current);
         let user = db::sessions::live_user(&self.db, bearer.user_id, bearer.session_id, now)
             .await?
@@ -163,7 +165,8 @@ impl Core {
         if db::users::lock(&mut tx, user.id).await?.is_none() {
             return Err(AppError::Token(TokenProblem::SessionRevoked));
         }
-        let Some(idle_expires_at) = db::sessions::lock_live(&mut tx, user.id, bearer.session_id, now).await?
+        let Some((idle_expires_at, proof)) =
+            db::sessions::lock_live(&mut tx, user.id, bearer.session_id, now).await?
         else {
             return Err(AppError::Token(TokenProblem::SessionRevoked));
         };
@@ -189,6 +192,7 @@ impl Core {
             user.id,
             bearer.session_id,
             &user.roles,
+            &proof,
             next,
             idle_expires_at,
             now,

@@ -138,6 +138,7 @@ impl Core {
         current_password: &str,
         now: DateTime<Utc>,
     ) -> Result<(), AppError> {
+        self.require_fresh(&bearer, now).await?;
         let new_email = Email::parse(new_email);
         let current = Password::normalize(current_password);
         let mut violations: Vec<Violation> = Vec::new();
