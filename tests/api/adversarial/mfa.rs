@@ -61,8 +61,10 @@ async fn brute_forcing_codes_across_many_mfa_tokens_is_throttled() {
                 r.mfa_required.expect("a challenge").mfa_token
             }
             Err(s) => {
-                assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                assert_eq!(reason(&s), "THROTTLED", "{s:?}");
+                retry_delay(&s);
                 throttled += 1;
+                last_throttle = Some(s);
                 continue;
             }
         };
@@ -84,10 +86,48 @@ async fn brute_forcing_codes_across_many_mfa_tokens_is_throttled() {
         "ignoring RetryInfo: {evaluated} guesses evaluated with {tokens} mfa_tokens, \
          {throttled} calls throttled"
     );
-    assert!(last_throttle.is_some(), "no guess was throttled");
+    assert!(
+        last_throttle.is_some(),
+        "neither a Login nor a guess was throttled"
+    );
     assert!(
         evaluated <= 6,
         "{evaluated} guesses evaluated before the throttle held"
+    );
+
+    // Gathering mfa_tokens first, then guessing with all of them: the
+    // password steps already used the free attempts, so the guesses are
+    // throttled at CompleteLogin itself.
+    let other = mfa_user(&app).await;
+    let mut gathered = Vec::new();
+    for _ in 0..10 {
+        match app.login(&other.email, PASSWORD).await {
+            Ok(r) => gathered.push(r.mfa_required.expect("a challenge").mfa_token),
+            Err(s) => assert_eq!(reason(&s), "THROTTLED", "{s:?}"),
+        }
+    }
+    let (mut got_through, mut refused) = (0, 0);
+    for token in &gathered {
+        for _ in 0..5 {
+            match complete_totp(&app, token, &guesses.next(&other.app.secret)).await {
+                Ok(r) => panic!("a wrong guess logged in: {r:?}"),
+                Err(s) if reason(&s) == "INVALID_CREDENTIALS" => got_through += 1,
+                Err(s) if reason(&s) == "THROTTLED" => {
+                    assert_eq!(s.code(), Code::ResourceExhausted);
+                    retry_delay(&s);
+                    refused += 1;
+                }
+                Err(s) => panic!("unexpected answer to a guess: {s:?}"),
+            }
+        }
+    }
+    println!(
+        "{} mfa_tokens gathered first: {got_through} guesses evaluated, {refused} throttled",
+        gathered.len()
+    );
+    assert!(
+        refused > 0 && got_through <= 1,
+        "{got_through} evaluated, {refused} throttled"
     );
 
     // Honouring every delay for a while.

@@ -49,7 +49,6 @@ async fn factors_keep_working_after_a_new_data_key_is_put_first() {
     let app = spawn_app().await;
     let user = mfa_user(&app).await;
     let url = app.database_url();
-    let signing = app.config.signing_keys.clone();
     let old_key = app.config.data_keys[0].clone();
     let sealed_under = |db: sqlx::PgPool, id: String| async move {
         sqlx::query_scalar::<_, String>("SELECT secret_key_id FROM factors WHERE id = $1::uuid")
@@ -59,17 +58,19 @@ async fn factors_keep_working_after_a_new_data_key_is_put_first() {
             .unwrap()
     };
     let old_id = sealed_under(app.db.clone(), user.factor_id.clone()).await;
-    // Keep the old key file: the data folder goes with the server.
+    // Keep the key files: the data folder goes with the server.
     let kept = scratch_dir("old-data-key");
     std::fs::create_dir_all(&kept).unwrap();
     let old_copy = kept.join("old-key");
     std::fs::copy(&old_key, &old_copy).unwrap();
+    let signing = kept.join("signing.pem");
+    std::fs::copy(&app.config.signing_keys[0], &signing).unwrap();
     let new_key = kept.join("new-key");
     authd::crypto::data_keys::generate_key_file(&new_key).unwrap();
     app.stop().await.unwrap();
 
     let rotated = spawn_app_on(&url, |c| {
-        c.signing_keys = signing;
+        c.signing_keys = vec![signing.clone()];
         c.data_keys = vec![new_key.clone(), old_copy.clone()];
     })
     .await;
