@@ -271,47 +271,6 @@ impl ThrottleKind {
     }
 }
 
-/// A table the clean-up deletes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CleanupTable {
-    Sessions,
-    RefreshTokens,
-    LoginThrottle,
-    ResetTokens,
-    VerificationTokens,
-    Outbox,
-    RevocationEvents,
-}
-
-impl CleanupTable {
-    pub const ALL: [Self; 7] = [
-        Self::Sessions,
-        Self::RefreshTokens,
-        Self::LoginThrottle,
-        Self::ResetTokens,
-        Self::VerificationTokens,
-        Self::Outbox,
-        Self::RevocationEvents,
-    ];
-
-    /// The table's name, which is also its label.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Sessions => "sessions",
-            Self::RefreshTokens => "refresh_tokens",
-            Self::LoginThrottle => "login_throttle",
-            Self::ResetTokens => "password_reset_tokens",
-            Self::VerificationTokens => "email_verification_tokens",
-            Self::Outbox => "email_outbox",
-            Self::RevocationEvents => "revocation_events",
-        }
-    }
-
-    fn index(self) -> usize {
-        Self::ALL.iter().position(|t| *t == self).unwrap_or(0)
-    }
-}
-
 /// What became of one attempt at a clean-up pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CleanupOutcome {
@@ -410,11 +369,12 @@ struct Inner {
     outbox_queried: tokio::sync::Mutex<Option<Instant>>,
 }
 
-/// The clean-up's series, one per outcome and per table, created up front.
+/// The clean-up's series: one per outcome, created up front; per table,
+/// created when the clean-up names its tables.
 struct CleanupSeries {
     passes: [Counter; CleanupOutcome::ALL.len()],
-    batches: [Counter; CleanupTable::ALL.len()],
-    deleted: [Counter; CleanupTable::ALL.len()],
+    batches: Family<Tag, Counter>,
+    deleted: Family<Tag, Counter>,
     last_duration: SampledGauge,
     running: SampledGauge,
 }
@@ -454,27 +414,33 @@ pub type PendingFuture<'a> = std::pin::Pin<
     >,
 >;
 
-impl Default for Metrics {
-    /// Metrics without a database or hashing pool to read at scrape time.
-    fn default() -> Self {
-        Self::build(None, None, None)
-    }
-}
-
 impl Metrics {
-    /// Metrics of a running service: the pool, `hasher` and `backlog` are
+    /// Metrics of a running service that serves the RPCs of `services` (a
+    /// serialized `FileDescriptorSet`; health and reflection are added):
+    /// the pool, `hasher` and `backlog` are read at scrape time.
+    pub fn for_service(
+        services: &[u8],
+        db: PgPool,
+        hasher: Arc<dyn WorkerPool>,
+        backlog: Arc<dyn Backlog>,
+    ) -> Self {
+        Self::build(services, Some(db), Some(hasher), Some(backlog))
+    }
+
+    /// Metrics of the RPCs of `services` with no database or hashing pool to
     /// read at scrape time.
-    pub fn for_service(db: PgPool, hasher: Arc<dyn WorkerPool>, backlog: Arc<dyn Backlog>) -> Self {
-        Self::build(Some(db), Some(hasher), Some(backlog))
+    pub fn serving(services: &[u8]) -> Self {
+        Self::build(services, None, None, None)
     }
 
     fn build(
+        services: &[u8],
         db: Option<PgPool>,
         hasher: Option<Arc<dyn WorkerPool>>,
         backlog: Option<Arc<dyn Backlog>>,
     ) -> Self {
         let mut registry = Registry::with_prefix("authd");
-        let names = known_methods();
+        let names = known_methods(services);
         let method_index = names
             .iter()
             .enumerate()
@@ -778,15 +744,22 @@ impl Metrics {
         self.inner.listener_losses.inc();
     }
 
-    /// One clean-up batch (one short transaction) on `table`.
-    pub fn cleanup_batch(&self, table: CleanupTable, deleted: u64) {
+    /// The tables the clean-up deletes from, so that each one's series
+    /// reads 0 before its first batch.
+    pub fn cleanup_tables(&self, tables: &[&'static str]) {
         let series = &self.inner.cleanup;
-        if let Some(batches) = series.batches.get(table.index()) {
-            batches.inc();
+        for &table in tables {
+            series.batches.get_or_create_owned(&[("table", table)]);
+            series.deleted.get_or_create_owned(&[("table", table)]);
         }
-        if let Some(rows) = series.deleted.get(table.index()) {
-            rows.inc_by(deleted);
-        }
+    }
+
+    /// One clean-up batch (one short transaction) on `table`. (The clean-up
+    /// runs a few batches a second at most: the family's lock is no cost.)
+    pub fn cleanup_batch(&self, table: &'static str, deleted: u64) {
+        let series = &self.inner.cleanup;
+        series.batches.get_or_create(&[("table", table)]).inc();
+        series.deleted.get_or_create(&[("table", table)]).inc_by(deleted);
     }
 
     /// How an attempt at a clean-up pass ended.
@@ -838,6 +811,7 @@ impl Metrics {
         }
     }
 
+    #[allow(clippy::disallowed_methods)] // telemetry: the backlog's age is measured at the scrape
     async fn read_outbox(&self) {
         let Some(backlog) = &self.inner.backlog else {
             return;
@@ -878,8 +852,8 @@ impl CleanupSeries {
         let deleted = Family::<Tag, Counter>::default();
         let series = Self {
             passes: CleanupOutcome::ALL.map(|o| passes.get_or_create_owned(&[("outcome", o.label())])),
-            batches: CleanupTable::ALL.map(|t| batches.get_or_create_owned(&[("table", t.name())])),
-            deleted: CleanupTable::ALL.map(|t| deleted.get_or_create_owned(&[("table", t.name())])),
+            batches: batches.clone(),
+            deleted: deleted.clone(),
             last_duration: SampledGauge::default(),
             running: SampledGauge::default(),
         };
@@ -915,11 +889,12 @@ impl CleanupSeries {
 }
 
 /// `/package.Service/Method` of every RPC authd serves, from the descriptor
-/// sets of its services, so a new RPC gets its own label without a list to
-/// keep in step.
-fn known_methods() -> Vec<String> {
+/// sets of its services (`services`, handed in at start-up, and health and
+/// reflection), so a new RPC gets its own label without a list to keep in
+/// step.
+fn known_methods(services: &[u8]) -> Vec<String> {
     let sets = [
-        crate::pb::FILE_DESCRIPTOR_SET,
+        services,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
@@ -1022,7 +997,7 @@ mod tests {
 
     #[test]
     fn every_rpc_of_the_contract_has_its_own_label() {
-        let m = Metrics::default();
+        let m = Metrics::serving(crate::pb::FILE_DESCRIPTOR_SET);
         for path in [
             LOGIN,
             auth::INTROSPECT_TOKEN,
@@ -1050,7 +1025,7 @@ mod tests {
 
     #[test]
     fn counts_calls_by_code_and_cumulates_buckets() {
-        let m = Metrics::default();
+        let m = Metrics::serving(crate::pb::FILE_DESCRIPTOR_SET);
         let login = m.method_id(LOGIN);
         m.record(login, tonic::Code::Ok, Duration::from_millis(30));
         m.record(login, tonic::Code::Unauthenticated, Duration::from_millis(3));
@@ -1092,7 +1067,7 @@ mod tests {
 
     #[test]
     fn outcomes_come_from_the_handlers_results() {
-        let m = Metrics::default();
+        let m = Metrics::serving(crate::pb::FILE_DESCRIPTOR_SET);
         m.login(LoginOutcome::Success);
         m.login(LoginOutcome::BadCredentials);
         m.login(LoginOutcome::BadCredentials);
@@ -1129,7 +1104,7 @@ mod tests {
 
     #[test]
     fn scrape_time_gauges_exist_only_with_a_reading() {
-        let m = Metrics::default();
+        let m = Metrics::serving(crate::pb::FILE_DESCRIPTOR_SET);
         let text = render(&m, Format::OpenMetrics);
         assert!(!text.contains("authd_session_cache_enabled"), "{text}");
         assert!(!text.contains("authd_db_pool_connections_in_use"), "{text}");
@@ -1145,17 +1120,18 @@ mod tests {
 
     #[test]
     fn the_clean_up_is_counted_by_outcome_and_by_table() {
-        let m = Metrics::default();
+        let m = Metrics::serving(crate::pb::FILE_DESCRIPTOR_SET);
         let text = render(&m, Format::OpenMetrics);
         assert!(!text.contains("authd_cleanup_pass_running"), "{text}");
         assert!(!text.contains("authd_cleanup_last_pass_duration"), "{text}");
         m.set_cleanup_running(true);
         m.cleanup_attempt(CleanupOutcome::Busy);
         m.cleanup_attempt(CleanupOutcome::Recent);
-        m.cleanup_batch(CleanupTable::RefreshTokens, 100);
-        m.cleanup_batch(CleanupTable::Sessions, 40);
-        m.cleanup_batch(CleanupTable::Sessions, 7);
-        m.cleanup_batch(CleanupTable::RevocationEvents, 0);
+        m.cleanup_tables(&["sessions", "refresh_tokens", "revocation_events", "email_outbox"]);
+        m.cleanup_batch("refresh_tokens", 100);
+        m.cleanup_batch("sessions", 40);
+        m.cleanup_batch("sessions", 7);
+        m.cleanup_batch("revocation_events", 0);
         m.cleanup_pass_took(Duration::from_millis(1500));
         m.set_cleanup_running(false);
         m.cleanup_attempt(CleanupOutcome::Ran);
@@ -1183,7 +1159,7 @@ mod tests {
 
     #[test]
     fn the_prometheus_text_format_for_clients_that_do_not_ask_for_openmetrics() {
-        let m = Metrics::default();
+        let m = Metrics::serving(crate::pb::FILE_DESCRIPTOR_SET);
         m.record(m.method_id(LOGIN), tonic::Code::Ok, Duration::from_millis(1));
         let text = render(&m, Format::PrometheusText);
         assert!(text.contains("# TYPE authd_rpc_calls_total counter"), "{text}");
@@ -1221,7 +1197,7 @@ mod tests {
     /// not a lock, keep them consistent).
     #[test]
     fn concurrent_recording_loses_nothing() {
-        let m = Metrics::default();
+        let m = Metrics::serving(crate::pb::FILE_DESCRIPTOR_SET);
         let login = m.method_id(LOGIN);
         std::thread::scope(|s| {
             for _ in 0..4 {

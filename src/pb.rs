@@ -12,6 +12,32 @@ pub mod auth {
 /// from the proto: one module per service, with `ALL` listing its methods.
 pub mod paths {
     include!(concat!(env!("OUT_DIR"), "/method_paths.rs"));
+
+    /// A method's own name, the last segment of its path
+    /// (`/auth.v1.AdminService/GetUser` → `GetUser`): the label audit lines
+    /// and admin-call metrics show, taken from the generated path so that
+    /// it cannot name a method the contract lacks.
+    pub fn method_name(path: &'static str) -> &'static str {
+        path.rsplit('/').next().unwrap_or(path)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_method_name_is_the_last_segment_of_its_path() {
+            assert_eq!(method_name(admin_service::GET_USER), "GetUser");
+            assert_eq!(method_name(auth_service::INTROSPECT_TOKEN), "IntrospectToken");
+            for path in auth_service::ALL.iter().chain(admin_service::ALL) {
+                let name = method_name(path);
+                assert!(
+                    !name.is_empty() && !name.contains('/') && path.ends_with(name),
+                    "{path}"
+                );
+            }
+        }
+    }
 }
 
 pub mod google {

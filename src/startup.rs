@@ -247,6 +247,7 @@ async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Metr
     let hasher = PasswordHasher::new(config.argon2, config.hash_workers)?;
     hasher.run(PasswordPolicy::warm_up).await?;
     let metrics = Metrics::for_service(
+        crate::pb::FILE_DESCRIPTOR_SET,
         pool.clone(),
         std::sync::Arc::new(hasher.clone()),
         std::sync::Arc::new(crate::jobs::mail_worker::OutboxBacklog(pool.clone())),

@@ -1,4 +1,9 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 //! Load generator for authd (`cargo bench --bench load -- [options]`).
 //!
 //! Without `--addr` it starts a throwaway PostgreSQL cluster and the

@@ -14,6 +14,56 @@ use sqlx::PgConnection;
 
 use crate::error::AppError;
 
+/// A table the clean-up deletes from: the one list that the clean-up, its
+/// metrics' labels and the tests read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CleanupTable {
+    Sessions,
+    RefreshTokens,
+    LoginThrottle,
+    ResetTokens,
+    VerificationTokens,
+    Outbox,
+    RevocationEvents,
+    MfaChallenges,
+    /// Factors whose enrollment was never confirmed.
+    PendingFactors,
+}
+
+impl CleanupTable {
+    pub const ALL: [Self; 9] = [
+        Self::Sessions,
+        Self::RefreshTokens,
+        Self::LoginThrottle,
+        Self::ResetTokens,
+        Self::VerificationTokens,
+        Self::Outbox,
+        Self::RevocationEvents,
+        Self::MfaChallenges,
+        Self::PendingFactors,
+    ];
+
+    /// The table's name in the schema, which is also its metrics label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Sessions => "sessions",
+            Self::RefreshTokens => "refresh_tokens",
+            Self::LoginThrottle => "login_throttle",
+            Self::ResetTokens => "password_reset_tokens",
+            Self::VerificationTokens => "email_verification_tokens",
+            Self::Outbox => "email_outbox",
+            Self::RevocationEvents => "revocation_events",
+            Self::MfaChallenges => "mfa_challenges",
+            Self::PendingFactors => "factors",
+        }
+    }
+
+    /// Its place in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|t| *t == self).unwrap_or(0)
+    }
+}
+
 /// Heap blocks `start..end` of a table. Statements select them with a TID
 /// range scan (`ctid >= '(start,0)' AND ctid < '(end,0)'`, PostgreSQL 14+),
 /// which reads those blocks and nothing else, with no index.
@@ -193,6 +243,66 @@ pub async fn delete_aged_in(
         .bind(blocks.start)
         .bind(blocks.end)
         .bind(before)
+        .bind(i64::from(limit))
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Rows that die at their own `expires_at`, deleted in that index's order:
+/// their expiry is indexed (and never moves), so no block walk is needed.
+/// A batch's keys are collected first (`= ANY (ARRAY(…))`), so that the
+/// delete finds each row by its key rather than joining the whole table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiredRows {
+    /// Login challenges past their expiry, used or not (a used one is kept
+    /// until then, so that a replay finds it used rather than unknown).
+    MfaChallenges,
+    /// Enrollments never confirmed, past their expiry; confirmed factors
+    /// never go here.
+    PendingFactors,
+}
+
+impl ExpiredRows {
+    pub fn table(self) -> CleanupTable {
+        match self {
+            Self::MfaChallenges => CleanupTable::MfaChallenges,
+            Self::PendingFactors => CleanupTable::PendingFactors,
+        }
+    }
+
+    fn delete_statement(self) -> &'static str {
+        match self {
+            // mfa_challenges_expiry_idx
+            Self::MfaChallenges => {
+                "DELETE FROM mfa_challenges WHERE token_hash = ANY (ARRAY(
+                     SELECT token_hash FROM mfa_challenges
+                      WHERE expires_at < $1
+                      ORDER BY expires_at
+                      LIMIT $2))"
+            }
+            // factors_pending_expiry_idx (partial: confirmed_at IS NULL)
+            Self::PendingFactors => {
+                "DELETE FROM factors WHERE id = ANY (ARRAY(
+                     SELECT id FROM factors
+                      WHERE confirmed_at IS NULL AND expires_at < $1
+                      ORDER BY expires_at
+                      LIMIT $2))"
+            }
+        }
+    }
+}
+
+/// Deletes at most `limit` rows of `rows` that expired before `now`.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn delete_expired(
+    conn: &mut PgConnection,
+    rows: ExpiredRows,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> Result<u64, AppError> {
+    let done = sqlx::query(rows.delete_statement())
+        .bind(now)
         .bind(i64::from(limit))
         .execute(conn)
         .await?;

@@ -9,10 +9,59 @@ use uuid::Uuid;
 
 use crate::error::AppError;
 
+/// What a stored revocation event says happened: the `kind` column,
+/// decoded here so that no layer above matches its strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    SessionEnded,
+    UserSessionsEnded,
+    UserDisabled,
+    UserDeleted,
+    FactorsChanged,
+}
+
+impl EventKind {
+    pub const ALL: [Self; 5] = [
+        Self::SessionEnded,
+        Self::UserSessionsEnded,
+        Self::UserDisabled,
+        Self::UserDeleted,
+        Self::FactorsChanged,
+    ];
+
+    /// The value the `kind` column holds (its CHECK lists the same).
+    pub const fn as_sql(self) -> &'static str {
+        match self {
+            Self::SessionEnded => "SESSION_ENDED",
+            Self::UserSessionsEnded => "USER_SESSIONS_ENDED",
+            Self::UserDisabled => "USER_DISABLED",
+            Self::UserDeleted => "USER_DELETED",
+            Self::FactorsChanged => "FACTORS_CHANGED",
+        }
+    }
+}
+
+/// A `kind` this build does not know (written by a newer one).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown revocation event kind {0:?}")]
+pub struct UnknownKind(String);
+
+impl TryFrom<String> for EventKind {
+    type Error = UnknownKind;
+
+    fn try_from(stored: String) -> Result<Self, UnknownKind> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_sql() == stored)
+            .ok_or(UnknownKind(stored))
+    }
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct EventRow {
     pub id: i64,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: EventKind,
     pub user_id: Uuid,
     pub session_ids: Vec<Uuid>,
     pub occurred_at: DateTime<Utc>,
@@ -190,4 +239,18 @@ pub async fn prune(db: &PgPool, retention: chrono::Duration) -> Result<u64, AppE
         deleted += batch.deleted;
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_reads_back_from_what_it_stores_and_an_unknown_one_is_refused() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::try_from(kind.as_sql().to_owned()).unwrap(), kind);
+        }
+        assert!(EventKind::try_from("session_ended".to_owned()).is_err());
+        assert!(EventKind::try_from(String::new()).is_err());
+    }
 }

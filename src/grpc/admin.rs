@@ -15,6 +15,7 @@ use super::key_guard::KeyGuard;
 use crate::domain::{FieldReason, Invalid, Scope};
 use crate::error::AppError;
 use crate::pb::auth::v1::{self as pb, admin_service_server::AdminService};
+use crate::pb::paths::{admin_service as admin_paths, method_name};
 use crate::service::{Core, RevocationEvent, RevocationKind};
 
 pub struct AdminApi {
@@ -98,7 +99,12 @@ impl AdminService for AdminApi {
             .get_user(&r.user_id)
             .await
             .map(|u| pb::GetUserResponse { user: Some(u.into()) });
-        self.audited(&caller.name, "GetUser", &r.user_id, result)
+        self.audited(
+            &caller.name,
+            method_name(admin_paths::GET_USER),
+            &r.user_id,
+            result,
+        )
     }
 
     async fn batch_get_users(
@@ -114,7 +120,7 @@ impl AdminService for AdminApi {
             };
             (answer, ids)
         });
-        self.audited_reads(&caller.name, "BatchGetUsers", result)
+        self.audited_reads(&caller.name, method_name(admin_paths::BATCH_GET_USERS), result)
     }
 
     async fn lookup_user(&self, request: Request<pb::LookupUserRequest>) -> Reply<pb::LookupUserResponse> {
@@ -124,7 +130,12 @@ impl AdminService for AdminApi {
         // The audit names the account found, never the address looked up.
         let target = result.as_ref().map(|u| u.id.to_string()).unwrap_or_default();
         let result = result.map(|u| pb::LookupUserResponse { user: Some(u.into()) });
-        self.audited(&caller.name, "LookupUser", &target, result)
+        self.audited(
+            &caller.name,
+            method_name(admin_paths::LOOKUP_USER),
+            &target,
+            result,
+        )
     }
 
     async fn list_users(&self, request: Request<pb::ListUsersRequest>) -> Reply<pb::ListUsersResponse> {
@@ -142,7 +153,7 @@ impl AdminService for AdminApi {
                 };
                 (answer, ids)
             });
-        self.audited_reads(&caller.name, "ListUsers", result)
+        self.audited_reads(&caller.name, method_name(admin_paths::LIST_USERS), result)
     }
 
     async fn disable_user(&self, request: Request<pb::DisableUserRequest>) -> Reply<pb::DisableUserResponse> {
@@ -153,7 +164,12 @@ impl AdminService for AdminApi {
             .disable_user(&r.user_id, Utc::now())
             .await
             .map(|u| pb::DisableUserResponse { user: Some(u.into()) });
-        self.audited(&caller.name, "DisableUser", &r.user_id, result)
+        self.audited(
+            &caller.name,
+            method_name(admin_paths::DISABLE_USER),
+            &r.user_id,
+            result,
+        )
     }
 
     async fn enable_user(&self, request: Request<pb::EnableUserRequest>) -> Reply<pb::EnableUserResponse> {
@@ -164,7 +180,12 @@ impl AdminService for AdminApi {
             .enable_user(&r.user_id, Utc::now())
             .await
             .map(|u| pb::EnableUserResponse { user: Some(u.into()) });
-        self.audited(&caller.name, "EnableUser", &r.user_id, result)
+        self.audited(
+            &caller.name,
+            method_name(admin_paths::ENABLE_USER),
+            &r.user_id,
+            result,
+        )
     }
 
     async fn set_user_roles(
@@ -178,7 +199,12 @@ impl AdminService for AdminApi {
             .set_user_roles(&r.user_id, &r.roles, Utc::now())
             .await
             .map(|u| pb::SetUserRolesResponse { user: Some(u.into()) });
-        self.audited(&caller.name, "SetUserRoles", &r.user_id, result)
+        self.audited(
+            &caller.name,
+            method_name(admin_paths::SET_USER_ROLES),
+            &r.user_id,
+            result,
+        )
     }
 
     async fn revoke_user_sessions(
@@ -194,7 +220,12 @@ impl AdminService for AdminApi {
             .map(|n| pb::RevokeUserSessionsResponse {
                 revoked_count: i32::try_from(n).unwrap_or(i32::MAX),
             });
-        self.audited(&caller.name, "RevokeUserSessions", &r.user_id, result)
+        self.audited(
+            &caller.name,
+            method_name(admin_paths::REVOKE_USER_SESSIONS),
+            &r.user_id,
+            result,
+        )
     }
 
     type WatchRevocationsStream = RevocationResponses;
@@ -210,7 +241,12 @@ impl AdminService for AdminApi {
             .reset_user_factors(&r.user_id, Utc::now())
             .await
             .map(|u| pb::ResetUserFactorsResponse { user: Some(u.into()) });
-        self.audited(&caller.name, "ResetUserFactors", &r.user_id, result)
+        self.audited(
+            &caller.name,
+            method_name(admin_paths::RESET_USER_FACTORS),
+            &r.user_id,
+            result,
+        )
     }
 
     async fn watch_revocations(
@@ -222,7 +258,7 @@ impl AdminService for AdminApi {
             &request,
             &self.core.service_keys,
             Scope::RevocationsWatch,
-            "WatchRevocations",
+            method_name(admin_paths::WATCH_REVOCATIONS),
         )?;
         let r = request.get_ref();
         let after = r.after_event_id;
@@ -238,7 +274,12 @@ impl AdminService for AdminApi {
             }))
         })
         .map(|stream| guard.bind(stream));
-        self.audited(&caller.name, "WatchRevocations", "", result)
+        self.audited(
+            &caller.name,
+            method_name(admin_paths::WATCH_REVOCATIONS),
+            "",
+            result,
+        )
     }
 }
 

@@ -12,6 +12,7 @@ use crate::domain::ClientInfo;
 use crate::error::AppError;
 use crate::metrics::ThrottleKind;
 use crate::pb::auth::v1::{self as pb, auth_service_server::AuthService};
+use crate::pb::paths::{auth_service, method_name};
 use crate::service::{Core, Introspection, LoginAnswer, ProfileValues, RegisterInput, UpdateMeInput};
 
 pub struct AuthApi {
@@ -46,7 +47,7 @@ fn audit_introspection(caller: &str, answer: &Result<Introspection, AppError>) {
     tracing::info!(
         target: "authd::audit",
         service_account = caller,
-        method = "IntrospectToken",
+        method = method_name(auth_service::INTROSPECT_TOKEN),
         outcome,
         user_id = %user_id,
         session_id = %session_id,

@@ -7,7 +7,9 @@
 //! - throttle counters nobody touched for a day and that hold no lock;
 //! - reset and verification tokens issued more than a day ago and expired;
 //! - sent or discarded mail older than a week;
-//! - revocation events past [`RETENTION`](crate::coherence::revocation_feed::RETENTION).
+//! - revocation events past [`RETENTION`](crate::coherence::revocation_feed::RETENTION);
+//! - login challenges past their expiry, and factor enrollments never
+//!   confirmed past theirs.
 //!
 //! **Bounded batches.** Every statement deletes at most
 //! `AUTHD_CLEANUP_BATCH_SIZE` rows and is its own short transaction, with a
@@ -24,6 +26,8 @@
 //! session batch has nothing left to delete. Revocation events go in id
 //! ranges, each batch moving the log's `pruned_through` in its transaction,
 //! so the events left are always the contiguous tail after it.
+//! Login challenges and pending enrollments are few and die at an indexed
+//! `expires_at`: they go in batches along that index.
 //!
 //! **One replica at a time.** A pass runs on a connection of its own (not
 //! a pooled one, which would keep the session's advisory lock when given
@@ -52,9 +56,9 @@ use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::sync::watch;
 
 use crate::db;
-use crate::db::maintenance::{AgedRows, Blocks};
+use crate::db::maintenance::{AgedRows, Blocks, CleanupTable, ExpiredRows};
 use crate::error::AppError;
-use crate::metrics::{CleanupOutcome, CleanupTable, Metrics};
+use crate::metrics::{CleanupOutcome, Metrics};
 
 /// The advisory lock a replica holds while it runs a pass (`authdcln` in
 /// ASCII).
@@ -113,16 +117,21 @@ impl BlockStep {
 
 /// The tables walked in block ranges, with the steps each range goes
 /// through in order.
-const BLOCK_WALKS: [(&str, &[BlockStep]); 5] = [
+const BLOCK_WALKS: [(CleanupTable, &[BlockStep]); 5] = [
     (
-        "sessions",
+        CleanupTable::Sessions,
         &[BlockStep::EndedSessionTokens, BlockStep::EndedSessions],
     ),
-    ("login_throttle", &[BlockStep::StaleCounters]),
-    ("password_reset_tokens", &[BlockStep::OldResetTokens]),
-    ("email_verification_tokens", &[BlockStep::OldVerificationTokens]),
-    ("email_outbox", &[BlockStep::OldMail]),
+    (CleanupTable::LoginThrottle, &[BlockStep::StaleCounters]),
+    (CleanupTable::ResetTokens, &[BlockStep::OldResetTokens]),
+    (
+        CleanupTable::VerificationTokens,
+        &[BlockStep::OldVerificationTokens],
+    ),
+    (CleanupTable::Outbox, &[BlockStep::OldMail]),
 ];
+/// The tables cleaned along their expiry index, after the walks.
+const EXPIRY_SWEEPS: [ExpiredRows; 2] = [ExpiredRows::MfaChallenges, ExpiredRows::PendingFactors];
 
 /// The name a replica records in `maintenance_runs` and shows as its
 /// clean-up connection's `application_name`: host, process, gRPC address.
@@ -190,6 +199,7 @@ impl Cleanup {
         replica: String,
         metrics: Metrics,
     ) -> Self {
+        metrics.cleanup_tables(&CleanupTable::ALL.map(CleanupTable::name));
         let options = pool
             .connect_options()
             .as_ref()
@@ -276,6 +286,7 @@ impl Cleanup {
     }
 
     /// Under the lock: a pass, unless one finished less than an interval ago.
+    #[allow(clippy::disallowed_methods)] // a job's loop top: a pass measures every cut-off from its start
     async fn pass_unless_recent(&self, conn: &mut PgConnection, stop: &mut watch::Receiver<bool>) -> Attempt {
         match db::maintenance::next_due_in(conn, TASK, self.interval).await {
             Ok(None) => {}
@@ -320,20 +331,13 @@ impl Cleanup {
         self.metrics.cleanup_pass_took(elapsed);
         self.metrics.set_cleanup_running(false);
         self.metrics.cleanup_attempt(outcome);
-        let rows = |table: CleanupTable| tally.deleted.get(index(table)).copied().unwrap_or(0);
         tracing::info!(
             replica = %self.replica,
             outcome = outcome.label(),
             deleted = tally.deleted(),
             batches = tally.batches.iter().sum::<u64>(),
             elapsed_ms = elapsed.as_millis(),
-            sessions = rows(CleanupTable::Sessions),
-            refresh_tokens = rows(CleanupTable::RefreshTokens),
-            login_throttle = rows(CleanupTable::LoginThrottle),
-            password_reset_tokens = rows(CleanupTable::ResetTokens),
-            email_verification_tokens = rows(CleanupTable::VerificationTokens),
-            email_outbox = rows(CleanupTable::Outbox),
-            revocation_events = rows(CleanupTable::RevocationEvents),
+            by_table = %tally.by_table(),
             "clean-up pass finished"
         );
         if stopped { Attempt::Stopped } else { Attempt::Done }
@@ -351,10 +355,16 @@ impl Tally {
     fn deleted(&self) -> u64 {
         self.deleted.iter().sum()
     }
-}
 
-fn index(table: CleanupTable) -> usize {
-    CleanupTable::ALL.iter().position(|t| *t == table).unwrap_or(0)
+    /// `table=rows` for every table, for the pass's log line.
+    fn by_table(&self) -> String {
+        CleanupTable::ALL
+            .iter()
+            .zip(self.deleted)
+            .map(|(table, rows)| format!("{}={rows}", table.name()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 /// The limits every rule is measured from, fixed at the start of a pass.
@@ -401,20 +411,34 @@ impl<'a> Pass<'a> {
     /// Every table in turn; a table that fails is logged and the others
     /// still cleaned, unless the database is gone. True when stopped.
     async fn run(&mut self) -> bool {
-        for (relation, steps) in BLOCK_WALKS {
-            let walked = self.walk_blocks(relation, steps).await;
-            match self.settle(relation, walked) {
+        for (table, steps) in BLOCK_WALKS {
+            let walked = self.walk_blocks(table.name(), steps).await;
+            match self.settle(table, walked) {
                 Next::Go => {}
                 Next::Stop => return true,
                 Next::GiveUp => return false,
             }
         }
         let pruned = self.prune_revocations().await;
-        self.settle("revocation_events", pruned) == Next::Stop
+        match self.settle(CleanupTable::RevocationEvents, pruned) {
+            Next::Go => {}
+            Next::Stop => return true,
+            Next::GiveUp => return false,
+        }
+        for rows in EXPIRY_SWEEPS {
+            let swept = self.sweep_expired(rows).await;
+            match self.settle(rows.table(), swept) {
+                Next::Go => {}
+                Next::Stop => return true,
+                Next::GiveUp => return false,
+            }
+        }
+        false
     }
 
     /// Notes how a table's walk ended, and what comes next.
-    fn settle(&mut self, relation: &str, walked: Result<(), Halt>) -> Next {
+    fn settle(&mut self, table: CleanupTable, walked: Result<(), Halt>) -> Next {
+        let relation = table.name();
         match walked {
             Ok(()) => Next::Go,
             Err(Halt::Stopped) => {
@@ -486,6 +510,23 @@ impl<'a> Pass<'a> {
         Ok(deleted)
     }
 
+    /// Rows past their `expires_at`, along its index, a batch at a time
+    /// until one comes back short.
+    async fn sweep_expired(&mut self, rows: ExpiredRows) -> Result<(), Halt> {
+        let limit = self.cleanup.batch_size;
+        loop {
+            if *self.stop.borrow() {
+                return Err(Halt::Stopped);
+            }
+            let started = Instant::now();
+            let deleted = db::maintenance::delete_expired(self.conn, rows, self.cutoffs.now, limit).await?;
+            self.counted(rows.table(), deleted, started.elapsed()).await?;
+            if deleted < u64::from(limit) {
+                return Ok(());
+            }
+        }
+    }
+
     /// Revocation events past retention, in id ranges. The retention is
     /// measured on the database's clock, which wrote the events' times and
     /// checks subscribers' `since`, not on this replica's.
@@ -511,12 +552,12 @@ impl<'a> Pass<'a> {
 
     /// Counts a batch, then yields to request traffic for as long as it took.
     async fn counted(&mut self, table: CleanupTable, deleted: u64, took: Duration) -> Result<(), Halt> {
-        let i = index(table);
+        let i = table.index();
         if let (Some(rows), Some(batches)) = (self.tally.deleted.get_mut(i), self.tally.batches.get_mut(i)) {
             *rows += deleted;
             *batches += 1;
         }
-        self.cleanup.metrics.cleanup_batch(table, deleted);
+        self.cleanup.metrics.cleanup_batch(table.name(), deleted);
         tokio::select! {
             () = tokio::time::sleep(took.clamp(MIN_PAUSE, MAX_PAUSE)) => Ok(()),
             _ = self.stop.wait_for(|stop| *stop) => Err(Halt::Stopped),

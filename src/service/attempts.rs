@@ -58,6 +58,17 @@ impl Core {
         now: DateTime<Utc>,
     ) -> Result<Charged, AppError> {
         self.hasher.admit()?;
+        self.charge_check(key, backoff, now).await
+    }
+
+    /// Charges one attempt of `key` for a check that hashes no password (a
+    /// second-factor code): the password workers' load does not concern it.
+    pub(super) async fn charge_check(
+        &self,
+        key: &str,
+        backoff: &Backoff,
+        now: DateTime<Utc>,
+    ) -> Result<Charged, AppError> {
         if let Some(wait) = db::throttle::charge(&self.db, key, backoff, now).await? {
             return Err(AppError::Throttled(wait));
         }

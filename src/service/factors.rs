@@ -115,7 +115,7 @@ impl Core {
         now: DateTime<Utc>,
     ) -> Result<(String, super::attempts::Charged), AppError> {
         let key = super::login::throttle_key_for_user(user_id);
-        match self.charge_attempt(&key, &Backoff::LOGIN, now).await {
+        match self.charge_check(&key, &Backoff::LOGIN, now).await {
             Err(e @ AppError::Throttled(_)) => {
                 self.metrics.throttled(ThrottleKind::LoginBackoff);
                 Err(e)
@@ -478,7 +478,7 @@ impl Core {
             return Err(AppError::MfaTokenInvalid);
         }
         let charge = match self
-            .charge_attempt(&challenge.throttle_key, &Backoff::LOGIN, now)
+            .charge_check(&challenge.throttle_key, &Backoff::LOGIN, now)
             .await
         {
             Err(e @ AppError::Throttled(_)) => {

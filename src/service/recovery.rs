@@ -34,6 +34,7 @@ impl Core {
     /// Resolves recorded ForgotPassword requests until aborted: woken by a
     /// request in this process, and every `poll` for those recorded by
     /// other replicas (or left by one that died).
+    #[allow(clippy::disallowed_methods)] // a job's loop top: each request is resolved at its own now
     pub async fn resolve_reset_requests(self, poll: std::time::Duration) {
         loop {
             loop {

@@ -11,50 +11,60 @@
 use std::time::{Duration, Instant};
 
 use authd::config::Config;
+use authd::db::maintenance::CleanupTable;
 use authd::jobs::cleanup::LOCK_KEY;
 use sqlx::{Connection as _, PgConnection, PgPool};
 
 use crate::helpers::*;
 use crate::metrics::{scrape, value, with_metrics};
 
-/// Every table the clean-up deletes from, with the query counting all its
-/// rows and the one counting those past retention.
-const TABLES: [(&str, &str); 7] = [
+/// Every table the clean-up deletes from (in the order of
+/// `CleanupTable::ALL`, which a census checks), with the rule, written out
+/// here, that says which of its rows are past retention.
+const TABLES: [(CleanupTable, &str); 9] = [
     (
-        "sessions",
+        CleanupTable::Sessions,
         "FROM sessions s WHERE LEAST(COALESCE(s.revoked_at, 'infinity'), s.idle_expires_at, s.absolute_expires_at)
                                 < now() - interval '1 day'",
     ),
     (
-        "refresh_tokens",
+        CleanupTable::RefreshTokens,
         "FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
          WHERE LEAST(COALESCE(s.revoked_at, 'infinity'), s.idle_expires_at, s.absolute_expires_at)
                < now() - interval '1 day'",
     ),
     (
-        "login_throttle",
+        CleanupTable::LoginThrottle,
         "FROM login_throttle WHERE last_failure_at < now() - interval '1 day'
                                AND (locked_until IS NULL OR locked_until < now() - interval '1 day')",
     ),
     (
-        "password_reset_tokens",
+        CleanupTable::ResetTokens,
         "FROM password_reset_tokens WHERE created_at < now() - interval '1 day'
                                       AND expires_at < now() - interval '1 day'",
     ),
     (
-        "email_verification_tokens",
+        CleanupTable::VerificationTokens,
         "FROM email_verification_tokens WHERE created_at < now() - interval '1 day'
                                           AND expires_at < now() - interval '1 day'",
     ),
     (
-        "email_outbox",
+        CleanupTable::Outbox,
         "FROM email_outbox WHERE created_at < now() - interval '7 days'
                              AND (sent_at IS NOT NULL OR discarded_at IS NOT NULL)",
     ),
     (
-        "revocation_events",
+        CleanupTable::RevocationEvents,
         "FROM revocation_events WHERE id <= (SELECT max(id) FROM revocation_events
                                              WHERE occurred_at < now() - interval '24 hours')",
+    ),
+    (
+        CleanupTable::MfaChallenges,
+        "FROM mfa_challenges WHERE expires_at < now()",
+    ),
+    (
+        CleanupTable::PendingFactors,
+        "FROM factors WHERE confirmed_at IS NULL AND expires_at < now()",
     ),
 ];
 
@@ -71,8 +81,14 @@ struct Census(Vec<(&'static str, Rows)>);
 
 impl Census {
     async fn take(db: &PgPool) -> Self {
+        assert_eq!(
+            TABLES.map(|(table, _)| table),
+            CleanupTable::ALL,
+            "a table the clean-up deletes from has no rule here"
+        );
         let mut tables = Vec::new();
         for (table, doomed) in TABLES {
+            let table = table.name();
             let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
                 .fetch_one(db)
                 .await
@@ -223,6 +239,29 @@ async fn seeded(seed: Seed) -> (String, PgPool) {
                 CASE WHEN i % 4 = 0 THEN now() - interval '8 days'
                      WHEN i % 4 = 3 THEN now() - interval '2 days' END,
                 CASE WHEN i % 4 = 1 THEN now() - interval '8 days' END
+           FROM generate_series(1, {others}) i;
+
+         -- Login challenges: expired an hour ago (0), used and expired (1),
+         -- used and not expired yet (2), live (3).
+         INSERT INTO mfa_challenges (token_hash, user_id, security_stamp, throttle_key, created_at,
+                                     expires_at, consumed_at)
+         SELECT sha256(convert_to('cleanup challenge ' || i, 'UTF8')), md5('cleanup user ' || (1 + i % 20))::uuid,
+                0, 'cleanup:challenge', now() - interval '2 hours',
+                CASE WHEN i % 4 < 2 THEN now() - interval '1 hour' ELSE now() + interval '1 hour' END,
+                CASE WHEN i % 4 IN (1, 2) THEN now() - interval '90 minutes' END
+           FROM generate_series(1, {others}) i;
+
+         -- Factors: an enrollment never confirmed and expired (0), one not
+         -- expired yet (1), confirmed (2), confirmed after an expiry that
+         -- has passed since (3).
+         INSERT INTO factors (id, user_id, kind, name, created_at, confirmed_at, expires_at,
+                              secret_sealed, secret_key_id)
+         SELECT md5('cleanup factor ' || i)::uuid, md5('cleanup user ' || (1 + i % 20))::uuid,
+                'totp', 'phone ' || i, now() - interval '2 hours',
+                CASE WHEN i % 4 >= 2 THEN now() - interval '110 minutes' END,
+                CASE i % 4 WHEN 0 THEN now() - interval '1 hour' WHEN 1 THEN now() + interval '1 hour'
+                           WHEN 3 THEN now() - interval '1 hour' END,
+                '\\x00'::bytea, 'k1'
            FROM generate_series(1, {others}) i;
 
          SELECT authd_record_revocation('SESSION_ENDED', md5('cleanup user 1')::uuid,
@@ -379,7 +418,7 @@ async fn two_replicas_started_together_run_each_pass_on_one_of_them_and_keep_wha
         "both replicas ran a pass"
     );
     let mut all_deleted = 0.0;
-    for (table, _) in TABLES {
+    for table in CleanupTable::ALL.map(CleanupTable::name) {
         assert_eq!(
             sample(idle, &batches(table)).await,
             0.0,
@@ -459,7 +498,7 @@ async fn no_pass_runs_at_start_up() {
         for outcome in ["ran", "busy", "recent", "error", "stopped"] {
             assert_eq!(value(&page, &passes(outcome)), Some(0.0), "{outcome}");
         }
-        for (table, _) in TABLES {
+        for table in CleanupTable::ALL.map(CleanupTable::name) {
             assert_eq!(value(&page, &batches(table)), Some(0.0), "{table}");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -502,13 +541,79 @@ async fn batches_never_delete_more_than_the_batch_size() {
             "{table}: {non_empty} batches for {rows} rows"
         );
     }
-    for (table, _) in TABLES {
+    for table in CleanupTable::ALL.map(CleanupTable::name) {
         let doomed = before.doomed(table);
         assert_eq!(sample(&app, &deleted(table)).await, doomed as f64, "{table}");
         let counted = sample(&app, &batches(table)).await;
         assert!(
             counted >= batches_for(doomed, limit) as f64,
             "{table}: {doomed} rows in {counted} batches"
+        );
+    }
+}
+
+#[tokio::test]
+async fn expired_login_challenges_and_unconfirmed_enrollments_go_in_batches_and_live_ones_stay() {
+    const BATCH: u32 = 7;
+    let (url, db) = seeded(SMALL).await;
+    sqlx::raw_sql(
+        "CREATE TRIGGER mfa_challenges_statements AFTER DELETE ON mfa_challenges
+             REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION log_cleanup_statement();
+         CREATE TRIGGER factors_statements AFTER DELETE ON factors
+             REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION log_cleanup_statement();",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let before = Census::take(&db).await;
+    let challenges = CleanupTable::MfaChallenges.name();
+    let factors = CleanupTable::PendingFactors.name();
+    // A quarter of each kind (SMALL.others rows): two kinds of challenge
+    // and one kind of factor are past their expiry.
+    let quarter = SMALL.others / 4;
+    assert_eq!(before.doomed(challenges), 2 * quarter);
+    assert_eq!(before.doomed(factors), quarter);
+
+    let app = spawn_app_on(&url, replica(Duration::from_secs(1), BATCH)).await;
+    wait_for(&[&app], &passes("ran"), 1.0, Duration::from_secs(120)).await;
+    let _frozen = hold_the_lock(&url).await;
+    assert_eq!(Census::take(&db).await, before.cleaned());
+
+    // What stays: challenges not expired, used or not; enrollments not
+    // expired; every confirmed factor, whatever its old expiry says.
+    let challenges_left: (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE consumed_at IS NULL), count(*) FILTER (WHERE consumed_at IS NOT NULL)
+           FROM mfa_challenges WHERE expires_at > now()",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(challenges_left, (quarter, quarter));
+    let factors_left: (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE confirmed_at IS NULL AND expires_at > now()),
+                count(*) FILTER (WHERE confirmed_at IS NOT NULL),
+                count(*)
+           FROM factors",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(factors_left, (quarter, 2 * quarter, 3 * quarter));
+
+    let limit = i64::from(BATCH);
+    for table in [challenges, factors] {
+        let seen = statements(&db, table).await;
+        let largest = seen.iter().map(|(rows, _, _)| *rows).max().unwrap_or(0);
+        assert_eq!(
+            largest, limit,
+            "{table}: batches of at most {limit}, and a full one"
+        );
+        let rows: i64 = seen.iter().map(|(rows, _, _)| rows).sum();
+        assert_eq!(rows, before.doomed(table), "{table}");
+        assert_eq!(sample(&app, &deleted(table)).await, rows as f64, "{table}");
+        assert!(
+            sample(&app, &batches(table)).await >= batches_for(rows, limit) as f64,
+            "{table}"
         );
     }
 }

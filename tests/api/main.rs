@@ -2,7 +2,12 @@
 //! for it, a fresh database and a real server on a real socket per test, and
 //! the generated tonic client.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 mod helpers;
 /// The bulk seed shared with the load generator's scale scenario.

@@ -5,8 +5,8 @@
 //! Per `accounts` it writes five sessions (nine in ten ended, most of them
 //! more than a day ago), their refresh tokens (a consumed one besides the
 //! current one for live sessions), and the backlog a day of traffic leaves:
-//! reset and verification tokens, throttle counters, sent mail and
-//! revocation events. Every seeded account has the same password hash (the
+//! reset and verification tokens, throttle counters, sent mail,
+//! revocation events, second factors and login challenges. Every seeded account has the same password hash (the
 //! caller's), so any of them can log in.
 //!
 //! Each table's columns are given with the value to write, and only the
@@ -240,6 +240,52 @@ const BATCHES: &[Batch] = &[
                 "now() - (i % 864000) * interval '1 second' + interval '1 second'",
             ),
             ("user_id", USER_ID),
+        ],
+    },
+    // One account in five has a TOTP factor; one enrollment in five was
+    // never confirmed and is past its ten minutes, or nearly.
+    Batch {
+        table: "factors",
+        rows: |s| s.accounts / 5,
+        columns: &[
+            ("id", "md5('factor' || i)::uuid"),
+            ("user_id", "md5('user' || (1 + (i * 5) % accounts))::uuid"),
+            ("kind", "'totp'"),
+            ("name", "'phone'"),
+            ("created_at", "now() - (i % 864000) * interval '1 second'"),
+            (
+                "confirmed_at",
+                "CASE WHEN i % 5 <> 0 THEN now() - (i % 864000) * interval '1 second' + interval '1 minute' END",
+            ),
+            (
+                "expires_at",
+                "CASE WHEN i % 5 = 0 THEN now() - (i % 864000) * interval '1 second' + interval '10 minutes' END",
+            ),
+            ("secret_sealed", "sha256(('factor secret' || i)::bytea)"),
+            ("secret_key_id", "'seed'"),
+        ],
+    },
+    // A day of login challenges (five minutes each; one in three used).
+    Batch {
+        table: "mfa_challenges",
+        rows: |s| s.accounts / 5,
+        columns: &[
+            ("token_hash", "sha256(('challenge' || i)::bytea)"),
+            ("user_id", "md5('user' || (1 + (i * 5) % accounts))::uuid"),
+            ("security_stamp", "0"),
+            (
+                "throttle_key",
+                "'user:' || md5('user' || (1 + (i * 5) % accounts))::uuid",
+            ),
+            ("created_at", "now() - (i % 86400) * interval '1 second'"),
+            (
+                "expires_at",
+                "now() - (i % 86400) * interval '1 second' + interval '5 minutes'",
+            ),
+            (
+                "consumed_at",
+                "CASE WHEN i % 3 = 0 THEN now() - (i % 86400) * interval '1 second' + interval '30 seconds' END",
+            ),
         ],
     },
 ];
