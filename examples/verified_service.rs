@@ -13,7 +13,10 @@
 //!
 //! Settings (environment): `AUTHD_URL` (http://127.0.0.1:50051),
 //! `AUTHD_ISSUER` and `AUTHD_AUDIENCE` (authd's defaults: `authd`),
-//! `AUTHD_SERVICE_KEY` (required), `LISTEN` (127.0.0.1:50061).
+//! `AUTHD_SERVICE_KEY` (required), `LISTEN` (127.0.0.1:50061),
+//! `REQUIRE_AAL2_WITHIN` (seconds; if set, Check requires a second factor
+//! proven that recently, and answers FAILED_PRECONDITION
+//! `REAUTHENTICATION_REQUIRED` otherwise: StepUp at authd, then retry).
 //!
 //! The service's one RPC is `grpc.health.v1.Health/Check`, from
 //! tonic-health's generated trait: it stands in for your own generated
@@ -22,7 +25,9 @@
 
 use std::pin::Pin;
 
-use authd_verifier::{Claims, Verifier, VerifierConfig, VerifierLayer};
+use std::time::{Duration, UNIX_EPOCH};
+
+use authd_verifier::{Acr, Claims, Policy, Verifier, VerifierConfig, VerifierLayer};
 use tokio::net::TcpListener;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::metadata::MetadataValue;
@@ -34,7 +39,8 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 /// Answers who the caller is, in the response metadata: `x-user-id`,
-/// `x-session-id` and `x-roles` (comma-separated).
+/// `x-session-id`, `x-roles` and `x-amr` (comma-separated), `x-acr`, and
+/// `x-auth-time` (seconds since the epoch).
 pub struct WhoAmI;
 
 #[tonic::async_trait]
@@ -56,6 +62,13 @@ impl Health for WhoAmI {
         metadata.insert("x-user-id", ascii(claims.user_id())?);
         metadata.insert("x-session-id", ascii(claims.session_id())?);
         metadata.insert("x-roles", ascii(&claims.roles().join(","))?);
+        metadata.insert("x-amr", ascii(&claims.amr().join(","))?);
+        metadata.insert("x-acr", ascii(claims.acr())?);
+        let auth_time = claims
+            .auth_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        metadata.insert("x-auth-time", ascii(&auth_time.to_string())?);
         Ok(response)
     }
 
@@ -73,14 +86,26 @@ fn ascii(value: &str) -> Result<MetadataValue<tonic::metadata::Ascii>, Status> {
     MetadataValue::try_from(value).map_err(|_| Status::internal("a claim is not printable ASCII"))
 }
 
+/// The RPC of this example, as the layer's routes name it.
+pub const CHECK: &str = "/grpc.health.v1.Health/Check";
+
 /// Serves [`WhoAmI`] behind the verifier on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     verifier: Verifier,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with(listener, VerifierLayer::new(verifier), shutdown).await
+}
+
+/// [`serve`] behind a layer configured by the caller (routes, policies).
+pub async fn serve_with(
+    listener: TcpListener,
+    layer: VerifierLayer,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
     Server::builder()
-        .layer(VerifierLayer::new(verifier))
+        .layer(layer)
         .add_service(HealthServer::new(WhoAmI))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
@@ -102,10 +127,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !verifier.wait_until_fresh(std::time::Duration::from_secs(5)).await {
         eprintln!("the revocation stream has not started yet; refusing tokens until it does");
     }
+    let mut layer = VerifierLayer::new(verifier);
+    if let Ok(secs) = std::env::var("REQUIRE_AAL2_WITHIN") {
+        let max_age = Duration::from_secs(secs.parse().map_err(|_| "REQUIRE_AAL2_WITHIN: seconds")?);
+        // A second factor, proven within max_age: a password alone, an
+        // older proof, or one from before the account's factors changed is
+        // refused with REAUTHENTICATION_REQUIRED.
+        layer = layer.route(CHECK, Policy::new().require_acr(Acr::Aal2).max_age(max_age));
+    }
     let listen = setting("LISTEN", "127.0.0.1:50061");
     let listener = TcpListener::bind(&listen).await?;
     println!("verified service on {listen}");
-    serve(listener, verifier, async {
+    serve_with(listener, layer, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await?;

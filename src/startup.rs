@@ -48,7 +48,7 @@ use crate::pb;
 use crate::pb::auth::v1::admin_service_server::AdminServiceServer;
 use crate::pb::auth::v1::auth_service_server::AuthServiceServer;
 use crate::service::keys::ServiceKeys;
-use crate::service::{Core, FactorSettings, PageTokens, SessionSettings};
+use crate::service::{Core, CoreParts, FactorSettings, PageTokens, SessionSettings};
 
 /// Largest request authd decodes; its messages are a few hundred bytes.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -90,10 +90,24 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Database> {
     })
 }
 
+/// The parts start-up wires into the transports and background tasks
+/// besides the use cases; clones of what `Core` holds privately.
+#[derive(Clone)]
+struct Shared {
+    pool: PgPool,
+    metrics: Metrics,
+    tokens: AccessTokens,
+    cache: SessionCache,
+    service_keys: ServiceKeys,
+    freshness: Freshness,
+    revocation_feed: RevocationFeed,
+    mail_queued: std::sync::Arc<tokio::sync::Notify>,
+}
+
 pub struct Application {
     local_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
-    core: Core,
+    shared: Shared,
     serve: ServeFuture,
     stop_serving: oneshot::Sender<()>,
     health: HealthState,
@@ -109,7 +123,7 @@ impl Application {
         let database = open_database(&config).await?;
         let pool = db::connect_lazy(database.options, config.db_max_connections);
         db::migrate(&pool).await.context("running migrations")?;
-        let (core, metrics) = build_core(&config, pool).await?;
+        let (core, shared) = build_core(&config, pool).await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -118,13 +132,13 @@ impl Application {
         let health = HealthState::default();
         // The migrations just reached the database; the probe takes over.
         health.set_database_up(true);
-        let serve = serve(&config, &core, &health, listener, stopped)?;
-        let mut background = start_background_tasks(&config, &core, &health, local_addr)?;
-        let metrics_addr = serve_metrics(&config, metrics, &mut background.others).await?;
+        let serve = serve(&config, &core, &shared, &health, listener, stopped)?;
+        let mut background = start_background_tasks(&config, &core, &shared, &health, local_addr)?;
+        let metrics_addr = serve_metrics(&config, shared.metrics.clone(), &mut background.others).await?;
         Ok(Self {
             local_addr,
             metrics_addr,
-            core,
+            shared,
             serve,
             stop_serving,
             health,
@@ -143,8 +157,9 @@ impl Application {
         self.metrics_addr
     }
 
-    pub fn core(&self) -> &Core {
-        &self.core
+    /// The database pool the server uses (tests read what it wrote).
+    pub fn database(&self) -> &PgPool {
+        &self.shared.pool
     }
 
     /// Serves until `shutdown` resolves, then shuts down in the order a
@@ -182,7 +197,7 @@ impl Application {
                     "shutting down: NOT_SERVING, still serving during the grace period");
                 tokio::time::sleep(self.grace).await;
                 tracing::info!("draining: streams end, no new calls, in-flight calls finish");
-                self.core.revocation_feed.close();
+                self.shared.revocation_feed.close();
                 self.health.end_watches();
                 let _ = mail_stop.send(true);
                 let _ = self.stop_serving.send(());
@@ -210,7 +225,7 @@ impl Application {
         for task in others {
             task.abort();
         }
-        self.core.db.close().await;
+        self.shared.pool.close().await;
         if let Some(pg) = self.local_pg {
             tokio::task::spawn_blocking(move || pg.stop()).await?;
         }
@@ -235,7 +250,7 @@ struct Background {
 }
 
 /// Keys, password hashing, mail settings and caches: what the use cases need.
-async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Metrics)> {
+async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Shared)> {
     let signing_keys = keys::load(&config.signing_keys, &config.data_dir)?;
     let tokens = AccessTokens::new(
         signing_keys,
@@ -253,7 +268,17 @@ async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Metr
         std::sync::Arc::new(crate::jobs::mail_worker::OutboxBacklog(pool.clone())),
     );
     let freshness = Freshness::new(config.session_cache);
-    let core = Core {
+    let shared = Shared {
+        pool: pool.clone(),
+        metrics: metrics.clone(),
+        tokens: tokens.clone(),
+        cache: SessionCache::new(freshness.clone()),
+        service_keys: ServiceKeys::new(pool.clone(), freshness.clone(), metrics.clone()),
+        freshness: freshness.clone(),
+        revocation_feed: RevocationFeed::new(config.revocation_heartbeat),
+        mail_queued: Default::default(),
+    };
+    let core = Core::new(CoreParts {
         db: pool.clone(),
         hasher,
         metrics: metrics.clone(),
@@ -267,23 +292,22 @@ async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Metr
             reuse_grace: config.refresh_reuse_grace,
             require_verified_email: config.require_verified_email,
         },
-        cache: SessionCache::new(freshness.clone()),
-        service_keys: ServiceKeys::new(pool.clone(), freshness.clone(), metrics.clone()),
-        freshness,
+        cache: shared.cache.clone(),
+        service_keys: shared.service_keys.clone(),
         page_tokens: PageTokens::default(),
-        revocation_feed: RevocationFeed::new(config.revocation_heartbeat),
+        revocation_feed: shared.revocation_feed.clone(),
         mail: MailSettings {
             reset_url: config.reset_url.clone(),
             reset_ttl: config.reset_token_ttl,
             verify_url: config.verify_url.clone(),
             verify_ttl: config.verify_token_ttl,
             change_ttl: config.email_change_ttl,
-            queued: Default::default(),
+            queued: shared.mail_queued.clone(),
             reset_requested: Default::default(),
         },
         factors,
-    };
-    Ok((core, metrics))
+    });
+    Ok((core, shared))
 }
 
 /// The second-factor settings, with the data keys loaded (or the
@@ -331,6 +355,7 @@ fn server_with_limits(config: &Config) -> anyhow::Result<Server> {
 fn serve(
     config: &Config,
     core: &Core,
+    shared: &Shared,
     health: &HealthState,
     listener: tokio::net::TcpListener,
     stopped: oneshot::Receiver<()>,
@@ -341,18 +366,18 @@ fn serve(
     let router = server_with_limits(config)?
         .layer(cors_layer(&config.cors_origins))
         .layer(tonic_web::GrpcWebLayer::new())
-        .layer(MiddlewareLayer(Observe::new(core.metrics.clone())))
+        .layer(MiddlewareLayer(Observe::new(shared.metrics.clone())))
         .layer(MiddlewareLayer(Deadlines::new(config.request_timeout)))
         .layer(MiddlewareLayer(DatabaseGate::new(health.clone())))
         .layer(MiddlewareLayer(
             PeerRateLimit::new(config.peer_rate_limit, config.trusted_proxy_header.clone())
-                .with_metrics(core.metrics.clone()),
+                .with_metrics(shared.metrics.clone()),
         ))
         .layer(MiddlewareLayer(
-            BearerAuth::new(core.tokens.clone(), core.service_keys.clone()).with_failure_limit(
+            BearerAuth::new(shared.tokens.clone(), shared.service_keys.clone()).with_failure_limit(
                 config.service_auth_failure_limit,
                 config.trusted_proxy_header.clone(),
-                core.metrics.clone(),
+                shared.metrics.clone(),
             ),
         ))
         .add_service(HealthServer::new(HealthApi::new(health.clone())))
@@ -385,6 +410,7 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
 fn start_background_tasks(
     config: &Config,
     core: &Core,
+    shared: &Shared,
     health: &HealthState,
     local_addr: SocketAddr,
 ) -> anyhow::Result<Background> {
@@ -393,23 +419,23 @@ fn start_background_tasks(
         .parse()
         .context("AUTHD_MAIL_FROM is not a mail address like `authd <no-reply@example.com>`")?;
     let mail_transport = Transport::from_url(config.smtp_url.as_ref())?;
-    let pool = &core.db;
+    let pool = &shared.pool;
     let listener = ChangeListener::new(
-        core.cache.clone(),
-        std::sync::Arc::new(core.service_keys.clone()),
-        core.revocation_feed.clone(),
-        core.freshness.clone(),
-        core.metrics.clone(),
+        shared.cache.clone(),
+        std::sync::Arc::new(shared.service_keys.clone()),
+        shared.revocation_feed.clone(),
+        shared.freshness.clone(),
+        shared.metrics.clone(),
     );
     let worker = OutboxWorker::new(
         pool.clone(),
         mail_transport,
         mail_from,
-        core.mail.queued.clone(),
+        shared.mail_queued.clone(),
         config.mail_poll_interval,
         config.mail_retry_base,
     )
-    .with_metrics(core.metrics.clone())
+    .with_metrics(shared.metrics.clone())
     .with_lease(config.mail_lease);
     let (mail_stop, mail_stopping) = tokio::sync::watch::channel(false);
     let cleanup = Cleanup::new(
@@ -417,7 +443,7 @@ fn start_background_tasks(
         config.cleanup_interval,
         config.cleanup_batch_size,
         crate::jobs::cleanup::replica_name(local_addr),
-        core.metrics.clone(),
+        shared.metrics.clone(),
     );
     let (cleanup_stop, cleanup_stopping) = tokio::sync::watch::channel(false);
     Ok(Background {
@@ -435,7 +461,8 @@ fn start_background_tasks(
             tokio::spawn(listener.clone().run(pool.clone())),
             tokio::spawn(listener.beat(pool.clone())),
             tokio::spawn(
-                core.revocation_feed
+                shared
+                    .revocation_feed
                     .clone()
                     .poll_periodically(pool.clone(), REVOCATION_POLL),
             ),

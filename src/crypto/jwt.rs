@@ -1,18 +1,18 @@
 //! Access tokens: short-lived JWTs (RFC 9068 `at+jwt`) signed with the first
 //! configured key and verified by RFC 8725's rules: the algorithm is pinned
 //! per key, the `kid` must name a configured key (nothing is ever fetched),
-//! `typ`, `iss`, `aud`, `sub`, `exp` and `nbf` are required.
+//! `typ`, `iss`, `aud`, `sub`, `exp` and `nbf` are required. The rules and
+//! the claims are `authd-token-rules`', the same the services' verifier
+//! applies.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use authd_token_rules::{Leeway, PinnedKey, Refusal, Rules, TokenKind, UserAccess};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Header, Validation};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -20,42 +20,15 @@ use super::keys::{Key, PublicJwk};
 use crate::domain::{Assurance, AuthMethod};
 use crate::error::TokenProblem;
 
-pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
-/// Clock skew tolerated on `exp` and `nbf`.
-pub const LEEWAY_SECS: u64 = 5;
-/// A bearer longer than this is not one of ours; refuse before parsing.
-const MAX_TOKEN_BYTES: usize = 4096;
+pub const ACCESS_TOKEN_TYP: &str = UserAccess::TYP;
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
+pub const LEEWAY_SECS: u64 = Leeway::DEFAULT.as_duration().as_secs();
+use authd_token_rules::MAX_TOKEN_BYTES;
 /// Verified tokens remembered at most (≈ 80 bytes each).
 const MAX_REMEMBERED: usize = 100_000;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AccessClaims {
-    pub iss: String,
-    pub aud: String,
-    pub sub: String,
-    pub sid: String,
-    pub iat: i64,
-    pub nbf: i64,
-    pub exp: i64,
-    pub jti: String,
-    /// The account's roles when the token was issued; services authorize
-    /// on them after verifying locally. Tokens from before roles existed
-    /// have none.
-    #[serde(default)]
-    pub roles: Vec<String>,
-    /// RFC 8176 methods the session proved.
-    #[serde(default)]
-    pub amr: Vec<String>,
-    /// "aal1" or "aal2"; follows from `amr`.
-    #[serde(default)]
-    pub acr: String,
-    /// The session's last proof (seconds since the epoch).
-    #[serde(default)]
-    pub auth_time: i64,
-    /// The account must enrol a second factor before anything else.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub mfa_enrollment_required: bool,
-}
+/// The claims authd signs into an access token.
+pub type AccessClaims = UserAccess;
 
 /// What a verified access token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +58,7 @@ pub struct IssuedAccess {
 
 struct VerifyingKey {
     key: Key,
-    validation: Validation,
+    pinned: PinnedKey,
     /// The base64url JOSE header of tokens this key signs; it never changes.
     encoded_header: String,
 }
@@ -101,6 +74,7 @@ struct Inner {
     by_kid: HashMap<String, usize>,
     issuer: String,
     audience: String,
+    rules: Rules<UserAccess>,
     ttl: Duration,
     jwks_json: String,
     verified: VerifiedTokens,
@@ -142,9 +116,8 @@ impl VerifiedTokens {
     }
 }
 
-/// jsonwebtoken's rule: expired once `exp` lies more than the leeway in the past.
 fn is_expired(exp: i64, now: i64) -> bool {
-    exp < now.saturating_sub(LEEWAY_SECS as i64)
+    Leeway::DEFAULT.expired(exp, now)
 }
 
 impl AccessTokens {
@@ -158,23 +131,12 @@ impl AccessTokens {
                 "duplicate signing key {}",
                 key.kid
             );
-            // Built once per key, not per request.
-            let mut validation = Validation::new(key.alg);
-            validation.leeway = LEEWAY_SECS;
-            // `exp` and `nbf` are checked against the caller's `now` in
-            // `verify_uncached`; jsonwebtoken would read the clock itself.
-            validation.validate_exp = false;
-            validation.validate_nbf = false;
-            validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-            validation.set_issuer(&[issuer]);
-            validation.set_audience(&[audience]);
-            let mut header = Header::new(key.alg);
-            header.typ = Some(ACCESS_TOKEN_TYP.to_owned());
-            header.kid = Some(key.kid.clone());
+            let pinned = PinnedKey::new(key.alg, key.decoding.clone()).map_err(anyhow::Error::msg)?;
+            let header = Rules::<UserAccess>::header(key.alg, &key.kid);
             let encoded_header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?);
             verifying.push(VerifyingKey {
                 key,
-                validation,
+                pinned,
                 encoded_header,
             });
         }
@@ -187,6 +149,7 @@ impl AccessTokens {
                 by_kid,
                 issuer: issuer.to_owned(),
                 audience: audience.to_owned(),
+                rules: Rules::new(issuer, audience, Leeway::DEFAULT),
                 ttl,
                 jwks_json: jwks.to_string(),
                 verified: VerifiedTokens::default(),
@@ -261,53 +224,24 @@ impl AccessTokens {
     }
 
     fn verify_uncached(&self, token: &str, now: i64) -> Result<VerifiedAccess, TokenProblem> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenProblem::Invalid)?;
-        let typ_ok = header.typ.as_deref().is_some_and(|t| {
-            t.eq_ignore_ascii_case(ACCESS_TOKEN_TYP) || t.eq_ignore_ascii_case("application/at+jwt")
-        });
-        if !typ_ok {
-            return Err(TokenProblem::Invalid);
-        }
-        let index = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.inner.by_kid.get(kid))
-            .ok_or(TokenProblem::Invalid)?;
-        let entry = &self.inner.keys[*index];
-        if header.alg != entry.key.alg {
-            return Err(TokenProblem::Invalid);
-        }
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &entry.key.decoding, &entry.validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => TokenProblem::Expired,
-                _ => TokenProblem::Invalid,
+        let inner = &self.inner;
+        let claims = inner
+            .rules
+            .verify(token, now, |kid| {
+                inner.by_kid.get(kid).map(|i| &inner.keys[*i].pinned)
+            })
+            .map_err(|refusal| match refusal {
+                Refusal::Expired => TokenProblem::Expired,
+                Refusal::Invalid(_) => TokenProblem::Invalid,
             })?;
-        let claims = data.claims;
-        if is_expired(claims.exp, now) {
-            return Err(TokenProblem::Expired);
-        }
-        if claims.nbf > now.saturating_add(LEEWAY_SECS as i64) {
-            return Err(TokenProblem::Invalid);
-        }
         let user_id = Uuid::parse_str(&claims.sub).map_err(|_| TokenProblem::Invalid)?;
         let session_id = Uuid::parse_str(&claims.sid).map_err(|_| TokenProblem::Invalid)?;
-        // Tokens from before assurance was recorded proved a password when
-        // they were issued.
-        let auth_time = if claims.auth_time > 0 {
-            claims.auth_time
-        } else {
-            claims.iat
-        };
-        let auth_time = DateTime::from_timestamp(auth_time, 0).ok_or(TokenProblem::Invalid)?;
-        let methods: Vec<AuthMethod> = if claims.amr.is_empty() {
-            vec![AuthMethod::Pwd]
-        } else {
-            claims
-                .amr
-                .iter()
-                .map(|m| AuthMethod::parse(m).ok_or(TokenProblem::Invalid))
-                .collect::<Result<_, _>>()?
-        };
+        let auth_time = DateTime::from_timestamp(claims.proven_at(), 0).ok_or(TokenProblem::Invalid)?;
+        let methods: Vec<AuthMethod> = claims
+            .methods()
+            .into_iter()
+            .map(|m| AuthMethod::parse(m).ok_or(TokenProblem::Invalid))
+            .collect::<Result<_, _>>()?;
         Ok(VerifiedAccess {
             user_id,
             session_id,
@@ -491,5 +425,48 @@ mod tests {
             len > MAX_REMEMBERED * 9 / 10,
             "only a sixteenth is forgotten: {len}"
         );
+    }
+
+    #[test]
+    fn a_token_of_another_kind_signed_with_our_key_is_refused() {
+        let pem = generate_ed25519_pem().unwrap();
+        let t = AccessTokens::new(
+            vec![Key::from_pkcs8_pem(&pem).unwrap()],
+            "https://authd.test",
+            "svc",
+            Duration::from_secs(900),
+        )
+        .unwrap();
+        let key = Key::from_pkcs8_pem(&pem).unwrap();
+        let sign = |header: &jsonwebtoken::Header, claims: serde_json::Value| {
+            let mut token = URL_SAFE_NO_PAD.encode(serde_json::to_vec(header).unwrap());
+            token.push('.');
+            token.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
+            let signature = key.signer.sign(token.as_bytes());
+            format!("{token}.{}", URL_SAFE_NO_PAD.encode(signature))
+        };
+        let now = Utc::now();
+        let iat = now.timestamp();
+        let access = Rules::<UserAccess>::header(key.alg, &key.kid);
+        let user = serde_json::json!({
+            "iss": "https://authd.test", "aud": "svc", "sub": Uuid::new_v4(), "sid": Uuid::new_v4(),
+            "iat": iat, "nbf": iat, "exp": iat + 60, "jti": "j",
+        });
+        assert!(t.verify(&sign(&access, user), now).is_ok(), "the control");
+        let event = serde_json::json!({
+            "iss": "https://authd.test", "aud": "svc", "jti": "e", "iat": iat,
+            "events": {"https://schemas.openid.net/secevent/caep/event-type/session-revoked": {}},
+        });
+        let set_header = Rules::<authd_token_rules::SecurityEvent>::header(key.alg, &key.kid);
+        assert_eq!(
+            t.verify(&sign(&set_header, event.clone()), now),
+            Err(TokenProblem::Invalid)
+        );
+        assert_eq!(t.verify(&sign(&access, event), now), Err(TokenProblem::Invalid));
+        let service = serde_json::json!({
+            "iss": "https://authd.test", "aud": "svc", "sub": "svc:billing", "client_id": "billing",
+            "iat": iat, "nbf": iat, "exp": iat + 60, "jti": "s", "sid": Uuid::new_v4(),
+        });
+        assert_eq!(t.verify(&sign(&access, service), now), Err(TokenProblem::Invalid));
     }
 }

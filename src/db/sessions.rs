@@ -86,6 +86,26 @@ pub async fn record_proof<'e>(
     Ok(done.rows_affected() == 1)
 }
 
+/// A factor of the account was removed: its other sessions keep only what
+/// the password proved, so no session stays at a level earned with a
+/// factor that is gone (a new proof raises it again).
+#[tracing::instrument(skip_all)]
+pub async fn lower_to_password<'e>(
+    db: impl PgExecutor<'e>,
+    user_id: Uuid,
+    keep: Uuid,
+) -> Result<u64, AppError> {
+    let done = sqlx::query(
+        "UPDATE sessions SET amr = '{pwd}'
+          WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL AND amr <> '{pwd}'",
+    )
+    .bind(user_id)
+    .bind(keep)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// The account has a factor now: none of its sessions waits for one.
 #[tracing::instrument(skip_all)]
 pub async fn clear_enrollment_required<'e>(db: impl PgExecutor<'e>, user_id: Uuid) -> Result<(), AppError> {

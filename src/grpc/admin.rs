@@ -44,7 +44,7 @@ impl AdminApi {
             outcome,
             "admin call"
         );
-        self.core.metrics.admin_call(caller, method, outcome);
+        self.core.metrics().admin_call(caller, method, outcome);
         result.map(Response::new).map_err(Status::from)
     }
 
@@ -70,7 +70,7 @@ impl AdminApi {
             outcome,
             "admin call"
         );
-        self.core.metrics.admin_call(caller, method, outcome);
+        self.core.metrics().admin_call(caller, method, outcome);
         result
             .map(|(answer, _)| Response::new(answer))
             .map_err(Status::from)
@@ -256,7 +256,7 @@ impl AdminService for AdminApi {
         let caller = service_caller(&request)?;
         let guard = KeyGuard::of(
             &request,
-            &self.core.service_keys,
+            self.core.service_keys(),
             Scope::RevocationsWatch,
             method_name(admin_paths::WATCH_REVOCATIONS),
         )?;

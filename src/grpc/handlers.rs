@@ -83,7 +83,7 @@ impl AuthService for AuthApi {
         );
         let r = request.into_inner();
         let result = self.core.login(&r.login, &r.password, &client, Utc::now()).await;
-        self.core.metrics.count_login(&result);
+        self.core.metrics().count_login(&result);
         Ok(Response::new(match result? {
             LoginAnswer::Session {
                 tokens,
@@ -109,7 +109,7 @@ impl AuthService for AuthApi {
             .core
             .refresh(&request.get_ref().refresh_token, Utc::now())
             .await;
-        self.core.metrics.count_refresh(&result);
+        self.core.metrics().count_refresh(&result);
         let tokens = result?;
         Ok(Response::new(pb::RefreshResponse {
             tokens: Some(tokens.into()),
@@ -144,7 +144,7 @@ impl AuthService for AuthApi {
             .reset_password(&r.token, &r.new_password, client, Utc::now())
             .await;
         self.core
-            .metrics
+            .metrics()
             .count_throttle(ThrottleKind::ResetGuesses, &result);
         result?;
         Ok(Response::new(pb::ResetPasswordResponse {}))
@@ -173,7 +173,7 @@ impl AuthService for AuthApi {
             .change_password(who, &r.current_password, &r.new_password, Utc::now())
             .await;
         self.core
-            .metrics
+            .metrics()
             .count_throttle(ThrottleKind::LoginBackoff, &result);
         let tokens = result?;
         Ok(Response::new(pb::ChangePasswordResponse {
@@ -184,8 +184,7 @@ impl AuthService for AuthApi {
     async fn get_jwks(&self, _request: Request<pb::GetJwksRequest>) -> Reply<pb::GetJwksResponse> {
         let keys = self
             .core
-            .tokens
-            .jwks()
+            .public_keys()
             .map(|k| pb::Jwk {
                 kid: k.kid.clone(),
                 kty: k.kty.into(),
@@ -200,7 +199,7 @@ impl AuthService for AuthApi {
             .collect();
         Ok(Response::new(pb::GetJwksResponse {
             keys,
-            jwks_json: self.core.tokens.jwks_json().to_owned(),
+            jwks_json: self.core.jwks_json().to_owned(),
         }))
     }
 
@@ -345,7 +344,7 @@ impl AuthService for AuthApi {
             .core
             .complete_login(&r.mfa_token, complete_login_proof(r.proof), &client, Utc::now())
             .await;
-        self.core.metrics.count_login(&result);
+        self.core.metrics().count_login(&result);
         let (tokens, user) = result?;
         Ok(Response::new(pb::CompleteLoginResponse {
             tokens: Some(tokens.into()),
@@ -375,7 +374,7 @@ impl AuthService for AuthApi {
             .confirm_totp(bearer, &r.enrollment_id, &r.code, Utc::now())
             .await;
         self.core
-            .metrics
+            .metrics()
             .count_throttle(ThrottleKind::LoginBackoff, &result);
         let (factor, codes) = result?;
         Ok(Response::new(pb::ConfirmTotpResponse {

@@ -364,6 +364,7 @@ impl Core {
         if !db::factors::remove(&mut tx, user.id, factor_id).await? {
             return Err(AppError::FactorNotFound);
         }
+        db::sessions::lower_to_password(&mut *tx, user.id, bearer.session_id).await?;
         let mail = factor_notice(FactorNotice::Removed, &user.email, now);
         db::outbox::enqueue(&mut tx, &mail, Some(user.id), now).await?;
         db::factors::record_factors_changed(&mut *tx, user.id, now).await?;

@@ -22,7 +22,6 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use sqlx::PgPool;
 
-use crate::coherence::freshness::Freshness;
 use crate::coherence::revocation_feed::RevocationFeed;
 use crate::coherence::session_cache::SessionCache;
 use crate::crypto::jwt::AccessTokens;
@@ -62,9 +61,8 @@ pub struct TokenPair {
     pub refresh_expires_in: Duration,
 }
 
-/// Everything the use cases need; cheap to clone (all parts are shared).
-#[derive(Clone)]
-pub struct Core {
+/// What the use cases are built from (start-up assembles it).
+pub struct CoreParts {
     pub db: PgPool,
     pub hasher: PasswordHasher,
     pub tokens: AccessTokens,
@@ -77,12 +75,86 @@ pub struct Core {
     pub page_tokens: PageTokens,
     pub mail: MailSettings,
     pub metrics: Metrics,
-    /// Whether the caches may answer (their change listener keeps up).
-    pub freshness: Freshness,
     /// Wakes WatchRevocations subscribers; ends their streams at shutdown.
     pub revocation_feed: RevocationFeed,
-    /// Second factors: data keys, TOTP issuer, freshness, enforcement.
+    /// Second factors: data keys, TOTP issuer, enforcement.
     pub factors: FactorSettings,
+}
+
+/// Everything the use cases need; cheap to clone (all parts are shared).
+/// Its parts are private to the use cases: the transports call use cases
+/// and never reach the pool or the keys themselves.
+#[derive(Clone)]
+pub struct Core {
+    db: PgPool,
+    hasher: PasswordHasher,
+    tokens: AccessTokens,
+    policy: PasswordPolicy,
+    sessions: SessionSettings,
+    cache: SessionCache,
+    /// Service-account keys, looked up and cached for the credential check.
+    service_keys: ServiceKeys,
+    /// Signs ListUsers page tokens.
+    page_tokens: PageTokens,
+    mail: MailSettings,
+    metrics: Metrics,
+    /// Wakes WatchRevocations subscribers; ends their streams at shutdown.
+    revocation_feed: RevocationFeed,
+    /// Second factors: data keys, TOTP issuer, enforcement.
+    factors: FactorSettings,
+}
+
+impl Core {
+    pub fn new(parts: CoreParts) -> Self {
+        let CoreParts {
+            db,
+            hasher,
+            tokens,
+            policy,
+            sessions,
+            cache,
+            service_keys,
+            page_tokens,
+            mail,
+            metrics,
+            revocation_feed,
+            factors,
+        } = parts;
+        Self {
+            db,
+            hasher,
+            tokens,
+            policy,
+            sessions,
+            cache,
+            service_keys,
+            page_tokens,
+            mail,
+            metrics,
+            revocation_feed,
+            factors,
+        }
+    }
+
+    /// Counts calls on the metrics page.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The public keys that verify access tokens (GetJwks).
+    pub fn public_keys(&self) -> impl Iterator<Item = &crate::crypto::keys::PublicJwk> {
+        self.tokens.jwks()
+    }
+
+    /// The public keys as a JSON JWK set (GetJwks).
+    pub fn jwks_json(&self) -> &str {
+        self.tokens.jwks_json()
+    }
+
+    /// The service-key lookup a long-lived stream re-checks its key with.
+    pub fn service_keys(&self) -> &ServiceKeys {
+        &self.service_keys
+    }
 }
 
 impl Core {

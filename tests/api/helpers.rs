@@ -127,7 +127,7 @@ pub async fn spawn_app_on(database_url: &str, tweak: impl FnOnce(&mut Config)) -
         .expect("building the app");
     let addr = app.local_addr();
     let metrics_addr = app.metrics_addr();
-    let db = app.core().db.clone();
+    let db = app.database().clone();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;

@@ -65,7 +65,8 @@ async fn enrol_confirm_login_with_a_code_and_step_up() {
         .await
         .unwrap()
         .into_inner();
-    let access = done.tokens.unwrap().access_token;
+    let other_session = done.tokens.unwrap();
+    let access = other_session.access_token.clone();
     let claims = jwt_claims(&access);
     assert_eq!(claims["acr"], "aal2");
     assert_eq!(claims["amr"], serde_json::json!(["mfa", "otp", "pwd"]));
@@ -129,4 +130,28 @@ async fn enrol_confirm_login_with_a_code_and_step_up() {
         ))
         .await
         .unwrap();
+
+    // Removing the factor lowers the account's other sessions to what the
+    // password proved; the session that removed it keeps its fresh proof.
+    let factor_id = listed.factors[0].id.clone();
+    client
+        .remove_factor(with_bearer(
+            pb::RemoveFactorRequest { factor_id },
+            &stepped.access_token,
+        ))
+        .await
+        .unwrap();
+    let lowered = app.refresh(&other_session.refresh_token).await.unwrap();
+    assert_eq!(jwt_claims(&lowered.access_token)["acr"], "aal1");
+    assert_eq!(
+        jwt_claims(&lowered.access_token)["amr"],
+        serde_json::json!(["pwd"])
+    );
+    let kept = app.refresh(&raised.refresh_token).await.unwrap();
+    assert_eq!(jwt_claims(&kept.access_token)["acr"], "aal2");
+    let login = app.login(&email, PASSWORD).await.unwrap();
+    assert!(
+        login.mfa_required.is_none() && login.tokens.is_some(),
+        "no factor left"
+    );
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use authd::crypto::keys::Key;
-use authd_verifier::{OnStale, Verifier, VerifierConfig};
+use authd_verifier::{Acr, OnStale, Policy, Verifier, VerifierConfig, VerifierLayer};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt as _;
 
 use crate::helpers::*;
 
@@ -58,10 +59,15 @@ fn config_for(app: &TestApp, key: &str) -> VerifierConfig {
 }
 
 async fn serve(verifier: Verifier) -> VerifiedService {
+    serve_layer(VerifierLayer::new(verifier.clone()), verifier).await
+}
+
+/// The example service behind `layer`, which wraps `verifier`.
+async fn serve_layer(layer: VerifierLayer, verifier: Verifier) -> VerifiedService {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(verified_service::serve(listener, verifier.clone(), async {
+    tokio::spawn(verified_service::serve_with(listener, layer, async {
         let _ = stopped.await;
     }));
     let channel = Channel::from_shared(format!("http://{addr}"))
@@ -111,6 +117,28 @@ impl VerifiedService {
             session_id: read("x-session-id"),
             roles: read("x-roles"),
         })
+    }
+
+    /// How the caller proved who they are, as the service read it: `amr`,
+    /// `acr`, `auth_time`.
+    async fn assurance(&self, access_token: &str) -> Result<(String, String, i64), Status> {
+        let request = with_bearer(
+            HealthCheckRequest {
+                service: String::new(),
+            },
+            access_token,
+        );
+        let response = self.client.clone().check(request).await?;
+        let read = |name: &str| {
+            response
+                .metadata()
+                .get(name)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        Ok((read("x-amr"), read("x-acr"), read("x-auth-time").parse().unwrap()))
     }
 
     /// Calls until the service refuses `access_token`; the refusal and how
@@ -481,4 +509,210 @@ async fn a_session_ended_before_the_verifier_started_is_refused_in_either_mode()
         let (status, _) = service.refused_within(&live.access_token, REFUSAL_WAIT).await;
         assert_refusal(&status, Code::Unauthenticated, "SESSION_REVOKED");
     }
+}
+
+#[tokio::test]
+async fn the_service_reads_the_assurance_authd_signed_and_a_route_can_require_more() {
+    let app = spawn_app().await;
+    let key = app.service_key("verified-service", &[WATCH]).await;
+    let verifier = start_verifier(app.addr, config_for(&app, &key)).await;
+    assert!(
+        verifier.wait_until_fresh(REFUSAL_WAIT).await,
+        "{:?}",
+        verifier.status()
+    );
+    let open = serve(verifier.clone()).await;
+    let strict = serve_layer(
+        VerifierLayer::new(verifier.clone()).route(
+            verified_service::CHECK,
+            Policy::new()
+                .require_acr(Acr::Aal2)
+                .max_age(Duration::from_secs(600)),
+        ),
+        verifier,
+    )
+    .await;
+    let before = chrono::Utc::now().timestamp();
+    let (_, tokens) = app.signed_in_user().await;
+
+    let (amr, acr, auth_time) = open.assurance(&tokens.access_token).await.unwrap();
+    assert_eq!((amr.as_str(), acr.as_str()), ("pwd", "aal1"), "a password login");
+    let after = chrono::Utc::now().timestamp();
+    assert!(
+        (before - 1..=after + 1).contains(&auth_time),
+        "{auth_time} not in {before}..{after}"
+    );
+
+    let status = strict.who_am_i(&tokens.access_token).await.unwrap_err();
+    assert_refusal(&status, Code::FailedPrecondition, "REAUTHENTICATION_REQUIRED");
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(info.domain, "authd");
+    assert_eq!(info.metadata.get("max_age").map(String::as_str), Some("600"));
+}
+
+/// The TOTP code of the current step for a base32 secret, as an
+/// authenticator app computes it.
+fn totp_now(secret_b32: &str) -> String {
+    use authd::crypto::totp::{TotpSecret, step_at};
+    let bytes = data_encoding::BASE32_NOPAD.decode(secret_b32.as_bytes()).unwrap();
+    let secret = TotpSecret::from_bytes(zeroize::Zeroizing::new(bytes));
+    format!("{:06}", secret.code_at_step(step_at(chrono::Utc::now())))
+}
+
+/// Enrols and confirms a TOTP factor with the session of `tokens`; the
+/// recovery codes.
+async fn enrol_totp(app: &TestApp, tokens: &authd::pb::auth::v1::TokenPair) -> Vec<String> {
+    use authd::pb::auth::v1 as pb;
+    let mut client = app.client.clone();
+    let enrolled = client
+        .enroll_totp(with_bearer(
+            pb::EnrollTotpRequest::default(),
+            &tokens.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let confirm = pb::ConfirmTotpRequest {
+        enrollment_id: enrolled.enrollment_id,
+        code: totp_now(&enrolled.secret),
+    };
+    let confirmed = client
+        .confirm_totp(with_bearer(confirm, &tokens.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    confirmed.recovery_codes.iter().map(|c| c.to_string()).collect()
+}
+
+#[tokio::test]
+async fn after_a_factor_change_a_second_factor_route_asks_older_proofs_to_step_up() {
+    use authd::pb::auth::v1 as pb;
+    let app = spawn_app().await;
+    let key = app.service_key("verified-service", &[WATCH]).await;
+    // No leeway, so a change one second after the proof is after it.
+    let config = config_for(&app, &key).with_leeway(Duration::ZERO);
+    let verifier = start_verifier(app.addr, config).await;
+    assert!(
+        verifier.wait_until_fresh(REFUSAL_WAIT).await,
+        "{:?}",
+        verifier.status()
+    );
+    let open = serve(verifier.clone()).await;
+    let aal2 = serve_layer(
+        VerifierLayer::new(verifier.clone())
+            .route(verified_service::CHECK, Policy::new().require_acr(Acr::Aal2)),
+        verifier,
+    )
+    .await;
+    let (_, tokens) = app.signed_in_user().await;
+    let codes = enrol_totp(&app, &tokens).await;
+    // Confirming proved the code in this session, at the time of the
+    // change itself: not older than it.
+    let proven = app.refresh(&tokens.refresh_token).await.unwrap();
+    assert_eq!(jwt_claims(&proven.access_token)["acr"], "aal2");
+    let cursor = open.verifier.cursor();
+    assert!(aal2.who_am_i(&proven.access_token).await.is_ok());
+
+    // A later change: the codes regenerated by this very session.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let regenerated = app
+        .client
+        .clone()
+        .regenerate_recovery_codes(with_bearer(
+            pb::RegenerateRecoveryCodesRequest {},
+            &proven.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .recovery_codes;
+    assert_ne!(regenerated[0].to_string(), codes[0]);
+    let (status, took) = aal2.refused_within(&proven.access_token, REFUSAL_WAIT).await;
+    assert_refusal(&status, Code::FailedPrecondition, "REAUTHENTICATION_REQUIRED");
+    println!("RegenerateRecoveryCodes answered → aal2 route asks for a new proof in {took:?}");
+    let after_change = aal2.verifier.cursor();
+    assert!(after_change > cursor, "a FACTORS_CHANGED event arrived");
+    assert!(
+        open.who_am_i(&proven.access_token).await.is_ok(),
+        "it revokes nothing: a route without a second-factor policy still accepts it"
+    );
+    let refreshed = app.refresh(&proven.refresh_token).await.unwrap();
+    assert_refusal(
+        &aal2.who_am_i(&refreshed.access_token).await.unwrap_err(),
+        Code::FailedPrecondition,
+        "REAUTHENTICATION_REQUIRED",
+    );
+
+    // A new proof passes again, also once the change it made itself (a
+    // recovery code spent, at the time of the proof) has arrived.
+    let stepped = app
+        .client
+        .clone()
+        .step_up(with_bearer(
+            pb::StepUpRequest {
+                proof: Some(pb::step_up_request::Proof::RecoveryCode(
+                    regenerated[0].to_string(),
+                )),
+            },
+            &refreshed.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    wait_for(|| aal2.verifier.cursor() > after_change).await;
+    let me = aal2.who_am_i(&stepped.access_token).await.unwrap();
+    assert!(!me.user_id.is_empty());
+}
+
+/// Waits (at most REFUSAL_WAIT) until `done` holds.
+async fn wait_for(done: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < REFUSAL_WAIT, "never happened");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_account_that_must_enrol_a_second_factor_is_refused_except_where_allowed() {
+    let app = spawn_app_with(|c| c.require_mfa = "all".into()).await;
+    let key = app.service_key("verified-service", &[WATCH]).await;
+    let verifier = start_verifier(app.addr, config_for(&app, &key)).await;
+    assert!(
+        verifier.wait_until_fresh(REFUSAL_WAIT).await,
+        "{:?}",
+        verifier.status()
+    );
+    let default = serve(verifier.clone()).await;
+    let enrolment = serve_layer(
+        VerifierLayer::new(verifier.clone()).route(
+            verified_service::CHECK,
+            Policy::new().allow_mfa_enrollment_pending(),
+        ),
+        verifier,
+    )
+    .await;
+    let (user, tokens) = app.signed_in_user().await;
+    assert_eq!(jwt_claims(&tokens.access_token)["mfa_enrollment_required"], true);
+    assert_refusal(
+        &default.who_am_i(&tokens.access_token).await.unwrap_err(),
+        Code::FailedPrecondition,
+        "MFA_ENROLLMENT_REQUIRED",
+    );
+    assert_eq!(
+        enrolment.who_am_i(&tokens.access_token).await.unwrap().user_id,
+        user.id
+    );
+
+    enrol_totp(&app, &tokens).await;
+    let enrolled = app.refresh(&tokens.refresh_token).await.unwrap();
+    assert!(
+        jwt_claims(&enrolled.access_token)
+            .get("mfa_enrollment_required")
+            .is_none()
+    );
+    assert_eq!(
+        default.who_am_i(&enrolled.access_token).await.unwrap().user_id,
+        user.id
+    );
 }

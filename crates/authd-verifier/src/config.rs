@@ -8,7 +8,7 @@ use crate::error::StartError;
 
 /// authd's own limit on clock skew between issuer and verifier (RFC 8725
 /// asks for a small one); a larger leeway is refused.
-pub const MAX_LEEWAY: Duration = Duration::from_secs(30);
+pub const MAX_LEEWAY: Duration = authd_token_rules::Leeway::MAX.as_duration();
 
 /// What to do with a token while the verifier cannot vouch for its
 /// revocation state: the stream has been silent for longer than

@@ -35,6 +35,20 @@ pub enum VerifyError {
     /// not reach authd (UNAVAILABLE `UNAVAILABLE`): retry later.
     #[error("token verification is unavailable")]
     Unavailable,
+    /// Valid, but the route's [`Policy`](crate::Policy) wants a stronger or
+    /// more recent proof than the token's (`acr`, `amr`, `auth_time`), or
+    /// the account's factors changed since (FAILED_PRECONDITION
+    /// `REAUTHENTICATION_REQUIRED`, `ErrorInfo` metadata `max_age` in
+    /// seconds when the policy has one): step up at authd and retry.
+    #[error("a stronger or more recent proof of identity is required")]
+    ReauthenticationRequired {
+        /// The policy's largest accepted age of the proof, if it has one.
+        max_age: Option<std::time::Duration>,
+    },
+    /// Valid, but the account must enrol a second factor before anything
+    /// else (FAILED_PRECONDITION `MFA_ENROLLMENT_REQUIRED`).
+    #[error("a second factor must be enrolled first")]
+    MfaEnrollmentRequired,
 }
 
 /// What ended a token's validity before its expiry.
@@ -66,6 +80,9 @@ impl VerifyError {
     pub fn code(&self) -> Code {
         match self {
             VerifyError::Unavailable => Code::Unavailable,
+            VerifyError::ReauthenticationRequired { .. } | VerifyError::MfaEnrollmentRequired => {
+                Code::FailedPrecondition
+            }
             _ => Code::Unauthenticated,
         }
     }
@@ -78,6 +95,8 @@ impl VerifyError {
             VerifyError::Expired => "TOKEN_EXPIRED",
             VerifyError::Revoked(_) => "SESSION_REVOKED",
             VerifyError::Unavailable => "UNAVAILABLE",
+            VerifyError::ReauthenticationRequired { .. } => "REAUTHENTICATION_REQUIRED",
+            VerifyError::MfaEnrollmentRequired => "MFA_ENROLLMENT_REQUIRED",
         }
     }
 
@@ -90,12 +109,23 @@ impl VerifyError {
             VerifyError::Expired => "bearer token expired",
             VerifyError::Revoked(_) => "session has ended",
             VerifyError::Unavailable => "token verification is unavailable, retry later",
+            VerifyError::ReauthenticationRequired { .. } => {
+                "a more recent or stronger proof of identity is required: step up and retry"
+            }
+            VerifyError::MfaEnrollmentRequired => "a second factor must be enrolled first",
         }
     }
 
     /// The refusal as a gRPC status with its `ErrorInfo`.
     pub fn to_status(&self) -> Status {
-        let info = ErrorDetails::with_error_info(self.reason(), ERROR_DOMAIN, HashMap::new());
+        let mut metadata = HashMap::new();
+        if let VerifyError::ReauthenticationRequired {
+            max_age: Some(max_age),
+        } = self
+        {
+            metadata.insert("max_age".to_owned(), max_age.as_secs().to_string());
+        }
+        let info = ErrorDetails::with_error_info(self.reason(), ERROR_DOMAIN, metadata);
         Status::with_error_details(self.code(), self.message(), info)
     }
 }
@@ -136,6 +166,16 @@ mod tests {
                 "SESSION_REVOKED",
             ),
             (VerifyError::Unavailable, Code::Unavailable, "UNAVAILABLE"),
+            (
+                VerifyError::ReauthenticationRequired { max_age: None },
+                Code::FailedPrecondition,
+                "REAUTHENTICATION_REQUIRED",
+            ),
+            (
+                VerifyError::MfaEnrollmentRequired,
+                Code::FailedPrecondition,
+                "MFA_ENROLLMENT_REQUIRED",
+            ),
         ];
         for (error, code, reason) in cases {
             let status = error.to_status();
@@ -143,6 +183,13 @@ mod tests {
             let info = status.get_details_error_info().expect("an ErrorInfo");
             assert_eq!(info.reason, reason);
             assert_eq!(info.domain, ERROR_DOMAIN);
+            assert!(info.metadata.is_empty());
         }
+        let status = VerifyError::ReauthenticationRequired {
+            max_age: Some(std::time::Duration::from_secs(600)),
+        }
+        .to_status();
+        let info = status.get_details_error_info().expect("an ErrorInfo");
+        assert_eq!(info.metadata.get("max_age").map(String::as_str), Some("600"));
     }
 }

@@ -5,16 +5,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use authd_token_rules::PinnedKey;
 
 use crate::pb;
-
-/// One verifying key and the validation rules of tokens it signed.
-pub(crate) struct PinnedKey {
-    pub(crate) alg: Algorithm,
-    pub(crate) decoding: DecodingKey,
-    pub(crate) validation: Validation,
-}
 
 /// Every usable key, by `kid`.
 #[derive(Default)]
@@ -22,23 +15,16 @@ pub(crate) struct KeySet {
     by_kid: HashMap<String, Arc<PinnedKey>>,
 }
 
-/// What token checks every key applies; built into each key's
-/// `Validation` once, not per request.
-pub(crate) struct Expectations<'a> {
-    pub(crate) issuer: &'a str,
-    pub(crate) audience: &'a str,
-}
-
 impl KeySet {
     /// The usable keys of a GetJwks answer. A key that cannot be used
     /// (another key type, an `alg` that contradicts its curve, not a
     /// signing key, a duplicate `kid`) is left out with a warning: one odd
     /// key must not stop the others from verifying.
-    pub(crate) fn from_jwks(jwks: &[pb::Jwk], expect: &Expectations<'_>) -> Self {
+    pub(crate) fn from_jwks(jwks: &[pb::Jwk]) -> Self {
         let mut by_kid = HashMap::new();
         let mut duplicated = HashSet::new();
         for jwk in jwks {
-            match pin(jwk, expect) {
+            match pin(jwk) {
                 Ok(key) => {
                     if by_kid.insert(jwk.kid.clone(), Arc::new(key)).is_some() {
                         duplicated.insert(jwk.kid.clone());
@@ -71,57 +57,20 @@ impl KeySet {
     }
 }
 
-/// The algorithm a JWK's type and curve allow: the only one its tokens may
-/// use. An `alg` member, if present, must agree.
-fn pinned_algorithm(jwk: &pb::Jwk) -> Result<Algorithm, &'static str> {
-    let alg = match (jwk.kty.as_str(), jwk.crv.as_str()) {
-        ("OKP", "Ed25519") => Algorithm::EdDSA,
-        ("EC", "P-256") => Algorithm::ES256,
-        _ => return Err("not an Ed25519 or P-256 key"),
-    };
-    let named = match jwk.alg.as_str() {
-        "" => alg,
-        "EdDSA" => Algorithm::EdDSA,
-        "ES256" => Algorithm::ES256,
-        _ => return Err("unsupported alg"),
-    };
-    if named != alg {
-        return Err("alg does not match the key's curve");
-    }
-    Ok(alg)
-}
-
-fn pin(jwk: &pb::Jwk, expect: &Expectations<'_>) -> Result<PinnedKey, &'static str> {
+fn pin(jwk: &pb::Jwk) -> Result<PinnedKey, &'static str> {
     if jwk.kid.is_empty() {
         return Err("no kid");
     }
     if !(jwk.r#use.is_empty() || jwk.r#use == "sig") {
         return Err("not a signing key");
     }
-    let alg = pinned_algorithm(jwk)?;
-    let decoding = match alg {
-        Algorithm::EdDSA => DecodingKey::from_ed_components(&jwk.x),
-        _ => DecodingKey::from_ec_components(&jwk.x, &jwk.y),
-    }
-    .map_err(|_| "malformed key material")?;
-    let mut validation = Validation::new(alg);
-    // `exp` and `nbf` are judged against the caller's clock reading with
-    // the configured leeway (see `token`); jsonwebtoken would read the
-    // clock itself.
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-    validation.set_issuer(&[expect.issuer]);
-    validation.set_audience(&[expect.audience]);
-    Ok(PinnedKey {
-        alg,
-        decoding,
-        validation,
-    })
+    PinnedKey::from_jwk(&jwk.kty, &jwk.crv, &jwk.alg, &jwk.x, &jwk.y)
 }
 
 #[cfg(test)]
 mod tests {
+    use authd_token_rules::Algorithm;
+
     use super::*;
 
     fn jwk(kid: &str, kty: &str, crv: &str, alg: &str) -> pb::Jwk {
@@ -138,48 +87,35 @@ mod tests {
         }
     }
 
-    const EXPECT: Expectations<'static> = Expectations {
-        issuer: "iss",
-        audience: "aud",
-    };
-
     #[test]
     fn the_algorithm_comes_from_the_key_type_and_curve() {
-        assert_eq!(
-            pinned_algorithm(&jwk("a", "OKP", "Ed25519", "EdDSA")),
-            Ok(Algorithm::EdDSA)
-        );
-        assert_eq!(
-            pinned_algorithm(&jwk("a", "OKP", "Ed25519", "")),
-            Ok(Algorithm::EdDSA)
-        );
-        assert_eq!(
-            pinned_algorithm(&jwk("a", "EC", "P-256", "ES256")),
-            Ok(Algorithm::ES256)
-        );
-        assert!(pinned_algorithm(&jwk("a", "EC", "P-256", "EdDSA")).is_err());
-        assert!(pinned_algorithm(&jwk("a", "OKP", "Ed25519", "HS256")).is_err());
-        assert!(pinned_algorithm(&jwk("a", "RSA", "", "RS256")).is_err());
-        assert!(pinned_algorithm(&jwk("a", "EC", "P-384", "ES384")).is_err());
+        let pinned = |kty: &str, crv: &str, alg: &str| {
+            KeySet::from_jwks(&[jwk("a", kty, crv, alg)])
+                .get("a")
+                .map(|k| k.alg())
+        };
+        assert_eq!(pinned("OKP", "Ed25519", "EdDSA"), Some(Algorithm::EdDSA));
+        assert_eq!(pinned("OKP", "Ed25519", ""), Some(Algorithm::EdDSA));
+        assert_eq!(pinned("EC", "P-256", "ES256"), Some(Algorithm::ES256));
+        assert_eq!(pinned("EC", "P-256", "EdDSA"), None);
+        assert_eq!(pinned("OKP", "Ed25519", "HS256"), None);
+        assert_eq!(pinned("RSA", "", "RS256"), None);
     }
 
     #[test]
     fn unusable_and_duplicate_keys_are_left_out() {
         let mut encryption = jwk("enc", "OKP", "Ed25519", "EdDSA");
         encryption.r#use = "enc".into();
-        let set = KeySet::from_jwks(
-            &[
-                jwk("ed", "OKP", "Ed25519", "EdDSA"),
-                jwk("mixed", "EC", "P-256", "EdDSA"),
-                jwk("twice", "OKP", "Ed25519", "EdDSA"),
-                jwk("twice", "OKP", "Ed25519", "EdDSA"),
-                jwk("twice", "OKP", "Ed25519", "EdDSA"),
-                jwk("", "OKP", "Ed25519", "EdDSA"),
-                encryption,
-            ],
-            &EXPECT,
-        );
-        assert!(set.get("ed").is_some_and(|k| k.alg == Algorithm::EdDSA));
+        let set = KeySet::from_jwks(&[
+            jwk("ed", "OKP", "Ed25519", "EdDSA"),
+            jwk("mixed", "EC", "P-256", "EdDSA"),
+            jwk("twice", "OKP", "Ed25519", "EdDSA"),
+            jwk("twice", "OKP", "Ed25519", "EdDSA"),
+            jwk("twice", "OKP", "Ed25519", "EdDSA"),
+            jwk("", "OKP", "Ed25519", "EdDSA"),
+            encryption,
+        ]);
+        assert!(set.get("ed").is_some_and(|k| k.alg() == Algorithm::EdDSA));
         for missing in ["mixed", "twice", "", "enc"] {
             assert!(set.get(missing).is_none(), "{missing}");
         }
@@ -187,15 +123,12 @@ mod tests {
 
     #[test]
     fn key_sets_compare_by_kid() {
-        let a = KeySet::from_jwks(&[jwk("a", "OKP", "Ed25519", "EdDSA")], &EXPECT);
-        let b = KeySet::from_jwks(&[jwk("a", "OKP", "Ed25519", "EdDSA")], &EXPECT);
-        let ab = KeySet::from_jwks(
-            &[
-                jwk("a", "OKP", "Ed25519", "EdDSA"),
-                jwk("b", "OKP", "Ed25519", "EdDSA"),
-            ],
-            &EXPECT,
-        );
+        let a = KeySet::from_jwks(&[jwk("a", "OKP", "Ed25519", "EdDSA")]);
+        let b = KeySet::from_jwks(&[jwk("a", "OKP", "Ed25519", "EdDSA")]);
+        let ab = KeySet::from_jwks(&[
+            jwk("a", "OKP", "Ed25519", "EdDSA"),
+            jwk("b", "OKP", "Ed25519", "EdDSA"),
+        ]);
         assert!(a.same_kids(&b));
         assert!(!a.same_kids(&ab));
         assert!(KeySet::default().is_empty());

@@ -1,6 +1,7 @@
 //! The tower layer that puts the verifier in front of a tonic server's
 //! services: no handler runs for a request whose token is refused.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,18 +11,28 @@ use http::{HeaderMap, Request, Response};
 use tower::{Layer, Service};
 
 use crate::error::VerifyError;
+use crate::policy::Policy;
 use crate::verifier::Verifier;
 
-/// Verifies the `authorization: Bearer <access token>` of every request.
-/// On success the token's [`Claims`](crate::Claims) go into the request's
-/// extensions and the inner service is called; on failure the layer answers
-/// with the gRPC error itself (UNAUTHENTICATED with `ErrorInfo` reason
-/// `TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED` or `SESSION_REVOKED`,
-/// or UNAVAILABLE) and the inner service never sees the request.
+/// Verifies the `authorization: Bearer <access token>` of every request,
+/// and what the request's route requires of it ([`Policy`]). On success
+/// the token's [`Claims`](crate::Claims) go into the request's extensions
+/// and the inner service is called; on failure the layer answers with the
+/// gRPC error itself (UNAUTHENTICATED with `ErrorInfo` reason
+/// `TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED` or `SESSION_REVOKED`;
+/// FAILED_PRECONDITION `REAUTHENTICATION_REQUIRED` or
+/// `MFA_ENROLLMENT_REQUIRED`; or UNAVAILABLE) and the inner service never
+/// sees the request.
 ///
 /// ```ignore
+/// let fresh_aal2 = Policy::new().require_acr(Acr::Aal2).max_age(Duration::from_secs(600));
 /// Server::builder()
-///     .layer(VerifierLayer::new(verifier).exempt_prefix("/grpc.health.v1.Health/"))
+///     .layer(
+///         VerifierLayer::new(verifier)
+///             .exempt_prefix("/grpc.health.v1.Health/")
+///             .route("/bank.v1.Payments/", fresh_aal2)        // the whole service
+///             .route("/bank.v1.Payments/ListPayments", Policy::new()), // but this method
+///     )
 ///     .add_service(MyServiceServer::new(MyService))
 ///     .serve(addr)
 ///     .await?;
@@ -30,15 +41,67 @@ use crate::verifier::Verifier;
 pub struct VerifierLayer {
     verifier: Verifier,
     exempt: Arc<[String]>,
+    routes: Arc<Routes>,
+}
+
+/// The policy of each route: an exact method path wins over the longest
+/// service prefix, which wins over the default.
+#[derive(Debug, Clone, Default)]
+struct Routes {
+    methods: HashMap<String, Policy>,
+    /// Longest first.
+    prefixes: Vec<(String, Policy)>,
+    default: Policy,
+}
+
+impl Routes {
+    fn policy_for(&self, path: &str) -> &Policy {
+        if let Some(policy) = self.methods.get(path) {
+            return policy;
+        }
+        self.prefixes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map_or(&self.default, |(_, policy)| policy)
+    }
 }
 
 impl VerifierLayer {
-    /// Every request must carry a valid access token.
+    /// Every request must carry a valid access token, judged by
+    /// [`Policy::default`] unless a route says otherwise.
     pub fn new(verifier: Verifier) -> Self {
         Self {
             verifier,
             exempt: Arc::from(Vec::new()),
+            routes: Arc::new(Routes::default()),
         }
+    }
+
+    /// Requests to `route` are judged by `policy`: a method path
+    /// (`/pkg.Service/Method`), or a service prefix ending in `/`
+    /// (`/pkg.Service/`). A method's own policy wins over its service's,
+    /// a longer prefix over a shorter one. Setting a route again replaces
+    /// its policy.
+    pub fn route(mut self, route: impl Into<String>, policy: Policy) -> Self {
+        let route = route.into();
+        let routes = Arc::make_mut(&mut self.routes);
+        if route.ends_with('/') {
+            routes.prefixes.retain(|(prefix, _)| *prefix != route);
+            routes.prefixes.push((route, policy));
+            routes
+                .prefixes
+                .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        } else {
+            routes.methods.insert(route, policy);
+        }
+        self
+    }
+
+    /// The policy of every route no [`VerifierLayer::route`] names
+    /// (initially [`Policy::default`]).
+    pub fn default_policy(mut self, policy: Policy) -> Self {
+        Arc::make_mut(&mut self.routes).default = policy;
+        self
     }
 
     /// Requests whose path starts with `prefix` pass without a token, e.g.
@@ -59,6 +122,7 @@ impl<S> Layer<S> for VerifierLayer {
             inner,
             verifier: self.verifier.clone(),
             exempt: Arc::clone(&self.exempt),
+            routes: Arc::clone(&self.routes),
         }
     }
 }
@@ -69,6 +133,7 @@ pub struct Verified<S> {
     inner: S,
     verifier: Verifier,
     exempt: Arc<[String]>,
+    routes: Arc<Routes>,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -97,9 +162,11 @@ where
             return Box::pin(ready.call(request));
         }
         let verifier = self.verifier.clone();
+        let routes = Arc::clone(&self.routes);
         Box::pin(async move {
+            let policy = routes.policy_for(request.uri().path());
             let verified = match bearer_token(request.headers()) {
-                Ok(token) => verifier.verify(token).await,
+                Ok(token) => verifier.verify_with(token, policy).await,
                 Err(refusal) => Err(refusal),
             };
             match verified {
@@ -150,6 +217,7 @@ mod tests {
     use super::*;
     use crate::claims::{Claims, unix_now};
     use crate::config::OnStale;
+    use crate::policy::Acr;
     use crate::test_keys::{TestKey, claims_json};
     use crate::verifier::test_shared;
 
@@ -245,5 +313,47 @@ mod tests {
             .await
             .expect("infallible");
         assert_eq!(exempt.body(), "none", "exempt paths pass without a token");
+    }
+
+    #[tokio::test]
+    async fn each_route_is_judged_by_its_own_policy() {
+        let key = TestKey::ed25519();
+        let verifier = Verifier::without_tasks(test_shared(&key, OnStale::FailClosed));
+        verifier.shared().health.covered_from(UNIX_EPOCH, Instant::now());
+        let token = key.sign(&claims_json(unix_now(SystemTime::now()), 900));
+        let aal2 = Policy::new()
+            .require_acr(Acr::Aal2)
+            .max_age(std::time::Duration::from_secs(300));
+        let layer = VerifierLayer::new(verifier)
+            .route("/bank.Payments/", aal2.clone())
+            .route("/bank.Payments/List", Policy::new())
+            .route("/bank.Payments/Admin/", Policy::new().require_amr("hwk"))
+            .route("/bank.Keys/Rotate", aal2);
+        let service = layer.layer(echo_user());
+        let call = |path: &'static str| {
+            service
+                .clone()
+                .oneshot(request(path, Some(&format!("Bearer {token}"))))
+        };
+        for path in [
+            "/bank.Payments/Send",
+            "/bank.Keys/Rotate",
+            "/bank.Payments/Admin/X",
+        ] {
+            let refused = call(path).await.expect("infallible");
+            assert_eq!(refused.body(), "", "{path}: the inner service never ran");
+            assert_eq!(grpc_status(&refused), Some("9"), "{path}: FAILED_PRECONDITION");
+            let status = tonic::Status::from_header_map(refused.headers()).expect("a status");
+            let info = tonic_types::StatusExt::get_details_error_info(&status).expect("an ErrorInfo");
+            assert_eq!(info.reason, "REAUTHENTICATION_REQUIRED");
+        }
+        let refused = call("/bank.Payments/Send").await.expect("infallible");
+        let status = tonic::Status::from_header_map(refused.headers()).expect("a status");
+        let info = tonic_types::StatusExt::get_details_error_info(&status).expect("an ErrorInfo");
+        assert_eq!(info.metadata.get("max_age").map(String::as_str), Some("300"));
+        for path in ["/bank.Payments/List", "/bank.Keys/List", "/other.Api/Get"] {
+            let ok = call(path).await.expect("infallible");
+            assert_eq!(ok.body(), "user-1", "{path}");
+        }
     }
 }

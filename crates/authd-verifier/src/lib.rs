@@ -8,13 +8,15 @@
 //! a disabled or deleted account reaches the service within milliseconds.
 //!
 //! * [`Verifier`] — fetches authd's keys (GetJwks), verifies tokens locally
-//!   (RFC 8725: the algorithm pinned per key, `typ: at+jwt`, `iss`, `aud`,
-//!   `exp`, `nbf`, a small leeway), and checks them against the revocations
-//!   it has been told of.
+//!   by the rules authd itself applies (the `authd-token-rules` crate; RFC
+//!   8725: the algorithm pinned per key, `typ: at+jwt`, `iss`, `aud`, `exp`,
+//!   `nbf`, a small leeway), and checks them against the revocations it has
+//!   been told of.
 //! * [`VerifierLayer`] — the main entry point: a tower layer for tonic
-//!   servers that verifies every request's `authorization: Bearer` and puts
-//!   the [`Claims`] into the request's extensions, or answers with authd's
-//!   own error codes and `ErrorInfo` reasons.
+//!   servers that verifies every request's `authorization: Bearer`, judges
+//!   it by its route's [`Policy`] (assurance level, methods, age of the
+//!   proof), and puts the [`Claims`] into the request's extensions, or
+//!   answers with authd's own error codes and `ErrorInfo` reasons.
 //! * [`OnStale`] — what happens while the stream cannot vouch for a token
 //!   (down for longer than [`VerifierConfig::with_max_staleness`], still
 //!   catching up): fail closed (UNAVAILABLE), or ask authd with
@@ -75,6 +77,7 @@ mod error;
 mod jwks;
 mod layer;
 pub mod pb;
+mod policy;
 mod revocations;
 mod stream_health;
 #[cfg(test)]
@@ -87,4 +90,5 @@ pub use claims::Claims;
 pub use config::{MAX_LEEWAY, OnStale, VerifierConfig};
 pub use error::{ERROR_DOMAIN, Revocation, StartError, VerifyError};
 pub use layer::{Verified, VerifierLayer, bearer_token};
+pub use policy::{Acr, Policy};
 pub use verifier::{StreamStatus, Verifier};

@@ -1,6 +1,7 @@
 //! What the verifier knows of revocations: ended sessions, disabled and
-//! deleted accounts, each remembered only as long as a token it concerns
-//! can still be unexpired. Pure state: the stream task feeds it changes,
+//! deleted accounts, and when an account's second factors last changed,
+//! each remembered only as long as a token it concerns can still be
+//! unexpired. Pure state: the stream task feeds it changes,
 //! requests read it, and the caller passes the time in.
 
 use std::collections::{HashMap, VecDeque};
@@ -18,6 +19,9 @@ pub(crate) enum Change {
     UserDisabled(String),
     /// Every token of this account is refused.
     UserDeleted(String),
+    /// The account's second factors changed: proofs from before no longer
+    /// meet a policy that needs a second factor. Revokes nothing.
+    FactorsChanged(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,12 +29,13 @@ enum Entry {
     Session(String),
     Disabled(String),
     Deleted(String),
+    Factors(String),
 }
 
+/// A change to an account at a time, remembered until `forget_at`.
 #[derive(Debug, Clone, Copy)]
-struct Disabled {
-    /// Seconds since the epoch of the change; tokens with an `iat` up to
-    /// this are refused.
+struct Stamp {
+    /// Seconds since the epoch of the (latest) change.
     at: i64,
     forget_at: i64,
 }
@@ -42,8 +47,10 @@ pub(crate) struct RevocationState {
     /// longest token lifetime plus the leeway, in seconds.
     retention: i64,
     ended_sessions: HashMap<String, i64>,
-    disabled_users: HashMap<String, Disabled>,
+    /// Tokens with an `iat` up to the change are refused.
+    disabled_users: HashMap<String, Stamp>,
     deleted_users: HashMap<String, i64>,
+    factors_changed: HashMap<String, Stamp>,
     /// Entries in the order they were added, with their forget time. The
     /// changes arrive roughly in time order, so pruning pops from the front;
     /// one that arrived late waits behind a later one, which only keeps it a
@@ -58,6 +65,7 @@ impl RevocationState {
             ended_sessions: HashMap::new(),
             disabled_users: HashMap::new(),
             deleted_users: HashMap::new(),
+            factors_changed: HashMap::new(),
             forget_queue: VecDeque::new(),
         }
     }
@@ -79,14 +87,13 @@ impl RevocationState {
                 }
             }
             Change::UserDisabled(user) => {
-                let kept = self.disabled_users.entry(user.clone()).or_insert(Disabled {
-                    at: occurred_at,
-                    forget_at,
-                });
                 // Disabled again later: the later change refuses more.
-                kept.at = kept.at.max(occurred_at);
-                kept.forget_at = kept.forget_at.max(forget_at);
+                stamp(&mut self.disabled_users, &user, occurred_at, forget_at);
                 self.forget_queue.push_back((forget_at, Entry::Disabled(user)));
+            }
+            Change::FactorsChanged(user) => {
+                stamp(&mut self.factors_changed, &user, occurred_at, forget_at);
+                self.forget_queue.push_back((forget_at, Entry::Factors(user)));
             }
             Change::UserDeleted(user) => {
                 let kept = self.deleted_users.entry(user.clone()).or_insert(forget_at);
@@ -123,6 +130,11 @@ impl RevocationState {
                         self.deleted_users.remove(&id);
                     }
                 }
+                Entry::Factors(id) => {
+                    if self.factors_changed.get(&id).is_some_and(|f| f.forget_at <= now) {
+                        self.factors_changed.remove(&id);
+                    }
+                }
             }
         }
     }
@@ -143,10 +155,26 @@ impl RevocationState {
         Ok(())
     }
 
+    /// When the account's factors last changed, if that is remembered.
+    pub(crate) fn factors_changed_at(&self, user_id: &str) -> Option<i64> {
+        self.factors_changed.get(user_id).map(|f| f.at)
+    }
+
     /// Remembered sessions and accounts, for the health accessor.
     pub(crate) fn len(&self) -> usize {
-        self.ended_sessions.len() + self.disabled_users.len() + self.deleted_users.len()
+        self.ended_sessions.len()
+            + self.disabled_users.len()
+            + self.deleted_users.len()
+            + self.factors_changed.len()
     }
+}
+
+/// Records a change to `user` at `at`; a later one moves the time and the
+/// forget time forward, an earlier one arriving late moves neither back.
+fn stamp(map: &mut HashMap<String, Stamp>, user: &str, at: i64, forget_at: i64) {
+    let kept = map.entry(user.to_owned()).or_insert(Stamp { at, forget_at });
+    kept.at = kept.at.max(at);
+    kept.forget_at = kept.forget_at.max(forget_at);
 }
 
 #[cfg(test)]
@@ -157,14 +185,7 @@ mod tests {
     const RETENTION: i64 = 905;
 
     fn token(user: &str, session: &str, iat: i64) -> Claims {
-        Claims::new(
-            user.into(),
-            session.into(),
-            Vec::new(),
-            iat,
-            iat + 900,
-            String::new(),
-        )
+        crate::claims::test_claims(user, session, iat, &["pwd"], iat)
     }
 
     #[test]
@@ -239,6 +260,36 @@ mod tests {
             Err(Revocation::UserDisabled),
             "the later disabling counts"
         );
+    }
+
+    #[test]
+    fn a_factor_change_is_remembered_per_account_until_its_tokens_expired() {
+        let mut state = RevocationState::new(RETENTION);
+        state.apply(Change::FactorsChanged("u".into()), T, T);
+        state.apply(Change::FactorsChanged("u".into()), T - 50, T);
+        assert_eq!(
+            state.factors_changed_at("u"),
+            Some(T),
+            "a late older change moves nothing back"
+        );
+        assert_eq!(state.factors_changed_at("other"), None);
+        assert_eq!(
+            state.check(&token("u", "s", T - 10)),
+            Ok(()),
+            "it revokes nothing"
+        );
+        state.apply(Change::FactorsChanged("u".into()), T + 100, T + 100);
+        assert_eq!(state.factors_changed_at("u"), Some(T + 100));
+        state.prune(T + RETENTION);
+        assert_eq!(
+            state.factors_changed_at("u"),
+            Some(T + 100),
+            "the later change stays"
+        );
+        state.prune(T + 100 + RETENTION);
+        assert_eq!(state.factors_changed_at("u"), None);
+        assert_eq!(state.len(), 0);
+        assert!(state.forget_queue.is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use authd_token_rules::{Leeway, MAX_TOKEN_BYTES, PinnedKey, Rules, UserAccess};
 use tokio::task::JoinHandle;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
@@ -11,12 +12,13 @@ use tonic::transport::{Channel, Endpoint};
 use crate::claims::{Claims, unix_now};
 use crate::config::{OnStale, VerifierConfig};
 use crate::error::{Revocation, StartError, VerifyError};
-use crate::jwks::{Expectations, KeySet, PinnedKey};
+use crate::jwks::KeySet;
 use crate::pb;
 use crate::pb::auth_service_client::AuthServiceClient;
+use crate::policy::Policy;
 use crate::revocations::RevocationState;
 use crate::stream_health::{StreamHealth, Vouch};
-use crate::token::{self, MAX_TOKEN_BYTES, TimeRules, TokenDigest, VerifiedTokens};
+use crate::token::{self, TokenDigest, VerifiedTokens};
 use crate::watcher;
 
 /// Verifies authd's access tokens in a service: locally against authd's
@@ -61,7 +63,8 @@ pub struct StreamStatus {
     /// before it was opened, so every unexpired token. `None` while no
     /// stream has caught up since the verifier started or lost events.
     pub covered_since: Option<SystemTime>,
-    /// Ended sessions and disabled or deleted accounts remembered now.
+    /// Ended sessions, disabled or deleted accounts and accounts' last
+    /// factor changes remembered now.
     pub remembered_revocations: usize,
 }
 
@@ -79,7 +82,7 @@ impl Drop for BackgroundTasks {
 /// Everything the requests and the background tasks share.
 pub(crate) struct Shared {
     pub(crate) config: VerifierConfig,
-    rules: TimeRules,
+    rules: Rules<UserAccess>,
     /// `Bearer sk_…`, parsed once.
     pub(crate) service_authorization: MetadataValue<Ascii>,
     pub(crate) channel: Channel,
@@ -113,11 +116,12 @@ impl Verifier {
         let service_authorization = format!("Bearer {}", config.service_key)
             .parse()
             .map_err(|_| StartError::Config("the service key is not printable ASCII"))?;
-        let leeway = i64::try_from(config.leeway.as_secs()).unwrap_or(i64::MAX);
-        let max_lifetime = i64::try_from(config.max_token_lifetime.as_secs()).unwrap_or(i64::MAX);
+        let leeway =
+            Leeway::new(config.leeway).ok_or(StartError::Config("the leeway is longer than 30 s"))?;
         let retention = i64::try_from(config.revocation_retention().as_secs()).unwrap_or(i64::MAX);
         let shared = Arc::new(Shared {
-            rules: TimeRules { leeway, max_lifetime },
+            rules: Rules::new(&config.issuer, &config.audience, leeway)
+                .with_max_lifetime(config.max_token_lifetime),
             service_authorization,
             channel,
             keys: RwLock::new(Arc::new(KeySet::default())),
@@ -152,11 +156,21 @@ impl Verifier {
 
     /// Verifies an access token (the part after `Bearer `): signature with a
     /// key pinned to its algorithm, `typ`, `iss`, `aud`, `exp`, `nbf`, then
-    /// whether its session ended or its account was disabled or deleted.
-    /// Awaits only when authd must be asked: an unknown `kid` (one key
-    /// refetch), or the [`OnStale::Introspect`] fallback.
+    /// whether its session ended or its account was disabled or deleted,
+    /// then [`Policy::default`] (a token whose account must first enrol a
+    /// second factor is refused). Awaits only when authd must be asked: an
+    /// unknown `kid` (one key refetch), or the [`OnStale::Introspect`]
+    /// fallback.
     pub async fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
-        self.shared.verify(token, SystemTime::now(), Instant::now()).await
+        self.verify_with(token, &Policy::default()).await
+    }
+
+    /// [`Verifier::verify`], then what `policy` requires of the token's
+    /// assurance (`acr`, `amr`, `auth_time`, no factor change since).
+    pub async fn verify_with(&self, token: &str, policy: &Policy) -> Result<Claims, VerifyError> {
+        self.shared
+            .verify_with(token, policy, SystemTime::now(), Instant::now())
+            .await
     }
 
     /// Whether the verifier vouches for revocation state right now.
@@ -200,6 +214,26 @@ impl Verifier {
 }
 
 impl Shared {
+    pub(crate) async fn verify_with(
+        &self,
+        token: &str,
+        policy: &Policy,
+        wall: SystemTime,
+        now: Instant,
+    ) -> Result<Claims, VerifyError> {
+        let claims = self.verify(token, wall, now).await?;
+        let factors_changed_at = read(&self.revocations).factors_changed_at(claims.user_id());
+        policy.judge(
+            &claims,
+            unix_now(wall),
+            factors_changed_at,
+            self.rules.leeway().secs(),
+        )?;
+        Ok(claims)
+    }
+
+    /// Validity alone: signature, claims, revocations, the stream's
+    /// coverage.
     async fn verify(&self, token: &str, wall: SystemTime, now: Instant) -> Result<Claims, VerifyError> {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Err(VerifyError::Invalid);
@@ -208,7 +242,7 @@ impl Shared {
         let digest = token::digest(token);
         let (claims, introspected_for) = match self.verified.get(&digest) {
             Some(known) => {
-                if token::is_expired(known.claims.exp_secs(), now_secs, self.rules.leeway) {
+                if token::is_expired(known.claims.exp_secs(), now_secs, self.rules.leeway()) {
                     return Err(VerifyError::Expired);
                 }
                 (known.claims, known.introspected_for)
@@ -219,7 +253,8 @@ impl Shared {
             .check(&claims)
             .map_err(VerifyError::Revoked)?;
         match (
-            self.health.vouch(claims.iat_secs(), self.rules.leeway, now),
+            self.health
+                .vouch(claims.iat_secs(), self.rules.leeway().secs(), now),
             self.config.on_stale,
         ) {
             (Vouch::Fresh, _) => Ok(claims),
@@ -250,14 +285,14 @@ impl Shared {
 
     /// The checks that need a key: header, signature, claims.
     async fn verify_signed(&self, token: &str, digest: TokenDigest, now: i64) -> Result<Claims, VerifyError> {
-        let header = token::read_header(token)?;
+        let header = token::read_header(&self.rules, token)?;
         let (set, key) = self.key_for(&header.kid).await.ok_or(VerifyError::Invalid)?;
-        let claims = token::check_with_key(token, &header, &key, now, self.rules)?;
+        let claims = token::check_with_key(&self.rules, token, &header, &key, now)?;
         // Remembered only if the key set it was checked against is still
         // the current one: a key dropped meanwhile must not live on here.
         if Arc::ptr_eq(&set, &self.current_keys()) {
             self.verified
-                .insert(digest, claims.clone(), now, self.rules.leeway);
+                .insert(digest, claims.clone(), now, self.rules.leeway());
         }
         Ok(claims)
     }
@@ -301,13 +336,7 @@ impl Shared {
             .get_jwks(pb::GetJwksRequest {})
             .await?
             .into_inner();
-        Ok(KeySet::from_jwks(
-            &response.keys,
-            &Expectations {
-                issuer: &self.config.issuer,
-                audience: &self.config.audience,
-            },
-        ))
+        Ok(KeySet::from_jwks(&response.keys))
     }
 
     /// Makes `fetched` the key set. An empty answer keeps the old set (a
@@ -382,10 +411,8 @@ pub(crate) fn test_shared(key: &crate::test_keys::TestKey, on_stale: OnStale) ->
     let config = VerifierConfig::new("https://authd.test", "svc", "sk_test").with_on_stale(on_stale);
     let channel = Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
     let shared = Shared {
-        rules: TimeRules {
-            leeway: 5,
-            max_lifetime: 900,
-        },
+        rules: Rules::new("https://authd.test", "svc", Leeway::DEFAULT)
+            .with_max_lifetime(Duration::from_secs(900)),
         service_authorization: "Bearer sk_test".parse().expect("ASCII"),
         channel,
         keys: RwLock::new(Arc::new(KeySet::default())),
@@ -395,13 +422,7 @@ pub(crate) fn test_shared(key: &crate::test_keys::TestKey, on_stale: OnStale) ->
         health: StreamHealth::new(config.max_staleness),
         config,
     };
-    shared.install_keys(KeySet::from_jwks(
-        &[key.jwk()],
-        &Expectations {
-            issuer: "https://authd.test",
-            audience: "svc",
-        },
-    ));
+    shared.install_keys(KeySet::from_jwks(&[key.jwk()]));
     shared
 }
 

@@ -137,26 +137,24 @@ fn ended_by(status: Status) -> Ended {
     }
 }
 
+/// The request that opens a stream from `start`. Factor changes are asked
+/// for: policies that need a second factor refuse proofs from before one.
 fn request_for(start: Start) -> pb::WatchRevocationsRequest {
-    match start {
-        Start::After(after_event_id) => pb::WatchRevocationsRequest {
-            after_event_id,
-            since: None,
-            ..Default::default()
-        },
-        Start::Since(since) => pb::WatchRevocationsRequest {
-            after_event_id: 0,
-            since: Some(prost_types::Timestamp {
+    let (after_event_id, since) = match start {
+        Start::After(after_event_id) => (after_event_id, None),
+        Start::Since(since) => (
+            0,
+            Some(prost_types::Timestamp {
                 seconds: secs_down(since),
                 nanos: 0,
             }),
-            ..Default::default()
-        },
-        Start::Present => pb::WatchRevocationsRequest {
-            after_event_id: 0,
-            since: None,
-            ..Default::default()
-        },
+        ),
+        Start::Present => (0, None),
+    };
+    pb::WatchRevocationsRequest {
+        after_event_id,
+        since,
+        include_factor_changes: true,
     }
 }
 
@@ -240,7 +238,10 @@ pub(crate) fn apply_message(
         }
         Some(RevocationKind::UserDisabled) => Some(Change::UserDisabled(message.user_id.clone())),
         Some(RevocationKind::UserDeleted) => Some(Change::UserDeleted(message.user_id.clone())),
-        // Revokes no token.
+        Some(RevocationKind::FactorsChanged) if !message.user_id.is_empty() => {
+            Some(Change::FactorsChanged(message.user_id.clone()))
+        }
+        // Names no account: nothing to remember.
         Some(RevocationKind::FactorsChanged) => Some(Change::SessionsEnded(Vec::new())),
         Some(RevocationKind::Heartbeat | RevocationKind::Unspecified) | None => None,
     };
@@ -377,6 +378,23 @@ mod tests {
             ended_by(Status::unavailable("shutting down")),
             Ended::Refused(_)
         ));
+    }
+
+    #[test]
+    fn every_stream_asks_for_factor_changes() {
+        let starts = [
+            Start::After(7),
+            Start::Since(UNIX_EPOCH + Duration::from_secs(1_900_000_000)),
+            Start::Present,
+        ];
+        for start in starts {
+            assert!(request_for(start).include_factor_changes, "{start:?}");
+        }
+        assert_eq!(request_for(Start::After(7)).after_event_id, 7);
+        assert_eq!(
+            request_for(starts[1]).since.map(|t| t.seconds),
+            Some(1_900_000_000)
+        );
     }
 
     #[test]

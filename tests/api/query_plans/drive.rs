@@ -19,6 +19,14 @@ use crate::smtp::SmtpServer;
 /// The password of `password_hash_of`'s hash, which the seed's accounts share.
 const SEEDED_PASSWORD: &str = "seeded accounts share this passphrase";
 
+/// The code an authenticator app shows now for a base32 secret.
+fn totp_now(secret: &str) -> String {
+    let bytes = data_encoding::BASE32_NOPAD.decode(secret.as_bytes()).unwrap();
+    let secret = authd::crypto::totp::TotpSecret::from_bytes(zeroize::Zeroizing::new(bytes));
+    let step = authd::crypto::totp::step_at(chrono::Utc::now());
+    format!("{:06}", secret.code_at_step(step))
+}
+
 /// Methods with at least one finished call, from the server's own count.
 pub(super) fn methods_called(page: &str) -> BTreeSet<String> {
     page.lines()
@@ -421,6 +429,76 @@ pub(super) async fn drive_every_rpc(app: &TestApp, smtp: &SmtpServer, tester: &P
         .await
         .unwrap();
 
+    // Second factors: an app enrolled and confirmed, a Login that asks for
+    // a second factor, a wrong and a right recovery code, the list, StepUp,
+    // new recovery codes, the factor removed.
+    let cy_email = "cy@plans.example";
+    app.register(cy_email, PASSWORD).await;
+    let cy = app.tokens_of(cy_email).await;
+    let enrolled = auth
+        .enroll_totp(with_bearer(pb::EnrollTotpRequest::default(), &cy.access_token))
+        .await
+        .unwrap()
+        .into_inner();
+    let confirmed = auth
+        .confirm_totp(with_bearer(
+            pb::ConfirmTotpRequest {
+                enrollment_id: enrolled.enrollment_id,
+                code: totp_now(&enrolled.secret),
+            },
+            &cy.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let challenge = app.login(cy_email, PASSWORD).await.unwrap().mfa_required.unwrap();
+    let complete = |code: &str| pb::CompleteLoginRequest {
+        mfa_token: challenge.mfa_token.clone(),
+        proof: Some(pb::complete_login_request::Proof::RecoveryCode(code.into())),
+    };
+    assert_error(
+        auth.complete_login(complete("aaaa-aaaa-aaaa-aaaa")).await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
+    let fresh = auth
+        .complete_login(complete(&confirmed.recovery_codes[0]))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    let factors = auth
+        .list_factors(with_bearer(pb::ListFactorsRequest {}, &fresh.access_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .factors;
+    auth.step_up(with_bearer(
+        pb::StepUpRequest {
+            proof: Some(pb::step_up_request::Proof::RecoveryCode(
+                confirmed.recovery_codes[1].clone(),
+            )),
+        },
+        &cy.access_token,
+    ))
+    .await
+    .unwrap();
+    auth.regenerate_recovery_codes(with_bearer(
+        pb::RegenerateRecoveryCodesRequest {},
+        &fresh.access_token,
+    ))
+    .await
+    .unwrap();
+    auth.remove_factor(with_bearer(
+        pb::RemoveFactorRequest {
+            factor_id: factors[0].id.clone(),
+        },
+        &fresh.access_token,
+    ))
+    .await
+    .unwrap();
+
     // AdminService.
     macro_rules! as_service {
         ($message:expr) => {
@@ -556,6 +634,12 @@ pub(super) async fn drive_every_rpc(app: &TestApp, smtp: &SmtpServer, tester: &P
         Code::NotFound,
         "USER_NOT_FOUND",
     );
+    admin
+        .reset_user_factors(as_service!(pb::ResetUserFactorsRequest {
+            user_id: seeded_id(13),
+        }))
+        .await
+        .unwrap();
     // WatchRevocations from the present (a heartbeat) and from a cursor a
     // few events back (the events after it).
     let mut present = admin

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::test_shared as shared;
 use super::*;
+use crate::policy::Policy;
 use crate::test_keys::{TestKey, claims_json};
 use crate::watcher::{Applied, apply_message};
 
@@ -280,14 +281,10 @@ async fn a_changed_key_set_forgets_remembered_tokens() {
     let token = key.sign(&claims_json(T + 100, 900));
     assert!(s.verify(&token, at(T + 100), Instant::now()).await.is_ok());
     assert_eq!(s.verified.len(), 1);
-    let expect = Expectations {
-        issuer: "https://authd.test",
-        audience: "svc",
-    };
-    s.install_keys(KeySet::from_jwks(&[key.jwk()], &expect));
+    s.install_keys(KeySet::from_jwks(&[key.jwk()]));
     assert_eq!(s.verified.len(), 1, "same keys: nothing forgotten");
     let rotated = TestKey::ed25519();
-    s.install_keys(KeySet::from_jwks(&[rotated.jwk()], &expect));
+    s.install_keys(KeySet::from_jwks(&[rotated.jwk()]));
     assert_eq!(s.verified.len(), 0);
     assert_eq!(
         s.verify(&token, at(T + 100), Instant::now()).await,
@@ -300,4 +297,124 @@ async fn a_changed_key_set_forgets_remembered_tokens() {
         s.verify(&by_rotated, at(T + 100), Instant::now()).await.is_ok(),
         "an empty answer keeps the keys"
     );
+}
+
+/// `claims_json` proven by password and a one-time code at `auth_time`.
+fn aal2_claims(iat: i64, auth_time: i64) -> serde_json::Value {
+    let mut claims = claims_json(iat, 900);
+    claims["amr"] = serde_json::json!(["mfa", "otp", "pwd"]);
+    claims["acr"] = "aal2".into();
+    claims["auth_time"] = auth_time.into();
+    claims
+}
+
+#[tokio::test]
+async fn a_factor_change_on_the_stream_voids_earlier_proofs_for_second_factor_policies() {
+    let key = TestKey::ed25519();
+    let s = shared(&key, OnStale::FailClosed);
+    let now = Instant::now();
+    s.health.covered_from(at(T), now);
+    apply_message(&s, &heartbeat(1), at(T + 1));
+    let aal2 = Policy::new().require_acr(crate::Acr::Aal2);
+    let otp = Policy::new().require_amr("otp");
+    let proven_early = key.sign(&aal2_claims(T + 100, T + 90));
+    assert!(
+        s.verify_with(&proven_early, &aal2, at(T + 100), now)
+            .await
+            .is_ok()
+    );
+
+    let change = event(2, pb::RevocationKind::FactorsChanged, "user-1", &[], T + 200);
+    assert_eq!(apply_message(&s, &change, at(T + 200)), Applied::InStep);
+    assert_eq!(s.health.cursor(), 2, "in step: the kind is known");
+    assert_eq!(s.health.covered_since(), Some(at(T)), "and vouched for");
+    for policy in [&aal2, &otp] {
+        assert_eq!(
+            s.verify_with(&proven_early, policy, at(T + 201), now).await,
+            Err(VerifyError::ReauthenticationRequired { max_age: None }),
+            "proven before the change: {policy:?}"
+        );
+    }
+    assert!(
+        s.verify_with(&proven_early, &Policy::default(), at(T + 201), now)
+            .await
+            .is_ok(),
+        "revokes nothing: a policy without a second factor accepts it"
+    );
+    let refreshed = key.sign(&aal2_claims(T + 300, T + 90));
+    assert_eq!(
+        s.verify_with(&refreshed, &aal2, at(T + 300), now).await,
+        Err(VerifyError::ReauthenticationRequired { max_age: None }),
+        "a later token of the same proof"
+    );
+    let stepped_up = key.sign(&aal2_claims(T + 300, T + 300));
+    assert!(s.verify_with(&stepped_up, &aal2, at(T + 300), now).await.is_ok());
+    let other_user = key.sign(&{
+        let mut c = aal2_claims(T + 150, T + 90);
+        c["sub"] = "user-2".into();
+        c
+    });
+    assert!(s.verify_with(&other_user, &aal2, at(T + 201), now).await.is_ok());
+
+    // Remembered as long as a token issued before it can be unexpired.
+    let retention = 905;
+    apply_message(&s, &heartbeat(2), at(T + 200 + retention - 1));
+    assert_eq!(read(&s.revocations).factors_changed_at("user-1"), Some(T + 200));
+    apply_message(&s, &heartbeat(2), at(T + 200 + retention));
+    assert_eq!(read(&s.revocations).factors_changed_at("user-1"), None);
+    assert_eq!(read(&s.revocations).len(), 0);
+}
+
+#[tokio::test]
+async fn policies_refuse_valid_tokens_with_authds_reasons() {
+    let key = TestKey::ed25519();
+    let s = shared(&key, OnStale::FailClosed);
+    let now = Instant::now();
+    s.health.covered_from(at(T), now);
+    let password = key.sign(&claims_json(T + 100, 900));
+    let fresh = Policy::new()
+        .require_acr(crate::Acr::Aal2)
+        .max_age(Duration::from_secs(600));
+    assert_eq!(
+        s.verify_with(&password, &fresh, at(T + 100), now).await,
+        Err(VerifyError::ReauthenticationRequired {
+            max_age: Some(Duration::from_secs(600))
+        })
+    );
+    let proven = key.sign(&aal2_claims(T + 100, T + 100));
+    assert!(s.verify_with(&proven, &fresh, at(T + 700), now).await.is_ok());
+    assert_eq!(
+        s.verify_with(&proven, &fresh, at(T + 701), now).await,
+        Err(VerifyError::ReauthenticationRequired {
+            max_age: Some(Duration::from_secs(600))
+        }),
+        "remembered as verified, judged again by age"
+    );
+    // Validity comes first: a revoked token is revoked, not too weak.
+    apply_message(
+        &s,
+        &event(
+            1,
+            pb::RevocationKind::SessionEnded,
+            "user-1",
+            &["session-1"],
+            T + 702,
+        ),
+        at(T + 702),
+    );
+    assert_eq!(
+        s.verify_with(&password, &fresh, at(T + 703), now).await,
+        Err(VerifyError::Revoked(Revocation::SessionEnded))
+    );
+    let mut pending = claims_json(T + 800, 900);
+    pending["sid"] = "session-2".into();
+    pending["mfa_enrollment_required"] = true.into();
+    let pending = key.sign(&pending);
+    assert_eq!(
+        s.verify_with(&pending, &Policy::default(), at(T + 800), now)
+            .await,
+        Err(VerifyError::MfaEnrollmentRequired)
+    );
+    let enrol = Policy::new().allow_mfa_enrollment_pending();
+    assert!(s.verify_with(&pending, &enrol, at(T + 800), now).await.is_ok());
 }
