@@ -23,7 +23,11 @@ use crate::rest_gateway::{Gateway, envoy_binary};
 use crate::smtp::reserve_port;
 
 /// Sections whose every `sh` block must be marked.
-const SESSION_SECTIONS: [&str; 2] = ["## A grpcurl session", "## REST through Envoy"];
+const SESSION_SECTIONS: [&str; 3] = [
+    "## A grpcurl session",
+    "## Second factors (TOTP)",
+    "## REST through Envoy",
+];
 const MARKER: &str = "<!-- readme-test:";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
