@@ -12,9 +12,6 @@ use uuid::Uuid;
 use crate::crypto::opaque::TokenHash;
 use crate::error::AppError;
 
-/// The kinds of factor the table holds (its CHECK lists the same).
-pub const KIND_TOTP: &str = "totp";
-
 /// A TOTP secret as stored: sealed, with the data key that sealed it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredTotp {

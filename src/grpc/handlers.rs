@@ -22,6 +22,17 @@ pub struct AuthApi {
 }
 
 impl AuthApi {
+    /// Where a session starts from: the user agent and the client address.
+    fn client_info<T>(&self, request: &Request<T>) -> ClientInfo {
+        ClientInfo::new(
+            request
+                .metadata()
+                .get(http::header::USER_AGENT.as_str())
+                .and_then(|v| v.to_str().ok()),
+            client_ip(request, self.trusted_proxy_header.as_ref()),
+        )
+    }
+
     pub fn new(core: Core, trusted_proxy_header: Option<http::HeaderName>) -> Self {
         Self {
             core,
@@ -74,13 +85,7 @@ impl AuthService for AuthApi {
     }
 
     async fn login(&self, request: Request<pb::LoginRequest>) -> Reply<pb::LoginResponse> {
-        let client = ClientInfo::new(
-            request
-                .metadata()
-                .get(http::header::USER_AGENT.as_str())
-                .and_then(|v| v.to_str().ok()),
-            client_ip(&request, self.trusted_proxy_header.as_ref()),
-        );
+        let client = self.client_info(&request);
         let r = request.into_inner();
         let result = self.core.login(&r.login, &r.password, &client, Utc::now()).await;
         self.core.metrics().count_login(&result);
@@ -332,13 +337,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::CompleteLoginRequest>,
     ) -> Reply<pb::CompleteLoginResponse> {
-        let client = ClientInfo::new(
-            request
-                .metadata()
-                .get(http::header::USER_AGENT.as_str())
-                .and_then(|v| v.to_str().ok()),
-            client_ip(&request, self.trusted_proxy_header.as_ref()),
-        );
+        let client = self.client_info(&request);
         let r = request.into_inner();
         let result = self
             .core

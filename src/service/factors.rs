@@ -124,6 +124,24 @@ impl Core {
         }
     }
 
+    /// A stored TOTP secret, opened with the data key that sealed it.
+    fn open_totp_secret(
+        &self,
+        stored: &db::factors::StoredTotp,
+        user_id: Uuid,
+    ) -> Result<TotpSecret, AppError> {
+        let secret = self
+            .factors
+            .data_keys
+            .open(
+                &stored.secret_key_id,
+                &stored.secret_sealed,
+                &factor_secret_aad(stored.id, user_id),
+            )
+            .map_err(AppError::internal)?;
+        Ok(TotpSecret::from_bytes(secret))
+    }
+
     /// Refuses a sensitive change on an account with a factor unless the
     /// bearer proved a second factor within `AUTHD_REAUTH_MAX_AGE`.
     pub(super) async fn require_fresh(
@@ -167,16 +185,7 @@ impl Core {
                 // which one matched or whether any was close.
                 let mut matched = None;
                 for stored in &factors {
-                    let secret = self
-                        .factors
-                        .data_keys
-                        .open(
-                            &stored.secret_key_id,
-                            &stored.secret_sealed,
-                            &factor_secret_aad(stored.id, user_id),
-                        )
-                        .map_err(AppError::internal)?;
-                    let secret = TotpSecret::from_bytes(secret);
+                    let secret = self.open_totp_secret(stored, user_id)?;
                     if let Some(step) = secret.matching_step(code, now) {
                         matched.get_or_insert((stored.id, step));
                     }
@@ -289,16 +298,7 @@ impl Core {
         let Some((stored, _name)) = db::factors::lock_enrollment(&mut tx, id, user.id, now).await? else {
             return Err(AppError::EnrollmentExpired);
         };
-        let secret = self
-            .factors
-            .data_keys
-            .open(
-                &stored.secret_key_id,
-                &stored.secret_sealed,
-                &factor_secret_aad(stored.id, user.id),
-            )
-            .map_err(AppError::internal)?;
-        let Some(step) = TotpSecret::from_bytes(secret).matching_step(&code, now) else {
+        let Some(step) = self.open_totp_secret(&stored, user.id)?.matching_step(&code, now) else {
             drop(tx);
             charge.checked();
             return Err(AppError::InvalidCode);

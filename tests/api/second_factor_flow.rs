@@ -1,17 +1,9 @@
 //! The whole second-factor path in one test, as the lead's smoke check of
 //! the use cases (the topic tests are under `factors/`).
 
-use authd::crypto::totp::{TotpSecret, step_at};
 use authd::pb::auth::v1 as pb;
-use zeroize::Zeroizing;
 
 use crate::helpers::{PASSWORD, fresh_email, jwt_claims, reason, spawn_app, with_bearer};
-
-fn code_now(secret_b32: &str) -> String {
-    let bytes = data_encoding::BASE32_NOPAD.decode(secret_b32.as_bytes()).unwrap();
-    let secret = TotpSecret::from_bytes(Zeroizing::new(bytes));
-    format!("{:06}", secret.code_at_step(step_at(chrono::Utc::now())))
-}
 
 #[tokio::test]
 async fn enrol_confirm_login_with_a_code_and_step_up() {
@@ -38,7 +30,7 @@ async fn enrol_confirm_login_with_a_code_and_step_up() {
         .confirm_totp(with_bearer(
             pb::ConfirmTotpRequest {
                 enrollment_id: enrolled.enrollment_id.clone(),
-                code: code_now(&enrolled.secret),
+                code: crate::totp::code_now(&enrolled.secret),
             },
             &tokens.access_token,
         ))

@@ -550,15 +550,6 @@ async fn the_service_reads_the_assurance_authd_signed_and_a_route_can_require_mo
     assert_eq!(info.metadata.get("max_age").map(String::as_str), Some("600"));
 }
 
-/// The TOTP code of the current step for a base32 secret, as an
-/// authenticator app computes it.
-fn totp_now(secret_b32: &str) -> String {
-    use authd::crypto::totp::{TotpSecret, step_at};
-    let bytes = data_encoding::BASE32_NOPAD.decode(secret_b32.as_bytes()).unwrap();
-    let secret = TotpSecret::from_bytes(zeroize::Zeroizing::new(bytes));
-    format!("{:06}", secret.code_at_step(step_at(chrono::Utc::now())))
-}
-
 /// Enrols and confirms a TOTP factor with the session of `tokens`; the
 /// recovery codes.
 async fn enrol_totp(app: &TestApp, tokens: &authd::pb::auth::v1::TokenPair) -> Vec<String> {
@@ -574,7 +565,7 @@ async fn enrol_totp(app: &TestApp, tokens: &authd::pb::auth::v1::TokenPair) -> V
         .into_inner();
     let confirm = pb::ConfirmTotpRequest {
         enrollment_id: enrolled.enrollment_id,
-        code: totp_now(&enrolled.secret),
+        code: crate::totp::code_now(&enrolled.secret),
     };
     let confirmed = client
         .confirm_totp(with_bearer(confirm, &tokens.access_token))

@@ -19,14 +19,6 @@ use crate::smtp::SmtpServer;
 /// The password of `password_hash_of`'s hash, which the seed's accounts share.
 const SEEDED_PASSWORD: &str = "seeded accounts share this passphrase";
 
-/// The code an authenticator app shows now for a base32 secret.
-fn totp_now(secret: &str) -> String {
-    let bytes = data_encoding::BASE32_NOPAD.decode(secret.as_bytes()).unwrap();
-    let secret = authd::crypto::totp::TotpSecret::from_bytes(zeroize::Zeroizing::new(bytes));
-    let step = authd::crypto::totp::step_at(chrono::Utc::now());
-    format!("{:06}", secret.code_at_step(step))
-}
-
 /// Methods with at least one finished call, from the server's own count.
 pub(super) fn methods_called(page: &str) -> BTreeSet<String> {
     page.lines()
@@ -444,7 +436,7 @@ pub(super) async fn drive_every_rpc(app: &TestApp, smtp: &SmtpServer, tester: &P
         .confirm_totp(with_bearer(
             pb::ConfirmTotpRequest {
                 enrollment_id: enrolled.enrollment_id,
-                code: totp_now(&enrolled.secret),
+                code: crate::totp::code_now(&enrolled.secret),
             },
             &cy.access_token,
         ))
