@@ -113,14 +113,15 @@ fn code(secret: &TotpSecret, step: i64) -> String {
     format!("{:06}", secret.code_at_step(step))
 }
 
-/// How many accounts the pool needs: every Login the ceiling allows in the
-/// load's share of one step, with a margin, and never fewer than two per
-/// task.
+/// How many accounts the pool needs: every Login the ceiling allows while
+/// the pairs' legs run within one step, with a margin, and never fewer than
+/// two per task. A leg runs past its end until the calls started before it
+/// are answered: up to a queue of `concurrency` Logins, once per leg.
 fn pool_size(settings: &Settings) -> usize {
-    let within_one_step = settings
-        .duration
-        .min(Duration::from_secs(PERIOD_SECS.unsigned_abs()));
-    let logins = settings.hash_rate * within_one_step.as_secs_f64() * POOL_MARGIN;
+    let rate = settings.hash_rate.max(1.0);
+    let overrun = Duration::from_secs_f64(4.0 * settings.concurrency as f64 / rate);
+    let within_one_step = (settings.duration + overrun).min(Duration::from_secs(PERIOD_SECS.unsigned_abs()));
+    let logins = rate * within_one_step.as_secs_f64() * POOL_MARGIN;
     (logins.ceil() as usize).max(2 * settings.concurrency)
 }
 
