@@ -34,8 +34,8 @@ struct Args {
 
     /// Comma-separated, in order [default: all:
     /// health,getme,getuser,lookupuser,listusers,listsessions,introspect,jwks,refresh,mix,login,register,
-    /// cache,revocation,startup; also available: flood (Logins at 1×, 2×, 4× the argon2 ceiling);
-    /// with --addr, cache only with --database-url and revocation only with --watch-key;
+    /// login-mfa,cache,revocation,startup; also available: flood (Logins at 1×, 2×, 4× the argon2 ceiling);
+    /// with --addr, cache and login-mfa only with --database-url and revocation only with --watch-key;
     /// with --scale: startup, cleanup and the call scenarios, default
     /// startup,health,getme,introspect,refresh,listsessions,getuser,lookupuser,listusers,mix,login,register,cleanup]
     #[arg(long, value_name = "LIST", value_parser = scenario_list)]
@@ -55,7 +55,7 @@ struct Args {
     pid: Option<u32>,
 
     /// With --addr: the server's database (postgres://…), which the cache
-    /// scenario fills with SQL (without it, the cache scenario is left out)
+    /// and login-mfa scenarios fill with SQL (without it, they are left out)
     #[arg(long, value_name = "URL", value_parser = database_url)]
     database_url: Option<PgConnectOptions>,
 
@@ -176,7 +176,7 @@ pub fn parse() -> Options {
             // `--addr` alone, as before the cache scenario existed, still
             // runs everything else.
             all.into_iter()
-                .filter(|s| !(no_database && matches!(s, Scenario::Cache)))
+                .filter(|s| !(no_database && s.fills_database()))
                 .filter(|s| !(no_watch_key && matches!(s, Scenario::Revocation)))
                 .collect()
         }
@@ -198,11 +198,11 @@ pub fn parse() -> Options {
             .error(ErrorKind::InvalidValue, "the cleanup scenario needs --scale")
             .exit();
     }
-    if no_database && scenarios.iter().any(|s| matches!(s, Scenario::Cache)) {
+    if no_database && scenarios.iter().any(Scenario::fills_database) {
         Args::command()
             .error(
                 ErrorKind::MissingRequiredArgument,
-                "the cache scenario against --addr needs --database-url (it fills the database with SQL)",
+                "the cache and login-mfa scenarios against --addr need --database-url (they fill the database with SQL)",
             )
             .exit();
     }

@@ -30,6 +30,7 @@ mod burst;
 mod cache_scenario;
 mod client;
 mod flood;
+mod mfa_scenario;
 mod procfs;
 mod report;
 mod revocation_scenario;
@@ -206,6 +207,21 @@ async fn main() -> std::process::ExitCode {
                     }
                 }
                 scenarios::run_mix(mix, &mut states, &shared, options.duration, server.pid).await
+            }
+            Scenario::LoginMfa => {
+                let db = server
+                    .db
+                    .as_ref()
+                    .expect("args::parse requires a database for the login-mfa scenario");
+                let settings = mfa_scenario::Settings {
+                    duration: options.duration,
+                    concurrency: options.concurrency,
+                    hash_rate: cores as f64 / baseline.median().as_secs_f64(),
+                    hash_time: baseline.median(),
+                };
+                let outcome = mfa_scenario::run(db, &shared, &mut states, &settings, server.pid).await;
+                notes.extend(outcome.notes);
+                outcome.rows
             }
             Scenario::Cache => {
                 let db = server

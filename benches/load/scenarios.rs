@@ -23,11 +23,14 @@ pub const SCALE: &str = "startup,health,getme,introspect,refresh,listsessions,ge
 
 /// Every scenario, in the order a run without `--scenarios` takes them.
 pub const ALL: &str = "health,getme,getuser,lookupuser,listusers,listsessions,introspect,jwks,refresh,mix,login,register,\
-                       cache,revocation,startup";
+                       login-mfa,cache,revocation,startup";
 
 #[derive(Debug, Clone)]
 pub enum Scenario {
     Calls(Mix),
+    /// Login + CompleteLogin with a TOTP code, in turns with Login alone
+    /// (see `mfa_scenario`).
+    LoginMfa,
     /// authd's session cache filled, then GetMe with and without a stream
     /// of account changes (see `cache_scenario`).
     Cache,
@@ -84,6 +87,7 @@ impl Scenario {
                 name: "mix",
                 ops: vec![(Op::GetMe, 90), (Op::Refresh, 8), (Op::Login, 2)],
             }),
+            "login-mfa" => Scenario::LoginMfa,
             "cache" => Scenario::Cache,
             "revocation" => Scenario::Revocation,
             "flood" => Scenario::Flood,
@@ -91,6 +95,12 @@ impl Scenario {
             "cleanup" => Scenario::Cleanup,
             _ => return None,
         })
+    }
+
+    /// Whether the scenario writes its own rows into authd's database, so
+    /// against `--addr` it needs `--database-url`.
+    pub fn fills_database(&self) -> bool {
+        matches!(self, Scenario::Cache | Scenario::LoginMfa)
     }
 
     /// Whether the scenario is bound by argon2, so the argon2 baseline is
@@ -101,7 +111,7 @@ impl Scenario {
                 .ops
                 .iter()
                 .any(|(op, _)| matches!(op, Op::Login | Op::Register)),
-            Scenario::Flood => true,
+            Scenario::Flood | Scenario::LoginMfa => true,
             Scenario::Cache | Scenario::Revocation | Scenario::Startup | Scenario::Cleanup => false,
         }
     }

@@ -20,7 +20,7 @@
 
 mod changes;
 mod observe;
-mod population;
+pub mod population;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,11 +74,27 @@ pub async fn run(
         shared.run_id,
         &uuid::Uuid::new_v4().simple().to_string()[..6]
     );
-    let (mut sentinel, _) = population::create(&db, channels, &batch, "sentinel", 1, 1).await;
+    let (mut sentinel, _) = population::create(
+        &db,
+        channels,
+        &format!("cache-{batch}-sentinel"),
+        population::NO_PASSWORD,
+        1,
+        1,
+    )
+    .await;
     let announced = observe::empty_the_cache(&db, &mut control_client, &sentinel.remove(0)).await;
     let emptied = setup_started.elapsed();
 
-    let (sessions, timings) = population::create(&db, channels, &batch, "pop", n, settings.concurrency).await;
+    let (sessions, timings) = population::create(
+        &db,
+        channels,
+        &format!("cache-{batch}-pop"),
+        population::NO_PASSWORD,
+        n,
+        settings.concurrency,
+    )
+    .await;
     let groups = Groups::split(sessions, settings);
 
     let t = Instant::now();

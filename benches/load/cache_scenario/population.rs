@@ -1,6 +1,7 @@
 //! Many accounts with one live session each, made quickly: rows inserted
 //! with SQL (no argon2, no Register), then one Refresh per session through
-//! the API for an access token that authd itself signed.
+//! the API for an access token that authd itself signed. The cache scenario
+//! and the login-mfa scenario use them.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use crate::client::{authorization, call_each, code_label};
 /// A live session and the bearer header of an access token for it.
 #[derive(Clone)]
 pub struct LiveSession {
+    pub email: String,
     pub user_id: Uuid,
     pub session_id: Uuid,
     pub authorization: MetadataValue<Ascii>,
@@ -29,13 +31,17 @@ pub struct Timings {
 /// Rows per INSERT: big enough to be fast, small enough for one message.
 const CHUNK: usize = 10_000;
 
-/// `n` accounts (`cache-BATCH-LABEL-I@example.com`) with one session each.
+/// What an account's `password_hash` holds when nobody logs in to it.
+pub const NO_PASSWORD: &str = "no password: made by the load generator";
+
+/// `n` accounts (`PREFIX-I@example.com`) with one session each, all with
+/// the same `password_hash` (a PHC string authd wrote, or [`NO_PASSWORD`]).
 /// Panics if any step fails: without them there is nothing to measure.
 pub async fn create(
     db: &PgPool,
     channels: &[Channel],
-    batch: &str,
-    label: &str,
+    prefix: &str,
+    password_hash: &str,
     n: usize,
     concurrency: usize,
 ) -> (Vec<LiveSession>, Timings) {
@@ -45,18 +51,23 @@ pub async fn create(
     let tokens: Vec<NewToken> = (0..n)
         .map(|_| NewToken::generate(TokenKind::Refresh).expect("random refresh token"))
         .collect();
+    let emails: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}@example.com")).collect();
     for start in (0..n).step_by(CHUNK) {
         let end = (start + CHUNK).min(n);
-        let emails: Vec<String> = (start..end)
-            .map(|i| format!("cache-{batch}-{label}-{i}@example.com"))
-            .collect();
         let hashes: Vec<Vec<u8>> = tokens[start..end]
             .iter()
             .map(|t| t.hash.as_bytes().to_vec())
             .collect();
-        insert_chunk(db, &users[start..end], &emails, &sessions[start..end], &hashes)
-            .await
-            .unwrap_or_else(|e| panic!("cache scenario: inserting accounts and sessions failed: {e}"));
+        insert_chunk(
+            db,
+            &users[start..end],
+            &emails[start..end],
+            password_hash,
+            &sessions[start..end],
+            &hashes,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("inserting accounts and sessions failed: {e}"));
     }
     let sql = started.elapsed();
 
@@ -79,10 +90,10 @@ pub async fn create(
     )
     .await;
     let mut live = Vec::with_capacity(n);
-    for ((user_id, session_id), answer) in users.into_iter().zip(sessions).zip(answers) {
-        let authorization =
-            answer.unwrap_or_else(|e| panic!("cache scenario: Refresh of a new session failed: {e}"));
+    for (((email, user_id), session_id), answer) in emails.into_iter().zip(users).zip(sessions).zip(answers) {
+        let authorization = answer.unwrap_or_else(|e| panic!("Refresh of a new session failed: {e}"));
         live.push(LiveSession {
+            email,
             user_id,
             session_id,
             authorization,
@@ -96,18 +107,19 @@ async fn insert_chunk(
     db: &PgPool,
     users: &[Uuid],
     emails: &[String],
+    password_hash: &str,
     sessions: &[Uuid],
     refresh_hashes: &[Vec<u8>],
 ) -> Result<(), sqlx::Error> {
     let mut tx = db.begin().await?;
-    // Nobody logs in to these accounts; the hash only has to be there.
     sqlx::query(
         "INSERT INTO users (id, email, password_hash, created_at, updated_at)
-         SELECT id, email, 'no password: made by the load generator', now(), now()
+         SELECT id, email, $3, now(), now()
            FROM UNNEST($1::uuid[], $2::text[]) AS t(id, email)",
     )
     .bind(users)
     .bind(emails)
+    .bind(password_hash)
     .execute(&mut *tx)
     .await?;
     sqlx::query(

@@ -16,7 +16,7 @@
 
 mod cleanup_pass;
 mod cluster;
-mod paired;
+pub mod paired;
 
 use std::sync::Arc;
 use std::time::Instant;

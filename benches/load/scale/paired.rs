@@ -73,7 +73,7 @@ fn targeted(name: &str) -> bool {
 
 /// The order of the legs (0: empty, 1: seeded): balanced for position and
 /// for what precedes each leg.
-const ORDER: [usize; 8] = [0, 1, 1, 0, 1, 0, 0, 1];
+pub const ORDER: [usize; 8] = [0, 1, 1, 0, 1, 0, 0, 1];
 
 /// Runs `mix` on `sides` (empty, seeded) in [`ORDER`], each leg a quarter
 /// of `duration`.
