@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use super::maintenance::Blocks;
+use crate::domain::ThrottleKey;
 use crate::error::AppError;
 
 /// How failures turn into waiting time.
@@ -125,7 +126,8 @@ pub async fn forgive<'e>(db: impl PgExecutor<'e>, key: &str) -> Result<(), AppEr
 /// Forgets the counters of several keys at once (an account that is
 /// deleted takes the counters keyed by it along).
 #[tracing::instrument(skip_all, fields(count = keys.len()))]
-pub async fn forgive_all<'e>(db: impl PgExecutor<'e>, keys: &[String]) -> Result<(), AppError> {
+pub async fn forgive_all<'e>(db: impl PgExecutor<'e>, keys: &[ThrottleKey]) -> Result<(), AppError> {
+    let keys: Vec<&str> = keys.iter().map(ThrottleKey::as_str).collect();
     sqlx::query("DELETE FROM login_throttle WHERE key = ANY($1)")
         .bind(keys)
         .execute(db)

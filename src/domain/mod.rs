@@ -10,6 +10,7 @@ mod password;
 mod profile;
 mod service_account;
 mod session;
+mod throttle_key;
 mod user;
 mod username;
 
@@ -22,6 +23,7 @@ pub use password::{Password, PasswordPolicy};
 pub use profile::{FullName, ImageUrl, Phone};
 pub use service_account::{Role, Scope, ServiceAccountName};
 pub use session::EndReason;
+pub use throttle_key::ThrottleKey;
 pub use user::User;
 pub use username::Username;
 

@@ -16,7 +16,9 @@ use crate::crypto::totp::{TotpCode, TotpSecret};
 use crate::db::sealed_secrets::factor_secret_aad;
 use crate::db::{self, throttle::Backoff};
 use crate::domain::mail::{FactorNotice, factor_notice};
-use crate::domain::{Assurance, AuthMethod, EndReason, Factor, FactorKind, FactorName, Invalid, User};
+use crate::domain::{
+    Assurance, AuthMethod, EndReason, Factor, FactorKind, FactorName, Invalid, ThrottleKey, User,
+};
 use crate::error::{AppError, TokenProblem};
 use crate::metrics::ThrottleKind;
 
@@ -113,8 +115,8 @@ impl Core {
         &self,
         user_id: Uuid,
         now: DateTime<Utc>,
-    ) -> Result<(String, super::attempts::Charged), AppError> {
-        let key = super::login::throttle_key_for_user(user_id);
+    ) -> Result<(ThrottleKey, super::attempts::Charged), AppError> {
+        let key = ThrottleKey::account(user_id);
         match self.charge_check(&key, &Backoff::LOGIN, now).await {
             Err(e @ AppError::Throttled(_)) => {
                 self.metrics.throttled(ThrottleKind::LoginBackoff);

@@ -11,36 +11,13 @@ use crate::crypto::password::Verified;
 use crate::db::sessions::SessionProof;
 use crate::db::throttle::Backoff;
 use crate::db::{self, users::LoginKey};
-use crate::domain::{Assurance, ClientInfo, Email, FieldReason, Invalid, Password, User, Username};
+use crate::domain::{
+    Assurance, ClientInfo, Email, FieldReason, Invalid, Password, ThrottleKey, User, Username,
+};
 use crate::error::{AppError, Violation};
 
 /// Longest login string worth looking up (an email's maximum).
 const MAX_LOGIN_LEN: usize = 254;
-
-/// The throttle counter of an account's password checks (Login by email,
-/// ChangePassword and the other checks of a bearer's password share it).
-pub(super) fn throttle_key_for_user(user_id: Uuid) -> String {
-    format!("user:{user_id}")
-}
-
-/// The throttle counter of Login by username. Apart from the account's
-/// other counter: were they one, failures through an email address would
-/// throttle a username, and an attacker would learn that both name one
-/// account. The price is a second back-off ladder for the same password.
-pub(super) fn username_throttle_key_for_user(user_id: Uuid) -> String {
-    format!("user:{user_id}:username")
-}
-
-/// The throttle counter of a login string that names no account. It is
-/// hashed: people type passwords into the login field, and a key stored in
-/// the clear would keep them; hashing also takes any byte (NUL included)
-/// into a form PostgreSQL's `text` accepts.
-pub(super) fn unknown_login_throttle_key(login: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(login.to_lowercase().as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("login:{hex}")
-}
 
 impl Core {
     #[tracing::instrument(skip_all)]
@@ -93,9 +70,9 @@ impl Core {
         // Known and unknown accounts are throttled alike, so a throttled
         // answer does not tell them apart either.
         let throttle_key = match &credentials {
-            Some(c) if by_email => throttle_key_for_user(c.user.id),
-            Some(c) => username_throttle_key_for_user(c.user.id),
-            None => unknown_login_throttle_key(login),
+            Some(c) if by_email => ThrottleKey::account(c.user.id),
+            Some(c) => ThrottleKey::account_by_username(c.user.id),
+            None => ThrottleKey::unknown_login(login),
         };
         let charge = self.charge_attempt(&throttle_key, &Backoff::LOGIN, now).await?;
         let stored = credentials.as_ref().map(|c| c.password_hash.as_str());

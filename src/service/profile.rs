@@ -8,7 +8,7 @@ use crate::crypto::jwt::VerifiedAccess;
 use crate::db;
 use crate::db::users::ProfileUpdate;
 use crate::domain::mail as outbox;
-use crate::domain::{FieldReason, FullName, ImageUrl, Invalid, Password, Phone, User, Username};
+use crate::domain::{FieldReason, FullName, ImageUrl, Invalid, Password, Phone, ThrottleKey, User, Username};
 use crate::error::{AppError, TokenProblem, Violation};
 
 /// A profile field UpdateMe can change, by its proto name.
@@ -234,11 +234,11 @@ impl Core {
         };
         let mut counters = vec![
             throttle_key,
-            super::login::username_throttle_key_for_user(account.id),
-            super::login::unknown_login_throttle_key(&account.email),
+            ThrottleKey::account_by_username(account.id),
+            ThrottleKey::unknown_login(&account.email),
         ];
         if let Some(username) = &account.username {
-            counters.push(super::login::unknown_login_throttle_key(username));
+            counters.push(ThrottleKey::unknown_login(username));
         }
         db::throttle::forgive_all(&mut *tx, &counters).await?;
         db::recovery::forget_requests_for(&mut tx, &account.email).await?;

@@ -9,7 +9,7 @@ use super::attempts::Charged;
 use crate::crypto::password::Verified;
 use crate::db;
 use crate::db::throttle::Backoff;
-use crate::domain::Password;
+use crate::domain::{Password, ThrottleKey};
 use crate::error::AppError;
 use crate::metrics::ThrottleKind;
 
@@ -27,8 +27,8 @@ impl Core {
         user_id: Uuid,
         current: &Password,
         now: DateTime<Utc>,
-    ) -> Result<(String, Charged), AppError> {
-        let throttle_key = super::login::throttle_key_for_user(user_id);
+    ) -> Result<(ThrottleKey, Charged), AppError> {
+        let throttle_key = ThrottleKey::account(user_id);
         let charge = match self.charge_attempt(&throttle_key, &Backoff::LOGIN, now).await {
             Err(e @ AppError::Throttled(_)) => {
                 self.metrics.throttled(ThrottleKind::LoginBackoff);

@@ -11,7 +11,7 @@ use super::{Core, chrono_duration};
 use crate::crypto::opaque::{self, NewToken, TokenKind};
 use crate::db::{self, throttle::Backoff};
 use crate::domain::mail as outbox;
-use crate::domain::{Email, EndReason, Invalid};
+use crate::domain::{Email, EndReason, Invalid, ThrottleKey};
 use crate::error::AppError;
 
 /// Reset mails per account per hour; requests beyond it are answered alike
@@ -105,7 +105,7 @@ impl Core {
         // Reset tokens are 256 random bits, so guessing is hopeless; the
         // durable cap still keeps a client that tries from hammering the
         // database through every replica at once.
-        let guess_key = client.map(|ip| format!("reset:{ip}"));
+        let guess_key = client.map(ThrottleKey::reset_guesses);
         if let Some(key) = &guess_key
             && let Some(wait) = db::throttle::charge(&self.db, key, &Backoff::RESET_GUESSES, now).await?
         {

@@ -11,7 +11,7 @@ use crate::crypto::opaque::{self, NewToken, TokenKind};
 use crate::crypto::password::Verified;
 use crate::db;
 use crate::db::throttle::Backoff;
-use crate::domain::{EndReason, Invalid, Password, User};
+use crate::domain::{EndReason, Invalid, Password, ThrottleKey, User};
 use crate::error::{AppError, TokenProblem, Violation};
 
 /// Answer of IntrospectToken.
@@ -143,7 +143,7 @@ impl Core {
             return Err(AppError::Validation(violations));
         };
 
-        let throttle_key = super::login::throttle_key_for_user(user.id);
+        let throttle_key = ThrottleKey::account(user.id);
         let charge = self.charge_attempt(&throttle_key, &Backoff::LOGIN, now).await?;
         let stored = db::users::password_hash(&self.db, user.id).await?;
         let verified = self.hasher.verify(&current, stored.as_deref()).await?;

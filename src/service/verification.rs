@@ -14,7 +14,7 @@ use crate::db;
 use crate::db::throttle::Backoff;
 use crate::db::verification::{MailAccount, NewVerificationToken, Purpose};
 use crate::domain::mail as outbox;
-use crate::domain::{Email, Invalid, Password, User};
+use crate::domain::{Email, Invalid, Password, ThrottleKey, User};
 use crate::error::{AppError, TokenProblem, Violation};
 use crate::metrics::ThrottleKind;
 
@@ -195,7 +195,7 @@ impl Core {
         }
         // 256 random bits make guessing hopeless; the cap keeps a client
         // that tries from hammering the database through every replica.
-        let guess_key = client.map(|ip| format!("verify:{ip}"));
+        let guess_key = client.map(ThrottleKey::verify_guesses);
         if let Some(key) = &guess_key
             && let Some(wait) = db::throttle::charge(&self.db, key, &Backoff::VERIFY_GUESSES, now).await?
         {

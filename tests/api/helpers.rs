@@ -336,7 +336,7 @@ impl TestApp {
         let mut counted = None;
         for _ in 0..150 {
             counted = sqlx::query_scalar::<_, i32>("SELECT failures FROM login_throttle WHERE key = $1")
-                .bind(format!("user:{user_id}"))
+                .bind(authd::domain::ThrottleKey::account(user_id.parse().unwrap()).as_str())
                 .fetch_optional(&self.db)
                 .await
                 .unwrap();

@@ -288,7 +288,9 @@ async fn a_right_current_password_is_not_charged_when_its_change_does_not_happen
         blocker.rollback().await.unwrap();
     }
     // Refunds are written just after the calls end.
-    let key = format!("user:{}", user.id);
+    let key = authd::domain::ThrottleKey::account(user.id.parse().unwrap())
+        .as_str()
+        .to_owned();
     let started = std::time::Instant::now();
     loop {
         let failures: i32 =

@@ -421,7 +421,9 @@ async fn a_login_racing_disable_user_gets_no_live_session() {
     // The Login charges the account's throttle row right before it hashes
     // (the better part of a second with these parameters): from then on it
     // has read the account.
-    let throttle_key = format!("user:{}", user.id);
+    let throttle_key = authd::domain::ThrottleKey::account(user.id.parse().unwrap())
+        .as_str()
+        .to_owned();
     let started = Instant::now();
     loop {
         let charged: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM login_throttle WHERE key = $1)")

@@ -8,7 +8,7 @@ use super::*;
 /// The account's Login throttle count (absent counts as 0).
 pub async fn counted_failures(app: &TestApp, user_id: &str) -> i32 {
     sqlx::query_scalar::<_, i32>("SELECT failures FROM login_throttle WHERE key = $1")
-        .bind(format!("user:{user_id}"))
+        .bind(authd::domain::ThrottleKey::account(user_id.parse().unwrap()).as_str())
         .fetch_optional(&app.db)
         .await
         .unwrap()
