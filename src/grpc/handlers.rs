@@ -417,7 +417,11 @@ impl AuthService for AuthApi {
     async fn step_up(&self, request: Request<pb::StepUpRequest>) -> Reply<pb::StepUpResponse> {
         let bearer = bearer(&request)?;
         let proof = step_up_proof(request.into_inner().proof);
-        let stepped = self.core.step_up(bearer, proof, Utc::now()).await?;
+        let result = self.core.step_up(bearer, proof, Utc::now()).await;
+        self.core
+            .metrics()
+            .count_throttle(ThrottleKind::LoginBackoff, &result);
+        let stepped = result?;
         Ok(Response::new(pb::StepUpResponse {
             access_token: stepped.access_token,
             expires_in: i64::try_from(stepped.expires_in.as_secs()).unwrap_or(i64::MAX),

@@ -20,7 +20,6 @@ use crate::domain::{
     Assurance, AuthMethod, EndReason, Factor, FactorKind, FactorName, Invalid, ThrottleKey, User,
 };
 use crate::error::{AppError, TokenProblem};
-use crate::metrics::ThrottleKind;
 
 /// How long an enrollment waits for its first code.
 const ENROLLMENT_TTL: Duration = Duration::from_secs(10 * 60);
@@ -109,21 +108,16 @@ fn factor_from_row(row: db::factors::FactorRow) -> Result<Factor, AppError> {
 }
 
 impl Core {
-    /// The throttle of an account's password checks, also charged by wrong
-    /// second-factor codes of a bearer.
+    /// The account's Login throttle, charged by a bearer's second-factor
+    /// code (the transport counts a throttled answer on the metrics page).
     async fn charge_code_attempt(
         &self,
         user_id: Uuid,
         now: DateTime<Utc>,
     ) -> Result<(ThrottleKey, super::attempts::Charged), AppError> {
         let key = ThrottleKey::account(user_id);
-        match self.charge_check(&key, &Backoff::LOGIN, now).await {
-            Err(e @ AppError::Throttled(_)) => {
-                self.metrics.throttled(ThrottleKind::LoginBackoff);
-                Err(e)
-            }
-            other => Ok((key, other?)),
-        }
+        let charge = self.charge_check(&key, &Backoff::LOGIN, now).await?;
+        Ok((key, charge))
     }
 
     /// A stored TOTP secret, opened with the data key that sealed it.
@@ -480,26 +474,17 @@ impl Core {
         if !challenge.stamp_ok {
             return Err(AppError::MfaTokenInvalid);
         }
-        let charge = match self
+        let charge = self
             .charge_check(&challenge.throttle_key, &Backoff::LOGIN, now)
-            .await
-        {
-            Err(e @ AppError::Throttled(_)) => {
-                self.metrics.throttled(ThrottleKind::LoginBackoff);
-                return Err(e);
-            }
-            other => other?,
-        };
+            .await?;
         if !self.prove_second_factor(challenge.user_id, &proof, now).await? {
             charge.checked();
             return Err(AppError::InvalidCredentials);
         }
+        // Disabled meanwhile: the session's statement refuses to start.
         let Some(user) = db::users::by_id(&self.db, challenge.user_id).await? else {
             return Err(AppError::MfaTokenInvalid);
         };
-        if user.disabled {
-            return Err(AppError::AccountDisabled);
-        }
         let assurance = Assurance::password(challenge.created_at).with_proof(AuthMethod::Otp, now);
         let mut tx = self.db.begin().await?;
         if !db::factors::consume_challenge(&mut tx, &hash, now).await? {
