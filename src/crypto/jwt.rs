@@ -189,6 +189,8 @@ impl AccessTokens {
             acr: subject.assurance.acr.as_str().to_owned(),
             auth_time: subject.assurance.auth_time.timestamp(),
             mfa_enrollment_required: subject.mfa_enrollment_required,
+            client_id: None,
+            act: None,
         };
         // JWS compact serialization (RFC 7515 §7.1).
         let mut token = signer.encoded_header.clone();

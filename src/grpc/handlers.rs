@@ -228,6 +228,7 @@ impl AuthService for AuthApi {
                 roles: token.roles.to_vec(),
                 disabled: user.disabled,
                 assurance: Some(pb::Assurance::from(&token.assurance)),
+                ..Default::default()
             },
         }))
     }
@@ -426,5 +427,12 @@ impl AuthService for AuthApi {
             access_token: stepped.access_token,
             expires_in: i64::try_from(stepped.expires_in.as_secs()).unwrap_or(i64::MAX),
         }))
+    }
+
+    async fn exchange_token(
+        &self,
+        _request: Request<pb::ExchangeTokenRequest>,
+    ) -> Reply<pb::ExchangeTokenResponse> {
+        Err(tonic::Status::unimplemented("ExchangeToken is being built"))
     }
 }
