@@ -477,15 +477,6 @@ impl Config {
     }
 }
 
-impl Config {
-    /// Every audience a token may be minted for, authd's own first.
-    pub fn registered_audiences(&self) -> Vec<String> {
-        std::iter::once(self.audience.clone())
-            .chain(self.audiences.iter().cloned())
-            .collect()
-    }
-}
-
 /// An audience: 1 to 256 visible ASCII characters without commas (a service
 /// name or a URI; it is compared as is).
 fn check_audience(v: &str) -> Result<String, String> {
@@ -674,6 +665,58 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let env: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn the_issuer_is_a_url_and_defaults_to_where_authd_listens() {
+        let c = config(&[("AUTHD_LISTEN", "0.0.0.0:7000")]).unwrap();
+        assert_eq!(c.issuer, "http://127.0.0.1:7000");
+        for good in [
+            "https://auth.example.com",
+            "https://auth.example.com:8443",
+            "http://localhost:50051",
+        ] {
+            assert!(config(&[("AUTHD_ISSUER", good)]).is_ok(), "{good}");
+        }
+        for bad in [
+            "authd",
+            "http://auth.example.com",
+            "https://auth.example.com/",
+            "https://auth.example.com/realm",
+            "https://auth.example.com?x=1",
+            "https://user@auth.example.com",
+            "ftp://auth.example.com",
+        ] {
+            let err = config(&[("AUTHD_ISSUER", bad)]).unwrap_err().to_string();
+            assert!(err.contains("AUTHD_ISSUER"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn audiences_are_listed_once_and_the_first_is_authds_own() {
+        let c = config(&[("AUTHD_AUDIENCES", "api, billing,ledger")]).unwrap();
+        assert_eq!(c.audience, "api");
+        assert_eq!(c.audiences, vec!["billing".to_owned(), "ledger".to_owned()]);
+        let c = config(&[("AUTHD_AUDIENCE", "old")]).unwrap();
+        assert_eq!((c.audience.as_str(), c.audiences.len()), ("old", 0));
+        for bad in ["a,a", "a,,b", "", "a b", &"x".repeat(300)] {
+            assert!(config(&[("AUTHD_AUDIENCES", bad)]).is_err(), "{bad:?}");
+        }
+        assert!(config(&[("AUTHD_SERVICE_TOKEN_TTL", "2h")]).is_err());
+        assert_eq!(
+            config(&[("AUTHD_SERVICE_TOKEN_TTL", "1m")])
+                .unwrap()
+                .service_token_ttl,
+            Duration::from_secs(60)
+        );
+    }
 
     #[test]
     fn durations() {

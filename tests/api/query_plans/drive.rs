@@ -76,7 +76,9 @@ async fn admin_key(db: &PgPool) -> String {
     let key = NewToken::generate(TokenKind::ServiceKey).unwrap();
     let scopes: Vec<String> = [
         "revocations.watch",
+        "tokens.exchange",
         "tokens.introspect",
+        "users.impersonate",
         "users.read",
         "users.write",
     ]
@@ -227,6 +229,68 @@ pub(super) async fn drive_every_rpc(app: &TestApp, smtp: &SmtpServer, tester: &P
             .unwrap()
             .into_inner()
             .active
+    );
+
+    // ExchangeToken: a service token (then used as the credential), a
+    // user's token exchanged, an impersonation, an ended subject.
+    let exchange = |request: pb::ExchangeTokenRequest, credential: &str| with_bearer(request, credential);
+    let service_token = auth
+        .exchange_token(exchange(
+            pb::ExchangeTokenRequest {
+                grant_type: "client_credentials".into(),
+                ..Default::default()
+            },
+            &key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let exchanged = auth
+        .exchange_token(exchange(
+            pb::ExchangeTokenRequest {
+                grant_type: "urn:ietf:params:oauth:grant-type:token-exchange".into(),
+                audience: "billing".into(),
+                subject_token: live.access_token.clone(),
+                ..Default::default()
+            },
+            &service_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    assert!(
+        auth.introspect_token(introspect(&exchanged))
+            .await
+            .unwrap()
+            .into_inner()
+            .active
+    );
+    auth.exchange_token(exchange(
+        pb::ExchangeTokenRequest {
+            grant_type: "urn:ietf:params:oauth:grant-type:token-exchange".into(),
+            audience: "billing".into(),
+            requested_subject: ada.id.clone(),
+            ..Default::default()
+        },
+        &key,
+    ))
+    .await
+    .unwrap();
+    assert_error(
+        auth.exchange_token(exchange(
+            pb::ExchangeTokenRequest {
+                grant_type: "urn:ietf:params:oauth:grant-type:token-exchange".into(),
+                audience: "billing".into(),
+                subject_token: first.access_token.clone(),
+                ..Default::default()
+            },
+            &key,
+        ))
+        .await,
+        Code::InvalidArgument,
+        "GRANT_INVALID",
     );
 
     // ChangePassword: a wrong current password, then a change.

@@ -100,6 +100,7 @@ async fn no_statement_authd_runs_scans_a_big_table_and_every_index_is_used() {
         c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
         c.revocation_heartbeat = Duration::from_millis(200);
         c.cleanup_interval = Duration::from_secs(1);
+        c.audiences = vec!["billing".into()];
     })
     .await;
     drive_every_rpc(&app, &smtp, &tester).await;
