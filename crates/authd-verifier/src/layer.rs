@@ -10,19 +10,25 @@ use std::task::{Context, Poll};
 use http::{HeaderMap, Request, Response};
 use tower::{Layer, Service};
 
+use crate::claims::{Caller, Claims, ServiceClaims};
 use crate::error::VerifyError;
 use crate::policy::Policy;
 use crate::verifier::Verifier;
 
 /// Verifies the `authorization: Bearer <access token>` of every request,
-/// and what the request's route requires of it ([`Policy`]). On success
-/// the token's [`Claims`](crate::Claims) go into the request's extensions
-/// and the inner service is called; on failure the layer answers with the
-/// gRPC error itself (UNAUTHENTICATED with `ErrorInfo` reason
-/// `TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED` or `SESSION_REVOKED`;
+/// and what the request's route requires of it ([`Policy`]: the kind of
+/// token, its audience, its assurance or scopes). On success the
+/// [`Caller`] goes into the request's extensions, and with it the
+/// [`Claims`](crate::Claims) of a user's token or the
+/// [`ServiceClaims`](crate::ServiceClaims) of a service's own, and the
+/// inner service is called; on failure the layer answers with the gRPC
+/// error itself (UNAUTHENTICATED with `ErrorInfo` reason `TOKEN_MISSING`,
+/// `TOKEN_INVALID`, `TOKEN_EXPIRED` or `SESSION_REVOKED`;
 /// FAILED_PRECONDITION `REAUTHENTICATION_REQUIRED` or
-/// `MFA_ENROLLMENT_REQUIRED`; or UNAVAILABLE) and the inner service never
-/// sees the request.
+/// `MFA_ENROLLMENT_REQUIRED`; PERMISSION_DENIED `MISSING_SCOPE`; or
+/// UNAVAILABLE) and the inner service never sees the request. A handler
+/// that reads `Claims` therefore never runs for a service's own token, and
+/// one that reads `ServiceClaims` never for a user's.
 ///
 /// ```ignore
 /// let fresh_aal2 = Policy::new().require_acr(Acr::Aal2).max_age(Duration::from_secs(600));
@@ -31,7 +37,8 @@ use crate::verifier::Verifier;
 ///         VerifierLayer::new(verifier)
 ///             .exempt_prefix("/grpc.health.v1.Health/")
 ///             .route("/bank.v1.Payments/", fresh_aal2)        // the whole service
-///             .route("/bank.v1.Payments/ListPayments", Policy::new()), // but this method
+///             .route("/bank.v1.Payments/ListPayments", Policy::new()) // but this method
+///             .route("/bank.v1.Settlement/", Policy::services().require_scope("settle")),
 ///     )
 ///     .add_service(MyServiceServer::new(MyService))
 ///     .serve(addr)
@@ -84,6 +91,7 @@ impl VerifierLayer {
     /// its policy.
     pub fn route(mut self, route: impl Into<String>, policy: Policy) -> Self {
         let route = route.into();
+        warn_unless_accepted(&self.verifier, &route, &policy);
         let routes = Arc::make_mut(&mut self.routes);
         if route.ends_with('/') {
             routes.prefixes.retain(|(prefix, _)| *prefix != route);
@@ -100,6 +108,7 @@ impl VerifierLayer {
     /// The policy of every route no [`VerifierLayer::route`] names
     /// (initially [`Policy::default`]).
     pub fn default_policy(mut self, policy: Policy) -> Self {
+        warn_unless_accepted(&self.verifier, "(default)", &policy);
         Arc::make_mut(&mut self.routes).default = policy;
         self
     }
@@ -111,6 +120,22 @@ impl VerifierLayer {
         exempt.push(prefix.into());
         self.exempt = Arc::from(exempt);
         self
+    }
+}
+
+/// A policy naming an audience the verifier does not accept refuses every
+/// token: most likely a forgotten `with_additional_audience`, so say so
+/// when the layer is built rather than per request.
+fn warn_unless_accepted(verifier: &Verifier, route: &str, policy: &Policy) {
+    if let Some(audience) = policy.audience()
+        && !verifier.accepts_audience(audience)
+    {
+        tracing::error!(
+            route,
+            audience,
+            "this route requires an audience the verifier does not accept, so it refuses every token; \
+             add it with VerifierConfig::with_additional_audience"
+        );
     }
 }
 
@@ -166,12 +191,21 @@ where
         Box::pin(async move {
             let policy = routes.policy_for(request.uri().path());
             let verified = match bearer_token(request.headers()) {
-                Ok(token) => verifier.verify_with(token, policy).await,
+                Ok(token) => verifier.verify_caller(token, policy).await,
                 Err(refusal) => Err(refusal),
             };
             match verified {
-                Ok(claims) => {
-                    request.extensions_mut().insert(claims);
+                Ok(caller) => {
+                    let extensions = request.extensions_mut();
+                    // Only this token's kind may be found: nothing an outer
+                    // layer left under the other kind's type.
+                    extensions.remove::<Claims>();
+                    extensions.remove::<ServiceClaims>();
+                    match &caller {
+                        Caller::User(claims) => extensions.insert(claims.clone()).map(drop),
+                        Caller::Service(claims) => extensions.insert(claims.clone()).map(drop),
+                    };
+                    extensions.insert(caller);
                     ready.call(request).await
                 }
                 Err(refusal) => {

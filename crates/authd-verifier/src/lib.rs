@@ -86,7 +86,7 @@ mod token;
 mod verifier;
 mod watcher;
 
-pub use claims::Claims;
+pub use claims::{Caller, Claims, ServiceClaims};
 pub use config::{MAX_LEEWAY, OnStale, VerifierConfig};
 pub use error::{ERROR_DOMAIN, Revocation, StartError, VerifyError};
 pub use layer::{Verified, VerifierLayer, bearer_token};
