@@ -252,7 +252,7 @@ mod tests {
     use crate::claims::{Claims, unix_now};
     use crate::config::OnStale;
     use crate::policy::Acr;
-    use crate::test_keys::{TestKey, claims_json};
+    use crate::test_keys::{TestKey, claims_json, service_claims_json};
     use crate::verifier::test_shared;
 
     fn headers(values: &[&'static str]) -> HeaderMap {
@@ -388,6 +388,91 @@ mod tests {
         for path in ["/bank.Payments/List", "/bank.Keys/List", "/other.Api/Get"] {
             let ok = call(path).await.expect("infallible");
             assert_eq!(ok.body(), "user-1", "{path}");
+        }
+    }
+
+    /// An inner service that answers with what the layer put into the
+    /// extensions: `user:ID`, `service:NAME`, or `none`, and whether a
+    /// `Caller` came with it.
+    fn echo_caller()
+    -> impl Service<Request<()>, Response = Response<String>, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static {
+        service_fn(|request: Request<()>| async move {
+            let extensions = request.extensions();
+            let user = extensions
+                .get::<Claims>()
+                .map(|c| format!("user:{}", c.user_id()));
+            let service = extensions
+                .get::<ServiceClaims>()
+                .map(|c| format!("service:{}", c.client_id()));
+            let seen = match (user, service, extensions.get::<Caller>()) {
+                (Some(user), None, Some(Caller::User(_))) => user,
+                (None, Some(service), Some(Caller::Service(_))) => service,
+                (None, None, None) => "none".to_owned(),
+                _ => "inconsistent".to_owned(),
+            };
+            Ok::<_, Infallible>(Response::new(seen))
+        })
+    }
+
+    #[tokio::test]
+    async fn routes_admit_users_or_services_for_their_own_audience() {
+        let key = TestKey::ed25519();
+        let verifier = Verifier::without_tasks(test_shared(&key, OnStale::FailClosed));
+        verifier.shared().health.covered_from(UNIX_EPOCH, Instant::now());
+        let now = unix_now(SystemTime::now());
+        let user = key.sign(&claims_json(now, 900));
+        let service = key.sign(&service_claims_json(now, 300, "reports", "invoices.read"));
+        let admin_user = key.sign(&{
+            let mut c = claims_json(now, 900);
+            c["aud"] = "svc-admin".into();
+            c
+        });
+        let layer = VerifierLayer::new(verifier)
+            .route(
+                "/svc.Internal/",
+                Policy::services().require_scope("invoices.read"),
+            )
+            .route(
+                "/svc.Internal/Write",
+                Policy::services().require_scope("invoices.write"),
+            )
+            .route("/svc.Mixed/", Policy::new().allow_services())
+            .route("/svc.Admin/", Policy::new().require_audience("svc-admin"));
+        let service_fn = layer.layer(echo_caller());
+        let call = |path: &'static str, token: &str| {
+            service_fn
+                .clone()
+                .oneshot(request(path, Some(&format!("Bearer {token}"))))
+        };
+        // Path, token, then what the handler saw or the (code, reason) refused with.
+        type Expected<'a> = Result<&'a str, (&'a str, &'a str)>;
+        let cases: [(&str, &str, Expected); 10] = [
+            ("/svc.Api/Get", &user, Ok("user:user-1")),
+            ("/svc.Api/Get", &service, Err(("16", "TOKEN_INVALID"))),
+            ("/svc.Api/Get", &admin_user, Err(("16", "TOKEN_INVALID"))),
+            ("/svc.Internal/Read", &service, Ok("service:reports")),
+            ("/svc.Internal/Read", &user, Err(("16", "TOKEN_INVALID"))),
+            ("/svc.Internal/Write", &service, Err(("7", "MISSING_SCOPE"))),
+            ("/svc.Mixed/Get", &user, Ok("user:user-1")),
+            ("/svc.Mixed/Get", &service, Ok("service:reports")),
+            ("/svc.Admin/Get", &admin_user, Ok("user:user-1")),
+            ("/svc.Admin/Get", &user, Err(("16", "TOKEN_INVALID"))),
+        ];
+        for (path, token, expected) in cases {
+            let answer = call(path, token).await.expect("infallible");
+            match expected {
+                Ok(seen) => assert_eq!(answer.body(), seen, "{path}"),
+                Err((code, reason)) => {
+                    assert_eq!(answer.body(), "", "{path}: the inner service never ran");
+                    assert_eq!(grpc_status(&answer), Some(code), "{path}");
+                    let status = tonic::Status::from_header_map(answer.headers()).expect("a status");
+                    let info = tonic_types::StatusExt::get_details_error_info(&status).expect("an ErrorInfo");
+                    assert_eq!(info.reason, reason, "{path}");
+                }
+            }
         }
     }
 }
