@@ -12,7 +12,7 @@ pub const MAX_LEEWAY: Duration = authd_token_rules::Leeway::MAX.as_duration();
 
 /// What to do with a token while the verifier cannot vouch for its
 /// revocation state: the stream has been silent for longer than
-/// [`VerifierConfig::max_staleness`], it has not caught up yet (at start,
+/// [`VerifierConfig::with_max_staleness`], it has not caught up yet (at start,
 /// or after authd lost events it had not delivered), or the token is older
 /// than what the stream covers (authd no longer had revocations from a
 /// token lifetime ago, or sent one this version cannot read).
