@@ -361,6 +361,47 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_admits_its_kinds_for_its_audience_only() {
+        let user = Caller::User(test_claims("u", "s", T, &["pwd"], T));
+        let mut service_token = crate::test_keys::service_claims_json(T, 300, "reports", "a b");
+        service_token["aud"] = "svc".into();
+        let service = Caller::Service(ServiceClaims::from_token(
+            serde_json::from_value(service_token).expect("claims"),
+        ));
+        let cases = [
+            (Policy::new(), true, false),
+            (Policy::services(), false, true),
+            (Policy::new().allow_services(), true, true),
+            (Policy::services().allow_services(), false, true),
+        ];
+        for (policy, users, services) in cases {
+            let admitted = |caller: &Caller| policy.admit(caller, policy.admits(), "svc").is_ok();
+            assert_eq!(
+                (admitted(&user), admitted(&service)),
+                (users, services),
+                "{policy:?}"
+            );
+            assert_eq!(
+                policy.admit(&user, policy.admits(), "other"),
+                Err(VerifyError::Invalid),
+                "another default audience"
+            );
+        }
+        // The route's audience replaces the verifier's.
+        let own = Policy::new().require_audience("svc");
+        assert_eq!(own.admit(&user, own.admits(), "other"), Ok(()));
+        let elsewhere = Policy::new().allow_services().require_audience("other");
+        assert_eq!(
+            elsewhere.admit(&user, elsewhere.admits(), "svc"),
+            Err(VerifyError::Invalid)
+        );
+        assert_eq!(
+            elsewhere.admit(&service, elsewhere.admits(), "svc"),
+            Err(VerifyError::Invalid)
+        );
+    }
+
+    #[test]
     fn an_unknown_level_meets_no_requirement() {
         assert_eq!(Acr::parse("aal2"), Some(Acr::Aal2));
         assert_eq!(Acr::parse("aal9"), None);
