@@ -3,6 +3,7 @@
 //! and a real client. Revocations reach the service through
 //! WatchRevocations; nothing here waits for a token to expire.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -705,5 +706,120 @@ async fn an_account_that_must_enrol_a_second_factor_is_refused_except_where_allo
     assert_eq!(
         default.who_am_i(&enrolled.access_token).await.unwrap().user_id,
         user.id
+    );
+}
+
+/// The example service behind a verifier of `app`'s tokens for `audience`
+/// (and `additional` on the routes that ask for it), routed by `route`,
+/// once its stream has started.
+async fn service_for(
+    app: &TestApp,
+    audience: &str,
+    additional: &[&str],
+    route: impl FnOnce(VerifierLayer) -> VerifierLayer,
+) -> VerifiedService {
+    let key = app.service_key(&format!("{audience}-verifier"), &[WATCH]).await;
+    let config = additional.iter().fold(
+        VerifierConfig::new(&app.config.issuer, audience, key),
+        |config, extra| config.with_additional_audience(*extra),
+    );
+    let verifier = start_verifier(app.addr, config).await;
+    assert!(
+        verifier.wait_until_fresh(REFUSAL_WAIT).await,
+        "the revocation stream never started: {:?}",
+        verifier.status()
+    );
+    serve_layer(route(VerifierLayer::new(verifier.clone())), verifier).await
+}
+
+impl VerifiedService {
+    /// The response metadata the example service answered with.
+    async fn described(&self, access_token: &str) -> Result<HashMap<String, String>, Status> {
+        let request = with_bearer(
+            HealthCheckRequest {
+                service: String::new(),
+            },
+            access_token,
+        );
+        let response = self.client.clone().check(request).await?;
+        Ok(response
+            .metadata()
+            .iter()
+            .filter_map(|entry| match entry {
+                tonic::metadata::KeyAndValueRef::Ascii(key, value) if key.as_str().starts_with("x-") => {
+                    Some((key.as_str().to_owned(), value.to_str().unwrap().to_owned()))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// `claims` as authd signs them, with its key.
+fn signed_by(app: &TestApp, claims: &Value) -> String {
+    let kid = Key::from_pkcs8_pem(&app.signing_pem).unwrap().kid;
+    sign(&app.signing_pem, claims, &kid, Some("at+jwt"))
+}
+
+#[tokio::test]
+async fn tokens_authd_signs_for_billing_pass_only_there_and_a_logout_ends_the_users_not_the_services() {
+    let app = spawn_app().await;
+    let billing = service_for(&app, "billing", &[], |layer| {
+        layer.route(
+            verified_service::CHECK,
+            Policy::new().allow_services().require_scope("invoices.read"),
+        )
+    })
+    .await;
+    let authd_audience = fresh_service(&app, |c| c).await;
+    let (user, tokens) = app.signed_in_user().await;
+    // What token exchange and client credentials make, signed with authd's
+    // key: the user's token for billing with orders acting, and the
+    // reports service's own.
+    let mut exchanged = jwt_claims(&tokens.access_token);
+    exchanged["aud"] = "billing".into();
+    exchanged["client_id"] = "orders".into();
+    exchanged["act"] = serde_json::json!({"sub": "svc:orders"});
+    let exchanged = signed_by(&app, &exchanged);
+    let now = chrono::Utc::now().timestamp();
+    let own = signed_by(
+        &app,
+        &serde_json::json!({
+            "iss": app.config.issuer, "aud": "billing", "sub": "svc:reports", "client_id": "reports",
+            "scope": "invoices.read users.read", "iat": now, "nbf": now, "exp": now + 300,
+            "jti": uuid::Uuid::new_v4().to_string(),
+        }),
+    );
+
+    let seen = billing.described(&exchanged).await.unwrap();
+    assert_eq!(seen["x-user-id"], user.id);
+    assert_eq!(seen["x-actors"], "svc:orders");
+    assert_eq!(seen["x-client-id"], "orders");
+    assert_eq!(seen["x-audience"], "billing");
+    let seen = billing.described(&own).await.unwrap();
+    assert_eq!(seen["x-service"], "reports");
+    assert_eq!(seen["x-scopes"], "invoices.read,users.read");
+    assert!(!seen.contains_key("x-user-id"), "{seen:?}");
+    for token in [&exchanged, &own] {
+        assert_refusal(
+            &authd_audience.who_am_i(token).await.unwrap_err(),
+            Code::Unauthenticated,
+            "TOKEN_INVALID",
+        );
+    }
+    assert_refusal(
+        &billing.who_am_i(&tokens.access_token).await.unwrap_err(),
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+
+    app.logout(&tokens.refresh_token).await.unwrap();
+    let (status, took) = billing.refused_within(&exchanged, REFUSAL_WAIT).await;
+    assert_refusal(&status, Code::Unauthenticated, "SESSION_REVOKED");
+    println!("Logout answered → the token exchanged from it refused by the service in {took:?}");
+    assert_eq!(
+        billing.described(&own).await.unwrap()["x-service"],
+        "reports",
+        "no session: nothing on the stream ends a service's own token"
     );
 }
