@@ -12,7 +12,9 @@
 //! ```
 //!
 //! Settings (environment): `AUTHD_URL` (http://127.0.0.1:50051),
-//! `AUTHD_ISSUER` and `AUTHD_AUDIENCE` (authd's defaults: `authd`),
+//! `AUTHD_ISSUER` (authd's default: http://127.0.0.1:50051),
+//! `AUTHD_AUDIENCE` (the audience tokens must be for; authd's own by
+//! default, `authd`),
 //! `AUTHD_SERVICE_KEY` (required), `LISTEN` (127.0.0.1:50061),
 //! `REQUIRE_AAL2_WITHIN` (seconds; if set, Check requires a second factor
 //! proven that recently, and answers FAILED_PRECONDITION
@@ -148,7 +150,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let service_key = std::env::var("AUTHD_SERVICE_KEY")
         .map_err(|_| "AUTHD_SERVICE_KEY must hold a key with scope revocations.watch")?;
     let config = VerifierConfig::new(
-        setting("AUTHD_ISSUER", "authd"),
+        setting("AUTHD_ISSUER", "http://127.0.0.1:50051"),
         setting("AUTHD_AUDIENCE", "authd"),
         service_key,
     );
