@@ -3,6 +3,7 @@
 //! and a real client. Revocations reach the service through
 //! WatchRevocations; nothing here waits for a token to expire.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -706,4 +707,358 @@ async fn an_account_that_must_enrol_a_second_factor_is_refused_except_where_allo
         default.who_am_i(&enrolled.access_token).await.unwrap().user_id,
         user.id
     );
+}
+
+/// The example service behind a verifier of `app`'s tokens for `audience`
+/// (and `additional` on the routes that ask for it), routed by `route`,
+/// once its stream has started.
+async fn service_for(
+    app: &TestApp,
+    audience: &str,
+    additional: &[&str],
+    route: impl FnOnce(VerifierLayer) -> VerifierLayer,
+) -> VerifiedService {
+    let key = app.service_key(&format!("{audience}-verifier"), &[WATCH]).await;
+    let config = additional.iter().fold(
+        VerifierConfig::new(&app.config.issuer, audience, key),
+        |config, extra| config.with_additional_audience(*extra),
+    );
+    let verifier = start_verifier(app.addr, config).await;
+    assert!(
+        verifier.wait_until_fresh(REFUSAL_WAIT).await,
+        "the revocation stream never started: {:?}",
+        verifier.status()
+    );
+    serve_layer(route(VerifierLayer::new(verifier.clone())), verifier).await
+}
+
+impl VerifiedService {
+    /// The response metadata the example service answered with.
+    async fn described(&self, access_token: &str) -> Result<HashMap<String, String>, Status> {
+        let request = with_bearer(
+            HealthCheckRequest {
+                service: String::new(),
+            },
+            access_token,
+        );
+        let response = self.client.clone().check(request).await?;
+        Ok(response
+            .metadata()
+            .iter()
+            .filter_map(|entry| match entry {
+                tonic::metadata::KeyAndValueRef::Ascii(key, value) if key.as_str().starts_with("x-") => {
+                    Some((key.as_str().to_owned(), value.to_str().unwrap().to_owned()))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// `claims` as authd signs them, with its key.
+fn signed_by(app: &TestApp, claims: &Value) -> String {
+    let kid = Key::from_pkcs8_pem(&app.signing_pem).unwrap().kid;
+    sign(&app.signing_pem, claims, &kid, Some("at+jwt"))
+}
+
+#[tokio::test]
+async fn tokens_authd_signs_for_billing_pass_only_there_and_a_logout_ends_the_users_not_the_services() {
+    let app = spawn_app().await;
+    let billing = service_for(&app, "billing", &[], |layer| {
+        layer.route(
+            verified_service::CHECK,
+            Policy::new().allow_services().require_scope("invoices.read"),
+        )
+    })
+    .await;
+    let authd_audience = fresh_service(&app, |c| c).await;
+    let (user, tokens) = app.signed_in_user().await;
+    // What token exchange and client credentials make, signed with authd's
+    // key: the user's token for billing with orders acting, and the
+    // reports service's own.
+    let mut exchanged = jwt_claims(&tokens.access_token);
+    exchanged["aud"] = "billing".into();
+    exchanged["client_id"] = "orders".into();
+    exchanged["act"] = serde_json::json!({"sub": "svc:orders"});
+    let exchanged = signed_by(&app, &exchanged);
+    let now = chrono::Utc::now().timestamp();
+    let own = signed_by(
+        &app,
+        &serde_json::json!({
+            "iss": app.config.issuer, "aud": "billing", "sub": "svc:reports", "client_id": "reports",
+            "scope": "invoices.read users.read", "iat": now, "nbf": now, "exp": now + 300,
+            "jti": uuid::Uuid::new_v4().to_string(),
+        }),
+    );
+
+    let seen = billing.described(&exchanged).await.unwrap();
+    assert_eq!(seen["x-user-id"], user.id);
+    assert_eq!(seen["x-actors"], "svc:orders");
+    assert_eq!(seen["x-client-id"], "orders");
+    assert_eq!(seen["x-audience"], "billing");
+    let seen = billing.described(&own).await.unwrap();
+    assert_eq!(seen["x-service"], "reports");
+    assert_eq!(seen["x-scopes"], "invoices.read,users.read");
+    assert!(!seen.contains_key("x-user-id"), "{seen:?}");
+    for token in [&exchanged, &own] {
+        assert_refusal(
+            &authd_audience.who_am_i(token).await.unwrap_err(),
+            Code::Unauthenticated,
+            "TOKEN_INVALID",
+        );
+    }
+    assert_refusal(
+        &billing.who_am_i(&tokens.access_token).await.unwrap_err(),
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+
+    app.logout(&tokens.refresh_token).await.unwrap();
+    let (status, took) = billing.refused_within(&exchanged, REFUSAL_WAIT).await;
+    assert_refusal(&status, Code::Unauthenticated, "SESSION_REVOKED");
+    println!("Logout answered → the token exchanged from it refused by the service in {took:?}");
+    assert_eq!(
+        billing.described(&own).await.unwrap()["x-service"],
+        "reports",
+        "no session: nothing on the stream ends a service's own token"
+    );
+}
+
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const EXCHANGE: &str = "tokens.exchange";
+
+/// An authd that may mint tokens for `billing` and `billing-admin`.
+async fn spawn_app_for_billing() -> TestApp {
+    spawn_app_with(|c| c.audiences = vec!["billing".into(), "billing-admin".into()]).await
+}
+
+/// ExchangeToken as the service with `key` calls it.
+async fn exchange_token(
+    app: &TestApp,
+    key: &str,
+    request: authd::pb::auth::v1::ExchangeTokenRequest,
+) -> Result<String, Status> {
+    Ok(app
+        .client
+        .clone()
+        .exchange_token(with_bearer(request, key))
+        .await?
+        .into_inner()
+        .access_token)
+}
+
+/// `subject_token` exchanged by the service with `key` for `audience`.
+async fn exchanged_for(app: &TestApp, key: &str, subject_token: &str, audience: &str) -> String {
+    exchange_token(
+        app,
+        key,
+        authd::pb::auth::v1::ExchangeTokenRequest {
+            grant_type: TOKEN_EXCHANGE.into(),
+            audience: audience.into(),
+            subject_token: subject_token.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_exchanged_token_verifies_for_its_audience_with_its_actors_and_nowhere_else() {
+    let app = spawn_app_for_billing().await;
+    let orders = app.service_key("orders", &[EXCHANGE]).await;
+    let billing_key = app.service_key("billing", &[EXCHANGE]).await;
+    let billing = service_for(&app, "billing", &[], |layer| layer).await;
+    let authd_audience = fresh_service(&app, |c| c).await;
+    let (user, tokens) = app.signed_in_user().await;
+
+    let for_billing = exchanged_for(&app, &orders, &tokens.access_token, "billing").await;
+    let seen = billing.described(&for_billing).await.unwrap();
+    assert_eq!(seen["x-user-id"], user.id, "still the user's token");
+    assert_eq!(seen["x-session-id"], jwt_claims(&tokens.access_token)["sid"]);
+    assert_eq!(seen["x-actors"], "svc:orders", "orders calls for the user");
+    assert_eq!(seen["x-client-id"], "orders");
+    assert_eq!(seen["x-audience"], "billing");
+    let direct = authd_audience.described(&tokens.access_token).await.unwrap();
+    assert!(
+        !direct.contains_key("x-actors") && !direct.contains_key("x-client-id"),
+        "the user called: {direct:?}"
+    );
+
+    for (what, service, token) in [
+        (
+            "billing's token at a verifier for authd's audience",
+            &authd_audience,
+            &for_billing,
+        ),
+        ("the login's token at billing", &billing, &tokens.access_token),
+    ] {
+        let status = service.who_am_i(token).await.expect_err(what);
+        assert_refusal(&status, Code::Unauthenticated, "TOKEN_INVALID");
+    }
+
+    // Billing calls on for the user: the chain grows, the current actor first.
+    let for_admin = exchanged_for(&app, &billing_key, &for_billing, "billing-admin").await;
+    let admin = service_for(&app, "billing", &["billing-admin"], |layer| {
+        layer.route(
+            verified_service::CHECK,
+            Policy::new().require_audience("billing-admin"),
+        )
+    })
+    .await;
+    let seen = admin.described(&for_admin).await.unwrap();
+    assert_eq!(seen["x-actors"], "svc:billing,svc:orders");
+    assert_eq!(seen["x-client-id"], "billing");
+    assert_eq!(seen["x-audience"], "billing-admin");
+    assert_refusal(
+        &admin.who_am_i(&for_billing).await.unwrap_err(),
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+    assert_refusal(
+        &billing.who_am_i(&for_admin).await.unwrap_err(),
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+}
+
+#[tokio::test]
+async fn a_logout_ends_the_exchanged_token_at_the_verifier_within_the_revocation_bound() {
+    let app = spawn_app_for_billing().await;
+    let orders = app.service_key("orders", &[EXCHANGE]).await;
+    let billing = service_for(&app, "billing", &[], |layer| layer).await;
+    let (_, tokens) = app.signed_in_user().await;
+    let for_billing = exchanged_for(&app, &orders, &tokens.access_token, "billing").await;
+    assert_eq!(
+        jwt_claims(&for_billing)["sid"],
+        jwt_claims(&tokens.access_token)["sid"],
+        "the exchanged token keeps the session"
+    );
+    billing.who_am_i(&for_billing).await.unwrap();
+
+    app.logout(&tokens.refresh_token).await.unwrap();
+    let (status, took) = billing.refused_within(&for_billing, REFUSAL_WAIT).await;
+    assert_refusal(&status, Code::Unauthenticated, "SESSION_REVOKED");
+    println!("Logout answered → exchanged token refused by the service in {took:?}");
+}
+
+#[tokio::test]
+async fn a_client_credentials_token_verifies_as_the_services_own_with_its_scopes() {
+    let app = spawn_app_for_billing().await;
+    let reports = app.service_key("reports", &[EXCHANGE, INTROSPECT]).await;
+    let services_only = service_for(&app, "billing", &[], |layer| {
+        layer.route(
+            verified_service::CHECK,
+            Policy::services().require_scope(EXCHANGE),
+        )
+    })
+    .await;
+    let users_only = service_for(&app, "billing", &[], |layer| layer).await;
+    let wants_introspect = service_for(&app, "billing", &[], |layer| {
+        layer.route(
+            verified_service::CHECK,
+            Policy::new().allow_services().require_scope(INTROSPECT),
+        )
+    })
+    .await;
+    let client_credentials = |scope: &str| authd::pb::auth::v1::ExchangeTokenRequest {
+        grant_type: "client_credentials".into(),
+        audience: "billing".into(),
+        scope: scope.into(),
+        ..Default::default()
+    };
+    let narrowed = exchange_token(&app, &reports, client_credentials(EXCHANGE))
+        .await
+        .unwrap();
+    let all = exchange_token(&app, &reports, client_credentials(""))
+        .await
+        .unwrap();
+
+    let seen = services_only.described(&narrowed).await.unwrap();
+    assert_eq!(seen["x-service"], "reports");
+    assert_eq!(seen["x-scopes"], EXCHANGE);
+    assert_eq!(seen["x-audience"], "billing");
+    assert!(!seen.contains_key("x-user-id"), "no user: {seen:?}");
+    let seen = wants_introspect.described(&all).await.unwrap();
+    let mut scopes: Vec<&str> = seen["x-scopes"].split(',').collect();
+    scopes.sort_unstable();
+    assert_eq!(scopes, [EXCHANGE, INTROSPECT]);
+
+    assert_refusal(
+        &wants_introspect.who_am_i(&narrowed).await.unwrap_err(),
+        Code::PermissionDenied,
+        "MISSING_SCOPE",
+    );
+    assert_refusal(
+        &users_only.who_am_i(&narrowed).await.unwrap_err(),
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+    let (_, tokens) = app.signed_in_user().await;
+    let orders = app.service_key("orders", &[EXCHANGE]).await;
+    let users_token = exchanged_for(&app, &orders, &tokens.access_token, "billing").await;
+    assert_refusal(
+        &services_only.who_am_i(&users_token).await.unwrap_err(),
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+    assert!(users_only.who_am_i(&users_token).await.is_ok());
+    let own_audience = exchange_token(
+        &app,
+        &reports,
+        authd::pb::auth::v1::ExchangeTokenRequest {
+            grant_type: "client_credentials".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_refusal(
+        &services_only.who_am_i(&own_audience).await.unwrap_err(),
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+}
+
+#[tokio::test]
+async fn an_impersonating_token_names_its_actor_proves_nothing_and_ends_with_the_account() {
+    let app = spawn_app_for_billing().await;
+    let support = app.service_key("support", &["users.impersonate"]).await;
+    let billing = service_for(&app, "billing", &[], |layer| layer).await;
+    let recent_proof = service_for(&app, "billing", &[], |layer| {
+        layer.route(
+            verified_service::CHECK,
+            Policy::new().max_age(Duration::from_secs(600)),
+        )
+    })
+    .await;
+    let (user, _) = app.signed_in_user().await;
+    let impersonating = exchange_token(
+        &app,
+        &support,
+        authd::pb::auth::v1::ExchangeTokenRequest {
+            grant_type: TOKEN_EXCHANGE.into(),
+            audience: "billing".into(),
+            requested_subject: user.id.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    let seen = billing.described(&impersonating).await.unwrap();
+    assert_eq!(seen["x-user-id"], user.id);
+    assert_eq!(seen["x-actors"], "svc:support", "support acts as the user");
+    assert_eq!((seen["x-amr"].as_str(), seen["x-auth-time"].as_str()), ("", "0"));
+    assert_refusal(
+        &recent_proof.who_am_i(&impersonating).await.unwrap_err(),
+        Code::FailedPrecondition,
+        "REAUTHENTICATION_REQUIRED",
+    );
+
+    let admin_key = app.service_key("account-admin", &["users.write"]).await;
+    crate::admin::disable(&app, &admin_key, &user.id).await.unwrap();
+    let (status, took) = billing.refused_within(&impersonating, REFUSAL_WAIT).await;
+    assert_refusal(&status, Code::Unauthenticated, "SESSION_REVOKED");
+    println!("DisableUser answered → impersonating token refused by the service in {took:?}");
 }

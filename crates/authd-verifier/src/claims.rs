@@ -1,12 +1,60 @@
-//! What a verified access token says, as handlers see it.
+//! What a verified access token says, as handlers see it: a user's token
+//! ([`Claims`]) or a service's ([`ServiceClaims`]), two types that cannot
+//! stand in for each other, and [`Caller`] for a route that admits both.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use authd_token_rules::UserAccess;
+use authd_token_rules::{ServiceAccess, UserAccess};
 
-/// The verified claims of an access token. The layer puts them into the
-/// request's extensions: `request.extensions().get::<Claims>()`.
+/// Who a verified token speaks for. The layer puts it into the request's
+/// extensions, next to the [`Claims`] or the [`ServiceClaims`] it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A user's token: from their login, or exchanged by a service calling
+    /// on their behalf (see [`Claims::actors`]).
+    User(Claims),
+    /// A service account's own token (client credentials): no user, no
+    /// session.
+    Service(ServiceClaims),
+}
+
+impl Caller {
+    /// The user's claims, if a user's token.
+    pub fn user(&self) -> Option<&Claims> {
+        match self {
+            Caller::User(claims) => Some(claims),
+            Caller::Service(_) => None,
+        }
+    }
+
+    /// The service's claims, if a service's own token.
+    pub fn service(&self) -> Option<&ServiceClaims> {
+        match self {
+            Caller::User(_) => None,
+            Caller::Service(claims) => Some(claims),
+        }
+    }
+
+    /// The token's `aud`.
+    pub fn audience(&self) -> &str {
+        match self {
+            Caller::User(claims) => claims.audience(),
+            Caller::Service(claims) => claims.audience(),
+        }
+    }
+
+    pub(crate) fn exp_secs(&self) -> i64 {
+        match self {
+            Caller::User(claims) => claims.exp_secs(),
+            Caller::Service(claims) => claims.0.expires_at,
+        }
+    }
+}
+
+/// The verified claims of a user's access token. The layer puts them into
+/// the request's extensions: `request.extensions().get::<Claims>()`. A
+/// service's own token never yields them (see [`ServiceClaims`]).
 ///
 /// Cheap to clone (shared inside).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +62,9 @@ pub struct Claims(Arc<ClaimsData>);
 
 #[derive(Debug, PartialEq, Eq)]
 struct ClaimsData {
+    audience: String,
+    client_id: Option<String>,
+    actors: Vec<String>,
     user_id: String,
     session_id: String,
     roles: Vec<String>,
@@ -34,10 +85,18 @@ impl Claims {
         let amr = token.methods().into_iter().map(str::to_owned).collect();
         let acr = token.level().to_owned();
         let auth_time = token.proven_at();
+        let actors = token
+            .act
+            .as_ref()
+            .map(|act| act.chain().into_iter().map(str::to_owned).collect())
+            .unwrap_or_default();
         Self(Arc::new(ClaimsData {
             amr,
             acr,
             auth_time,
+            actors,
+            audience: token.aud,
+            client_id: token.client_id,
             user_id: token.sub,
             session_id: token.sid,
             roles: token.roles,
@@ -56,6 +115,33 @@ impl Claims {
     /// The session the token belongs to (`sid`, a UUID).
     pub fn session_id(&self) -> &str {
         &self.0.session_id
+    }
+
+    /// The service the token was minted for (`aud`).
+    pub fn audience(&self) -> &str {
+        &self.0.audience
+    }
+
+    /// The services acting for the user (RFC 8693 `act`), the one calling
+    /// now first, then the one that called it, and so on: each a `sub`,
+    /// `svc:NAME`. Empty when the user called with the token of their own
+    /// login; `["svc:orders"]` when the orders service exchanged the
+    /// user's token to call this one on their behalf; `["svc:billing",
+    /// "svc:orders"]` when billing exchanged that token again.
+    pub fn actors(&self) -> &[String] {
+        &self.0.actors
+    }
+
+    /// The service acting for the user now ([`Claims::actors`]' first),
+    /// `None` when the user called themselves.
+    pub fn actor(&self) -> Option<&str> {
+        self.0.actors.first().map(String::as_str)
+    }
+
+    /// The service that exchanged the token (RFC 9068 `client_id`, the
+    /// account's name), `None` on a token from the user's login.
+    pub fn client_id(&self) -> Option<&str> {
+        self.0.client_id.as_deref()
     }
 
     /// The account's roles when the token was issued (`roles`).
@@ -123,6 +209,84 @@ impl Claims {
 
     pub(crate) fn exp_secs(&self) -> i64 {
         self.0.expires_at
+    }
+}
+
+/// The verified claims of a service account's own access token (client
+/// credentials: `sub` `svc:NAME`, `client_id`, `scope`, no `sid`). It
+/// speaks for the service, never for a user, and has no session, so the
+/// revocation stream cannot end it: it is valid until its `exp` (authd's
+/// `AUTHD_SERVICE_TOKEN_TTL`, 5 minutes by default), even if the key that
+/// obtained it is deleted meanwhile.
+///
+/// Cheap to clone (shared inside).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceClaims(Arc<ServiceData>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct ServiceData {
+    client_id: String,
+    audience: String,
+    scopes: Vec<String>,
+    issued_at: i64,
+    expires_at: i64,
+    token_id: String,
+    key_id: String,
+}
+
+impl ServiceClaims {
+    pub(crate) fn from_token(token: ServiceAccess) -> Self {
+        Self(Arc::new(ServiceData {
+            scopes: token.scope.split_ascii_whitespace().map(str::to_owned).collect(),
+            client_id: token.client_id,
+            audience: token.aud,
+            issued_at: token.iat,
+            expires_at: token.exp,
+            token_id: token.jti,
+            key_id: token.key_id,
+        }))
+    }
+
+    /// The service account's name (`client_id`; `sub` is `svc:` and it).
+    pub fn client_id(&self) -> &str {
+        &self.0.client_id
+    }
+
+    /// The service the token was minted for (`aud`).
+    pub fn audience(&self) -> &str {
+        &self.0.audience
+    }
+
+    /// The scopes the token grants (`scope`, space-separated in the token):
+    /// the account's, or fewer if the service asked for fewer.
+    pub fn scopes(&self) -> &[String] {
+        &self.0.scopes
+    }
+
+    /// Whether `scope` is among [`ServiceClaims::scopes`].
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.0.scopes.iter().any(|s| s == scope)
+    }
+
+    /// When the token was issued (`iat`).
+    pub fn issued_at(&self) -> SystemTime {
+        unix_time(self.0.issued_at)
+    }
+
+    /// When the token expires (`exp`).
+    pub fn expires_at(&self) -> SystemTime {
+        unix_time(self.0.expires_at)
+    }
+
+    /// The token's own id (`jti`); empty if it has none.
+    pub fn token_id(&self) -> &str {
+        &self.0.token_id
+    }
+
+    /// The id of the service key that obtained the token (`key_id`); empty
+    /// if it has none.
+    pub fn key_id(&self) -> &str {
+        &self.0.key_id
     }
 }
 

@@ -12,7 +12,7 @@ pub const MAX_LEEWAY: Duration = authd_token_rules::Leeway::MAX.as_duration();
 
 /// What to do with a token while the verifier cannot vouch for its
 /// revocation state: the stream has been silent for longer than
-/// [`VerifierConfig::max_staleness`], it has not caught up yet (at start,
+/// [`VerifierConfig::with_max_staleness`], it has not caught up yet (at start,
 /// or after authd lost events it had not delivered), or the token is older
 /// than what the stream covers (authd no longer had revocations from a
 /// token lifetime ago, or sent one this version cannot read).
@@ -37,11 +37,13 @@ pub enum OnStale {
 pub struct VerifierConfig {
     pub(crate) issuer: String,
     pub(crate) audience: String,
+    pub(crate) additional_audiences: Vec<String>,
     pub(crate) service_key: String,
     pub(crate) max_staleness: Duration,
     pub(crate) on_stale: OnStale,
     pub(crate) leeway: Duration,
     pub(crate) max_token_lifetime: Duration,
+    pub(crate) max_service_token_lifetime: Duration,
     pub(crate) jwks_refetch_interval: Duration,
     pub(crate) jwks_refresh_interval: Duration,
     pub(crate) call_timeout: Duration,
@@ -53,11 +55,13 @@ impl fmt::Debug for VerifierConfig {
         f.debug_struct("VerifierConfig")
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("additional_audiences", &self.additional_audiences)
             .field("service_key", &"<redacted>")
             .field("max_staleness", &self.max_staleness)
             .field("on_stale", &self.on_stale)
             .field("leeway", &self.leeway)
             .field("max_token_lifetime", &self.max_token_lifetime)
+            .field("max_service_token_lifetime", &self.max_service_token_lifetime)
             .field("jwks_refetch_interval", &self.jwks_refetch_interval)
             .field("jwks_refresh_interval", &self.jwks_refresh_interval)
             .field("call_timeout", &self.call_timeout)
@@ -66,13 +70,18 @@ impl fmt::Debug for VerifierConfig {
 }
 
 impl VerifierConfig {
-    /// Accept tokens whose `iss` is `issuer` and whose `aud` names
-    /// `audience` (authd's `AUTHD_ISSUER` and `AUTHD_AUDIENCE`), and follow
-    /// revocations with `service_key` (`sk_…`, scope `revocations.watch`).
+    /// Accept tokens whose `iss` is `issuer` and whose `aud` is `audience`
+    /// (authd's `AUTHD_ISSUER`, and one of its `AUTHD_AUDIENCES`: its own,
+    /// the first, for the tokens of users' logins, or this service's name
+    /// for tokens exchanged or minted for it), and follow revocations with
+    /// `service_key` (`sk_…`, scope `revocations.watch`). `audience` is
+    /// every route's unless its [`Policy`](crate::Policy) names another of
+    /// [`VerifierConfig::with_additional_audience`].
     ///
     /// Defaults: `max_staleness` 10 s, [`OnStale::FailClosed`], leeway 5 s
     /// (authd's), `max_token_lifetime` 15 min (authd's
-    /// `AUTHD_ACCESS_TOKEN_TTL`), an unknown `kid` refetches the keys at
+    /// `AUTHD_ACCESS_TOKEN_TTL`), `max_service_token_lifetime` 5 min
+    /// (authd's `AUTHD_SERVICE_TOKEN_TTL`), an unknown `kid` refetches the keys at
     /// most every 10 s, the keys are refreshed every 5 min, and calls to
     /// authd made on a request's behalf (GetJwks, IntrospectToken) give up
     /// after 2 s.
@@ -84,15 +93,38 @@ impl VerifierConfig {
         Self {
             issuer: issuer.into(),
             audience: audience.into(),
+            additional_audiences: Vec::new(),
             service_key: service_key.into(),
             max_staleness: Duration::from_secs(10),
             on_stale: OnStale::FailClosed,
             leeway: Duration::from_secs(5),
             max_token_lifetime: Duration::from_secs(15 * 60),
+            max_service_token_lifetime: Duration::from_secs(5 * 60),
             jwks_refetch_interval: Duration::from_secs(10),
             jwks_refresh_interval: Duration::from_secs(5 * 60),
             call_timeout: Duration::from_secs(2),
         }
+    }
+
+    /// Also accept tokens for `audience`, on the routes whose
+    /// [`Policy::require_audience`](crate::Policy::require_audience) names
+    /// it (a service that is `billing` on most routes and `billing-admin`
+    /// on a few). Repeatable. A route without such a policy still accepts
+    /// only the audience of [`VerifierConfig::new`].
+    pub fn with_additional_audience(mut self, audience: impl Into<String>) -> Self {
+        let audience = audience.into();
+        if audience != self.audience && !self.additional_audiences.contains(&audience) {
+            self.additional_audiences.push(audience);
+        }
+        self
+    }
+
+    /// Every audience a token may name here: that of
+    /// [`VerifierConfig::new`] first, then the additional ones.
+    pub(crate) fn audiences(&self) -> Vec<&str> {
+        std::iter::once(self.audience.as_str())
+            .chain(self.additional_audiences.iter().map(String::as_str))
+            .collect()
     }
 
     /// How long the revocation stream may stay silent (no event, no
@@ -126,6 +158,16 @@ impl VerifierConfig {
     /// have been forgotten before it expires.
     pub fn with_max_token_lifetime(mut self, lifetime: Duration) -> Self {
         self.max_token_lifetime = lifetime;
+        self
+    }
+
+    /// The longest lifetime (`exp - iat`) of a service's own token: authd's
+    /// `AUTHD_SERVICE_TOKEN_TTL`. Nothing but its expiry ends such a token
+    /// at a verifier (it has no session for the revocation stream to end),
+    /// so this bounds how long a service token stays good after its key
+    /// is deleted; a token claiming a longer lifetime is refused.
+    pub fn with_max_service_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.max_service_token_lifetime = lifetime;
         self
     }
 
@@ -172,8 +214,8 @@ impl VerifierConfig {
     pub(crate) fn validate(&self) -> Result<(), StartError> {
         let problem = if self.issuer.is_empty() {
             "the issuer is empty"
-        } else if self.audience.is_empty() {
-            "the audience is empty"
+        } else if self.audiences().iter().any(|a| a.is_empty()) {
+            "an audience is empty"
         } else if self.service_key.is_empty() {
             "the service key is empty"
         } else if self.leeway > MAX_LEEWAY {
@@ -182,6 +224,8 @@ impl VerifierConfig {
             "max_staleness is zero"
         } else if self.max_token_lifetime.is_zero() {
             "max_token_lifetime is zero"
+        } else if self.max_service_token_lifetime.is_zero() {
+            "max_service_token_lifetime is zero"
         } else if self.call_timeout.is_zero() {
             "call_timeout is zero"
         } else if self.jwks_refresh_interval.is_zero() {
@@ -208,6 +252,16 @@ mod tests {
     }
 
     #[test]
+    fn the_first_audience_is_the_default_and_additional_ones_are_listed_once() {
+        let config = VerifierConfig::new("iss", "billing", "sk_x")
+            .with_additional_audience("billing-admin")
+            .with_additional_audience("billing")
+            .with_additional_audience("billing-admin");
+        assert_eq!(config.audiences(), ["billing", "billing-admin"]);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
     fn a_leeway_over_thirty_seconds_and_empty_names_are_refused() {
         let base = VerifierConfig::new("iss", "aud", "sk_x");
         assert!(base.clone().with_leeway(MAX_LEEWAY).validate().is_ok());
@@ -220,6 +274,13 @@ mod tests {
         assert!(VerifierConfig::new("", "aud", "sk_x").validate().is_err());
         assert!(VerifierConfig::new("iss", "", "sk_x").validate().is_err());
         assert!(VerifierConfig::new("iss", "aud", "").validate().is_err());
+        assert!(base.clone().with_additional_audience("").validate().is_err());
+        assert!(
+            base.clone()
+                .with_max_service_token_lifetime(Duration::ZERO)
+                .validate()
+                .is_err()
+        );
         assert!(base.with_max_staleness(Duration::ZERO).validate().is_err());
     }
 }

@@ -17,9 +17,11 @@ pub enum VerifyError {
     /// No `authorization: Bearer` header (UNAUTHENTICATED `TOKEN_MISSING`).
     #[error("missing bearer token")]
     Missing,
-    /// Not an access token of this issuer for this audience: malformed,
-    /// bad signature, unknown key, wrong `typ`, `iss` or `aud`, not yet
-    /// valid, or a lifetime longer than configured (UNAUTHENTICATED
+    /// Not an access token of this issuer for this route: malformed, bad
+    /// signature, unknown key, wrong `typ` or `iss`, an `aud` other than
+    /// the route's, not yet valid, a lifetime longer than configured, or a
+    /// kind of token the route does not admit (a service's own token where
+    /// a user's is required, or the other way round) (UNAUTHENTICATED
     /// `TOKEN_INVALID`).
     #[error("invalid bearer token")]
     Invalid,
@@ -49,6 +51,11 @@ pub enum VerifyError {
     /// else (FAILED_PRECONDITION `MFA_ENROLLMENT_REQUIRED`).
     #[error("a second factor must be enrolled first")]
     MfaEnrollmentRequired,
+    /// A valid service token without a scope the route's
+    /// [`Policy`](crate::Policy) requires (PERMISSION_DENIED
+    /// `MISSING_SCOPE`).
+    #[error("the service token lacks a required scope")]
+    MissingScope,
 }
 
 /// What ended a token's validity before its expiry.
@@ -80,6 +87,7 @@ impl VerifyError {
     pub fn code(&self) -> Code {
         match self {
             VerifyError::Unavailable => Code::Unavailable,
+            VerifyError::MissingScope => Code::PermissionDenied,
             VerifyError::ReauthenticationRequired { .. } | VerifyError::MfaEnrollmentRequired => {
                 Code::FailedPrecondition
             }
@@ -97,6 +105,7 @@ impl VerifyError {
             VerifyError::Unavailable => "UNAVAILABLE",
             VerifyError::ReauthenticationRequired { .. } => "REAUTHENTICATION_REQUIRED",
             VerifyError::MfaEnrollmentRequired => "MFA_ENROLLMENT_REQUIRED",
+            VerifyError::MissingScope => "MISSING_SCOPE",
         }
     }
 
@@ -113,6 +122,7 @@ impl VerifyError {
                 "a more recent or stronger proof of identity is required: step up and retry"
             }
             VerifyError::MfaEnrollmentRequired => "a second factor must be enrolled first",
+            VerifyError::MissingScope => "the service token lacks a scope this call requires",
         }
     }
 
@@ -176,6 +186,7 @@ mod tests {
                 Code::FailedPrecondition,
                 "MFA_ENROLLMENT_REQUIRED",
             ),
+            (VerifyError::MissingScope, Code::PermissionDenied, "MISSING_SCOPE"),
         ];
         for (error, code, reason) in cases {
             let status = error.to_status();

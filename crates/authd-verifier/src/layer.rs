@@ -10,19 +10,25 @@ use std::task::{Context, Poll};
 use http::{HeaderMap, Request, Response};
 use tower::{Layer, Service};
 
+use crate::claims::{Caller, Claims, ServiceClaims};
 use crate::error::VerifyError;
 use crate::policy::Policy;
 use crate::verifier::Verifier;
 
 /// Verifies the `authorization: Bearer <access token>` of every request,
-/// and what the request's route requires of it ([`Policy`]). On success
-/// the token's [`Claims`](crate::Claims) go into the request's extensions
-/// and the inner service is called; on failure the layer answers with the
-/// gRPC error itself (UNAUTHENTICATED with `ErrorInfo` reason
-/// `TOKEN_MISSING`, `TOKEN_INVALID`, `TOKEN_EXPIRED` or `SESSION_REVOKED`;
+/// and what the request's route requires of it ([`Policy`]: the kind of
+/// token, its audience, its assurance or scopes). On success the
+/// [`Caller`] goes into the request's extensions, and with it the
+/// [`Claims`](crate::Claims) of a user's token or the
+/// [`ServiceClaims`](crate::ServiceClaims) of a service's own, and the
+/// inner service is called; on failure the layer answers with the gRPC
+/// error itself (UNAUTHENTICATED with `ErrorInfo` reason `TOKEN_MISSING`,
+/// `TOKEN_INVALID`, `TOKEN_EXPIRED` or `SESSION_REVOKED`;
 /// FAILED_PRECONDITION `REAUTHENTICATION_REQUIRED` or
-/// `MFA_ENROLLMENT_REQUIRED`; or UNAVAILABLE) and the inner service never
-/// sees the request.
+/// `MFA_ENROLLMENT_REQUIRED`; PERMISSION_DENIED `MISSING_SCOPE`; or
+/// UNAVAILABLE) and the inner service never sees the request. A handler
+/// that reads `Claims` therefore never runs for a service's own token, and
+/// one that reads `ServiceClaims` never for a user's.
 ///
 /// ```ignore
 /// let fresh_aal2 = Policy::new().require_acr(Acr::Aal2).max_age(Duration::from_secs(600));
@@ -31,7 +37,8 @@ use crate::verifier::Verifier;
 ///         VerifierLayer::new(verifier)
 ///             .exempt_prefix("/grpc.health.v1.Health/")
 ///             .route("/bank.v1.Payments/", fresh_aal2)        // the whole service
-///             .route("/bank.v1.Payments/ListPayments", Policy::new()), // but this method
+///             .route("/bank.v1.Payments/ListPayments", Policy::new()) // but this method
+///             .route("/bank.v1.Settlement/", Policy::services().require_scope("settle")),
 ///     )
 ///     .add_service(MyServiceServer::new(MyService))
 ///     .serve(addr)
@@ -84,6 +91,7 @@ impl VerifierLayer {
     /// its policy.
     pub fn route(mut self, route: impl Into<String>, policy: Policy) -> Self {
         let route = route.into();
+        warn_unless_accepted(&self.verifier, &route, &policy);
         let routes = Arc::make_mut(&mut self.routes);
         if route.ends_with('/') {
             routes.prefixes.retain(|(prefix, _)| *prefix != route);
@@ -100,6 +108,7 @@ impl VerifierLayer {
     /// The policy of every route no [`VerifierLayer::route`] names
     /// (initially [`Policy::default`]).
     pub fn default_policy(mut self, policy: Policy) -> Self {
+        warn_unless_accepted(&self.verifier, "(default)", &policy);
         Arc::make_mut(&mut self.routes).default = policy;
         self
     }
@@ -111,6 +120,22 @@ impl VerifierLayer {
         exempt.push(prefix.into());
         self.exempt = Arc::from(exempt);
         self
+    }
+}
+
+/// A policy naming an audience the verifier does not accept refuses every
+/// token: most likely a forgotten `with_additional_audience`, so say so
+/// when the layer is built rather than per request.
+fn warn_unless_accepted(verifier: &Verifier, route: &str, policy: &Policy) {
+    if let Some(audience) = policy.audience()
+        && !verifier.accepts_audience(audience)
+    {
+        tracing::error!(
+            route,
+            audience,
+            "this route requires an audience the verifier does not accept, so it refuses every token; \
+             add it with VerifierConfig::with_additional_audience"
+        );
     }
 }
 
@@ -166,12 +191,21 @@ where
         Box::pin(async move {
             let policy = routes.policy_for(request.uri().path());
             let verified = match bearer_token(request.headers()) {
-                Ok(token) => verifier.verify_with(token, policy).await,
+                Ok(token) => verifier.verify_caller(token, policy).await,
                 Err(refusal) => Err(refusal),
             };
             match verified {
-                Ok(claims) => {
-                    request.extensions_mut().insert(claims);
+                Ok(caller) => {
+                    let extensions = request.extensions_mut();
+                    // Only this token's kind may be found: nothing an outer
+                    // layer left under the other kind's type.
+                    extensions.remove::<Claims>();
+                    extensions.remove::<ServiceClaims>();
+                    match &caller {
+                        Caller::User(claims) => extensions.insert(claims.clone()).map(drop),
+                        Caller::Service(claims) => extensions.insert(claims.clone()).map(drop),
+                    };
+                    extensions.insert(caller);
                     ready.call(request).await
                 }
                 Err(refusal) => {
@@ -218,7 +252,7 @@ mod tests {
     use crate::claims::{Claims, unix_now};
     use crate::config::OnStale;
     use crate::policy::Acr;
-    use crate::test_keys::{TestKey, claims_json};
+    use crate::test_keys::{TestKey, claims_json, service_claims_json};
     use crate::verifier::test_shared;
 
     fn headers(values: &[&'static str]) -> HeaderMap {
@@ -354,6 +388,91 @@ mod tests {
         for path in ["/bank.Payments/List", "/bank.Keys/List", "/other.Api/Get"] {
             let ok = call(path).await.expect("infallible");
             assert_eq!(ok.body(), "user-1", "{path}");
+        }
+    }
+
+    /// An inner service that answers with what the layer put into the
+    /// extensions: `user:ID`, `service:NAME`, or `none`, and whether a
+    /// `Caller` came with it.
+    fn echo_caller()
+    -> impl Service<Request<()>, Response = Response<String>, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static {
+        service_fn(|request: Request<()>| async move {
+            let extensions = request.extensions();
+            let user = extensions
+                .get::<Claims>()
+                .map(|c| format!("user:{}", c.user_id()));
+            let service = extensions
+                .get::<ServiceClaims>()
+                .map(|c| format!("service:{}", c.client_id()));
+            let seen = match (user, service, extensions.get::<Caller>()) {
+                (Some(user), None, Some(Caller::User(_))) => user,
+                (None, Some(service), Some(Caller::Service(_))) => service,
+                (None, None, None) => "none".to_owned(),
+                _ => "inconsistent".to_owned(),
+            };
+            Ok::<_, Infallible>(Response::new(seen))
+        })
+    }
+
+    #[tokio::test]
+    async fn routes_admit_users_or_services_for_their_own_audience() {
+        let key = TestKey::ed25519();
+        let verifier = Verifier::without_tasks(test_shared(&key, OnStale::FailClosed));
+        verifier.shared().health.covered_from(UNIX_EPOCH, Instant::now());
+        let now = unix_now(SystemTime::now());
+        let user = key.sign(&claims_json(now, 900));
+        let service = key.sign(&service_claims_json(now, 300, "reports", "invoices.read"));
+        let admin_user = key.sign(&{
+            let mut c = claims_json(now, 900);
+            c["aud"] = "svc-admin".into();
+            c
+        });
+        let layer = VerifierLayer::new(verifier)
+            .route(
+                "/svc.Internal/",
+                Policy::services().require_scope("invoices.read"),
+            )
+            .route(
+                "/svc.Internal/Write",
+                Policy::services().require_scope("invoices.write"),
+            )
+            .route("/svc.Mixed/", Policy::new().allow_services())
+            .route("/svc.Admin/", Policy::new().require_audience("svc-admin"));
+        let service_fn = layer.layer(echo_caller());
+        let call = |path: &'static str, token: &str| {
+            service_fn
+                .clone()
+                .oneshot(request(path, Some(&format!("Bearer {token}"))))
+        };
+        // Path, token, then what the handler saw or the (code, reason) refused with.
+        type Expected<'a> = Result<&'a str, (&'a str, &'a str)>;
+        let cases: [(&str, &str, Expected); 10] = [
+            ("/svc.Api/Get", &user, Ok("user:user-1")),
+            ("/svc.Api/Get", &service, Err(("16", "TOKEN_INVALID"))),
+            ("/svc.Api/Get", &admin_user, Err(("16", "TOKEN_INVALID"))),
+            ("/svc.Internal/Read", &service, Ok("service:reports")),
+            ("/svc.Internal/Read", &user, Err(("16", "TOKEN_INVALID"))),
+            ("/svc.Internal/Write", &service, Err(("7", "MISSING_SCOPE"))),
+            ("/svc.Mixed/Get", &user, Ok("user:user-1")),
+            ("/svc.Mixed/Get", &service, Ok("service:reports")),
+            ("/svc.Admin/Get", &admin_user, Ok("user:user-1")),
+            ("/svc.Admin/Get", &user, Err(("16", "TOKEN_INVALID"))),
+        ];
+        for (path, token, expected) in cases {
+            let answer = call(path, token).await.expect("infallible");
+            match expected {
+                Ok(seen) => assert_eq!(answer.body(), seen, "{path}"),
+                Err((code, reason)) => {
+                    assert_eq!(answer.body(), "", "{path}: the inner service never ran");
+                    assert_eq!(grpc_status(&answer), Some(code), "{path}");
+                    let status = tonic::Status::from_header_map(answer.headers()).expect("a status");
+                    let info = tonic_types::StatusExt::get_details_error_info(&status).expect("an ErrorInfo");
+                    assert_eq!(info.reason, reason, "{path}");
+                }
+            }
         }
     }
 }

@@ -10,20 +10,24 @@
 //! * [`Verifier`] — fetches authd's keys (GetJwks), verifies tokens locally
 //!   by the rules authd itself applies (the `authd-token-rules` crate; RFC
 //!   8725: the algorithm pinned per key, `typ: at+jwt`, `iss`, `aud`, `exp`,
-//!   `nbf`, a small leeway), and checks them against the revocations it has
-//!   been told of.
+//!   `nbf`, a small leeway), and checks users' tokens against the
+//!   revocations it has been told of.
 //! * [`VerifierLayer`] — the main entry point: a tower layer for tonic
 //!   servers that verifies every request's `authorization: Bearer`, judges
-//!   it by its route's [`Policy`] (assurance level, methods, age of the
-//!   proof), and puts the [`Claims`] into the request's extensions, or
-//!   answers with authd's own error codes and `ErrorInfo` reasons.
+//!   it by its route's [`Policy`] (the kind of token, its audience, the
+//!   assurance level, methods and age of a user's proof, a service's
+//!   scopes), and puts the [`Caller`] into the request's extensions with
+//!   either the [`Claims`] of a user's token (the actors, if a service
+//!   calls for the user: [`Claims::actors`]) or the [`ServiceClaims`] of a
+//!   service's own, or answers with authd's own error codes and
+//!   `ErrorInfo` reasons.
 //! * [`OnStale`] — what happens while the stream cannot vouch for a token
 //!   (down for longer than [`VerifierConfig::with_max_staleness`], still
 //!   catching up): fail closed (UNAVAILABLE), or ask authd with
 //!   IntrospectToken.
 //!
 //! ```ignore
-//! let config = VerifierConfig::new("https://auth.example.com", "my-services", service_key);
+//! let config = VerifierConfig::new("https://auth.example.com", "orders", service_key);
 //! let verifier = Verifier::connect("http://authd:50051", config).await?;
 //! Server::builder()
 //!     .layer(VerifierLayer::new(verifier).exempt_prefix("/grpc.health.v1.Health/"))
@@ -37,6 +41,24 @@
 //!
 //! # Guarantees
 //!
+//! * A token is one kind or refused: a user's (with a session, perhaps
+//!   exchanged by services acting for the user) or a service's own (client
+//!   credentials, no session). The two shapes exclude each other, each is
+//!   its own type, and a route admits users' tokens only unless its policy
+//!   says otherwise; a kind a route does not admit is `TOKEN_INVALID` there.
+//! * A token is accepted only on routes of its audience: the configured one
+//!   unless the route's policy names another the verifier accepts; any
+//!   other `aud` is `TOKEN_INVALID`, decided before the revocation stream
+//!   or authd is consulted.
+//! * An exchanged token keeps its user's session, so what ends the session
+//!   (Logout, a password change, disabling the account) ends it here as it
+//!   ends the login's token, by the guarantees below.
+//! * A service's own token has no session: the revocation stream cannot end
+//!   it, so it is accepted until its `exp`, which lies at most
+//!   `max_service_token_lifetime` (5 minutes, authd's
+//!   `AUTHD_SERVICE_TOKEN_TTL`) after its issue (a longer-lived one is
+//!   refused), also while the stream is stale and after authd deleted the
+//!   key that obtained it. The guarantees below are about users' tokens.
 //! * Covered from its first message: the stream starts
 //!   `max_token_lifetime` + 3 × leeway in the past (WatchRevocations
 //!   `since`), so every revocation that can concern a token the verifier
@@ -86,7 +108,7 @@ mod token;
 mod verifier;
 mod watcher;
 
-pub use claims::Claims;
+pub use claims::{Caller, Claims, ServiceClaims};
 pub use config::{MAX_LEEWAY, OnStale, VerifierConfig};
 pub use error::{ERROR_DOMAIN, Revocation, StartError, VerifyError};
 pub use layer::{Verified, VerifierLayer, bearer_token};

@@ -107,3 +107,20 @@ pub(crate) fn claims_json(iat: i64, lifetime: i64) -> serde_json::Value {
         "roles": ["admin"],
     })
 }
+
+/// authd's claims for the service account `name`'s own token (client
+/// credentials) with `scope`, issued at `iat`.
+pub(crate) fn service_claims_json(iat: i64, lifetime: i64, name: &str, scope: &str) -> serde_json::Value {
+    serde_json::json!({
+        "iss": "https://authd.test",
+        "aud": "svc",
+        "sub": format!("svc:{name}"),
+        "client_id": name,
+        "scope": scope,
+        "iat": iat,
+        "nbf": iat,
+        "exp": iat + lifetime,
+        "jti": "service-token-1",
+        "key_id": "key-1",
+    })
+}

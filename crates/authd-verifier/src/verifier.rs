@@ -4,21 +4,21 @@
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use authd_token_rules::{Leeway, MAX_TOKEN_BYTES, PinnedKey, Rules, UserAccess};
+use authd_token_rules::{Leeway, MAX_TOKEN_BYTES, PinnedKey, Rules};
 use tokio::task::JoinHandle;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::claims::{Claims, unix_now};
+use crate::claims::{Caller, Claims, ServiceClaims, unix_now};
 use crate::config::{OnStale, VerifierConfig};
 use crate::error::{Revocation, StartError, VerifyError};
 use crate::jwks::KeySet;
 use crate::pb;
 use crate::pb::auth_service_client::AuthServiceClient;
-use crate::policy::Policy;
+use crate::policy::{Admits, Policy};
 use crate::revocations::RevocationState;
 use crate::stream_health::{StreamHealth, Vouch};
-use crate::token::{self, TokenDigest, VerifiedTokens};
+use crate::token::{self, AccessRules, TokenDigest, VerifiedTokens};
 use crate::watcher;
 
 /// Verifies authd's access tokens in a service: locally against authd's
@@ -82,7 +82,7 @@ impl Drop for BackgroundTasks {
 /// Everything the requests and the background tasks share.
 pub(crate) struct Shared {
     pub(crate) config: VerifierConfig,
-    rules: Rules<UserAccess>,
+    rules: AccessRules,
     /// `Bearer sk_…`, parsed once.
     pub(crate) service_authorization: MetadataValue<Ascii>,
     pub(crate) channel: Channel,
@@ -120,8 +120,7 @@ impl Verifier {
             Leeway::new(config.leeway).ok_or(StartError::Config("the leeway is longer than 30 s"))?;
         let retention = i64::try_from(config.revocation_retention().as_secs()).unwrap_or(i64::MAX);
         let shared = Arc::new(Shared {
-            rules: Rules::new(&config.issuer, &config.audience, leeway)
-                .with_max_lifetime(config.max_token_lifetime),
+            rules: access_rules(&config, leeway),
             service_authorization,
             channel,
             keys: RwLock::new(Arc::new(KeySet::default())),
@@ -154,23 +153,69 @@ impl Verifier {
         Self::start(endpoint.connect_lazy(), config).await
     }
 
-    /// Verifies an access token (the part after `Bearer `): signature with a
-    /// key pinned to its algorithm, `typ`, `iss`, `aud`, `exp`, `nbf`, then
-    /// whether its session ended or its account was disabled or deleted,
-    /// then [`Policy::default`] (a token whose account must first enrol a
-    /// second factor is refused). Awaits only when authd must be asked: an
-    /// unknown `kid` (one key refetch), or the [`OnStale::Introspect`]
-    /// fallback.
+    /// Verifies a user's access token (the part after `Bearer `): signature
+    /// with a key pinned to its algorithm, `typ`, `iss`, `aud` (the
+    /// configured audience), `exp`, `nbf`, then whether its session ended
+    /// or its account was disabled or deleted, then [`Policy::default`] (a
+    /// token whose account must first enrol a second factor is refused). A
+    /// service's own token is refused (TOKEN_INVALID). Awaits only when
+    /// authd must be asked: an unknown `kid` (one key refetch), or the
+    /// [`OnStale::Introspect`] fallback.
     pub async fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
         self.verify_with(token, &Policy::default()).await
     }
 
-    /// [`Verifier::verify`], then what `policy` requires of the token's
-    /// assurance (`acr`, `amr`, `auth_time`, no factor change since).
+    /// [`Verifier::verify`] for the audience `policy` names (if any), then
+    /// what it requires of the token's assurance (`acr`, `amr`,
+    /// `auth_time`, no factor change since). Only users' tokens: a
+    /// service's own is refused (TOKEN_INVALID) whatever the policy admits
+    /// (see [`Verifier::verify_caller`]).
     pub async fn verify_with(&self, token: &str, policy: &Policy) -> Result<Claims, VerifyError> {
+        match self.verify_admitting(token, policy, Admits::Users).await? {
+            Caller::User(claims) => Ok(claims),
+            Caller::Service(_) => Err(VerifyError::Invalid),
+        }
+    }
+
+    /// Verifies a service's own token (client credentials): signature,
+    /// `typ`, `iss`, `exp`, `nbf`, the shape of a service's token, the
+    /// audience `policy` names (or the configured one), then the scopes it
+    /// requires (PERMISSION_DENIED `MISSING_SCOPE`). A user's token is
+    /// refused (TOKEN_INVALID) whatever the policy admits.
+    ///
+    /// The revocation stream does not concern such a token (it has no
+    /// session): it is accepted until its `exp`, also while the stream is
+    /// down, and also after authd deleted the key that obtained it.
+    pub async fn verify_service(&self, token: &str, policy: &Policy) -> Result<ServiceClaims, VerifyError> {
+        match self.verify_admitting(token, policy, Admits::Services).await? {
+            Caller::Service(claims) => Ok(claims),
+            Caller::User(_) => Err(VerifyError::Invalid),
+        }
+    }
+
+    /// Verifies a token of either kind `policy` admits (users' by default,
+    /// services' with [`Policy::services`] or [`Policy::allow_services`]),
+    /// as [`Verifier::verify_with`] or [`Verifier::verify_service`] would.
+    /// This is what [`VerifierLayer`](crate::VerifierLayer) does.
+    pub async fn verify_caller(&self, token: &str, policy: &Policy) -> Result<Caller, VerifyError> {
+        self.verify_admitting(token, policy, policy.admits()).await
+    }
+
+    async fn verify_admitting(
+        &self,
+        token: &str,
+        policy: &Policy,
+        admits: Admits,
+    ) -> Result<Caller, VerifyError> {
         self.shared
-            .verify_with(token, policy, SystemTime::now(), Instant::now())
+            .verify_caller(token, policy, admits, SystemTime::now(), Instant::now())
             .await
+    }
+
+    /// Whether tokens for `audience` can pass here: the configured audience
+    /// or an additional one.
+    pub(crate) fn accepts_audience(&self, audience: &str) -> bool {
+        self.shared.config.audiences().contains(&audience)
     }
 
     /// Whether the verifier vouches for revocation state right now.
@@ -213,7 +258,74 @@ impl Verifier {
     }
 }
 
+/// The rules of `config`: its issuer, every audience it accepts (each
+/// route then requires one), and each kind's longest lifetime.
+fn access_rules(config: &VerifierConfig, leeway: Leeway) -> AccessRules {
+    let audiences = config.audiences();
+    AccessRules {
+        users: Rules::for_audiences(&config.issuer, &audiences, leeway)
+            .with_max_lifetime(config.max_token_lifetime),
+        services: Rules::for_audiences(&config.issuer, &audiences, leeway)
+            .with_max_lifetime(config.max_service_token_lifetime),
+    }
+}
+
 impl Shared {
+    /// A token `admits` lets in, for `policy`'s audience: valid (signature,
+    /// claims), of the right kind and audience, then for a user's token
+    /// not revoked, vouched for by the stream, and what `policy` asks of
+    /// its proof; for a service's, the scopes `policy` asks for.
+    pub(crate) async fn verify_caller(
+        &self,
+        token: &str,
+        policy: &Policy,
+        admits: Admits,
+        wall: SystemTime,
+        now: Instant,
+    ) -> Result<Caller, VerifyError> {
+        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+            return Err(VerifyError::Invalid);
+        }
+        let now_secs = unix_now(wall);
+        let digest = token::digest(token);
+        let (caller, introspected_for) = match self.verified.get(&digest) {
+            Some(known) => {
+                if token::is_expired(known.caller.exp_secs(), now_secs, self.rules.leeway()) {
+                    return Err(VerifyError::Expired);
+                }
+                (known.caller, known.introspected_for)
+            }
+            None => (self.verify_signed(token, digest, now_secs).await?, None),
+        };
+        // Before anything is asked of the stream or of authd: a token that
+        // is not for this route is invalid here, whatever its state.
+        policy.admit(&caller, admits, &self.config.audience)?;
+        match &caller {
+            Caller::User(claims) => {
+                self.vouch(token, &digest, claims, introspected_for, now).await?;
+                let factors_changed_at = read(&self.revocations).factors_changed_at(claims.user_id());
+                policy.judge(claims, now_secs, factors_changed_at, self.rules.leeway().secs())?;
+            }
+            // No session: nothing on the stream can end it before `exp`.
+            Caller::Service(claims) => policy.judge_service(claims)?,
+        }
+        Ok(caller)
+    }
+
+    /// A user's token of the default route, as [`Verifier::verify`] judges
+    /// it.
+    #[cfg(test)]
+    pub(crate) async fn verify(
+        &self,
+        token: &str,
+        wall: SystemTime,
+        now: Instant,
+    ) -> Result<Claims, VerifyError> {
+        self.verify_with(token, &Policy::default(), wall, now).await
+    }
+
+    /// A user's token, as [`Verifier::verify_with`] judges it.
+    #[cfg(test)]
     pub(crate) async fn verify_with(
         &self,
         token: &str,
@@ -221,43 +333,34 @@ impl Shared {
         wall: SystemTime,
         now: Instant,
     ) -> Result<Claims, VerifyError> {
-        let claims = self.verify(token, wall, now).await?;
-        let factors_changed_at = read(&self.revocations).factors_changed_at(claims.user_id());
-        policy.judge(
-            &claims,
-            unix_now(wall),
-            factors_changed_at,
-            self.rules.leeway().secs(),
-        )?;
-        Ok(claims)
+        match self
+            .verify_caller(token, policy, Admits::Users, wall, now)
+            .await?
+        {
+            Caller::User(claims) => Ok(claims),
+            Caller::Service(_) => Err(VerifyError::Invalid),
+        }
     }
 
-    /// Validity alone: signature, claims, revocations, the stream's
-    /// coverage.
-    async fn verify(&self, token: &str, wall: SystemTime, now: Instant) -> Result<Claims, VerifyError> {
-        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
-            return Err(VerifyError::Invalid);
-        }
-        let now_secs = unix_now(wall);
-        let digest = token::digest(token);
-        let (claims, introspected_for) = match self.verified.get(&digest) {
-            Some(known) => {
-                if token::is_expired(known.claims.exp_secs(), now_secs, self.rules.leeway()) {
-                    return Err(VerifyError::Expired);
-                }
-                (known.claims, known.introspected_for)
-            }
-            None => (self.verify_signed(token, digest, now_secs).await?, None),
-        };
+    /// Whether a valid user's token still holds: not revoked as far as the
+    /// stream has said, and the stream can say (or authd, asked instead).
+    async fn vouch(
+        &self,
+        token: &str,
+        digest: &TokenDigest,
+        claims: &Claims,
+        introspected_for: Option<u64>,
+        now: Instant,
+    ) -> Result<(), VerifyError> {
         read(&self.revocations)
-            .check(&claims)
+            .check(claims)
             .map_err(VerifyError::Revoked)?;
         match (
             self.health
                 .vouch(claims.iat_secs(), self.rules.leeway().secs(), now),
             self.config.on_stale,
         ) {
-            (Vouch::Fresh, _) => Ok(claims),
+            (Vouch::Fresh, _) => Ok(()),
             // The stream cannot say whether such a token was revoked
             // (authd no longer had the revocations from its issue on, or
             // sent one this version cannot read): stale, never valid on
@@ -270,31 +373,28 @@ impl Shared {
                     // arrives by the stream, unless coverage restarted
                     // while the answer was on its way.
                     if self.health.coverage_is(coverage) {
-                        self.verified.mark_introspected(&digest, coverage);
+                        self.verified.mark_introspected(digest, coverage);
                     }
                 }
-                Ok(claims)
+                Ok(())
             }
             (Vouch::Stale, OnStale::FailClosed) => Err(VerifyError::Unavailable),
-            (Vouch::Stale, OnStale::Introspect) => {
-                self.introspect(token).await?;
-                Ok(claims)
-            }
+            (Vouch::Stale, OnStale::Introspect) => self.introspect(token).await,
         }
     }
 
     /// The checks that need a key: header, signature, claims.
-    async fn verify_signed(&self, token: &str, digest: TokenDigest, now: i64) -> Result<Claims, VerifyError> {
+    async fn verify_signed(&self, token: &str, digest: TokenDigest, now: i64) -> Result<Caller, VerifyError> {
         let header = token::read_header(&self.rules, token)?;
         let (set, key) = self.key_for(&header.kid).await.ok_or(VerifyError::Invalid)?;
-        let claims = token::check_with_key(&self.rules, token, &header, &key, now)?;
+        let caller = token::check_with_key(&self.rules, token, &header, &key, now)?;
         // Remembered only if the key set it was checked against is still
         // the current one: a key dropped meanwhile must not live on here.
         if Arc::ptr_eq(&set, &self.current_keys()) {
             self.verified
-                .insert(digest, claims.clone(), now, self.rules.leeway());
+                .insert(digest, caller.clone(), now, self.rules.leeway());
         }
-        Ok(claims)
+        Ok(caller)
     }
 
     fn current_keys(&self) -> Arc<KeySet> {
@@ -408,11 +508,13 @@ impl Verifier {
 /// A verifier's state with `key` installed and no background task; its
 /// channel points nowhere, so any call to authd fails.
 pub(crate) fn test_shared(key: &crate::test_keys::TestKey, on_stale: OnStale) -> Shared {
-    let config = VerifierConfig::new("https://authd.test", "svc", "sk_test").with_on_stale(on_stale);
+    let config = VerifierConfig::new("https://authd.test", "svc", "sk_test")
+        .with_additional_audience("svc-admin")
+        .with_on_stale(on_stale)
+        .with_max_token_lifetime(Duration::from_secs(900));
     let channel = Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
     let shared = Shared {
-        rules: Rules::new("https://authd.test", "svc", Leeway::DEFAULT)
-            .with_max_lifetime(Duration::from_secs(900)),
+        rules: access_rules(&config, Leeway::DEFAULT),
         service_authorization: "Bearer sk_test".parse().expect("ASCII"),
         channel,
         keys: RwLock::new(Arc::new(KeySet::default())),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::test_shared as shared;
 use super::*;
 use crate::policy::Policy;
-use crate::test_keys::{TestKey, claims_json};
+use crate::test_keys::{TestKey, claims_json, service_claims_json};
 use crate::watcher::{Applied, apply_message};
 
 const T: i64 = 1_900_000_000;
@@ -417,4 +417,223 @@ async fn policies_refuse_valid_tokens_with_authds_reasons() {
     );
     let enrol = Policy::new().allow_mfa_enrollment_pending();
     assert!(s.verify_with(&pending, &enrol, at(T + 800), now).await.is_ok());
+}
+
+/// `claims_json` exchanged for `audience` by billing, after orders had
+/// exchanged the login's token.
+fn exchanged_twice(iat: i64, audience: &str) -> serde_json::Value {
+    let mut claims = claims_json(iat, 600);
+    claims["aud"] = audience.into();
+    claims["client_id"] = "billing".into();
+    claims["act"] = serde_json::json!({"sub": "svc:billing", "act": {"sub": "svc:orders"}});
+    claims["amr"] = serde_json::json!(["pwd"]);
+    claims["auth_time"] = iat.into();
+    claims
+}
+
+#[tokio::test]
+async fn an_exchanged_token_shows_its_actors_and_ends_with_the_session_it_keeps() {
+    let key = TestKey::ed25519();
+    let s = shared(&key, OnStale::FailClosed);
+    let now = Instant::now();
+    s.health.covered_from(at(T), now);
+    let token = key.sign(&exchanged_twice(T + 100, "svc"));
+    let claims = s.verify(&token, at(T + 100), now).await.unwrap();
+    assert_eq!(claims.actors(), ["svc:billing", "svc:orders"]);
+    assert_eq!(claims.actor(), Some("svc:billing"));
+    assert_eq!(claims.client_id(), Some("billing"));
+    assert_eq!(claims.session_id(), "session-1");
+    apply_message(
+        &s,
+        &event(
+            1,
+            pb::RevocationKind::SessionEnded,
+            "user-1",
+            &["session-1"],
+            T + 101,
+        ),
+        at(T + 101),
+    );
+    assert_eq!(
+        s.verify(&token, at(T + 102), now).await,
+        Err(VerifyError::Revoked(Revocation::SessionEnded)),
+        "the user's Logout ends what services exchanged their token for"
+    );
+}
+
+#[tokio::test]
+async fn a_service_token_passes_only_where_services_are_admitted_with_their_scopes() {
+    let key = TestKey::ed25519();
+    // Never started: the stream vouches for nothing, which concerns users'
+    // tokens only.
+    let s = shared(&key, OnStale::FailClosed);
+    let now = Instant::now();
+    let service = key.sign(&service_claims_json(T + 100, 300, "reports", "invoices.read"));
+    let user = key.sign(&claims_json(T + 100, 900));
+    let wall = at(T + 100);
+
+    let caller = s
+        .verify_caller(&service, &Policy::services(), Admits::Services, wall, now)
+        .await
+        .unwrap();
+    let claims = caller.service().unwrap();
+    assert_eq!(
+        (claims.client_id(), claims.scopes()),
+        ("reports", &["invoices.read".to_owned()][..])
+    );
+    assert!(caller.user().is_none());
+
+    let reading = Policy::services().require_scope("invoices.read");
+    let writing = Policy::services()
+        .require_scope("invoices.read")
+        .require_scope("invoices.write");
+    assert!(
+        s.verify_caller(&service, &reading, reading.admits(), wall, now)
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        s.verify_caller(&service, &writing, writing.admits(), wall, now)
+            .await,
+        Err(VerifyError::MissingScope)
+    );
+
+    for (what, policy) in [
+        ("the default policy", Policy::new()),
+        (
+            "a user policy with a scope",
+            Policy::new().require_scope("invoices.read"),
+        ),
+    ] {
+        assert_eq!(
+            s.verify_caller(&service, &policy, policy.admits(), wall, now)
+                .await,
+            Err(VerifyError::Invalid),
+            "a service's token where a user's is required: {what}"
+        );
+    }
+    assert_eq!(
+        s.verify_with(&service, &Policy::services(), wall, now).await,
+        Err(VerifyError::Invalid),
+        "verify_with wants a user's token whatever the policy admits"
+    );
+    assert_eq!(
+        s.verify_caller(&user, &Policy::services(), Admits::Services, wall, now)
+            .await,
+        Err(VerifyError::Invalid),
+        "a user's token where a service's is required"
+    );
+
+    // Both admitted: each kind is judged by its own requirements.
+    let both = Policy::new().allow_services().require_scope("invoices.read");
+    assert!(matches!(
+        s.verify_caller(&service, &both, both.admits(), wall, now).await,
+        Ok(Caller::Service(_))
+    ));
+    assert_eq!(
+        s.verify_caller(&user, &both, both.admits(), wall, now).await,
+        Err(VerifyError::Unavailable),
+        "a user's token still needs the stream"
+    );
+    s.health.covered_from(at(T), now);
+    assert!(matches!(
+        s.verify_caller(&user, &both, both.admits(), wall, now).await,
+        Ok(Caller::User(_))
+    ));
+
+    // Remembered as a service's token: the second call skips the signature
+    // and is still told apart.
+    assert_eq!(
+        s.verify_caller(&service, &Policy::new(), Admits::Users, wall, now)
+            .await,
+        Err(VerifyError::Invalid)
+    );
+    assert_eq!(
+        s.verify_caller(&service, &reading, reading.admits(), at(T + 406), now)
+            .await,
+        Err(VerifyError::Expired),
+        "it lives until its exp"
+    );
+}
+
+#[tokio::test]
+async fn each_route_accepts_its_own_audience_only() {
+    let key = TestKey::ed25519();
+    let s = shared(&key, OnStale::FailClosed);
+    let now = Instant::now();
+    s.health.covered_from(at(T), now);
+    let wall = at(T + 100);
+    let for_svc = key.sign(&exchanged_twice(T + 100, "svc"));
+    let for_admin = key.sign(&exchanged_twice(T + 100, "svc-admin"));
+    let for_other = key.sign(&exchanged_twice(T + 100, "other"));
+    let admin = Policy::new().require_audience("svc-admin");
+
+    assert!(s.verify_with(&for_svc, &Policy::new(), wall, now).await.is_ok());
+    assert_eq!(
+        s.verify_with(&for_admin, &Policy::new(), wall, now).await,
+        Err(VerifyError::Invalid),
+        "the default route wants the configured audience"
+    );
+    assert_eq!(
+        s.verify_with(&for_admin, &admin, wall, now)
+            .await
+            .unwrap()
+            .audience(),
+        "svc-admin"
+    );
+    assert_eq!(
+        s.verify_with(&for_svc, &admin, wall, now).await,
+        Err(VerifyError::Invalid),
+        "nor does the admin route take the other audience"
+    );
+    for policy in [Policy::new(), admin, Policy::new().require_audience("other")] {
+        assert_eq!(
+            s.verify_with(&for_other, &policy, wall, now).await,
+            Err(VerifyError::Invalid),
+            "an audience the verifier does not accept passes nowhere: {policy:?}"
+        );
+    }
+
+    let service_for_admin = key.sign(&{
+        let mut c = service_claims_json(T + 100, 300, "reports", "");
+        c["aud"] = "svc-admin".into();
+        c
+    });
+    assert_eq!(
+        s.verify_caller(
+            &service_for_admin,
+            &Policy::services(),
+            Admits::Services,
+            wall,
+            now
+        )
+        .await,
+        Err(VerifyError::Invalid)
+    );
+    let admin_services = Policy::services().require_audience("svc-admin");
+    assert!(
+        s.verify_caller(&service_for_admin, &admin_services, Admits::Services, wall, now)
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_token_for_another_audience_is_refused_before_authd_is_asked_about_it() {
+    let key = TestKey::ed25519();
+    // Stale and introspecting over a channel that leads nowhere: asking
+    // authd would answer UNAVAILABLE.
+    let s = shared(&key, OnStale::Introspect);
+    let now = Instant::now();
+    let for_admin = key.sign(&exchanged_twice(T + 100, "svc-admin"));
+    assert_eq!(
+        s.verify(&for_admin, at(T + 100), now).await,
+        Err(VerifyError::Invalid)
+    );
+    let for_svc = key.sign(&exchanged_twice(T + 100, "svc"));
+    assert_eq!(
+        s.verify(&for_svc, at(T + 100), now).await,
+        Err(VerifyError::Unavailable),
+        "the route's own audience is asked about"
+    );
 }
