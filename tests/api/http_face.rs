@@ -170,3 +170,23 @@ async fn a_users_token_is_exchanged_for_one_service_over_http() {
     assert_eq!(no_client.json()["error"], "invalid_client");
     assert!(no_client.header("www-authenticate").unwrap().starts_with("Basic"));
 }
+
+#[tokio::test]
+async fn browsers_of_configured_origins_may_read_the_documents() {
+    let app = spawn_app_with(|c| c.cors_origins = vec!["http://localhost:3000".into()]).await;
+    let allowed = Request::new("GET", "/.well-known/openid-configuration")
+        .header("origin", "http://localhost:3000")
+        .send(app.addr)
+        .await;
+    assert_eq!(allowed.status, 200);
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+    let elsewhere = Request::new("GET", "/.well-known/jwks.json")
+        .header("origin", "https://evil.example")
+        .send(app.addr)
+        .await;
+    assert_eq!(elsewhere.status, 200);
+    assert_eq!(elsewhere.header("access-control-allow-origin"), None);
+}
