@@ -106,20 +106,17 @@ pub async fn unlock(conn: &mut PgConnection, key: i64) -> Result<(), AppError> {
 /// The size of `table` (a name the caller controls, never input).
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn table_size(conn: &mut PgConnection, table: &str) -> Result<TableSize, AppError> {
-    let (blocks, rows_per_block): (i64, Option<f64>) = sqlx::query_as(
-        "SELECT pg_relation_size(c.oid) / current_setting('block_size')::bigint,
-                CASE WHEN c.relpages > 0 AND c.reltuples > 0
-                     THEN c.reltuples::float8 / c.relpages END
-           FROM pg_class c
-          WHERE c.oid = $1::regclass",
+    Ok(sqlx::query_as!(
+        TableSize,
+        r#"SELECT pg_relation_size(c.oid) / current_setting('block_size')::bigint AS "blocks!",
+                  CASE WHEN c.relpages > 0 AND c.reltuples > 0
+                       THEN c.reltuples::float8 / c.relpages END AS rows_per_block
+             FROM pg_class c
+            WHERE c.oid = $1::text::regclass"#,
+        table,
     )
-    .bind(table)
     .fetch_one(conn)
-    .await?;
-    Ok(TableSize {
-        blocks,
-        rows_per_block,
-    })
+    .await?)
 }
 
 /// When a pass of `task` finished less than `interval` ago (by the database's

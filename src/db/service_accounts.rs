@@ -107,11 +107,13 @@ pub async fn add_key(
     let (account_id, is_new) = match inserted {
         Some(id) => (id, true),
         None => {
-            let (id, existing): (Uuid, Vec<String>) =
-                sqlx::query_as("SELECT id, scopes FROM service_accounts WHERE name = $1 FOR UPDATE")
-                    .bind(name)
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let row = sqlx::query!(
+                "SELECT id, scopes FROM service_accounts WHERE name = $1 FOR UPDATE",
+                name
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            let (id, existing) = (row.id, row.scopes);
             if scope_set(&existing) != scopes {
                 return Ok(KeyAdded::ScopesDiffer { existing });
             }

@@ -393,25 +393,26 @@ pub async fn revoke_all_for_user<'e>(
     now: DateTime<Utc>,
 ) -> Result<u64, AppError> {
     // CASE, unlike OR, guarantees the event is not recorded when nothing ended.
-    let (ended, _event): (i64, Option<i64>) = sqlx::query_as(
-        "WITH ended AS (
+    let ended = sqlx::query!(
+        r#"WITH ended AS (
              UPDATE sessions SET revoked_at = $3, revoked_reason = $4
               WHERE user_id = $1 AND revoked_at IS NULL AND ($2::uuid IS NULL OR id <> $2)
                 AND idle_expires_at > $5 AND absolute_expires_at > $5
              RETURNING id, LEAST(idle_expires_at, absolute_expires_at) > $3 AS live)
-         SELECT count(*) FILTER (WHERE live),
+         SELECT count(*) FILTER (WHERE live) AS "ended!",
                 CASE WHEN count(*) > 0
                      THEN authd_record_revocation('USER_SESSIONS_ENDED', $1, array_agg(id), $3)
-                END
-           FROM ended",
+                END AS event
+           FROM ended"#,
+        user_id,
+        keep,
+        now,
+        reason.as_str(),
+        now - EXPIRED_STILL_LISTED,
     )
-    .bind(user_id)
-    .bind(keep)
-    .bind(now)
-    .bind(reason.as_str())
-    .bind(now - EXPIRED_STILL_LISTED)
     .fetch_one(db)
-    .await?;
+    .await?
+    .ended;
     Ok(u64::try_from(ended).unwrap_or(0))
 }
 
