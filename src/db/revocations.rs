@@ -179,12 +179,12 @@ pub async fn prune_horizon<'e>(
         // max(id) would walk the primary key down through every event of
         // the retention window before reaching an old one.
         sqlx::query_scalar!(
-            r#"SELECT id AS "id?" FROM revocation_events
+            "SELECT id FROM revocation_events
               WHERE occurred_at < now() - make_interval(secs => $1)
-              ORDER BY occurred_at DESC LIMIT 1"#,
+              ORDER BY occurred_at DESC LIMIT 1",
             retention.as_seconds_f64()
         )
-        .fetch_one(db)
+        .fetch_optional(db)
         .await?,
     )
 }
