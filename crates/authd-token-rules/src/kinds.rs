@@ -19,6 +19,12 @@ pub const AMR_PASSWORD: &str = "pwd";
 /// `acr` existed.
 pub const ACR_AAL1: &str = "aal1";
 
+/// Whether `sub` names a service account (`svc:` and a name).
+pub fn is_service_subject(sub: &str) -> bool {
+    sub.strip_prefix(SERVICE_SUBJECT_PREFIX)
+        .is_some_and(|name| !name.is_empty())
+}
+
 /// A kind of token: its header `typ` and the shape of its claims. Sealed:
 /// the three kinds of this crate are all there are.
 pub trait TokenKind: Sized + sealed::Sealed {
@@ -89,13 +95,51 @@ pub struct UserAccess {
     /// The account must enrol a second factor before anything else.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mfa_enrollment_required: bool,
+    /// The service that exchanged the token (RFC 9068 `client_id`); absent
+    /// on a token from a login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The service acting for the user (RFC 8693 §4.1): set on exchanged
+    /// and impersonating tokens, nested once per exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
+}
+
+/// An RFC 8693 `act` claim: who acts, and who acted before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// `svc:NAME` of the acting service.
+    pub sub: String,
+    /// The actor before this one, for a token exchanged again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
+}
+
+impl Actor {
+    /// The chain, the current actor first.
+    pub fn chain(&self) -> Vec<&str> {
+        let mut chain = vec![self.sub.as_str()];
+        let mut prior = self.act.as_deref();
+        while let Some(actor) = prior {
+            chain.push(actor.sub.as_str());
+            prior = actor.act.as_deref();
+        }
+        chain
+    }
+
+    /// How many actors the chain holds.
+    pub fn depth(&self) -> usize {
+        1 + self.act.as_deref().map_or(0, Actor::depth)
+    }
 }
 
 impl UserAccess {
     /// The methods the session proved: `amr`, or a password for a token
     /// signed before `amr` existed (a password was all there was).
     pub fn methods(&self) -> Vec<&str> {
-        if self.amr.is_empty() {
+        // An impersonating token proves nothing of the user; the fallback is
+        // for tokens from before `amr` existed, which never had `act`.
+        if self.amr.is_empty() && self.act.is_none() {
             vec![AMR_PASSWORD]
         } else {
             self.amr.iter().map(String::as_str).collect()
@@ -110,7 +154,7 @@ impl UserAccess {
     /// When the session last proved who its holder is: `auth_time`, or
     /// `iat` for an older token (it was issued by a login).
     pub fn proven_at(&self) -> i64 {
-        if self.auth_time > 0 {
+        if self.auth_time > 0 || self.act.is_some() {
             self.auth_time
         } else {
             self.iat
@@ -136,6 +180,9 @@ impl sealed::Sealed for UserAccess {
             && !c.sub.is_empty()
             && !c.sub.starts_with(SERVICE_SUBJECT_PREFIX)
             && !c.sid.is_empty()
+            && c.act
+                .as_ref()
+                .is_none_or(|act| act.chain().iter().all(|s| is_service_subject(s)))
             && c.iat >= 0
             && c.exp >= c.iat;
         if shaped { Ok(c) } else { Err(Invalid::Shape) }
@@ -183,6 +230,10 @@ pub struct ServiceAccess {
     /// The token's own id.
     #[serde(default)]
     pub jti: String,
+    /// The id of the key that minted the token: authd ends the token at
+    /// once when that key is deleted (other verifiers wait for `exp`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_id: String,
 }
 
 #[doc(hidden)]
@@ -194,6 +245,8 @@ pub struct ServiceAccessWire {
     sid: Option<IgnoredAny>,
     #[serde(default)]
     events: Option<IgnoredAny>,
+    #[serde(default)]
+    act: Option<IgnoredAny>,
 }
 
 impl sealed::Sealed for ServiceAccess {
@@ -205,7 +258,12 @@ impl sealed::Sealed for ServiceAccess {
             .sub
             .strip_prefix(SERVICE_SUBJECT_PREFIX)
             .is_some_and(|name| !name.is_empty() && name == c.client_id);
-        let shaped = wire.sid.is_none() && wire.events.is_none() && named && c.iat >= 0 && c.exp >= c.iat;
+        let shaped = wire.sid.is_none()
+            && wire.events.is_none()
+            && wire.act.is_none()
+            && named
+            && c.iat >= 0
+            && c.exp >= c.iat;
         if shaped { Ok(c) } else { Err(Invalid::Shape) }
     }
 }

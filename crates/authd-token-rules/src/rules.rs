@@ -195,6 +195,13 @@ impl<K: TokenKind> Rules<K> {
     /// Tokens of kind `K` whose `iss` is `issuer` and whose `aud` names
     /// `audience`, their times judged with `leeway`.
     pub fn new(issuer: &str, audience: &str, leeway: Leeway) -> Self {
+        Self::for_audiences(issuer, &[audience], leeway)
+    }
+
+    /// Tokens of kind `K` whose `iss` is `issuer` and whose `aud` names one
+    /// of `audiences` (authd judging a token minted for any service it
+    /// knows).
+    pub fn for_audiences(issuer: &str, audiences: &[&str], leeway: Leeway) -> Self {
         let validation = |alg| {
             let mut v = Validation::new(alg);
             // Times are judged in `check` against the caller's `now`;
@@ -204,7 +211,7 @@ impl<K: TokenKind> Rules<K> {
             v.leeway = leeway.0;
             v.set_required_spec_claims(K::REQUIRED_CLAIMS);
             v.set_issuer(&[issuer]);
-            v.set_audience(&[audience]);
+            v.set_audience(audiences);
             v
         };
         Self {

@@ -158,5 +158,7 @@ pub(crate) fn test_claims(user: &str, session: &str, iat: i64, amr: &[&str], aut
         acr: acr.into(),
         auth_time,
         mfa_enrollment_required: false,
+        client_id: None,
+        act: None,
     })
 }
