@@ -18,6 +18,14 @@ impl Violation {
     pub fn new(field: &'static str, problem: Invalid) -> Self {
         Self { field, problem }
     }
+
+    /// Records the failure of one field's parse, so a request hears of
+    /// every bad field at once, not just the first.
+    pub fn note<T>(field: &'static str, parsed: &Result<T, Invalid>, violations: &mut Vec<Self>) {
+        if let Err(e) = parsed {
+            violations.push(Self::new(field, e.clone()));
+        }
+    }
 }
 
 /// Why a bearer token was refused.

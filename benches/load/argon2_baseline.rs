@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use authd::crypto::password::Argon2Settings;
+use authd::config::Argon2Settings;
 
 use crate::procfs::{CpuSnapshot, cores};
 

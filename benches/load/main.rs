@@ -47,7 +47,7 @@ mod stats;
 use std::sync::Arc;
 use std::time::Instant;
 
-use authd::crypto::password::Argon2Settings;
+use authd::config::Argon2Settings;
 
 use crate::argon2_baseline::Argon2Baseline;
 use crate::procfs::{cores, cpu_model, mib, proc_status_kib};

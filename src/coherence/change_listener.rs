@@ -141,10 +141,7 @@ impl ChangeListener {
         loop {
             tick.tick().await;
             let payload = format!("{}:{}", self.replica, self.freshness.stamp());
-            let sent = sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(BEAT_CHANNEL)
-                .bind(payload)
-                .execute(&pool);
+            let sent = sqlx::query!("SELECT pg_notify($1, $2)", BEAT_CHANNEL, payload).execute(&pool);
             // A hung database must not stop the reports below.
             match tokio::time::timeout(BEAT * 2, sent).await {
                 Ok(Ok(_)) => {}

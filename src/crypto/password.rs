@@ -19,27 +19,10 @@ use argon2::{Algorithm, Argon2, Block, Params, Version};
 use rand_core::OsRng;
 use tokio::sync::Semaphore;
 
+use crate::config::Argon2Settings;
 use crate::domain::Password;
 use crate::error::AppError;
 use crate::metrics::{DurationHistogram, QUEUE_WAIT_BUCKETS};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Argon2Settings {
-    pub memory_kib: u32,
-    pub iterations: u32,
-    pub parallelism: u32,
-}
-
-impl Default for Argon2Settings {
-    /// OWASP's recommendation for argon2id.
-    fn default() -> Self {
-        Self {
-            memory_kib: 19_456,
-            iterations: 2,
-            parallelism: 1,
-        }
-    }
-}
 
 /// Outcome of checking a password against a stored hash.
 #[derive(Debug, PartialEq, Eq)]

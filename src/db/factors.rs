@@ -42,10 +42,10 @@ pub struct NewEnrollment<'a> {
 /// Live TOTP factors of a user.
 #[tracing::instrument(skip_all)]
 pub async fn live_totp_count<'e>(db: impl PgExecutor<'e>, user_id: Uuid) -> Result<i64, AppError> {
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM factors WHERE user_id = $1 AND kind = 'totp' AND confirmed_at IS NOT NULL",
+    Ok(sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM factors WHERE user_id = $1 AND kind = 'totp' AND confirmed_at IS NOT NULL"#,
+        user_id
     )
-    .bind(user_id)
     .fetch_one(db)
     .await?)
 }
@@ -58,21 +58,23 @@ pub async fn start_enrollment(
     e: &NewEnrollment<'_>,
     now: DateTime<Utc>,
 ) -> Result<(), AppError> {
-    sqlx::query("DELETE FROM factors WHERE user_id = $1 AND confirmed_at IS NULL")
-        .bind(e.user_id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
+    sqlx::query!(
+        "DELETE FROM factors WHERE user_id = $1 AND confirmed_at IS NULL",
+        e.user_id
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
         "INSERT INTO factors (id, user_id, kind, name, created_at, expires_at, secret_sealed, secret_key_id)
          VALUES ($1, $2, 'totp', $3, $4, $5, $6, $7)",
+        e.id,
+        e.user_id,
+        e.name,
+        now,
+        e.expires_at,
+        e.secret_sealed,
+        e.secret_key_id
     )
-    .bind(e.id)
-    .bind(e.user_id)
-    .bind(e.name)
-    .bind(now)
-    .bind(e.expires_at)
-    .bind(e.secret_sealed)
-    .bind(e.secret_key_id)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -86,24 +88,25 @@ pub async fn lock_enrollment(
     user_id: Uuid,
     now: DateTime<Utc>,
 ) -> Result<Option<(StoredTotp, String)>, AppError> {
-    #[derive(sqlx::FromRow)]
-    struct Row {
-        #[sqlx(flatten)]
-        totp: StoredTotp,
-        name: String,
-    }
-    let row = sqlx::query_as::<_, Row>(
-        "SELECT id, secret_sealed, secret_key_id, name FROM factors
+    let row = sqlx::query!(
+        r#"SELECT id, secret_sealed AS "secret_sealed!", secret_key_id AS "secret_key_id!", name FROM factors
           WHERE id = $1 AND user_id = $2 AND confirmed_at IS NULL AND expires_at > $3
             AND secret_sealed IS NOT NULL AND secret_key_id IS NOT NULL
-          FOR UPDATE",
+          FOR UPDATE"#,
+        id,
+        user_id,
+        now
     )
-    .bind(id)
-    .bind(user_id)
-    .bind(now)
     .fetch_optional(tx)
     .await?;
-    Ok(row.map(|r| (r.totp, r.name)))
+    Ok(row.map(|r| {
+        let totp = StoredTotp {
+            id: r.id,
+            secret_sealed: r.secret_sealed,
+            secret_key_id: r.secret_key_id,
+        };
+        (totp, r.name)
+    }))
 }
 
 /// Makes an enrollment live, recording the step its code was accepted for.
@@ -114,14 +117,15 @@ pub async fn confirm(
     step: i64,
     now: DateTime<Utc>,
 ) -> Result<FactorRow, AppError> {
-    Ok(sqlx::query_as::<_, FactorRow>(
-        "UPDATE factors SET confirmed_at = $3, expires_at = NULL, totp_last_step = $2
+    Ok(sqlx::query_as!(
+        FactorRow,
+        r#"UPDATE factors SET confirmed_at = $3, expires_at = NULL, totp_last_step = $2
           WHERE id = $1
-         RETURNING id, kind, name, confirmed_at AS created_at, last_used_at",
+         RETURNING id, kind, name, confirmed_at AS "created_at!", last_used_at"#,
+        id,
+        step,
+        now
     )
-    .bind(id)
-    .bind(step)
-    .bind(now)
     .fetch_one(tx)
     .await?)
 }
@@ -129,13 +133,14 @@ pub async fn confirm(
 /// The user's live TOTP factors with their sealed secrets.
 #[tracing::instrument(skip_all)]
 pub async fn live_totp<'e>(db: impl PgExecutor<'e>, user_id: Uuid) -> Result<Vec<StoredTotp>, AppError> {
-    Ok(sqlx::query_as::<_, StoredTotp>(
-        "SELECT id, secret_sealed, secret_key_id FROM factors
+    Ok(sqlx::query_as!(
+        StoredTotp,
+        r#"SELECT id, secret_sealed AS "secret_sealed!", secret_key_id AS "secret_key_id!" FROM factors
           WHERE user_id = $1 AND kind = 'totp' AND confirmed_at IS NOT NULL
             AND secret_sealed IS NOT NULL AND secret_key_id IS NOT NULL
-          ORDER BY confirmed_at, id",
+          ORDER BY confirmed_at, id"#,
+        user_id
     )
-    .bind(user_id)
     .fetch_all(db)
     .await?)
 }
@@ -149,14 +154,14 @@ pub async fn accept_step<'e>(
     step: i64,
     now: DateTime<Utc>,
 ) -> Result<bool, AppError> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE factors SET totp_last_step = $2, last_used_at = $3
           WHERE id = $1 AND confirmed_at IS NOT NULL
             AND (totp_last_step IS NULL OR totp_last_step < $2)",
+        factor_id,
+        step,
+        now
     )
-    .bind(factor_id)
-    .bind(step)
-    .bind(now)
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -168,12 +173,13 @@ pub async fn list<'e>(
     db: impl PgExecutor<'e> + Copy,
     user_id: Uuid,
 ) -> Result<(Vec<FactorRow>, i64), AppError> {
-    let factors = sqlx::query_as::<_, FactorRow>(
-        "SELECT id, kind, name, confirmed_at AS created_at, last_used_at FROM factors
+    let factors = sqlx::query_as!(
+        FactorRow,
+        r#"SELECT id, kind, name, confirmed_at AS "created_at!", last_used_at FROM factors
           WHERE user_id = $1 AND confirmed_at IS NOT NULL
-          ORDER BY confirmed_at, id",
+          ORDER BY confirmed_at, id"#,
+        user_id
     )
-    .bind(user_id)
     .fetch_all(db)
     .await?;
     let codes = recovery_codes_left(db, user_id).await?;
@@ -182,20 +188,20 @@ pub async fn list<'e>(
 
 #[tracing::instrument(skip_all)]
 pub async fn recovery_codes_left<'e>(db: impl PgExecutor<'e>, user_id: Uuid) -> Result<i64, AppError> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL")
-            .bind(user_id)
-            .fetch_one(db)
-            .await?,
+    Ok(sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM recovery_codes WHERE user_id = $1 AND used_at IS NULL"#,
+        user_id
     )
+    .fetch_one(db)
+    .await?)
 }
 
 #[tracing::instrument(skip_all)]
 pub async fn has_live_factor<'e>(db: impl PgExecutor<'e>, user_id: Uuid) -> Result<bool, AppError> {
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM factors WHERE user_id = $1 AND confirmed_at IS NOT NULL)",
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM factors WHERE user_id = $1 AND confirmed_at IS NOT NULL) AS "live!""#,
+        user_id
     )
-    .bind(user_id)
     .fetch_one(db)
     .await?)
 }
@@ -205,20 +211,21 @@ pub async fn has_live_factor<'e>(db: impl PgExecutor<'e>, user_id: Uuid) -> Resu
 /// existed.
 #[tracing::instrument(skip_all)]
 pub async fn remove(tx: &mut PgConnection, user_id: Uuid, factor_id: Uuid) -> Result<bool, AppError> {
-    let removed =
-        sqlx::query("DELETE FROM factors WHERE id = $1 AND user_id = $2 AND confirmed_at IS NOT NULL")
-            .bind(factor_id)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
+    let removed = sqlx::query!(
+        "DELETE FROM factors WHERE id = $1 AND user_id = $2 AND confirmed_at IS NOT NULL",
+        factor_id,
+        user_id
+    )
+    .execute(&mut *tx)
+    .await?;
     if removed.rows_affected() == 0 {
         return Ok(false);
     }
-    sqlx::query(
+    sqlx::query!(
         "DELETE FROM recovery_codes WHERE user_id = $1
             AND NOT EXISTS (SELECT 1 FROM factors WHERE user_id = $1 AND confirmed_at IS NOT NULL)",
+        user_id
     )
-    .bind(user_id)
     .execute(&mut *tx)
     .await?;
     Ok(true)
@@ -232,18 +239,17 @@ pub async fn replace_recovery_codes(
     hashes: &[TokenHash],
     now: DateTime<Utc>,
 ) -> Result<(), AppError> {
-    sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
-        .bind(user_id)
+    sqlx::query!("DELETE FROM recovery_codes WHERE user_id = $1", user_id)
         .execute(&mut *tx)
         .await?;
     let bytes: Vec<Vec<u8>> = hashes.iter().map(|h| h.as_bytes().to_vec()).collect();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO recovery_codes (user_id, code_hash, created_at)
          SELECT $1, h, $3 FROM unnest($2::bytea[]) AS h",
+        user_id,
+        &bytes,
+        now
     )
-    .bind(user_id)
-    .bind(&bytes)
-    .bind(now)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -257,12 +263,12 @@ pub async fn spend_recovery_code<'e>(
     hash: &TokenHash,
     now: DateTime<Utc>,
 ) -> Result<bool, AppError> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE recovery_codes SET used_at = $3 WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL",
+        user_id,
+        hash.as_bytes(),
+        now
     )
-    .bind(user_id)
-    .bind(hash.as_bytes())
-    .bind(now)
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -272,19 +278,17 @@ pub async fn spend_recovery_code<'e>(
 /// how many live factors there were.
 #[tracing::instrument(skip_all)]
 pub async fn remove_all(tx: &mut PgConnection, user_id: Uuid) -> Result<u64, AppError> {
-    let live: i64 = sqlx::query_scalar(
-        "WITH gone AS (DELETE FROM factors WHERE user_id = $1 RETURNING confirmed_at)
-         SELECT count(*) FILTER (WHERE confirmed_at IS NOT NULL) FROM gone",
+    let live: i64 = sqlx::query_scalar!(
+        r#"WITH gone AS (DELETE FROM factors WHERE user_id = $1 RETURNING confirmed_at)
+         SELECT count(*) FILTER (WHERE confirmed_at IS NOT NULL) AS "live!" FROM gone"#,
+        user_id
     )
-    .bind(user_id)
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1")
-        .bind(user_id)
+    sqlx::query!("DELETE FROM recovery_codes WHERE user_id = $1", user_id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("DELETE FROM mfa_challenges WHERE user_id = $1")
-        .bind(user_id)
+    sqlx::query!("DELETE FROM mfa_challenges WHERE user_id = $1", user_id)
         .execute(&mut *tx)
         .await?;
     Ok(u64::try_from(live).unwrap_or(0))
@@ -299,11 +303,13 @@ pub async fn record_factors_changed<'e>(
     user_id: Uuid,
     now: DateTime<Utc>,
 ) -> Result<(), AppError> {
-    sqlx::query("SELECT authd_record_revocation('FACTORS_CHANGED', $1, NULL, $2)")
-        .bind(user_id)
-        .bind(now)
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "SELECT authd_record_revocation('FACTORS_CHANGED', $1, NULL, $2)",
+        user_id,
+        now
+    )
+    .fetch_one(db)
+    .await?;
     Ok(())
 }
 
@@ -322,15 +328,8 @@ pub async fn insert_challenge<'e>(
     c: &NewChallenge<'_>,
     now: DateTime<Utc>,
 ) -> Result<(), AppError> {
-    sqlx::query(
-        "INSERT INTO mfa_challenges (token_hash, user_id, security_stamp, throttle_key, created_at, expires_at)
-         SELECT $1, u.id, u.security_stamp, $3, $4, $5 FROM users u WHERE u.id = $2",
-    )
-    .bind(c.hash.as_bytes())
-    .bind(c.user_id)
-    .bind(c.throttle_key)
-    .bind(now)
-    .bind(c.expires_at)
+    sqlx::query!("INSERT INTO mfa_challenges (token_hash, user_id, security_stamp, throttle_key, created_at, expires_at)
+         SELECT $1, u.id, u.security_stamp, $3, $4, $5 FROM users u WHERE u.id = $2", c.hash.as_bytes(), c.user_id, c.throttle_key, now, c.expires_at)
     .execute(db)
     .await?;
     Ok(())
@@ -361,18 +360,19 @@ pub async fn take_attempt<'e>(
     hash: &TokenHash,
     now: DateTime<Utc>,
 ) -> Result<Option<Challenge>, AppError> {
-    Ok(sqlx::query_as::<_, Challenge>(
-        "UPDATE mfa_challenges c SET failures = c.failures + 1
+    Ok(sqlx::query_as!(
+        Challenge,
+        r#"UPDATE mfa_challenges c SET failures = c.failures + 1
            FROM users u
           WHERE c.token_hash = $1 AND u.id = c.user_id AND c.consumed_at IS NULL
             AND c.expires_at > $2 AND c.failures < $3
          RETURNING c.user_id, c.throttle_key, c.created_at,
-                   c.security_stamp = u.security_stamp AS stamp_ok,
-                   u.disabled_at IS NOT NULL AS disabled",
+                   c.security_stamp = u.security_stamp AS "stamp_ok!",
+                   u.disabled_at IS NOT NULL AS "disabled!""#,
+        hash.as_bytes(),
+        now,
+        CHALLENGE_MAX_ATTEMPTS
     )
-    .bind(hash.as_bytes())
-    .bind(now)
-    .bind(CHALLENGE_MAX_ATTEMPTS)
     .fetch_optional(db)
     .await?)
 }
@@ -385,14 +385,14 @@ pub async fn consume_challenge(
     hash: &TokenHash,
     now: DateTime<Utc>,
 ) -> Result<bool, AppError> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE mfa_challenges c SET consumed_at = $2
            FROM users u
           WHERE c.token_hash = $1 AND u.id = c.user_id AND c.consumed_at IS NULL
             AND c.expires_at > $2 AND c.security_stamp = u.security_stamp",
+        hash.as_bytes(),
+        now
     )
-    .bind(hash.as_bytes())
-    .bind(now)
     .execute(tx)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -87,18 +87,18 @@ pub struct TableSize {
 /// waiting: false when another session holds it.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn try_lock(conn: &mut PgConnection, key: i64) -> Result<bool, AppError> {
-    Ok(sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(key)
-        .fetch_one(conn)
-        .await?)
+    Ok(
+        sqlx::query_scalar!(r#"SELECT pg_try_advisory_lock($1) AS "locked!""#, key)
+            .fetch_one(conn)
+            .await?,
+    )
 }
 
 /// Gives back the advisory lock `key` (closing the connection does too).
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn unlock(conn: &mut PgConnection, key: i64) -> Result<(), AppError> {
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(key)
-        .execute(conn)
+    sqlx::query!("SELECT pg_advisory_unlock($1)", key)
+        .fetch_one(conn)
         .await?;
     Ok(())
 }
@@ -106,20 +106,17 @@ pub async fn unlock(conn: &mut PgConnection, key: i64) -> Result<(), AppError> {
 /// The size of `table` (a name the caller controls, never input).
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn table_size(conn: &mut PgConnection, table: &str) -> Result<TableSize, AppError> {
-    let (blocks, rows_per_block): (i64, Option<f64>) = sqlx::query_as(
-        "SELECT pg_relation_size(c.oid) / current_setting('block_size')::bigint,
-                CASE WHEN c.relpages > 0 AND c.reltuples > 0
-                     THEN c.reltuples::float8 / c.relpages END
-           FROM pg_class c
-          WHERE c.oid = $1::regclass",
+    Ok(sqlx::query_as!(
+        TableSize,
+        r#"SELECT pg_relation_size(c.oid) / current_setting('block_size')::bigint AS "blocks!",
+                  CASE WHEN c.relpages > 0 AND c.reltuples > 0
+                       THEN c.reltuples::float8 / c.relpages END AS rows_per_block
+             FROM pg_class c
+            WHERE c.oid = $1::text::regclass"#,
+        table,
     )
-    .bind(table)
     .fetch_one(conn)
-    .await?;
-    Ok(TableSize {
-        blocks,
-        rows_per_block,
-    })
+    .await?)
 }
 
 /// When a pass of `task` finished less than `interval` ago (by the database's
@@ -132,13 +129,13 @@ pub async fn next_due_in(
     task: &str,
     interval: Duration,
 ) -> Result<Option<Duration>, AppError> {
-    let remaining: Option<f64> = sqlx::query_scalar(
-        "SELECT extract(epoch FROM finished_at + make_interval(secs => $2) - now())::float8
+    let remaining: Option<f64> = sqlx::query_scalar!(
+        r#"SELECT extract(epoch FROM finished_at + make_interval(secs => $2) - now())::float8 AS "remaining!"
            FROM maintenance_runs
-          WHERE task = $1 AND finished_at > now() - make_interval(secs => $2)",
+          WHERE task = $1 AND finished_at > now() - make_interval(secs => $2)"#,
+        task,
+        interval.as_secs_f64()
     )
-    .bind(task)
-    .bind(interval.as_secs_f64())
     .fetch_optional(conn)
     .await?;
     Ok(remaining.map(|secs| Duration::try_from_secs_f64(secs).unwrap_or_default()))
@@ -148,15 +145,15 @@ pub async fn next_due_in(
 /// the row says none finished.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn start_run(conn: &mut PgConnection, task: &str, replica: &str) -> Result<(), AppError> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO maintenance_runs (task, started_at, finished_at, replica, deleted)
          VALUES ($1, now(), NULL, $2, 0)
          ON CONFLICT (task) DO UPDATE
             SET started_at = excluded.started_at, finished_at = NULL,
                 replica = excluded.replica, deleted = 0",
+        task,
+        replica
     )
-    .bind(task)
-    .bind(replica)
     .execute(conn)
     .await?;
     Ok(())
@@ -171,13 +168,13 @@ pub async fn finish_run(
     replica: &str,
     deleted: u64,
 ) -> Result<(), AppError> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE maintenance_runs SET finished_at = now(), deleted = $3
           WHERE task = $1 AND replica = $2 AND finished_at IS NULL",
+        task,
+        replica,
+        i64::try_from(deleted).unwrap_or(i64::MAX)
     )
-    .bind(task)
-    .bind(replica)
-    .bind(i64::try_from(deleted).unwrap_or(i64::MAX))
     .execute(conn)
     .await?;
     Ok(())

@@ -25,31 +25,29 @@ pub async fn enqueue(
     now: DateTime<Utc>,
 ) -> Result<Uuid, AppError> {
     let id = Uuid::new_v4();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO email_outbox
              (id, kind, recipient, subject, body_text, body_html, created_at, expires_at, next_attempt_at,
               user_id)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, $9)",
+        id,
+        mail.kind.as_str(),
+        &mail.recipient,
+        &mail.subject,
+        &mail.text,
+        &mail.html,
+        now,
+        mail.expires_at,
+        user_id,
     )
-    .bind(id)
-    .bind(mail.kind.as_str())
-    .bind(&mail.recipient)
-    .bind(&mail.subject)
-    .bind(&mail.text)
-    .bind(&mail.html)
-    .bind(now)
-    .bind(mail.expires_at)
-    .bind(user_id)
     .execute(tx)
     .await?;
     Ok(id)
 }
 
 /// A pending message claimed for one delivery attempt.
-#[derive(sqlx::FromRow)]
 pub struct ClaimedMail {
     pub id: Uuid,
-    #[sqlx(try_from = "String")]
     pub kind: MailKind,
     pub recipient: String,
     pub subject: String,
@@ -72,8 +70,9 @@ pub async fn claim_due<'e>(
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
 ) -> Result<Option<ClaimedMail>, AppError> {
-    Ok(sqlx::query_as::<_, ClaimedMail>(
-        "UPDATE email_outbox o
+    // A pending message keeps its bodies (a check constraint holds it).
+    let Some(row) = sqlx::query!(
+        r#"UPDATE email_outbox o
             SET attempts = o.attempts + 1, next_attempt_at = $2
            FROM (SELECT id FROM email_outbox
                   WHERE sent_at IS NULL AND discarded_at IS NULL AND next_attempt_at <= $1
@@ -81,13 +80,27 @@ pub async fn claim_due<'e>(
                   LIMIT 1
                   FOR UPDATE SKIP LOCKED) due
           WHERE o.id = due.id
-         RETURNING o.id, o.kind, o.recipient, o.subject, o.body_text, o.body_html,
-                   o.created_at, o.expires_at, o.attempts",
+         RETURNING o.id, o.kind, o.recipient, o.subject, o.body_text AS "body_text!",
+                   o.body_html AS "body_html!", o.created_at, o.expires_at, o.attempts"#,
+        now,
+        lease_until,
     )
-    .bind(now)
-    .bind(lease_until)
     .fetch_optional(db)
-    .await?)
+    .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(ClaimedMail {
+        id: row.id,
+        kind: MailKind::try_from(row.kind).map_err(|e| AppError::internal(anyhow::anyhow!(e)))?,
+        recipient: row.recipient,
+        subject: row.subject,
+        body_text: row.body_text,
+        body_html: row.body_html,
+        created_at: row.created_at,
+        expires_at: row.expires_at,
+        attempts: row.attempts,
+    }))
 }
 
 /// Keeps a claimed message from the other replicas until `until`, while
@@ -98,12 +111,12 @@ pub async fn extend_lease<'e>(
     id: Uuid,
     until: DateTime<Utc>,
 ) -> Result<(), AppError> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE email_outbox SET next_attempt_at = $2
           WHERE id = $1 AND sent_at IS NULL AND discarded_at IS NULL",
+        id,
+        until,
     )
-    .bind(id)
-    .bind(until)
     .execute(db)
     .await?;
     Ok(())
@@ -178,20 +191,20 @@ pub async fn retry_at<'e>(
     next_attempt_at: DateTime<Utc>,
     error: &str,
 ) -> Result<(), AppError> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE email_outbox SET next_attempt_at = $2, last_error = $3
           WHERE id = $1 AND sent_at IS NULL AND discarded_at IS NULL",
+        id,
+        next_attempt_at,
+        truncate(error),
     )
-    .bind(id)
-    .bind(next_attempt_at)
-    .bind(truncate(error))
     .execute(db)
     .await?;
     Ok(())
 }
 
 /// The backlog: how many messages are pending and when the oldest was queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PendingSummary {
     pub count: i64,
     pub oldest_created_at: Option<DateTime<Utc>>,
@@ -201,10 +214,11 @@ pub struct PendingSummary {
 /// due index covers, so this stays cheap however much mail was ever sent.
 #[tracing::instrument(skip_all)]
 pub async fn pending_summary<'e>(db: impl PgExecutor<'e>) -> Result<PendingSummary, AppError> {
-    Ok(sqlx::query_as::<_, PendingSummary>(
-        "SELECT count(*) AS count, min(created_at) AS oldest_created_at
-           FROM email_outbox
-          WHERE sent_at IS NULL AND discarded_at IS NULL",
+    Ok(sqlx::query_as!(
+        PendingSummary,
+        r#"SELECT count(*) AS "count!", min(created_at) AS oldest_created_at
+             FROM email_outbox
+            WHERE sent_at IS NULL AND discarded_at IS NULL"#,
     )
     .fetch_one(db)
     .await?)

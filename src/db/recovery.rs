@@ -48,11 +48,11 @@ pub async fn tokens_issued_since(
     user_id: Uuid,
     since: DateTime<Utc>,
 ) -> Result<i64, AppError> {
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM password_reset_tokens WHERE user_id = $1 AND created_at > $2",
+    Ok(sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM password_reset_tokens WHERE user_id = $1 AND created_at > $2"#,
+        user_id,
+        since
     )
-    .bind(user_id)
-    .bind(since)
     .fetch_one(tx)
     .await?)
 }
@@ -65,12 +65,12 @@ pub async fn supersede_all(
     user_id: Uuid,
     now: DateTime<Utc>,
 ) -> Result<u64, AppError> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE password_reset_tokens SET superseded_at = $2
           WHERE user_id = $1 AND consumed_at IS NULL AND superseded_at IS NULL",
+        user_id,
+        now
     )
-    .bind(user_id)
-    .bind(now)
     .execute(tx)
     .await?;
     Ok(done.rows_affected())
@@ -84,14 +84,14 @@ pub async fn insert_token(
     now: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 ) -> Result<(), AppError> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO password_reset_tokens (token_hash, user_id, created_at, expires_at, security_stamp)
          SELECT $1, $2, $3, $4, u.security_stamp FROM users u WHERE u.id = $2",
+        hash.as_bytes(),
+        user_id,
+        now,
+        expires_at
     )
-    .bind(hash.as_bytes())
-    .bind(user_id)
-    .bind(now)
-    .bind(expires_at)
     .execute(tx)
     .await?;
     Ok(())
@@ -105,14 +105,15 @@ pub async fn usable_token_owner<'e>(
     hash: &TokenHash,
     now: DateTime<Utc>,
 ) -> Result<Option<RecoveryAccount>, AppError> {
-    Ok(sqlx::query_as::<_, RecoveryAccount>(
+    Ok(sqlx::query_as!(
+        RecoveryAccount,
         "SELECT u.id, u.email, u.username
            FROM password_reset_tokens t JOIN users u ON u.id = t.user_id
           WHERE t.token_hash = $1 AND t.consumed_at IS NULL AND t.superseded_at IS NULL
             AND t.expires_at > $2 AND u.disabled_at IS NULL AND u.security_stamp = t.security_stamp",
+        hash.as_bytes(),
+        now
     )
-    .bind(hash.as_bytes())
-    .bind(now)
     .fetch_optional(db)
     .await?)
 }
@@ -126,16 +127,16 @@ pub async fn consume(
     hash: &TokenHash,
     now: DateTime<Utc>,
 ) -> Result<Option<Uuid>, AppError> {
-    Ok(sqlx::query_scalar(
+    Ok(sqlx::query_scalar!(
         "UPDATE password_reset_tokens t SET consumed_at = $2
            FROM users u
           WHERE t.token_hash = $1 AND t.consumed_at IS NULL AND t.superseded_at IS NULL
             AND t.expires_at > $2
             AND u.id = t.user_id AND u.security_stamp = t.security_stamp
          RETURNING t.user_id",
+        hash.as_bytes(),
+        now
     )
-    .bind(hash.as_bytes())
-    .bind(now)
     .fetch_optional(tx)
     .await?)
 }
@@ -147,12 +148,14 @@ pub async fn record_request<'e>(
     email: &str,
     now: DateTime<Utc>,
 ) -> Result<(), AppError> {
-    sqlx::query("INSERT INTO password_reset_requests (id, email, requested_at) VALUES ($1, $2, $3)")
-        .bind(Uuid::new_v4())
-        .bind(email)
-        .bind(now)
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO password_reset_requests (id, email, requested_at) VALUES ($1, $2, $3)",
+        Uuid::new_v4(),
+        email,
+        now
+    )
+    .execute(db)
+    .await?;
     Ok(())
 }
 
@@ -167,11 +170,12 @@ pub struct ResetRequest {
 // Background work: a span only when debugging, not a trace every tick.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn take_request(tx: &mut PgConnection) -> Result<Option<ResetRequest>, AppError> {
-    Ok(sqlx::query_as::<_, ResetRequest>(
+    Ok(sqlx::query_as!(
+        ResetRequest,
         "DELETE FROM password_reset_requests
           WHERE id = (SELECT id FROM password_reset_requests ORDER BY requested_at
                        LIMIT 1 FOR UPDATE SKIP LOCKED)
-         RETURNING email, requested_at",
+         RETURNING email, requested_at"
     )
     .fetch_optional(tx)
     .await?)

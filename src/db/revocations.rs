@@ -84,12 +84,12 @@ pub async fn record_user_disabled<'e>(
     user_id: Uuid,
     now: DateTime<Utc>,
 ) -> Result<bool, AppError> {
-    let event: Option<i64> = sqlx::query_scalar(
-        "SELECT authd_record_revocation('USER_DISABLED', id, NULL, $2)
-           FROM users WHERE id = $1 AND disabled_at = $2",
+    let event: Option<i64> = sqlx::query_scalar!(
+        r#"SELECT authd_record_revocation('USER_DISABLED', id, NULL, $2) AS "event!"
+           FROM users WHERE id = $1 AND disabled_at = $2"#,
+        user_id,
+        now
     )
-    .bind(user_id)
-    .bind(now)
     .fetch_optional(db)
     .await?;
     Ok(event.is_some())
@@ -97,11 +97,12 @@ pub async fn record_user_disabled<'e>(
 
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn state<'e>(db: impl PgExecutor<'e>) -> Result<LogState, AppError> {
-    Ok(
-        sqlx::query_as::<_, LogState>("SELECT last_event_id, pruned_through FROM revocation_log")
-            .fetch_one(db)
-            .await?,
+    Ok(sqlx::query_as!(
+        LogState,
+        "SELECT last_event_id, pruned_through FROM revocation_log"
     )
+    .fetch_one(db)
+    .await?)
 }
 
 /// Where a subscriber that starts at a time begins, read in one snapshot.
@@ -121,13 +122,14 @@ pub struct TimeStart {
 /// `last_event_id`.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn start_at<'e>(db: impl PgExecutor<'e>, since: DateTime<Utc>) -> Result<TimeStart, AppError> {
-    Ok(sqlx::query_as::<_, TimeStart>(
-        "SELECT now() AS now, last_event_id,
+    Ok(sqlx::query_as!(
+        TimeStart,
+        r#"SELECT now() AS "now!", last_event_id,
                 (SELECT id FROM revocation_events WHERE occurred_at >= $1
                   ORDER BY occurred_at, id LIMIT 1) AS first_id
-           FROM revocation_log",
+           FROM revocation_log"#,
+        since
     )
-    .bind(since)
     .fetch_one(db)
     .await?)
 }
@@ -137,14 +139,25 @@ pub async fn start_at<'e>(db: impl PgExecutor<'e>, since: DateTime<Utc>) -> Resu
 /// to the last id it got never skips an event.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn after<'e>(db: impl PgExecutor<'e>, cursor: i64, limit: i64) -> Result<Vec<EventRow>, AppError> {
-    Ok(sqlx::query_as::<_, EventRow>(
+    let rows = sqlx::query!(
         "SELECT id, kind, user_id, session_ids, occurred_at FROM revocation_events
           WHERE id > $1 ORDER BY id LIMIT $2",
+        cursor,
+        limit
     )
-    .bind(cursor)
-    .bind(limit)
     .fetch_all(db)
-    .await?)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(EventRow {
+                id: r.id,
+                kind: EventKind::try_from(r.kind).map_err(AppError::internal)?,
+                user_id: r.user_id,
+                session_ids: r.session_ids,
+                occurred_at: r.occurred_at,
+            })
+        })
+        .collect()
 }
 
 /// The newest event that occurred more than `retention` ago: pruning
@@ -165,13 +178,13 @@ pub async fn prune_horizon<'e>(
         // time index; times rise with ids, so it is the highest old id.
         // max(id) would walk the primary key down through every event of
         // the retention window before reaching an old one.
-        sqlx::query_scalar(
+        sqlx::query_scalar!(
             "SELECT id FROM revocation_events
               WHERE occurred_at < now() - make_interval(secs => $1)
               ORDER BY occurred_at DESC LIMIT 1",
+            retention.as_seconds_f64()
         )
-        .bind(retention.as_seconds_f64())
-        .fetch_one(db)
+        .fetch_optional(db)
         .await?,
     )
 }
@@ -198,24 +211,26 @@ pub async fn prune_batch(
     limit: u32,
 ) -> Result<Option<Pruned>, AppError> {
     let mut tx = conn.begin().await?;
-    let floor: i64 = sqlx::query_scalar("SELECT pruned_through FROM revocation_log")
+    let floor: i64 = sqlx::query_scalar!("SELECT pruned_through FROM revocation_log")
         .fetch_one(&mut *tx)
         .await?;
     let upto = floor.saturating_add(i64::from(limit)).min(horizon);
     if upto <= floor {
         return Ok(None);
     }
-    let deleted = sqlx::query("DELETE FROM revocation_events WHERE id > $1 AND id <= $2")
-        .bind(floor)
-        .bind(upto)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    let pruned_through: i64 = sqlx::query_scalar(
+    let deleted = sqlx::query!(
+        "DELETE FROM revocation_events WHERE id > $1 AND id <= $2",
+        floor,
+        upto
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let pruned_through: i64 = sqlx::query_scalar!(
         "UPDATE revocation_log SET pruned_through = GREATEST(pruned_through, $1)
          RETURNING pruned_through",
+        upto
     )
-    .bind(upto)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -15,7 +15,7 @@ pub fn factor_secret_aad(factor_id: Uuid, user_id: Uuid) -> [u8; 32] {
 }
 
 /// A factor's secret as stored.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct SealedFactorSecret {
     pub factor_id: Uuid,
     pub user_id: Uuid,
@@ -39,18 +39,19 @@ pub async fn factor_secrets_not_under(
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<SealedFactorSecret>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id AS factor_id, user_id, secret_key_id AS key_id, secret_sealed AS sealed
+    sqlx::query_as!(
+        SealedFactorSecret,
+        r#"SELECT id AS factor_id, user_id, secret_key_id AS "key_id!", secret_sealed AS "sealed!"
            FROM factors
           WHERE secret_sealed IS NOT NULL AND secret_key_id IS NOT NULL
             AND secret_key_id <> $1
             AND ($2::uuid IS NULL OR id > $2)
           ORDER BY id
-          LIMIT $3",
+          LIMIT $3"#,
+        key_id,
+        after,
+        limit,
     )
-    .bind(key_id)
-    .bind(after)
-    .bind(limit)
     .fetch_all(db)
     .await
 }
@@ -68,10 +69,10 @@ pub async fn replace_factor_secrets(
         return Ok(0);
     }
     let ids: Vec<Uuid> = resealed.iter().map(|r| r.old.factor_id).collect();
-    let old_key_ids: Vec<&str> = resealed.iter().map(|r| r.old.key_id.as_str()).collect();
+    let old_key_ids: Vec<String> = resealed.iter().map(|r| r.old.key_id.clone()).collect();
     let old_sealed: Vec<&[u8]> = resealed.iter().map(|r| r.old.sealed.as_slice()).collect();
     let new_sealed: Vec<&[u8]> = resealed.iter().map(|r| r.sealed.as_slice()).collect();
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE factors f
             SET secret_sealed = r.new_sealed, secret_key_id = $5
            FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::bytea[])
@@ -79,12 +80,12 @@ pub async fn replace_factor_secrets(
           WHERE f.id = r.id
             AND f.secret_key_id = r.old_key_id
             AND f.secret_sealed = r.old_sealed",
+        &ids,
+        &old_key_ids,
+        &old_sealed as _,
+        &new_sealed as _,
+        key_id,
     )
-    .bind(&ids)
-    .bind(&old_key_ids)
-    .bind(&old_sealed)
-    .bind(&new_sealed)
-    .bind(key_id)
     .execute(db)
     .await?;
     Ok(done.rows_affected())
@@ -92,15 +93,16 @@ pub async fn replace_factor_secrets(
 
 /// How many factor secrets each data key seals, by key id.
 pub async fn factor_secrets_by_key(db: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT secret_key_id, count(*)
-           FROM factors
-          WHERE secret_key_id IS NOT NULL
-          GROUP BY secret_key_id
-          ORDER BY secret_key_id",
+    let rows = sqlx::query!(
+        r#"SELECT secret_key_id AS "key_id!", count(*) AS "sealed!"
+             FROM factors
+            WHERE secret_key_id IS NOT NULL
+            GROUP BY secret_key_id
+            ORDER BY secret_key_id"#,
     )
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.key_id, r.sealed)).collect())
 }
 
 #[cfg(test)]

@@ -8,14 +8,15 @@ use crate::error::AppError;
 /// every later one reads what it stored.
 #[tracing::instrument(skip_all, fields(name))]
 pub async fn shared(db: &PgPool, name: &str, candidate: &[u8]) -> Result<Vec<u8>, AppError> {
-    sqlx::query("INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-        .bind(name)
-        .bind(candidate)
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO server_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        name,
+        candidate,
+    )
+    .execute(db)
+    .await?;
     Ok(
-        sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
-            .bind(name)
+        sqlx::query_scalar!("SELECT value FROM server_secrets WHERE name = $1", name)
             .fetch_one(db)
             .await?,
     )

@@ -18,12 +18,13 @@ pub struct KeyOwner {
 
 #[tracing::instrument(skip_all)]
 pub async fn find_by_key<'e>(db: impl PgExecutor<'e>, key: &TokenHash) -> Result<Option<KeyOwner>, AppError> {
-    Ok(sqlx::query_as::<_, KeyOwner>(
+    Ok(sqlx::query_as!(
+        KeyOwner,
         "SELECT a.id AS account_id, k.id AS key_id, a.name, a.scopes
            FROM service_account_keys k JOIN service_accounts a ON a.id = k.account_id
           WHERE k.key_hash = $1",
+        key.as_bytes()
     )
-    .bind(key.as_bytes())
     .fetch_optional(db)
     .await?)
 }
@@ -32,12 +33,13 @@ pub async fn find_by_key<'e>(db: impl PgExecutor<'e>, key: &TokenHash) -> Result
 /// gone.
 #[tracing::instrument(skip_all)]
 pub async fn find_by_key_id<'e>(db: impl PgExecutor<'e>, key_id: Uuid) -> Result<Option<KeyOwner>, AppError> {
-    Ok(sqlx::query_as::<_, KeyOwner>(
+    Ok(sqlx::query_as!(
+        KeyOwner,
         "SELECT a.id AS account_id, k.id AS key_id, a.name, a.scopes
            FROM service_account_keys k JOIN service_accounts a ON a.id = k.account_id
           WHERE k.id = $1",
+        key_id
     )
-    .bind(key_id)
     .fetch_optional(db)
     .await?)
 }
@@ -49,11 +51,13 @@ pub async fn touch_key<'e>(
     key_id: Uuid,
     now: DateTime<Utc>,
 ) -> Result<(), AppError> {
-    sqlx::query("UPDATE service_account_keys SET last_used_at = $2 WHERE id = $1")
-        .bind(key_id)
-        .bind(now)
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "UPDATE service_account_keys SET last_used_at = $2 WHERE id = $1",
+        key_id,
+        now
+    )
+    .execute(db)
+    .await?;
     Ok(())
 }
 
@@ -90,24 +94,26 @@ pub async fn add_key(
 ) -> Result<KeyAdded, AppError> {
     let scopes = scope_set(scopes);
     let mut tx = db.begin().await?;
-    let inserted: Option<Uuid> = sqlx::query_scalar(
+    let inserted: Option<Uuid> = sqlx::query_scalar!(
         "INSERT INTO service_accounts (id, name, scopes, created_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (name) DO NOTHING RETURNING id",
+        Uuid::new_v4(),
+        name,
+        &scopes,
+        now
     )
-    .bind(Uuid::new_v4())
-    .bind(name)
-    .bind(&scopes)
-    .bind(now)
     .fetch_optional(&mut *tx)
     .await?;
     let (account_id, is_new) = match inserted {
         Some(id) => (id, true),
         None => {
-            let (id, existing): (Uuid, Vec<String>) =
-                sqlx::query_as("SELECT id, scopes FROM service_accounts WHERE name = $1 FOR UPDATE")
-                    .bind(name)
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let row = sqlx::query!(
+                "SELECT id, scopes FROM service_accounts WHERE name = $1 FOR UPDATE",
+                name
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            let (id, existing) = (row.id, row.scopes);
             if scope_set(&existing) != scopes {
                 return Ok(KeyAdded::ScopesDiffer { existing });
             }
@@ -115,13 +121,13 @@ pub async fn add_key(
         }
     };
     let key_id = Uuid::new_v4();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO service_account_keys (id, account_id, key_hash, created_at) VALUES ($1, $2, $3, $4)",
+        key_id,
+        account_id,
+        key.as_bytes(),
+        now
     )
-    .bind(key_id)
-    .bind(account_id)
-    .bind(key.as_bytes())
-    .bind(now)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -161,11 +167,12 @@ pub async fn list(db: &PgPool) -> Result<Vec<AccountSummary>, AppError> {
         key_created_at: Option<DateTime<Utc>>,
         last_used_at: Option<DateTime<Utc>>,
     }
-    let rows = sqlx::query_as::<_, Row>(
+    let rows = sqlx::query_as!(
+        Row,
         "SELECT a.id AS account_id, a.name, a.scopes, a.created_at AS account_created_at,
                 k.id AS key_id, k.created_at AS key_created_at, k.last_used_at
            FROM service_accounts a LEFT JOIN service_account_keys k ON k.account_id = a.id
-          ORDER BY a.name, k.created_at",
+          ORDER BY a.name, k.created_at"
     )
     .fetch_all(db)
     .await?;
@@ -198,8 +205,7 @@ pub async fn list(db: &PgPool) -> Result<Vec<AccountSummary>, AppError> {
 /// Deletes the account and every key of it; false when there is none.
 #[tracing::instrument(skip_all, fields(name))]
 pub async fn delete_account(db: &PgPool, name: &str) -> Result<bool, AppError> {
-    let done = sqlx::query("DELETE FROM service_accounts WHERE name = $1")
-        .bind(name)
+    let done = sqlx::query!("DELETE FROM service_accounts WHERE name = $1", name)
         .execute(db)
         .await?;
     Ok(done.rows_affected() == 1)
@@ -208,12 +214,12 @@ pub async fn delete_account(db: &PgPool, name: &str) -> Result<bool, AppError> {
 /// Deletes one key of the account `name`; false when it has no such key.
 #[tracing::instrument(skip_all, fields(name, %key_id))]
 pub async fn delete_key(db: &PgPool, name: &str, key_id: Uuid) -> Result<bool, AppError> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "DELETE FROM service_account_keys k USING service_accounts a
           WHERE k.id = $2 AND k.account_id = a.id AND a.name = $1",
+        name,
+        key_id
     )
-    .bind(name)
-    .bind(key_id)
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -221,10 +227,10 @@ pub async fn delete_key(db: &PgPool, name: &str, key_id: Uuid) -> Result<bool, A
 
 #[tracing::instrument(skip_all, fields(name))]
 pub async fn exists(db: &PgPool, name: &str) -> Result<bool, AppError> {
-    Ok(
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM service_accounts WHERE name = $1)")
-            .bind(name)
-            .fetch_one(db)
-            .await?,
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM service_accounts WHERE name = $1) AS "taken!""#,
+        name
     )
+    .fetch_one(db)
+    .await?)
 }

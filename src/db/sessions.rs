@@ -95,12 +95,12 @@ pub async fn lower_to_password<'e>(
     user_id: Uuid,
     keep: Uuid,
 ) -> Result<u64, AppError> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE sessions SET amr = '{pwd}'
           WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL AND amr <> '{pwd}'",
+        user_id,
+        keep
     )
-    .bind(user_id)
-    .bind(keep)
     .execute(db)
     .await?;
     Ok(done.rows_affected())
@@ -109,11 +109,11 @@ pub async fn lower_to_password<'e>(
 /// The account has a factor now: none of its sessions waits for one.
 #[tracing::instrument(skip_all)]
 pub async fn clear_enrollment_required<'e>(db: impl PgExecutor<'e>, user_id: Uuid) -> Result<(), AppError> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE sessions SET mfa_enrollment_required = false
           WHERE user_id = $1 AND mfa_enrollment_required AND revoked_at IS NULL",
+        user_id
     )
-    .bind(user_id)
     .execute(db)
     .await?;
     Ok(())
@@ -126,12 +126,14 @@ pub async fn insert_refresh_token(
     session_id: Uuid,
     now: DateTime<Utc>,
 ) -> Result<(), AppError> {
-    sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1, $2, $3)")
-        .bind(hash.as_bytes())
-        .bind(session_id)
-        .bind(now)
-        .execute(tx)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1, $2, $3)",
+        hash.as_bytes(),
+        session_id,
+        now
+    )
+    .execute(tx)
+    .await?;
     Ok(())
 }
 
@@ -324,16 +326,16 @@ pub async fn revoke<'e>(
     reason: EndReason,
     now: DateTime<Utc>,
 ) -> Result<bool, AppError> {
-    let event: Option<i64> = sqlx::query_scalar(
-        "WITH ended AS (
+    let event: Option<i64> = sqlx::query_scalar!(
+        r#"WITH ended AS (
              UPDATE sessions SET revoked_at = $2, revoked_reason = $3
               WHERE id = $1 AND revoked_at IS NULL
              RETURNING id, user_id)
-         SELECT authd_record_revocation('SESSION_ENDED', user_id, ARRAY[id], $2) FROM ended",
+         SELECT authd_record_revocation('SESSION_ENDED', user_id, ARRAY[id], $2) AS "event!" FROM ended"#,
+        session_id,
+        now,
+        reason.as_str()
     )
-    .bind(session_id)
-    .bind(now)
-    .bind(reason.as_str())
     .fetch_optional(db)
     .await?;
     Ok(event.is_some())
@@ -351,7 +353,7 @@ pub async fn revoke_by_refresh_token<'e>(
 ) -> Result<Option<Uuid>, AppError> {
     // A WITH that only reads runs only if referenced: the always-true
     // `count(*) >= 0` is what makes the event's insert happen.
-    Ok(sqlx::query_scalar(
+    Ok(sqlx::query_scalar!(
         "WITH target AS (SELECT session_id FROM refresh_tokens WHERE token_hash = $1),
               ended AS (
                   UPDATE sessions s SET revoked_at = $2, revoked_reason = $3
@@ -360,10 +362,10 @@ pub async fn revoke_by_refresh_token<'e>(
               event AS (
                   SELECT authd_record_revocation('SESSION_ENDED', user_id, ARRAY[id], $2) FROM ended)
          SELECT session_id FROM target WHERE (SELECT count(*) FROM event) >= 0",
+        hash.as_bytes(),
+        now,
+        reason.as_str()
     )
-    .bind(hash.as_bytes())
-    .bind(now)
-    .bind(reason.as_str())
     .fetch_optional(db)
     .await?)
 }
@@ -391,25 +393,26 @@ pub async fn revoke_all_for_user<'e>(
     now: DateTime<Utc>,
 ) -> Result<u64, AppError> {
     // CASE, unlike OR, guarantees the event is not recorded when nothing ended.
-    let (ended, _event): (i64, Option<i64>) = sqlx::query_as(
-        "WITH ended AS (
+    let ended = sqlx::query!(
+        r#"WITH ended AS (
              UPDATE sessions SET revoked_at = $3, revoked_reason = $4
               WHERE user_id = $1 AND revoked_at IS NULL AND ($2::uuid IS NULL OR id <> $2)
                 AND idle_expires_at > $5 AND absolute_expires_at > $5
              RETURNING id, LEAST(idle_expires_at, absolute_expires_at) > $3 AS live)
-         SELECT count(*) FILTER (WHERE live),
+         SELECT count(*) FILTER (WHERE live) AS "ended!",
                 CASE WHEN count(*) > 0
                      THEN authd_record_revocation('USER_SESSIONS_ENDED', $1, array_agg(id), $3)
-                END
-           FROM ended",
+                END AS event
+           FROM ended"#,
+        user_id,
+        keep,
+        now,
+        reason.as_str(),
+        now - EXPIRED_STILL_LISTED,
     )
-    .bind(user_id)
-    .bind(keep)
-    .bind(now)
-    .bind(reason.as_str())
-    .bind(now - EXPIRED_STILL_LISTED)
     .fetch_one(db)
-    .await?;
+    .await?
+    .ended;
     Ok(u64::try_from(ended).unwrap_or(0))
 }
 
@@ -417,8 +420,7 @@ pub async fn revoke_all_for_user<'e>(
 /// them outright, e.g. after a password change).
 #[tracing::instrument(skip_all)]
 pub async fn delete_refresh_tokens(tx: &mut PgConnection, session_id: Uuid) -> Result<(), AppError> {
-    sqlx::query("DELETE FROM refresh_tokens WHERE session_id = $1")
-        .bind(session_id)
+    sqlx::query!("DELETE FROM refresh_tokens WHERE session_id = $1", session_id)
         .execute(tx)
         .await?;
     Ok(())
@@ -555,7 +557,7 @@ pub async fn start_from<'e>(
     from: StartedFrom<'_>,
     now: DateTime<Utc>,
 ) -> Result<bool, AppError> {
-    let started = sqlx::query(
+    let started = sqlx::query!(
         "WITH owner AS (
                   SELECT id FROM users WHERE id = $2 AND disabled_at IS NULL FOR SHARE),
               forgiven AS (DELETE FROM login_throttle WHERE key = $7 AND EXISTS (SELECT 1 FROM owner)),
@@ -567,19 +569,19 @@ pub async fn start_from<'e>(
                   RETURNING id)
          INSERT INTO refresh_tokens (token_hash, session_id, issued_at)
          SELECT $6, id, $3 FROM session",
+        s.id,
+        s.user_id,
+        now,
+        s.idle_expires_at,
+        s.absolute_expires_at,
+        first_token.as_bytes(),
+        forgive,
+        from.user_agent,
+        from.ip_address,
+        &s.proof.assurance.amr_strings(),
+        s.proof.assurance.auth_time,
+        s.proof.mfa_enrollment_required
     )
-    .bind(s.id)
-    .bind(s.user_id)
-    .bind(now)
-    .bind(s.idle_expires_at)
-    .bind(s.absolute_expires_at)
-    .bind(first_token.as_bytes())
-    .bind(forgive)
-    .bind(from.user_agent)
-    .bind(from.ip_address)
-    .bind(s.proof.assurance.amr_strings())
-    .bind(s.proof.assurance.auth_time)
-    .bind(s.proof.mfa_enrollment_required)
     .execute(db)
     .await?;
     Ok(started.rows_affected() == 1)
@@ -599,19 +601,19 @@ pub async fn start_impersonation<'e>(
     ip_address: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<bool, AppError> {
-    let started = sqlx::query(
+    let started = sqlx::query!(
         "INSERT INTO sessions (id, user_id, created_at, last_used_at, idle_expires_at,
                                absolute_expires_at, user_agent, ip_address, amr, auth_time)
          SELECT $1, id, $3, $3, $4, $4, $5, $6, '{}', NULL
            FROM users WHERE id = $2 AND disabled_at IS NULL
             FOR SHARE",
+        session_id,
+        user_id,
+        now,
+        expires_at,
+        label,
+        ip_address
     )
-    .bind(session_id)
-    .bind(user_id)
-    .bind(now)
-    .bind(expires_at)
-    .bind(label)
-    .bind(ip_address)
     .execute(db)
     .await?;
     Ok(started.rows_affected() == 1)

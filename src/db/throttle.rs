@@ -75,37 +75,35 @@ pub async fn charge(
     now: DateTime<Utc>,
 ) -> Result<Option<Duration>, AppError> {
     let interval = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
-    let counted: Option<i32> = sqlx::query_scalar(
+    let counted = sqlx::query_scalar!(
         "INSERT INTO login_throttle AS t (key, failures, last_failure_at, locked_until)
-         VALUES ($1, 1, $2, CASE WHEN 1 > $3 THEN $2 + $4 END)
+         VALUES ($1, 1, $2::timestamptz, CASE WHEN 1 > $3::integer THEN $2 + $4::interval END)
          ON CONFLICT (key) DO UPDATE
             SET (failures, last_failure_at, locked_until) = (
                 SELECT n.failures, $2,
                        CASE WHEN n.failures > $3
-                            THEN $2 + LEAST($4 * power(2, LEAST(n.failures - $3 - 1, 30)), $5) END
-                  FROM (SELECT CASE WHEN $2 - t.last_failure_at >= $6 THEN 1
+                            THEN $2 + LEAST($4 * power(2, LEAST(n.failures - $3 - 1, 30)), $5::interval) END
+                  FROM (SELECT CASE WHEN $2 - t.last_failure_at >= $6::interval THEN 1
                                     ELSE LEAST(t.failures, 2147483646) + 1 END AS failures) AS n)
           WHERE t.locked_until IS NULL OR t.locked_until <= $2
          RETURNING t.failures",
+        key,
+        now,
+        backoff.free,
+        interval(backoff.base) as _,
+        interval(backoff.cap) as _,
+        interval(backoff.forget_after) as _,
     )
-    .bind(key)
-    .bind(now)
-    .bind(backoff.free)
-    .bind(interval(backoff.base))
-    .bind(interval(backoff.cap))
-    .bind(interval(backoff.forget_after))
     .fetch_optional(db)
     .await?;
     if counted.is_some() {
         return Ok(None);
     }
     // Throttled: the row was left as it was.
-    let until: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT locked_until FROM login_throttle WHERE key = $1")
-            .bind(key)
-            .fetch_optional(db)
-            .await?
-            .flatten();
+    let until = sqlx::query_scalar!("SELECT locked_until FROM login_throttle WHERE key = $1", key)
+        .fetch_optional(db)
+        .await?
+        .flatten();
     Ok(Some(
         until
             .and_then(|u| (u - now).to_std().ok())
@@ -116,8 +114,7 @@ pub async fn charge(
 /// Forgets the failures of `key` after a success.
 #[tracing::instrument(skip_all)]
 pub async fn forgive<'e>(db: impl PgExecutor<'e>, key: &str) -> Result<(), AppError> {
-    sqlx::query("DELETE FROM login_throttle WHERE key = $1")
-        .bind(key)
+    sqlx::query!("DELETE FROM login_throttle WHERE key = $1", key)
         .execute(db)
         .await?;
     Ok(())
@@ -128,8 +125,7 @@ pub async fn forgive<'e>(db: impl PgExecutor<'e>, key: &str) -> Result<(), AppEr
 #[tracing::instrument(skip_all, fields(count = keys.len()))]
 pub async fn forgive_all<'e>(db: impl PgExecutor<'e>, keys: &[ThrottleKey]) -> Result<(), AppError> {
     let keys: Vec<&str> = keys.iter().map(ThrottleKey::as_str).collect();
-    sqlx::query("DELETE FROM login_throttle WHERE key = ANY($1)")
-        .bind(keys)
+    sqlx::query!("DELETE FROM login_throttle WHERE key = ANY($1)", &keys as _)
         .execute(db)
         .await?;
     Ok(())
@@ -141,13 +137,13 @@ pub async fn forgive_all<'e>(db: impl PgExecutor<'e>, keys: &[ThrottleKey]) -> R
 pub async fn refund<'e>(db: impl PgExecutor<'e>, key: &str, backoff: &Backoff) -> Result<(), AppError> {
     // The charge may have started a wait; without it the count is back
     // under the free attempts, so the wait goes too.
-    sqlx::query(
+    sqlx::query!(
         "UPDATE login_throttle SET failures = greatest(failures - 1, 0), \
          locked_until = CASE WHEN failures - 1 <= $2 THEN NULL ELSE locked_until END \
          WHERE key = $1",
+        key,
+        backoff.free,
     )
-    .bind(key)
-    .bind(backoff.free)
     .execute(db)
     .await?;
     Ok(())
@@ -167,7 +163,7 @@ pub async fn delete_stale_in(
     now: DateTime<Utc>,
     limit: u32,
 ) -> Result<u64, AppError> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "WITH doomed AS (
              SELECT key FROM login_throttle
               WHERE ctid >= format('(%s,0)', $1::bigint)::tid
@@ -178,11 +174,11 @@ pub async fn delete_stale_in(
          DELETE FROM login_throttle t USING doomed
           WHERE t.key = doomed.key
             AND t.last_failure_at < $3 AND (t.locked_until IS NULL OR t.locked_until < $3)",
+        blocks.start,
+        blocks.end,
+        now - chrono::Duration::days(1),
+        i64::from(limit),
     )
-    .bind(blocks.start)
-    .bind(blocks.end)
-    .bind(now - chrono::Duration::days(1))
-    .bind(i64::from(limit))
     .execute(conn)
     .await?;
     Ok(done.rows_affected())

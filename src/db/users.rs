@@ -60,20 +60,10 @@ pub struct NewUserRow<'a> {
 /// email or username index (also under a race) becomes ALREADY_EXISTS.
 #[tracing::instrument(skip_all)]
 pub async fn insert<'e>(db: impl PgExecutor<'e>, new: NewUserRow<'_>) -> Result<User, AppError> {
-    sqlx::query_as::<_, UserRow>(
-        "INSERT INTO users AS u (id, email, username, full_name, phone, image_url, password_hash, created_at, updated_at)
+    sqlx::query_as!(UserRow, "INSERT INTO users AS u (id, email, username, full_name, phone, image_url, password_hash, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
          RETURNING u.id, u.email, u.username, u.full_name, u.phone, u.image_url, u.email_verified,
-                   u.roles, u.disabled_at, u.created_at, u.updated_at",
-    )
-    .bind(new.id)
-    .bind(new.email)
-    .bind(new.username)
-    .bind(new.full_name)
-    .bind(new.phone)
-    .bind(new.image_url)
-    .bind(new.password_hash)
-    .bind(new.now)
+                   u.roles, u.disabled_at, u.created_at, u.updated_at", new.id, new.email, new.username, new.full_name, new.phone, new.image_url, new.password_hash, new.now)
     .fetch_one(db)
     .await
     .map(User::from)
@@ -150,8 +140,7 @@ pub async fn find_credentials(db: &PgPool, key: LoginKey<'_>) -> Result<Option<C
 #[tracing::instrument(skip_all)]
 pub async fn password_hash<'e>(db: impl PgExecutor<'e>, user_id: Uuid) -> Result<Option<String>, AppError> {
     Ok(
-        sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
-            .bind(user_id)
+        sqlx::query_scalar!("SELECT password_hash FROM users WHERE id = $1", user_id)
             .fetch_optional(db)
             .await?,
     )
@@ -164,12 +153,14 @@ pub async fn set_password_hash<'e>(
     hash: &str,
     now: DateTime<Utc>,
 ) -> Result<(), AppError> {
-    sqlx::query("UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1")
-        .bind(user_id)
-        .bind(hash)
-        .bind(now)
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1",
+        user_id,
+        hash,
+        now
+    )
+    .execute(db)
+    .await?;
     Ok(())
 }
 
@@ -182,13 +173,13 @@ pub async fn replace_password_hash<'e>(
     new: &str,
     now: DateTime<Utc>,
 ) -> Result<bool, AppError> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE users SET password_hash = $3, updated_at = $4 WHERE id = $1 AND password_hash = $2",
+        user_id,
+        old,
+        new,
+        now
     )
-    .bind(user_id)
-    .bind(old)
-    .bind(new)
-    .bind(now)
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -203,12 +194,14 @@ pub async fn upgrade_password_hash<'e>(
     old: &str,
     new: &str,
 ) -> Result<(), AppError> {
-    sqlx::query("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2")
-        .bind(user_id)
-        .bind(old)
-        .bind(new)
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2",
+        user_id,
+        old,
+        new
+    )
+    .execute(db)
+    .await?;
     Ok(())
 }
 
@@ -448,10 +441,12 @@ pub async fn lock(tx: &mut PgConnection, id: Uuid) -> Result<Option<User>, AppEr
 /// Called in the transaction of each change of who controls the account.
 #[tracing::instrument(skip_all, fields(%id))]
 pub async fn rotate_security_stamp(tx: &mut PgConnection, id: Uuid) -> Result<(), AppError> {
-    sqlx::query("UPDATE users SET security_stamp = security_stamp + 1 WHERE id = $1")
-        .bind(id)
-        .execute(tx)
-        .await?;
+    sqlx::query!(
+        "UPDATE users SET security_stamp = security_stamp + 1 WHERE id = $1",
+        id
+    )
+    .execute(tx)
+    .await?;
     Ok(())
 }
 
@@ -460,8 +455,7 @@ pub async fn rotate_security_stamp(tx: &mut PgConnection, id: Uuid) -> Result<()
 /// Returns whether it existed.
 #[tracing::instrument(skip_all)]
 pub async fn delete(tx: &mut PgConnection, id: Uuid) -> Result<bool, AppError> {
-    let done = sqlx::query("DELETE FROM users WHERE id = $1")
-        .bind(id)
+    let done = sqlx::query!("DELETE FROM users WHERE id = $1", id)
         .execute(tx)
         .await?;
     Ok(done.rows_affected() == 1)

@@ -45,7 +45,7 @@ impl TryFrom<String> for Purpose {
 }
 
 /// What the mail flows need of an account, read under its row lock.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailAccount {
     pub id: Uuid,
     pub email: String,
@@ -57,11 +57,12 @@ pub struct MailAccount {
 /// exact. `None` when there is no such (enabled) account.
 #[tracing::instrument(skip_all)]
 pub async fn lock_account(tx: &mut PgConnection, user_id: Uuid) -> Result<Option<MailAccount>, AppError> {
-    Ok(sqlx::query_as::<_, MailAccount>(
+    Ok(sqlx::query_as!(
+        MailAccount,
         "SELECT id, email, email_verified FROM users
           WHERE id = $1 AND disabled_at IS NULL FOR NO KEY UPDATE",
+        user_id,
     )
-    .bind(user_id)
     .fetch_optional(tx)
     .await?)
 }
@@ -77,14 +78,14 @@ pub async fn cap_reached_until(
     window: chrono::Duration,
     cap: i64,
 ) -> Result<Option<DateTime<Utc>>, AppError> {
-    let nth_latest: Option<DateTime<Utc>> = sqlx::query_scalar(
+    let nth_latest = sqlx::query_scalar!(
         "SELECT created_at FROM email_verification_tokens
           WHERE user_id = $1 AND created_at > $2
           ORDER BY created_at DESC OFFSET $3 LIMIT 1",
+        user_id,
+        since,
+        cap - 1,
     )
-    .bind(user_id)
-    .bind(since)
-    .bind(cap - 1)
     .fetch_optional(tx)
     .await?;
     Ok(nth_latest.map(|t| t + window))
@@ -99,14 +100,14 @@ pub async fn supersede(
     purpose: Option<Purpose>,
     now: DateTime<Utc>,
 ) -> Result<u64, AppError> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE email_verification_tokens SET superseded_at = $3
           WHERE user_id = $1 AND ($2::text IS NULL OR purpose = $2)
             AND consumed_at IS NULL AND superseded_at IS NULL",
+        user_id,
+        purpose.map(Purpose::as_str),
+        now,
     )
-    .bind(user_id)
-    .bind(purpose.map(Purpose::as_str))
-    .bind(now)
     .execute(tx)
     .await?;
     Ok(done.rows_affected())
@@ -127,17 +128,17 @@ pub async fn insert_token(
     token: &NewVerificationToken<'_>,
     now: DateTime<Utc>,
 ) -> Result<(), AppError> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO email_verification_tokens
                 (token_hash, user_id, purpose, email, created_at, expires_at, security_stamp)
          SELECT $1, $2, $3, $4, $5, $6, u.security_stamp FROM users u WHERE u.id = $2",
+        token.hash.as_bytes(),
+        token.user_id,
+        token.purpose.as_str(),
+        token.email,
+        now,
+        token.expires_at,
     )
-    .bind(token.hash.as_bytes())
-    .bind(token.user_id)
-    .bind(token.purpose.as_str())
-    .bind(token.email)
-    .bind(now)
-    .bind(token.expires_at)
     .execute(tx)
     .await?;
     Ok(())
@@ -147,19 +148,18 @@ pub async fn insert_token(
 /// the caller locks the account before it consumes the token.
 #[tracing::instrument(skip_all)]
 pub async fn owner(tx: &mut PgConnection, hash: &TokenHash) -> Result<Option<Uuid>, AppError> {
-    Ok(
-        sqlx::query_scalar("SELECT user_id FROM email_verification_tokens WHERE token_hash = $1")
-            .bind(hash.as_bytes())
-            .fetch_optional(tx)
-            .await?,
+    Ok(sqlx::query_scalar!(
+        "SELECT user_id FROM email_verification_tokens WHERE token_hash = $1",
+        hash.as_bytes(),
     )
+    .fetch_optional(tx)
+    .await?)
 }
 
 /// A token that was just consumed.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct ConsumedToken {
     pub user_id: Uuid,
-    #[sqlx(try_from = "String")]
     pub purpose: Purpose,
     pub email: String,
 }
@@ -173,16 +173,25 @@ pub async fn consume(
     hash: &TokenHash,
     now: DateTime<Utc>,
 ) -> Result<Option<ConsumedToken>, AppError> {
-    Ok(sqlx::query_as::<_, ConsumedToken>(
+    let Some(row) = sqlx::query!(
         "UPDATE email_verification_tokens t SET consumed_at = $2
            FROM users u
           WHERE t.token_hash = $1 AND t.consumed_at IS NULL AND t.superseded_at IS NULL
             AND t.expires_at > $2
             AND u.id = t.user_id AND u.security_stamp = t.security_stamp
          RETURNING t.user_id, t.purpose, t.email",
+        hash.as_bytes(),
+        now,
     )
-    .bind(hash.as_bytes())
-    .bind(now)
     .fetch_optional(tx)
-    .await?)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let purpose = Purpose::try_from(row.purpose).map_err(|e| AppError::internal(anyhow::anyhow!(e)))?;
+    Ok(Some(ConsumedToken {
+        user_id: row.user_id,
+        purpose,
+        email: row.email,
+    }))
 }

@@ -41,12 +41,12 @@ impl NewAccount {
         let phone = optional(&input.phone, Phone::parse);
         let image_url = optional(&input.image_url, ImageUrl::parse);
         let mut violations = Vec::new();
-        note("email", &email, &mut violations);
-        note("password", &password, &mut violations);
-        note("username", &username, &mut violations);
-        note("full_name", &full_name, &mut violations);
-        note("phone", &phone, &mut violations);
-        note("image_url", &image_url, &mut violations);
+        Violation::note("email", &email, &mut violations);
+        Violation::note("password", &password, &mut violations);
+        Violation::note("username", &username, &mut violations);
+        Violation::note("full_name", &full_name, &mut violations);
+        Violation::note("phone", &phone, &mut violations);
+        Violation::note("image_url", &image_url, &mut violations);
         match (email, password, username, full_name, phone, image_url) {
             (Ok(email), Ok(password), Ok(username), Ok(full_name), Ok(phone), Ok(image_url)) => Ok(Self {
                 email,
@@ -58,13 +58,6 @@ impl NewAccount {
             }),
             _ => Err(AppError::Validation(violations)),
         }
-    }
-}
-
-/// Records the failure of one field's parse.
-pub(super) fn note<T>(field: &'static str, parsed: &Result<T, Invalid>, violations: &mut Vec<Violation>) {
-    if let Err(e) = parsed {
-        violations.push(Violation::new(field, e.clone()));
     }
 }
 

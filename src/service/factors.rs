@@ -1,6 +1,6 @@
 //! Second factors: enrolling an authenticator app, recovery codes, proving
-//! a factor (CompleteLogin, StepUp), freshness for sensitive changes, and
-//! an administrator's reset.
+//! a factor (CompleteLogin, StepUp), and an administrator's reset. How
+//! recent a proof a sensitive change needs is in `attempts.rs`.
 
 use std::time::Duration;
 
@@ -136,23 +136,6 @@ impl Core {
             )
             .map_err(AppError::internal)?;
         Ok(TotpSecret::from_bytes(secret))
-    }
-
-    /// Refuses a sensitive change on an account with a factor unless the
-    /// bearer proved a second factor within `AUTHD_REAUTH_MAX_AGE`.
-    pub(super) async fn require_fresh(
-        &self,
-        bearer: &VerifiedAccess,
-        now: DateTime<Utc>,
-    ) -> Result<(), AppError> {
-        let max_age = self.factors.reauth_max_age;
-        if bearer.assurance.second_factor_since(now, max_age) {
-            return Ok(());
-        }
-        if db::factors::has_live_factor(&self.db, bearer.user_id).await? {
-            return Err(AppError::ReauthenticationRequired { max_age });
-        }
-        Ok(())
     }
 
     /// The bearer's account behind a live session.

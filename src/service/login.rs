@@ -45,7 +45,7 @@ impl Core {
             ));
         }
         let password = Password::normalize(password);
-        super::accounts::note("password", &password, &mut violations);
+        Violation::note("password", &password, &mut violations);
         let Ok(password) = password else {
             return Err(AppError::Validation(violations));
         };

@@ -10,7 +10,6 @@ mod factors;
 pub mod keys;
 mod login;
 mod profile;
-mod reauthentication;
 mod recovery;
 mod revocations;
 mod session_list;

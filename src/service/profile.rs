@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::Core;
-use super::accounts::{note, optional};
+use super::accounts::optional;
 use crate::crypto::jwt::VerifiedAccess;
 use crate::db;
 use crate::db::users::ProfileUpdate;
@@ -121,22 +121,22 @@ impl ParsedUpdate {
             match field {
                 ProfileField::Username => {
                     let v = optional(&values.username, Username::parse);
-                    note(path, &v, &mut violations);
+                    Violation::note(path, &v, &mut violations);
                     parsed.username = v.ok();
                 }
                 ProfileField::FullName => {
                     let v = FullName::parse(&values.full_name);
-                    note(path, &v, &mut violations);
+                    Violation::note(path, &v, &mut violations);
                     parsed.full_name = v.ok();
                 }
                 ProfileField::Phone => {
                     let v = optional(&values.phone, Phone::parse);
-                    note(path, &v, &mut violations);
+                    Violation::note(path, &v, &mut violations);
                     parsed.phone = v.ok();
                 }
                 ProfileField::ImageUrl => {
                     let v = optional(&values.image_url, ImageUrl::parse);
-                    note(path, &v, &mut violations);
+                    Violation::note(path, &v, &mut violations);
                     parsed.image_url = v.ok();
                 }
             }
@@ -174,7 +174,7 @@ impl Core {
     ) -> Result<User, AppError> {
         let mut violations = Vec::new();
         let fields = parse_mask(&input.paths);
-        note("update_mask", &fields, &mut violations);
+        Violation::note("update_mask", &fields, &mut violations);
         let Some(values) = &input.values else {
             violations.push(Violation::new("user", Invalid::required()));
             return Err(AppError::Validation(violations));

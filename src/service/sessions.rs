@@ -157,8 +157,8 @@ impl Core {
         let identifiers = [user.email.as_str(), user.username.as_deref().unwrap_or_default()];
         let new = self.check_new_password(new, &identifiers).await?;
         let mut violations: Vec<Violation> = Vec::new();
-        super::accounts::note("current_password", &current, &mut violations);
-        super::accounts::note("new_password", &new, &mut violations);
+        Violation::note("current_password", &current, &mut violations);
+        Violation::note("new_password", &new, &mut violations);
         let (Ok(current), Ok(new)) = (current, new) else {
             return Err(AppError::Validation(violations));
         };

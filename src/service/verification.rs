@@ -142,8 +142,8 @@ impl Core {
         let new_email = Email::parse(new_email);
         let current = Password::normalize(current_password);
         let mut violations: Vec<Violation> = Vec::new();
-        super::accounts::note("new_email", &new_email, &mut violations);
-        super::accounts::note("current_password", &current, &mut violations);
+        Violation::note("new_email", &new_email, &mut violations);
+        Violation::note("current_password", &current, &mut violations);
         let (Ok(new_email), Ok(current)) = (new_email, current) else {
             return Err(AppError::Validation(violations));
         };

@@ -485,6 +485,26 @@ async fn two_replicas_started_together_run_each_pass_on_one_of_them_and_keep_wha
     assert_eq!(count, last_event - horizon);
 }
 
+/// A new or quiet database has no revocation event past retention: there
+/// is nothing to prune, and the pass still counts as run, not failed.
+#[tokio::test]
+async fn a_pass_with_no_revocation_event_past_retention_is_not_a_failure() {
+    let app = spawn_app_with(replica(Duration::from_secs(1), 100)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let failed = sample(&app, &passes("error")).await;
+        assert_eq!(failed, 0.0, "a clean-up pass failed");
+        if sample(&app, &passes("ran")).await >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no clean-up pass ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, finished, deleted) = recorded_run(&app.db).await.unwrap();
+    assert!(finished);
+    assert_eq!(deleted, 0);
+}
+
 #[tokio::test]
 async fn no_pass_runs_at_start_up() {
     let (url, db) = seeded(SMALL).await;

@@ -702,7 +702,7 @@ async fn an_overload_sheds_early_and_locks_nobody_out() {
     // One password worker with OWASP-sized hashes and a short server
     // deadline: far more Logins than it can check in time.
     let app = spawn_app_with(|c| {
-        c.argon2 = authd::crypto::password::Argon2Settings::default();
+        c.argon2 = authd::config::Argon2Settings::default();
         c.hash_workers = 1;
         c.request_timeout = Duration::from_millis(300);
     })

@@ -3,9 +3,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use authd::config::Argon2Settings;
 use authd::config::Config;
 use authd::crypto::opaque::{NewToken, TokenKind};
-use authd::crypto::password::Argon2Settings;
 use authd::local_pg::{Durability, LocalPostgres};
 use authd::pb::auth::v1::{
     self as pb, admin_service_client::AdminServiceClient, auth_service_client::AuthServiceClient,

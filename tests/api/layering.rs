@@ -48,7 +48,8 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("local_pg", &[]),
         ("config", &[]),
         ("telemetry", &["config"]),
-        ("crypto", &["domain", "error", "deadline", "metrics"]),
+        // The hasher is built from its config type (argon2's costs).
+        ("crypto", &["domain", "error", "deadline", "metrics", "config"]),
         ("db", &["domain", "error", "crypto"]),
         ("mail", &["domain", "error", "db", "metrics"]),
         (
@@ -127,11 +128,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
 
 /// Arrows that break the table today: (from file, to module, what removing
 /// it takes).
-const DEBT: &[(&str, &str, &str)] = &[(
-    "src/config.rs",
-    "crypto",
-    "argon2 settings as a config type that crypto takes",
-)];
+const DEBT: &[(&str, &str, &str)] = &[];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use authd::crypto::password::Argon2Settings;
+use authd::config::Argon2Settings;
 use tonic::Code;
 
 use super::fresh_password;

@@ -17,7 +17,7 @@ mod transport_limits;
 
 use std::time::{Duration, Instant};
 
-use authd::crypto::password::Argon2Settings;
+use authd::config::Argon2Settings;
 
 use crate::helpers::{TestApp, fresh_email};
 

@@ -2,7 +2,7 @@
 //! token, and hashes no weaker than the current parameters once their owner
 //! has logged in again.
 
-use authd::crypto::password::Argon2Settings;
+use authd::config::Argon2Settings;
 
 use super::fresh_password;
 use crate::helpers::*;
