@@ -465,3 +465,124 @@ fn merge(claims: &mut Value, edit: &Value) {
         claims[k] = v.clone();
     }
 }
+
+/// GetUser with `credential` as the client at `address` (through the
+/// trusted proxy header).
+async fn get_user_from(
+    app: &TestApp,
+    address: &str,
+    credential: &str,
+    user_id: &str,
+) -> Result<pb::User, tonic::Status> {
+    let mut request = with_bearer(
+        pb::GetUserRequest {
+            user_id: user_id.into(),
+        },
+        credential,
+    );
+    request
+        .metadata_mut()
+        .insert("x-forwarded-for", address.parse().unwrap());
+    app.admin()
+        .get_user(request)
+        .await
+        .map(|r| r.into_inner().user.expect("user"))
+}
+
+#[tokio::test]
+async fn a_live_keys_service_token_works_from_a_client_past_its_failure_limit() {
+    let app = spawn_app_with(|c| {
+        c.audiences = vec![BILLING.into()];
+        c.trusted_proxy_header = Some(http::header::HeaderName::from_static("x-forwarded-for"));
+        c.service_auth_failure_limit = 3;
+    })
+    .await;
+    crate::admin::wait_for_listeners(&app, 1).await;
+    let user = app.register(&fresh_email(), PASSWORD).await;
+    let key = app.service_key(&fresh_service("innocent"), &[READ]).await;
+    let token = service_token(&app, &key, "", "").await;
+    let (prober, neighbour) = ("198.51.100.7", "203.0.113.9");
+    // Both used once, so this replica holds the key as live.
+    get_user_from(&app, neighbour, &key, &user.id).await.unwrap();
+    get_user_from(&app, neighbour, &token, &user.id).await.unwrap();
+
+    let mut failures = 0;
+    loop {
+        let made_up = authd::crypto::opaque::NewToken::generate(authd::crypto::opaque::TokenKind::ServiceKey)
+            .unwrap()
+            .expose()
+            .to_owned();
+        match get_user_from(&app, prober, &made_up, &user.id).await {
+            Err(status) if status.code() == Code::Unauthenticated => failures += 1,
+            Err(status) if status.code() == Code::ResourceExhausted => break,
+            other => panic!("a made-up key answered {other:?}"),
+        }
+        assert!(failures <= 20, "20 made-up keys and no throttling");
+    }
+    // Behind the prober's (shared) address, a live key still works, and
+    // so must a token it minted: it is worth what the key is worth.
+    get_user_from(&app, prober, &key, &user.id).await.unwrap();
+    let answer = get_user_from(&app, prober, &token, &user.id).await;
+    assert!(
+        answer.is_ok(),
+        "the live key's service token was refused: {answer:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_service_token_is_told_so() {
+    let app = spawn().await;
+    let (user, _, _, key) = setting(&app, &[READ]).await;
+    let genuine = service_token(&app, &key, "", "").await;
+    let expired = resigned(&app, &genuine, |c| {
+        c["iat"] = json!(now() - 400);
+        c["nbf"] = json!(now() - 400);
+        c["exp"] = json!(now() - 60);
+    });
+    assert_error(
+        get_user(&app, &expired, &user.id).await,
+        Code::Unauthenticated,
+        "TOKEN_EXPIRED",
+    );
+    inactive(&app, &expired, "an expired service token").await;
+    get_user(&app, &genuine, &user.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn no_minted_token_is_too_long_for_the_verifiers_that_must_read_it() {
+    let app = spawn().await;
+    // As many roles as an account may have, each as long as allowed.
+    let roles: Vec<String> = (0..32).map(|i| format!("{i:02}{}", "r".repeat(62))).collect();
+    let role_refs: Vec<&str> = roles.iter().map(String::as_str).collect();
+    let (_, tokens) = user_with_roles(&app, &role_refs).await;
+    assert!(
+        tokens.access_token.len() <= authd_token_rules::MAX_TOKEN_BYTES,
+        "the login's own token is {} bytes",
+        tokens.access_token.len()
+    );
+    // Five services with names as long as allowed, each passing it on.
+    let mut token = tokens.access_token.clone();
+    for hop in 0..5 {
+        let name = format!("{hop}{}", "s".repeat(62));
+        let key = app.service_key(&name, &[EXCHANGE]).await;
+        match exchange(&app, &key, token_exchange(&token, BILLING, "")).await {
+            Ok(granted) => {
+                token = granted.access_token;
+                assert!(
+                    token.len() <= authd_token_rules::MAX_TOKEN_BYTES,
+                    "hop {hop}: authd minted a {}-byte token, which every verifier (authd's own \
+                     introspection included) refuses unread",
+                    token.len()
+                );
+                assert!(app.introspect(&token).await.unwrap().active, "hop {hop}");
+            }
+            // Refused instead, as a subject with no room for one more actor.
+            Err(status) => {
+                assert_eq!(status.code(), Code::InvalidArgument, "hop {hop}: {status:?}");
+                assert_eq!(reason(&status), "GRANT_INVALID", "hop {hop}");
+                assert_eq!(violated_fields(&status), vec!["subject_token"]);
+                return;
+            }
+        }
+    }
+}

@@ -191,3 +191,64 @@ async fn deleting_a_key_ends_its_service_tokens_at_authd_at_once_but_not_elsewhe
         Err(Refusal::Expired)
     );
 }
+
+#[tokio::test]
+async fn a_service_token_watches_revocations_until_its_key_is_deleted() {
+    let app = spawn().await;
+    wait_for_listeners(&app, 1).await;
+    let key = app
+        .service_key(&fresh_service("watcher"), &["revocations.watch", READ])
+        .await;
+    let token = service_token(&app, &key, "", "").await;
+    let (_, tokens) = app.signed_in_user().await;
+
+    // Narrowed without revocations.watch: refused.
+    let reader = service_token(&app, &key, "", READ).await;
+    let status = assert_error(
+        app.admin()
+            .watch_revocations(with_bearer(pb::WatchRevocationsRequest::default(), &reader))
+            .await,
+        Code::PermissionDenied,
+        "MISSING_SCOPE",
+    );
+    assert_eq!(crate::admin::missing_scope(&status), "revocations.watch");
+
+    let mut stream = app
+        .admin()
+        .watch_revocations(with_bearer(pb::WatchRevocationsRequest::default(), &token))
+        .await
+        .expect("a service token opens the stream")
+        .into_inner();
+    // The cursor first, then the logout's event.
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the cursor in time")
+        .unwrap()
+        .unwrap();
+    app.logout(&tokens.refresh_token).await.unwrap();
+    let sid = session_of(&tokens.access_token);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("the logout's event in time")
+            .unwrap()
+            .expect("the stream is open");
+        if event.session_id == sid {
+            break;
+        }
+    }
+
+    delete_key(&app, &key).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let status = loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Err(_) => panic!("the stream of a deleted key's token is still open after 2 s"),
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => panic!("the stream ended without a status"),
+            Ok(Err(status)) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(reason(&status), "TOKEN_INVALID");
+}
