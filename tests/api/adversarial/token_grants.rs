@@ -495,9 +495,10 @@ async fn a_live_keys_service_token_works_from_a_client_past_its_failure_limit() 
         c.audiences = vec![BILLING.into()];
         c.trusted_proxy_header = Some(http::header::HeaderName::from_static("x-forwarded-for"));
         c.service_auth_failure_limit = 3;
+        crate::metrics::with_metrics(c);
     })
     .await;
-    crate::admin::wait_for_listeners(&app, 1).await;
+    caches_on(&app).await;
     let user = app.register(&fresh_email(), PASSWORD).await;
     let key = app.service_key(&fresh_service("innocent"), &[READ]).await;
     let token = service_token(&app, &key, "", "").await;
