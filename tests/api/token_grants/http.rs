@@ -981,3 +981,97 @@ async fn the_metadata_describes_what_the_token_endpoint_does() {
 
 const TOKEN_PATH: &str = "/oauth2/token";
 const INTROSPECTION_PATH: &str = "/oauth2/introspect";
+
+/// One request over HTTP/2 with prior knowledge (what gRPC clients speak on
+/// this port): status, headers and body.
+async fn over_h2(
+    to: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> (u16, ::http::HeaderMap, Vec<u8>) {
+    let tcp = tokio::net::TcpStream::connect(to).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut request = ::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{to}{path}"))
+        .body(())
+        .unwrap();
+    for (name, value) in headers {
+        request.headers_mut().append(
+            ::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    let mut send = send.ready().await.unwrap();
+    let (response, mut stream) = send.send_request(request, body.is_empty()).unwrap();
+    if !body.is_empty() {
+        stream.send_data(bytes::Bytes::from(body), true).unwrap();
+    }
+    let response = response.await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let mut body = response.into_body();
+    let mut read = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        read.extend_from_slice(&chunk);
+    }
+    (status, headers, read)
+}
+
+#[tokio::test]
+async fn the_token_endpoint_and_the_documents_answer_over_http2_too() {
+    let app = spawn().await;
+    let name = fresh_service("h2");
+    let key = app.service_key(&name, &[READ, INTROSPECT]).await;
+    let (status, headers, body) = over_h2(
+        app.addr,
+        "POST",
+        TOKEN_PATH,
+        &[("content-type", FORM.to_owned()), ("authorization", basic(&name, &key))],
+        encode(&[("grant_type", CLIENT_CREDENTIALS), ("audience", BILLING)]),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(headers.get("cache-control").unwrap(), "no-store");
+    let granted: Value = serde_json::from_slice(&body).unwrap();
+    let token = granted["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(jwt_claims(&token)["aud"], BILLING);
+
+    let (status, _, body) = over_h2(
+        app.addr,
+        "POST",
+        INTROSPECTION_PATH,
+        &[("content-type", FORM.to_owned()), ("authorization", basic(&name, &key))],
+        encode(&[("token", &token)]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let about: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(about["active"], true, "{about}");
+
+    let (status, headers, body) = over_h2(app.addr, "GET", "/.well-known/openid-configuration", &[], Vec::new()).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers.get("content-type").unwrap(), "application/json");
+    let doc: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["issuer"], "https://authd.test");
+
+    // A form error over HTTP/2 is the same RFC error.
+    let (status, _, body) = over_h2(
+        app.addr,
+        "POST",
+        TOKEN_PATH,
+        &[("authorization", basic(&name, &key))],
+        encode(&[("grant_type", CLIENT_CREDENTIALS)]),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["error"], "invalid_request");
+}
