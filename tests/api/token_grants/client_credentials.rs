@@ -187,4 +187,7 @@ async fn a_service_token_works_wherever_its_key_does_with_its_scopes_only() {
 
     // The full token writes.
     assert!(disable(&app, &full, &user.id).await.unwrap().disabled);
+
+    // A service token is no user's: authd's account RPCs refuse it.
+    assert_error(app.get_me(&full).await, Code::Unauthenticated, "TOKEN_INVALID");
 }

@@ -252,3 +252,58 @@ async fn a_service_token_watches_revocations_until_its_key_is_deleted() {
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert_eq!(reason(&status), "TOKEN_INVALID");
 }
+
+#[tokio::test]
+async fn the_user_ends_an_impersonation_from_their_session_list() {
+    let app = spawn().await;
+    let (user, tokens) = app.signed_in_user().await;
+    let key = app.service_key(&fresh_service("helpdesk"), &[IMPERSONATE]).await;
+    let token = exchange(&app, &key, impersonation(&user.id, BILLING, ""))
+        .await
+        .unwrap()
+        .access_token;
+    crate::lifecycle::revoke_session(&app, &tokens.access_token, &session_of(&token))
+        .await
+        .unwrap();
+    inactive_within_a_second(&app, &token).await;
+    assert!(
+        app.introspect(&tokens.access_token).await.unwrap().active,
+        "the user's own session goes on"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_keys_service_token_is_refused_at_once_by_every_replica() {
+    let a = spawn().await;
+    let b = {
+        let keys = a.config.signing_keys.clone();
+        let data_keys = a.config.data_keys.clone();
+        spawn_app_on(&a.database_url(), |c| {
+            c.signing_keys = keys;
+            c.data_keys = data_keys;
+            c.audiences = vec![BILLING.into(), LEDGER.into()];
+        })
+        .await
+    };
+    wait_for_listeners(&a, 2).await;
+    let key = a.service_key(&fresh_service("shared"), &[READ]).await;
+    let user = a.register(&fresh_email(), PASSWORD).await;
+    // Minted by one replica, used at both (so both remember the key).
+    let token = service_token(&a, &key, "", "").await;
+    for app in [&a, &b] {
+        get_user(app, &token, &user.id).await.unwrap();
+        get_user(app, &token, &user.id).await.unwrap();
+    }
+    delete_key(&a, &key).await;
+    for (replica, app) in [("A", &a), ("B", &b)] {
+        let started = Instant::now();
+        while get_user(app, &token, &user.id).await.is_ok() {
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "replica {replica} still takes the deleted key's token after 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        inactive_within_a_second(app, &token).await;
+    }
+}
