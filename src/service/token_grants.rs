@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Core;
-use crate::crypto::jwt::{Delegation, ServiceGrant, UserToken};
+use crate::crypto::jwt::{Delegation, IssuedAccess, ServiceGrant, UserToken};
 use crate::db;
 use crate::domain::token_request::TOKEN_TYPE_ACCESS;
 use crate::domain::{ClientInfo, Grant, Scope};
@@ -146,7 +146,8 @@ impl Core {
                 },
                 now,
             )
-            .map_err(AppError::internal)?;
+            .map_err(AppError::internal)
+            .and_then(readable)?;
         tracing::info!(
             target: "authd::audit",
             service_account = %caller.name,
@@ -247,6 +248,15 @@ impl Core {
             issued_token_type: Some(TOKEN_TYPE_ACCESS),
         })
     }
+}
+
+/// `issued`, unless it is longer than any verifier reads (authd's own
+/// included): the subject's roles and actors leave no room for one more.
+fn readable(issued: IssuedAccess) -> Result<IssuedAccess, AppError> {
+    if issued.token.len() > authd_token_rules::MAX_TOKEN_BYTES {
+        return Err(invalid_subject());
+    }
+    Ok(issued)
 }
 
 fn invalid_subject() -> AppError {

@@ -856,3 +856,82 @@ async fn mfa_enrollment_required_carries_a_listed_reason() {
         "MFA_ENROLLMENT_REQUIRED",
     );
 }
+
+/// ExchangeToken's errors: each carries a listed reason, and those about a
+/// parameter name it in a BadRequest with a listed field reason.
+#[tokio::test]
+async fn every_error_of_exchange_token_carries_a_listed_reason() {
+    use crate::token_grants::{
+        BILLING, ELSEWHERE, EXCHANGE, IMPERSONATE, READ, client_credentials, exchange, impersonation,
+        token_exchange,
+    };
+    let app = crate::token_grants::spawn().await;
+    let (user, tokens) = app.signed_in_user().await;
+    let key = app.service_key("contract", &[READ, EXCHANGE, IMPERSONATE]).await;
+    let weak = app.service_key("contract-weak", &[READ]).await;
+
+    #[track_caller]
+    fn about_field(status: &Status, field: &str) {
+        let bad = status
+            .get_details_bad_request()
+            .unwrap_or_else(|| panic!("no BadRequest on {status:?}"));
+        assert_eq!(bad.field_violations.len(), 1, "{status:?}");
+        let v = &bad.field_violations[0];
+        assert_eq!(v.field, field, "{status:?}");
+        assert!(FieldViolationReason::from_str_name(&v.reason).is_some_and(|r| r != FieldViolationReason::Unspecified));
+        assert!(!v.description.is_empty());
+    }
+
+    expect(
+        exchange(&app, "", client_credentials("", "")).await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+    expect(
+        exchange(&app, "sk_nothing", client_credentials("", "")).await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+    expect(
+        exchange(&app, &tokens.access_token, client_credentials("", "")).await,
+        Code::PermissionDenied,
+        "MISSING_SCOPE",
+    );
+    expect(
+        exchange(&app, &weak, token_exchange(&tokens.access_token, BILLING, "")).await,
+        Code::PermissionDenied,
+        "MISSING_SCOPE",
+    );
+    let status = expect(
+        exchange(
+            &app,
+            &key,
+            pb::ExchangeTokenRequest {
+                grant_type: "password".into(),
+                ..Default::default()
+            },
+        )
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    about_field(&status, "grant_type");
+    for (request, reason, field) in [
+        (token_exchange("garbage", BILLING, ""), "GRANT_INVALID", "subject_token"),
+        (
+            impersonation(&uuid::Uuid::new_v4().to_string(), BILLING, ""),
+            "GRANT_INVALID",
+            "requested_subject",
+        ),
+        (client_credentials(ELSEWHERE, ""), "TARGET_INVALID", "audience"),
+        (client_credentials("", "users.write"), "SCOPE_INVALID", "scope"),
+        (
+            impersonation(&user.id, BILLING, "admin"),
+            "SCOPE_INVALID",
+            "scope",
+        ),
+    ] {
+        let status = expect(exchange(&app, &key, request).await, Code::InvalidArgument, reason);
+        about_field(&status, field);
+    }
+}

@@ -48,6 +48,7 @@ mod session_cache;
 mod sessions;
 mod smtp;
 mod throttling;
+mod token_grants;
 mod tokens;
 mod totp;
 mod traces;

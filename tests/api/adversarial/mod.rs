@@ -13,6 +13,7 @@ mod secrets_in_logs;
 mod service_keys;
 mod stolen_database;
 mod takeover;
+mod token_grants;
 mod transport_limits;
 
 use std::time::{Duration, Instant};
