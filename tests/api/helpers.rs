@@ -597,7 +597,10 @@ pub async fn run_tool(
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
-    let shown = format!("{program} {}", args.join(std::ffi::OsStr::new(" ")).to_string_lossy());
+    let shown = format!(
+        "{program} {}",
+        args.join(std::ffi::OsStr::new(" ")).to_string_lossy()
+    );
     let output = tokio::time::timeout(within, child)
         .await
         .unwrap_or_else(|_| panic!("{shown} did not finish within {within:?}"))

@@ -63,7 +63,12 @@ async fn python(script: &str, args: &[&str], envs: &[(&str, &str)]) -> Value {
 
 /// A token exchange over gRPC: `key`'s service acting for the holder of
 /// `subject_token` at `audience`.
-async fn exchange(app: &TestApp, key: &str, subject_token: &str, audience: &str) -> pb::ExchangeTokenResponse {
+async fn exchange(
+    app: &TestApp,
+    key: &str,
+    subject_token: &str,
+    audience: &str,
+) -> pb::ExchangeTokenResponse {
     app.exchange_token(
         key,
         pb::ExchangeTokenRequest {
@@ -111,7 +116,10 @@ async fn authlib_discovers_authd_and_runs_every_grant() {
     // Discovery named this server, and every endpoint on it.
     let issuer = &app.config.issuer;
     assert_eq!(s["metadata"]["issuer"], json!(issuer));
-    assert_eq!(s["metadata"]["token_endpoint"], json!(format!("{issuer}/oauth2/token")));
+    assert_eq!(
+        s["metadata"]["token_endpoint"],
+        json!(format!("{issuer}/oauth2/token"))
+    );
     // client_credentials without an audience: authd's own, every scope.
     let own = &s["client_credentials_basic"];
     assert_eq!(own["claims"]["sub"], "svc:authlib-svc");
@@ -127,7 +135,10 @@ async fn authlib_discovers_authd_and_runs_every_grant() {
     let exchanged = &s["token_exchange"];
     assert_eq!(exchanged["response"]["issued_token_type"], ACCESS_TOKEN_TYPE);
     assert_eq!(exchanged["claims"]["sub"], json!(user.id));
-    assert_eq!(exchanged["claims"]["sid"], json!(session_of(&tokens.access_token)));
+    assert_eq!(
+        exchanged["claims"]["sid"],
+        json!(session_of(&tokens.access_token))
+    );
     assert_eq!(exchanged["claims"]["act"], json!({"sub": "svc:authlib-svc"}));
     assert_eq!(audiences_of(&exchanged["claims"]), [json!(BILLING)]);
     // Introspection over HTTP agrees with the tokens.
@@ -265,10 +276,9 @@ fn envoy_config(issuer: &str, authd: SocketAddr, listen: SocketAddr, admin: Sock
             "direct_response": {"status": 200, "body": {"inline_string": service}}
         })
     };
-    let rule = |service: &str| {
-        json!({"match": {"prefix": format!("/{service}")}, "requires": {"provider_name": service}})
-    };
-    let socket = |addr: SocketAddr| json!({"socket_address": {"address": "127.0.0.1", "port_value": addr.port()}});
+    let rule = |service: &str| json!({"match": {"prefix": format!("/{service}")}, "requires": {"provider_name": service}});
+    let socket =
+        |addr: SocketAddr| json!({"socket_address": {"address": "127.0.0.1", "port_value": addr.port()}});
     // Envoy reads JSON as YAML.
     json!({
         "admin": {"address": socket(admin)},
