@@ -21,8 +21,18 @@ pub struct Config {
     pub database_url: Option<SecretString>,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// `iss` of every token and the base of the HTTP face's URLs: an https
+    /// URL (http on a loopback host), no path.
     pub issuer: String,
+    /// authd's own audience: what Login tokens carry and what authd's own
+    /// RPCs accept (the first of `AUTHD_AUDIENCES`).
     pub audience: String,
+    /// The other services tokens may be minted for (the rest of
+    /// `AUTHD_AUDIENCES`); nothing is minted for an audience not listed.
+    pub audiences: Vec<String>,
+    /// Lifetime of a service's client_credentials token
+    /// (`AUTHD_SERVICE_TOKEN_TTL`).
+    pub service_token_ttl: Duration,
     pub signing_keys: Vec<PathBuf>,
     /// Key files sealing stored secrets (`AUTHD_DATA_KEYS`); the first
     /// seals, all open. Empty: a development key in the data folder.
@@ -108,8 +118,10 @@ impl Default for Config {
             database_url: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: PathBuf::from(".authd"),
-            issuer: "authd".into(),
+            issuer: "http://127.0.0.1:50051".into(),
             audience: "authd".into(),
+            audiences: Vec::new(),
+            service_token_ttl: Duration::from_secs(300),
             signing_keys: Vec::new(),
             data_keys: Vec::new(),
             totp_issuer: None,
@@ -213,13 +225,27 @@ impl Config {
     }
 
     fn read_tokens(&mut self, v: &mut Vars<'_>) {
+        // Unset, the issuer is where a local client reaches this process,
+        // so the HTTP face's documents name URLs that work.
+        self.issuer = format!("http://127.0.0.1:{}", self.listen.port());
         v.read("AUTHD_ISSUER", |s| {
             self.issuer = s.to_owned();
             Ok(())
         });
         v.read("AUTHD_AUDIENCE", |s| {
-            self.audience = s.to_owned();
+            self.audience = check_audience(s)?;
             Ok(())
+        });
+        v.read("AUTHD_AUDIENCES", |s| {
+            let mut listed = parse_audiences(s)?.into_iter();
+            if let Some(first) = listed.next() {
+                self.audience = first;
+            }
+            self.audiences = listed.collect();
+            Ok(())
+        });
+        v.read("AUTHD_SERVICE_TOKEN_TTL", |s| {
+            duration_into(s, &mut self.service_token_ttl)
         });
         v.read("AUTHD_SIGNING_KEYS", |s| {
             self.signing_keys = path_list(s);
@@ -433,10 +459,83 @@ impl Config {
         {
             errors.push("AUTHD_REAUTH_MAX_AGE must be between 1m and 24h".into());
         }
+        if let Err(e) = check_issuer(&self.issuer) {
+            errors.push(format!("AUTHD_ISSUER: {e}"));
+        }
+        if self.audiences.contains(&self.audience) {
+            errors.push("AUTHD_AUDIENCES: lists an audience twice".into());
+        }
+        if self.service_token_ttl < Duration::from_secs(30)
+            || self.service_token_ttl > Duration::from_secs(3_600)
+        {
+            errors.push("AUTHD_SERVICE_TOKEN_TTL must be between 30s and 1h".into());
+        }
         if self.access_token_ttl.is_zero() || self.session_idle_ttl.is_zero() {
             errors.push("token lifetimes must be positive".into());
         }
         errors
+    }
+}
+
+impl Config {
+    /// Every audience a token may be minted for, authd's own first.
+    pub fn registered_audiences(&self) -> Vec<String> {
+        std::iter::once(self.audience.clone())
+            .chain(self.audiences.iter().cloned())
+            .collect()
+    }
+}
+
+/// An audience: 1 to 256 visible ASCII characters without commas (a service
+/// name or a URI; it is compared as is).
+fn check_audience(v: &str) -> Result<String, String> {
+    if v.is_empty() || v.len() > 256 {
+        return Err("an audience must have 1 to 256 characters".into());
+    }
+    if !v.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+        return Err(format!(
+            "{v:?}: an audience may only contain visible ASCII characters, no commas"
+        ));
+    }
+    Ok(v.to_owned())
+}
+
+/// `AUTHD_AUDIENCES`: a comma list of distinct audiences, at least one.
+fn parse_audiences(v: &str) -> Result<Vec<String>, String> {
+    let mut audiences: Vec<String> = Vec::new();
+    for item in v.split(',').map(str::trim) {
+        let audience = check_audience(item)?;
+        if audiences.contains(&audience) {
+            return Err(format!("{audience:?} is listed twice"));
+        }
+        audiences.push(audience);
+    }
+    if audiences.len() > 100 {
+        return Err("at most 100 audiences".into());
+    }
+    Ok(audiences)
+}
+
+/// RFC 8414 §2: the issuer is an https URL without query or fragment; authd
+/// serves its documents at the root, so no path either. Plain http only
+/// on a loopback host (development).
+fn check_issuer(v: &str) -> Result<(), String> {
+    let (scheme, rest) = v
+        .split_once("://")
+        .ok_or_else(|| format!("{v:?} is not a URL (https://host[:port])"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) || rest.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "{v:?} must be scheme://host[:port] with no path, query, fragment, credentials or trailing slash"
+        ));
+    }
+    let host = host_of(v).ok_or_else(|| format!("{v:?} has no host"))?;
+    match scheme {
+        "https" => Ok(()),
+        "http" if matches!(host, "127.0.0.1" | "localhost" | "::1") => Ok(()),
+        "http" => Err(format!(
+            "{v:?}: http is only allowed on a loopback host; use https"
+        )),
+        _ => Err(format!("{v:?}: the scheme must be https")),
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::domain::{Invalid, Scope};
+use crate::domain::{Invalid, Scope, TokenRequestError};
 
 /// One invalid field of a request: which, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +102,20 @@ pub enum AppError {
     EnrollmentExpired,
     #[error("factor limit reached")]
     FactorLimitReached,
+    /// A grant type authd does not offer.
+    #[error("unsupported grant type")]
+    UnsupportedGrantType,
+    /// The subject of a token request (its `field`) is no valid subject:
+    /// an invalid, expired or ended token, or an unknown or disabled
+    /// account.
+    #[error("invalid grant ({field})")]
+    GrantInvalid { field: &'static str },
+    /// An audience that is not registered.
+    #[error("invalid target")]
+    TargetInvalid,
+    /// A scope wider than the caller may have.
+    #[error("invalid scope")]
+    ScopeInvalid,
     /// The server is draining: long-lived calls end so clients reconnect to
     /// another replica.
     #[error("shutting down")]
@@ -121,6 +135,20 @@ impl AppError {
     /// query, RPC) so the log says which step failed.
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
         Self::Internal(with_spans(err.into()))
+    }
+}
+
+impl From<TokenRequestError> for AppError {
+    fn from(e: TokenRequestError) -> Self {
+        match e {
+            TokenRequestError::UnsupportedGrant => Self::UnsupportedGrantType,
+            TokenRequestError::Invalid(problems) => Self::Validation(
+                problems
+                    .into_iter()
+                    .map(|(field, problem)| Violation::new(field, problem))
+                    .collect(),
+            ),
+        }
     }
 }
 

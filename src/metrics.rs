@@ -360,6 +360,11 @@ struct Inner {
     listener_losses: Counter,
     /// Service-key lookups that went to the database: found, unknown.
     key_lookups: [Counter; 2],
+    /// Tokens minted for one destination, by grant.
+    granted: Family<Tag, Counter>,
+    /// The HTTP face's requests by route and status, and their latency.
+    http_requests: Family<[(&'static str, String); 2], Counter>,
+    http_latency: Family<Tag, DurationHistogram, fn() -> DurationHistogram>,
     cleanup: CleanupSeries,
     db: Option<PgPool>,
     hasher: Option<Arc<dyn WorkerPool>>,
@@ -575,6 +580,27 @@ impl Metrics {
             key_lookup_family,
         );
 
+        let granted = Family::<Tag, Counter>::default();
+        registry.register(
+            "tokens_granted",
+            "Tokens minted for one destination, by grant (client_credentials, token_exchange, impersonation)",
+            granted.clone(),
+        );
+        let http_requests = Family::<[(&'static str, String); 2], Counter>::default();
+        registry.register(
+            "http_requests",
+            "Requests to the HTTP face (discovery, JWKS, token, introspection) by route and HTTP status",
+            http_requests.clone(),
+        );
+        let http_latency: Family<Tag, DurationHistogram, fn() -> DurationHistogram> =
+            Family::new_with_constructor(|| DurationHistogram::new(RPC_BUCKETS));
+        registry.register_with_unit(
+            "http_request_duration",
+            "HTTP face latency by route, until the response headers",
+            Unit::Seconds,
+            http_latency.clone(),
+        );
+
         let cleanup = CleanupSeries::register(&mut registry);
 
         registry.register(
@@ -617,6 +643,9 @@ impl Metrics {
                 cache_enabled,
                 listener_losses,
                 key_lookups,
+                granted,
+                http_requests,
+                http_latency,
                 cleanup,
                 db,
                 hasher,
@@ -737,6 +766,23 @@ impl Metrics {
     pub fn service_key_lookup(&self, found: bool) {
         let [found_series, unknown_series] = &self.inner.key_lookups;
         if found { found_series } else { unknown_series }.inc();
+    }
+
+    /// A token minted by `grant`.
+    pub fn token_granted(&self, grant: &'static str) {
+        self.inner.granted.get_or_create(&[("grant", grant)]).inc();
+    }
+
+    /// A finished request to the HTTP face's `route`.
+    pub fn http_request(&self, route: &'static str, status: u16, took: Duration) {
+        self.inner
+            .http_requests
+            .get_or_create(&[("route", route.to_owned()), ("code", status.to_string())])
+            .inc();
+        self.inner
+            .http_latency
+            .get_or_create(&[("route", route)])
+            .observe(took);
     }
 
     /// The change listener was lost or stalled.

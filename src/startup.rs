@@ -47,6 +47,7 @@ use crate::metrics::Metrics;
 use crate::pb;
 use crate::pb::auth::v1::admin_service_server::AdminServiceServer;
 use crate::pb::auth::v1::auth_service_server::AuthServiceServer;
+use crate::service::credentials::Credentials;
 use crate::service::keys::ServiceKeys;
 use crate::service::{Core, CoreParts, FactorSettings, PageTokens, SessionSettings};
 
@@ -252,11 +253,13 @@ struct Background {
 /// Keys, password hashing, mail settings and caches: what the use cases need.
 async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Shared)> {
     let signing_keys = keys::load(&config.signing_keys, &config.data_dir)?;
-    let tokens = AccessTokens::new(
+    let tokens = AccessTokens::for_audiences(
         signing_keys,
         &config.issuer,
         &config.audience,
+        &config.audiences,
         config.access_token_ttl,
+        config.service_token_ttl,
     )?;
     let factors = factor_settings(config)?;
     let hasher = PasswordHasher::new(config.argon2, config.hash_workers)?;
@@ -374,7 +377,11 @@ fn serve(
                 .with_metrics(shared.metrics.clone()),
         ))
         .layer(MiddlewareLayer(
-            BearerAuth::new(shared.tokens.clone(), shared.service_keys.clone()).with_failure_limit(
+            BearerAuth::new(Credentials::new(
+                shared.tokens.clone(),
+                shared.service_keys.clone(),
+            ))
+            .with_failure_limit(
                 config.service_auth_failure_limit,
                 config.trusted_proxy_header.clone(),
                 shared.metrics.clone(),

@@ -26,7 +26,8 @@ pub enum ServiceAccountCommand {
         /// 1 to 63 of a-z 0-9 . _ -, starting with a letter or digit
         #[arg(value_parser = parse_name)]
         name: ServiceAccountName,
-        /// users.read, users.write, tokens.introspect or revocations.watch;
+        /// users.read, users.write, tokens.introspect, revocations.watch,
+        /// tokens.exchange or users.impersonate;
         /// repeat for several
         #[arg(long = "scope", value_name = "SCOPE", required = true, value_parser = parse_scope)]
         scopes: Vec<Scope>,

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use authd_token_rules::{Leeway, PinnedKey, Refusal, Rules, TokenKind, UserAccess};
+use authd_token_rules::{
+    Actor, Leeway, PinnedKey, Refusal, Rules, SERVICE_SUBJECT_PREFIX, ServiceAccess, TokenKind, UserAccess,
+};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -56,6 +58,50 @@ pub struct IssuedAccess {
     pub expires_in: Duration,
 }
 
+/// A user's token for any registered audience, as introspection and token
+/// exchange read it: with the claims a narrower token copies.
+#[derive(Debug, Clone)]
+pub struct UserToken {
+    pub access: VerifiedAccess,
+    pub claims: UserAccess,
+}
+
+/// What a verified service token (client_credentials) says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedService {
+    /// The service account's name (`client_id`).
+    pub name: String,
+    /// The key that minted it.
+    pub key_id: Uuid,
+    /// Its scopes as written in the token.
+    pub scopes: Vec<String>,
+    pub audience: String,
+    pub issued_at: i64,
+    pub expires_at: i64,
+    pub jti: String,
+}
+
+/// A service's own token to mint.
+pub struct ServiceGrant<'a> {
+    pub name: &'a str,
+    pub key_id: Uuid,
+    pub scopes: &'a [String],
+    pub audience: &'a str,
+}
+
+/// A narrower user token to mint: for `audience`, acting `actor`.
+pub struct Delegation<'a> {
+    pub audience: &'a str,
+    /// The acting service's name.
+    pub actor: &'a str,
+    /// The roles to carry (already narrowed).
+    pub roles: Vec<String>,
+    /// Latest `exp` (the subject token's), if any.
+    pub not_after: Option<i64>,
+    /// How long at most.
+    pub ttl: Duration,
+}
+
 struct VerifyingKey {
     key: Key,
     pinned: PinnedKey,
@@ -74,8 +120,17 @@ struct Inner {
     by_kid: HashMap<String, usize>,
     issuer: String,
     audience: String,
+    /// Every audience a token may be minted for, authd's own first.
+    audiences: Vec<String>,
     rules: Rules<UserAccess>,
+    /// User tokens for any registered audience (introspection, exchange).
+    any_audience: Rules<UserAccess>,
+    /// Service tokens for authd itself.
+    service_rules: Rules<ServiceAccess>,
+    /// Service tokens for any registered audience (introspection).
+    any_service: Rules<ServiceAccess>,
     ttl: Duration,
+    service_ttl: Duration,
     jwks_json: String,
     verified: VerifiedTokens,
 }
@@ -122,6 +177,19 @@ fn is_expired(exp: i64, now: i64) -> bool {
 
 impl AccessTokens {
     pub fn new(keys: Vec<Key>, issuer: &str, audience: &str, ttl: Duration) -> anyhow::Result<Self> {
+        Self::for_audiences(keys, issuer, audience, &[], ttl, Duration::from_secs(300))
+    }
+
+    /// Tokens for `audience` (authd's own) and, minted on request, for each
+    /// of `others`; service tokens live `service_ttl`.
+    pub fn for_audiences(
+        keys: Vec<Key>,
+        issuer: &str,
+        audience: &str,
+        others: &[String],
+        ttl: Duration,
+        service_ttl: Duration,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(!keys.is_empty(), "at least one signing key is required");
         let mut by_kid = HashMap::new();
         let mut verifying = Vec::with_capacity(keys.len());
@@ -143,6 +211,10 @@ impl AccessTokens {
         let jwks = serde_json::json!({
             "keys": verifying.iter().map(|k| &k.key.jwk).collect::<Vec<_>>()
         });
+        let audiences: Vec<String> = std::iter::once(audience.to_owned())
+            .chain(others.iter().cloned())
+            .collect();
+        let all: Vec<&str> = audiences.iter().map(String::as_str).collect();
         Ok(Self {
             inner: Arc::new(Inner {
                 keys: verifying,
@@ -150,7 +222,12 @@ impl AccessTokens {
                 issuer: issuer.to_owned(),
                 audience: audience.to_owned(),
                 rules: Rules::new(issuer, audience, Leeway::DEFAULT),
+                any_audience: Rules::for_audiences(issuer, &all, Leeway::DEFAULT),
+                service_rules: Rules::new(issuer, audience, Leeway::DEFAULT),
+                any_service: Rules::for_audiences(issuer, &all, Leeway::DEFAULT),
+                audiences,
                 ttl,
+                service_ttl,
                 jwks_json: jwks.to_string(),
                 verified: VerifiedTokens::default(),
             }),
@@ -161,13 +238,162 @@ impl AccessTokens {
         self.inner.ttl
     }
 
+    /// How long a service's client_credentials token lives.
+    pub fn service_ttl(&self) -> Duration {
+        self.inner.service_ttl
+    }
+
+    /// The issuer every token names.
+    pub fn issuer(&self) -> &str {
+        &self.inner.issuer
+    }
+
+    /// authd's own audience (Login tokens, authd's RPCs).
+    pub fn own_audience(&self) -> &str {
+        &self.inner.audience
+    }
+
+    /// Whether tokens may be minted for `audience`.
+    pub fn is_registered(&self, audience: &str) -> bool {
+        self.inner.audiences.iter().any(|a| a == audience)
+    }
+
+    /// The algorithm of the signing key.
+    pub fn signing_algorithm(&self) -> jsonwebtoken::Algorithm {
+        self.inner.keys[0].key.alg
+    }
+
+    /// JWS compact serialization (RFC 7515 §7.1) of `claims` with the
+    /// signing key; every kind authd mints is `at+jwt`, so one header.
+    fn sign(&self, claims: &impl serde::Serialize) -> anyhow::Result<String> {
+        let signer = &self.inner.keys[0];
+        let mut token = signer.encoded_header.clone();
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(serde_json::to_vec(claims)?, &mut token);
+        let signature = signer.key.signer.sign(token.as_bytes());
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        Ok(token)
+    }
+
+    /// A service's own token (RFC 9068, client_credentials).
+    pub fn issue_service(
+        &self,
+        grant: &ServiceGrant<'_>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<IssuedAccess> {
+        let iat = now.timestamp();
+        let ttl = i64::try_from(self.inner.service_ttl.as_secs())?;
+        let claims = ServiceAccess {
+            iss: self.inner.issuer.clone(),
+            aud: grant.audience.to_owned(),
+            sub: format!("{SERVICE_SUBJECT_PREFIX}{}", grant.name),
+            client_id: grant.name.to_owned(),
+            scope: grant.scopes.join(" "),
+            iat,
+            nbf: iat,
+            exp: iat + ttl,
+            jti: Uuid::new_v4().to_string(),
+            key_id: grant.key_id.to_string(),
+        };
+        Ok(IssuedAccess {
+            token: self.sign(&claims)?,
+            expires_in: self.inner.service_ttl,
+        })
+    }
+
+    /// A user's token narrowed to one audience and acting as a service:
+    /// the subject's session, proof and time, `act` naming the service on
+    /// top of the subject's own chain.
+    pub fn issue_delegated(
+        &self,
+        subject: &UserAccess,
+        delegation: Delegation<'_>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<IssuedAccess> {
+        let iat = now.timestamp();
+        let mut exp = iat.saturating_add(i64::try_from(delegation.ttl.as_secs())?);
+        if let Some(not_after) = delegation.not_after {
+            exp = exp.min(not_after);
+        }
+        let exp = exp.max(iat);
+        let claims = UserAccess {
+            iss: self.inner.issuer.clone(),
+            aud: delegation.audience.to_owned(),
+            sub: subject.sub.clone(),
+            sid: subject.sid.clone(),
+            iat,
+            nbf: iat,
+            exp,
+            jti: Uuid::new_v4().to_string(),
+            roles: delegation.roles,
+            amr: subject.amr.clone(),
+            acr: subject.acr.clone(),
+            auth_time: subject.auth_time,
+            mfa_enrollment_required: false,
+            client_id: Some(delegation.actor.to_owned()),
+            act: Some(Actor {
+                sub: format!("{SERVICE_SUBJECT_PREFIX}{}", delegation.actor),
+                act: subject.act.clone().map(Box::new),
+            }),
+        };
+        Ok(IssuedAccess {
+            token: self.sign(&claims)?,
+            expires_in: Duration::from_secs(u64::try_from(exp - iat)?),
+        })
+    }
+
+    /// A user's token for any registered audience, `act` allowed: what
+    /// introspection and token exchange accept. Never remembered: these
+    /// are not the hot path.
+    pub fn read_user_token(&self, token: &str, now: DateTime<Utc>) -> Result<UserToken, TokenProblem> {
+        let inner = &self.inner;
+        let claims = inner
+            .any_audience
+            .verify(token, now.timestamp(), |kid| {
+                inner.by_kid.get(kid).map(|i| &inner.keys[*i].pinned)
+            })
+            .map_err(problem_of)?;
+        let access = verified_access(&claims)?;
+        Ok(UserToken { access, claims })
+    }
+
+    /// A service's own token. `any_audience`: for any registered audience
+    /// (introspection); else only authd's own (a credential authd accepts).
+    pub fn verify_service(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+        any_audience: bool,
+    ) -> Result<VerifiedService, TokenProblem> {
+        let inner = &self.inner;
+        let rules = if any_audience {
+            &inner.any_service
+        } else {
+            &inner.service_rules
+        };
+        let claims = rules
+            .verify(token, now.timestamp(), |kid| {
+                inner.by_kid.get(kid).map(|i| &inner.keys[*i].pinned)
+            })
+            .map_err(problem_of)?;
+        Ok(VerifiedService {
+            key_id: Uuid::parse_str(&claims.key_id).map_err(|_| TokenProblem::Invalid)?,
+            scopes: claims.scope.split_ascii_whitespace().map(str::to_owned).collect(),
+            name: claims.client_id,
+            audience: claims.aud,
+            issued_at: claims.iat,
+            expires_at: claims.exp,
+            jti: claims.jti,
+        })
+    }
+
     pub fn issue(
         &self,
         subject: &Subject<'_>,
         now: DateTime<Utc>,
         session_expires_at: DateTime<Utc>,
     ) -> anyhow::Result<IssuedAccess> {
-        let signer = &self.inner.keys[0];
         let iat = now.timestamp();
         // Never past the session's own end: a revocation lists only sessions
         // that are still live, so a token outliving its session would stay
@@ -192,15 +418,8 @@ impl AccessTokens {
             client_id: None,
             act: None,
         };
-        // JWS compact serialization (RFC 7515 §7.1).
-        let mut token = signer.encoded_header.clone();
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(serde_json::to_vec(&claims)?, &mut token);
-        let signature = signer.key.signer.sign(token.as_bytes());
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
         Ok(IssuedAccess {
-            token,
+            token: self.sign(&claims)?,
             expires_in: std::time::Duration::from_secs(u64::try_from(ttl)?),
         })
     }
@@ -232,10 +451,34 @@ impl AccessTokens {
             .verify(token, now, |kid| {
                 inner.by_kid.get(kid).map(|i| &inner.keys[*i].pinned)
             })
-            .map_err(|refusal| match refusal {
-                Refusal::Expired => TokenProblem::Expired,
-                Refusal::Invalid(_) => TokenProblem::Invalid,
-            })?;
+            .map_err(problem_of)?;
+        // A token a service holds for a user is for other services: authd's
+        // own account RPCs answer the user alone.
+        if claims.act.is_some() {
+            return Err(TokenProblem::Invalid);
+        }
+        verified_access(&claims)
+    }
+
+    pub fn jwks(&self) -> impl Iterator<Item = &PublicJwk> {
+        self.inner.keys.iter().map(|k| &k.key.jwk)
+    }
+
+    pub fn jwks_json(&self) -> &str {
+        &self.inner.jwks_json
+    }
+}
+
+fn problem_of(refusal: Refusal) -> TokenProblem {
+    match refusal {
+        Refusal::Expired => TokenProblem::Expired,
+        Refusal::Invalid(_) => TokenProblem::Invalid,
+    }
+}
+
+/// What a user token's claims say, in authd's types.
+fn verified_access(claims: &UserAccess) -> Result<VerifiedAccess, TokenProblem> {
+    {
         let user_id = Uuid::parse_str(&claims.sub).map_err(|_| TokenProblem::Invalid)?;
         let session_id = Uuid::parse_str(&claims.sid).map_err(|_| TokenProblem::Invalid)?;
         let auth_time = DateTime::from_timestamp(claims.proven_at(), 0).ok_or(TokenProblem::Invalid)?;
@@ -248,18 +491,10 @@ impl AccessTokens {
             user_id,
             session_id,
             expires_at: claims.exp,
-            roles: claims.roles.into(),
+            roles: claims.roles.clone().into(),
             assurance: Assurance::from_parts(methods, auth_time),
             mfa_enrollment_required: claims.mfa_enrollment_required,
         })
-    }
-
-    pub fn jwks(&self) -> impl Iterator<Item = &PublicJwk> {
-        self.inner.keys.iter().map(|k| &k.key.jwk)
-    }
-
-    pub fn jwks_json(&self) -> &str {
-        &self.inner.jwks_json
     }
 }
 

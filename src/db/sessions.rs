@@ -585,6 +585,38 @@ pub async fn start_from<'e>(
     Ok(started.rows_affected() == 1)
 }
 
+/// Starts a session with no refresh token that ends at `expires_at`: what
+/// an impersonating token names as its `sid`, so that ending the account's
+/// sessions (disabling it included) ends the impersonation too. `false`
+/// when the account is disabled or gone.
+#[tracing::instrument(skip_all)]
+pub async fn start_impersonation<'e>(
+    db: impl PgExecutor<'e>,
+    session_id: Uuid,
+    user_id: Uuid,
+    expires_at: DateTime<Utc>,
+    label: &str,
+    ip_address: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<bool, AppError> {
+    let started = sqlx::query(
+        "INSERT INTO sessions (id, user_id, created_at, last_used_at, idle_expires_at,
+                               absolute_expires_at, user_agent, ip_address, amr, auth_time)
+         SELECT $1, id, $3, $3, $4, $4, $5, $6, '{}', NULL
+           FROM users WHERE id = $2 AND disabled_at IS NULL
+            FOR SHARE",
+    )
+    .bind(session_id)
+    .bind(user_id)
+    .bind(now)
+    .bind(expires_at)
+    .bind(label)
+    .bind(ip_address)
+    .execute(db)
+    .await?;
+    Ok(started.rows_affected() == 1)
+}
+
 /// A live session as its owner sees it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SessionSummary {

@@ -11,6 +11,7 @@ mod profile;
 mod service_account;
 mod session;
 mod throttle_key;
+pub mod token_request;
 mod user;
 mod username;
 
@@ -24,6 +25,7 @@ pub use profile::{FullName, ImageUrl, Phone};
 pub use service_account::{Role, Scope, ServiceAccountName};
 pub use session::EndReason;
 pub use throttle_key::ThrottleKey;
+pub use token_request::{Grant, TokenRequestError, TokenRequestFields};
 pub use user::User;
 pub use username::Username;
 

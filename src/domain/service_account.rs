@@ -10,14 +10,22 @@ pub enum Scope {
     UsersWrite,
     TokensIntrospect,
     RevocationsWatch,
+    /// Exchange a user's access token for one narrowed to another service
+    /// (RFC 8693).
+    TokensExchange,
+    /// Mint a short-lived token acting for any enabled user, with no token
+    /// of theirs: audited.
+    UsersImpersonate,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [
+    pub const ALL: [Scope; 6] = [
         Self::UsersRead,
         Self::UsersWrite,
         Self::TokensIntrospect,
         Self::RevocationsWatch,
+        Self::TokensExchange,
+        Self::UsersImpersonate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -26,6 +34,8 @@ impl Scope {
             Self::UsersWrite => "users.write",
             Self::TokensIntrospect => "tokens.introspect",
             Self::RevocationsWatch => "revocations.watch",
+            Self::TokensExchange => "tokens.exchange",
+            Self::UsersImpersonate => "users.impersonate",
         }
     }
 

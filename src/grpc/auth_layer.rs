@@ -26,21 +26,21 @@ use tower::Service;
 use super::middleware::{BoxFuture, HttpResponse, Middleware, answer};
 use super::policy::{Caller, allowed_during_enrollment, policy_for};
 use super::rate_limit::{PeerLimiter, peer_address};
-use crate::crypto::jwt::{AccessTokens, VerifiedAccess};
 use crate::domain::Scope;
 use crate::error::{AppError, TokenProblem};
 use crate::metrics::{Metrics, ThrottleKind};
-use crate::service::keys::{ServiceIdentity, ServiceKeys};
+use crate::service::credentials::{Credentials, VerifiedAccess};
+use crate::service::keys::ServiceIdentity;
 
 /// Whether the gRPC method at `path` needs a credential (a user's token or
-/// a service key).
+/// a service's).
 pub fn requires_bearer(path: &str) -> bool {
     policy_for(path).caller != Caller::Anyone
 }
 
 /// The token of `authorization: Bearer <token>`: exactly one header, the
 /// scheme in any case.
-fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenProblem> {
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenProblem> {
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Err(TokenProblem::Missing);
@@ -58,20 +58,15 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenProblem> {
 }
 
 /// Extracts and verifies a user's `authorization: Bearer <jwt>`.
-pub fn authenticate(headers: &HeaderMap, tokens: &AccessTokens) -> Result<VerifiedAccess, TokenProblem> {
+pub fn authenticate(headers: &HeaderMap, credentials: &Credentials) -> Result<VerifiedAccess, TokenProblem> {
     // The edge of the server reads the clock, like the handlers do.
-    tokens.verify(bearer_token(headers)?, chrono::Utc::now())
+    credentials.user(bearer_token(headers)?, chrono::Utc::now())
 }
-
-/// A service key's prefix; anything else presented to a service method is
-/// taken for a user's token.
-const SERVICE_KEY_PREFIX: &str = "sk_";
 
 /// Checks the credential of every method whose policy asks for one.
 #[derive(Clone)]
 pub struct BearerAuth {
-    tokens: AccessTokens,
-    keys: ServiceKeys,
+    credentials: Credentials,
     failures: Option<FailureLimit>,
 }
 
@@ -84,10 +79,9 @@ struct FailureLimit {
 }
 
 impl BearerAuth {
-    pub fn new(tokens: AccessTokens, keys: ServiceKeys) -> Self {
+    pub fn new(credentials: Credentials) -> Self {
         Self {
-            tokens,
-            keys,
+            credentials,
             failures: None,
         }
     }
@@ -115,6 +109,38 @@ impl BearerAuth {
     }
 }
 
+impl BearerAuth {
+    /// A service's credential presented outside gRPC metadata (the HTTP
+    /// face's client authentication), judged and limited the same way;
+    /// refusals other than throttling are audited like the layer's.
+    pub async fn check_service(
+        &self,
+        presented: &str,
+        scope: Option<Scope>,
+        peer: Option<IpAddr>,
+        endpoint: &str,
+    ) -> Result<Arc<ServiceIdentity>, AppError> {
+        let limit = self.failures.clone().and_then(|limit| Some((limit, peer?)));
+        match check_limited(&self.credentials, presented, scope, limit).await {
+            Ok(identity) => Ok(identity),
+            Err((_, AppError::Throttled(wait))) => Err(AppError::Throttled(wait)),
+            Err((who, refusal)) => {
+                audit_refusal(endpoint, who.as_deref(), &refusal);
+                Err(refusal)
+            }
+        }
+    }
+
+    /// The client address the failure limit counts `req` under.
+    pub fn peer_of<B>(&self, req: &Request<B>) -> Option<IpAddr> {
+        let header = self
+            .failures
+            .as_ref()
+            .and_then(|limit| limit.trusted_header.as_ref());
+        peer_address(req, header)
+    }
+}
+
 impl Middleware for BearerAuth {
     fn call<S, B>(&self, mut req: Request<B>, mut next: S) -> BoxFuture<HttpResponse, S::Error>
     where
@@ -124,7 +150,7 @@ impl Middleware for BearerAuth {
     {
         match policy_for(req.uri().path()).caller {
             Caller::Anyone => Box::pin(next.call(req)),
-            Caller::User => match authenticate(req.headers(), &self.tokens) {
+            Caller::User => match authenticate(req.headers(), &self.credentials) {
                 // An account that must enrol a second factor may do that and
                 // little else until it has (AUTHD_REQUIRE_MFA).
                 Ok(verified)
@@ -138,28 +164,23 @@ impl Middleware for BearerAuth {
                 }
                 Err(problem) => answer(Status::from(AppError::Token(problem))),
             },
-            Caller::Service(scope) => {
+            Caller::Service(_) | Caller::AnyService => {
+                let scope = match policy_for(req.uri().path()).caller {
+                    Caller::Service(scope) => Some(scope),
+                    _ => None,
+                };
                 let method = req.uri().path().to_owned();
                 let presented = match bearer_token(req.headers()) {
                     Ok(token) => token.to_owned(),
                     Err(problem) => return answer(refused(&method, None, AppError::Token(problem))),
                 };
-                if !presented.starts_with(SERVICE_KEY_PREFIX) {
-                    // A user's valid access token has no scopes; anything
-                    // else is not a credential at all.
-                    let refusal = match self.tokens.verify(&presented, chrono::Utc::now()) {
-                        Ok(_) => AppError::MissingScope(scope),
-                        Err(problem) => AppError::Token(problem),
-                    };
-                    return answer(refused(&method, None, refusal));
-                }
-                let keys = self.keys.clone();
+                let credentials = self.credentials.clone();
                 let limit = self.failures.clone().and_then(|limit| {
                     let peer = peer_address(&req, limit.trusted_header.as_ref())?;
                     Some((limit, peer))
                 });
                 Box::pin(async move {
-                    match check_key_limited(&keys, &presented, scope, limit).await {
+                    match check_limited(&credentials, &presented, scope, limit).await {
                         Ok(identity) => {
                             req.extensions_mut().insert(identity);
                             next.call(req).await
@@ -179,19 +200,19 @@ impl Middleware for BearerAuth {
 
 type Checked = Result<Arc<ServiceIdentity>, (Option<String>, AppError)>;
 
-/// [`check_key`] under the client's failure limit: past it, memory only;
-/// a key that is not live counts against it.
-async fn check_key_limited(
-    keys: &ServiceKeys,
+/// [`check`] under the client's failure limit: past it, memory only; a
+/// credential that is no live service's counts against it.
+async fn check_limited(
+    credentials: &Credentials,
     presented: &str,
-    scope: Scope,
+    scope: Option<Scope>,
     limit: Option<(FailureLimit, IpAddr)>,
 ) -> Checked {
     let Some((limit, peer)) = limit else {
-        return check_key(keys, presented, scope).await;
+        return check(credentials, presented, scope).await;
     };
     if let Err(wait) = limit.limiter.available(peer, Instant::now()) {
-        return match keys.identify_in_memory(presented, chrono::Utc::now()) {
+        return match credentials.service_in_memory(presented, chrono::Utc::now()) {
             Some(identity) => with_scope(identity, scope),
             None => {
                 limit.metrics.throttled(ThrottleKind::ServiceAuth);
@@ -199,7 +220,7 @@ async fn check_key_limited(
             }
         };
     }
-    let checked = check_key(keys, presented, scope).await;
+    let checked = check(credentials, presented, scope).await;
     if let Err((_, AppError::Token(_))) = &checked {
         // The bucket may have emptied meanwhile; this failure is counted
         // all the same by the refusal it gets.
@@ -208,28 +229,37 @@ async fn check_key_limited(
     checked
 }
 
-/// The key's service, if it may call a method needing `scope`; else the
-/// refusal, with the service's name when the key is real.
-async fn check_key(keys: &ServiceKeys, presented: &str, scope: Scope) -> Checked {
-    let identity = keys
-        .identify(presented, chrono::Utc::now())
-        .await
-        .map_err(|e| (None, e))?
-        .ok_or((None, AppError::Token(TokenProblem::Invalid)))?;
-    with_scope(identity, scope)
+/// The credential's service, if it may call a method needing `scope`
+/// (`None`: any service); else the refusal, with the service's name when
+/// the credential is real.
+async fn check(credentials: &Credentials, presented: &str, scope: Option<Scope>) -> Checked {
+    let now = chrono::Utc::now();
+    match credentials.service(presented, now).await.map_err(|e| (None, e))? {
+        Some(identity) => with_scope(identity, scope),
+        None => Err((
+            None,
+            credentials.refusal_of(presented, scope.unwrap_or(Scope::TokensExchange), now),
+        )),
+    }
 }
 
-fn with_scope(identity: Arc<ServiceIdentity>, scope: Scope) -> Checked {
-    if identity.may(scope) {
-        Ok(identity)
-    } else {
-        Err((Some(identity.name.clone()), AppError::MissingScope(scope)))
+fn with_scope(identity: Arc<ServiceIdentity>, scope: Option<Scope>) -> Checked {
+    match scope {
+        Some(scope) if !identity.may(scope) => {
+            Err((Some(identity.name.clone()), AppError::MissingScope(scope)))
+        }
+        _ => Ok(identity),
     }
 }
 
 /// A refused call of a service method goes to the audit log too: probing
 /// AdminService with a wrong or weak key is what an operator wants to see.
 fn refused(method: &str, service_account: Option<&str>, refusal: AppError) -> Status {
+    audit_refusal(method, service_account, &refusal);
+    Status::from(refusal)
+}
+
+fn audit_refusal(method: &str, service_account: Option<&str>, refusal: &AppError) {
     tracing::warn!(
         target: "authd::audit",
         service_account = service_account.unwrap_or("-"),
@@ -238,7 +268,6 @@ fn refused(method: &str, service_account: Option<&str>, refusal: AppError) -> St
         reason = %refusal,
         "service call refused"
     );
-    Status::from(refusal)
 }
 
 /// The service that called, for a method that needs a service key.

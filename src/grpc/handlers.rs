@@ -43,6 +43,19 @@ impl AuthApi {
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// ExchangeToken's parameters, parsed as the HTTP token endpoint parses its
+/// form.
+fn parse_grant(r: &pb::ExchangeTokenRequest) -> Result<crate::domain::Grant, AppError> {
+    Ok(crate::domain::Grant::parse(crate::domain::TokenRequestFields {
+        grant_type: &r.grant_type,
+        audience: &r.audience,
+        scope: &r.scope,
+        subject_token: &r.subject_token,
+        subject_token_type: &r.subject_token_type,
+        requested_subject: &r.requested_subject,
+    })?)
+}
+
 /// Which service asked about whom: the answer, and when the token is active
 /// its user and session, never the token.
 fn audit_introspection(caller: &str, answer: &Result<Introspection, AppError>) {
@@ -50,6 +63,7 @@ fn audit_introspection(caller: &str, answer: &Result<Introspection, AppError>) {
         Ok(Introspection::Active { token, .. }) => {
             ("active", token.user_id.to_string(), token.session_id.to_string())
         }
+        Ok(Introspection::Service(token)) => ("active", token.name.clone(), String::new()),
         Ok(Introspection::Inactive) => ("inactive", String::new(), String::new()),
         Err(AppError::Validation(_)) => ("invalid_argument", String::new(), String::new()),
         Err(AppError::Unavailable(_)) => ("unavailable", String::new(), String::new()),
@@ -220,7 +234,7 @@ impl AuthService for AuthApi {
         audit_introspection(&caller.name, &answer);
         Ok(Response::new(match answer? {
             Introspection::Inactive => pb::IntrospectTokenResponse::default(),
-            Introspection::Active { token, user } => pb::IntrospectTokenResponse {
+            Introspection::Active { token, claims, user } => pb::IntrospectTokenResponse {
                 active: true,
                 user_id: token.user_id.to_string(),
                 session_id: token.session_id.to_string(),
@@ -228,6 +242,20 @@ impl AuthService for AuthApi {
                 roles: token.roles.to_vec(),
                 disabled: user.disabled,
                 assurance: Some(pb::Assurance::from(&token.assurance)),
+                audience: claims.aud,
+                client_id: claims.client_id.unwrap_or_default(),
+                scope: String::new(),
+                actors: claims
+                    .act
+                    .map(|act| act.chain().into_iter().map(str::to_owned).collect())
+                    .unwrap_or_default(),
+            },
+            Introspection::Service(token) => pb::IntrospectTokenResponse {
+                active: true,
+                expires_at: chrono::DateTime::from_timestamp(token.expires_at, 0).map(timestamp),
+                audience: token.audience,
+                client_id: token.name,
+                scope: token.scopes.join(" "),
                 ..Default::default()
             },
         }))
@@ -431,8 +459,22 @@ impl AuthService for AuthApi {
 
     async fn exchange_token(
         &self,
-        _request: Request<pb::ExchangeTokenRequest>,
+        request: Request<pb::ExchangeTokenRequest>,
     ) -> Reply<pb::ExchangeTokenResponse> {
-        Err(tonic::Status::unimplemented("ExchangeToken is being built"))
+        let caller = service_caller(&request)?;
+        let client = self.client_info(&request);
+        let r = request.into_inner();
+        let grant = parse_grant(&r)?;
+        let granted = self.core.grant_token(&caller, grant, &client, Utc::now()).await?;
+        Ok(Response::new(pb::ExchangeTokenResponse {
+            access_token: granted.access_token,
+            issued_token_type: granted
+                .issued_token_type
+                .unwrap_or(crate::domain::token_request::TOKEN_TYPE_ACCESS)
+                .to_owned(),
+            token_type: "Bearer".into(),
+            expires_in: i64::try_from(granted.expires_in.as_secs()).unwrap_or(i64::MAX),
+            scope: granted.scope,
+        }))
     }
 }

@@ -16,8 +16,11 @@ pub enum Caller {
     Anyone,
     /// A user's access token: `authorization: Bearer <jwt>`.
     User,
-    /// A service account's key with this scope: `authorization: Bearer sk_…`.
+    /// A service account's key with this scope: `authorization: Bearer sk_…`
+    /// (or a token the key minted).
     Service(Scope),
+    /// Any live service, whatever its scopes (the use case decides).
+    AnyService,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +55,11 @@ const fn service(scope: Scope) -> Policy {
         per_client_limit: false,
     }
 }
+
+const ANY_SERVICE: Policy = Policy {
+    caller: Caller::AnyService,
+    per_client_limit: false,
+};
 
 /// What a method missing from the table gets.
 pub const STRICTEST: Policy = USER_LIMITED;
@@ -96,6 +104,9 @@ const TABLE: &[(&str, Policy)] = &[
     (auth::REGENERATE_RECOVERY_CODES, USER),
     (auth::STEP_UP, USER_LIMITED),
     (admin::RESET_USER_FACTORS, service(Scope::UsersWrite)),
+    // Scopes depend on the grant; failed credentials are limited like every
+    // service's, and no grant costs a password hash.
+    (auth::EXCHANGE_TOKEN, ANY_SERVICE),
 ];
 
 /// What a session that must enrol a second factor first may call (its

@@ -38,6 +38,20 @@ fn plain(code: Code, message: impl Into<String>, reason: ErrorReason) -> Status 
     Status::with_error_details(code, message, info(reason))
 }
 
+/// INVALID_ARGUMENT naming one field, with `reason` rather than the plain
+/// INVALID_ARGUMENT: the field is well formed but refused (RFC 6749/8693
+/// errors of a token request).
+fn field_error(field: &str, description: &str, reason: ErrorReason) -> Status {
+    let mut details = ErrorDetails::with_bad_request(vec![FieldViolation {
+        field: field.to_owned(),
+        description: description.to_owned(),
+        reason: FieldViolationReason::InvalidFormat.as_str_name().to_owned(),
+        localized_message: None,
+    }]);
+    details.set_error_info(reason.as_str_name(), ERROR_DOMAIN, HashMap::new());
+    Status::with_error_details(Code::InvalidArgument, format!("{field} {description}"), details)
+}
+
 fn info(reason: ErrorReason) -> ErrorDetails {
     ErrorDetails::with_error_info(reason.as_str_name(), ERROR_DOMAIN, HashMap::new())
 }
@@ -264,6 +278,29 @@ impl From<AppError> for Status {
                 Code::FailedPrecondition,
                 "this account has as many authenticator apps as it may; remove one first",
                 ErrorReason::FactorLimitReached,
+            ),
+            AppError::UnsupportedGrantType => Status::from(AppError::invalid(
+                "grant_type",
+                crate::domain::Invalid::format(format!(
+                    "must be {} or {}",
+                    crate::domain::token_request::GRANT_CLIENT_CREDENTIALS,
+                    crate::domain::token_request::GRANT_TOKEN_EXCHANGE
+                )),
+            )),
+            AppError::GrantInvalid { field } => field_error(
+                field,
+                "is not valid: invalid, expired, ended, or no enabled account",
+                ErrorReason::GrantInvalid,
+            ),
+            AppError::TargetInvalid => field_error(
+                "audience",
+                "is not one of the registered audiences",
+                ErrorReason::TargetInvalid,
+            ),
+            AppError::ScopeInvalid => field_error(
+                "scope",
+                "asks for more than the caller or the subject has",
+                ErrorReason::ScopeInvalid,
             ),
             AppError::ShuttingDown => plain(
                 Code::Unavailable,

@@ -43,6 +43,18 @@ pub struct ServiceIdentity {
     pub key_id: Uuid,
     pub name: String,
     pub scopes: Vec<Scope>,
+    /// What the service presented.
+    pub credential: Credential,
+}
+
+/// How a service proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// Its key (`sk_…`).
+    Key,
+    /// A token its key minted (client_credentials); its scopes are the
+    /// token's, within the account's current ones.
+    Token,
 }
 
 impl ServiceIdentity {
@@ -64,6 +76,8 @@ struct Inner {
     freshness: Freshness,
     generation: AtomicU64,
     keys: RwLock<HashMap<[u8; 32], Arc<Cached>>>,
+    /// The same keys by id, for the tokens they minted.
+    by_id: RwLock<HashMap<Uuid, Arc<Cached>>>,
     unknown: Mutex<UnknownKeys>,
     /// The generation after each flush, for calls that outlive one check.
     flushed: watch::Sender<u64>,
@@ -86,6 +100,7 @@ impl ServiceKeys {
                 freshness,
                 generation: AtomicU64::new(0),
                 keys: RwLock::default(),
+                by_id: RwLock::default(),
                 unknown: Mutex::new(UnknownKeys::new(MAX_UNKNOWN, UNKNOWN_TTL)),
                 flushed: watch::Sender::new(0),
             }),
@@ -132,6 +147,44 @@ impl ServiceKeys {
         let cached = self.cached(&hash.0)?;
         self.touch(&cached, now);
         Some(cached.identity.clone())
+    }
+
+    /// The live key `key_id` (the one that minted a service token), from
+    /// memory when the caches may answer; `None` once the key or its
+    /// account is gone.
+    pub async fn identify_by_key_id(
+        &self,
+        key_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Arc<ServiceIdentity>>, AppError> {
+        if self.may_answer()
+            && let Some(cached) = self
+                .inner
+                .by_id
+                .read()
+                .ok()
+                .and_then(|ids| ids.get(&key_id).cloned())
+        {
+            self.touch(&cached, now);
+            return Ok(Some(cached.identity.clone()));
+        }
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let Some(owner) = db::service_accounts::find_by_key_id(&self.inner.db, key_id).await? else {
+            return Ok(None);
+        };
+        let cached = Arc::new(Cached {
+            identity: Arc::new(identity_of(owner)),
+            last_touched: AtomicI64::new(0),
+        });
+        if self.may_answer()
+            && let Ok(mut ids) = self.inner.by_id.write()
+            && self.inner.generation.load(Ordering::Acquire) == generation
+            && ids.len() < MAX_KEYS
+        {
+            ids.insert(key_id, cached.clone());
+        }
+        self.touch(&cached, now);
+        Ok(Some(cached.identity.clone()))
     }
 
     /// The key behind `identity` as the database has it now (never the
@@ -226,6 +279,10 @@ impl ServiceKeys {
             Ok(mut keys) => keys.clear(),
             Err(_) => self.inner.usable.store(false, Ordering::Release),
         }
+        match self.inner.by_id.write() {
+            Ok(mut ids) => ids.clear(),
+            Err(_) => self.inner.usable.store(false, Ordering::Release),
+        }
         match self.inner.unknown.lock() {
             Ok(mut unknown) => unknown.clear(),
             Err(_) => self.inner.usable.store(false, Ordering::Release),
@@ -252,6 +309,7 @@ fn identity_of(owner: db::service_accounts::KeyOwner) -> ServiceIdentity {
         // Scopes the code does not know (from a newer version) grant
         // nothing here.
         scopes: owner.scopes.iter().filter_map(|s| Scope::parse(s).ok()).collect(),
+        credential: Credential::Key,
     }
 }
 

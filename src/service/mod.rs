@@ -4,6 +4,7 @@
 mod accounts;
 mod admin;
 mod attempts;
+pub mod credentials;
 pub mod factor_settings;
 mod factors;
 pub mod keys;
@@ -14,6 +15,7 @@ mod recovery;
 mod revocations;
 mod session_list;
 mod sessions;
+mod token_grants;
 mod verification;
 
 use std::time::Duration;
@@ -41,6 +43,7 @@ pub use profile::{ProfileValues, UpdateMeInput};
 pub use revocations::{RevocationEvent, RevocationKind, RevocationStream};
 pub use session_list::OwnSession;
 pub use sessions::Introspection;
+pub use token_grants::GrantedToken;
 
 /// Session lifetimes and rotation rules.
 #[derive(Debug, Clone, Copy)]

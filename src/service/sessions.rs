@@ -6,23 +6,28 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{Core, TokenPair, chrono_duration};
-use crate::crypto::jwt::VerifiedAccess;
+use crate::crypto::jwt::{UserToken, VerifiedAccess, VerifiedService};
 use crate::crypto::opaque::{self, NewToken, TokenKind};
 use crate::crypto::password::Verified;
 use crate::db;
 use crate::db::throttle::Backoff;
 use crate::domain::{EndReason, Invalid, Password, ThrottleKey, User};
 use crate::error::{AppError, TokenProblem, Violation};
+use authd_token_rules::UserAccess;
 
 /// Answer of IntrospectToken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Introspection {
     Inactive,
-    /// What the token says, and the account as it is now.
+    /// A user's token (for any registered audience): what it says, and the
+    /// account as it is now.
     Active {
         token: VerifiedAccess,
+        claims: Box<UserAccess>,
         user: Arc<User>,
     },
+    /// A service's own token whose key is still live.
+    Service(VerifiedService),
 }
 
 fn require_refresh_token(presented: &str) -> Result<opaque::TokenHash, AppError> {
@@ -105,16 +110,31 @@ impl Core {
         if access_token.trim().is_empty() {
             return Err(AppError::invalid("access_token", Invalid::required()));
         }
-        let Ok(verified) = self.tokens.verify(access_token.trim(), now) else {
-            return Ok(Introspection::Inactive);
+        let token = access_token.trim();
+        let Ok(UserToken { access, claims }) = self.tokens.read_user_token(token, now) else {
+            return self.introspect_service(token, now).await;
         };
-        Ok(match self.live_session_user(&verified, now).await? {
+        Ok(match self.live_session_user(&access, now).await? {
             Some(user) => Introspection::Active {
-                token: verified,
+                token: access,
+                claims: Box::new(claims),
                 user,
             },
             None => Introspection::Inactive,
         })
+    }
+
+    /// A service's token is active while the key that minted it lives.
+    async fn introspect_service(&self, token: &str, now: DateTime<Utc>) -> Result<Introspection, AppError> {
+        let Ok(service) = self.tokens.verify_service(token, now, true) else {
+            return Ok(Introspection::Inactive);
+        };
+        Ok(
+            match self.service_keys.identify_by_key_id(service.key_id, now).await? {
+                Some(key) if key.name == service.name => Introspection::Service(service),
+                _ => Introspection::Inactive,
+            },
+        )
     }
 
     /// Changes the bearer's password: checks the current one (same rules as

@@ -21,7 +21,8 @@ pub const ACR_AAL1: &str = "aal1";
 
 /// Whether `sub` names a service account (`svc:` and a name).
 pub fn is_service_subject(sub: &str) -> bool {
-    sub.strip_prefix(SERVICE_SUBJECT_PREFIX).is_some_and(|name| !name.is_empty())
+    sub.strip_prefix(SERVICE_SUBJECT_PREFIX)
+        .is_some_and(|name| !name.is_empty())
 }
 
 /// A kind of token: its header `typ` and the shape of its claims. Sealed:
@@ -179,7 +180,9 @@ impl sealed::Sealed for UserAccess {
             && !c.sub.is_empty()
             && !c.sub.starts_with(SERVICE_SUBJECT_PREFIX)
             && !c.sid.is_empty()
-            && c.act.as_ref().is_none_or(|act| act.chain().iter().all(|s| is_service_subject(s)))
+            && c.act
+                .as_ref()
+                .is_none_or(|act| act.chain().iter().all(|s| is_service_subject(s)))
             && c.iat >= 0
             && c.exp >= c.iat;
         if shaped { Ok(c) } else { Err(Invalid::Shape) }
@@ -255,7 +258,12 @@ impl sealed::Sealed for ServiceAccess {
             .sub
             .strip_prefix(SERVICE_SUBJECT_PREFIX)
             .is_some_and(|name| !name.is_empty() && name == c.client_id);
-        let shaped = wire.sid.is_none() && wire.events.is_none() && wire.act.is_none() && named && c.iat >= 0 && c.exp >= c.iat;
+        let shaped = wire.sid.is_none()
+            && wire.events.is_none()
+            && wire.act.is_none()
+            && named
+            && c.iat >= 0
+            && c.exp >= c.iat;
         if shaped { Ok(c) } else { Err(Invalid::Shape) }
     }
 }

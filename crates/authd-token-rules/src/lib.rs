@@ -22,8 +22,8 @@ mod rules;
 
 pub use jsonwebtoken::{Algorithm, DecodingKey, Header};
 pub use kinds::{
-    ACR_AAL1, AMR_PASSWORD, Actor, SERVICE_SUBJECT_PREFIX, SecurityEvent, ServiceAccess, TokenKind, UserAccess,
-    is_service_subject,
+    ACR_AAL1, AMR_PASSWORD, Actor, SERVICE_SUBJECT_PREFIX, SecurityEvent, ServiceAccess, TokenKind,
+    UserAccess, is_service_subject,
 };
 pub use rules::{Invalid, Leeway, PinnedKey, Refusal, Rules, TokenHeader};
 
