@@ -17,6 +17,7 @@ pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod jobs;
 pub mod local_pg;
 pub mod mail;

@@ -38,6 +38,7 @@ use crate::grpc::middleware::MiddlewareLayer;
 use crate::grpc::observe::Observe;
 use crate::grpc::rate_limit::PeerRateLimit;
 use crate::grpc::{AdminApi, AuthApi};
+use crate::http::HttpFaceLayer;
 use crate::jobs::cleanup::Cleanup;
 use crate::jobs::mail_worker::OutboxWorker;
 use crate::local_pg::{Durability, LocalPostgres};
@@ -366,8 +367,23 @@ fn serve(
     let auth = AuthServiceServer::new(AuthApi::new(core.clone(), config.trusted_proxy_header.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(1024 * 1024);
+    let bearer_auth = BearerAuth::new(Credentials::new(
+        shared.tokens.clone(),
+        shared.service_keys.clone(),
+    ))
+    .with_failure_limit(
+        config.service_auth_failure_limit,
+        config.trusted_proxy_header.clone(),
+        shared.metrics.clone(),
+    );
     let router = server_with_limits(config)?
         .layer(cors_layer(&config.cors_origins))
+        .layer(HttpFaceLayer::new(
+            core.clone(),
+            bearer_auth.clone(),
+            &config.issuer,
+            config.request_timeout,
+        ))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(MiddlewareLayer(Observe::new(shared.metrics.clone())))
         .layer(MiddlewareLayer(Deadlines::new(config.request_timeout)))
@@ -376,17 +392,7 @@ fn serve(
             PeerRateLimit::new(config.peer_rate_limit, config.trusted_proxy_header.clone())
                 .with_metrics(shared.metrics.clone()),
         ))
-        .layer(MiddlewareLayer(
-            BearerAuth::new(Credentials::new(
-                shared.tokens.clone(),
-                shared.service_keys.clone(),
-            ))
-            .with_failure_limit(
-                config.service_auth_failure_limit,
-                config.trusted_proxy_header.clone(),
-                shared.metrics.clone(),
-            ),
-        ))
+        .layer(MiddlewareLayer(bearer_auth))
         .add_service(HealthServer::new(HealthApi::new(health.clone())))
         .add_service(reflection_builder().build_v1()?)
         .add_service(reflection_builder().build_v1alpha()?)
@@ -508,7 +514,7 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
     let header = HeaderName::from_static;
     CorsLayer::new()
         .allow_origin(allow)
-        .allow_methods([Method::POST])
+        .allow_methods([Method::GET, Method::POST])
         .allow_headers([
             header("authorization"),
             header("content-type"),

@@ -154,6 +154,19 @@ impl Core {
         self.tokens.jwks_json()
     }
 
+    /// The issuer tokens name (the base of the HTTP face's URLs).
+    pub fn issuer(&self) -> &str {
+        self.tokens.issuer()
+    }
+
+    /// The JOSE name of the algorithm tokens are signed with.
+    pub fn signing_algorithm(&self) -> &'static str {
+        match self.tokens.signing_algorithm() {
+            jsonwebtoken::Algorithm::ES256 => "ES256",
+            _ => "EdDSA",
+        }
+    }
+
     /// The service-key lookup a long-lived stream re-checks its key with.
     pub fn service_keys(&self) -> &ServiceKeys {
         &self.service_keys

@@ -20,6 +20,7 @@ fn layer_of(module: &str) -> &'static str {
         "jobs" => "jobs",
         "service" => "service",
         "grpc" => "grpc",
+        "http" => "http",
         "metrics" => "metrics",
         "pb" => "pb",
         "deadline" => "deadline",
@@ -36,7 +37,7 @@ fn layer_of(module: &str) -> &'static str {
 /// Which layers each layer may name. Written once; README's design section
 /// draws the same picture.
 fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
-    let table: [(&str, &[&str]); 18] = [
+    let table: [(&str, &[&str]); 19] = [
         // Plain values and parsing: nothing of authd.
         ("domain", &[]),
         ("error", &["domain"]),
@@ -76,6 +77,10 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             "grpc",
             &["service", "domain", "error", "pb", "metrics", "deadline"],
         ),
+        // The HTTP face rides on the gRPC listener and shares its edge (the
+        // credential check and its failure limit); like gRPC, it calls use
+        // cases and never storage or keys.
+        ("http", &["service", "domain", "error", "metrics", "grpc"]),
         (
             "cli",
             &[
@@ -103,6 +108,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
                 "jobs",
                 "service",
                 "grpc",
+                "http",
                 "metrics",
                 "pb",
                 "deadline",

@@ -26,6 +26,7 @@ mod faults;
 mod grpc_web;
 mod health;
 mod http1;
+mod http_face;
 mod layering;
 mod lifecycle;
 mod login;
