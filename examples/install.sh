@@ -1,26 +1,32 @@
 #!/usr/bin/env bash
-# Installs the dependencies of the example clients (examples/python and
-# examples/node) for tests/api/clients.rs. Idempotent and quiet; CI runs it.
-# A language whose toolchain is missing is skipped with a warning (its test
-# then reports SKIPPED).
+# Installs the dependencies of the example clients (examples/python,
+# examples/node and examples/oauth) for tests/api/clients.rs and
+# tests/api/oauth_clients.rs. Idempotent and quiet; CI runs it.
+# A language whose toolchain is missing is skipped with a warning (its tests
+# then report SKIPPED).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 if command -v python3 >/dev/null; then
-  PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    python3 -m pip install --quiet -r python/requirements.txt
+  # Pinned versions already installed make this a quick no-op.
+  for requirements in python/requirements.txt oauth/requirements.txt; do
+    PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
+      python3 -m pip install --quiet -r "$requirements"
+  done
 else
-  echo "install.sh: python3 not found, skipping examples/python" >&2
+  echo "install.sh: python3 not found, skipping examples/python and examples/oauth" >&2
 fi
 
 if command -v npm >/dev/null; then
-  # npm ci starts from scratch each time, so skip it when node_modules was
-  # installed from this very lockfile.
-  stamp=node/node_modules/.installed-package-lock.json
-  if ! cmp -s node/package-lock.json "$stamp"; then
-    (cd node && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-    cp node/package-lock.json "$stamp"
-  fi
+  for dir in node oauth; do
+    # npm ci starts from scratch each time, so skip it when node_modules was
+    # installed from this very lockfile.
+    stamp="$dir/node_modules/.installed-package-lock.json"
+    if ! cmp -s "$dir/package-lock.json" "$stamp"; then
+      (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+      cp "$dir/package-lock.json" "$stamp"
+    fi
+  done
 else
-  echo "install.sh: npm not found, skipping examples/node" >&2
+  echo "install.sh: npm not found, skipping examples/node and examples/oauth" >&2
 fi

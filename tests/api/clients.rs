@@ -5,10 +5,7 @@
 //! without them a test prints `SKIPPED: ...` and passes.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
-
-use tokio::process::Command;
 
 use crate::helpers::*;
 
@@ -29,27 +26,9 @@ fn skip(why: &str, install: &str) {
 /// the child's output, unless it exits with 0.
 async fn run_flow(program: &str, script: PathBuf) {
     let app = spawn_app().await;
-    let child = Command::new(program)
-        .arg(&script)
-        .arg(app.addr.to_string())
-        .current_dir(repo())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(TIMEOUT, child)
-        .await
-        .unwrap_or_else(|_| panic!("{program} {} did not finish within {TIMEOUT:?}", script.display()))
-        .unwrap_or_else(|e| panic!("starting {program}: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "{program} {} failed ({})\n--- stdout\n{stdout}--- stderr\n{stderr}",
-        script.display(),
-        output.status,
-    );
+    let addr = app.addr.to_string();
+    let stdout = run_tool(program, &[script.as_os_str(), addr.as_ref()], &[], TIMEOUT).await;
     print!("{stdout}");
-    eprint!("{stderr}");
 }
 
 #[tokio::test]
@@ -57,14 +36,8 @@ async fn the_python_example_runs_a_whole_session() {
     let imports = "import grpc, grpc_tools.protoc, grpc_status.rpc_status, \
                    google.api.annotations_pb2, google.rpc.error_details_pb2, pyotp";
     let install = "pip install -r examples/python/requirements.txt";
-    match Command::new("python3").args(["-c", imports]).output().await {
-        Err(e) => return skip(&format!("python3 cannot run ({e})"), install),
-        Ok(probe) if !probe.status.success() => {
-            let error = String::from_utf8_lossy(&probe.stderr);
-            let last = error.lines().last().unwrap_or_default();
-            return skip(&format!("Python modules missing ({last})"), install);
-        }
-        Ok(_) => {}
+    if let Some(why) = tool_missing("python3", &["-c", imports]).await {
+        return skip(&why, install);
     }
     run_flow("python3", repo().join("examples/python/flow.py")).await;
 }
@@ -72,8 +45,8 @@ async fn the_python_example_runs_a_whole_session() {
 #[tokio::test]
 async fn the_node_example_runs_a_whole_session() {
     let install = "cd examples/node && npm ci";
-    if let Err(e) = Command::new("node").arg("--version").output().await {
-        return skip(&format!("node cannot run ({e})"), install);
+    if let Some(why) = tool_missing("node", &["--version"]).await {
+        return skip(&why, install);
     }
     if !repo().join("examples/node/node_modules").is_dir() {
         return skip("examples/node/node_modules is absent", install);

@@ -74,6 +74,20 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// A server whose issuer is its own address (`http://127.0.0.1:PORT`), as
+/// authd's development default is: its discovery documents name endpoints
+/// that answer, so off-the-shelf OAuth clients can find everything from the
+/// issuer alone.
+pub async fn spawn_app_with_issuer(tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let listen = crate::smtp::reserve_port();
+    spawn_app_with(|c| {
+        c.listen = listen;
+        c.issuer = format!("http://{listen}");
+        tweak(c);
+    })
+    .await
+}
+
 /// A fresh database on the shared cluster and a server for it.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let url = fresh_database().await;
@@ -321,6 +335,20 @@ impl TestApp {
             .map(tonic::Response::into_inner)
     }
 
+    /// ExchangeToken with `credential` (a service key, or for token
+    /// exchange the service's own token) as the bearer.
+    pub async fn exchange_token(
+        &self,
+        credential: &str,
+        request: pb::ExchangeTokenRequest,
+    ) -> Result<pb::ExchangeTokenResponse, Status> {
+        self.client
+            .clone()
+            .exchange_token(with_bearer(request, credential))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// A client of AdminService on this server.
     pub fn admin(&self) -> AdminClient {
         let channel = Channel::from_shared(format!("http://{}", self.addr))
@@ -528,6 +556,64 @@ pub fn skip_test(why: &str) {
     }
     use std::io::Write as _;
     let _ = std::io::stderr().write_all(format!("SKIPPED: {why}\n").as_bytes());
+}
+
+/// RFC 8693's grant type and the token type of an access token.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// Why an external tool cannot run: `None` when `program args` exits 0.
+/// A probe such as `python3 -c "import x"` thus also names a missing module.
+pub async fn tool_missing(program: &str, args: &[&str]) -> Option<String> {
+    match tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+    {
+        Err(e) => Some(format!("{program} cannot run ({e})")),
+        Ok(probe) if !probe.status.success() => {
+            let error = String::from_utf8_lossy(&probe.stderr);
+            let last = error.lines().last().unwrap_or_default();
+            Some(format!("{program} {}: {last}", args.join(" ")))
+        }
+        Ok(_) => None,
+    }
+}
+
+/// Runs an external client to its end from the repository's root and
+/// returns its standard output; fails the test, showing everything the
+/// child printed, unless it exits with 0 within `within`.
+pub async fn run_tool(
+    program: &str,
+    args: &[&std::ffi::OsStr],
+    envs: &[(&str, &str)],
+    within: Duration,
+) -> String {
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let shown = format!(
+        "{program} {}",
+        args.join(std::ffi::OsStr::new(" ")).to_string_lossy()
+    );
+    let output = tokio::time::timeout(within, child)
+        .await
+        .unwrap_or_else(|_| panic!("{shown} did not finish within {within:?}"))
+        .unwrap_or_else(|e| panic!("starting {program}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{shown} failed ({})\n--- stdout\n{stdout}--- stderr\n{stderr}",
+        output.status,
+    );
+    eprint!("{stderr}");
+    stdout
 }
 
 /// An address no other test uses.

@@ -32,6 +32,7 @@ mod lifecycle;
 mod login;
 mod metrics;
 mod migrations_at_scale;
+mod oauth_clients;
 mod openapi;
 mod query_plans;
 mod readme;

@@ -71,6 +71,19 @@ impl Gateway {
             "\"deploy/envoy/authd.pb\"",
             &format!("{:?}", descriptor.display().to_string()),
         );
+        Self::run(envoy, dir, &config, listen, admin).await
+    }
+
+    /// Envoy running `config` (written into `dir`, which goes with the
+    /// gateway), listening on `listen`, ready once its admin endpoint on
+    /// `admin` says so.
+    pub(crate) async fn run(
+        envoy: &PathBuf,
+        dir: PathBuf,
+        config: &str,
+        listen: SocketAddr,
+        admin: SocketAddr,
+    ) -> Self {
         let config_path = dir.join("envoy.yaml");
         std::fs::write(&config_path, config).unwrap();
         let child = tokio::process::Command::new(envoy)
