@@ -33,9 +33,11 @@ struct Args {
     connections: usize,
 
     /// Comma-separated, in order [default: all:
-    /// health,getme,getuser,lookupuser,listusers,listsessions,introspect,jwks,refresh,mix,login,register,
-    /// login-mfa,cache,revocation,startup; also available: flood (Logins at 1×, 2×, 4× the argon2 ceiling);
-    /// with --addr, cache and login-mfa only with --database-url and revocation only with --watch-key;
+    /// health,getme,getuser,lookupuser,listusers,listsessions,introspect,jwks,client-credentials,exchange,
+    /// client-credentials-http,exchange-http,refresh,mix,login,register,login-mfa,cache,revocation,startup;
+    /// also available: flood (Logins at 1×, 2×, 4× the argon2 ceiling); with --addr, cache and login-mfa
+    /// only with --database-url, revocation only with --watch-key, the four token grants only with
+    /// --token-client;
     /// with --scale: startup, cleanup and the call scenarios, default
     /// startup,health,getme,introspect,refresh,listsessions,getuser,lookupuser,listusers,mix,login,register,cleanup]
     #[arg(long, value_name = "LIST", value_parser = scenario_list)]
@@ -68,6 +70,13 @@ struct Args {
     /// the revocation scenario; a started authd gets one made for it
     #[arg(long, value_name = "KEY")]
     watch_key: Option<String>,
+
+    /// With --addr: a service account with scope tokens.exchange, as
+    /// NAME:sk_…, for the token grant scenarios (client-credentials,
+    /// exchange and their -http twins); the server must list the audience
+    /// billing in AUTHD_AUDIENCES. A started authd gets one made for it
+    #[arg(long, value_name = "NAME:KEY", value_parser = token_client)]
+    token_client: Option<(String, String)>,
 
     /// Revocation scenario: Logouts timed per subscriber count (1 and 100)
     /// [default: 300; --smoke: 10]
@@ -144,6 +153,8 @@ pub struct Options {
     pub database: Option<PgConnectOptions>,
     pub service_key: Option<String>,
     pub watch_key: Option<String>,
+    /// (service account name, key) for the token grant scenarios.
+    pub token_client: Option<(String, String)>,
     pub revocation_logouts: usize,
     pub server_env: Vec<(String, String)>,
     pub cache_sessions: usize,
@@ -167,6 +178,7 @@ pub fn parse() -> Options {
     let smoke = args.smoke;
     let no_database = args.addr.is_some() && args.database_url.is_none();
     let no_watch_key = args.addr.is_some() && args.watch_key.is_none();
+    let no_token_client = args.addr.is_some() && args.token_client.is_none();
     let scale_only = |s: &Scenario| matches!(s, Scenario::Cleanup);
     let scenarios = match args.scenarios {
         Some(list) => list.0,
@@ -178,18 +190,21 @@ pub fn parse() -> Options {
             all.into_iter()
                 .filter(|s| !(no_database && s.fills_database()))
                 .filter(|s| !(no_watch_key && matches!(s, Scenario::Revocation)))
+                .filter(|s| !(no_token_client && s.grants_tokens()))
                 .collect()
         }
     };
     if args.scale
-        && let Some(s) = scenarios
-            .iter()
-            .find(|s| !matches!(s, Scenario::Calls(_) | Scenario::Startup | Scenario::Cleanup))
+        && let Some(s) = scenarios.iter().find(|s| {
+            !matches!(s, Scenario::Calls(_) | Scenario::Startup | Scenario::Cleanup) || s.grants_tokens()
+        })
     {
         Args::command()
             .error(
                 ErrorKind::InvalidValue,
-                format!("--scale runs startup, cleanup and call scenarios, not {s:?}"),
+                format!(
+                    "--scale runs startup, cleanup and the call scenarios but the token grants, not {s:?}"
+                ),
             )
             .exit();
     }
@@ -214,6 +229,15 @@ pub fn parse() -> Options {
             )
             .exit();
     }
+    if no_token_client && scenarios.iter().any(Scenario::grants_tokens) {
+        Args::command()
+            .error(
+                ErrorKind::MissingRequiredArgument,
+                "the token grant scenarios against --addr need --token-client (NAME:KEY of a service account \
+                 with scope tokens.exchange, on a server whose AUTHD_AUDIENCES lists billing)",
+            )
+            .exit();
+    }
     Options {
         duration: args
             .duration
@@ -227,6 +251,7 @@ pub fn parse() -> Options {
         database: args.database_url,
         service_key: args.service_key,
         watch_key: args.watch_key,
+        token_client: args.token_client,
         revocation_logouts: args.revocation_logouts.unwrap_or(if smoke { 10 } else { 300 }),
         server_env: args.server_env,
         cache_sessions: args.cache_sessions.unwrap_or(if smoke { 2_000 } else { 100_000 }),
@@ -313,6 +338,15 @@ fn loopback_url(v: &str) -> Result<String, String> {
 
 fn database_url(v: &str) -> Result<PgConnectOptions, String> {
     v.parse().map_err(|e| format!("{e}"))
+}
+
+fn token_client(v: &str) -> Result<(String, String), String> {
+    match v.split_once(':') {
+        Some((name, key)) if !name.is_empty() && key.starts_with("sk_") => {
+            Ok((name.to_owned(), key.to_owned()))
+        }
+        _ => Err("takes NAME:sk_… (a service account's name and key)".into()),
+    }
 }
 
 fn key_value(v: &str) -> Result<(String, String), String> {

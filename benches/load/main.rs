@@ -19,7 +19,9 @@
 //! the peak RSS of the service during a burst of simultaneous Logins
 //! (`burst`). The revocation scenario (`revocation_scenario`) times a
 //! Logout's way to a service using authd-verifier, and the verifier's cost
-//! per call against a bare tonic call.
+//! per call against a bare tonic call. The token grant scenarios
+//! (`grant_scenario`) mint tokens for a second audience, client_credentials
+//! and token exchange, over gRPC and over the HTTP face.
 //!
 //! Timings are reported, never asserted. `--smoke` (about a second per
 //! scenario) exits non-zero if any call failed, for CI.
@@ -30,6 +32,7 @@ mod burst;
 mod cache_scenario;
 mod client;
 mod flood;
+mod grant_scenario;
 mod mfa_scenario;
 mod procfs;
 mod report;
@@ -103,6 +106,20 @@ async fn main() -> std::process::ExitCode {
         baseline.median().as_secs_f64() * 1000.0,
     );
 
+    // The token grants mint for a second audience next to authd's own
+    // (unless the command line sets the audiences itself).
+    let mut server_env = options.server_env.clone();
+    let grants_tokens = options.scenarios.iter().any(Scenario::grants_tokens);
+    if grants_tokens
+        && !server_env
+            .iter()
+            .any(|(k, _)| k == "AUTHD_AUDIENCES" || k == "AUTHD_AUDIENCE")
+    {
+        server_env.push((
+            "AUTHD_AUDIENCES".to_owned(),
+            format!("authd,{}", grant_scenario::AUDIENCE),
+        ));
+    }
     let scratch = std::env::temp_dir().join(format!("authd-bench-{}", uuid::Uuid::new_v4().simple()));
     let built = server::pin_binary(&scratch);
     let mut server = match &options.addr {
@@ -113,7 +130,7 @@ async fn main() -> std::process::ExitCode {
         }
         None => {
             let t = Instant::now();
-            let mut s = start_server(&scratch, &options.server_env).await;
+            let mut s = start_server(&scratch, &server_env).await;
             print!("started PostgreSQL (throwaway) and {} ", built.display());
             wait_until_serving(&mut s).await;
             println!(
@@ -125,8 +142,10 @@ async fn main() -> std::process::ExitCode {
             s
         }
     };
-    for (k, v) in &options.server_env {
-        println!("authd started with {k}={v}");
+    if options.addr.is_none() {
+        for (k, v) in &server_env {
+            println!("authd started with {k}={v}");
+        }
     }
 
     let service_key = match &options.service_key {
@@ -138,6 +157,23 @@ async fn main() -> std::process::ExitCode {
             .parse()
             .expect("a service key is printable ASCII")
     });
+
+    let token_client = match (&options.token_client, grants_tokens) {
+        (_, false) => None,
+        (Some((name, key)), true) => Some((name.clone(), key.clone())),
+        (None, true) => {
+            let name = "load-tokens";
+            server::create_service_key(&server, name, &[grant_scenario::SCOPE])
+                .await
+                .map(|key| (name.to_owned(), key))
+        }
+    };
+    let tokens = match token_client {
+        Some((name, key)) => {
+            Some(grant_scenario::TokenClient::connect(&server.addr, &name, &key, options.connections).await)
+        }
+        None => None,
+    };
 
     let channels = client::connect(&server.addr, options.connections).await;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
@@ -152,6 +188,7 @@ async fn main() -> std::process::ExitCode {
         accounts,
         run_id,
         service_authorization,
+        tokens,
     });
     let mut states = seeding::sign_in_tasks(&shared, options.concurrency).await;
     println!(

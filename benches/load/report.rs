@@ -61,6 +61,10 @@ pub fn ratios(rows: &[Row], baseline: &Argon2Baseline, burst: Option<&BurstResul
             ("getme", "GetMe"),
             ("getuser", "GetUser"),
             ("introspect", "IntrospectToken"),
+            ("client-credentials", "ExchangeToken client_credentials"),
+            ("exchange", "ExchangeToken token exchange"),
+            ("client-credentials-http", "POST /oauth2/token client_credentials"),
+            ("exchange-http", "POST /oauth2/token token exchange"),
         ] {
             if let Some(r) = find(name) {
                 println!(

@@ -12,6 +12,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::client::{bearer, code_label, get_me, login};
+use crate::grant_scenario::{self, TokenClient};
 use crate::procfs::{CpuUse, CpuWindow};
 use crate::seeding::{Shared, TaskState};
 use crate::stats::{Row, Stats};
@@ -22,8 +23,9 @@ pub const SCALE: &str = "startup,health,getme,introspect,refresh,listsessions,ge
                          login,register,cleanup";
 
 /// Every scenario, in the order a run without `--scenarios` takes them.
-pub const ALL: &str = "health,getme,getuser,lookupuser,listusers,listsessions,introspect,jwks,refresh,mix,login,register,\
-                       login-mfa,cache,revocation,startup";
+pub const ALL: &str = "health,getme,getuser,lookupuser,listusers,listsessions,introspect,jwks,client-credentials,\
+                       exchange,client-credentials-http,exchange-http,refresh,mix,login,register,login-mfa,cache,\
+                       revocation,startup";
 
 #[derive(Debug, Clone)]
 pub enum Scenario {
@@ -80,6 +82,10 @@ impl Scenario {
             "listsessions" => single(Op::ListSessions),
             "introspect" => single(Op::Introspect),
             "jwks" => single(Op::Jwks),
+            "client-credentials" => single(Op::ClientCredentials),
+            "exchange" => single(Op::Exchange),
+            "client-credentials-http" => single(Op::ClientCredentialsHttp),
+            "exchange-http" => single(Op::ExchangeHttp),
             "refresh" => single(Op::Refresh),
             "login" => single(Op::Login),
             "register" => single(Op::Register),
@@ -101,6 +107,16 @@ impl Scenario {
     /// against `--addr` it needs `--database-url`.
     pub fn fills_database(&self) -> bool {
         matches!(self, Scenario::Cache | Scenario::LoginMfa)
+    }
+
+    /// Whether the scenario mints tokens for [`grant_scenario::AUDIENCE`]
+    /// with a service key of scope `tokens.exchange`, so against `--addr`
+    /// it needs `--token-client`.
+    pub fn grants_tokens(&self) -> bool {
+        match self {
+            Scenario::Calls(mix) => mix.ops.iter().any(|(op, _)| op.grants_tokens()),
+            _ => false,
+        }
     }
 
     /// Whether the scenario is bound by argon2, so the argon2 baseline is
@@ -139,12 +155,28 @@ pub enum Op {
     ListSessions,
     Introspect,
     Jwks,
+    /// ExchangeToken, client_credentials (see `grant_scenario`).
+    ClientCredentials,
+    /// ExchangeToken, the task's access token exchanged for another
+    /// audience.
+    Exchange,
+    /// `POST /oauth2/token` on the HTTP face, client_credentials.
+    ClientCredentialsHttp,
+    /// `POST /oauth2/token`, token exchange.
+    ExchangeHttp,
     Refresh,
     Login,
     Register,
 }
 
 impl Op {
+    fn grants_tokens(self) -> bool {
+        matches!(
+            self,
+            Op::ClientCredentials | Op::Exchange | Op::ClientCredentialsHttp | Op::ExchangeHttp
+        )
+    }
+
     fn name(self) -> &'static str {
         match self {
             Op::Health => "health",
@@ -155,6 +187,10 @@ impl Op {
             Op::ListSessions => "listsessions",
             Op::Introspect => "introspect",
             Op::Jwks => "jwks",
+            Op::ClientCredentials => "client-credentials",
+            Op::Exchange => "exchange",
+            Op::ClientCredentialsHttp => "client-credentials-http",
+            Op::ExchangeHttp => "exchange-http",
             Op::Refresh => "refresh",
             Op::Login => "login",
             Op::Register => "register",
@@ -302,6 +338,12 @@ async fn call(
                 Ok(())
             }
         }
+        Op::ClientCredentials => grant_scenario::client_credentials_grpc(client, token_client(shared)?).await,
+        Op::Exchange => grant_scenario::exchange_grpc(client, token_client(shared)?, &state.access).await,
+        Op::ClientCredentialsHttp => {
+            grant_scenario::client_credentials_http(token_client(shared)?, task).await
+        }
+        Op::ExchangeHttp => grant_scenario::exchange_http(token_client(shared)?, task, &state.access).await,
         Op::Refresh => {
             let result = client
                 .refresh(pb::RefreshRequest {
@@ -340,6 +382,10 @@ async fn call(
             }
         }
     }
+}
+
+fn token_client(shared: &Shared) -> Result<&TokenClient, String> {
+    shared.tokens.as_ref().ok_or_else(|| "no_token_client".to_owned())
 }
 
 fn next_random(state: &mut u64) -> u64 {

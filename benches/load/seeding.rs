@@ -9,6 +9,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 use crate::client::{Account, authorization, login};
+use crate::grant_scenario::TokenClient;
 
 /// What every load task shares.
 pub struct Shared {
@@ -19,6 +20,9 @@ pub struct Shared {
     /// `Bearer sk_…` of a service key with scope tokens.introspect, which
     /// IntrospectToken requires.
     pub service_authorization: Option<MetadataValue<Ascii>>,
+    /// A service key with scope tokens.exchange and HTTP/2 connections to
+    /// the HTTP face, for the token grant scenarios.
+    pub tokens: Option<TokenClient>,
 }
 
 /// What one load task carries from scenario to scenario: its account and

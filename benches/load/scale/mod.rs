@@ -286,6 +286,7 @@ async fn side(server: Server, run_id: &str, options: &Options) -> Side {
                 .parse()
                 .expect("a service key is printable ASCII"),
         ),
+        tokens: None,
     });
     let states = seeding::sign_in_tasks(&shared, options.concurrency).await;
     Side {
