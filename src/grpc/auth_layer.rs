@@ -124,6 +124,13 @@ impl BearerAuth {
         match check_limited(&self.credentials, presented, scope, limit).await {
             Ok(identity) => Ok(identity),
             Err((_, AppError::Throttled(wait))) => Err(AppError::Throttled(wait)),
+            // A user's token is no client at all: OAuth clients branch on
+            // invalid_client (RFC 6749 §5.2), not on a missing permission.
+            Err((None, AppError::MissingScope(_))) => {
+                let refusal = AppError::Token(TokenProblem::Invalid);
+                audit_refusal(endpoint, None, &refusal);
+                Err(refusal)
+            }
             Err((who, refusal)) => {
                 audit_refusal(endpoint, who.as_deref(), &refusal);
                 Err(refusal)

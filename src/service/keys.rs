@@ -149,6 +149,21 @@ impl ServiceKeys {
         Some(cached.identity.clone())
     }
 
+    /// Like [`Self::identify_by_key_id`], but from memory only: `None`
+    /// unless the key is cached as live and the caches may answer.
+    pub fn identify_by_key_id_in_memory(
+        &self,
+        key_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Option<Arc<ServiceIdentity>> {
+        if !self.may_answer() {
+            return None;
+        }
+        let cached = self.inner.by_id.read().ok()?.get(&key_id).cloned()?;
+        self.touch(&cached, now);
+        Some(cached.identity.clone())
+    }
+
     /// The live key `key_id` (the one that minted a service token), from
     /// memory when the caches may answer; `None` once the key or its
     /// account is gone.

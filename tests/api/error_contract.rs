@@ -878,7 +878,10 @@ async fn every_error_of_exchange_token_carries_a_listed_reason() {
         assert_eq!(bad.field_violations.len(), 1, "{status:?}");
         let v = &bad.field_violations[0];
         assert_eq!(v.field, field, "{status:?}");
-        assert!(FieldViolationReason::from_str_name(&v.reason).is_some_and(|r| r != FieldViolationReason::Unspecified));
+        assert!(
+            FieldViolationReason::from_str_name(&v.reason)
+                .is_some_and(|r| r != FieldViolationReason::Unspecified)
+        );
         assert!(!v.description.is_empty());
     }
 
@@ -917,7 +920,11 @@ async fn every_error_of_exchange_token_carries_a_listed_reason() {
     );
     about_field(&status, "grant_type");
     for (request, reason, field) in [
-        (token_exchange("garbage", BILLING, ""), "GRANT_INVALID", "subject_token"),
+        (
+            token_exchange("garbage", BILLING, ""),
+            "GRANT_INVALID",
+            "subject_token",
+        ),
         (
             impersonation(&uuid::Uuid::new_v4().to_string(), BILLING, ""),
             "GRANT_INVALID",

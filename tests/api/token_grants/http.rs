@@ -1034,7 +1034,10 @@ async fn the_token_endpoint_and_the_documents_answer_over_http2_too() {
         app.addr,
         "POST",
         TOKEN_PATH,
-        &[("content-type", FORM.to_owned()), ("authorization", basic(&name, &key))],
+        &[
+            ("content-type", FORM.to_owned()),
+            ("authorization", basic(&name, &key)),
+        ],
         encode(&[("grant_type", CLIENT_CREDENTIALS), ("audience", BILLING)]),
     )
     .await;
@@ -1048,7 +1051,10 @@ async fn the_token_endpoint_and_the_documents_answer_over_http2_too() {
         app.addr,
         "POST",
         INTROSPECTION_PATH,
-        &[("content-type", FORM.to_owned()), ("authorization", basic(&name, &key))],
+        &[
+            ("content-type", FORM.to_owned()),
+            ("authorization", basic(&name, &key)),
+        ],
         encode(&[("token", &token)]),
     )
     .await;
@@ -1056,7 +1062,14 @@ async fn the_token_endpoint_and_the_documents_answer_over_http2_too() {
     let about: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(about["active"], true, "{about}");
 
-    let (status, headers, body) = over_h2(app.addr, "GET", "/.well-known/openid-configuration", &[], Vec::new()).await;
+    let (status, headers, body) = over_h2(
+        app.addr,
+        "GET",
+        "/.well-known/openid-configuration",
+        &[],
+        Vec::new(),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(headers.get("content-type").unwrap(), "application/json");
     let doc: Value = serde_json::from_slice(&body).unwrap();
