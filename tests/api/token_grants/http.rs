@@ -286,7 +286,9 @@ async fn every_rfc_error_of_the_token_endpoint() {
         pairs.extend(owned(more));
         pairs
     };
-    let cases: Vec<(&str, Vec<(&str, String)>, Option<String>, u16, &str)> = vec![
+    // What the case is, the form, the Authorization header, the status and the error.
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, Option<String>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("no client authentication", cc(&[]), None, 401, "invalid_client"),
         (
             "an unknown key",
