@@ -42,6 +42,24 @@ impl Unreadable {
 
 /// The one credential of a request. RFC 6749 §2.3: a client uses one
 /// method per request; two is a malformed request.
+/// The form and the client's credential of a request to either endpoint,
+/// or the answer that refuses it.
+async fn read_request(req: Request<tonic::body::Body>) -> Result<(Form, Option<Presented>), HttpResponse> {
+    let (parts, form) = match form::read(req).await {
+        Ok(read) => read,
+        Err(e @ form::FormError::TooLarge) => {
+            return Err(errors::oauth(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                &e.description(),
+            ));
+        }
+        Err(e) => return Err(errors::invalid_request(&e.description())),
+    };
+    let credential = presented(&parts.headers, &form).map_err(|refusal| refusal.answer())?;
+    Ok((form, credential))
+}
+
 fn presented(headers: &HeaderMap, form: &Form) -> Result<Option<Presented>, Unreadable> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let header_value = values.next();
@@ -151,16 +169,9 @@ pub async fn token(face: &Face, req: Request<tonic::body::Body>) -> HttpResponse
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let (parts, form) = match form::read(req).await {
+    let (form, credential) = match read_request(req).await {
         Ok(read) => read,
-        Err(e @ form::FormError::TooLarge) => {
-            return errors::oauth(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", &e.description());
-        }
-        Err(e) => return errors::invalid_request(&e.description()),
-    };
-    let credential = match presented(&parts.headers, &form) {
-        Ok(credential) => credential,
-        Err(refusal) => return refusal.answer(),
+        Err(refusal) => return refusal,
     };
     if form.get("actor_token").is_some() {
         return errors::invalid_request("actor_token is not supported: the client is the actor");
@@ -223,16 +234,9 @@ pub async fn token(face: &Face, req: Request<tonic::body::Body>) -> HttpResponse
 
 pub async fn introspect(face: &Face, req: Request<tonic::body::Body>) -> HttpResponse {
     let peer = face.credentials.peer_of(&req);
-    let (parts, form) = match form::read(req).await {
+    let (form, credential) = match read_request(req).await {
         Ok(read) => read,
-        Err(e @ form::FormError::TooLarge) => {
-            return errors::oauth(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", &e.description());
-        }
-        Err(e) => return errors::invalid_request(&e.description()),
-    };
-    let credential = match presented(&parts.headers, &form) {
-        Ok(credential) => credential,
-        Err(refusal) => return refusal.answer(),
+        Err(refusal) => return refusal,
     };
     let caller = match client(
         face,

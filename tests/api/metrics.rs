@@ -431,3 +431,14 @@ async fn a_real_prometheus_scrapes_the_page() {
         .await;
     assert_eq!(latency.len(), 1, "{latency:?}");
 }
+
+/// Waits until the in-memory caches answer (their change listener proved
+/// itself): what a client past its failure limit is served from. The app
+/// needs a metrics listener.
+pub async fn caches_on(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while value(&scrape(app, None).await.body, "authd_session_cache_enabled") != Some(1.0) {
+        assert!(Instant::now() < deadline, "the caches never came on");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -20,6 +20,7 @@ use crate::admin::{
     get_user, key_refused_within_a_second, list, lookup, missing_scope,
 };
 use crate::helpers::*;
+use crate::metrics::caches_on;
 use crate::smtp::SmtpServer;
 
 /// Asserts a refusal as UNAUTHENTICATED TOKEN_INVALID on every AdminService
@@ -654,22 +655,14 @@ async fn key_lookups(app: &TestApp, result: &str) -> f64 {
     .unwrap_or_else(|| panic!("no lookup counter in\n{}", page.body))
 }
 
-/// Waits until the key cache answers (its change listener proved itself).
-async fn caches_on(app: &TestApp) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while crate::metrics::value(
-        &crate::metrics::scrape(app, None).await.body,
-        "authd_session_cache_enabled",
-    ) != Some(1.0)
-    {
-        assert!(Instant::now() < deadline, "the caches never came on");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// GetUser with `key`, as the client at `address` (through the trusted
 /// proxy header).
-async fn get_user_from(app: &TestApp, address: &str, key: &str, user_id: &str) -> Result<pb::User, Status> {
+pub(super) async fn get_user_from(
+    app: &TestApp,
+    address: &str,
+    key: &str,
+    user_id: &str,
+) -> Result<pb::User, Status> {
     let mut request = authorized(
         pb::GetUserRequest {
             user_id: user_id.into(),

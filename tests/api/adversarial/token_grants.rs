@@ -13,6 +13,8 @@ use crate::admin::{disable, get_user, missing_scope};
 use crate::helpers::*;
 use crate::token_grants::*;
 
+use super::service_keys::get_user_from;
+
 /// A signed-in user, a service key with these scopes, its name.
 async fn setting(app: &TestApp, scopes: &[&str]) -> (pb::User, pb::TokenPair, String, String) {
     let (user, tokens) = app.signed_in_user().await;
@@ -464,29 +466,6 @@ fn merge(claims: &mut Value, edit: &Value) {
     for (k, v) in edit.as_object().unwrap() {
         claims[k] = v.clone();
     }
-}
-
-/// GetUser with `credential` as the client at `address` (through the
-/// trusted proxy header).
-async fn get_user_from(
-    app: &TestApp,
-    address: &str,
-    credential: &str,
-    user_id: &str,
-) -> Result<pb::User, tonic::Status> {
-    let mut request = with_bearer(
-        pb::GetUserRequest {
-            user_id: user_id.into(),
-        },
-        credential,
-    );
-    request
-        .metadata_mut()
-        .insert("x-forwarded-for", address.parse().unwrap());
-    app.admin()
-        .get_user(request)
-        .await
-        .map(|r| r.into_inner().user.expect("user"))
 }
 
 #[tokio::test]

@@ -176,17 +176,4 @@ pub fn actors(claims: &Value) -> Vec<String> {
     chain
 }
 
-/// Waits until the in-memory caches answer (their change listener proved
-/// itself): what a client past its failure limit is served from. The app
-/// needs a metrics listener.
-pub async fn caches_on(app: &TestApp) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let page = crate::metrics::scrape(app, None).await;
-        if crate::metrics::value(&page.body, "authd_session_cache_enabled") == Some(1.0) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "the caches never came on");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
+pub use crate::metrics::caches_on;
