@@ -343,7 +343,9 @@ fn server_with_limits(config: &Config) -> anyhow::Result<Server> {
         .http2_max_header_list_size(16 * 1024)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .trace_fn(crate::telemetry::rpc_span);
+        .trace_fn(|request| {
+            crate::telemetry::call_span(request, crate::http::route_of(request.uri().path()))
+        });
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
         let cert = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
         let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;

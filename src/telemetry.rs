@@ -229,8 +229,11 @@ impl Telemetry {
 
 /// The span of one call, given to tonic's `trace_fn`. With an exporter it
 /// continues the caller's trace (`traceparent`, `tracestate`) and is a server
-/// span named after the method, as OpenTelemetry's RPC conventions have it.
-pub fn rpc_span(request: &http::Request<()>) -> tracing::Span {
+/// span named after the method, as OpenTelemetry's RPC conventions have it;
+/// a request for `http_route` (a path of the HTTP face, not a gRPC method)
+/// follows its HTTP conventions instead: `POST /oauth2/token`, with the
+/// request's method and route.
+pub fn call_span(request: &http::Request<()>, http_route: Option<&'static str>) -> tracing::Span {
     let method = request.uri().path();
     let span = tracing::info_span!("rpc", method = %method, otel.name = Empty, otel.kind = Empty);
     // Fails unless an OpenTelemetry layer sees the span: then log lines stay
@@ -239,9 +242,16 @@ pub fn rpc_span(request: &http::Request<()>) -> tracing::Span {
         .set_parent(trace_context::remote_parent(request.headers()))
         .is_ok()
     {
+        span.record("otel.kind", "server");
+        if let Some(route) = http_route {
+            let verb = request.method().as_str().to_owned();
+            span.record("otel.name", format!("{verb} {route}"));
+            span.set_attribute("http.request.method", verb);
+            span.set_attribute("http.route", route);
+            return span;
+        }
         let name = method.trim_start_matches('/');
         span.record("otel.name", name);
-        span.record("otel.kind", "server");
         span.set_attribute("rpc.system", "grpc");
         if let Some((service, method)) = name.split_once('/') {
             span.set_attribute("rpc.service", service.to_owned());

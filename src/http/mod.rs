@@ -35,6 +35,12 @@ pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 pub const TOKEN_PATH: &str = "/oauth2/token";
 pub const INTROSPECTION_PATH: &str = "/oauth2/introspect";
 
+/// The face's route `path` is served under (the discovery documents share
+/// one), for naming a request's span; `None` for every other path.
+pub fn route_of(path: &str) -> Option<&'static str> {
+    Route::of(path).map(Route::path)
+}
+
 /// The face's routes, each with the metrics label it is counted under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
@@ -52,6 +58,15 @@ impl Route {
             TOKEN_PATH => Some(Self::Token),
             INTROSPECTION_PATH => Some(Self::Introspection),
             _ => None,
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Self::Metadata => METADATA_PATH,
+            Self::Jwks => JWKS_PATH,
+            Self::Token => TOKEN_PATH,
+            Self::Introspection => INTROSPECTION_PATH,
         }
     }
 

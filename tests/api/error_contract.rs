@@ -742,7 +742,7 @@ async fn every_error_of_second_factors_carries_a_listed_reason() {
 
     // REAUTHENTICATION_REQUIRED with max_age, INVALID_CODE on StepUp.
     let status = expect(
-        change_email(&app, &stale.access_token, &fresh_email()).await,
+        change_email(&app, &stale.access_token, &fresh_email(), PASSWORD).await,
         Code::FailedPrecondition,
         "REAUTHENTICATION_REQUIRED",
     );

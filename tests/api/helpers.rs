@@ -717,3 +717,25 @@ pub async fn listening_address(child: &mut tokio::process::Child, within: Durati
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     addr
 }
+
+/// Seconds since the epoch, as JWT claims count time.
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// base64url without padding, as JWTs encode their parts.
+pub fn b64(bytes: impl AsRef<[u8]>) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A JWT with `header` and `claims`, signed with the Ed25519 key in `pem`
+/// (authd's own, to forge what only a bug could let through, or another).
+pub fn sign_ed25519(pem: &str, header: &serde_json::Value, claims: &serde_json::Value) -> String {
+    use ed25519_dalek::Signer as _;
+    use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem).unwrap();
+    let input = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
+    let signature = key.sign(input.as_bytes());
+    format!("{input}.{}", b64(signature.to_bytes()))
+}

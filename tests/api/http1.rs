@@ -139,3 +139,12 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[start + size + 2..];
     }
 }
+
+/// HTTP Basic client authentication as RFC 6749 §2.3.1 has it: both parts
+/// form-urlencoded before base64.
+pub fn basic(name: &str, key: &str) -> String {
+    use base64::Engine as _;
+    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let pair = format!("{}:{}", encode(name), encode(key));
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+}

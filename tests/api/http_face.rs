@@ -5,7 +5,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use crate::helpers::spawn_app_with;
-use crate::http1::Request;
+use crate::http1::{Request, basic};
 
 fn form(pairs: &[(&str, &str)]) -> Vec<u8> {
     let mut out = form_urlencoded::Serializer::new(String::new());
@@ -13,13 +13,6 @@ fn form(pairs: &[(&str, &str)]) -> Vec<u8> {
         out.append_pair(k, v);
     }
     out.finish().into_bytes()
-}
-
-fn basic(name: &str, key: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{name}:{key}"))
-    )
 }
 
 fn post_form<'a>(path: &'a str, pairs: &[(&str, &str)]) -> Request<'a> {

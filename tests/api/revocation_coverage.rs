@@ -5,29 +5,21 @@
 //! notices pruned events even when nothing newer exists, and takes its
 //! times from one clock, the database's.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
 use authd::pb::auth::v1::{self as pb, RevocationKind};
 use authd_verifier::{OnStale, Revocation, Verifier, VerifierConfig, VerifyError};
-use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
 use crate::helpers::*;
+use crate::verifier::start_verifier;
 
 const WATCH: &str = "revocations.watch";
 const WRITE: &str = "users.write";
 /// Generous: the suite runs many servers on two cores.
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn start_verifier(addr: SocketAddr, config: VerifierConfig) -> Verifier {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy();
-    Verifier::start(channel, config).await.unwrap()
-}
 
 /// A verifier of `app`'s tokens whose key may watch revocations and do
 /// nothing else: an introspection it tried would fail with UNAVAILABLE,

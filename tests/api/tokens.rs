@@ -22,10 +22,6 @@ fn sign(pem: &str, claims: &Value, typ: Option<&str>) -> String {
     jsonwebtoken::encode(&h, claims, &encoding.unwrap()).unwrap()
 }
 
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 #[tokio::test]
 async fn get_me_returns_the_bearer() {
     let app = spawn_app().await;

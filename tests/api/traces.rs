@@ -127,10 +127,22 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Serves one GetJwks call carrying the caller's trace context under
+/// The call a test makes with the caller's trace context.
+#[derive(Clone, Copy)]
+enum Call {
+    /// GetJwks over gRPC.
+    Grpc,
+    /// `GET /.well-known/jwks.json` on the HTTP face, over HTTP/1.1.
+    HttpFace,
+}
+
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: (&str, &str) = ("tracestate", "caller=t61rcWkgMzE");
+
+/// Serves one call carrying the caller's trace context under
 /// `telemetry`'s subscriber, then stops the app and the exporter, as
 /// authd does at exit.
-async fn call_jwks_traced(telemetry: Telemetry) -> Lines {
+async fn call_jwks_traced(telemetry: Telemetry, call: Call) -> Lines {
     let lines = Lines::default();
     let writer = lines.clone();
     let subscriber = telemetry.subscriber(LogFormat::Json, EnvFilter::new("info,authd=debug"), move || {
@@ -138,17 +150,27 @@ async fn call_jwks_traced(telemetry: Telemetry) -> Lines {
     });
     let _thread_only = tracing::subscriber::set_default(subscriber);
     let app = spawn_app().await;
-    let mut request = tonic::Request::new(pb::GetJwksRequest {});
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-01")
-            .parse()
-            .unwrap(),
-    );
-    request
-        .metadata_mut()
-        .insert("tracestate", "caller=t61rcWkgMzE".parse().unwrap());
-    app.client.clone().get_jwks(request).await.unwrap();
+    let parent = format!("00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-01");
+    match call {
+        Call::Grpc => {
+            let mut request = tonic::Request::new(pb::GetJwksRequest {});
+            request
+                .metadata_mut()
+                .insert(TRACEPARENT, parent.parse().unwrap());
+            request
+                .metadata_mut()
+                .insert(TRACESTATE.0, TRACESTATE.1.parse().unwrap());
+            app.client.clone().get_jwks(request).await.unwrap();
+        }
+        Call::HttpFace => {
+            let response = crate::http1::Request::new("GET", authd::http::JWKS_PATH)
+                .header(TRACEPARENT, &parent)
+                .header(TRACESTATE.0, TRACESTATE.1)
+                .send(app.addr)
+                .await;
+            assert_eq!(response.status, 200);
+        }
+    }
     app.stop().await.unwrap();
     // The batch exporter's delay is 5 s: the span only arrives because
     // shutting down flushes it.
@@ -169,7 +191,7 @@ async fn a_call_continues_the_callers_trace_and_is_exported() {
     let telemetry = Telemetry::new(Some(&settings)).unwrap();
     assert!(telemetry.is_exporting());
 
-    let lines = call_jwks_traced(telemetry).await;
+    let lines = call_jwks_traced(telemetry, Call::Grpc).await;
 
     let spans = receiver.spans();
     let (service, rpc) = spans.iter().find(|(_, s)| s.name == JWKS).unwrap_or_else(|| {
@@ -213,6 +235,42 @@ async fn a_call_continues_the_callers_trace_and_is_exported() {
 }
 
 #[tokio::test]
+async fn an_http_face_request_continues_the_callers_trace_as_an_http_span() {
+    let (receiver, addr) = Receiver::start().await;
+    let settings = OtlpSettings::from_vars(|name| match name {
+        "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(format!("http://{addr}")),
+        _ => None,
+    })
+    .unwrap()
+    .expect("an endpoint is set");
+    let telemetry = Telemetry::new(Some(&settings)).unwrap();
+
+    call_jwks_traced(telemetry, Call::HttpFace).await;
+
+    let name = format!("GET {}", authd::http::JWKS_PATH);
+    let spans = receiver.spans();
+    let (_, span) = spans.iter().find(|(_, s)| s.name == name).unwrap_or_else(|| {
+        panic!(
+            "no {name} span among {:?}",
+            spans.iter().map(|(_, s)| &s.name).collect::<Vec<_>>()
+        )
+    });
+    assert_eq!(hex(&span.trace_id), CALLER_TRACE_ID, "the caller's trace");
+    assert_eq!(hex(&span.parent_span_id), CALLER_SPAN_ID);
+    assert_eq!(span.trace_state, TRACESTATE.1);
+    assert_eq!(span.kind, SpanKind::Server as i32);
+    assert_eq!(
+        attribute(span, "http.request.method"),
+        Some(Value::StringValue("GET".into()))
+    );
+    assert_eq!(
+        attribute(span, "http.route"),
+        Some(Value::StringValue(authd::http::JWKS_PATH.into()))
+    );
+    assert_eq!(attribute(span, "rpc.system"), None, "not a gRPC call");
+}
+
+#[tokio::test]
 async fn without_an_endpoint_nothing_is_exported() {
     // Every other OpenTelemetry variable may be set: the endpoint decides.
     let settings = OtlpSettings::from_vars(|name| match name {
@@ -238,7 +296,7 @@ async fn without_an_endpoint_nothing_is_exported() {
         ));
     }
 
-    let lines = call_jwks_traced(telemetry).await;
+    let lines = call_jwks_traced(telemetry, Call::Grpc).await;
     let line = lines.jwks_line();
     assert!(line.get("trace_id").is_none(), "{line}");
     assert!(line["span"].get("otel.kind").is_none(), "{line}");

@@ -48,7 +48,7 @@ struct Identity {
     roles: String,
 }
 
-async fn start_verifier(app_addr: SocketAddr, config: VerifierConfig) -> Verifier {
+pub(crate) async fn start_verifier(app_addr: SocketAddr, config: VerifierConfig) -> Verifier {
     let channel = Channel::from_shared(format!("http://{app_addr}"))
         .unwrap()
         .connect_lazy();

@@ -6,9 +6,6 @@
 use std::time::Duration;
 
 use authd::pb::auth::v1 as pb;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::Signer as _;
 use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePublicKey as _};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -16,14 +13,6 @@ use tonic::Code;
 
 use super::raw_h2::RawConnection;
 use crate::helpers::*;
-
-fn b64(bytes: impl AsRef<[u8]>) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
 
 /// A signed-in user's genuine token, split into what an attacker can read.
 struct Genuine {
@@ -40,15 +29,6 @@ async fn genuine(app: &TestApp) -> Genuine {
         claims: jwt_part(&token, 1),
         token,
     }
-}
-
-/// Signs any header and claims with an Ed25519 key, bypassing every check
-/// a JWT library would make on the way.
-fn sign_ed25519(pem: &str, header: &Value, claims: &Value) -> String {
-    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem).unwrap();
-    let input = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
-    let signature = key.sign(input.as_bytes());
-    format!("{input}.{}", b64(signature.to_bytes()))
 }
 
 fn attacker_pem() -> String {

@@ -264,7 +264,7 @@ async fn step_up_with_a_code_another_session_used_is_refused() {
         Code::InvalidArgument,
         "INVALID_CODE",
     );
-    assert_reauthentication_required(change_email(&app, &stale.access_token, &fresh_email()).await);
+    assert_reauthentication_required(change_email(&app, &stale.access_token, &fresh_email(), PASSWORD).await);
 }
 
 #[tokio::test]

@@ -50,7 +50,7 @@ async fn require_mfa_all_lets_an_account_without_a_factor_only_enrol() {
         app.change_password(access, PASSWORD, "a completely new passphrase")
             .await,
     );
-    assert_enrollment_required(change_email(&app, access, &fresh_email()).await);
+    assert_enrollment_required(change_email(&app, access, &fresh_email(), PASSWORD).await);
     assert_enrollment_required(list_sessions(&app, &other.access_token).await);
     app.logout(&leaving.refresh_token)
         .await

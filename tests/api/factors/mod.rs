@@ -20,6 +20,8 @@ use tonic::{Code, Status};
 use crate::helpers::*;
 use crate::totp::Authenticator;
 
+pub use crate::lifecycle::{change_email, list_sessions};
+
 pub const FACTOR_ADDED: &str = "Two-step verification: an authenticator app was added";
 pub const FACTOR_REMOVED: &str = "Two-step verification: a factor was removed";
 pub const RECOVERY_CODE_USED: &str = "A recovery code was used to sign in";
@@ -227,32 +229,6 @@ pub async fn me(app: &TestApp, access: &str) -> Result<pb::GetMeResponse, Status
         .get_me(with_bearer(pb::GetMeRequest {}, access))
         .await
         .map(tonic::Response::into_inner)
-}
-
-pub async fn change_email(
-    app: &TestApp,
-    access: &str,
-    new_email: &str,
-) -> Result<pb::ChangeEmailResponse, Status> {
-    app.client
-        .clone()
-        .change_email(with_bearer(
-            pb::ChangeEmailRequest {
-                new_email: new_email.into(),
-                current_password: PASSWORD.into(),
-            },
-            access,
-        ))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-pub async fn list_sessions(app: &TestApp, access: &str) -> Result<Vec<pb::Session>, Status> {
-    app.client
-        .clone()
-        .list_sessions(with_bearer(pb::ListSessionsRequest {}, access))
-        .await
-        .map(|r| r.into_inner().sessions)
 }
 
 pub async fn reset_user_factors(app: &TestApp, key: &str, user_id: &str) -> Result<pb::User, Status> {

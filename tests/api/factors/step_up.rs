@@ -95,11 +95,13 @@ async fn a_wrong_step_up_code_is_invalid_code_and_counts_as_a_failed_login() {
 async fn change_email_needs_a_fresh_second_factor_and_step_up_gives_it() {
     let app = spawn_app().await;
     let (user, session) = password_only_session(&app).await;
-    assert_reauthentication_required(change_email(&app, &session.access_token, &fresh_email()).await);
+    assert_reauthentication_required(
+        change_email(&app, &session.access_token, &fresh_email(), PASSWORD).await,
+    );
     let raised = step_up_totp(&app, &session.access_token, &user.app.code().await)
         .await
         .unwrap();
-    change_email(&app, &raised.access_token, &fresh_email())
+    change_email(&app, &raised.access_token, &fresh_email(), PASSWORD)
         .await
         .expect("ChangeEmail after StepUp");
 }
@@ -118,7 +120,7 @@ async fn sensitive_calls_refuse_a_password_only_session() {
         app.change_password(access, PASSWORD, "a completely new passphrase")
             .await,
     );
-    assert_reauthentication_required(change_email(&app, access, &fresh_email()).await);
+    assert_reauthentication_required(change_email(&app, access, &fresh_email(), PASSWORD).await);
     assert_reauthentication_required(
         c.delete_me(with_bearer(
             pb::DeleteMeRequest {
@@ -159,7 +161,7 @@ async fn sensitive_calls_refuse_a_password_only_session() {
 async fn accounts_without_a_factor_need_no_second_factor() {
     let app = spawn_app().await;
     let (_, tokens) = app.signed_in_user().await;
-    change_email(&app, &tokens.access_token, &fresh_email())
+    change_email(&app, &tokens.access_token, &fresh_email(), PASSWORD)
         .await
         .expect("ChangeEmail with the password alone");
     app.change_password(&tokens.access_token, PASSWORD, "a completely new passphrase")

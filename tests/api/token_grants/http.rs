@@ -7,13 +7,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::*;
 use crate::admin::{delete_key, disable};
-use crate::http1::{HttpResponse, Request};
+use crate::http1::{HttpResponse, Request, basic};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
@@ -23,15 +22,6 @@ fn encode(pairs: &[(&str, &str)]) -> Vec<u8> {
         out.append_pair(k, v);
     }
     out.finish().into_bytes()
-}
-
-fn basic(name: &str, key: &str) -> String {
-    let pair = format!(
-        "{}:{}",
-        form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>(),
-        form_urlencoded::byte_serialize(key.as_bytes()).collect::<String>()
-    );
-    format!("Basic {}", STANDARD.encode(pair))
 }
 
 fn post<'a>(path: &'a str, pairs: &[(&str, &str)]) -> Request<'a> {

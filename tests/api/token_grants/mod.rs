@@ -12,10 +12,6 @@ mod revocation;
 
 use authd::domain::token_request::{GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS};
 use authd::pb::auth::v1 as pb;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::Signer as _;
-use ed25519_dalek::pkcs8::DecodePrivateKey as _;
 use serde_json::Value;
 use tonic::Status;
 
@@ -126,10 +122,6 @@ pub fn fresh_service(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
-pub fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 /// A claim that is a space-separated list, as a sorted vector.
 pub fn words(value: &str) -> Vec<String> {
     let mut words: Vec<String> = value.split_ascii_whitespace().map(str::to_owned).collect();
@@ -142,19 +134,6 @@ pub fn sorted(values: &[&str]) -> Vec<String> {
     let mut values: Vec<String> = values.iter().map(|s| (*s).to_owned()).collect();
     values.sort();
     values
-}
-
-pub fn b64(bytes: impl AsRef<[u8]>) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// Any header and claims signed with the Ed25519 key of `pem`, no JWT
-/// library in the way.
-pub fn sign_ed25519(pem: &str, header: &Value, claims: &Value) -> String {
-    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem).unwrap();
-    let input = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
-    let signature = key.sign(input.as_bytes());
-    format!("{input}.{}", b64(signature.to_bytes()))
 }
 
 /// `token` with its claims replaced and signed again by the app's own
