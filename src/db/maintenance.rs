@@ -83,6 +83,30 @@ pub struct TableSize {
     pub rows_per_block: Option<f64>,
 }
 
+/// Planner settings of the clean-up's own connection. Its statements are
+/// written so that the intended plan is the only sensible one; these make
+/// the others unattractive whatever the statistics say at the time (a
+/// sequential scan or a hash join over a table the clean-up walks in block
+/// ranges), and keep JIT from compiling every batch afresh.
+pub const PINNED_PLANNER_SETTINGS: [(&str, &str); 4] = [
+    ("jit", "off"),
+    ("enable_seqscan", "off"),
+    ("enable_hashjoin", "off"),
+    ("enable_mergejoin", "off"),
+];
+
+/// Applies [`PINNED_PLANNER_SETTINGS`] to this connection's session.
+pub async fn pin_plans(conn: &mut PgConnection) -> Result<(), AppError> {
+    for (name, value) in PINNED_PLANNER_SETTINGS {
+        sqlx::query("SELECT set_config($1, $2, false)")
+            .bind(name)
+            .bind(value)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Takes the advisory lock `key` for this connection's session, without
 /// waiting: false when another session holds it.
 #[tracing::instrument(level = "debug", skip_all)]
@@ -195,7 +219,12 @@ pub enum AgedRows {
 }
 
 impl AgedRows {
-    fn delete_statement(self) -> &'static str {
+    pub const ALL: [Self; 3] = [Self::ResetTokens, Self::VerificationTokens, Self::FinishedMail];
+
+    /// Up to `$4` rows in heap blocks `$1..$2` older than `$3`, deleted by
+    /// key: a semi-join probing the key's index per row found (each table's
+    /// key is unique, so no statistics make a row look like many).
+    pub fn delete_statement(self) -> &'static str {
         match self {
             Self::ResetTokens => {
                 "DELETE FROM password_reset_tokens WHERE token_hash IN (
@@ -261,6 +290,8 @@ pub enum ExpiredRows {
 }
 
 impl ExpiredRows {
+    pub const ALL: [Self; 2] = [Self::MfaChallenges, Self::PendingFactors];
+
     pub fn table(self) -> CleanupTable {
         match self {
             Self::MfaChallenges => CleanupTable::MfaChallenges,
@@ -268,7 +299,8 @@ impl ExpiredRows {
         }
     }
 
-    fn delete_statement(self) -> &'static str {
+    /// Up to `$2` rows expired before `$1`, in the expiry index's order.
+    pub fn delete_statement(self) -> &'static str {
         match self {
             // mfa_challenges_expiry_idx
             Self::MfaChallenges => {

@@ -256,6 +256,11 @@ impl Cleanup {
                 return Attempt::Done;
             }
         };
+        if let Err(e) = db::maintenance::pin_plans(&mut conn).await {
+            tracing::warn!(error = %e, "clean-up: cannot pin its planner settings; next attempt in about an interval");
+            self.metrics.cleanup_attempt(CleanupOutcome::Error);
+            return Attempt::Done;
+        }
         let attempt = self.attempt_on(&mut conn, stop).await;
         // Ending the session releases the lock, whatever happened.
         if tokio::time::timeout(CONNECT_TIMEOUT, conn.close()).await.is_err() {

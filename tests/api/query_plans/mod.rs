@@ -26,6 +26,7 @@
 mod cluster;
 mod drive;
 mod indexes;
+mod maintenance;
 mod planning;
 
 use std::collections::BTreeSet;
