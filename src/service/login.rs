@@ -53,6 +53,10 @@ impl Core {
             return Err(AppError::Validation(violations));
         }
 
+        // Refused before any database work when the password workers could
+        // not check it in time: under a flood, a refusal must cost nothing.
+        // The same for every login, so it tells nothing of the account.
+        self.hasher.admit()?;
         // A login that cannot name an account still costs a lookup and a
         // hash, so neither timing nor answer tells which accounts exist.
         let by_email = login.contains('@');

@@ -947,3 +947,69 @@ async fn a_pool_exhausted_by_lock_waits_is_not_a_database_outage() {
             .expect("each waiting call goes through once the lock is gone");
     }
 }
+
+/// A Login the password workers could not check in time is refused before
+/// any database work: with the users table locked (a lookup would wait
+/// for it until the deadline), the refusal still comes at once.
+#[tokio::test]
+async fn an_overloaded_login_is_refused_before_it_reads_the_database() {
+    // Hashes far longer than a call's scheduling noise.
+    let app = spawn_app_with(|c| {
+        c.argon2 = authd::config::Argon2Settings {
+            memory_kib: 64 * 1024,
+            iterations: 3,
+            parallelism: 1,
+        };
+        c.hash_workers = 1;
+    })
+    .await;
+    let email = fresh_email();
+    app.register(&email, PASSWORD).await;
+    // A Login on the idle pool is its estimate of a hash from now on.
+    let started = Instant::now();
+    app.login(&email, PASSWORD).await.unwrap();
+    let work = started.elapsed();
+
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::raw_sql("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    // Another Register keeps the one worker busy hashing (its insert then
+    // waits for the lock).
+    let busy = {
+        let app_client = app.client.clone();
+        tokio::spawn(async move {
+            let mut client = app_client;
+            client
+                .register(pb::RegisterRequest {
+                    email: fresh_email(),
+                    password: PASSWORD.into(),
+                    ..Default::default()
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // Half a hash's time: the worker cannot check this password in time.
+    let patience = work / 2;
+    let mut request = tonic::Request::new(pb::LoginRequest {
+        login: email,
+        password: PASSWORD.into(),
+    });
+    request.set_timeout(patience);
+    let asked = Instant::now();
+    let answer = app.client.clone().login(request).await;
+    let took = asked.elapsed();
+    lock.rollback().await.unwrap();
+    let _ = busy.await;
+
+    let status = answer.expect_err("no worker could check the password in time");
+    assert_eq!(
+        status.code(),
+        Code::ResourceExhausted,
+        "refused at once, not after waiting for the locked table until the deadline ({patience:?}): {status:?}"
+    );
+    assert!(took < patience, "the refusal took {took:?} of {patience:?}");
+}
