@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::db;
 use crate::db::revocations::EventRow;
+use crate::error::AppError;
 use crate::metrics::Metrics;
 
 /// How long events stay resumable; the design's contract.
@@ -49,14 +50,27 @@ struct Fanout {
     /// Every event up to this id was either sent on `events` or existed
     /// before anyone subscribed; every event after it will be sent.
     published: i64,
-    events: broadcast::Sender<Arc<EventRow>>,
+    events: broadcast::Sender<Published>,
+}
+
+/// What the reader sends every subscriber.
+#[derive(Debug, Clone)]
+pub enum Published {
+    Event(Arc<EventRow>),
+    /// The reader could not read the log (`unavailable`: the database did
+    /// not answer). Subscribers end their streams, as each did when it read
+    /// for itself: a stream that kept sending heartbeats would vouch for a
+    /// log nobody is reading.
+    ReadFailed {
+        unavailable: bool,
+    },
 }
 
 /// One subscriber's share of the feed.
 pub struct Subscription {
     /// Events after `published`, in id order. `Lagged` means the
     /// subscriber fell behind the buffer: it reads the log to catch up.
-    pub events: broadcast::Receiver<Arc<EventRow>>,
+    pub events: broadcast::Receiver<Published>,
     /// Events up to this id are not sent here: read them from the log.
     pub published: i64,
 }
@@ -134,14 +148,16 @@ impl RevocationFeed {
                             // A gap (pruned while this reader was behind)
                             // is sent as it is: each subscriber sees it
                             // and learns the truth from the log.
-                            let _ = fanout.events.send(Arc::new(row));
+                            let _ = fanout.events.send(Published::Event(Arc::new(row)));
                         }
                         if full {
                             continue;
                         }
                     }
                     Err(e) => {
-                        tracing::debug!(error = %e, "revocation feed read failed");
+                        tracing::warn!(error = %e, "revocation feed read failed; ending the streams");
+                        let unavailable = matches!(e, AppError::Unavailable(_));
+                        let _ = self.fanout().events.send(Published::ReadFailed { unavailable });
                         tokio::time::sleep(RETRY).await;
                         continue;
                     }

@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
 use super::Core;
-use crate::coherence::revocation_feed::{BATCH, Subscription};
+use crate::coherence::revocation_feed::{BATCH, Published, Subscription};
 use crate::db::{self, revocations::EventKind, revocations::EventRow};
 use crate::domain::{FieldReason, Invalid};
 use crate::error::AppError;
@@ -215,7 +215,17 @@ impl Core {
             }
             tokio::select! {
                 event = feed_events.events.recv() => match event {
-                    Ok(row) => {
+                    Ok(Published::ReadFailed { unavailable }) => {
+                        let failed = anyhow::anyhow!("reading new revocation events failed");
+                        let error = if unavailable {
+                            AppError::Unavailable(failed)
+                        } else {
+                            AppError::internal(failed)
+                        };
+                        let _ = tx.send(Err(error)).await;
+                        return;
+                    }
+                    Ok(Published::Event(row)) => {
                         match deliver(&tx, &mut cursor, (*row).clone()).await {
                             Delivered::Yes => quiet_since = tokio::time::Instant::now(),
                             // Pruned before the feed read it, or missed:

@@ -629,3 +629,33 @@ async fn next_heartbeat_cursor(stream: &mut Streaming<pb::WatchRevocationsRespon
     assert_eq!(message.kind(), RevocationKind::Heartbeat);
     message.event_id
 }
+
+#[tokio::test]
+async fn a_log_the_replica_cannot_read_ends_the_streams_instead_of_vouching_with_heartbeats() {
+    let app = spawn_app_with(|c| c.revocation_heartbeat = Duration::from_millis(100)).await;
+    let (_key, mut stream) = watcher(&app).await;
+    let (user, _) = app.signed_in_user().await;
+    // An event this build cannot decode (as a newer build might write):
+    // the replica's reader fails on it.
+    sqlx::query("ALTER TABLE revocation_events DROP CONSTRAINT revocation_events_kind_check")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("SELECT authd_record_revocation('FROM_THE_FUTURE', $1::uuid, '{}', now())")
+        .bind(&user.id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(EVENT_WAIT, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(m)) if m.kind() == RevocationKind::Heartbeat => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream kept sending heartbeats for a log nobody could read");
+    let status = end.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+}
