@@ -78,7 +78,7 @@ struct Args {
     #[arg(long, value_name = "NAME:KEY", value_parser = token_client)]
     token_client: Option<(String, String)>,
 
-    /// Revocation scenario: Logouts timed per subscriber count (1 and 100)
+    /// Revocation scenario: Logouts timed per subscriber count
     /// [default: 300; --smoke: 10]
     #[arg(long, value_name = "N", value_parser = positive)]
     revocation_logouts: Option<usize>,
