@@ -358,6 +358,10 @@ struct Inner {
     cache_misses: Counter,
     cache_enabled: SampledGauge,
     listener_losses: Counter,
+    /// Statements that read new revocation events for fan-out, and those a
+    /// subscriber ran itself to catch up from the log.
+    revocation_feed_reads: Counter,
+    revocation_catch_ups: Counter,
     /// Service-key lookups that went to the database: found, unknown.
     key_lookups: [Counter; 2],
     /// Tokens minted for one destination, by grant.
@@ -570,6 +574,18 @@ impl Metrics {
             "Times the change listener was lost or stalled, switching the caches off",
             listener_losses.clone(),
         );
+        let revocation_feed_reads = Counter::default();
+        registry.register(
+            "revocation_feed_reads",
+            "Reads of new revocation events, each shared by every WatchRevocations subscriber of this replica",
+            revocation_feed_reads.clone(),
+        );
+        let revocation_catch_ups = Counter::default();
+        registry.register(
+            "revocation_catch_ups",
+            "Reads of the revocation log by one WatchRevocations subscriber: resuming, or fallen behind the in-memory buffer",
+            revocation_catch_ups.clone(),
+        );
 
         let key_lookup_family = Family::<Tag, Counter>::default();
         let key_lookups =
@@ -642,6 +658,8 @@ impl Metrics {
                 cache_misses,
                 cache_enabled,
                 listener_losses,
+                revocation_feed_reads,
+                revocation_catch_ups,
                 key_lookups,
                 granted,
                 http_requests,
@@ -783,6 +801,16 @@ impl Metrics {
             .http_latency
             .get_or_create(&[("route", route)])
             .observe(took);
+    }
+
+    /// New revocation events were read once for every subscriber.
+    pub fn revocation_feed_read(&self) {
+        self.inner.revocation_feed_reads.inc();
+    }
+
+    /// A subscriber read the revocation log for itself.
+    pub fn revocation_catch_up(&self) {
+        self.inner.revocation_catch_ups.inc();
     }
 
     /// The change listener was lost or stalled.

@@ -481,6 +481,12 @@ fn start_background_tasks(
                     .clone()
                     .poll_periodically(pool.clone(), REVOCATION_POLL),
             ),
+            tokio::spawn(
+                shared
+                    .revocation_feed
+                    .clone()
+                    .fan_out(pool.clone(), shared.metrics.clone()),
+            ),
         ],
     })
 }

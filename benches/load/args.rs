@@ -78,10 +78,15 @@ struct Args {
     #[arg(long, value_name = "NAME:KEY", value_parser = token_client)]
     token_client: Option<(String, String)>,
 
-    /// Revocation scenario: Logouts timed per subscriber count (1 and 100)
+    /// Revocation scenario: Logouts timed per subscriber count
     /// [default: 300; --smoke: 10]
     #[arg(long, value_name = "N", value_parser = positive)]
     revocation_logouts: Option<usize>,
+
+    /// Revocation scenario: the subscriber counts measured, the verifier
+    /// included (e.g. 1,100,1000)
+    #[arg(long, value_name = "N,…", value_delimiter = ',', value_parser = positive, default_values_t = [1, 100])]
+    revocation_subscribers: Vec<usize>,
 
     /// Extra environment for the started authd (repeatable), e.g.
     /// AUTHD_HASH_WORKERS=3 or MALLOC_ARENA_MAX=2
@@ -156,6 +161,7 @@ pub struct Options {
     /// (service account name, key) for the token grant scenarios.
     pub token_client: Option<(String, String)>,
     pub revocation_logouts: usize,
+    pub revocation_subscribers: Vec<usize>,
     pub server_env: Vec<(String, String)>,
     pub cache_sessions: usize,
     pub cache_changes_per_sec: u32,
@@ -253,6 +259,7 @@ pub fn parse() -> Options {
         watch_key: args.watch_key,
         token_client: args.token_client,
         revocation_logouts: args.revocation_logouts.unwrap_or(if smoke { 10 } else { 300 }),
+        revocation_subscribers: args.revocation_subscribers,
         server_env: args.server_env,
         cache_sessions: args.cache_sessions.unwrap_or(if smoke { 2_000 } else { 100_000 }),
         cache_changes_per_sec: args.cache_changes,

@@ -307,6 +307,7 @@ async fn main() -> std::process::ExitCode {
                 };
                 let settings = revocation_scenario::Settings {
                     logouts: options.revocation_logouts,
+                    subscribers: options.revocation_subscribers.clone(),
                     duration: options.duration,
                     concurrency: options.concurrency,
                     connections: options.connections,

@@ -1,5 +1,5 @@
 //! A replica's one LISTEN connection: evictions for the session and key
-//! caches, wake-ups for WatchRevocations subscribers, and the beats that
+//! caches, wake-ups for the WatchRevocations feed's reader, and the beats that
 //! prove the connection is keeping up (`freshness`). A second task sends
 //! those beats through the pool and reports when the proof lapses.
 
@@ -107,7 +107,7 @@ impl ChangeListener {
                     self.freshness.heard(stamp);
                 }
                 SERVICE_KEYS_CHANGED => self.keys.flush(),
-                // Not a cache matter: wake this replica's subscribers. A
+                // Not a cache matter: wake this replica's revocation reader. A
                 // payload that does not parse cannot happen; the feed's
                 // poll would catch up anyway.
                 REVOCATION => {

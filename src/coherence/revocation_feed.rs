@@ -1,19 +1,35 @@
-//! What wakes WatchRevocations subscribers on this replica: the newest
-//! event id known to exist, raised by the change listener's
+//! What feeds WatchRevocations subscribers on this replica. The newest
+//! event id known to exist is raised by the change listener's
 //! `authd_revocation` notifications and, as a safety net for a lost
-//! notification, by a poll of the log while anyone is subscribed. It also
-//! carries the server's "shutting down" flag, which ends every stream.
+//! notification, by a poll of the log while anyone is subscribed. One
+//! reader task ([`RevocationFeed::fan_out`]) reads the new events once and
+//! broadcasts them to every subscriber through a bounded in-memory buffer,
+//! so the database's work per event does not grow with the subscribers; a
+//! subscriber that falls further behind than the buffer reads the log on
+//! its own, slowing nobody else. It also carries the server's "shutting
+//! down" flag, which ends every stream.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::db;
+use crate::db::revocations::EventRow;
+use crate::error::AppError;
+use crate::metrics::Metrics;
 
 /// How long events stay resumable; the design's contract.
 pub const RETENTION: chrono::Duration = chrono::Duration::hours(24);
+/// Events read per query; also bounds a catch-up's memory.
+pub const BATCH: i64 = 256;
+/// Events kept in memory for subscribers that read slower than others; a
+/// subscriber further behind than this reads the log itself. At a few
+/// hundred bytes per event (more for a user's many sessions), a few MB.
+pub const BUFFER: usize = 1024;
+/// How long the reader waits before reading again after a failed read.
+const RETRY: Duration = Duration::from_millis(200);
 
 #[derive(Clone)]
 pub struct RevocationFeed {
@@ -25,6 +41,38 @@ struct Inner {
     closing: watch::Sender<bool>,
     /// A subscriber with nothing to deliver sends a heartbeat this often.
     heartbeat: Duration,
+    /// Taken for a moment to publish an event or to subscribe, so that a
+    /// subscriber knows exactly which events it will be sent.
+    fanout: Mutex<Fanout>,
+}
+
+struct Fanout {
+    /// Every event up to this id was either sent on `events` or existed
+    /// before anyone subscribed; every event after it will be sent.
+    published: i64,
+    events: broadcast::Sender<Published>,
+}
+
+/// What the reader sends every subscriber.
+#[derive(Debug, Clone)]
+pub enum Published {
+    Event(Arc<EventRow>),
+    /// The reader could not read the log (`unavailable`: the database did
+    /// not answer). Subscribers end their streams, as each did when it read
+    /// for itself: a stream that kept sending heartbeats would vouch for a
+    /// log nobody is reading.
+    ReadFailed {
+        unavailable: bool,
+    },
+}
+
+/// One subscriber's share of the feed.
+pub struct Subscription {
+    /// Events after `published`, in id order. `Lagged` means the
+    /// subscriber fell behind the buffer: it reads the log to catch up.
+    pub events: broadcast::Receiver<Published>,
+    /// Events up to this id are not sent here: read them from the log.
+    pub published: i64,
 }
 
 impl RevocationFeed {
@@ -34,7 +82,91 @@ impl RevocationFeed {
                 head: watch::Sender::new(0),
                 closing: watch::Sender::new(false),
                 heartbeat,
+                fanout: Mutex::new(Fanout {
+                    published: 0,
+                    events: broadcast::Sender::new(BUFFER),
+                }),
             }),
+        }
+    }
+
+    fn fanout(&self) -> MutexGuard<'_, Fanout> {
+        // Nothing panics while holding it; a poisoned lock's state is whole.
+        self.inner.fanout.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts a subscription. `head` is an event id known to have
+    /// committed (read from the log by the caller): when nobody else
+    /// follows the feed, nothing before it needs reading for fan-out.
+    pub fn subscribe(&self, head: i64) -> Subscription {
+        self.announce(head);
+        let mut fanout = self.fanout();
+        if fanout.events.receiver_count() == 0 {
+            fanout.published = fanout.published.max(head);
+        }
+        Subscription {
+            events: fanout.events.subscribe(),
+            published: fanout.published,
+        }
+    }
+
+    fn subscribers(&self) -> usize {
+        self.fanout().events.receiver_count()
+    }
+
+    /// The replica's one reader: whenever the head passes what was
+    /// published, reads the new events once and sends them to every
+    /// subscriber. With nobody subscribed it reads nothing and only moves
+    /// `published` along, so the first subscriber does not make it read
+    /// the retained log.
+    pub async fn fan_out(self, pool: PgPool, metrics: Metrics) {
+        let mut head = self.head();
+        loop {
+            let target = *head.borrow_and_update();
+            let cursor = {
+                let mut fanout = self.fanout();
+                if fanout.events.receiver_count() == 0 {
+                    fanout.published = fanout.published.max(target);
+                    None
+                } else {
+                    Some(fanout.published).filter(|published| *published < target)
+                }
+            };
+            if let Some(cursor) = cursor {
+                metrics.revocation_feed_read();
+                match db::revocations::after(&pool, cursor, BATCH).await {
+                    Ok(rows) => {
+                        let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= BATCH;
+                        let mut fanout = self.fanout();
+                        for row in rows {
+                            // Moved past it while reading (everyone left
+                            // and someone subscribed after it): known.
+                            if row.id <= fanout.published {
+                                continue;
+                            }
+                            fanout.published = row.id;
+                            // A gap (pruned while this reader was behind)
+                            // is sent as it is: each subscriber sees it
+                            // and learns the truth from the log.
+                            let _ = fanout.events.send(Published::Event(Arc::new(row)));
+                        }
+                        if full {
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "revocation feed read failed; ending the streams");
+                        let unavailable = matches!(e, AppError::Unavailable(_));
+                        let _ = self.fanout().events.send(Published::ReadFailed { unavailable });
+                        tokio::time::sleep(RETRY).await;
+                        continue;
+                    }
+                }
+            }
+            // The head never closes while the feed exists (it holds it).
+            if head.changed().await.is_err() {
+                return;
+            }
         }
     }
 
@@ -74,7 +206,7 @@ impl RevocationFeed {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if self.inner.head.receiver_count() == 0 {
+            if self.subscribers() == 0 {
                 continue;
             }
             match db::revocations::state(&pool).await {

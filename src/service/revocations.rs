@@ -1,21 +1,22 @@
-//! WatchRevocations: one task per subscriber that reads the revocation log
-//! from its cursor and pushes what it finds into a small channel. The task
-//! reads only when the replica's feed says the log grew (a notification or
-//! the feed's poll), sends a heartbeat when it had nothing to say for a
-//! while, and waits on the channel when the subscriber reads slowly: the
-//! log in PostgreSQL is the buffer, never this process's memory.
+//! WatchRevocations: one task per subscriber that pushes events into a
+//! small channel. New events come from the replica's feed, read once for
+//! every subscriber; the task reads the log itself only to catch up (a
+//! resumed cursor, or when it fell further behind than the feed's bounded
+//! buffer). It sends a heartbeat when it had nothing to say for a while,
+//! and waits on the channel when the subscriber reads slowly: beyond the
+//! feed's buffer, the log in PostgreSQL is the buffer, never this
+//! process's memory.
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
 use super::Core;
+use crate::coherence::revocation_feed::{BATCH, Published, Subscription};
 use crate::db::{self, revocations::EventKind, revocations::EventRow};
 use crate::domain::{FieldReason, Invalid};
 use crate::error::AppError;
 
-/// Events read per query; also bounds a catch-up's memory.
-const BATCH: i64 = 256;
 /// Messages a subscriber may have in flight before its task waits.
 const CHANNEL: usize = 64;
 
@@ -100,9 +101,11 @@ impl Core {
                 (cursor, state.last_event_id)
             }
         };
-        self.revocation_feed.announce(head);
+        // Joined before the task starts, so nothing the feed publishes
+        // from now on can pass this subscriber by.
+        let feed_events = self.revocation_feed.subscribe(head);
         let (tx, rx) = mpsc::channel(CHANNEL);
-        tokio::spawn(self.clone().serve_subscriber(cursor, tx));
+        tokio::spawn(self.clone().serve_subscriber(cursor, head, feed_events, tx));
         Ok(rx)
     }
 
@@ -125,11 +128,20 @@ impl Core {
         Ok((cursor, start.last_event_id))
     }
 
-    async fn serve_subscriber(self, mut cursor: i64, tx: mpsc::Sender<Result<RevocationEvent, AppError>>) {
+    async fn serve_subscriber(
+        self,
+        mut cursor: i64,
+        head: i64,
+        mut feed_events: Subscription,
+        tx: mpsc::Sender<Result<RevocationEvent, AppError>>,
+    ) {
         let feed = self.revocation_feed.clone();
-        let mut head = feed.head();
         let mut closing = feed.closing();
         let every = feed.heartbeat();
+        // Events up to the head (committed before the call began) and up
+        // to what the feed had published when this subscriber joined are
+        // not sent to it: those it reads from the log.
+        let mut behind = cursor < head.max(feed_events.published);
         // A heartbeat says every event committed before the call began has
         // been delivered, so the first one waits for the catch-up (it is
         // the first message when there is none): a subscriber that starts
@@ -143,17 +155,16 @@ impl Core {
                 let _ = tx.send(Err(AppError::ShuttingDown)).await;
                 return;
             }
-            if *head.borrow_and_update() > cursor {
+            if behind {
+                self.metrics.revocation_catch_up();
                 match db::revocations::after(&self.db, cursor, BATCH).await {
                     Ok(rows) => {
                         let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) >= BATCH;
                         if rows.is_empty() {
                             // Events after the cursor committed (the head
-                            // says so) but none is left: pruned while this
-                            // subscriber was behind, with nothing newer to
-                            // show the gap. Found here, not by the
-                            // heartbeat: while the head is ahead, every
-                            // heartbeat's turn reads again.
+                            // or the feed says so) but none is left: pruned
+                            // while this subscriber was behind, with
+                            // nothing newer to show the gap.
                             match self.successors_pruned(cursor).await {
                                 Ok(false) => {}
                                 Ok(true) => {
@@ -167,25 +178,27 @@ impl Core {
                             }
                         }
                         for row in rows {
-                            let id = row.id;
-                            // Ids are gapless, so a missing one was pruned
-                            // (its retention passed while this subscriber
-                            // was behind, or since its cursor was checked):
-                            // the subscriber must learn it, not skip it.
-                            if id != cursor + 1 {
-                                let _ = tx.send(Err(AppError::CursorExpired)).await;
-                                return;
+                            match deliver(&tx, &mut cursor, row).await {
+                                Delivered::Yes => {}
+                                Delivered::Gap => {
+                                    // Ids are gapless, so a missing one was
+                                    // pruned (its retention passed while this
+                                    // subscriber was behind): the subscriber
+                                    // must learn it, not skip it.
+                                    let _ = tx.send(Err(AppError::CursorExpired)).await;
+                                    return;
+                                }
+                                Delivered::Gone => return,
                             }
-                            if tx.send(Ok(RevocationEvent::from(row))).await.is_err() {
-                                return;
-                            }
-                            cursor = id;
                         }
                         quiet_since = tokio::time::Instant::now();
                         if full {
                             // More is waiting: read on without waiting for news.
                             continue;
                         }
+                        // The log's end was at or past every event the feed
+                        // had published; from here the feed sends the rest.
+                        behind = false;
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e)).await;
@@ -201,7 +214,31 @@ impl Core {
                 quiet_since = tokio::time::Instant::now();
             }
             tokio::select! {
-                changed = head.changed() => if changed.is_err() { return },
+                event = feed_events.events.recv() => match event {
+                    Ok(Published::ReadFailed { unavailable }) => {
+                        let failed = anyhow::anyhow!("reading new revocation events failed");
+                        let error = if unavailable {
+                            AppError::Unavailable(failed)
+                        } else {
+                            AppError::internal(failed)
+                        };
+                        let _ = tx.send(Err(error)).await;
+                        return;
+                    }
+                    Ok(Published::Event(row)) => {
+                        match deliver(&tx, &mut cursor, (*row).clone()).await {
+                            Delivered::Yes => quiet_since = tokio::time::Instant::now(),
+                            // Pruned before the feed read it, or missed:
+                            // the log says which.
+                            Delivered::Gap => behind = true,
+                            Delivered::Gone => return,
+                        }
+                    }
+                    // Fell further behind than the feed's buffer: the log
+                    // has what the buffer dropped.
+                    Err(broadcast::error::RecvError::Lagged(_)) => behind = true,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
                 _ = closing.changed() => {}
                 () = tx.closed() => return,
                 () = tokio::time::sleep_until(quiet_since + every) => {
@@ -218,6 +255,35 @@ impl Core {
     async fn successors_pruned(&self, cursor: i64) -> Result<bool, AppError> {
         Ok(db::revocations::state(&self.db).await?.pruned_through > cursor)
     }
+}
+
+enum Delivered {
+    Yes,
+    /// The event is not the one after the cursor.
+    Gap,
+    /// The subscriber hung up.
+    Gone,
+}
+
+/// Sends `row` if it is the event after `cursor` and moves the cursor; one
+/// at or before the cursor was delivered already (from the log or the feed).
+async fn deliver(
+    tx: &mpsc::Sender<Result<RevocationEvent, AppError>>,
+    cursor: &mut i64,
+    row: EventRow,
+) -> Delivered {
+    if row.id <= *cursor {
+        return Delivered::Yes;
+    }
+    if row.id != *cursor + 1 {
+        return Delivered::Gap;
+    }
+    let id = row.id;
+    if tx.send(Ok(RevocationEvent::from(row))).await.is_err() {
+        return Delivered::Gone;
+    }
+    *cursor = id;
+    Delivered::Yes
 }
 
 #[allow(clippy::disallowed_methods)] // a stream's edge: a heartbeat says when it was sent

@@ -536,3 +536,126 @@ async fn events_pruned_before_a_slow_subscriber_read_them_end_its_stream_with_cu
         }
     }
 }
+
+/// Records `n` events for `user_id` in one transaction, each naming
+/// `sessions` sessions.
+async fn record_events(app: &TestApp, user_id: &str, n: i32, sessions: i32) {
+    sqlx::query(
+        "SELECT authd_record_revocation('USER_SESSIONS_ENDED', $1::uuid,
+                                        ARRAY(SELECT gen_random_uuid() FROM generate_series(1, $3)),
+                                        now())
+           FROM generate_series(1, $2)",
+    )
+    .bind(user_id)
+    .bind(n)
+    .bind(sessions)
+    .execute(&app.db)
+    .await
+    .unwrap();
+}
+
+async fn counter(app: &TestApp, name: &str) -> f64 {
+    let page = crate::metrics::scrape(app, None).await;
+    crate::metrics::value(&page.body, name).unwrap_or_else(|| panic!("no {name} in\n{}", page.body))
+}
+
+#[tokio::test]
+async fn each_event_is_read_once_per_replica_however_many_subscribe() {
+    const EVENTS: i32 = 5;
+    let app = spawn_app_with(crate::metrics::with_metrics).await;
+    let key = app.service_key("watcher", &[WATCH]).await;
+    let (user, _) = app.signed_in_user().await;
+    let mut reads = Vec::new();
+    for subscribers in [1, 20] {
+        let mut streams = Vec::new();
+        for _ in 0..subscribers {
+            streams.push(watch(&app, &key, 0).await.unwrap());
+        }
+        let before = counter(&app, "authd_revocation_feed_reads_total").await;
+        // One at a time, each delivered everywhere before the next: one
+        // read per event, however the wake-ups fall.
+        for _ in 0..EVENTS {
+            record_events(&app, &user.id, 1, 1).await;
+            for stream in &mut streams {
+                next_event(stream).await;
+            }
+        }
+        reads.push(counter(&app, "authd_revocation_feed_reads_total").await - before);
+    }
+    assert_eq!(
+        reads,
+        [f64::from(EVENTS); 2],
+        "reads with 1 and with 20 subscribers"
+    );
+}
+
+#[tokio::test]
+async fn a_subscriber_that_lags_beyond_the_buffer_catches_up_from_the_log_and_slows_nobody() {
+    // Far more than the replica's buffer (1024 events), the subscriber's
+    // channel and the connection's flow-control windows (2 MB for the
+    // stream, at about 3.7 kB per event) hold.
+    const CHUNK: i32 = 250;
+    const CHUNKS: i32 = 12;
+    let app = spawn_app_with(crate::metrics::with_metrics).await;
+    let key = app.service_key("watcher", &[WATCH]).await;
+    let (user, _) = app.signed_in_user().await;
+    let mut slow = watch(&app, &key, 0).await.unwrap();
+    let mut fast = watch(&app, &key, 0).await.unwrap();
+    let first = next_heartbeat_cursor(&mut fast).await + 1;
+    let mut expected = first;
+    for _ in 0..CHUNKS {
+        record_events(&app, &user.id, CHUNK, 100).await;
+        for _ in 0..CHUNK {
+            assert_eq!(next_event(&mut fast).await.event_id, expected);
+            expected += 1;
+        }
+    }
+    // The fast subscriber got everything from memory while the slow one
+    // read nothing.
+    assert_eq!(counter(&app, "authd_revocation_catch_ups_total").await, 0.0);
+    for expected in first..first + i64::from(CHUNK * CHUNKS) {
+        assert_eq!(next_event(&mut slow).await.event_id, expected);
+    }
+    assert!(counter(&app, "authd_revocation_catch_ups_total").await >= 1.0);
+}
+
+/// The cursor of the stream's first heartbeat (sent once it caught up).
+async fn next_heartbeat_cursor(stream: &mut Streaming<pb::WatchRevocationsResponse>) -> i64 {
+    let message = tokio::time::timeout(EVENT_WAIT, stream.message())
+        .await
+        .expect("no heartbeat in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(message.kind(), RevocationKind::Heartbeat);
+    message.event_id
+}
+
+#[tokio::test]
+async fn a_log_the_replica_cannot_read_ends_the_streams_instead_of_vouching_with_heartbeats() {
+    let app = spawn_app_with(|c| c.revocation_heartbeat = Duration::from_millis(100)).await;
+    let (_key, mut stream) = watcher(&app).await;
+    let (user, _) = app.signed_in_user().await;
+    // An event this build cannot decode (as a newer build might write):
+    // the replica's reader fails on it.
+    sqlx::query("ALTER TABLE revocation_events DROP CONSTRAINT revocation_events_kind_check")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("SELECT authd_record_revocation('FROM_THE_FUTURE', $1::uuid, '{}', now())")
+        .bind(&user.id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(EVENT_WAIT, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(m)) if m.kind() == RevocationKind::Heartbeat => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream kept sending heartbeats for a log nobody could read");
+    let status = end.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+}

@@ -160,8 +160,9 @@ struct OtherSubscribers {
 }
 
 impl OtherSubscribers {
-    /// Opens `n` streams from the present over up to 4 connections; returns
-    /// once every one is open.
+    /// Opens `n` streams from the present over at least 4 connections, no
+    /// more than 100 on each (authd allows 128 streams per connection);
+    /// returns once every one is open.
     async fn start(addr: &str, watch_key: &str, n: usize) -> Self {
         if n == 0 {
             return Self {
@@ -169,7 +170,7 @@ impl OtherSubscribers {
                 tasks: Vec::new(),
             };
         }
-        let channels = connect(addr, n.min(4)).await;
+        let channels = connect(addr, n.min(n.div_ceil(100).max(4))).await;
         let authorization = format!("Bearer {watch_key}").parse().unwrap();
         let mut received = Vec::with_capacity(n);
         let mut tasks = Vec::with_capacity(n);

@@ -9,7 +9,8 @@
 //!    time from Logout's answer until the verifier's `verify()` (called
 //!    in-process, every 50 µs) refuses the token is recorded. Once with the
 //!    verifier as authd's only subscriber, once with 99 more raw
-//!    WatchRevocations streams, each of which must receive every event.
+//!    WatchRevocations streams (by default; `--revocation-subscribers`),
+//!    each of which must receive every event.
 //! 3. `per_call`: one tonic service in this process, on two sockets: bare,
 //!    and behind `VerifierLayer`; the same closed loop of calls with the same
 //!    bearer header against each, alternating, so the ratio is of one run.
@@ -30,14 +31,13 @@ use crate::stats::Row;
 pub struct Settings {
     /// Logouts measured per subscriber count.
     pub logouts: usize,
+    /// Subscriber counts measured, the verifier included (`--revocation-subscribers`).
+    pub subscribers: Vec<usize>,
     /// Per-call comparison: total time of each variant.
     pub duration: Duration,
     pub concurrency: usize,
     pub connections: usize,
 }
-
-/// Subscriber counts measured: the verifier alone, and with 99 others.
-const SUBSCRIBERS: [usize; 2] = [1, 100];
 
 pub struct Outcome {
     pub rows: Vec<Row>,
@@ -66,7 +66,7 @@ pub async fn run(
     );
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    for subscribers in SUBSCRIBERS {
+    for &subscribers in &settings.subscribers {
         let measured = logouts::measure(
             addr,
             watch_key,
