@@ -133,7 +133,7 @@ impl Core {
                     .await?
             }
             Some(new_hash) => {
-                let mut tx = self.db.begin().await?;
+                let mut tx = super::begin(&self.db).await?;
                 db::users::upgrade_password_hash(
                     &mut *tx,
                     credentials.user.id,
