@@ -3,7 +3,10 @@
 //! reads only when the replica's feed says the log grew (a notification or
 //! the feed's poll), sends a heartbeat when it had nothing to say for a
 //! while, and waits on the channel when the subscriber reads slowly: the
-//! log in PostgreSQL is the buffer, never this process's memory.
+//! log in PostgreSQL is the buffer, never this process's memory. A
+//! subscriber that takes nothing for two heartbeat intervals once that
+//! channel is full is cut off (SUBSCRIBER_TOO_SLOW, with the last event it
+//! was sent), so it holds no task here while it does not read.
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
@@ -16,8 +19,13 @@ use crate::error::AppError;
 
 /// Events read per query; also bounds a catch-up's memory.
 const BATCH: i64 = 256;
-/// Messages a subscriber may have in flight before its task waits.
+/// Messages a subscriber may have in flight before its task waits; one
+/// more place is kept for the status that ends the stream.
 const CHANNEL: usize = 64;
+/// A subscriber whose channel is full and that takes no message for this
+/// many heartbeat intervals is cut off: a reading subscriber takes at
+/// least a heartbeat per interval.
+const STALLED_HEARTBEATS: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RevocationKind {
@@ -101,8 +109,19 @@ impl Core {
             }
         };
         self.revocation_feed.announce(head);
-        let (tx, rx) = mpsc::channel(CHANNEL);
-        tokio::spawn(self.clone().serve_subscriber(cursor, tx));
+        let (tx, rx) = mpsc::channel(CHANNEL + 1);
+        let last_word = tx
+            .clone()
+            .reserve_owned()
+            .await
+            .map_err(|_| AppError::internal(anyhow::anyhow!("a new channel has no room")))?;
+        let subscriber = Subscriber {
+            tx,
+            last_word: Some(last_word),
+            delivered: cursor,
+            stall: self.revocation_feed.heartbeat() * STALLED_HEARTBEATS,
+        };
+        tokio::spawn(self.clone().serve_subscriber(cursor, subscriber));
         Ok(rx)
     }
 
@@ -125,7 +144,8 @@ impl Core {
         Ok((cursor, start.last_event_id))
     }
 
-    async fn serve_subscriber(self, mut cursor: i64, tx: mpsc::Sender<Result<RevocationEvent, AppError>>) {
+    async fn serve_subscriber(self, mut cursor: i64, mut tx: Subscriber) {
+        let _open = self.metrics.revocation_stream();
         let feed = self.revocation_feed.clone();
         let mut head = feed.head();
         let mut closing = feed.closing();
@@ -140,7 +160,7 @@ impl Core {
         let mut quiet_since = tokio::time::Instant::now();
         loop {
             if *closing.borrow() {
-                let _ = tx.send(Err(AppError::ShuttingDown)).await;
+                tx.end(AppError::ShuttingDown);
                 return;
             }
             if *head.borrow_and_update() > cursor {
@@ -157,11 +177,11 @@ impl Core {
                             match self.successors_pruned(cursor).await {
                                 Ok(false) => {}
                                 Ok(true) => {
-                                    let _ = tx.send(Err(AppError::CursorExpired)).await;
+                                    tx.end(AppError::CursorExpired);
                                     return;
                                 }
                                 Err(e) => {
-                                    let _ = tx.send(Err(e)).await;
+                                    tx.end(e);
                                     return;
                                 }
                             }
@@ -173,10 +193,10 @@ impl Core {
                             // was behind, or since its cursor was checked):
                             // the subscriber must learn it, not skip it.
                             if id != cursor + 1 {
-                                let _ = tx.send(Err(AppError::CursorExpired)).await;
+                                tx.end(AppError::CursorExpired);
                                 return;
                             }
-                            if tx.send(Ok(RevocationEvent::from(row))).await.is_err() {
+                            if tx.send(RevocationEvent::from(row), &self).await.is_err() {
                                 return;
                             }
                             cursor = id;
@@ -188,14 +208,14 @@ impl Core {
                         }
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(e)).await;
+                        tx.end(e);
                         return;
                     }
                 }
             }
             if !caught_up {
                 caught_up = true;
-                if tx.send(Ok(heartbeat(cursor))).await.is_err() {
+                if tx.send(heartbeat(cursor), &self).await.is_err() {
                     return;
                 }
                 quiet_since = tokio::time::Instant::now();
@@ -203,9 +223,9 @@ impl Core {
             tokio::select! {
                 changed = head.changed() => if changed.is_err() { return },
                 _ = closing.changed() => {}
-                () = tx.closed() => return,
+                () = tx.tx.closed() => return,
                 () = tokio::time::sleep_until(quiet_since + every) => {
-                    if tx.send(Ok(heartbeat(cursor))).await.is_err() {
+                    if tx.send(heartbeat(cursor), &self).await.is_err() {
                         return;
                     }
                     quiet_since = tokio::time::Instant::now();
@@ -217,6 +237,51 @@ impl Core {
     /// Whether events right after `cursor` were pruned.
     async fn successors_pruned(&self, cursor: i64) -> Result<bool, AppError> {
         Ok(db::revocations::state(&self.db).await?.pruned_through > cursor)
+    }
+}
+
+/// One subscriber's end of its channel.
+struct Subscriber {
+    tx: mpsc::Sender<Result<RevocationEvent, AppError>>,
+    /// The place kept for the status that ends the stream, so that status
+    /// never waits for a subscriber that does not read.
+    last_word: Option<mpsc::OwnedPermit<Result<RevocationEvent, AppError>>>,
+    /// The last event id sent (a heartbeat's is the cursor).
+    delivered: i64,
+    stall: std::time::Duration,
+}
+
+impl Subscriber {
+    /// Sends `event`, or ends the stream: the subscriber is gone, or took
+    /// nothing for `stall` with its channel full.
+    async fn send(&mut self, event: RevocationEvent, core: &Core) -> Result<(), ()> {
+        let id = event.id;
+        match tokio::time::timeout(self.stall, self.tx.send(Ok(event))).await {
+            Ok(Ok(())) => {
+                self.delivered = id;
+                Ok(())
+            }
+            Ok(Err(_)) => Err(()),
+            Err(_) => {
+                core.metrics.revocation_stream_cut_off();
+                tracing::info!(
+                    after_event_id = self.delivered,
+                    "revocation subscriber took no message for {:?}; cut off",
+                    self.stall
+                );
+                self.end(AppError::SubscriberTooSlow {
+                    after_event_id: self.delivered,
+                });
+                Err(())
+            }
+        }
+    }
+
+    /// Ends the stream with `error`, after what the subscriber was sent.
+    fn end(&mut self, error: AppError) {
+        if let Some(permit) = self.last_word.take() {
+            permit.send(Err(error));
+        }
     }
 }
 
