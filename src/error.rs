@@ -88,6 +88,10 @@ pub enum AppError {
     /// A WatchRevocations cursor older than the retention, or never issued.
     #[error("revocation cursor expired")]
     CursorExpired,
+    /// A WatchRevocations subscriber that stopped taking messages, cut off
+    /// after the last event it was sent.
+    #[error("revocation subscriber too slow")]
+    SubscriberTooSlow { after_event_id: i64 },
     /// The call needs a second factor proven within `max_age` (StepUp).
     #[error("reauthentication required")]
     ReauthenticationRequired { max_age: Duration },

@@ -29,6 +29,7 @@ use axum::response::{IntoResponse as _, Response};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
@@ -362,6 +363,10 @@ struct Inner {
     /// subscriber ran itself to catch up from the log.
     revocation_feed_reads: Counter,
     revocation_catch_ups: Counter,
+    /// WatchRevocations streams with a task serving them, and those cut
+    /// off for not reading.
+    revocation_streams: Gauge,
+    revocation_cut_off: Counter,
     /// Service-key lookups that went to the database: found, unknown.
     key_lookups: [Counter; 2],
     /// Tokens minted for one destination, by grant.
@@ -587,6 +592,19 @@ impl Metrics {
             revocation_catch_ups.clone(),
         );
 
+        let revocation_streams = Gauge::default();
+        registry.register(
+            "revocation_streams",
+            "WatchRevocations streams open on this replica (each has a task until it ends)",
+            revocation_streams.clone(),
+        );
+        let revocation_cut_off = Counter::default();
+        registry.register(
+            "revocation_streams_cut_off",
+            "WatchRevocations streams ended because their subscriber took no message for two heartbeat intervals with its buffers full",
+            revocation_cut_off.clone(),
+        );
+
         let key_lookup_family = Family::<Tag, Counter>::default();
         let key_lookups =
             ["found", "unknown"].map(|r| key_lookup_family.get_or_create_owned(&[("result", r)]));
@@ -660,6 +678,8 @@ impl Metrics {
                 listener_losses,
                 revocation_feed_reads,
                 revocation_catch_ups,
+                revocation_streams,
+                revocation_cut_off,
                 key_lookups,
                 granted,
                 http_requests,
@@ -727,6 +747,18 @@ impl Metrics {
         if outcome == LoginOutcome::Throttled {
             self.throttled(ThrottleKind::LoginBackoff);
         }
+    }
+
+    /// A WatchRevocations stream's task started; it counts until the
+    /// returned guard is dropped.
+    pub fn revocation_stream(&self) -> OpenStream {
+        self.inner.revocation_streams.inc();
+        OpenStream(self.inner.revocation_streams.clone())
+    }
+
+    /// A WatchRevocations subscriber was cut off for not reading.
+    pub fn revocation_stream_cut_off(&self) {
+        self.inner.revocation_cut_off.inc();
     }
 
     /// A Refresh rotated its token.
@@ -1052,6 +1084,15 @@ async fn scrape(State(metrics): State<Metrics>, headers: HeaderMap) -> Response 
 /// Binds the metrics listener.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     Ok(tokio::net::TcpListener::bind(addr).await?)
+}
+
+/// Counts one open stream while it lives.
+pub struct OpenStream(Gauge);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! PostgreSQL access: the pool, migrations and one module per table group.
 
+pub mod calls;
 pub mod error;
 pub mod factors;
 pub mod maintenance;

@@ -4,7 +4,9 @@
 //! timeout said CANCELLED "Timeout expired", which clients do not read as
 //! a deadline. The deadline is also made available to the call
 //! (`crate::deadline`), so the hasher can refuse at once what it could not
-//! finish in time.
+//! finish in time, and so that a call that goes unanswered (past its
+//! deadline, or cancelled by the client) cancels the statements it left
+//! waiting in PostgreSQL.
 
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use tower::Service;
 
 use super::middleware::{BoxFuture, HttpResponse, Middleware};
 use super::status::ERROR_DOMAIN;
-use crate::deadline::{parse_grpc_timeout, within};
+use crate::deadline::{Call, parse_grpc_timeout};
 use crate::pb::auth::v1::ErrorReason;
 
 #[derive(Clone)]
@@ -44,11 +46,36 @@ impl Middleware for Deadlines {
         let deadline = Instant::now() + budget;
         let call = next.call(req);
         Box::pin(async move {
-            match tokio::time::timeout_at(deadline, within(deadline, call)).await {
-                Ok(answered) => answered,
+            let state = Call::new(deadline);
+            // Dropped with this future when the client cancels (hyper drops
+            // the call on RST_STREAM), or below at the deadline.
+            let abandoned = Abandoned(Some(state.clone()));
+            match tokio::time::timeout_at(deadline, state.scope(call)).await {
+                Ok(answered) => {
+                    abandoned.answered();
+                    answered
+                }
                 Err(_) => Ok(deadline_exceeded().into_http()),
             }
         })
+    }
+}
+
+/// Undoes what an unanswered call left running elsewhere (its statements
+/// waiting in PostgreSQL), unless the call was answered.
+struct Abandoned(Option<std::sync::Arc<Call>>);
+
+impl Abandoned {
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some(call) = self.0.take() {
+            call.abandon();
+        }
     }
 }
 

@@ -233,6 +233,25 @@ impl From<AppError> for Status {
                  start again from a recent `since` or from 0",
                 ErrorReason::CursorExpired,
             ),
+            AppError::SubscriberTooSlow { after_event_id } => {
+                let metadata = HashMap::from([("after_event_id".to_owned(), after_event_id.to_string())]);
+                // Like every RESOURCE_EXHAUSTED, with a RetryInfo: reconnect
+                // at once, the log kept what this stream did not send.
+                let mut details = ErrorDetails::with_retry_info(Some(std::time::Duration::ZERO));
+                details.set_error_info(
+                    ErrorReason::SubscriberTooSlow.as_str_name(),
+                    ERROR_DOMAIN,
+                    metadata,
+                );
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    format!(
+                        "this stream took no message for too long and was cut off after event {after_event_id}; \
+                         reconnect with after_event_id {after_event_id}"
+                    ),
+                    details,
+                )
+            }
             AppError::ReauthenticationRequired { max_age } => {
                 let metadata = HashMap::from([("max_age".to_owned(), max_age.as_secs().to_string())]);
                 Status::with_error_details(

@@ -81,7 +81,7 @@ impl Core {
         let account = NewAccount::parse(&input, password)?;
         let hash = self.hasher.hash(&account.password).await?;
         // The account and the mail that verifies its address: both or neither.
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         let user = db::users::insert(
             &mut *tx,
             db::users::NewUserRow {

@@ -200,7 +200,7 @@ impl Core {
     #[tracing::instrument(skip_all)]
     pub async fn disable_user(&self, user_id: &str, now: DateTime<Utc>) -> Result<User, AppError> {
         let id = parse_user_id(user_id)?;
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         let user = db::users::set_disabled(&mut *tx, id, true, now)
             .await?
             .ok_or(AppError::UserNotFound)?;
@@ -262,7 +262,7 @@ impl Core {
     #[tracing::instrument(skip_all)]
     pub async fn revoke_user_sessions(&self, user_id: &str, now: DateTime<Utc>) -> Result<u64, AppError> {
         let id = parse_user_id(user_id)?;
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         // The account first, in the order every other change locks it; the
         // revocation log's counter last.
         if db::users::lock(&mut tx, id).await?.is_none() {

@@ -175,7 +175,7 @@ impl Core {
                 }
             }
             ParsedProof::RecoveryCode(hash) => {
-                let mut tx = self.db.begin().await?;
+                let mut tx = super::begin(&self.db).await?;
                 if !db::factors::spend_recovery_code(&mut *tx, user_id, hash, now).await? {
                     return Ok(false);
                 }
@@ -212,7 +212,7 @@ impl Core {
             .seal(secret.as_bytes(), &factor_secret_aad(id, user.id))
             .map_err(AppError::internal)?;
         let expires_at = now + chrono_duration(ENROLLMENT_TTL);
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         db::factors::start_enrollment(
             &mut tx,
             &db::factors::NewEnrollment {
@@ -270,7 +270,7 @@ impl Core {
         self.require_fresh(&bearer, now).await?;
         let (throttle_key, charge) = self.charge_code_attempt(bearer.user_id, now).await?;
 
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         let Some(user) = db::users::lock(&mut tx, bearer.user_id).await? else {
             return Err(AppError::Token(TokenProblem::SessionRevoked));
         };
@@ -336,7 +336,7 @@ impl Core {
     ) -> Result<(), AppError> {
         let factor_id = parse_uuid("factor_id", factor_id)?;
         self.require_fresh(&bearer, now).await?;
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         let Some(user) = db::users::lock(&mut tx, bearer.user_id).await? else {
             return Err(AppError::Token(TokenProblem::SessionRevoked));
         };
@@ -362,7 +362,7 @@ impl Core {
         self.require_fresh(&bearer, now).await?;
         let fresh = recovery_codes::generate().map_err(AppError::internal)?;
         let hashes: Vec<TokenHash> = fresh.iter().map(|c| c.hash).collect();
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         let Some(user) = db::users::lock(&mut tx, bearer.user_id).await? else {
             return Err(AppError::Token(TokenProblem::SessionRevoked));
         };
@@ -398,7 +398,7 @@ impl Core {
             charge.checked();
             return Err(AppError::InvalidCode);
         }
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         let Some((idle_expires_at, session)) =
             db::sessions::lock_live(&mut tx, user.id, bearer.session_id, now).await?
         else {
@@ -469,7 +469,7 @@ impl Core {
             return Err(AppError::MfaTokenInvalid);
         };
         let assurance = Assurance::password(challenge.created_at).with_proof(AuthMethod::Otp, now);
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         if !db::factors::consume_challenge(&mut tx, &hash, now).await? {
             return Err(AppError::MfaTokenInvalid);
         }
@@ -496,7 +496,7 @@ impl Core {
     #[tracing::instrument(skip_all)]
     pub async fn reset_user_factors(&self, user_id: &str, now: DateTime<Utc>) -> Result<User, AppError> {
         let user_id = parse_uuid("user_id", user_id)?;
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         let Some(user) = db::users::lock(&mut tx, user_id).await? else {
             return Err(AppError::UserNotFound);
         };

@@ -137,7 +137,7 @@ impl Core {
                     .await?
             }
             Some(new_hash) => {
-                let mut tx = self.db.begin().await?;
+                let mut tx = super::begin(&self.db).await?;
                 db::users::upgrade_password_hash(
                     &mut *tx,
                     credentials.user.id,

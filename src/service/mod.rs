@@ -204,3 +204,24 @@ fn seconds_until(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
     let millis = (then - now).num_milliseconds().max(0);
     Duration::from_secs(u64::try_from((millis + 500) / 1000).unwrap_or(0))
 }
+
+/// A transaction bounded by the call that runs it (`db::calls`): its
+/// statements end when the call is abandoned (cancelled by the client, or
+/// past its deadline) instead of holding a pooled connection behind a
+/// lock. Outside a call (background work), a plain transaction.
+async fn begin(db: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let Some((call, left)) = crate::deadline::current_call() else {
+        return db.begin().await;
+    };
+    let pool = db.clone();
+    crate::deadline::on_abandon_once("postgres", move || {
+        tokio::spawn(async move {
+            match crate::db::calls::cancel(&pool, call).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(cancelled = n, "statements of an abandoned call cancelled"),
+                Err(e) => tracing::warn!(error = %e, "could not cancel an abandoned call's statements"),
+            }
+        });
+    });
+    crate::db::calls::begin(db, call, left).await
+}

@@ -224,7 +224,7 @@ impl Core {
             .confirm_current_password(bearer.user_id, &current, now)
             .await?;
 
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         // Every lock before the deletion, whose trigger takes the revocation
         // log's counter last.
         let account = db::users::lock(&mut tx, bearer.user_id).await?;

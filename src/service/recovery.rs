@@ -58,7 +58,7 @@ impl Core {
     /// account under the hourly cap, issues a token and queues the mail, in
     /// one transaction. Returns whether there was a request.
     async fn resolve_one_reset_request(&self, now: DateTime<Utc>) -> Result<bool, AppError> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         let Some(request) = db::recovery::take_request(&mut tx).await? else {
             return Ok(false);
         };
@@ -137,7 +137,7 @@ impl Core {
             .map_err(|e| AppError::invalid("new_password", e))?;
         let new_hash = self.hasher.hash(&password).await?;
 
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         // The account before its token, in the order ForgotPassword,
         // ChangePassword and an address change lock them (they supersede
         // the account's reset links under its lock): the other way round,

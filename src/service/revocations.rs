@@ -5,7 +5,10 @@
 //! buffer). It sends a heartbeat when it had nothing to say for a while,
 //! and waits on the channel when the subscriber reads slowly: beyond the
 //! feed's buffer, the log in PostgreSQL is the buffer, never this
-//! process's memory.
+//! process's memory. A subscriber that takes nothing for two heartbeat
+//! intervals once that channel is full is cut off (SUBSCRIBER_TOO_SLOW,
+//! with the last event it was sent), so it holds no task here while it
+//! does not read.
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{broadcast, mpsc};
@@ -17,8 +20,13 @@ use crate::db::{self, revocations::EventKind, revocations::EventRow};
 use crate::domain::{FieldReason, Invalid};
 use crate::error::AppError;
 
-/// Messages a subscriber may have in flight before its task waits.
+/// Messages a subscriber may have in flight before its task waits; one
+/// more place is kept for the status that ends the stream.
 const CHANNEL: usize = 64;
+/// A subscriber whose channel is full and that takes no message for this
+/// many heartbeat intervals is cut off: a reading subscriber takes at
+/// least a heartbeat per interval.
+const STALLED_HEARTBEATS: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RevocationKind {
@@ -104,8 +112,22 @@ impl Core {
         // Joined before the task starts, so nothing the feed publishes
         // from now on can pass this subscriber by.
         let feed_events = self.revocation_feed.subscribe(head);
-        let (tx, rx) = mpsc::channel(CHANNEL);
-        tokio::spawn(self.clone().serve_subscriber(cursor, head, feed_events, tx));
+        let (tx, rx) = mpsc::channel(CHANNEL + 1);
+        let last_word = tx
+            .clone()
+            .reserve_owned()
+            .await
+            .map_err(|_| AppError::internal(anyhow::anyhow!("a new channel has no room")))?;
+        let subscriber = Subscriber {
+            tx,
+            last_word: Some(last_word),
+            delivered: cursor,
+            stall: self.revocation_feed.heartbeat() * STALLED_HEARTBEATS,
+        };
+        tokio::spawn(
+            self.clone()
+                .serve_subscriber(cursor, head, feed_events, subscriber),
+        );
         Ok(rx)
     }
 
@@ -133,8 +155,9 @@ impl Core {
         mut cursor: i64,
         head: i64,
         mut feed_events: Subscription,
-        tx: mpsc::Sender<Result<RevocationEvent, AppError>>,
+        mut tx: Subscriber,
     ) {
+        let _open = self.metrics.revocation_stream();
         let feed = self.revocation_feed.clone();
         let mut closing = feed.closing();
         let every = feed.heartbeat();
@@ -152,7 +175,7 @@ impl Core {
         let mut quiet_since = tokio::time::Instant::now();
         loop {
             if *closing.borrow() {
-                let _ = tx.send(Err(AppError::ShuttingDown)).await;
+                tx.end(AppError::ShuttingDown);
                 return;
             }
             if behind {
@@ -168,24 +191,24 @@ impl Core {
                             match self.successors_pruned(cursor).await {
                                 Ok(false) => {}
                                 Ok(true) => {
-                                    let _ = tx.send(Err(AppError::CursorExpired)).await;
+                                    tx.end(AppError::CursorExpired);
                                     return;
                                 }
                                 Err(e) => {
-                                    let _ = tx.send(Err(e)).await;
+                                    tx.end(e);
                                     return;
                                 }
                             }
                         }
                         for row in rows {
-                            match deliver(&tx, &mut cursor, row).await {
+                            match deliver(&mut tx, &mut cursor, row, &self).await {
                                 Delivered::Yes => {}
                                 Delivered::Gap => {
                                     // Ids are gapless, so a missing one was
                                     // pruned (its retention passed while this
                                     // subscriber was behind): the subscriber
                                     // must learn it, not skip it.
-                                    let _ = tx.send(Err(AppError::CursorExpired)).await;
+                                    tx.end(AppError::CursorExpired);
                                     return;
                                 }
                                 Delivered::Gone => return,
@@ -201,14 +224,14 @@ impl Core {
                         behind = false;
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(e)).await;
+                        tx.end(e);
                         return;
                     }
                 }
             }
             if !caught_up {
                 caught_up = true;
-                if tx.send(Ok(heartbeat(cursor))).await.is_err() {
+                if tx.send(heartbeat(cursor), &self).await.is_err() {
                     return;
                 }
                 quiet_since = tokio::time::Instant::now();
@@ -222,11 +245,11 @@ impl Core {
                         } else {
                             AppError::internal(failed)
                         };
-                        let _ = tx.send(Err(error)).await;
+                        tx.end(error);
                         return;
                     }
                     Ok(Published::Event(row)) => {
-                        match deliver(&tx, &mut cursor, (*row).clone()).await {
+                        match deliver(&mut tx, &mut cursor, (*row).clone(), &self).await {
                             Delivered::Yes => quiet_since = tokio::time::Instant::now(),
                             // Pruned before the feed read it, or missed:
                             // the log says which.
@@ -240,9 +263,9 @@ impl Core {
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = closing.changed() => {}
-                () = tx.closed() => return,
+                () = tx.tx.closed() => return,
                 () = tokio::time::sleep_until(quiet_since + every) => {
-                    if tx.send(Ok(heartbeat(cursor))).await.is_err() {
+                    if tx.send(heartbeat(cursor), &self).await.is_err() {
                         return;
                     }
                     quiet_since = tokio::time::Instant::now();
@@ -261,17 +284,13 @@ enum Delivered {
     Yes,
     /// The event is not the one after the cursor.
     Gap,
-    /// The subscriber hung up.
+    /// The subscriber hung up, or was cut off.
     Gone,
 }
 
 /// Sends `row` if it is the event after `cursor` and moves the cursor; one
 /// at or before the cursor was delivered already (from the log or the feed).
-async fn deliver(
-    tx: &mpsc::Sender<Result<RevocationEvent, AppError>>,
-    cursor: &mut i64,
-    row: EventRow,
-) -> Delivered {
+async fn deliver(tx: &mut Subscriber, cursor: &mut i64, row: EventRow, core: &Core) -> Delivered {
     if row.id <= *cursor {
         return Delivered::Yes;
     }
@@ -279,11 +298,56 @@ async fn deliver(
         return Delivered::Gap;
     }
     let id = row.id;
-    if tx.send(Ok(RevocationEvent::from(row))).await.is_err() {
+    if tx.send(RevocationEvent::from(row), core).await.is_err() {
         return Delivered::Gone;
     }
     *cursor = id;
     Delivered::Yes
+}
+
+/// One subscriber's end of its channel.
+struct Subscriber {
+    tx: mpsc::Sender<Result<RevocationEvent, AppError>>,
+    /// The place kept for the status that ends the stream, so that status
+    /// never waits for a subscriber that does not read.
+    last_word: Option<mpsc::OwnedPermit<Result<RevocationEvent, AppError>>>,
+    /// The last event id sent (a heartbeat's is the cursor).
+    delivered: i64,
+    stall: std::time::Duration,
+}
+
+impl Subscriber {
+    /// Sends `event`, or ends the stream: the subscriber is gone, or took
+    /// nothing for `stall` with its channel full.
+    async fn send(&mut self, event: RevocationEvent, core: &Core) -> Result<(), ()> {
+        let id = event.id;
+        match tokio::time::timeout(self.stall, self.tx.send(Ok(event))).await {
+            Ok(Ok(())) => {
+                self.delivered = id;
+                Ok(())
+            }
+            Ok(Err(_)) => Err(()),
+            Err(_) => {
+                core.metrics.revocation_stream_cut_off();
+                tracing::info!(
+                    after_event_id = self.delivered,
+                    "revocation subscriber took no message for {:?}; cut off",
+                    self.stall
+                );
+                self.end(AppError::SubscriberTooSlow {
+                    after_event_id: self.delivered,
+                });
+                Err(())
+            }
+        }
+    }
+
+    /// Ends the stream with `error`, after what the subscriber was sent.
+    fn end(&mut self, error: AppError) {
+        if let Some(permit) = self.last_word.take() {
+            permit.send(Err(error));
+        }
+    }
 }
 
 #[allow(clippy::disallowed_methods)] // a stream's edge: a heartbeat says when it was sent

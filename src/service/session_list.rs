@@ -87,7 +87,7 @@ impl Core {
         bearer: VerifiedAccess,
         now: DateTime<Utc>,
     ) -> Result<u64, AppError> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         // The account before any session, in the order ChangePassword,
         // DeleteMe and DisableUser lock them: holding one session while
         // waiting for the others, this call deadlocked with any of them

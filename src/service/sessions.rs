@@ -62,7 +62,7 @@ impl Core {
                 now,
             );
         }
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         let Some(state) = db::sessions::refresh_token_state(&mut tx, &hash, now).await? else {
             return Err(AppError::InvalidRefreshToken);
         };
@@ -178,7 +178,7 @@ impl Core {
         let next = NewToken::generate(TokenKind::Refresh).map_err(AppError::internal)?;
         let next_hash = next.hash;
 
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         // The account before the session, in the order ChangeEmail,
         // DeleteMe and DisableUser lock them: two of these at once wait for
         // each other instead of deadlocking.

@@ -112,7 +112,7 @@ impl Core {
         bearer: VerifiedAccess,
         now: DateTime<Utc>,
     ) -> Result<(), AppError> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         let account = self.begin_address_mail(&mut tx, &bearer, now).await?;
         if account.email_verified {
             return Ok(());
@@ -154,7 +154,7 @@ impl Core {
             .confirm_current_password(bearer.user_id, &current, now)
             .await?;
 
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         let account = self.begin_address_mail(&mut tx, &bearer, now).await?;
         // The proven password clears the failures, whatever follows.
         db::throttle::forgive(&mut *tx, &throttle_key).await?;
@@ -222,7 +222,7 @@ impl Core {
     ) -> Result<User, AppError> {
         let hash = opaque::parse_presented(TokenKind::EmailVerification, presented)
             .ok_or(AppError::InvalidVerifyToken)?;
-        let mut tx = self.db.begin().await?;
+        let mut tx = super::begin(&self.db).await?;
         // The account before its token, in the order ChangeEmail,
         // SendVerificationEmail and DeleteMe lock them (they supersede or
         // delete the account's tokens under its lock): the other way round,

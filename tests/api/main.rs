@@ -19,6 +19,7 @@ mod adversarial;
 mod cleanup;
 mod clients;
 mod data_keys;
+mod deadlines;
 mod descriptor;
 mod error_contract;
 mod factors;

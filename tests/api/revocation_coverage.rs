@@ -176,7 +176,10 @@ async fn a_verifier_whose_cursor_expired_resyncs_from_a_time_and_refuses_what_it
 
 #[tokio::test]
 async fn pruned_events_after_the_cursor_end_the_stream_even_when_nothing_newer_exists() {
-    let app = spawn_app_with(|c| c.revocation_heartbeat = Duration::from_millis(200)).await;
+    // Heartbeats every second: this subscriber pauses (300 ms and the
+    // prune) with its buffers full, and one that takes nothing for two
+    // intervals is cut off as too slow, which is not what this test is about.
+    let app = spawn_app_with(|c| c.revocation_heartbeat = Duration::from_secs(1)).await;
     let key = app.service_key("slow-watcher", &[WATCH]).await;
     let (user, _) = app.signed_in_user().await;
     // A backlog of large events (300 sessions each, about 11 kB on the

@@ -7,6 +7,7 @@ use std::time::Duration;
 use authd::pb::auth::v1::{self as pb, RevocationKind};
 use tokio::time::Instant;
 use tonic::{Code, Streaming};
+use tonic_types::StatusExt;
 
 use crate::admin::wait_for_listeners;
 use crate::helpers::*;
@@ -658,4 +659,110 @@ async fn a_log_the_replica_cannot_read_ends_the_streams_instead_of_vouching_with
     .expect("the stream kept sending heartbeats for a log nobody could read");
     let status = end.unwrap_err();
     assert_eq!(status.code(), Code::Internal, "{status:?}");
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_is_cut_off_with_its_cursor_and_a_reader_is_not() {
+    let app = spawn_app_with(|c| {
+        crate::metrics::with_metrics(c);
+        c.revocation_heartbeat = Duration::from_millis(500);
+    })
+    .await;
+    let key = app.service_key("watcher", &[WATCH]).await;
+    let (user, _) = app.signed_in_user().await;
+    // A client whose HTTP/2 window is gRPC's usual 64 KiB (tonic's 2 MiB
+    // would only take longer to fill).
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect_lazy();
+    let mut idle = authd::pb::auth::v1::admin_service_client::AdminServiceClient::new(channel)
+        .watch_revocations(with_bearer(pb::WatchRevocationsRequest::default(), &key))
+        .await
+        .unwrap()
+        .into_inner();
+    let start = idle.message().await.unwrap().unwrap().event_id;
+    let reader = watch(&app, &key, 0).await.unwrap();
+    const EVENTS: i64 = 2000;
+    let reading = tokio::spawn(async move {
+        let mut reader = reader;
+        let mut last = start;
+        while last < start + EVENTS {
+            let message = reader
+                .message()
+                .await
+                .expect("the reader is never cut off")
+                .unwrap();
+            if message.kind() != RevocationKind::Heartbeat {
+                assert_eq!(message.event_id, last + 1);
+                last = message.event_id;
+            }
+        }
+        reader
+    });
+
+    // Far more than the idle subscriber's HTTP/2 window and authd's
+    // channel hold (each event names 20 sessions).
+    sqlx::query(
+        "SELECT authd_record_revocation('USER_SESSIONS_ENDED', $1::uuid,
+                ARRAY(SELECT gen_random_uuid() FROM generate_series(1, 20)), now())
+           FROM generate_series(1, $2)",
+    )
+    .bind(&user.id)
+    .bind(EVENTS)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let produced = Instant::now();
+    let _reader = tokio::time::timeout(EVENT_WAIT, reading)
+        .await
+        .expect("the reader got every event")
+        .unwrap();
+
+    // The idle subscriber's task ends (the reader's stream stays open).
+    loop {
+        let page = crate::metrics::scrape(&app, None).await.body;
+        let cut_off = crate::metrics::value(&page, "authd_revocation_streams_cut_off_total");
+        let open = crate::metrics::value(&page, "authd_revocation_streams");
+        if cut_off == Some(1.0) && open == Some(1.0) {
+            break;
+        }
+        assert!(
+            produced.elapsed() < EVENT_WAIT,
+            "the idle subscriber was not cut off: cut off {cut_off:?}, open {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "idle subscriber cut off {:?} after the events were produced",
+        produced.elapsed()
+    );
+
+    // What it gets when it reads at last: contiguous events, then a status
+    // naming the last one, from which it resumes.
+    let mut last = start;
+    let status = loop {
+        match idle.message().await {
+            Ok(Some(m)) if m.kind() == RevocationKind::Heartbeat => assert_eq!(m.event_id, last),
+            Ok(Some(m)) => {
+                assert_eq!(m.event_id, last + 1);
+                last = m.event_id;
+            }
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert!(last < start + EVENTS, "it was sent everything: {last}");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(&status), "SUBSCRIBER_TOO_SLOW", "{status:?}");
+    assert_eq!(retry_delay(&status), Duration::ZERO, "reconnect at once");
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(
+        info.metadata.get("after_event_id"),
+        Some(&last.to_string()),
+        "{status:?}"
+    );
+    let mut resumed = watch(&app, &key, last).await.unwrap();
+    assert_eq!(next_event(&mut resumed).await.event_id, last + 1);
 }
