@@ -71,6 +71,41 @@ async fn closed_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
+/// A disabled or unverified account's right password is an outcome of its
+/// own, not a server error: alerts on `error` must not fire on them.
+#[tokio::test]
+async fn logins_refused_for_the_accounts_state_have_their_own_outcomes() {
+    let app = spawn_app_with(|c| {
+        with_metrics(c);
+        c.require_verified_email = true;
+    })
+    .await;
+    let unverified = fresh_email();
+    app.register(&unverified, PASSWORD).await;
+    let disabled = fresh_email();
+    app.register(&disabled, PASSWORD).await;
+    sqlx::query("UPDATE users SET email_verified = true, disabled_at = now() WHERE email = $1")
+        .bind(&disabled)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_error(
+        app.login(&unverified, PASSWORD).await,
+        Code::FailedPrecondition,
+        "EMAIL_NOT_VERIFIED",
+    );
+    assert_error(
+        app.login(&disabled, PASSWORD).await,
+        Code::PermissionDenied,
+        "ACCOUNT_DISABLED",
+    );
+    let page = scrape(&app, None).await;
+    let text = &page.body;
+    assert_value(text, r#"authd_logins_total{outcome="email_not_verified"}"#, 1.0);
+    assert_value(text, r#"authd_logins_total{outcome="account_disabled"}"#, 1.0);
+    assert_value(text, r#"authd_logins_total{outcome="error"}"#, 0.0);
+}
+
 #[tokio::test]
 async fn the_page_counts_logins_refreshes_throttling_pools_and_the_outbox() {
     let smtp_port = closed_port().await;
@@ -194,6 +229,8 @@ async fn the_page_counts_logins_refreshes_throttling_pools_and_the_outbox() {
     assert_value(text, r#"authd_logins_total{outcome="throttled"}"#, 1.0);
     assert_value(text, r#"authd_logins_total{outcome="invalid_argument"}"#, 0.0);
     assert_value(text, r#"authd_logins_total{outcome="unavailable"}"#, 0.0);
+    assert_value(text, r#"authd_logins_total{outcome="account_disabled"}"#, 0.0);
+    assert_value(text, r#"authd_logins_total{outcome="email_not_verified"}"#, 0.0);
     assert_value(text, r#"authd_logins_total{outcome="error"}"#, 0.0);
     assert_value(text, "authd_refresh_rotations_total", 1.0);
     assert_value(text, "authd_refresh_reuse_detections_total", 1.0);
