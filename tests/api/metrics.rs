@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use authd::config::Config;
+use authd::pb::auth::v1 as pb;
 use secrecy::SecretString;
 use tokio::io::AsyncWriteExt as _;
 use tonic::Code;
@@ -104,6 +105,47 @@ async fn logins_refused_for_the_accounts_state_have_their_own_outcomes() {
     assert_value(text, r#"authd_logins_total{outcome="email_not_verified"}"#, 1.0);
     assert_value(text, r#"authd_logins_total{outcome="account_disabled"}"#, 1.0);
     assert_value(text, r#"authd_logins_total{outcome="error"}"#, 0.0);
+}
+
+/// ChangeEmail and DeleteMe check the password on the Login back-off, and a
+/// call it refuses counts on the page as ChangePassword's does.
+#[tokio::test]
+async fn change_email_and_delete_me_count_their_throttled_calls() {
+    let app = spawn_app_with(with_metrics).await;
+    let email = fresh_email();
+    app.register(&email, PASSWORD).await;
+    let tokens = app.tokens_of(&email).await;
+    for _ in 0..6 {
+        assert_error(
+            app.login(&email, "wrong").await,
+            Code::Unauthenticated,
+            "INVALID_CREDENTIALS",
+        );
+    }
+    let page = scrape(&app, None).await;
+    assert_value(&page.body, r#"authd_throttled_total{kind="login_backoff"}"#, 0.0);
+    assert_error(
+        crate::lifecycle::change_email(&app, &tokens.access_token, &fresh_email(), "wrong").await,
+        Code::ResourceExhausted,
+        "THROTTLED",
+    );
+    let page = scrape(&app, None).await;
+    assert_value(&page.body, r#"authd_throttled_total{kind="login_backoff"}"#, 1.0);
+    assert_error(
+        app.client
+            .clone()
+            .delete_me(with_bearer(
+                pb::DeleteMeRequest {
+                    current_password: "wrong".into(),
+                },
+                &tokens.access_token,
+            ))
+            .await,
+        Code::ResourceExhausted,
+        "THROTTLED",
+    );
+    let page = scrape(&app, None).await;
+    assert_value(&page.body, r#"authd_throttled_total{kind="login_backoff"}"#, 2.0);
 }
 
 #[tokio::test]
