@@ -107,6 +107,65 @@ async fn logins_refused_for_the_accounts_state_have_their_own_outcomes() {
     assert_value(text, r#"authd_logins_total{outcome="error"}"#, 0.0);
 }
 
+/// While the SMTP server takes no mail, a pass tries one message and the
+/// passes back off: a backlog is not read and retried whole every poll.
+/// And a message is found by its id, not by a walk along the pending index.
+#[tokio::test]
+async fn an_smtp_outage_tries_one_message_a_pass_not_the_whole_backlog() {
+    let smtp_port = closed_port().await;
+    let app = spawn_app_with(|c| {
+        with_metrics(c);
+        c.smtp_url = Some(SecretString::from(format!("smtp://127.0.0.1:{smtp_port}")));
+        c.mail_poll_interval = Duration::from_millis(100);
+        c.mail_retry_base = Duration::from_millis(100);
+    })
+    .await;
+    sqlx::query(
+        "INSERT INTO email_outbox
+             (id, kind, recipient, subject, body_text, body_html, created_at, expires_at, next_attempt_at)
+         SELECT gen_random_uuid(), 'password_changed', 'user' || n || '@example.com', 'Changed', 'text',
+                '<p>html</p>', now(), now() + interval '1 hour', now()
+           FROM generate_series(1, 2000) n",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::raw_sql("ANALYZE email_outbox")
+        .execute(&app.db)
+        .await
+        .unwrap();
+
+    // A message's outcome is written by its id, whatever the backlog.
+    let mut conn = app.db.acquire().await.unwrap();
+    sqlx::raw_sql(
+        "SET plan_cache_mode = force_generic_plan;
+         PREPARE retry(uuid, timestamptz, text) AS
+           UPDATE email_outbox SET next_attempt_at = $2, last_error = $3
+            WHERE id = $1 AND sent_at IS NULL AND discarded_at IS NULL",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE retry(gen_random_uuid(), now(), 'e')")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("email_outbox_pkey"), "{plan}");
+
+    // Two seconds of outage: before, every message of the backlog was
+    // tried (and its row read and written) on the first pass alone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let attempts: i64 = sqlx::query_scalar("SELECT coalesce(sum(attempts), 0)::bigint FROM email_outbox")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!((1..=20).contains(&attempts), "{attempts} attempts");
+    let page = scrape(&app, None).await;
+    let failed = value(&page.body, "authd_outbox_delivery_failures_total");
+    assert!(failed.is_some_and(|f| (1.0..=20.0).contains(&f)), "{failed:?}");
+}
+
 /// ChangeEmail and DeleteMe check the password on the Login back-off, and a
 /// call it refuses counts on the page as ChangePassword's does.
 #[tokio::test]
