@@ -21,6 +21,9 @@ pub struct LocalPostgres {
     bin_dir: PathBuf,
     pgdata: PathBuf,
     socket_dir: PathBuf,
+    /// One empty file per process using the cluster, named by its pid: the
+    /// cluster is stopped only by the last of them (see [`Self::stop`]).
+    users_dir: PathBuf,
     run_as: Option<String>,
     stopped: std::sync::atomic::AtomicBool,
 }
@@ -45,6 +48,7 @@ impl LocalPostgres {
             bin_dir,
             pgdata: root.join("pg"),
             socket_dir: root.join("pg-run"),
+            users_dir: root.join("users"),
             run_as: if is_root()? {
                 Some("postgres".to_owned())
             } else {
@@ -53,6 +57,9 @@ impl LocalPostgres {
             stopped: false.into(),
         };
         std::fs::create_dir_all(&pg.socket_dir)?;
+        // Before looking for a running cluster: one who started it and is
+        // about to stop it then sees this process among its users.
+        pg.register_user()?;
         if let Some(user) = &pg.run_as {
             chown_to(user, &root)?;
         }
@@ -113,9 +120,20 @@ impl LocalPostgres {
         Ok(())
     }
 
-    /// Stops the cluster (fast shutdown). Safe to call more than once.
+    /// Stops the cluster (fast shutdown), unless another live process
+    /// still uses it: an `authd serve` that adopted the cluster a command
+    /// started must keep its database when the command ends (that process
+    /// stops it in its turn). Safe to call more than once.
     pub fn stop(&self) {
         if self.stopped.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let _ = std::fs::remove_file(self.users_dir.join(std::process::id().to_string()));
+        if let Some(other) = self.other_live_user() {
+            tracing::info!(
+                pid = other,
+                "local PostgreSQL left running: another authd process uses it"
+            );
             return;
         }
         let status = self
@@ -188,6 +206,38 @@ impl LocalPostgres {
         })
     }
 
+    fn register_user(&self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.users_dir)
+            .with_context(|| format!("creating {}", self.users_dir.display()))?;
+        let me = self.users_dir.join(std::process::id().to_string());
+        std::fs::write(&me, b"").with_context(|| format!("writing {}", me.display()))
+    }
+
+    /// Another registered process that is still alive; dead ones' files are
+    /// removed.
+    fn other_live_user(&self) -> Option<u32> {
+        let me = std::process::id();
+        let entries = std::fs::read_dir(&self.users_dir).ok()?;
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let alive = Command::new("sh")
+                .args(["-c", "kill -0 \"$0\" 2>/dev/null"])
+                .arg(pid.to_string())
+                .status()
+                .is_ok_and(|s| s.success());
+            if alive {
+                return Some(pid);
+            }
+            let _ = std::fs::remove_file(entry.path());
+        }
+        None
+    }
+
     fn is_running(&self) -> bool {
         self.command("pg_ctl")
             .arg("status")
@@ -216,6 +266,12 @@ impl LocalPostgres {
             .and_then(|s| s.lines().next().map(|l| l.trim().to_owned()))
             .unwrap_or_default();
         let mut script = String::from("while kill -0 \"$0\" 2>/dev/null; do sleep 1; done; ");
+        // As `stop`: leave the cluster to another live process using it.
+        let users = self.users_dir.display();
+        script.push_str(&format!(
+            "rm -f '{users}/'\"$0\"; for f in '{users}'/*; do \
+             [ -e \"$f\" ] && kill -0 \"${{f##*/}}\" 2>/dev/null && exit 0; done; "
+        ));
         script.push_str(&format!(
             "[ -z \"$1\" ] || [ \"$(head -n 1 '{}' 2>/dev/null)\" = \"$1\" ] && ",
             pid_file.display()

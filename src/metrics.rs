@@ -207,16 +207,22 @@ pub enum LoginOutcome {
     Throttled,
     InvalidArgument,
     Unavailable,
+    /// The right password for a disabled account.
+    AccountDisabled,
+    /// The right password for an account that must verify its email first.
+    EmailNotVerified,
     Error,
 }
 
 impl LoginOutcome {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 8] = [
         Self::Success,
         Self::BadCredentials,
         Self::Throttled,
         Self::InvalidArgument,
         Self::Unavailable,
+        Self::AccountDisabled,
+        Self::EmailNotVerified,
         Self::Error,
     ];
 
@@ -227,6 +233,8 @@ impl LoginOutcome {
             Self::Throttled => "throttled",
             Self::InvalidArgument => "invalid_argument",
             Self::Unavailable => "unavailable",
+            Self::AccountDisabled => "account_disabled",
+            Self::EmailNotVerified => "email_not_verified",
             Self::Error => "error",
         }
     }

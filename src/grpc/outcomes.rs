@@ -11,6 +11,8 @@ fn login_outcome<T>(result: &Result<T, AppError>) -> LoginOutcome {
         Err(AppError::Throttled(_)) => LoginOutcome::Throttled,
         Err(AppError::Validation(_)) => LoginOutcome::InvalidArgument,
         Err(AppError::Unavailable(_)) => LoginOutcome::Unavailable,
+        Err(AppError::AccountDisabled) => LoginOutcome::AccountDisabled,
+        Err(AppError::EmailNotVerified) => LoginOutcome::EmailNotVerified,
         Err(_) => LoginOutcome::Error,
     }
 }
@@ -64,6 +66,14 @@ mod tests {
         assert_eq!(
             login_outcome(&Err::<(), _>(AppError::Unavailable(anyhow::anyhow!("down")))),
             LoginOutcome::Unavailable
+        );
+        assert_eq!(
+            login_outcome(&Err::<(), _>(AppError::AccountDisabled)),
+            LoginOutcome::AccountDisabled
+        );
+        assert_eq!(
+            login_outcome(&Err::<(), _>(AppError::EmailNotVerified)),
+            LoginOutcome::EmailNotVerified
         );
         assert_eq!(
             login_outcome(&Err::<(), _>(AppError::Conflict)),

@@ -1,7 +1,8 @@
 //! Delivers the outbox: claims one due message at a time (replicas share the
 //! work through `FOR UPDATE SKIP LOCKED`), hands it to the transport, and
 //! marks it sent only once the SMTP server accepted it. Failures are retried
-//! with exponential backoff until the message expires.
+//! with exponential backoff until the message expires; while the server
+//! cannot take mail at all, one message a pass, and the passes back off.
 //!
 //! Logs name a message by its outbox id, kind and recipient domain only:
 //! bodies hold reset links.
@@ -91,19 +92,29 @@ impl OutboxWorker {
         }
         // Reported once per outage, not once per poll.
         let mut unreachable = false;
+        // Passes in a row that ended on an SMTP server that could not take
+        // mail. While it cannot, each pass tries one message and the next
+        // waits longer: the backlog is not read and retried whole every
+        // poll, and what is queued meanwhile does not wake the worker.
+        let mut smtp_down: i32 = 0;
         loop {
             loop {
                 if *stop.borrow() {
                     return;
                 }
                 match self.deliver_next(Utc::now()).await {
-                    Ok(more) => {
+                    Ok(delivered) => {
                         if unreachable {
                             tracing::info!("mail outbox: database reachable again");
                             unreachable = false;
                         }
-                        if !more {
-                            break;
+                        match delivered {
+                            Delivered::Nothing => break,
+                            Delivered::One => smtp_down = 0,
+                            Delivered::SmtpDown => {
+                                smtp_down = smtp_down.saturating_add(1);
+                                break;
+                            }
                         }
                     }
                     Err(e) => {
@@ -115,6 +126,14 @@ impl OutboxWorker {
                     }
                 }
             }
+            if smtp_down > 0 {
+                let wait = retry_delay(self.retry_base, smtp_down).max(self.poll_interval);
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|stop| *stop) => return,
+                }
+                continue;
+            }
             tokio::select! {
                 () = self.queued.notified() => {}
                 () = tokio::time::sleep(self.poll_interval) => {}
@@ -123,11 +142,11 @@ impl OutboxWorker {
         }
     }
 
-    /// Delivers the most overdue message, if any. Returns whether there was one.
-    async fn deliver_next(&self, now: DateTime<Utc>) -> Result<bool, AppError> {
+    /// Delivers the most overdue message, if any.
+    async fn deliver_next(&self, now: DateTime<Utc>) -> Result<Delivered, AppError> {
         let lease_until = now + chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX);
         let Some(mail) = db::outbox::claim_due(&self.db, now, lease_until).await? else {
-            return Ok(false);
+            return Ok(Delivered::Nothing);
         };
         let id = mail.id;
         let domain = recipient_domain(&mail.recipient).to_owned();
@@ -141,7 +160,7 @@ impl OutboxWorker {
                 "mail expired before it could be delivered; dropped");
             self.record(id, Outcome::Discard("expired before delivery".into()))
                 .await;
-            return Ok(true);
+            return Ok(Delivered::One);
         }
         let message = match compose(mail, &self.from) {
             Ok(m) => m,
@@ -150,10 +169,17 @@ impl OutboxWorker {
                     "mail cannot be built (bad recipient address?); dropped");
                 self.record(id, Outcome::Discard(format!("cannot build message: {e}")))
                     .await;
-                return Ok(true);
+                return Ok(Delivered::One);
             }
         };
         let sent = self.send_holding_lease(id, message).await;
+        // A permanent refusal is this message's (its recipient, say); any
+        // other failure (no connection, a timeout, 4xx) is the server's.
+        let delivered = match &sent {
+            Ok(Err(e)) if e.is_permanent() => Delivered::One,
+            Ok(Err(_)) | Err(_) => Delivered::SmtpDown,
+            Ok(Ok(_)) => Delivered::One,
+        };
         let outcome = match sent {
             Ok(Ok(Handoff::Accepted)) => {
                 tracing::info!(outbox_id = %id, kind, recipient_domain = domain, attempt, "mail sent");
@@ -168,7 +194,7 @@ impl OutboxWorker {
             Err(_) => self.failed(id, mail_kind, &domain, attempt, "SMTP delivery timed out"),
         };
         self.record(id, outcome).await;
-        Ok(true)
+        Ok(delivered)
     }
 
     /// Sends, renewing the message's lease while the delivery lasts.
@@ -230,6 +256,16 @@ impl OutboxWorker {
             }
         }
     }
+}
+
+/// What one turn of the delivery loop did.
+enum Delivered {
+    /// Nothing was due.
+    Nothing,
+    /// One message handled: sent, dropped, or refused for itself.
+    One,
+    /// The SMTP server could not take a message: end the pass.
+    SmtpDown,
 }
 
 enum Outcome {

@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use authd::config::Config;
+use authd::pb::auth::v1 as pb;
 use secrecy::SecretString;
 use tokio::io::AsyncWriteExt as _;
 use tonic::Code;
@@ -69,6 +70,141 @@ pub(crate) fn with_metrics(c: &mut Config) {
 async fn closed_port() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap().port()
+}
+
+/// A disabled or unverified account's right password is an outcome of its
+/// own, not a server error: alerts on `error` must not fire on them.
+#[tokio::test]
+async fn logins_refused_for_the_accounts_state_have_their_own_outcomes() {
+    let app = spawn_app_with(|c| {
+        with_metrics(c);
+        c.require_verified_email = true;
+    })
+    .await;
+    let unverified = fresh_email();
+    app.register(&unverified, PASSWORD).await;
+    let disabled = fresh_email();
+    app.register(&disabled, PASSWORD).await;
+    sqlx::query("UPDATE users SET email_verified = true, disabled_at = now() WHERE email = $1")
+        .bind(&disabled)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_error(
+        app.login(&unverified, PASSWORD).await,
+        Code::FailedPrecondition,
+        "EMAIL_NOT_VERIFIED",
+    );
+    assert_error(
+        app.login(&disabled, PASSWORD).await,
+        Code::PermissionDenied,
+        "ACCOUNT_DISABLED",
+    );
+    let page = scrape(&app, None).await;
+    let text = &page.body;
+    assert_value(text, r#"authd_logins_total{outcome="email_not_verified"}"#, 1.0);
+    assert_value(text, r#"authd_logins_total{outcome="account_disabled"}"#, 1.0);
+    assert_value(text, r#"authd_logins_total{outcome="error"}"#, 0.0);
+}
+
+/// While the SMTP server takes no mail, a pass tries one message and the
+/// passes back off: a backlog is not read and retried whole every poll.
+/// And a message is found by its id, not by a walk along the pending index.
+#[tokio::test]
+async fn an_smtp_outage_tries_one_message_a_pass_not_the_whole_backlog() {
+    let smtp_port = closed_port().await;
+    let app = spawn_app_with(|c| {
+        with_metrics(c);
+        c.smtp_url = Some(SecretString::from(format!("smtp://127.0.0.1:{smtp_port}")));
+        c.mail_poll_interval = Duration::from_millis(100);
+        c.mail_retry_base = Duration::from_millis(100);
+    })
+    .await;
+    sqlx::query(
+        "INSERT INTO email_outbox
+             (id, kind, recipient, subject, body_text, body_html, created_at, expires_at, next_attempt_at)
+         SELECT gen_random_uuid(), 'password_changed', 'user' || n || '@example.com', 'Changed', 'text',
+                '<p>html</p>', now(), now() + interval '1 hour', now()
+           FROM generate_series(1, 2000) n",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    sqlx::raw_sql("ANALYZE email_outbox")
+        .execute(&app.db)
+        .await
+        .unwrap();
+
+    // A message's outcome is written by its id, whatever the backlog.
+    let mut conn = app.db.acquire().await.unwrap();
+    sqlx::raw_sql(
+        "SET plan_cache_mode = force_generic_plan;
+         PREPARE retry(uuid, timestamptz, text) AS
+           UPDATE email_outbox SET next_attempt_at = $2, last_error = $3
+            WHERE id = $1 AND sent_at IS NULL AND discarded_at IS NULL",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE retry(gen_random_uuid(), now(), 'e')")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("email_outbox_pkey"), "{plan}");
+
+    // Two seconds of outage: before, every message of the backlog was
+    // tried (and its row read and written) on the first pass alone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let attempts: i64 = sqlx::query_scalar("SELECT coalesce(sum(attempts), 0)::bigint FROM email_outbox")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!((1..=20).contains(&attempts), "{attempts} attempts");
+    let page = scrape(&app, None).await;
+    let failed = value(&page.body, "authd_outbox_delivery_failures_total");
+    assert!(failed.is_some_and(|f| (1.0..=20.0).contains(&f)), "{failed:?}");
+}
+
+/// ChangeEmail and DeleteMe check the password on the Login back-off, and a
+/// call it refuses counts on the page as ChangePassword's does.
+#[tokio::test]
+async fn change_email_and_delete_me_count_their_throttled_calls() {
+    let app = spawn_app_with(with_metrics).await;
+    let email = fresh_email();
+    app.register(&email, PASSWORD).await;
+    let tokens = app.tokens_of(&email).await;
+    for _ in 0..6 {
+        assert_error(
+            app.login(&email, "wrong").await,
+            Code::Unauthenticated,
+            "INVALID_CREDENTIALS",
+        );
+    }
+    let page = scrape(&app, None).await;
+    assert_value(&page.body, r#"authd_throttled_total{kind="login_backoff"}"#, 0.0);
+    assert_error(
+        crate::lifecycle::change_email(&app, &tokens.access_token, &fresh_email(), "wrong").await,
+        Code::ResourceExhausted,
+        "THROTTLED",
+    );
+    let page = scrape(&app, None).await;
+    assert_value(&page.body, r#"authd_throttled_total{kind="login_backoff"}"#, 1.0);
+    assert_error(
+        app.client
+            .clone()
+            .delete_me(with_bearer(
+                pb::DeleteMeRequest {
+                    current_password: "wrong".into(),
+                },
+                &tokens.access_token,
+            ))
+            .await,
+        Code::ResourceExhausted,
+        "THROTTLED",
+    );
+    let page = scrape(&app, None).await;
+    assert_value(&page.body, r#"authd_throttled_total{kind="login_backoff"}"#, 2.0);
 }
 
 #[tokio::test]
@@ -194,6 +330,8 @@ async fn the_page_counts_logins_refreshes_throttling_pools_and_the_outbox() {
     assert_value(text, r#"authd_logins_total{outcome="throttled"}"#, 1.0);
     assert_value(text, r#"authd_logins_total{outcome="invalid_argument"}"#, 0.0);
     assert_value(text, r#"authd_logins_total{outcome="unavailable"}"#, 0.0);
+    assert_value(text, r#"authd_logins_total{outcome="account_disabled"}"#, 0.0);
+    assert_value(text, r#"authd_logins_total{outcome="email_not_verified"}"#, 0.0);
     assert_value(text, r#"authd_logins_total{outcome="error"}"#, 0.0);
     assert_value(text, "authd_refresh_rotations_total", 1.0);
     assert_value(text, "authd_refresh_reuse_detections_total", 1.0);

@@ -448,3 +448,41 @@ async fn on_the_development_cluster_a_command_stops_only_a_cluster_it_started() 
         "the server left its cluster running"
     );
 }
+
+#[tokio::test]
+async fn a_command_that_started_the_cluster_leaves_it_to_a_server_that_adopted_it() {
+    let target = Target::dev_cluster();
+    // Nothing running: a command starts the cluster, as CommandDatabase
+    // does through LocalPostgres, and is still at work when `authd serve`
+    // starts and adopts that running cluster.
+    let root = target.data_dir.join("postgres");
+    let command = tokio::task::spawn_blocking(move || {
+        authd::local_pg::LocalPostgres::start(&root, authd::local_pg::Durability::Durable)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let (server, addr) = serve(&target).await;
+    // The command ends: it stops what it started, unless another authd
+    // process uses it.
+    tokio::task::spawn_blocking(move || drop(command)).await.unwrap();
+    assert!(
+        exists(&target.postmaster_pid()),
+        "the command stopped the cluster under the server"
+    );
+    let registered = connect(addr)
+        .await
+        .register(pb::RegisterRequest {
+            email: "ada@example.com".into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(registered.is_ok(), "the server lost its database: {registered:?}");
+    // The last user stops it.
+    stop(server).await;
+    assert!(
+        !exists(&target.postmaster_pid()),
+        "the server left its cluster running"
+    );
+}
