@@ -265,7 +265,19 @@ pub async fn delete_aged_in(
     before: DateTime<Utc>,
     limit: u32,
 ) -> Result<u64, AppError> {
-    let done = sqlx::query(rows.delete_statement())
+    delete_in_blocks(conn, rows.delete_statement(), blocks, before, limit).await
+}
+
+/// Runs a block-walk delete: `sql` takes the heap blocks `$1..$2`, the
+/// cut-off `$3` and the batch `$4`, as every one of the clean-up's does.
+pub(crate) async fn delete_in_blocks(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    blocks: Blocks,
+    before: DateTime<Utc>,
+    limit: u32,
+) -> Result<u64, AppError> {
+    let done = sqlx::query(sql)
         .bind(blocks.start)
         .bind(blocks.end)
         .bind(before)

@@ -497,14 +497,7 @@ pub async fn delete_ended_tokens_in(
     before: DateTime<Utc>,
     limit: u32,
 ) -> Result<u64, AppError> {
-    let done = sqlx::query(DELETE_ENDED_TOKENS_IN)
-        .bind(blocks.start)
-        .bind(blocks.end)
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected())
+    super::maintenance::delete_in_blocks(conn, DELETE_ENDED_TOKENS_IN, blocks, before, limit).await
 }
 
 /// Deletes up to `limit` sessions in `blocks` that ended before `before`
@@ -519,14 +512,7 @@ pub async fn delete_ended_in(
     before: DateTime<Utc>,
     limit: u32,
 ) -> Result<u64, AppError> {
-    let done = sqlx::query(DELETE_ENDED_IN)
-        .bind(blocks.start)
-        .bind(blocks.end)
-        .bind(before)
-        .bind(i64::from(limit))
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected())
+    super::maintenance::delete_in_blocks(conn, DELETE_ENDED_IN, blocks, before, limit).await
 }
 
 /// Deletes every session (and its tokens) that ended more than `retention`

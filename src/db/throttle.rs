@@ -178,14 +178,14 @@ pub async fn delete_stale_in(
     now: DateTime<Utc>,
     limit: u32,
 ) -> Result<u64, AppError> {
-    let done = sqlx::query(DELETE_STALE_IN)
-        .bind(blocks.start)
-        .bind(blocks.end)
-        .bind(now - chrono::Duration::days(1))
-        .bind(i64::from(limit))
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected())
+    super::maintenance::delete_in_blocks(
+        conn,
+        DELETE_STALE_IN,
+        blocks,
+        now - chrono::Duration::days(1),
+        limit,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -419,19 +419,7 @@ async fn on_the_development_cluster_a_command_stops_only_a_cluster_it_started() 
     // Longer than the watchdogs' poll: neither the first command's nor (had
     // it adopted the running cluster) the second's may stop the server's.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        exists(&target.postmaster_pid()),
-        "the command stopped the server's cluster"
-    );
-    let registered = connect(addr)
-        .await
-        .register(pb::RegisterRequest {
-            email: "ada@example.com".into(),
-            password: PASSWORD.into(),
-            ..Default::default()
-        })
-        .await;
-    assert!(registered.is_ok(), "the server lost its database: {registered:?}");
+    the_server_still_has_its_cluster(&target, addr, "the command stopped the server's cluster").await;
 
     let list = target.run(&["service-account", "list"]).await;
     assert!(list.success, "{}", list.stderr);
@@ -466,10 +454,19 @@ async fn a_command_that_started_the_cluster_leaves_it_to_a_server_that_adopted_i
     // The command ends: it stops what it started, unless another authd
     // process uses it.
     tokio::task::spawn_blocking(move || drop(command)).await.unwrap();
+    the_server_still_has_its_cluster(&target, addr, "the command stopped the cluster under the server").await;
+    // The last user stops it.
+    stop(server).await;
     assert!(
-        exists(&target.postmaster_pid()),
-        "the command stopped the cluster under the server"
+        !exists(&target.postmaster_pid()),
+        "the server left its cluster running"
     );
+}
+
+/// The development cluster still runs, and the server behind `addr` still
+/// writes to it.
+async fn the_server_still_has_its_cluster(target: &Target, addr: std::net::SocketAddr, stopped: &str) {
+    assert!(exists(&target.postmaster_pid()), "{stopped}");
     let registered = connect(addr)
         .await
         .register(pb::RegisterRequest {
@@ -479,10 +476,4 @@ async fn a_command_that_started_the_cluster_leaves_it_to_a_server_that_adopted_i
         })
         .await;
     assert!(registered.is_ok(), "the server lost its database: {registered:?}");
-    // The last user stops it.
-    stop(server).await;
-    assert!(
-        !exists(&target.postmaster_pid()),
-        "the server left its cluster running"
-    );
 }
