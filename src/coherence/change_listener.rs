@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use sqlx::{Connection as _, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::coherence::freshness::{BEAT, Freshness};
@@ -138,15 +138,40 @@ impl ChangeListener {
         let mut tick = tokio::time::interval(BEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_fresh = false;
+        // The beat has a connection of its own, not one from the pool: a
+        // flood that holds every pooled connection would otherwise silence
+        // it and switch the caches off exactly when the database is
+        // busiest. What it proves (the listener hears notifications) does
+        // not depend on the pool.
+        let options = pool.connect_options().as_ref().clone();
+        drop(pool);
+        let mut own: Option<PgConnection> = None;
         loop {
             tick.tick().await;
             let payload = format!("{}:{}", self.replica, self.freshness.stamp());
-            let sent = sqlx::query!("SELECT pg_notify($1, $2)", BEAT_CHANNEL, payload).execute(&pool);
+            let sent = async {
+                if own.is_none() {
+                    own = Some(PgConnection::connect_with(&options).await?);
+                }
+                let Some(conn) = own.as_mut() else {
+                    return Ok(());
+                };
+                sqlx::query!("SELECT pg_notify($1, $2)", BEAT_CHANNEL, payload)
+                    .execute(conn)
+                    .await
+                    .map(drop)
+            };
             // A hung database must not stop the reports below.
             match tokio::time::timeout(BEAT * 2, sent).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "listener beat not sent"),
-                Err(_) => tracing::debug!("listener beat timed out"),
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    own = None;
+                    tracing::debug!(error = %e, "listener beat not sent");
+                }
+                Err(_) => {
+                    own = None;
+                    tracing::debug!("listener beat timed out");
+                }
             }
             let fresh = self.freshness.is_fresh();
             if fresh != was_fresh {

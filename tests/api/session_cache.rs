@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use authd::pb::auth::v1 as pb;
 use tonic::Code;
 
 use crate::helpers::*;
@@ -259,4 +260,55 @@ async fn with_the_cache_switched_off_every_check_reads_the_database() {
         Some(0.0)
     );
     assert!(crate::metrics::value(&page.body, "authd_session_cache_misses_total").unwrap() >= 5.0);
+}
+
+/// A flood that holds every pooled connection (here: calls waiting on a
+/// locked row) does not switch the caches off: the liveness beat does not
+/// need the pool.
+#[tokio::test]
+async fn a_flood_that_holds_every_pooled_connection_leaves_the_caches_on() {
+    let app = spawn_app_with(|c| {
+        crate::metrics::with_metrics(c);
+        c.db_max_connections = 2;
+        c.request_timeout = Duration::from_secs(10);
+    })
+    .await;
+    crate::metrics::caches_on(&app).await;
+    let losses =
+        |page: &str| crate::metrics::value(page, "authd_change_listener_losses_total").unwrap_or(0.0);
+    let (user, tokens) = app.signed_in_user().await;
+    let before = losses(&crate::metrics::scrape(&app, None).await.body);
+
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE id = $1::uuid FOR UPDATE")
+        .bind(&user.id)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..4)
+        .map(|i| {
+            let (app_client, access) = (app.client.clone(), tokens.access_token.clone());
+            tokio::spawn(async move {
+                let mut client = app_client;
+                client
+                    .change_password(with_bearer(
+                        pb::ChangePasswordRequest {
+                            current_password: PASSWORD.into(),
+                            new_password: format!("a completely new passphrase {i}"),
+                        },
+                        &access,
+                    ))
+                    .await
+            })
+        })
+        .collect();
+    // Longer than the bound within which the beat must be heard.
+    tokio::time::sleep(authd::coherence::freshness::BOUND * 3).await;
+    lock.rollback().await.unwrap();
+    for call in calls {
+        let _ = call.await;
+    }
+
+    let after = losses(&crate::metrics::scrape(&app, None).await.body);
+    assert_eq!(after, before, "the caches went off while the pool was busy");
 }
