@@ -76,6 +76,19 @@ impl TokenClient {
     }
 }
 
+/// One ExchangeToken call with the service's key; a failure as its label.
+async fn exchange_token(
+    client: &mut AuthServiceClient<Channel>,
+    tokens: &TokenClient,
+    request: pb::ExchangeTokenRequest,
+) -> Result<pb::ExchangeTokenResponse, String> {
+    Ok(client
+        .exchange_token(bearer(request, &tokens.grpc_authorization))
+        .await
+        .map_err(|s| code_label(&s))?
+        .into_inner())
+}
+
 /// ExchangeToken, client_credentials for [`AUDIENCE`].
 pub async fn client_credentials_grpc(
     client: &mut AuthServiceClient<Channel>,
@@ -86,11 +99,7 @@ pub async fn client_credentials_grpc(
         audience: AUDIENCE.to_owned(),
         ..Default::default()
     };
-    let r = client
-        .exchange_token(bearer(request, &tokens.grpc_authorization))
-        .await
-        .map_err(|s| code_label(&s))?
-        .into_inner();
+    let r = exchange_token(client, tokens, request).await?;
     granted(&r.access_token, &r.token_type, r.expires_in)
 }
 
@@ -108,11 +117,7 @@ pub async fn exchange_grpc(
         subject_token_type: TOKEN_TYPE_ACCESS.to_owned(),
         ..Default::default()
     };
-    let r = client
-        .exchange_token(bearer(request, &tokens.grpc_authorization))
-        .await
-        .map_err(|s| code_label(&s))?
-        .into_inner();
+    let r = exchange_token(client, tokens, request).await?;
     if r.issued_token_type != TOKEN_TYPE_ACCESS {
         return Err("wrong_issued_token_type".into());
     }

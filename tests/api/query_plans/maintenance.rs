@@ -81,11 +81,10 @@ fn block_walks() -> Vec<BlockWalk> {
 }
 
 async fn blocks_of(conn: &mut PgConnection, table: &str) -> i64 {
-    sqlx::query_scalar("SELECT pg_relation_size($1::regclass) / current_setting('block_size')::bigint")
-        .bind(table)
-        .fetch_one(conn)
+    authd::db::maintenance::table_size(conn, table)
         .await
         .unwrap()
+        .blocks
 }
 
 /// The plan of `EXECUTE q(arguments)` for `sql` prepared with `types`.
