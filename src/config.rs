@@ -63,6 +63,12 @@ pub struct Config {
     /// `AUTHD_REQUIRE_MFA` as given: `off`, `all` or `roles:a,b`; its role
     /// names are checked when the runtime settings are built.
     pub require_mfa: String,
+    /// The WebAuthn relying party id (`AUTHD_WEBAUTHN_RP_ID`): the domain
+    /// passkeys are bound to.
+    pub webauthn_rp_id: String,
+    /// The exact origins of the pages that run passkey ceremonies
+    /// (`AUTHD_WEBAUTHN_ORIGINS`), each on the RP id or a subdomain of it.
+    pub webauthn_origins: Vec<String>,
     pub access_token_ttl: Duration,
     pub session_idle_ttl: Duration,
     pub session_max_ttl: Duration,
@@ -144,6 +150,8 @@ impl Default for Config {
             totp_issuer: None,
             reauth_max_age: Duration::from_secs(600),
             require_mfa: "off".into(),
+            webauthn_rp_id: "localhost".into(),
+            webauthn_origins: vec!["http://localhost:3000".into()],
             access_token_ttl: Duration::from_secs(15 * 60),
             session_idle_ttl: Duration::from_secs(7 * 86_400),
             session_max_ttl: Duration::from_secs(30 * 86_400),
@@ -358,6 +366,18 @@ impl Config {
             self.require_mfa = s.to_owned();
             Ok(())
         });
+        v.read("AUTHD_WEBAUTHN_RP_ID", |s| {
+            self.webauthn_rp_id = check_rp_id(s)?;
+            Ok(())
+        });
+        v.read("AUTHD_WEBAUTHN_ORIGINS", |s| {
+            let origins = parse_origins(s)?;
+            if origins.is_empty() || origins.iter().any(|o| o == "*") {
+                return Err("must list the exact origins of the pages (no `*`)".into());
+            }
+            self.webauthn_origins = origins;
+            Ok(())
+        });
     }
 
     /// The issuer label of `otpauth://` URIs: `AUTHD_TOTP_ISSUER`, else the
@@ -479,6 +499,11 @@ impl Config {
         if let Err(e) = check_issuer(&self.issuer) {
             errors.push(format!("AUTHD_ISSUER: {e}"));
         }
+        for origin in &self.webauthn_origins {
+            if let Err(e) = check_webauthn_origin(origin, &self.webauthn_rp_id) {
+                errors.push(format!("AUTHD_WEBAUTHN_ORIGINS: {e}"));
+            }
+        }
         if self.audiences.contains(&self.audience) {
             errors.push("AUTHD_AUDIENCES: lists an audience twice".into());
         }
@@ -575,6 +600,46 @@ fn path_list(v: &str) -> Vec<PathBuf> {
 
 /// The host of a URL like `https://auth.example.com:8443/x`, without port or
 /// credentials; `None` for a string that is not such a URL.
+/// A WebAuthn relying party id: a domain name (lowercase letters, digits,
+/// hyphens, dots), as browsers compare it with the page's host.
+fn check_rp_id(v: &str) -> Result<String, String> {
+    let labels_ok = v.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    });
+    if v.is_empty() || v.len() > 253 || !labels_ok {
+        return Err(format!(
+            "{v:?} is not a domain name like example.com (lowercase, no scheme or port)"
+        ));
+    }
+    Ok(v.to_owned())
+}
+
+/// WebAuthn §5.1.4.1 and §13.4.9: a page may run ceremonies for an RP id
+/// that is its host or a registrable suffix of it, and only over https
+/// (http is allowed on localhost, as browsers do).
+fn check_webauthn_origin(origin: &str, rp_id: &str) -> Result<(), String> {
+    let host = host_of(origin).ok_or_else(|| format!("{origin:?} is not an origin"))?;
+    let on_rp = host == rp_id || host.ends_with(&format!(".{rp_id}"));
+    if !on_rp {
+        return Err(format!(
+            "{origin:?} is not on the relying party id {rp_id:?} (AUTHD_WEBAUTHN_RP_ID) or a subdomain of it"
+        ));
+    }
+    let local = host == "localhost" || host.ends_with(".localhost");
+    if !origin.starts_with("https://") && !local {
+        return Err(format!(
+            "{origin:?}: passkeys need https (http only on localhost)"
+        ));
+    }
+    Ok(())
+}
+
 fn host_of(url: &str) -> Option<&str> {
     let (_, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;

@@ -114,6 +114,18 @@ pub enum AppError {
     EnrollmentExpired,
     #[error("factor limit reached")]
     FactorLimitReached,
+    /// A passkey's answer at a login or step-up does not hold (unknown or
+    /// foreign credential, bad signature, no user verification, a counter
+    /// that went backwards); the answer says no more.
+    #[error("passkey invalid")]
+    PasskeyInvalid,
+    /// A new passkey's credential does not answer its ceremony, or is
+    /// registered already.
+    #[error("passkey refused")]
+    PasskeyRefused,
+    /// The passkey ceremony is unknown, used, expired or another account's.
+    #[error("ceremony expired")]
+    CeremonyExpired,
     /// A grant type authd does not offer.
     #[error("unsupported grant type")]
     UnsupportedGrantType,

@@ -256,16 +256,19 @@ pub enum ThrottleKind {
     VerificationMails,
     /// Failed service-key checks per client address.
     ServiceAuth,
+    /// Failed passkey ceremonies per client address.
+    PasskeyFailures,
 }
 
 impl ThrottleKind {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::LoginBackoff,
         Self::PeerLimit,
         Self::ResetGuesses,
         Self::VerifyGuesses,
         Self::VerificationMails,
         Self::ServiceAuth,
+        Self::PasskeyFailures,
     ];
 
     fn label(self) -> &'static str {
@@ -276,6 +279,7 @@ impl ThrottleKind {
             Self::VerifyGuesses => "verify_guesses",
             Self::VerificationMails => "verification_mails",
             Self::ServiceAuth => "service_auth",
+            Self::PasskeyFailures => "passkey_failures",
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::crypto::data_keys::DataKeys;
 use crate::crypto::jwt::AccessTokens;
 use crate::crypto::keys;
+use crate::crypto::passkeys::RelyingParty;
 use crate::crypto::password::PasswordHasher;
 use crate::db;
 use crate::domain::{MfaRequirement, PasswordPolicy};
@@ -321,11 +322,21 @@ pub fn factor_settings(config: &Config) -> anyhow::Result<FactorSettings> {
         .map_err(|e| anyhow::anyhow!("invalid configuration:\n  AUTHD_REQUIRE_MFA: {e}"))?;
     let data_keys = DataKeys::load_or_generate(&config.data_keys, &config.data_dir)
         .context("loading the data keys (AUTHD_DATA_KEYS)")?;
+    let relying_party = RelyingParty::new(
+        &config.webauthn_rp_id,
+        &config.totp_issuer(),
+        &config.webauthn_origins,
+    )
+    .map_err(|e| {
+        anyhow::anyhow!("invalid configuration:\n  AUTHD_WEBAUTHN_RP_ID / AUTHD_WEBAUTHN_ORIGINS: {e:#}")
+    })?;
     Ok(FactorSettings {
         data_keys,
         totp_issuer: config.totp_issuer(),
         reauth_max_age: config.reauth_max_age,
         require_mfa,
+        relying_party,
+        decoy_key: Default::default(),
     })
 }
 

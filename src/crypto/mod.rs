@@ -5,6 +5,7 @@ pub mod data_keys;
 pub mod jwt;
 pub mod keys;
 pub mod opaque;
+pub mod passkeys;
 pub mod password;
 pub mod recovery_codes;
 pub mod totp;

@@ -28,6 +28,9 @@ pub struct FactorRow {
     pub name: String,
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
+    /// Passkeys only: WebAuthn's backup flags.
+    pub backup_eligible: Option<bool>,
+    pub backed_up: Option<bool>,
 }
 
 pub struct NewEnrollment<'a> {
@@ -121,7 +124,8 @@ pub async fn confirm(
         FactorRow,
         r#"UPDATE factors SET confirmed_at = $3, expires_at = NULL, totp_last_step = $2
           WHERE id = $1
-         RETURNING id, kind, name, confirmed_at AS "created_at!", last_used_at"#,
+         RETURNING id, kind, name, confirmed_at AS "created_at!", last_used_at,
+                   NULL::boolean AS "backup_eligible?", NULL::boolean AS "backed_up?""#,
         id,
         step,
         now
@@ -175,9 +179,11 @@ pub async fn list<'e>(
 ) -> Result<(Vec<FactorRow>, i64), AppError> {
     let factors = sqlx::query_as!(
         FactorRow,
-        r#"SELECT id, kind, name, confirmed_at AS "created_at!", last_used_at FROM factors
-          WHERE user_id = $1 AND confirmed_at IS NOT NULL
-          ORDER BY confirmed_at, id"#,
+        r#"SELECT f.id, f.kind, f.name, f.confirmed_at AS "created_at!", f.last_used_at,
+                  p.backup_eligible AS "backup_eligible?", p.backed_up AS "backed_up?"
+             FROM factors f LEFT JOIN passkeys p ON p.factor_id = f.id
+            WHERE f.user_id = $1 AND f.confirmed_at IS NOT NULL
+            ORDER BY f.confirmed_at, f.id"#,
         user_id
     )
     .fetch_all(db)

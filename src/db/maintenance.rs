@@ -28,10 +28,12 @@ pub enum CleanupTable {
     MfaChallenges,
     /// Factors whose enrollment was never confirmed.
     PendingFactors,
+    /// Passkey ceremonies started and never finished.
+    WebauthnCeremonies,
 }
 
 impl CleanupTable {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Sessions,
         Self::RefreshTokens,
         Self::LoginThrottle,
@@ -41,6 +43,7 @@ impl CleanupTable {
         Self::RevocationEvents,
         Self::MfaChallenges,
         Self::PendingFactors,
+        Self::WebauthnCeremonies,
     ];
 
     /// The table's name in the schema, which is also its metrics label.
@@ -55,6 +58,7 @@ impl CleanupTable {
             Self::RevocationEvents => "revocation_events",
             Self::MfaChallenges => "mfa_challenges",
             Self::PendingFactors => "factors",
+            Self::WebauthnCeremonies => "webauthn_ceremonies",
         }
     }
 
@@ -299,15 +303,22 @@ pub enum ExpiredRows {
     /// Enrollments never confirmed, past their expiry; confirmed factors
     /// never go here.
     PendingFactors,
+    /// Passkey ceremonies never finished (a finished one is gone already).
+    WebauthnCeremonies,
 }
 
 impl ExpiredRows {
-    pub const ALL: [Self; 2] = [Self::MfaChallenges, Self::PendingFactors];
+    pub const ALL: [Self; 3] = [
+        Self::MfaChallenges,
+        Self::PendingFactors,
+        Self::WebauthnCeremonies,
+    ];
 
     pub fn table(self) -> CleanupTable {
         match self {
             Self::MfaChallenges => CleanupTable::MfaChallenges,
             Self::PendingFactors => CleanupTable::PendingFactors,
+            Self::WebauthnCeremonies => CleanupTable::WebauthnCeremonies,
         }
     }
 
@@ -327,6 +338,14 @@ impl ExpiredRows {
                 "DELETE FROM factors WHERE id = ANY (ARRAY(
                      SELECT id FROM factors
                       WHERE confirmed_at IS NULL AND expires_at < $1
+                      ORDER BY expires_at
+                      LIMIT $2))"
+            }
+            // webauthn_ceremonies_expiry_idx
+            Self::WebauthnCeremonies => {
+                "DELETE FROM webauthn_ceremonies WHERE challenge = ANY (ARRAY(
+                     SELECT challenge FROM webauthn_ceremonies
+                      WHERE expires_at < $1
                       ORDER BY expires_at
                       LIMIT $2))"
             }

@@ -5,6 +5,7 @@ pub mod error;
 pub mod factors;
 pub mod maintenance;
 pub mod outbox;
+pub mod passkeys;
 pub mod recovery;
 pub mod revocations;
 pub mod sealed_secrets;

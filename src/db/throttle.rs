@@ -44,6 +44,9 @@ impl Backoff {
     /// VerifyEmail attempts per client address: as ResetPassword's.
     pub const VERIFY_GUESSES: Self = Self::RESET_GUESSES;
 
+    /// Failed passkey ceremonies per client address: as ResetPassword's.
+    pub const PASSKEY_FAILURES: Self = Self::RESET_GUESSES;
+
     /// The wait after the `failures`-th failure in a row (`charge` does
     /// this in SQL).
     pub fn delay_after(&self, failures: i32) -> Option<Duration> {

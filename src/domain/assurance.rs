@@ -111,6 +111,14 @@ impl Assurance {
         Self::from_parts(methods, at.max(self.auth_time))
     }
 
+    /// As [`Self::with_proof`], for a proof that names several methods (a
+    /// passkey: the key and its user verification).
+    pub fn with_proofs(&self, methods: &[AuthMethod], at: DateTime<Utc>) -> Self {
+        let mut all = self.amr.clone();
+        all.extend_from_slice(methods);
+        Self::from_parts(all, at.max(self.auth_time))
+    }
+
     fn settle(&mut self) {
         let knows = self.amr.contains(&AuthMethod::Pwd);
         let has = self.amr.iter().any(|m| m.is_second_factor());

@@ -9,6 +9,8 @@ use super::{Invalid, has_control};
 pub enum FactorKind {
     /// An authenticator app (RFC 6238).
     Totp,
+    /// A WebAuthn credential.
+    Passkey,
 }
 
 impl FactorKind {
@@ -16,11 +18,16 @@ impl FactorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Totp => "totp",
+            Self::Passkey => "passkey",
         }
     }
 
     pub fn parse(stored: &str) -> Option<Self> {
-        (stored == "totp").then_some(Self::Totp)
+        match stored {
+            "totp" => Some(Self::Totp),
+            "passkey" => Some(Self::Passkey),
+            _ => None,
+        }
     }
 }
 
@@ -32,6 +39,17 @@ pub struct Factor {
     pub name: FactorName,
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
+    /// Passkeys: whether it may be synced, and whether it was when it last
+    /// signed.
+    pub backup: Option<PasskeyBackup>,
+}
+
+/// A passkey's backup flags (WebAuthn BE and BS), as its authenticator
+/// last reported them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasskeyBackup {
+    pub eligible: bool,
+    pub backed_up: bool,
 }
 
 /// A label that tells an account's factors apart.
@@ -41,6 +59,7 @@ pub struct FactorName(String);
 impl FactorName {
     pub const MAX_CHARS: usize = 64;
     pub const DEFAULT_TOTP: &'static str = "Authenticator app";
+    pub const DEFAULT_PASSKEY: &'static str = "Passkey";
 
     /// Trimmed; empty means the kind's default.
     pub fn parse(input: &str, kind: FactorKind) -> Result<Self, Invalid> {
@@ -49,6 +68,7 @@ impl FactorName {
             return Ok(Self(
                 match kind {
                     FactorKind::Totp => Self::DEFAULT_TOTP,
+                    FactorKind::Passkey => Self::DEFAULT_PASSKEY,
                 }
                 .to_owned(),
             ));

@@ -34,10 +34,11 @@ pub enum MailKind {
     RecoveryCodeUsed,
     RecoveryCodesRegenerated,
     FactorsReset,
+    PasskeyCloned,
 }
 
 impl MailKind {
-    const ALL: [Self; 12] = [
+    const ALL: [Self; 13] = [
         Self::PasswordReset,
         Self::PasswordChanged,
         Self::EmailVerification,
@@ -50,6 +51,7 @@ impl MailKind {
         Self::RecoveryCodeUsed,
         Self::RecoveryCodesRegenerated,
         Self::FactorsReset,
+        Self::PasskeyCloned,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +68,7 @@ impl MailKind {
             Self::RecoveryCodeUsed => "recovery_code_used",
             Self::RecoveryCodesRegenerated => "recovery_codes_regenerated",
             Self::FactorsReset => "factors_reset",
+            Self::PasskeyCloned => "passkey_cloned",
         }
     }
 
@@ -481,6 +484,11 @@ mod tests {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FactorNotice {
     Added,
+    /// A passkey was registered.
+    PasskeyAdded,
+    /// A passkey's signature counter went backwards: two authenticators
+    /// hold its key, and the login was refused.
+    PasskeyCloned,
     Removed,
     RecoveryCodeUsed,
     RecoveryCodesRegenerated,
@@ -491,7 +499,8 @@ pub enum FactorNotice {
 impl FactorNotice {
     fn kind(self) -> MailKind {
         match self {
-            Self::Added => MailKind::FactorAdded,
+            Self::Added | Self::PasskeyAdded => MailKind::FactorAdded,
+            Self::PasskeyCloned => MailKind::PasskeyCloned,
             Self::Removed => MailKind::FactorRemoved,
             Self::RecoveryCodeUsed => MailKind::RecoveryCodeUsed,
             Self::RecoveryCodesRegenerated => MailKind::RecoveryCodesRegenerated,
@@ -502,6 +511,8 @@ impl FactorNotice {
     fn subject(self) -> &'static str {
         match self {
             Self::Added => "Two-step verification: an authenticator app was added",
+            Self::PasskeyAdded => "A passkey was added to your account",
+            Self::PasskeyCloned => "A sign-in with a copy of your passkey was refused",
             Self::Removed => "Two-step verification: a factor was removed",
             Self::RecoveryCodeUsed => "A recovery code was used to sign in",
             Self::RecoveryCodesRegenerated => "New recovery codes were created",
@@ -512,6 +523,10 @@ impl FactorNotice {
     fn what(self) -> &'static str {
         match self {
             Self::Added => "an authenticator app was added as a second factor to",
+            Self::PasskeyAdded => "a passkey was added (it signs in alone, or as a second factor) to",
+            Self::PasskeyCloned => {
+                "a sign-in was refused because a passkey answered with an older signature counter than it had before (a sign that the passkey was copied to another device) for"
+            }
             Self::Removed => "a second factor was removed from",
             Self::RecoveryCodeUsed => "one of the recovery codes was used to sign in to",
             Self::RecoveryCodesRegenerated => {

@@ -18,7 +18,7 @@ mod username;
 pub use assurance::{Acr, Assurance, AuthMethod};
 pub use client::{ClientInfo, UserAgent};
 pub use email::Email;
-pub use factor::{Factor, FactorKind, FactorName};
+pub use factor::{Factor, FactorKind, FactorName, PasskeyBackup};
 pub use mfa_requirement::MfaRequirement;
 pub use password::{Password, PasswordPolicy};
 pub use profile::{FullName, ImageUrl, Phone};

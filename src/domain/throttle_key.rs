@@ -45,6 +45,11 @@ impl ThrottleKey {
         Self(format!("verify:{client}"))
     }
 
+    /// Failed passkey ceremonies from one client address.
+    pub fn passkey_failures(client: impl fmt::Display) -> Self {
+        Self(format!("passkey:{client}"))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -6,7 +6,7 @@ use chrono::Utc;
 use tonic::{Request, Response, Status};
 
 use super::auth_layer::{bearer, service_caller};
-use super::convert::{complete_login_proof, step_up_proof, timestamp};
+use super::convert::{complete_login_proof, json_to_struct, step_up_proof, struct_to_json, timestamp};
 use super::rate_limit::{client_address, client_ip};
 use crate::domain::ClientInfo;
 use crate::error::AppError;
@@ -454,6 +454,88 @@ impl AuthService for AuthApi {
         Ok(Response::new(pb::StepUpResponse {
             access_token: stepped.access_token,
             expires_in: i64::try_from(stepped.expires_in.as_secs()).unwrap_or(i64::MAX),
+        }))
+    }
+
+    async fn start_passkey_registration(
+        &self,
+        request: Request<pb::StartPasskeyRegistrationRequest>,
+    ) -> Reply<pb::StartPasskeyRegistrationResponse> {
+        let bearer = bearer(&request)?;
+        let c = self
+            .core
+            .start_passkey_registration(bearer, &request.get_ref().name, Utc::now())
+            .await?;
+        Ok(Response::new(pb::StartPasskeyRegistrationResponse {
+            ceremony_id: c.ceremony_id,
+            options: Some(json_to_struct(c.options)),
+            expires_at: Some(timestamp(c.expires_at)),
+        }))
+    }
+
+    async fn finish_passkey_registration(
+        &self,
+        request: Request<pb::FinishPasskeyRegistrationRequest>,
+    ) -> Reply<pb::FinishPasskeyRegistrationResponse> {
+        let bearer = bearer(&request)?;
+        let client = client_address(&request, self.trusted_proxy_header.as_ref()).map(|c| c.0);
+        let r = request.into_inner();
+        let result = self
+            .core
+            .finish_passkey_registration(
+                bearer,
+                &r.ceremony_id,
+                r.credential.map(struct_to_json),
+                client,
+                Utc::now(),
+            )
+            .await?;
+        let (factor, codes) = result;
+        Ok(Response::new(pb::FinishPasskeyRegistrationResponse {
+            factor: Some(factor.into()),
+            recovery_codes: codes.iter().map(|c| c.to_string()).collect(),
+        }))
+    }
+
+    async fn start_passkey_login(
+        &self,
+        request: Request<pb::StartPasskeyLoginRequest>,
+    ) -> Reply<pb::StartPasskeyLoginResponse> {
+        let c = self
+            .core
+            .start_passkey_login(&request.get_ref().login, Utc::now())
+            .await?;
+        Ok(Response::new(pb::StartPasskeyLoginResponse {
+            ceremony_id: c.ceremony_id,
+            options: Some(json_to_struct(c.options)),
+            expires_at: Some(timestamp(c.expires_at)),
+        }))
+    }
+
+    async fn finish_passkey_login(
+        &self,
+        request: Request<pb::FinishPasskeyLoginRequest>,
+    ) -> Reply<pb::FinishPasskeyLoginResponse> {
+        let client = self.client_info(&request);
+        let r = request.into_inner();
+        let result = self
+            .core
+            .finish_passkey_login(
+                &r.ceremony_id,
+                r.credential.map(struct_to_json),
+                &client,
+                Utc::now(),
+            )
+            .await;
+        // A throttled passkey login was counted by its own kind of limit
+        // (per client), not the password's back-off.
+        if !matches!(result, Err(AppError::Throttled(_))) {
+            self.core.metrics().count_login(&result);
+        }
+        let (tokens, user) = result?;
+        Ok(Response::new(pb::FinishPasskeyLoginResponse {
+            tokens: Some(tokens.into()),
+            user: Some(user.into()),
         }))
     }
 

@@ -7,7 +7,7 @@ use crate::metrics::{LoginOutcome, Metrics, ThrottleKind};
 fn login_outcome<T>(result: &Result<T, AppError>) -> LoginOutcome {
     match result {
         Ok(_) => LoginOutcome::Success,
-        Err(AppError::InvalidCredentials) => LoginOutcome::BadCredentials,
+        Err(AppError::InvalidCredentials | AppError::PasskeyInvalid) => LoginOutcome::BadCredentials,
         Err(AppError::Throttled(_)) => LoginOutcome::Throttled,
         Err(AppError::Validation(_)) => LoginOutcome::InvalidArgument,
         Err(AppError::Unavailable(_)) => LoginOutcome::Unavailable,

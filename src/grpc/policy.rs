@@ -107,6 +107,14 @@ const TABLE: &[(&str, Policy)] = &[
     // Scopes depend on the grant; failed credentials are limited like every
     // service's, and no grant costs a password hash.
     (auth::EXCHANGE_TOKEN, ANY_SERVICE),
+    (auth::START_PASSKEY_REGISTRATION, USER),
+    // Failed ceremonies are also charged per client address (like
+    // VerifyEmail's guesses); the bucket bounds the database's counting.
+    (auth::FINISH_PASSKEY_REGISTRATION, USER_LIMITED),
+    // A start costs one lookup and one row that dies in 5 minutes; the
+    // bucket bounds how many one client can make.
+    (auth::START_PASSKEY_LOGIN, PUBLIC_LIMITED),
+    (auth::FINISH_PASSKEY_LOGIN, PUBLIC_LIMITED),
 ];
 
 /// What a session that must enrol a second factor first may call (its
@@ -115,6 +123,8 @@ const DURING_ENROLLMENT: &[&str] = &[
     auth::GET_ME,
     auth::ENROLL_TOTP,
     auth::CONFIRM_TOTP,
+    auth::START_PASSKEY_REGISTRATION,
+    auth::FINISH_PASSKEY_REGISTRATION,
     auth::LIST_FACTORS,
 ];
 

@@ -269,7 +269,7 @@ impl From<AppError> for Status {
             }
             AppError::MfaEnrollmentRequired => plain(
                 Code::FailedPrecondition,
-                "this account must enrol a second factor first (EnrollTotp, ConfirmTotp)",
+                "this account must enrol a second factor first (EnrollTotp and ConfirmTotp, or a passkey)",
                 ErrorReason::MfaEnrollmentRequired,
             ),
             AppError::MfaTokenInvalid => plain(
@@ -295,8 +295,23 @@ impl From<AppError> for Status {
             ),
             AppError::FactorLimitReached => plain(
                 Code::FailedPrecondition,
-                "this account has as many authenticator apps as it may; remove one first",
+                "this account has as many authenticator apps or passkeys as it may; remove one first",
                 ErrorReason::FactorLimitReached,
+            ),
+            AppError::PasskeyInvalid => plain(
+                Code::Unauthenticated,
+                "the passkey's answer does not prove this login",
+                ErrorReason::PasskeyInvalid,
+            ),
+            AppError::PasskeyRefused => plain(
+                Code::InvalidArgument,
+                "this credential cannot be registered (it does not answer the ceremony, or it is registered already)",
+                ErrorReason::PasskeyInvalid,
+            ),
+            AppError::CeremonyExpired => plain(
+                Code::NotFound,
+                "no such passkey ceremony, or it was used or expired; start again",
+                ErrorReason::CeremonyExpired,
             ),
             AppError::UnsupportedGrantType => Status::from(AppError::invalid(
                 "grant_type",

@@ -131,7 +131,11 @@ const BLOCK_WALKS: [(CleanupTable, &[BlockStep]); 5] = [
     (CleanupTable::Outbox, &[BlockStep::OldMail]),
 ];
 /// The tables cleaned along their expiry index, after the walks.
-const EXPIRY_SWEEPS: [ExpiredRows; 2] = [ExpiredRows::MfaChallenges, ExpiredRows::PendingFactors];
+const EXPIRY_SWEEPS: [ExpiredRows; 3] = [
+    ExpiredRows::MfaChallenges,
+    ExpiredRows::PendingFactors,
+    ExpiredRows::WebauthnCeremonies,
+];
 
 /// The name a replica records in `maintenance_runs` and shows as its
 /// clean-up connection's `application_name`: host, process, gRPC address.

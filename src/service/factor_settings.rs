@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use crate::crypto::data_keys::DataKeys;
+use crate::crypto::passkeys::RelyingParty;
 use crate::domain::MfaRequirement;
 
 #[derive(Debug, Clone)]
@@ -16,4 +19,12 @@ pub struct FactorSettings {
     pub reauth_max_age: Duration,
     /// Which accounts must have a second factor (`AUTHD_REQUIRE_MFA`).
     pub require_mfa: MfaRequirement,
+    /// The WebAuthn relying party (`AUTHD_WEBAUTHN_RP_ID`,
+    /// `AUTHD_WEBAUTHN_ORIGINS`).
+    pub relying_party: RelyingParty,
+    /// The key of the stand-in credential ids a named passkey login gets
+    /// for an account without passkeys: shared by every replica (stored in
+    /// the database on first use), so the stand-ins do not change between
+    /// calls or replicas and tell nothing.
+    pub decoy_key: Arc<tokio::sync::OnceCell<Vec<u8>>>,
 }

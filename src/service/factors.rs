@@ -31,12 +31,15 @@ const MAX_TOTP_FACTORS: i64 = 5;
 pub enum Proof {
     Totp(String),
     RecoveryCode(String),
+    /// A passkey's assertion, as the browser's `toJSON()` gives it.
+    Passkey(serde_json::Value),
 }
 
 /// A proof whose form is right; only the database can tell whether it holds.
 enum ParsedProof {
     Totp(TotpCode),
     RecoveryCode(TokenHash),
+    Passkey(Box<crate::crypto::passkeys::Assertion>),
 }
 
 /// A started enrollment, shown once.
@@ -59,7 +62,7 @@ fn parse_proof(proof: Option<Proof>) -> Result<ParsedProof, AppError> {
             "totp_code",
             Invalid::new(
                 crate::domain::FieldReason::Required,
-                "a totp_code or a recovery_code is required",
+                "a totp_code, a recovery_code or a passkey_assertion is required",
             ),
         )),
         Some(Proof::Totp(code)) => TotpCode::parse(&code).map(ParsedProof::Totp).ok_or_else(|| {
@@ -68,6 +71,8 @@ fn parse_proof(proof: Option<Proof>) -> Result<ParsedProof, AppError> {
                 Invalid::new(crate::domain::FieldReason::InvalidFormat, "must be 6 digits"),
             )
         }),
+        Some(Proof::Passkey(json)) => super::passkeys::parse_passkey_proof(json, "passkey_assertion")
+            .map(|a| ParsedProof::Passkey(Box::new(a))),
         Some(Proof::RecoveryCode(code)) => recovery_codes::hash_presented(&code)
             .map(ParsedProof::RecoveryCode)
             .ok_or_else(|| {
@@ -104,6 +109,10 @@ fn factor_from_row(row: db::factors::FactorRow) -> Result<Factor, AppError> {
         name: FactorName::from_stored(row.name),
         created_at: row.created_at,
         last_used_at: row.last_used_at,
+        backup: match (row.backup_eligible, row.backed_up) {
+            (Some(eligible), Some(backed_up)) => Some(crate::domain::PasskeyBackup { eligible, backed_up }),
+            _ => None,
+        },
     })
 }
 
@@ -139,7 +148,11 @@ impl Core {
     }
 
     /// The bearer's account behind a live session.
-    async fn bearer_user(&self, bearer: &VerifiedAccess, now: DateTime<Utc>) -> Result<User, AppError> {
+    pub(super) async fn bearer_user(
+        &self,
+        bearer: &VerifiedAccess,
+        now: DateTime<Utc>,
+    ) -> Result<User, AppError> {
         Ok((*self
             .live_session_user(bearer, now)
             .await?
@@ -149,15 +162,22 @@ impl Core {
 
     /// Checks a second factor of `user_id`. A TOTP code is accepted for at
     /// most one step per factor (atomically, whichever replica asks); a
-    /// recovery code is spent, its owner told and the change logged.
-    /// `false` means the proof does not hold, however close it was.
+    /// recovery code is spent, its owner told and the change logged; a
+    /// passkey's assertion takes the ceremony it answers. Returns the
+    /// methods proven; `None` means the proof does not hold, however close
+    /// it was.
     async fn prove_second_factor(
         &self,
         user_id: Uuid,
         proof: &ParsedProof,
         now: DateTime<Utc>,
-    ) -> Result<bool, AppError> {
+    ) -> Result<Option<Vec<AuthMethod>>, AppError> {
+        let otp = |held: bool| held.then(|| vec![AuthMethod::Otp]);
         match proof {
+            ParsedProof::Passkey(assertion) => Ok(self
+                .prove_passkey(user_id, assertion, now)
+                .await?
+                .map(|p| p.methods.to_vec())),
             ParsedProof::Totp(code) => {
                 let factors = db::factors::live_totp(&self.db, user_id).await?;
                 // Every factor is tried, so the time taken does not say
@@ -170,14 +190,17 @@ impl Core {
                     }
                 }
                 match matched {
-                    Some((factor_id, step)) => db::factors::accept_step(&self.db, factor_id, step, now).await,
-                    None => Ok(false),
+                    Some((factor_id, step)) => Ok(otp(db::factors::accept_step(
+                        &self.db, factor_id, step, now,
+                    )
+                    .await?)),
+                    None => Ok(None),
                 }
             }
             ParsedProof::RecoveryCode(hash) => {
                 let mut tx = super::begin(&self.db).await?;
                 if !db::factors::spend_recovery_code(&mut *tx, user_id, hash, now).await? {
-                    return Ok(false);
+                    return Ok(None);
                 }
                 if let Some(user) = db::users::lock(&mut tx, user_id).await? {
                     let mail = factor_notice(FactorNotice::RecoveryCodeUsed, &user.email, now);
@@ -186,7 +209,7 @@ impl Core {
                 db::factors::record_factors_changed(&mut *tx, user_id, now).await?;
                 tx.commit().await?;
                 self.mail.queued.notify_one();
-                Ok(true)
+                Ok(otp(true))
             }
         }
     }
@@ -394,17 +417,20 @@ impl Core {
             return Err(AppError::NoFactor);
         }
         let (throttle_key, charge) = self.charge_code_attempt(user.id, now).await?;
-        if !self.prove_second_factor(user.id, &proof, now).await? {
+        let Some(methods) = self.prove_second_factor(user.id, &proof, now).await? else {
             charge.checked();
-            return Err(AppError::InvalidCode);
-        }
+            return Err(match proof {
+                ParsedProof::Passkey(_) => AppError::PasskeyInvalid,
+                ParsedProof::Totp(_) | ParsedProof::RecoveryCode(_) => AppError::InvalidCode,
+            });
+        };
         let mut tx = super::begin(&self.db).await?;
         let Some((idle_expires_at, session)) =
             db::sessions::lock_live(&mut tx, user.id, bearer.session_id, now).await?
         else {
             return Err(AppError::Token(TokenProblem::SessionRevoked));
         };
-        let raised = session.assurance.with_proof(AuthMethod::Otp, now);
+        let raised = session.assurance.with_proofs(&methods, now);
         db::sessions::record_proof(&mut *tx, user.id, bearer.session_id, &raised, now).await?;
         db::throttle::forgive(&mut *tx, &throttle_key).await?;
         tx.commit().await?;
@@ -460,15 +486,15 @@ impl Core {
         let charge = self
             .charge_check(&challenge.throttle_key, &Backoff::LOGIN, now)
             .await?;
-        if !self.prove_second_factor(challenge.user_id, &proof, now).await? {
+        let Some(methods) = self.prove_second_factor(challenge.user_id, &proof, now).await? else {
             charge.checked();
             return Err(AppError::InvalidCredentials);
-        }
+        };
         // Disabled meanwhile: the session's statement refuses to start.
         let Some(user) = db::users::by_id(&self.db, challenge.user_id).await? else {
             return Err(AppError::MfaTokenInvalid);
         };
-        let assurance = Assurance::password(challenge.created_at).with_proof(AuthMethod::Otp, now);
+        let assurance = Assurance::password(challenge.created_at).with_proofs(&methods, now);
         let mut tx = super::begin(&self.db).await?;
         if !db::factors::consume_challenge(&mut tx, &hash, now).await? {
             return Err(AppError::MfaTokenInvalid);
@@ -535,13 +561,21 @@ impl Core {
             now,
         )
         .await?;
-        let mut factors = vec![FactorKindOrCode::Totp];
+        let mut factors = Vec::new();
+        if db::factors::live_totp_count(&self.db, user_id).await? > 0 {
+            factors.push(FactorKindOrCode::Totp);
+        }
+        let passkey_options = self.passkey_second_factor_options(user_id, now).await?;
+        if passkey_options.is_some() {
+            factors.push(FactorKindOrCode::Passkey);
+        }
         if db::factors::recovery_codes_left(&self.db, user_id).await? > 0 {
             factors.push(FactorKindOrCode::RecoveryCode);
         }
         Ok(MfaChallenge {
             mfa_token: token.secret,
             factors,
+            passkey_options,
             expires_at,
             expires_in: seconds_until(now, expires_at),
         })
@@ -556,12 +590,15 @@ const MFA_TOKEN_TTL: Duration = Duration::from_secs(5 * 60);
 pub enum FactorKindOrCode {
     Totp,
     RecoveryCode,
+    Passkey,
 }
 
 /// Login's answer when a second factor is due.
 pub struct MfaChallenge {
     pub mfa_token: secrecy::SecretString,
     pub factors: Vec<FactorKindOrCode>,
+    /// Request options naming the account's passkeys, when it has any.
+    pub passkey_options: Option<serde_json::Value>,
     pub expires_at: DateTime<Utc>,
     pub expires_in: Duration,
 }

@@ -9,6 +9,7 @@ pub mod factor_settings;
 mod factors;
 pub mod keys;
 mod login;
+mod passkeys;
 mod profile;
 mod recovery;
 mod revocations;
