@@ -7,7 +7,7 @@
 #[allow(clippy::disallowed_methods)]
 mod admin;
 pub mod auth_layer;
-mod convert;
+pub mod convert;
 pub mod database_gate;
 pub mod deadline;
 #[allow(clippy::disallowed_methods)]

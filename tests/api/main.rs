@@ -35,6 +35,8 @@ mod metrics;
 mod migrations_at_scale;
 mod oauth_clients;
 mod openapi;
+mod passkey_flow;
+mod passkey_kit;
 mod query_plans;
 mod readme;
 mod recovery;
