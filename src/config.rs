@@ -801,6 +801,37 @@ mod tests {
     }
 
     #[test]
+    fn passkey_origins_must_be_on_the_relying_party_and_secure() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.webauthn_rp_id, "localhost");
+        assert_eq!(c.webauthn_origins, vec!["http://localhost:3000".to_owned()]);
+        let ok = config(&[
+            ("AUTHD_WEBAUTHN_RP_ID", "example.com"),
+            (
+                "AUTHD_WEBAUTHN_ORIGINS",
+                "https://example.com,https://app.example.com:8443",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(ok.webauthn_origins.len(), 2);
+        for (rp, origins) in [
+            // Another site, or a site that only ends like the RP id.
+            ("example.com", "https://evil.com"),
+            ("example.com", "https://notexample.com"),
+            // Plain http outside localhost.
+            ("example.com", "http://app.example.com"),
+            ("localhost", "*"),
+            ("localhost", "localhost:3000"),
+            ("Example.COM", "https://example.com"),
+            ("https://example.com", "https://example.com"),
+            ("example.com:443", "https://example.com"),
+        ] {
+            let result = config(&[("AUTHD_WEBAUTHN_RP_ID", rp), ("AUTHD_WEBAUTHN_ORIGINS", origins)]);
+            assert!(result.is_err(), "{rp} {origins}");
+        }
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
