@@ -289,3 +289,60 @@ impl RelyingParty {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_challenge_is_read_from_the_client_data_whatever_its_padding() {
+        let challenge = [7u8; 32];
+        let data = json!({"type": "webauthn.get", "challenge": base64url(&challenge), "origin": "x"});
+        let bytes = serde_json::to_vec(&data).unwrap();
+        assert_eq!(challenge_of(&bytes).as_deref(), Some(&challenge[..]));
+        let padded = json!({"challenge": format!("{}=", base64url(&challenge[..31]))});
+        assert_eq!(
+            challenge_of(&serde_json::to_vec(&padded).unwrap()).as_deref(),
+            Some(&challenge[..31])
+        );
+        for bad in [
+            &b"not json"[..],
+            br#"{"challenge": 5}"#,
+            br#"{"challenge": "***"}"#,
+            b"{}",
+        ] {
+            assert_eq!(challenge_of(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn options_ask_for_a_discoverable_user_verified_credential_and_list_the_allowed_ones() {
+        let rp = RelyingParty::new("localhost", "authd", &["http://localhost:3000".into()]).unwrap();
+        let started = rp
+            .start_registration(Uuid::new_v4(), "ada@example.com", "ada", vec![vec![1; 16]])
+            .unwrap();
+        let selection = &started.options["authenticatorSelection"];
+        assert_eq!(selection["residentKey"], "preferred");
+        assert_eq!(selection["userVerification"], "required");
+        assert_eq!(started.options["rp"]["id"], "localhost");
+        assert_eq!(
+            started.options["excludeCredentials"][0]["id"],
+            base64url(&[1; 16])
+        );
+        assert_eq!(started.options["challenge"], base64url(&started.challenge));
+
+        let login = rp.start_login(&[vec![2; 20]]).unwrap();
+        assert_eq!(login.options["allowCredentials"][0]["id"], base64url(&[2; 20]));
+        assert_eq!(login.options["userVerification"], "required");
+        assert!(login.options.get("mediation").is_none());
+        let discoverable = rp.start_login(&[]).unwrap();
+        assert_eq!(discoverable.options["allowCredentials"], json!([]));
+        assert_ne!(discoverable.challenge, login.challenge);
+    }
+
+    #[test]
+    fn a_relying_party_refuses_an_origin_off_its_id() {
+        assert!(RelyingParty::new("example.com", "x", &["https://evil.com".into()]).is_err());
+        assert!(RelyingParty::new("example.com", "x", &[]).is_err());
+    }
+}
