@@ -35,7 +35,8 @@ struct Args {
     /// Comma-separated, in order [default: all:
     /// health,getme,getuser,lookupuser,listusers,listsessions,introspect,jwks,client-credentials,exchange,
     /// client-credentials-http,exchange-http,refresh,mix,login,register,login-mfa,cache,revocation,startup;
-    /// also available: flood (Logins at 1×, 2×, 4× the argon2 ceiling); with --addr, cache and login-mfa
+    /// also available: flood (Logins at 1×, 2×, 4× the argon2 ceiling), retry-flood (clients retrying
+    /// refused Logins politely, then every 0.2 s); with --addr, cache and login-mfa
     /// only with --database-url, revocation only with --watch-key, the four token grants only with
     /// --token-client;
     /// with --scale: startup, cleanup and the call scenarios, default

@@ -36,6 +36,7 @@ mod grant_scenario;
 mod mfa_scenario;
 mod procfs;
 mod report;
+mod retry_flood;
 mod revocation_scenario;
 mod scale;
 // The bulk seed the scale run shares with the tests (one file, two users).
@@ -286,6 +287,31 @@ async fn main() -> std::process::ExitCode {
                     &shared.run_id,
                     baseline.parallel_rate(),
                     server.db.as_ref(),
+                    &settings,
+                )
+                .await;
+                for line in &lines {
+                    println!("{line}");
+                }
+                notes.extend(lines);
+                flood_wrong += wrong;
+                Vec::new()
+            }
+            Scenario::RetryFlood => {
+                let settings = retry_flood::Settings {
+                    duration: options.duration,
+                    clients: if options.smoke { 24 } else { 1200 },
+                    getme_tasks: 8,
+                    getme_pause: std::time::Duration::from_millis(20),
+                    impolite_retry: std::time::Duration::from_millis(200),
+                    deadline: std::time::Duration::from_secs(5),
+                };
+                let (lines, wrong) = retry_flood::run(
+                    &shared.channels,
+                    &shared.run_id,
+                    &states,
+                    server.log_path(),
+                    server.pid,
                     &settings,
                 )
                 .await;

@@ -43,6 +43,9 @@ pub enum Scenario {
     /// Logins offered at 1×, 2× and 4× the argon2 ceiling with deadlines
     /// (see `flood`); not in the default list.
     Flood,
+    /// Clients that retry refused Logins, politely then impolitely, with
+    /// GetMe alongside (see `retry_flood`); not in the default list.
+    RetryFlood,
     /// Time from exec of authd to SERVING with its development cluster,
     /// warm and on an empty data folder (see `startup`).
     Startup,
@@ -97,6 +100,7 @@ impl Scenario {
             "cache" => Scenario::Cache,
             "revocation" => Scenario::Revocation,
             "flood" => Scenario::Flood,
+            "retry-flood" => Scenario::RetryFlood,
             "startup" => Scenario::Startup,
             "cleanup" => Scenario::Cleanup,
             _ => return None,
@@ -127,7 +131,7 @@ impl Scenario {
                 .ops
                 .iter()
                 .any(|(op, _)| matches!(op, Op::Login | Op::Register)),
-            Scenario::Flood | Scenario::LoginMfa => true,
+            Scenario::Flood | Scenario::RetryFlood | Scenario::LoginMfa => true,
             Scenario::Cache | Scenario::Revocation | Scenario::Startup | Scenario::Cleanup => false,
         }
     }

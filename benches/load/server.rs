@@ -25,6 +25,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// The started server's log (JSON lines), if this run started it.
+    pub fn log_path(&self) -> Option<&Path> {
+        self.log.as_deref()
+    }
+
     /// A server somebody else started and stops.
     pub fn external(addr: String, pid: Option<u32>, db: Option<PgConnectOptions>) -> Self {
         Self {
