@@ -484,8 +484,9 @@ fn start_background_tasks(
         cleanup_stop,
         others: vec![
             tokio::spawn(core.clone().resolve_reset_requests(config.mail_poll_interval)),
-            tokio::spawn(listener.clone().run(pool.clone())),
-            tokio::spawn(listener.beat(pool.clone())),
+            listener
+                .spawn_on_own_thread(pool)
+                .context("starting the change listener's thread")?,
             tokio::spawn(
                 shared
                     .revocation_feed

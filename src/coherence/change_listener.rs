@@ -1,7 +1,14 @@
 //! A replica's one LISTEN connection: evictions for the session and key
 //! caches, wake-ups for the WatchRevocations feed's reader, and the beats that
 //! prove the connection is keeping up (`freshness`). A second task sends
-//! those beats through the pool and reports when the proof lapses.
+//! those beats and reports when the proof lapses.
+//!
+//! Both run on a thread and a runtime of their own
+//! ([`ChangeListener::spawn_on_own_thread`]): a flood that keeps every
+//! worker of the request runtime busy would otherwise delay the beat and
+//! the listener, and switch the caches off exactly when they save the most.
+//! The operating system schedules that thread fairly whatever the request
+//! runtime's queues hold.
 
 use std::time::Duration;
 
@@ -57,6 +64,43 @@ impl ChangeListener {
             metrics,
             replica: Uuid::new_v4(),
         }
+    }
+
+    /// Runs [`Self::run`] and [`Self::beat`] on a new thread with a
+    /// single-threaded runtime and connections of their own, made on that
+    /// runtime so their sockets are polled there. The returned task, on the
+    /// caller's runtime, stops them when it is aborted or dropped with
+    /// that runtime.
+    pub fn spawn_on_own_thread(self, pool: &PgPool) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        let options = pool.connect_options().as_ref().clone();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("authd-coherence".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        tracing::error!(error = %e, "no runtime for the change listener; caches off");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    // The listener's connection (detached from this pool
+                    // once listening) and room for one reconnect.
+                    let pool = sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(2)
+                        .connect_lazy_with(options);
+                    tokio::select! {
+                        () = self.clone().run(pool.clone()) => {}
+                        () = self.beat(pool) => {}
+                        _ = &mut stopped => {}
+                    }
+                });
+            })?;
+        Ok(tokio::spawn(async move {
+            let _stop = stop;
+            std::future::pending::<()>().await;
+        }))
     }
 
     /// Follows the notifications until aborted, reconnecting with backoff.

@@ -312,3 +312,32 @@ async fn a_flood_that_holds_every_pooled_connection_leaves_the_caches_on() {
     let after = losses(&crate::metrics::scrape(&app, None).await.body);
     assert_eq!(after, before, "the caches went off while the pool was busy");
 }
+
+/// A flood that keeps every worker of the request runtime busy leaves the
+/// caches on: the listener and its beat run on a thread of their own. Here
+/// the runtime (the test's, single-threaded, which also serves authd) does
+/// nothing at all for three bounds; before the listener had its own thread
+/// its beat could not run meanwhile and the caches went off.
+#[tokio::test]
+async fn a_runtime_kept_busy_leaves_the_caches_on() {
+    let app = spawn_app_with(crate::metrics::with_metrics).await;
+    crate::metrics::caches_on(&app).await;
+    let losses =
+        |page: &str| crate::metrics::value(page, "authd_change_listener_losses_total").unwrap_or(0.0);
+    let before = losses(&crate::metrics::scrape(&app, None).await.body);
+
+    std::thread::sleep(authd::coherence::freshness::BOUND * 3);
+    // The beat's report runs at its next tick.
+    tokio::time::sleep(authd::coherence::freshness::BEAT * 3).await;
+
+    let page = crate::metrics::scrape(&app, None).await.body;
+    assert_eq!(
+        losses(&page),
+        before,
+        "the caches went off while the runtime was busy"
+    );
+    assert_eq!(
+        crate::metrics::value(&page, "authd_session_cache_enabled"),
+        Some(1.0)
+    );
+}
