@@ -21,7 +21,7 @@ use crate::metrics::{scrape, value, with_metrics};
 /// Every table the clean-up deletes from (in the order of
 /// `CleanupTable::ALL`, which a census checks), with the rule, written out
 /// here, that says which of its rows are past retention.
-const TABLES: [(CleanupTable, &str); 9] = [
+const TABLES: [(CleanupTable, &str); 10] = [
     (
         CleanupTable::Sessions,
         "FROM sessions s WHERE LEAST(COALESCE(s.revoked_at, 'infinity'), s.idle_expires_at, s.absolute_expires_at)
@@ -65,6 +65,10 @@ const TABLES: [(CleanupTable, &str); 9] = [
     (
         CleanupTable::PendingFactors,
         "FROM factors WHERE confirmed_at IS NULL AND expires_at < now()",
+    ),
+    (
+        CleanupTable::WebauthnCeremonies,
+        "FROM webauthn_ceremonies WHERE expires_at < now()",
     ),
 ];
 
