@@ -336,3 +336,7 @@ $("logout").addEventListener("click", () => run("logout"));
 ready.then(show, showError).finally(() => {
   document.body.dataset.done = "0";
 });
+
+// For trying calls in the browser's console, e.g.
+// `await authd.call("StartPasskeyLogin", {login: "ann@example.com"})`.
+window.authd = { call, toStruct, fromStruct, session: () => session };

@@ -202,6 +202,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--authd", default="http://127.0.0.1:50051", help="authd's gRPC-Web URL")
     parser.add_argument("--port", type=int, default=3000, help="the page's port on localhost")
+    parser.add_argument("--screenshot", metavar="PNG", help="save the page as it ends here")
     args = parser.parse_args()
 
     server = serve(args.port)
@@ -238,6 +239,8 @@ def main():
                 raise StepFailed("loading the page", error)
             run(page, report)
             credentials = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})
+            if args.screenshot:
+                page.page.screenshot(path=args.screenshot, full_page=True)
             report["authenticator_credentials"] = [
                 {"resident": c["isResidentCredential"], "sign_count": c["signCount"]}
                 for c in credentials["credentials"]

@@ -38,11 +38,7 @@ async fn tools_ready() -> bool {
     {
         Some("examples/web/node_modules is absent".to_owned())
     } else {
-        tool_missing(
-            "python3",
-            &["-c", "import playwright.sync_api, pyotp"],
-        )
-        .await
+        tool_missing("python3", &["-c", "import playwright.sync_api, pyotp"]).await
     };
     match missing {
         Some(why) => {
@@ -99,10 +95,7 @@ async fn the_web_page_registers_a_passkey_and_logs_in_with_it_in_chromium() {
     assert_eq!(report["totp_login"]["acr"], "aal2", "{report:#}");
     let passkey_amr = amr("passkey_login");
     assert!(passkey_amr.contains(&"user".to_owned()), "{report:#}");
-    assert!(
-        passkey_amr.iter().any(|m| m == "hwk" || m == "swk"),
-        "{report:#}"
-    );
+    assert!(passkey_amr.iter().any(|m| m == "hwk" || m == "swk"), "{report:#}");
     assert_eq!(report["passkey_login"]["acr"], "aal2", "{report:#}");
     let second = amr("passkey_second_factor");
     assert!(second.contains(&"pwd".to_owned()), "{report:#}");
@@ -145,7 +138,11 @@ async fn the_web_page_registers_a_passkey_and_logs_in_with_it_in_chromium() {
         .into_inner()
         .factors;
     let kinds: Vec<pb::FactorKind> = factors.iter().map(|f| f.kind()).collect();
-    assert_eq!(kinds, [pb::FactorKind::Totp, pb::FactorKind::Passkey], "{factors:?}");
+    assert_eq!(
+        kinds,
+        [pb::FactorKind::Totp, pb::FactorKind::Passkey],
+        "{factors:?}"
+    );
     assert!(
         factors[1].last_used_at.is_some(),
         "the passkey login used it: {factors:?}"
