@@ -22,27 +22,33 @@ use crate::smtp::reserve_port;
 const TIMEOUT: Duration = Duration::from_secs(180);
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-fn install_hint() -> &'static str {
-    "install with `bash examples/install.sh` and `apt-get install chromium` \
-     (or `pip install -r examples/web/requirements.txt`)"
-}
-
 /// Skips (or, in CI, fails) unless the driver can run.
 async fn tools_ready() -> bool {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let protobufjs = repo.join("examples/web/node_modules/protobufjs/dist/protobuf.min.js");
     let missing = if !Path::new(CHROMIUM).exists() {
-        Some(format!("{CHROMIUM} is absent"))
-    } else if !repo
-        .join("examples/web/node_modules/protobufjs/dist/protobuf.min.js")
-        .exists()
-    {
-        Some("examples/web/node_modules is absent".to_owned())
+        Some(format!(
+            "{CHROMIUM} is absent; install with `apt-get install chromium`"
+        ))
+    } else if !protobufjs.exists() {
+        Some(
+            "examples/web/node_modules is absent; install with `bash examples/install.sh` \
+             (or `cd examples/web && npm ci`)"
+                .to_owned(),
+        )
     } else {
-        tool_missing("python3", &["-c", "import playwright.sync_api, pyotp"]).await
+        tool_missing("python3", &["-c", "import playwright.sync_api, pyotp"])
+            .await
+            .map(|why| {
+                format!(
+                    "{why}; install with `bash examples/install.sh` \
+                     (or `pip install -r examples/web/requirements.txt`)"
+                )
+            })
     };
     match missing {
         Some(why) => {
-            skip_test(&format!("{why}; {}", install_hint()));
+            skip_test(&why);
             false
         }
         None => true,
