@@ -123,7 +123,13 @@ async function call(method, request = {}, accessToken) {
   const status = field("grpc-status");
   if (status === null) throw new GrpcError(-1, `HTTP ${response.status} without a gRPC status`, []);
   if (status !== "0") {
-    const message = decodeURIComponent(field("grpc-message") || "");
+    // grpc-message is percent-encoded (gRPC over HTTP/2, which gRPC-Web keeps).
+    let message = field("grpc-message") || "";
+    try {
+      message = decodeURIComponent(message);
+    } catch {
+      // Not percent-encoded after all: shown as it came.
+    }
     throw new GrpcError(Number(status), message, decodeDetails(field("grpc-status-details-bin")));
   }
   const type = m.resolvedResponseType;
