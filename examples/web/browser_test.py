@@ -7,7 +7,10 @@ http://localhost:PORT, the origin authd must have in AUTHD_CORS_ORIGINS and
 AUTHD_WEBAUTHN_ORIGINS, and clicks through it as a person would: sign up,
 log in with the password, add an authenticator app (codes from pyotp),
 log out, log in with the password and a code, register a passkey, log out,
-log in with the passkey alone. The passkey lives in a CDP virtual
+log in with the password and the passkey as second factor, log out, log in
+with the passkey alone; on the way, three refusals as the page shows them
+(a short password, a wrong code, the same passkey registered twice). The
+passkey lives in a CDP virtual
 authenticator (user-verifying, resident keys), so the page runs the real
 navigator.credentials API. Prints one JSON line with what the page showed;
 exits non-zero, with the page's console, on any step that fails.
