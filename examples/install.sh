@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the dependencies of the example clients (examples/python,
-# examples/node and examples/oauth) for tests/api/clients.rs and
-# tests/api/oauth_clients.rs. Idempotent and quiet; CI runs it.
+# examples/node, examples/oauth and examples/web) for tests/api/clients.rs,
+# tests/api/oauth_clients.rs and tests/api/browser.rs. Idempotent and quiet;
+# CI runs it. The browser itself (Debian's chromium) is .ci/run's to install.
 # A language whose toolchain is missing is skipped with a warning (its tests
 # then report SKIPPED).
 set -euo pipefail
@@ -9,16 +10,16 @@ cd "$(dirname "$0")"
 
 if command -v python3 >/dev/null; then
   # Pinned versions already installed make this a quick no-op.
-  for requirements in python/requirements.txt oauth/requirements.txt; do
+  for requirements in python/requirements.txt oauth/requirements.txt web/requirements.txt; do
     PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
       python3 -m pip install --quiet -r "$requirements"
   done
 else
-  echo "install.sh: python3 not found, skipping examples/python and examples/oauth" >&2
+  echo "install.sh: python3 not found, skipping examples/python, examples/oauth and examples/web" >&2
 fi
 
 if command -v npm >/dev/null; then
-  for dir in node oauth; do
+  for dir in node oauth web; do
     # npm ci starts from scratch each time, so skip it when node_modules was
     # installed from this very lockfile.
     stamp="$dir/node_modules/.installed-package-lock.json"
@@ -28,5 +29,5 @@ if command -v npm >/dev/null; then
     fi
   done
 else
-  echo "install.sh: npm not found, skipping examples/node and examples/oauth" >&2
+  echo "install.sh: npm not found, skipping examples/node, examples/oauth and examples/web" >&2
 fi

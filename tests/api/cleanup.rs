@@ -268,6 +268,16 @@ async fn seeded(seed: Seed) -> (String, PgPool) {
                 '\\x00'::bytea, 'k1'
            FROM generate_series(1, {others}) i;
 
+         -- Passkey ceremonies: a registration and a discoverable login that
+         -- expired an hour ago (0, 1), live ones (2, 3).
+         INSERT INTO webauthn_ceremonies (challenge, kind, user_id, state, created_at, expires_at)
+         SELECT sha256(convert_to('cleanup ceremony ' || i, 'UTF8')),
+                CASE i % 2 WHEN 0 THEN 'registration' ELSE 'authentication' END,
+                CASE i % 2 WHEN 0 THEN md5('cleanup user ' || (1 + i % 20))::uuid END,
+                '{{}}', now() - interval '2 hours',
+                CASE WHEN i % 4 < 2 THEN now() - interval '1 hour' ELSE now() + interval '1 hour' END
+           FROM generate_series(1, {others}) i;
+
          SELECT authd_record_revocation('SESSION_ENDED', md5('cleanup user 1')::uuid,
                                         ARRAY[gen_random_uuid()], now())
            FROM generate_series(1, {old_events});

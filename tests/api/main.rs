@@ -16,6 +16,7 @@ mod seed;
 
 mod admin;
 mod adversarial;
+mod browser;
 mod cleanup;
 mod clients;
 mod data_keys;
