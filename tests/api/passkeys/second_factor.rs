@@ -1,0 +1,132 @@
+//! A passkey as the second factor of a password login, as the proof of a
+//! step-up, and removed like any factor.
+
+use super::*;
+use crate::factors::{acr, amr, auth_time, list_factors, regenerate_codes, remove_factor};
+
+fn is_key_method(amr: &[String]) -> bool {
+    amr.iter().any(|m| m == "hwk" || m == "swk")
+}
+
+#[tokio::test]
+async fn a_passkey_completes_a_password_login() {
+    let app = spawn_app().await;
+    let b = app.replica().await;
+    let mut holder = passkey_user(&app, SoftKey::new()).await;
+
+    let challenge = crate::factors::challenge(&app, &holder.email).await;
+    assert!(challenge.factors.contains(&(pb::FactorKind::Passkey as i32)));
+    let allowed: Vec<String> = json(&challenge.passkey_options)["allowCredentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(allowed, vec![holder.key.credentials[0].0.clone()]);
+    let answer = holder.key.get(challenge.passkey_options.as_ref().unwrap());
+    let done = crate::factors::complete(
+        &b,
+        &challenge.mfa_token,
+        pb::complete_login_request::Proof::PasskeyAssertion(to_struct(answer.clone())),
+    )
+    .await
+    .expect("CompleteLogin with the passkey");
+    let access = done.tokens.unwrap().access_token;
+    assert_eq!(acr(&access), "aal2");
+    let methods = amr(&access);
+    assert!(methods.contains(&"pwd".to_owned()), "{methods:?}");
+    assert!(is_key_method(&methods), "{methods:?}");
+    // The same answer again: its ceremony is gone, the MFA token spent.
+    let before = written(&app).await;
+    assert!(
+        crate::factors::complete(
+            &app,
+            &challenge.mfa_token,
+            pb::complete_login_request::Proof::PasskeyAssertion(to_struct(answer)),
+        )
+        .await
+        .is_err()
+    );
+    assert_nothing_written(&app, &before).await;
+}
+
+#[tokio::test]
+async fn step_up_with_a_passkey_makes_the_session_fresh_for_sensitive_calls() {
+    let app = spawn_app().await;
+    let (user, old_session) = app.signed_in_user().await;
+    // The passkey is registered on another session: the first one stays a
+    // password-only session, not fresh enough for sensitive calls.
+    let enrolling = app.tokens_of(&user.email).await;
+    let mut key = SoftKey::new();
+    register_passkey(&app, &enrolling.access_token, &mut key).await;
+    let access = &old_session.access_token;
+    crate::factors::assert_reauthentication_required(regenerate_codes(&app, access).await);
+    let before_time = auth_time(access);
+
+    let (_, answer) = answered(&app, &user.email, &mut key).await;
+    let raised = crate::factors::step_up(
+        &app,
+        access,
+        pb::step_up_request::Proof::PasskeyAssertion(to_struct(answer)),
+    )
+    .await
+    .expect("StepUp with the passkey")
+    .access_token;
+    assert_eq!(acr(&raised), "aal2");
+    let methods = amr(&raised);
+    assert!(methods.contains(&"user".to_owned()), "{methods:?}");
+    assert!(is_key_method(&methods), "{methods:?}");
+    assert!(auth_time(&raised) >= before_time);
+    crate::factors::assert_near(auth_time(&raised), crate::factors::now_seconds(), 5);
+    regenerate_codes(&app, &raised)
+        .await
+        .expect("a sensitive call after the step-up");
+    let refreshed = app.refresh(&old_session.refresh_token).await.unwrap();
+    assert_eq!(acr(&refreshed.access_token), "aal2");
+}
+
+#[tokio::test]
+async fn a_removed_passkey_no_longer_logs_in() {
+    let app = spawn_app().await;
+    let b = app.replica().await;
+    let mut holder = passkey_user(&app, SoftKey::new()).await;
+    let access = holder.tokens.access_token.clone();
+    // A ceremony started while the passkey was still there.
+    let (pending, pending_answer) = answered(&app, "", &mut holder.key).await;
+
+    remove_factor(&app, &access, &holder.factor.id)
+        .await
+        .expect("RemoveFactor");
+    assert!(
+        list_factors(
+            &app,
+            &app.refresh(&holder.tokens.refresh_token)
+                .await
+                .unwrap()
+                .access_token
+        )
+        .await
+        .factors
+        .is_empty()
+    );
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM passkeys")
+            .fetch_one(&app.db)
+            .await
+            .unwrap(),
+        0
+    );
+    let before = written(&app).await;
+    assert_login_refused(finish_login(&b, &pending, pending_answer).await);
+    assert_login_refused(passkey_login(&app, &mut holder.key).await);
+    // A named login no longer lists it: the account gets stand-ins.
+    let started = start_login(&app, &holder.email).await;
+    let listed = json(&started.options)["allowCredentials"].clone();
+    assert!(
+        !listed.to_string().contains(&holder.key.credentials[0].0),
+        "{listed}"
+    );
+    assert_nothing_written(&app, &before).await;
+    // And a password alone logs in again.
+    assert!(app.login(&holder.email, PASSWORD).await.unwrap().tokens.is_some());
+}
