@@ -15,6 +15,7 @@ mod counters;
 mod named_login;
 mod ownership;
 mod second_factor;
+mod throttling;
 mod verification;
 
 use authd::pb::auth::v1 as pb;
