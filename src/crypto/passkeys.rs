@@ -117,6 +117,19 @@ impl Assertion {
     }
 }
 
+/// A new credential as the browser sent it (a RegistrationResponseJSON),
+/// parsed but not yet verified: its form is checked before a ceremony is
+/// used up or a failure charged.
+pub struct NewCredential(RegisterPublicKeyCredential);
+
+impl NewCredential {
+    pub fn parse(json: Value) -> Result<Self, Refusal> {
+        serde_json::from_value(json)
+            .map(Self)
+            .map_err(|e| Refusal::Malformed(e.to_string()))
+    }
+}
+
 /// `challenge` of a clientDataJSON (base64url, WebAuthn §5.8.1).
 fn challenge_of(client_data_json: &[u8]) -> Option<Vec<u8>> {
     #[derive(serde::Deserialize)]
@@ -204,14 +217,16 @@ impl RelyingParty {
     }
 
     /// Checks the browser's new credential against the ceremony's state.
-    pub fn finish_registration(&self, credential: Value, state: &Value) -> Result<NewPasskey, Refusal> {
-        let credential: RegisterPublicKeyCredential =
-            serde_json::from_value(credential).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    pub fn finish_registration(
+        &self,
+        credential: &NewCredential,
+        state: &Value,
+    ) -> Result<NewPasskey, Refusal> {
         let state: PasskeyRegistration = serde_json::from_value(state.clone())
             .map_err(|e| Refusal::Invalid(format!("stored registration state: {e}")))?;
         let passkey = self
             .webauthn
-            .finish_passkey_registration(&credential, &state)
+            .finish_passkey_registration(&credential.0, &state)
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
         let stored = serde_json::to_value(&passkey).map_err(|e| Refusal::Invalid(e.to_string()))?;
         let credential = Credential::from(passkey);

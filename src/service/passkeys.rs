@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use super::{Core, TokenPair, chrono_duration};
 use crate::crypto::jwt::VerifiedAccess;
 use crate::crypto::opaque::TokenHash;
-use crate::crypto::passkeys::{Assertion, Refusal, base64url, base64url_decode};
+use crate::crypto::passkeys::{Assertion, NewCredential, Refusal, base64url, base64url_decode};
 use crate::crypto::recovery_codes;
 use crate::db::passkeys::{CeremonyKind, NewCeremony, NewPasskeyRow};
 use crate::db::sessions::SessionProof;
@@ -204,6 +204,10 @@ impl Core {
         now: DateTime<Utc>,
     ) -> Result<(Factor, Vec<Zeroizing<String>>), AppError> {
         let (challenge, credential) = both(ceremony_id, credential)?;
+        let credential = NewCredential::parse(credential).map_err(|r| match r {
+            Refusal::Malformed(detail) | Refusal::Invalid(detail) => malformed(&detail),
+            Refusal::CounterWentBack => AppError::PasskeyRefused,
+        })?;
         let user = self.bearer_user(&bearer, now).await?;
         let throttle_key = self.charge_passkey_attempt(client, now).await?;
         let ceremony = db::passkeys::take_ceremony(&self.db, &challenge, CeremonyKind::Registration, now)
@@ -213,7 +217,7 @@ impl Core {
         let new = self
             .factors
             .relying_party
-            .finish_registration(credential, &ceremony.state)
+            .finish_registration(&credential, &ceremony.state)
             .map_err(|refusal| match refusal {
                 Refusal::Malformed(detail) => malformed(&detail),
                 Refusal::Invalid(detail) => {

@@ -12,6 +12,7 @@
 mod accounts;
 mod ceremonies;
 mod counters;
+mod malformed;
 mod named_login;
 mod ownership;
 mod second_factor;
