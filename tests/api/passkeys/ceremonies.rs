@@ -146,3 +146,27 @@ async fn another_account_cannot_finish_a_registration_it_did_not_start() {
             .is_empty()
     );
 }
+
+/// One answer sent to two replicas at once: one session, the other call
+/// CEREMONY_EXPIRED.
+#[tokio::test]
+async fn one_answer_finished_on_two_replicas_at_once_starts_one_session() {
+    let a = spawn_app().await;
+    let b = a.replica().await;
+    let mut holder = passkey_user(&a, SoftKey::new()).await;
+    for _ in 0..5 {
+        let (ceremony, answer) = answered(&a, "", &mut holder.key).await;
+        let before = written(&a).await;
+        let (x, y) = tokio::join!(
+            finish_login(&a, &ceremony, answer.clone()),
+            finish_login(&b, &ceremony, answer)
+        );
+        let refused: Vec<Status> = [x.map(|_| ()), y.map(|_| ())]
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_ceremony_expired(Err::<(), _>(refused[0].clone()));
+        assert_eq!(written(&a).await.sessions, before.sessions + 1);
+    }
+}

@@ -117,3 +117,40 @@ async fn one_credential_is_registered_once_to_one_account() {
     let done = passkey_login(&app, &mut holder.key).await.unwrap();
     assert_eq!(done.user.unwrap().id, holder.user.id);
 }
+
+/// Two accounts registering one credential at the same moment, on two
+/// replicas: one gets it, the other PASSKEY_INVALID with nothing stored
+/// (the unique index decides; the loser's transaction is rolled back).
+#[tokio::test]
+async fn two_accounts_registering_one_credential_at_once_store_it_once() {
+    let a = spawn_app().await;
+    let b = a.replica().await;
+    for _ in 0..3 {
+        let (_, first) = a.signed_in_user().await;
+        let (_, second) = a.signed_in_user().await;
+        let key = RawKey::new();
+        let one = start_registration(&a, &first.access_token).await.unwrap();
+        let other = start_registration(&b, &second.access_token).await.unwrap();
+        let one_answer = key.clone().create(one.options.as_ref().unwrap());
+        let other_answer = key.clone().create(other.options.as_ref().unwrap());
+        let before = written(&a).await;
+        let (x, y) = tokio::join!(
+            finish_registration(&a, &first.access_token, &one.ceremony_id, one_answer),
+            finish_registration(&b, &second.access_token, &other.ceremony_id, other_answer)
+        );
+        let refused: Vec<Status> = [x.map(|_| ()), y.map(|_| ())]
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_registration_refused(Err::<(), _>(refused[0].clone()));
+        let after = written(&a).await;
+        // One passkey, one factor, its recovery codes and its notice.
+        assert_eq!(
+            (after.passkeys, after.factors),
+            (before.passkeys + 1, before.factors + 1)
+        );
+        assert_eq!(after.recovery_codes, before.recovery_codes + 10);
+        assert_eq!(after.mail, before.mail + 1);
+    }
+}

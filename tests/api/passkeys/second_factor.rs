@@ -61,6 +61,8 @@ async fn step_up_with_a_passkey_makes_the_session_fresh_for_sensitive_calls() {
     register_passkey(&app, &enrolling.access_token, &mut key).await;
     let access = &old_session.access_token;
     crate::factors::assert_reauthentication_required(regenerate_codes(&app, access).await);
+    // Adding another passkey is as sensitive.
+    crate::factors::assert_reauthentication_required(start_registration(&app, access).await);
     let before_time = auth_time(access);
 
     let (_, answer) = answered(&app, &user.email, &mut key).await;
@@ -81,6 +83,7 @@ async fn step_up_with_a_passkey_makes_the_session_fresh_for_sensitive_calls() {
     regenerate_codes(&app, &raised)
         .await
         .expect("a sensitive call after the step-up");
+    register_passkey(&app, &raised, &mut SoftKey::new()).await;
     let refreshed = app.refresh(&old_session.refresh_token).await.unwrap();
     assert_eq!(acr(&refreshed.access_token), "aal2");
 }
