@@ -27,6 +27,11 @@ use crate::domain::PasskeyBackup;
 /// ceremony lifetime (5 minutes) is the caller's.
 const BROWSER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
+/// Credential ids a passkey may have (the table's bounds): WebAuthn caps
+/// them at 1023 bytes (§7.1), and an authenticator's random id has at least
+/// 16 (§4, "Credential ID").
+const CREDENTIAL_ID_BYTES: std::ops::RangeInclusive<usize> = 16..=1023;
+
 /// The relying party: its id and the origins its pages are served from.
 #[derive(Clone)]
 pub struct RelyingParty {
@@ -230,6 +235,12 @@ impl RelyingParty {
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
         let stored = serde_json::to_value(&passkey).map_err(|e| Refusal::Invalid(e.to_string()))?;
         let credential = Credential::from(passkey);
+        if !CREDENTIAL_ID_BYTES.contains(&credential.cred_id.len()) {
+            return Err(Refusal::Invalid(format!(
+                "a credential id of {} bytes",
+                credential.cred_id.len()
+            )));
+        }
         Ok(NewPasskey {
             credential_id: credential.cred_id.to_vec(),
             stored,

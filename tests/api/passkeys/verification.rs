@@ -103,3 +103,37 @@ async fn an_answer_from_another_origin_is_refused() {
     );
     assert_nothing_written(&app, &before).await;
 }
+
+/// Credential ids outside what the table holds (16 to 1023 bytes: WebAuthn
+/// caps them at 1023, and fewer than 16 bytes cannot be a random id) are
+/// refused as any bad registration, never INTERNAL; the bounds register.
+#[tokio::test]
+async fn credential_ids_of_unusable_length_are_refused_cleanly() {
+    let app = spawn_app().await;
+    let (_, tokens) = app.signed_in_user().await;
+    let access = tokens.access_token.clone();
+    let before = written(&app).await;
+    for len in [0usize, 1, 15, 1024, 1500] {
+        let mut key = RawKey::new();
+        key.credential_id = vec![7u8; len];
+        let started = start_registration(&app, &access).await.unwrap();
+        let credential = key.create(started.options.as_ref().unwrap());
+        let refused = finish_registration(&app, &access, &started.ceremony_id, credential).await;
+        let status = refused.expect_err("refused");
+        assert_eq!(
+            (status.code(), reason(&status)),
+            (Code::InvalidArgument, "PASSKEY_INVALID".to_owned()),
+            "{len} bytes: {status:?}"
+        );
+    }
+    assert_nothing_written(&app, &before).await;
+    let mut tokens = tokens;
+    for len in [16usize, 1023] {
+        let mut key = RawKey::new();
+        key.credential_id = vec![u8::try_from(len % 256).unwrap(); len];
+        // Fresh: the account has a factor after the first.
+        tokens = app.refresh(&tokens.refresh_token).await.unwrap();
+        register_passkey(&app, &tokens.access_token, &mut key).await;
+        passkey_login(&app, &mut key).await.expect("logs in");
+    }
+}
