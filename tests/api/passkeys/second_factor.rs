@@ -133,3 +133,36 @@ async fn a_removed_passkey_no_longer_logs_in() {
     // And a password alone logs in again.
     assert!(app.login(&holder.email, PASSWORD).await.unwrap().tokens.is_some());
 }
+
+/// An administrator's ResetUserFactors and the owner's DeleteMe take the
+/// passkeys with them: they no longer log in.
+#[tokio::test]
+async fn passkeys_end_with_a_factor_reset_and_with_the_account() {
+    let app = spawn_app().await;
+    let admin = app.service_key("admin", &["users.write"]).await;
+    let mut reset = passkey_user(&app, SoftKey::new()).await;
+    let (pending, pending_answer) = answered(&app, "", &mut reset.key).await;
+    crate::factors::reset_user_factors(&app, &admin, &reset.user.id)
+        .await
+        .expect("ResetUserFactors");
+    assert_login_refused(finish_login(&app, &pending, pending_answer).await);
+    assert_login_refused(passkey_login(&app, &mut reset.key).await);
+
+    let mut deleted = passkey_user(&app, SoftKey::new()).await;
+    app.client
+        .clone()
+        .delete_me(with_bearer(
+            pb::DeleteMeRequest {
+                current_password: PASSWORD.into(),
+            },
+            &deleted.tokens.access_token,
+        ))
+        .await
+        .expect("DeleteMe");
+    assert_login_refused(passkey_login(&app, &mut deleted.key).await);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM passkeys")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
