@@ -123,6 +123,8 @@ pub struct RawKey {
     /// Whether it says it verified its user (the UV flag).
     pub verifies_user: bool,
     pub origin: String,
+    /// Flags to send as they are, instead of UP, UV and (registering) AT.
+    pub flags: Option<u8>,
 }
 
 impl Default for RawKey {
@@ -142,6 +144,7 @@ impl RawKey {
             counter: 0,
             verifies_user: true,
             origin: ORIGIN.into(),
+            flags: None,
         }
     }
 
@@ -181,7 +184,7 @@ impl RawKey {
         let rp_id = public_key["rp"]["id"].as_str().unwrap();
         let challenge = public_key["challenge"].as_str().unwrap();
         let mut auth_data = Sha256::digest(rp_id.as_bytes()).to_vec();
-        auth_data.push(self.flags() | 0x40);
+        auth_data.push(self.flags.unwrap_or(self.flags() | 0x40));
         auth_data.extend_from_slice(&self.counter.to_be_bytes());
         auth_data.extend_from_slice(&[0u8; 16]);
         auth_data.extend_from_slice(&u16::try_from(self.credential_id.len()).unwrap().to_be_bytes());
@@ -223,7 +226,7 @@ impl RawKey {
         let rp_id = public_key["rpId"].as_str().unwrap();
         let challenge = public_key["challenge"].as_str().unwrap();
         let mut auth_data = Sha256::digest(rp_id.as_bytes()).to_vec();
-        auth_data.push(self.flags());
+        auth_data.push(self.flags.unwrap_or(self.flags()));
         auth_data.extend_from_slice(&counter.to_be_bytes());
         let client_data = self.client_data("webauthn.get", challenge);
         let mut signed = auth_data.clone();

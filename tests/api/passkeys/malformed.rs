@@ -367,3 +367,93 @@ fn arbitrary_answers_to_the_finish_calls_get_a_clean_refusal() {
     });
     assert_eq!(stored, 1);
 }
+
+/// Authenticators that say anything in their signed data (any flags, any
+/// credential id length, any counter): a registration is stored or
+/// INVALID_ARGUMENT PASSKEY_INVALID, a login succeeds or is UNAUTHENTICATED
+/// PASSKEY_INVALID, never anything else.
+#[test]
+fn arbitrary_authenticator_data_gets_a_clean_answer() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (app, holder) = rt.block_on(async {
+        let app = behind_a_proxy().await;
+        let holder = passkey_user(&app, RawKey::new()).await;
+        (app, holder)
+    });
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 96,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let case = std::cell::Cell::new(0u32);
+    let strategy = (
+        any::<u8>(),
+        prop_oneof![0..40usize, 1000..1100usize, 0..1100usize],
+        any::<u8>(),
+        any::<u32>(),
+    );
+    runner
+        .run(&strategy, |(registration_flags, id_len, login_flags, counter)| {
+            case.set(case.get() + 1);
+            let client = format!("10.200.{}.{}", case.get() / 256, case.get() % 256);
+            let (registered, logged_in) = rt.block_on(async {
+                let (_, tokens) = app.signed_in_user().await;
+                let mut key = RawKey::new();
+                key.credential_id = vec![0x5a; id_len];
+                getrandom::getrandom(&mut key.credential_id).unwrap();
+                key.flags = Some(registration_flags);
+                let started = start_registration(&app, &tokens.access_token).await.unwrap();
+                let credential = key.create(started.options.as_ref().unwrap());
+                let mut request = from(
+                    &client,
+                    pb::FinishPasskeyRegistrationRequest {
+                        ceremony_id: started.ceremony_id,
+                        credential: Some(to_struct(credential)),
+                    },
+                );
+                request.metadata_mut().insert(
+                    "authorization",
+                    format!("Bearer {}", tokens.access_token).parse().unwrap(),
+                );
+                let registered = app
+                    .client
+                    .clone()
+                    .finish_passkey_registration(request)
+                    .await
+                    .map(|_| ());
+                let mut signer = holder.key.clone();
+                signer.flags = Some(login_flags);
+                let started = start_login(&app, "").await;
+                let answer = signer.sign(&json(&started.options), counter);
+                let logged_in = app
+                    .client
+                    .clone()
+                    .finish_passkey_login(from(
+                        &client,
+                        pb::FinishPasskeyLoginRequest {
+                            ceremony_id: started.ceremony_id,
+                            credential: Some(to_struct(answer)),
+                        },
+                    ))
+                    .await
+                    .map(|_| ());
+                (registered, logged_in)
+            });
+            if let Err(s) = &registered
+                && (s.code(), reason(s).as_str()) != (Code::InvalidArgument, "PASSKEY_INVALID")
+            {
+                return Err(TestCaseError::fail(format!("registration: {s:?}")));
+            }
+            if let Err(s) = &logged_in
+                && (s.code(), reason(s).as_str()) != (Code::Unauthenticated, "PASSKEY_INVALID")
+            {
+                return Err(TestCaseError::fail(format!("login: {s:?}")));
+            }
+            Ok(())
+        })
+        .unwrap();
+}
