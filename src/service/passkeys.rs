@@ -208,6 +208,10 @@ impl Core {
             Refusal::Malformed(detail) | Refusal::Invalid(detail) => malformed(&detail),
             Refusal::CounterWentBack => AppError::PasskeyRefused,
         })?;
+        // Checked again here, as ConfirmTotp does: the account may have got
+        // a factor since the start, and a stolen password-only session must
+        // not plant its own passkey then.
+        self.require_fresh(&bearer, now).await?;
         let user = self.bearer_user(&bearer, now).await?;
         let throttle_key = self.charge_passkey_attempt(client, now).await?;
         let ceremony = db::passkeys::take_ceremony(&self.db, &challenge, CeremonyKind::Registration, now)

@@ -154,3 +154,45 @@ async fn two_accounts_registering_one_credential_at_once_store_it_once() {
         assert_eq!(after.mail, before.mail + 1);
     }
 }
+
+/// A stolen password-only session starts a registration while the account
+/// has no factor; the owner adds one meanwhile: the finish is a sensitive
+/// change now, refused as ConfirmTotp refuses it, and nothing is planted.
+#[tokio::test]
+async fn a_registration_started_before_the_account_got_a_factor_needs_a_fresh_one_to_finish() {
+    let app = spawn_app().await;
+    let (user, stolen) = app.signed_in_user().await;
+    let owner = app.tokens_of(&user.email).await;
+    let mut planted = RawKey::new();
+    let started = start_registration(&app, &stolen.access_token).await.unwrap();
+    let credential = planted.create(started.options.as_ref().unwrap());
+
+    let mut key = SoftKey::new();
+    register_passkey(&app, &owner.access_token, &mut key).await;
+    let before = written(&app).await;
+    crate::factors::assert_reauthentication_required(
+        finish_registration(
+            &app,
+            &stolen.access_token,
+            &started.ceremony_id,
+            credential.clone(),
+        )
+        .await,
+    );
+    assert_nothing_written(&app, &before).await;
+    assert_login_refused(passkey_login(&app, &mut planted).await);
+
+    // Once the session proves a factor, the same ceremony finishes.
+    let (_, answer) = answered(&app, "", &mut key).await;
+    let raised = crate::factors::step_up(
+        &app,
+        &stolen.access_token,
+        pb::step_up_request::Proof::PasskeyAssertion(to_struct(answer)),
+    )
+    .await
+    .unwrap()
+    .access_token;
+    finish_registration(&app, &raised, &started.ceremony_id, credential)
+        .await
+        .expect("fresh now");
+}
