@@ -166,3 +166,37 @@ async fn passkeys_end_with_a_factor_reset_and_with_the_account() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+/// Ten passkeys per account: the eleventh Start is FACTOR_LIMIT_REACHED,
+/// and of two ceremonies started at nine, the second finish is refused
+/// (the count is checked again under the account's lock), writing nothing.
+#[tokio::test]
+async fn an_account_holds_ten_passkeys() {
+    let app = spawn_app().await;
+    let (_, mut tokens) = app.signed_in_user().await;
+    for _ in 0..9 {
+        register_passkey(&app, &tokens.access_token, &mut RawKey::new()).await;
+        tokens = app.refresh(&tokens.refresh_token).await.unwrap();
+    }
+    let access = tokens.access_token.clone();
+    let one = start_registration(&app, &access).await.unwrap();
+    let other = start_registration(&app, &access).await.unwrap();
+    let one_answer = RawKey::new().create(one.options.as_ref().unwrap());
+    let other_answer = RawKey::new().create(other.options.as_ref().unwrap());
+    finish_registration(&app, &access, &one.ceremony_id, one_answer)
+        .await
+        .expect("the tenth");
+    let before = written(&app).await;
+    assert_error(
+        finish_registration(&app, &access, &other.ceremony_id, other_answer).await,
+        Code::FailedPrecondition,
+        "FACTOR_LIMIT_REACHED",
+    );
+    assert_nothing_written(&app, &before).await;
+    assert_error(
+        start_registration(&app, &access).await,
+        Code::FailedPrecondition,
+        "FACTOR_LIMIT_REACHED",
+    );
+    assert_eq!(list_factors(&app, &access).await.factors.len(), 10);
+}
