@@ -60,6 +60,25 @@ async fn failed_finishes_from_one_client_are_throttled_after_ten() {
     let mut holder = passkey_user(&app, SoftKey::new()).await;
     let (_, wrong) = answered(&app, "", &mut holder.key).await;
     let guesser = "203.0.113.7";
+    // Everything sent after the failures is made before them: the first
+    // wait is 1 s, and the throttled calls must fall within it.
+    let (ceremony, right) = answered(&app, "", &mut holder.key).await;
+    let started = start_registration(&app, &holder.tokens.access_token)
+        .await
+        .unwrap();
+    let credential = SoftKey::new().create(started.options.as_ref().unwrap());
+    let mut registration = from(
+        guesser,
+        pb::FinishPasskeyRegistrationRequest {
+            ceremony_id: started.ceremony_id.clone(),
+            credential: Some(to_struct(credential)),
+        },
+    );
+    registration.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", holder.tokens.access_token).parse().unwrap(),
+    );
+    let before = written(&app).await;
     // Ten free failures, and the eleventh is still checked (it sets the
     // first wait).
     for n in 0..11 {
@@ -67,35 +86,11 @@ async fn failed_finishes_from_one_client_are_throttled_after_ten() {
         let id = crate::passkey_kit::b64url(&[n; 32]);
         assert_ceremony_expired(finish_login_from(replica, guesser, &id, wrong.clone()).await);
     }
-    let before = written(&app).await;
     // The right answer too: the check is not even made.
-    let (ceremony, right) = answered(&app, "", &mut holder.key).await;
-    assert_throttled(finish_login_from(&b, guesser, &ceremony, right.clone()).await);
-    assert_nothing_written(&app, &before).await;
+    assert_throttled(finish_login_from(&b, guesser, &ceremony, right).await);
     // Registration finishes are charged on the same count.
-    let started = start_registration(&app, &holder.tokens.access_token)
-        .await
-        .unwrap();
-    let credential = SoftKey::new().create(started.options.as_ref().unwrap());
-    let refused = app
-        .client
-        .clone()
-        .finish_passkey_registration({
-            let mut r = from(
-                guesser,
-                pb::FinishPasskeyRegistrationRequest {
-                    ceremony_id: started.ceremony_id.clone(),
-                    credential: Some(to_struct(credential)),
-                },
-            );
-            r.metadata_mut().insert(
-                "authorization",
-                format!("Bearer {}", holder.tokens.access_token).parse().unwrap(),
-            );
-            r
-        })
-        .await;
-    assert_throttled(refused);
+    assert_throttled(app.client.clone().finish_passkey_registration(registration).await);
+    assert_nothing_written(&app, &before).await;
 
     // Another client is not held up by it.
     let (ceremony, right) = answered(&app, "", &mut holder.key).await;
@@ -109,12 +104,13 @@ async fn addresses_of_one_ipv6_64_share_their_count() {
     let app = behind_a_proxy().await;
     let mut holder = passkey_user(&app, SoftKey::new()).await;
     let (_, wrong) = answered(&app, "", &mut holder.key).await;
+    // Made before the failures (see above).
+    let (ceremony, right) = answered(&app, "", &mut holder.key).await;
     for n in 0..11u8 {
         let id = crate::passkey_kit::b64url(&[n; 32]);
         let client = format!("2001:db8:1:2::{:x}", u32::from(n) + 1);
         assert_ceremony_expired(finish_login_from(&app, &client, &id, wrong.clone()).await);
     }
-    let (ceremony, right) = answered(&app, "", &mut holder.key).await;
     assert_throttled(finish_login_from(&app, "2001:db8:1:2:ffff::99", &ceremony, right).await);
     let (ceremony, right) = answered(&app, "", &mut holder.key).await;
     finish_login_from(&app, "2001:db8:1:3::1", &ceremony, right)
