@@ -27,6 +27,11 @@ use crate::domain::PasskeyBackup;
 /// ceremony lifetime (5 minutes) is the caller's.
 const BROWSER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
+/// Credential ids a passkey may have (the table's bounds): WebAuthn caps
+/// them at 1023 bytes (§7.1), and an authenticator's random id has at least
+/// 16 (§4, "Credential ID").
+const CREDENTIAL_ID_BYTES: std::ops::RangeInclusive<usize> = 16..=1023;
+
 /// The relying party: its id and the origins its pages are served from.
 #[derive(Clone)]
 pub struct RelyingParty {
@@ -117,6 +122,19 @@ impl Assertion {
     }
 }
 
+/// A new credential as the browser sent it (a RegistrationResponseJSON),
+/// parsed but not yet verified: its form is checked before a ceremony is
+/// used up or a failure charged.
+pub struct NewCredential(RegisterPublicKeyCredential);
+
+impl NewCredential {
+    pub fn parse(json: Value) -> Result<Self, Refusal> {
+        serde_json::from_value(json)
+            .map(Self)
+            .map_err(|e| Refusal::Malformed(e.to_string()))
+    }
+}
+
 /// `challenge` of a clientDataJSON (base64url, WebAuthn §5.8.1).
 fn challenge_of(client_data_json: &[u8]) -> Option<Vec<u8>> {
     #[derive(serde::Deserialize)]
@@ -204,17 +222,25 @@ impl RelyingParty {
     }
 
     /// Checks the browser's new credential against the ceremony's state.
-    pub fn finish_registration(&self, credential: Value, state: &Value) -> Result<NewPasskey, Refusal> {
-        let credential: RegisterPublicKeyCredential =
-            serde_json::from_value(credential).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    pub fn finish_registration(
+        &self,
+        credential: &NewCredential,
+        state: &Value,
+    ) -> Result<NewPasskey, Refusal> {
         let state: PasskeyRegistration = serde_json::from_value(state.clone())
             .map_err(|e| Refusal::Invalid(format!("stored registration state: {e}")))?;
         let passkey = self
             .webauthn
-            .finish_passkey_registration(&credential, &state)
+            .finish_passkey_registration(&credential.0, &state)
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
         let stored = serde_json::to_value(&passkey).map_err(|e| Refusal::Invalid(e.to_string()))?;
         let credential = Credential::from(passkey);
+        if !CREDENTIAL_ID_BYTES.contains(&credential.cred_id.len()) {
+            return Err(Refusal::Invalid(format!(
+                "a credential id of {} bytes",
+                credential.cred_id.len()
+            )));
+        }
         Ok(NewPasskey {
             credential_id: credential.cred_id.to_vec(),
             stored,

@@ -517,6 +517,9 @@ impl AuthService for AuthApi {
         request: Request<pb::FinishPasskeyLoginRequest>,
     ) -> Reply<pb::FinishPasskeyLoginResponse> {
         let client = self.client_info(&request);
+        // Failures are counted per address group (IPv6 by /64), as
+        // VerifyEmail's: one host holds a whole /64.
+        let counted_as = client_address(&request, self.trusted_proxy_header.as_ref()).map(|c| c.0);
         let r = request.into_inner();
         let result = self
             .core
@@ -524,6 +527,7 @@ impl AuthService for AuthApi {
                 &r.ceremony_id,
                 r.credential.map(struct_to_json),
                 &client,
+                counted_as,
                 Utc::now(),
             )
             .await;

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use super::{Core, TokenPair, chrono_duration};
 use crate::crypto::jwt::VerifiedAccess;
 use crate::crypto::opaque::TokenHash;
-use crate::crypto::passkeys::{Assertion, Refusal, base64url, base64url_decode};
+use crate::crypto::passkeys::{Assertion, NewCredential, Refusal, base64url, base64url_decode};
 use crate::crypto::recovery_codes;
 use crate::db::passkeys::{CeremonyKind, NewCeremony, NewPasskeyRow};
 use crate::db::sessions::SessionProof;
@@ -204,6 +204,14 @@ impl Core {
         now: DateTime<Utc>,
     ) -> Result<(Factor, Vec<Zeroizing<String>>), AppError> {
         let (challenge, credential) = both(ceremony_id, credential)?;
+        let credential = NewCredential::parse(credential).map_err(|r| match r {
+            Refusal::Malformed(detail) | Refusal::Invalid(detail) => malformed(&detail),
+            Refusal::CounterWentBack => AppError::PasskeyRefused,
+        })?;
+        // Checked again here, as ConfirmTotp does: the account may have got
+        // a factor since the start, and a stolen password-only session must
+        // not plant its own passkey then.
+        self.require_fresh(&bearer, now).await?;
         let user = self.bearer_user(&bearer, now).await?;
         let throttle_key = self.charge_passkey_attempt(client, now).await?;
         let ceremony = db::passkeys::take_ceremony(&self.db, &challenge, CeremonyKind::Registration, now)
@@ -213,7 +221,7 @@ impl Core {
         let new = self
             .factors
             .relying_party
-            .finish_registration(credential, &ceremony.state)
+            .finish_registration(&credential, &ceremony.state)
             .map_err(|refusal| match refusal {
                 Refusal::Malformed(detail) => malformed(&detail),
                 Refusal::Invalid(detail) => {
@@ -377,13 +385,15 @@ impl Core {
     }
 
     /// Finishes a passkey login: a user-verified passkey alone starts a
-    /// session (`acr` aal2).
+    /// session (`acr` aal2). Failures are charged to `counted_as`, the
+    /// client's address group.
     #[tracing::instrument(skip_all)]
     pub async fn finish_passkey_login(
         &self,
         ceremony_id: &str,
         credential: Option<Value>,
         client: &ClientInfo,
+        counted_as: Option<IpAddr>,
         now: DateTime<Utc>,
     ) -> Result<(TokenPair, User), AppError> {
         let (challenge, credential) = both(ceremony_id, credential)?;
@@ -391,7 +401,7 @@ impl Core {
             Refusal::Malformed(detail) | Refusal::Invalid(detail) => malformed(&detail),
             Refusal::CounterWentBack => AppError::PasskeyInvalid,
         })?;
-        let throttle_key = self.charge_passkey_attempt(client.ip_address, now).await?;
+        let throttle_key = self.charge_passkey_attempt(counted_as, now).await?;
         let ceremony = db::passkeys::take_ceremony(&self.db, &challenge, CeremonyKind::Authentication, now)
             .await?
             .ok_or(AppError::CeremonyExpired)?;

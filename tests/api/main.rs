@@ -38,6 +38,7 @@ mod oauth_clients;
 mod openapi;
 mod passkey_flow;
 mod passkey_kit;
+mod passkeys;
 mod query_plans;
 mod readme;
 mod recovery;
