@@ -177,7 +177,7 @@ impl RelyingParty {
         display_name: &str,
         exclude: Vec<Vec<u8>>,
     ) -> anyhow::Result<Started> {
-        let exclude = (!exclude.is_empty()).then(|| exclude.into_iter().map(Into::into).collect());
+        let exclude = (!exclude.is_empty()).then_some(exclude);
         let (options, state) = self
             .webauthn
             .start_passkey_registration(user_handle, user_name, display_name, exclude)
