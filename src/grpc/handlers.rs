@@ -517,6 +517,9 @@ impl AuthService for AuthApi {
         request: Request<pb::FinishPasskeyLoginRequest>,
     ) -> Reply<pb::FinishPasskeyLoginResponse> {
         let client = self.client_info(&request);
+        // Failures are charged on the client's group (an IPv6 /64), as
+        // every per-client budget is; the session records the address.
+        let charged = client_address(&request, self.trusted_proxy_header.as_ref()).map(|c| c.0);
         let r = request.into_inner();
         let result = self
             .core
@@ -524,6 +527,7 @@ impl AuthService for AuthApi {
                 &r.ceremony_id,
                 r.credential.map(struct_to_json),
                 &client,
+                charged,
                 Utc::now(),
             )
             .await;

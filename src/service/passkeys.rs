@@ -377,13 +377,15 @@ impl Core {
     }
 
     /// Finishes a passkey login: a user-verified passkey alone starts a
-    /// session (`acr` aal2).
+    /// session (`acr` aal2). The attempt is charged on `charged`, the
+    /// client's address as its budget groups it.
     #[tracing::instrument(skip_all)]
     pub async fn finish_passkey_login(
         &self,
         ceremony_id: &str,
         credential: Option<Value>,
         client: &ClientInfo,
+        charged: Option<IpAddr>,
         now: DateTime<Utc>,
     ) -> Result<(TokenPair, User), AppError> {
         let (challenge, credential) = both(ceremony_id, credential)?;
@@ -391,7 +393,7 @@ impl Core {
             Refusal::Malformed(detail) | Refusal::Invalid(detail) => malformed(&detail),
             Refusal::CounterWentBack => AppError::PasskeyInvalid,
         })?;
-        let throttle_key = self.charge_passkey_attempt(client.ip_address, now).await?;
+        let throttle_key = self.charge_passkey_attempt(charged, now).await?;
         let ceremony = db::passkeys::take_ceremony(&self.db, &challenge, CeremonyKind::Authentication, now)
             .await?
             .ok_or(AppError::CeremonyExpired)?;
