@@ -1163,6 +1163,22 @@ async fn every_error_of_passkeys_carries_a_listed_reason() {
         field_reasons(&status),
         pairs(&[("passkey_assertion", "INVALID_FORMAT")])
     );
+    // At StepUp the bearer is fine and the proof is not: INVALID_ARGUMENT,
+    // as for a wrong code there, never UNAUTHENTICATED (which tells a
+    // client its session is gone).
+    let started = c.start_passkey_login(discoverable()).await.unwrap().into_inner();
+    let unknown = to_struct(stranger.get(started.options.as_ref().unwrap()));
+    expect(
+        c.step_up(with_bearer(
+            pb::StepUpRequest {
+                proof: Some(pb::step_up_request::Proof::PasskeyAssertion(unknown)),
+            },
+            &access,
+        ))
+        .await,
+        Code::InvalidArgument,
+        "PASSKEY_INVALID",
+    );
 
     // FACTOR_LIMIT_REACHED after ten passkeys.
     for _ in 1..10 {
