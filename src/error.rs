@@ -114,11 +114,15 @@ pub enum AppError {
     EnrollmentExpired,
     #[error("factor limit reached")]
     FactorLimitReached,
-    /// A passkey's answer at a login or step-up does not hold (unknown or
-    /// foreign credential, bad signature, no user verification, a counter
-    /// that went backwards); the answer says no more.
+    /// A passkey's answer at a login does not hold (unknown or foreign
+    /// credential, bad signature, no user verification, a counter that went
+    /// backwards); the answer says no more.
     #[error("passkey invalid")]
     PasskeyInvalid,
+    /// The same at StepUp, where the bearer is fine and only the proof is
+    /// wrong (as a wrong code there).
+    #[error("passkey proof invalid")]
+    PasskeyProofInvalid,
     /// A new passkey's credential does not answer its ceremony, or is
     /// registered already.
     #[error("passkey refused")]

@@ -21,7 +21,8 @@
 //! Logout's way to a service using authd-verifier, and the verifier's cost
 //! per call against a bare tonic call. The token grant scenarios
 //! (`grant_scenario`) mint tokens for a second audience, client_credentials
-//! and token exchange, over gRPC and over the HTTP face.
+//! and token exchange, over gRPC and over the HTTP face. The passkey login
+//! (`passkey_scenario`) is measured in turns with the password Login.
 //!
 //! Timings are reported, never asserted. `--smoke` (about a second per
 //! scenario) exits non-zero if any call failed, for CI.
@@ -34,6 +35,7 @@ mod client;
 mod flood;
 mod grant_scenario;
 mod mfa_scenario;
+mod passkey_scenario;
 mod procfs;
 mod report;
 mod retry_flood;
@@ -119,6 +121,18 @@ async fn main() -> std::process::ExitCode {
         server_env.push((
             "AUTHD_AUDIENCES".to_owned(),
             format!("authd,{}", grant_scenario::AUDIENCE),
+        ));
+    }
+    // The passkey logins come from many clients, each of its own address.
+    if options
+        .scenarios
+        .iter()
+        .any(|s| matches!(s, Scenario::PasskeyLogin))
+        && !server_env.iter().any(|(k, _)| k == "AUTHD_TRUSTED_PROXY_HEADER")
+    {
+        server_env.push((
+            "AUTHD_TRUSTED_PROXY_HEADER".to_owned(),
+            passkey_scenario::FORWARDED.to_owned(),
         ));
     }
     let scratch = std::env::temp_dir().join(format!("authd-bench-{}", uuid::Uuid::new_v4().simple()));
@@ -258,6 +272,15 @@ async fn main() -> std::process::ExitCode {
                     hash_time: baseline.median(),
                 };
                 let outcome = mfa_scenario::run(db, &shared, &mut states, &settings, server.pid).await;
+                notes.extend(outcome.notes);
+                outcome.rows
+            }
+            Scenario::PasskeyLogin => {
+                let settings = passkey_scenario::Settings {
+                    duration: options.duration,
+                    concurrency: options.concurrency,
+                };
+                let outcome = passkey_scenario::run(&shared, &mut states, &settings, server.pid).await;
                 notes.extend(outcome.notes);
                 outcome.rows
             }

@@ -24,8 +24,8 @@ pub const SCALE: &str = "startup,health,getme,introspect,refresh,listsessions,ge
 
 /// Every scenario, in the order a run without `--scenarios` takes them.
 pub const ALL: &str = "health,getme,getuser,lookupuser,listusers,listsessions,introspect,jwks,client-credentials,\
-                       exchange,client-credentials-http,exchange-http,refresh,mix,login,register,login-mfa,cache,\
-                       revocation,startup";
+                       exchange,client-credentials-http,exchange-http,refresh,mix,login,register,login-mfa,\
+                       passkey-login,cache,revocation,startup";
 
 #[derive(Debug, Clone)]
 pub enum Scenario {
@@ -33,6 +33,9 @@ pub enum Scenario {
     /// Login + CompleteLogin with a TOTP code, in turns with Login alone
     /// (see `mfa_scenario`).
     LoginMfa,
+    /// StartPasskeyLogin + FinishPasskeyLogin (a passwordless login with a
+    /// software passkey), in turns with Login alone (see `passkey_scenario`).
+    PasskeyLogin,
     /// authd's session cache filled, then GetMe with and without a stream
     /// of account changes (see `cache_scenario`).
     Cache,
@@ -97,6 +100,7 @@ impl Scenario {
                 ops: vec![(Op::GetMe, 90), (Op::Refresh, 8), (Op::Login, 2)],
             }),
             "login-mfa" => Scenario::LoginMfa,
+            "passkey-login" => Scenario::PasskeyLogin,
             "cache" => Scenario::Cache,
             "revocation" => Scenario::Revocation,
             "flood" => Scenario::Flood,
@@ -131,7 +135,7 @@ impl Scenario {
                 .ops
                 .iter()
                 .any(|(op, _)| matches!(op, Op::Login | Op::Register)),
-            Scenario::Flood | Scenario::RetryFlood | Scenario::LoginMfa => true,
+            Scenario::Flood | Scenario::RetryFlood | Scenario::LoginMfa | Scenario::PasskeyLogin => true,
             Scenario::Cache | Scenario::Revocation | Scenario::Startup | Scenario::Cleanup => false,
         }
     }

@@ -114,6 +114,26 @@ pub async fn charge(
     ))
 }
 
+/// How long `key` must still wait, without counting anything: for budgets
+/// charged only once an attempt has failed ([`charge`] then), where many
+/// good attempts in flight at once must not be refused.
+#[tracing::instrument(skip_all)]
+pub async fn wait_for<'e>(
+    db: impl PgExecutor<'e>,
+    key: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Duration>, AppError> {
+    let until = sqlx::query_scalar!(
+        "SELECT locked_until FROM login_throttle WHERE key = $1 AND locked_until > $2",
+        key,
+        now
+    )
+    .fetch_optional(db)
+    .await?
+    .flatten();
+    Ok(until.map(|u| (u - now).to_std().unwrap_or(Duration::ZERO)))
+}
+
 /// Forgets the failures of `key` after a success.
 #[tracing::instrument(skip_all)]
 pub async fn forgive<'e>(db: impl PgExecutor<'e>, key: &str) -> Result<(), AppError> {

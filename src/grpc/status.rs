@@ -303,6 +303,11 @@ impl From<AppError> for Status {
                 "the passkey's answer does not prove this login",
                 ErrorReason::PasskeyInvalid,
             ),
+            AppError::PasskeyProofInvalid => plain(
+                Code::InvalidArgument,
+                "the passkey's answer does not prove a factor of this account",
+                ErrorReason::PasskeyInvalid,
+            ),
             AppError::PasskeyRefused => plain(
                 Code::InvalidArgument,
                 "this credential cannot be registered (it does not answer the ceremony, or it is registered already)",

@@ -420,7 +420,7 @@ impl Core {
         let Some(methods) = self.prove_second_factor(user.id, &proof, now).await? else {
             charge.checked();
             return Err(match proof {
-                ParsedProof::Passkey(_) => AppError::PasskeyInvalid,
+                ParsedProof::Passkey(_) => AppError::PasskeyProofInvalid,
                 ParsedProof::Totp(_) | ParsedProof::RecoveryCode(_) => AppError::InvalidCode,
             });
         };

@@ -108,9 +108,13 @@ fn short(detail: &str) -> String {
 }
 
 impl Core {
-    /// Failed ceremonies from one client address, charged before the
-    /// answer is checked (like VerifyEmail's guesses).
-    async fn charge_passkey_attempt(
+    /// The client's budget of failed ceremonies (per address group, like
+    /// VerifyEmail's guesses): refused while it waits, but nothing is
+    /// counted until an attempt fails. Guessing a signature is hopeless, so
+    /// the budget only bounds the work a client's garbage costs; counting
+    /// in advance would refuse the many good logins in flight at once
+    /// behind one NAT.
+    async fn check_passkey_budget(
         &self,
         client: Option<IpAddr>,
         now: DateTime<Utc>,
@@ -119,11 +123,28 @@ impl Core {
             return Ok(None);
         };
         let key = ThrottleKey::passkey_failures(ip);
-        if let Some(wait) = db::throttle::charge(&self.db, &key, &Backoff::PASSKEY_FAILURES, now).await? {
+        if let Some(wait) = db::throttle::wait_for(&self.db, &key, now).await? {
             self.metrics.throttled(ThrottleKind::PasskeyFailures);
             return Err(AppError::Throttled(wait));
         }
         Ok(Some(key))
+    }
+
+    /// Counts a failed ceremony on the client's budget and hands the
+    /// failure back.
+    async fn passkey_failed(
+        &self,
+        key: Option<&ThrottleKey>,
+        failure: AppError,
+        now: DateTime<Utc>,
+    ) -> AppError {
+        let Some(key) = key else {
+            return failure;
+        };
+        match db::throttle::charge(&self.db, key, &Backoff::PASSKEY_FAILURES, now).await {
+            Ok(_) => failure,
+            Err(e) => e,
+        }
     }
 
     async fn store_ceremony(
@@ -213,23 +234,35 @@ impl Core {
         // not plant its own passkey then.
         self.require_fresh(&bearer, now).await?;
         let user = self.bearer_user(&bearer, now).await?;
-        let throttle_key = self.charge_passkey_attempt(client, now).await?;
-        let ceremony = db::passkeys::take_ceremony(&self.db, &challenge, CeremonyKind::Registration, now)
-            .await?
-            .filter(|c| c.user_id == Some(user.id))
-            .ok_or(AppError::CeremonyExpired)?;
-        let new = self
+        let throttle_key = self.check_passkey_budget(client, now).await?;
+        let Some(ceremony) =
+            db::passkeys::take_ceremony(&self.db, &challenge, CeremonyKind::Registration, now)
+                .await?
+                .filter(|c| c.user_id == Some(user.id))
+        else {
+            return Err(self
+                .passkey_failed(throttle_key.as_ref(), AppError::CeremonyExpired, now)
+                .await);
+        };
+        let new = match self
             .factors
             .relying_party
             .finish_registration(&credential, &ceremony.state)
-            .map_err(|refusal| match refusal {
-                Refusal::Malformed(detail) => malformed(&detail),
-                Refusal::Invalid(detail) => {
-                    tracing::info!(%detail, "passkey registration refused");
-                    AppError::PasskeyRefused
-                }
-                Refusal::CounterWentBack => AppError::PasskeyRefused,
-            })?;
+        {
+            Ok(new) => new,
+            Err(Refusal::Malformed(detail)) => return Err(malformed(&detail)),
+            Err(Refusal::Invalid(detail)) => {
+                tracing::info!(%detail, "passkey registration refused");
+                return Err(self
+                    .passkey_failed(throttle_key.as_ref(), AppError::PasskeyRefused, now)
+                    .await);
+            }
+            Err(Refusal::CounterWentBack) => {
+                return Err(self
+                    .passkey_failed(throttle_key.as_ref(), AppError::PasskeyRefused, now)
+                    .await);
+            }
+        };
         let name = FactorName::from_stored(
             ceremony
                 .name
@@ -401,14 +434,19 @@ impl Core {
             Refusal::Malformed(detail) | Refusal::Invalid(detail) => malformed(&detail),
             Refusal::CounterWentBack => AppError::PasskeyInvalid,
         })?;
-        let throttle_key = self.charge_passkey_attempt(counted_as, now).await?;
-        let ceremony = db::passkeys::take_ceremony(&self.db, &challenge, CeremonyKind::Authentication, now)
-            .await?
-            .ok_or(AppError::CeremonyExpired)?;
-        let proven = self
-            .verify_assertion(&assertion, &ceremony, None, now)
-            .await?
-            .ok_or(AppError::PasskeyInvalid)?;
+        let throttle_key = self.check_passkey_budget(counted_as, now).await?;
+        let Some(ceremony) =
+            db::passkeys::take_ceremony(&self.db, &challenge, CeremonyKind::Authentication, now).await?
+        else {
+            return Err(self
+                .passkey_failed(throttle_key.as_ref(), AppError::CeremonyExpired, now)
+                .await);
+        };
+        let Some(proven) = self.verify_assertion(&assertion, &ceremony, None, now).await? else {
+            return Err(self
+                .passkey_failed(throttle_key.as_ref(), AppError::PasskeyInvalid, now)
+                .await);
+        };
         let Some(user) = db::users::by_id(&self.db, proven.user_id).await? else {
             return Err(AppError::PasskeyInvalid);
         };

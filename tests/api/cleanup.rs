@@ -268,14 +268,17 @@ async fn seeded(seed: Seed) -> (String, PgPool) {
                 '\\x00'::bytea, 'k1'
            FROM generate_series(1, {others}) i;
 
-         -- Passkey ceremonies: a registration and a discoverable login that
-         -- expired an hour ago (0, 1), live ones (2, 3).
-         INSERT INTO webauthn_ceremonies (challenge, kind, user_id, state, created_at, expires_at)
+         -- Passkey ceremonies never finished, by i % 4: registrations (0, 1),
+         -- logins for an account (2) and discoverable ones (3); by i % 8,
+         -- expired a minute ago (0-3) or live for four more minutes (4-7).
+         INSERT INTO webauthn_ceremonies (challenge, kind, user_id, named, name, state, created_at,
+                                          expires_at)
          SELECT sha256(convert_to('cleanup ceremony ' || i, 'UTF8')),
-                CASE i % 2 WHEN 0 THEN 'registration' ELSE 'authentication' END,
-                CASE i % 2 WHEN 0 THEN md5('cleanup user ' || (1 + i % 20))::uuid END,
-                '{{}}', now() - interval '2 hours',
-                CASE WHEN i % 4 < 2 THEN now() - interval '1 hour' ELSE now() + interval '1 hour' END
+                CASE WHEN i % 4 < 2 THEN 'registration' ELSE 'authentication' END,
+                CASE WHEN i % 4 <> 3 THEN md5('cleanup user ' || (1 + i % 20))::uuid END, false,
+                CASE WHEN i % 4 < 2 THEN 'key ' || i END, '{{}}'::jsonb,
+                now() - interval '6 minutes' + (i % 8 / 4) * interval '5 minutes',
+                now() - interval '1 minute' + (i % 8 / 4) * interval '5 minutes'
            FROM generate_series(1, {others}) i;
 
          SELECT authd_record_revocation('SESSION_ENDED', md5('cleanup user 1')::uuid,
@@ -594,6 +597,8 @@ async fn expired_login_challenges_and_unconfirmed_enrollments_go_in_batches_and_
         "CREATE TRIGGER mfa_challenges_statements AFTER DELETE ON mfa_challenges
              REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION log_cleanup_statement();
          CREATE TRIGGER factors_statements AFTER DELETE ON factors
+             REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION log_cleanup_statement();
+         CREATE TRIGGER webauthn_ceremonies_statements AFTER DELETE ON webauthn_ceremonies
              REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION log_cleanup_statement();",
     )
     .execute(&db)
@@ -602,11 +607,14 @@ async fn expired_login_challenges_and_unconfirmed_enrollments_go_in_batches_and_
     let before = Census::take(&db).await;
     let challenges = CleanupTable::MfaChallenges.name();
     let factors = CleanupTable::PendingFactors.name();
+    let ceremonies = CleanupTable::WebauthnCeremonies.name();
     // A quarter of each kind (SMALL.others rows): two kinds of challenge
-    // and one kind of factor are past their expiry.
+    // and one kind of factor are past their expiry; half the passkey
+    // ceremonies, of every kind.
     let quarter = SMALL.others / 4;
     assert_eq!(before.doomed(challenges), 2 * quarter);
     assert_eq!(before.doomed(factors), quarter);
+    assert_eq!(before.doomed(ceremonies), 2 * quarter);
 
     let app = spawn_app_on(&url, replica(Duration::from_secs(1), BATCH)).await;
     wait_for(&[&app], &passes("ran"), 1.0, Duration::from_secs(120)).await;
@@ -633,9 +641,20 @@ async fn expired_login_challenges_and_unconfirmed_enrollments_go_in_batches_and_
     .await
     .unwrap();
     assert_eq!(factors_left, (quarter, 2 * quarter, 3 * quarter));
+    // Ceremonies not expired stay, of every kind.
+    let ceremonies_left: (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE kind = 'registration'),
+                count(*) FILTER (WHERE kind = 'authentication' AND user_id IS NULL),
+                count(*) FILTER (WHERE expires_at > now())
+           FROM webauthn_ceremonies",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(ceremonies_left, (quarter, quarter / 2, 2 * quarter));
 
     let limit = i64::from(BATCH);
-    for table in [challenges, factors] {
+    for table in [challenges, factors, ceremonies] {
         let seen = statements(&db, table).await;
         let largest = seen.iter().map(|(rows, _, _)| *rows).max().unwrap_or(0);
         assert_eq!(

@@ -66,6 +66,22 @@ fn the_embedded_set_keeps_every_http_rule_and_field_behavior() {
         [REQUIRED]
     );
     assert_eq!(field_behaviors(&pool, "auth.v1.User", "id"), [OUTPUT_ONLY]);
+    for message in [
+        "auth.v1.FinishPasskeyRegistrationRequest",
+        "auth.v1.FinishPasskeyLoginRequest",
+    ] {
+        for field in ["ceremony_id", "credential"] {
+            assert_eq!(
+                field_behaviors(&pool, message, field),
+                [REQUIRED],
+                "{message}.{field}"
+            );
+        }
+    }
+    // The passkey options and credentials are the browser's JSON in a
+    // Struct: a gateway needs its description to print and read them.
+    assert!(pool.get_message_by_name("google.protobuf.Struct").is_some());
+    assert!(pool.get_message_by_name("google.protobuf.Value").is_some());
     // The error details are described too, for gateways to print as JSON.
     assert!(pool.get_message_by_name("google.rpc.Status").is_some());
     assert!(pool.get_message_by_name("google.rpc.BadRequest").is_some());

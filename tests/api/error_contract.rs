@@ -942,3 +942,309 @@ async fn every_error_of_exchange_token_carries_a_listed_reason() {
         about_field(&status, field);
     }
 }
+
+/// The passkey RPCs' errors: each carries a listed reason, and those about
+/// a field name it in a BadRequest with a listed field reason; a passkey
+/// answer that does not hold is refused the same way at every entry.
+#[tokio::test]
+async fn every_error_of_passkeys_carries_a_listed_reason() {
+    use crate::passkey_kit::{SoftKey, passkey_login, register_passkey, to_struct};
+    use serde_json::json;
+
+    let app = spawn_app().await;
+    let (user, tokens) = app.signed_in_user().await;
+    // A session from before the account had a factor: not fresh later.
+    let stale = app.tokens_of(&user.email).await;
+    let access = tokens.access_token.clone();
+    let mut c = app.client.clone();
+    // Well-formed (32 bytes, base64url), and no ceremony has it.
+    let unknown_ceremony = "A".repeat(43);
+    let malformed = || Some(to_struct(json!({"id": "not a credential", "type": "public-key"})));
+    let start_registration = |name: &str, access: &str| {
+        with_bearer(pb::StartPasskeyRegistrationRequest { name: name.into() }, access)
+    };
+    let finish_registration = |ceremony_id: &str, credential: Option<prost_types::Struct>| {
+        with_bearer(
+            pb::FinishPasskeyRegistrationRequest {
+                ceremony_id: ceremony_id.into(),
+                credential,
+            },
+            &access,
+        )
+    };
+    let discoverable = pb::StartPasskeyLoginRequest::default;
+
+    // StartPasskeyRegistration: a name too long, control characters.
+    let status = expect(
+        c.start_passkey_registration(start_registration(&"n".repeat(65), &access))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(field_reasons(&status), pairs(&[("name", "TOO_LONG")]));
+    let status = expect(
+        c.start_passkey_registration(start_registration("a\u{7}b", &access))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(field_reasons(&status), pairs(&[("name", "INVALID_CHARACTERS")]));
+
+    // FinishPasskeyRegistration: both fields missing, a ceremony id of the
+    // wrong form, an unknown ceremony, a credential that is not one, one
+    // made for another ceremony's challenge.
+    let status = expect(
+        c.finish_passkey_registration(finish_registration("", None)).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(
+        field_reasons(&status),
+        pairs(&[("ceremony_id", "REQUIRED"), ("credential", "REQUIRED")])
+    );
+    let status = expect(
+        c.finish_passkey_registration(finish_registration("not/base64url!", malformed()))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(
+        field_reasons(&status),
+        pairs(&[("ceremony_id", "INVALID_FORMAT")])
+    );
+    // The credential's form is checked before the ceremony is looked up
+    // (and used up): an unknown ceremony with a malformed credential names
+    // the credential. passkeys::ceremonies covers an unknown ceremony with
+    // a well-formed one (CEREMONY_EXPIRED).
+    let status = expect(
+        c.finish_passkey_registration(finish_registration(&unknown_ceremony, malformed()))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(field_reasons(&status), pairs(&[("credential", "INVALID_FORMAT")]));
+    let started = c
+        .start_passkey_registration(start_registration("", &access))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = expect(
+        c.finish_passkey_registration(finish_registration(&started.ceremony_id, malformed()))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(field_reasons(&status), pairs(&[("credential", "INVALID_FORMAT")]));
+    let answered = c
+        .start_passkey_registration(start_registration("", &access))
+        .await
+        .unwrap()
+        .into_inner();
+    let started = c
+        .start_passkey_registration(start_registration("", &access))
+        .await
+        .unwrap()
+        .into_inner();
+    let other_challenge = SoftKey::new().create(answered.options.as_ref().unwrap());
+    expect(
+        c.finish_passkey_registration(finish_registration(
+            &started.ceremony_id,
+            Some(to_struct(other_challenge)),
+        ))
+        .await,
+        Code::InvalidArgument,
+        "PASSKEY_INVALID",
+    );
+    // A key whose credential authd never stored (its ceremony left unfinished).
+    let started = c
+        .start_passkey_registration(start_registration("", &access))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stranger = SoftKey::new();
+    stranger.create(started.options.as_ref().unwrap());
+
+    // The first passkey; then REAUTHENTICATION_REQUIRED for a session that
+    // proved no factor lately.
+    let mut key = SoftKey::new();
+    register_passkey(&app, &access, &mut key).await;
+    // The registration proved a factor: the session's next token says so.
+    let fresh = app.refresh(&tokens.refresh_token).await.unwrap().access_token;
+    let status = expect(
+        c.start_passkey_registration(start_registration("", &stale.access_token))
+            .await,
+        Code::FailedPrecondition,
+        "REAUTHENTICATION_REQUIRED",
+    );
+    assert_eq!(
+        crate::factors::metadata(&status, "max_age").as_deref(),
+        Some("600")
+    );
+
+    // StartPasskeyLogin: a login too long.
+    let status = expect(
+        c.start_passkey_login(pb::StartPasskeyLoginRequest {
+            login: format!("{}@example.com", "a".repeat(300)),
+        })
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(field_reasons(&status), pairs(&[("login", "TOO_LONG")]));
+
+    // FinishPasskeyLogin: both fields missing, a credential that is not
+    // one, a good answer to an unknown ceremony, an unknown credential.
+    let finish_login =
+        |ceremony_id: &str, credential: Option<prost_types::Struct>| pb::FinishPasskeyLoginRequest {
+            ceremony_id: ceremony_id.into(),
+            credential,
+        };
+    let status = expect(
+        c.finish_passkey_login(finish_login("", None)).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(
+        field_reasons(&status),
+        pairs(&[("ceremony_id", "REQUIRED"), ("credential", "REQUIRED")])
+    );
+    let status = expect(
+        c.finish_passkey_login(finish_login(&unknown_ceremony, malformed()))
+            .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(field_reasons(&status), pairs(&[("credential", "INVALID_FORMAT")]));
+    let started = c.start_passkey_login(discoverable()).await.unwrap().into_inner();
+    let answer = key.get(started.options.as_ref().unwrap());
+    expect(
+        c.finish_passkey_login(finish_login(&unknown_ceremony, Some(to_struct(answer))))
+            .await,
+        Code::NotFound,
+        "CEREMONY_EXPIRED",
+    );
+    expect(
+        passkey_login(&app, &mut stranger).await,
+        Code::Unauthenticated,
+        "PASSKEY_INVALID",
+    );
+
+    // CompleteLogin and StepUp: a passkey answer that is not one; at
+    // CompleteLogin, one of a credential authd does not know.
+    let pending = crate::factors::challenge(&app, &user.email).await;
+    assert!(pending.passkey_options.is_some());
+    let complete = |proof: prost_types::Struct| pb::CompleteLoginRequest {
+        mfa_token: pending.mfa_token.clone(),
+        proof: Some(pb::complete_login_request::Proof::PasskeyAssertion(proof)),
+    };
+    let status = expect(
+        c.complete_login(complete(malformed().unwrap())).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(
+        field_reasons(&status),
+        pairs(&[("passkey_assertion", "INVALID_FORMAT")])
+    );
+    let started = c.start_passkey_login(discoverable()).await.unwrap().into_inner();
+    let unknown = to_struct(stranger.get(started.options.as_ref().unwrap()));
+    expect(
+        c.complete_login(complete(unknown)).await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
+    let status = expect(
+        c.step_up(with_bearer(
+            pb::StepUpRequest {
+                proof: Some(pb::step_up_request::Proof::PasskeyAssertion(malformed().unwrap())),
+            },
+            &access,
+        ))
+        .await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(
+        field_reasons(&status),
+        pairs(&[("passkey_assertion", "INVALID_FORMAT")])
+    );
+    // At StepUp the bearer is fine and the proof is not: INVALID_ARGUMENT,
+    // as for a wrong code there, never UNAUTHENTICATED (which tells a
+    // client its session is gone).
+    let started = c.start_passkey_login(discoverable()).await.unwrap().into_inner();
+    let unknown = to_struct(stranger.get(started.options.as_ref().unwrap()));
+    expect(
+        c.step_up(with_bearer(
+            pb::StepUpRequest {
+                proof: Some(pb::step_up_request::Proof::PasskeyAssertion(unknown)),
+            },
+            &access,
+        ))
+        .await,
+        Code::InvalidArgument,
+        "PASSKEY_INVALID",
+    );
+
+    // FACTOR_LIMIT_REACHED after ten passkeys.
+    for _ in 1..10 {
+        register_passkey(&app, &fresh, &mut SoftKey::new()).await;
+    }
+    expect(
+        c.start_passkey_registration(start_registration("", &fresh)).await,
+        Code::FailedPrecondition,
+        "FACTOR_LIMIT_REACHED",
+    );
+
+    // ACCOUNT_DISABLED: the passkey holds, the account does not.
+    let writer = app.service_key("disabler", &["users.write"]).await;
+    app.admin()
+        .disable_user(with_bearer(
+            pb::DisableUserRequest {
+                user_id: user.id.clone(),
+            },
+            &writer,
+        ))
+        .await
+        .unwrap();
+    expect(
+        passkey_login(&app, &mut key).await,
+        Code::PermissionDenied,
+        "ACCOUNT_DISABLED",
+    );
+
+    // The bearer RPCs without a bearer.
+    expect(
+        c.start_passkey_registration(pb::StartPasskeyRegistrationRequest::default())
+            .await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+    expect(
+        c.finish_passkey_registration(pb::FinishPasskeyRegistrationRequest::default())
+            .await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+
+    // EMAIL_NOT_VERIFIED where verified addresses are required: an address
+    // that was verified when its passkey was registered, and is no more.
+    let strict = spawn_app_with(|c| c.require_verified_email = true).await;
+    let email = fresh_email();
+    strict.register(&email, PASSWORD).await;
+    let verified = |yes: bool| {
+        sqlx::query("UPDATE users SET email_verified = $1 WHERE email = $2")
+            .bind(yes)
+            .bind(&email)
+            .execute(&strict.db)
+    };
+    verified(true).await.unwrap();
+    let signed_in = strict.tokens_of(&email).await;
+    let mut key = SoftKey::new();
+    register_passkey(&strict, &signed_in.access_token, &mut key).await;
+    verified(false).await.unwrap();
+    expect(
+        passkey_login(&strict, &mut key).await,
+        Code::FailedPrecondition,
+        "EMAIL_NOT_VERIFIED",
+    );
+}

@@ -12,6 +12,7 @@ use tokio::io::AsyncWriteExt as _;
 use tonic::Code;
 
 use crate::helpers::*;
+use crate::passkey_kit::{SoftKey, passkey_login};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// What Prometheus sends.
@@ -451,6 +452,57 @@ async fn calls_refused_by_the_peer_limit_are_counted() {
     );
     // The refusal came before the handler: no login outcome for it.
     assert_value(&page.body, r#"authd_logins_total{outcome="throttled"}"#, 0.0);
+}
+
+/// Failed passkey logins count as bad credentials; once the client's
+/// failures are throttled, each refusal counts under its own kind, not as
+/// the password's back-off, and not as a login outcome.
+#[tokio::test]
+async fn failed_passkey_logins_and_their_throttling_are_counted() {
+    let app = spawn_app_with(with_metrics).await;
+    let (_, tokens) = app.signed_in_user().await;
+    let mut client = app.client.clone();
+    // A key whose credential authd never stored: the ceremony is started,
+    // the authenticator makes its key, the registration is never finished.
+    let started = client
+        .start_passkey_registration(with_bearer(
+            pb::StartPasskeyRegistrationRequest::default(),
+            &tokens.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stranger = SoftKey::new();
+    stranger.create(started.options.as_ref().unwrap());
+    let mut refused = 0.0;
+    let throttled = loop {
+        match passkey_login(&app, &mut stranger).await {
+            Err(s) if s.code() == Code::ResourceExhausted => break s,
+            other => assert_error(other, Code::Unauthenticated, "PASSKEY_INVALID"),
+        };
+        refused += 1.0;
+        assert!(refused < 20.0, "failed passkey logins were never throttled");
+    };
+    assert_eq!(reason(&throttled), "THROTTLED");
+
+    let page = scrape(&app, Some(PROMETHEUS_ACCEPT)).await;
+    let text = &page.body;
+    assert_value(text, r#"authd_throttled_total{kind="passkey_failures"}"#, 1.0);
+    assert_value(text, r#"authd_throttled_total{kind="login_backoff"}"#, 0.0);
+    assert_value(text, r#"authd_logins_total{outcome="bad_credentials"}"#, refused);
+    assert_value(text, r#"authd_logins_total{outcome="throttled"}"#, 0.0);
+    assert_value(text, r#"authd_logins_total{outcome="error"}"#, 0.0);
+    let finish = "/auth.v1.AuthService/FinishPasskeyLogin";
+    assert_value(
+        text,
+        &format!(r#"authd_rpc_calls_total{{method="{finish}",code="UNAUTHENTICATED"}}"#),
+        refused,
+    );
+    assert_value(
+        text,
+        &format!(r#"authd_rpc_calls_total{{method="{finish}",code="RESOURCE_EXHAUSTED"}}"#),
+        1.0,
+    );
 }
 
 /// A real Prometheus server with a throwaway configuration and storage,

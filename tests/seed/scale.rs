@@ -6,7 +6,8 @@
 //! more than a day ago), their refresh tokens (a consumed one besides the
 //! current one for live sessions), and the backlog a day of traffic leaves:
 //! reset and verification tokens, throttle counters, sent mail,
-//! revocation events, second factors and login challenges. Every seeded account has the same password hash (the
+//! revocation events, second factors (TOTP apps and passkeys), login challenges and
+//! passkey ceremonies. Every seeded account has the same password hash (the
 //! caller's), so any of them can log in.
 //!
 //! Each table's columns are given with the value to write, and only the
@@ -59,6 +60,11 @@ impl SeedReport {
 /// an SQL expression of `i`, `accounts` (the account count) and `hash`.
 struct Batch {
     table: &'static str,
+    /// The table whose rows these go with: the migration check seeds the
+    /// batch once that table exists and while it is empty. A passkey's
+    /// factor row goes with the passkeys (an older schema's factors would
+    /// refuse its kind), not with the factors seeded long before.
+    with: Option<&'static str>,
     rows: fn(&Scale) -> i64,
     columns: &'static [(&'static str, &'static str)],
 }
@@ -66,10 +72,13 @@ struct Batch {
 // Timestamps are spread by the row number so that they are deterministic
 // yet varied; `now()` is the start of the seeding transaction.
 const USER_ID: &str = "md5('user' || (1 + i % accounts))::uuid";
+/// The account of passkey `i`: one in ten, none of those with a TOTP factor.
+const PASSKEY_USER_ID: &str = "md5('user' || (1 + (i * 10 + 3) % accounts))::uuid";
 
 const BATCHES: &[Batch] = &[
     Batch {
         table: "users",
+        with: None,
         rows: |s| s.accounts,
         columns: &[
             ("id", "md5('user' || i)::uuid"),
@@ -95,6 +104,7 @@ const BATCHES: &[Batch] = &[
     // Sessions by `i % 10`: 0 live, 1-5 revoked, 6-9 expired (idle).
     Batch {
         table: "sessions",
+        with: None,
         rows: Scale::sessions,
         columns: &[
             ("id", "md5('session' || i)::uuid"),
@@ -142,6 +152,7 @@ const BATCHES: &[Batch] = &[
     // Each session's latest token: unconsumed for live sessions.
     Batch {
         table: "refresh_tokens",
+        with: None,
         rows: Scale::sessions,
         columns: &[
             ("token_hash", "sha256(('refresh' || i)::bytea)"),
@@ -156,6 +167,7 @@ const BATCHES: &[Batch] = &[
     // The token each live session rotated away from (session number 10·i).
     Batch {
         table: "refresh_tokens",
+        with: None,
         rows: |s| s.accounts / 2,
         columns: &[
             ("token_hash", "sha256(('rotated' || i)::bytea)"),
@@ -166,6 +178,7 @@ const BATCHES: &[Batch] = &[
     },
     Batch {
         table: "password_reset_tokens",
+        with: None,
         rows: |s| s.accounts / 20,
         columns: &[
             ("token_hash", "sha256(('reset' || i)::bytea)"),
@@ -187,6 +200,7 @@ const BATCHES: &[Batch] = &[
     },
     Batch {
         table: "email_verification_tokens",
+        with: None,
         rows: |s| s.accounts / 5,
         columns: &[
             ("token_hash", "sha256(('verify' || i)::bytea)"),
@@ -208,6 +222,7 @@ const BATCHES: &[Batch] = &[
     // untouched for more than a day.
     Batch {
         table: "login_throttle",
+        with: None,
         rows: |s| s.accounts / 10,
         columns: &[
             (
@@ -222,6 +237,7 @@ const BATCHES: &[Batch] = &[
     // A week and a half of sent mail (bodies are gone once sent).
     Batch {
         table: "email_outbox",
+        with: None,
         rows: |s| s.accounts * 3 / 10,
         columns: &[
             ("id", "md5('mail' || i)::uuid"),
@@ -246,6 +262,7 @@ const BATCHES: &[Batch] = &[
     // never confirmed and is past its ten minutes, or nearly.
     Batch {
         table: "factors",
+        with: None,
         rows: |s| s.accounts / 5,
         columns: &[
             ("id", "md5('factor' || i)::uuid"),
@@ -265,9 +282,70 @@ const BATCHES: &[Batch] = &[
             ("secret_key_id", "'seed'"),
         ],
     },
+    // One account in ten has a passkey (accounts 4, 14, 24…: none of them
+    // has a TOTP factor); its factor row, then what verifies it.
+    Batch {
+        table: "factors",
+        with: Some("passkeys"),
+        rows: |s| s.accounts / 10,
+        columns: &[
+            ("id", "md5('passkey factor' || i)::uuid"),
+            ("user_id", PASSKEY_USER_ID),
+            ("kind", "'passkey'"),
+            ("name", "'Passkey'"),
+            ("created_at", "now() - (i % 864000) * interval '1 second'"),
+            ("confirmed_at", "now() - (i % 864000) * interval '1 second'"),
+            (
+                "last_used_at",
+                "CASE WHEN i % 3 <> 0 THEN now() - (i % 86400) * interval '1 second' END",
+            ),
+        ],
+    },
+    Batch {
+        table: "passkeys",
+        with: None,
+        rows: |s| s.accounts / 10,
+        columns: &[
+            ("factor_id", "md5('passkey factor' || i)::uuid"),
+            ("user_id", PASSKEY_USER_ID),
+            ("credential_id", "sha256(('passkey' || i)::bytea)"),
+            // Nothing signs with a seeded passkey: no key is needed.
+            ("credential", "jsonb_build_object('seed', i)"),
+            ("sign_count", "i % 1000"),
+            ("backup_eligible", "i % 2 = 0"),
+            ("backed_up", "i % 4 = 0"),
+        ],
+    },
+    // A day of passkey ceremonies never finished (a finished one is gone):
+    // registrations, discoverable logins and named ones, five minutes each.
+    Batch {
+        table: "webauthn_ceremonies",
+        with: None,
+        rows: |s| s.accounts / 5,
+        columns: &[
+            ("challenge", "sha256(('ceremony' || i)::bytea)"),
+            (
+                "kind",
+                "CASE WHEN i % 3 = 0 THEN 'registration' ELSE 'authentication' END",
+            ),
+            (
+                "user_id",
+                "CASE WHEN i % 3 <> 1 THEN md5('user' || (1 + i % accounts))::uuid END",
+            ),
+            ("named", "i % 3 = 2"),
+            ("name", "CASE WHEN i % 3 = 0 THEN 'Passkey' END"),
+            ("state", "jsonb_build_object('seed', i)"),
+            ("created_at", "now() - (i % 86400) * interval '1 second'"),
+            (
+                "expires_at",
+                "now() - (i % 86400) * interval '1 second' + interval '5 minutes'",
+            ),
+        ],
+    },
     // A day of login challenges (five minutes each; one in three used).
     Batch {
         table: "mfa_challenges",
+        with: None,
         rows: |s| s.accounts / 5,
         columns: &[
             ("token_hash", "sha256(('challenge' || i)::bytea)"),
@@ -321,12 +399,13 @@ pub async fn seed_empty_tables(
     let mut seeded_now: Vec<&str> = Vec::new();
     for batch in BATCHES {
         // A table with two batches: the second follows the first.
-        let empty = seeded_now.contains(&batch.table) || is_empty(db, batch.table).await?;
+        let decides = batch.with.unwrap_or(batch.table);
+        let empty = seeded_now.contains(&decides) || is_empty(db, decides).await?;
         if !empty {
             continue;
         }
         if let Some(n) = insert(db, batch, scale, password_hash).await? {
-            seeded_now.push(batch.table);
+            seeded_now.push(decides);
             report.rows.push((batch.table, n));
         }
     }
@@ -342,9 +421,12 @@ pub async fn seed_empty_tables(
 
 /// The tables the seed fills (the "big" ones, for checks on plans and locks).
 pub fn seeded_tables() -> Vec<&'static str> {
-    let mut tables: Vec<&'static str> = BATCHES.iter().map(|b| b.table).collect();
-    tables.push("revocation_events");
-    tables.dedup();
+    let mut tables: Vec<&'static str> = Vec::new();
+    for table in BATCHES.iter().map(|b| b.table).chain(["revocation_events"]) {
+        if !tables.contains(&table) {
+            tables.push(table);
+        }
+    }
     tables
 }
 

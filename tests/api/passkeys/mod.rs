@@ -189,6 +189,14 @@ pub fn assert_login_refused(result: Result<impl std::fmt::Debug, Status>) -> Sta
     assert_error(result, Code::Unauthenticated, "PASSKEY_INVALID")
 }
 
+/// A refused passkey at StepUp: the bearer's session is fine, so
+/// INVALID_ARGUMENT PASSKEY_INVALID (as a wrong code there), never the
+/// UNAUTHENTICATED that tells a client its session is gone.
+#[track_caller]
+pub fn assert_step_up_refused(result: Result<impl std::fmt::Debug, Status>) -> Status {
+    assert_error(result, Code::InvalidArgument, "PASSKEY_INVALID")
+}
+
 /// A refused second factor at CompleteLogin: as a wrong code there,
 /// UNAUTHENTICATED INVALID_CREDENTIALS (its contract tells no proof's
 /// failure from another's).

@@ -68,7 +68,7 @@ async fn another_accounts_passkey_is_no_second_factor() {
     );
     // StepUp of the victim's session with the attacker's key.
     let (_, answer) = answered(&app, "", &mut attacker.key).await;
-    assert_login_refused(
+    assert_step_up_refused(
         crate::factors::step_up(
             &app,
             &victim.tokens.access_token,

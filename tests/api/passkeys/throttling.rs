@@ -135,3 +135,41 @@ async fn a_success_forgives_the_clients_failures() {
             .expect("the tenth attempt, right");
     }
 }
+
+/// Many good logins in flight at once from one address (users behind one
+/// NAT) are all served: the budget counts failures once they failed, not
+/// every attempt in advance. With twenty finishes charged before their
+/// check, ten free, some were refused THROTTLED although every answer held.
+#[tokio::test]
+async fn many_good_logins_at_once_from_one_address_are_all_served() {
+    let app = behind_a_proxy().await;
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        let mut holder = passkey_user(&app, SoftKey::new()).await;
+        answers.push(answered(&app, "", &mut holder.key).await);
+    }
+    let finishes: Vec<_> = answers
+        .into_iter()
+        .map(|(ceremony, answer)| {
+            let app_client = app.client.clone();
+            tokio::spawn(async move {
+                app_client
+                    .clone()
+                    .finish_passkey_login(from(
+                        "198.51.100.7",
+                        pb::FinishPasskeyLoginRequest {
+                            ceremony_id: ceremony,
+                            credential: Some(to_struct(answer)),
+                        },
+                    ))
+                    .await
+            })
+        })
+        .collect();
+    for finish in finishes {
+        finish
+            .await
+            .unwrap()
+            .expect("a good passkey login from a shared address");
+    }
+}

@@ -41,7 +41,7 @@ async fn a_login_without_user_verification_is_refused() {
     );
     let started = start_login(&app, "").await;
     let answer = holder.key.get(&without_user_verification(&started.options));
-    assert_login_refused(
+    assert_step_up_refused(
         crate::factors::step_up(
             &app,
             &holder.tokens.access_token,

@@ -13,6 +13,7 @@ use tonic::Code;
 
 use crate::helpers::*;
 use crate::lifecycle::{CHANGE_SUBJECT, VERIFY_SUBJECT, link_token, nth_mail};
+use crate::passkey_kit::{SoftKey, passkey_login, register_passkey, to_struct};
 use crate::seed::seeded_email;
 use crate::smtp::SmtpServer;
 
@@ -92,6 +93,13 @@ async fn admin_key(db: &PgPool) -> String {
 
 fn unknown_token(kind: TokenKind) -> String {
     NewToken::generate(kind).unwrap().expose().to_owned()
+}
+
+/// A well-formed ceremony id no ceremony has: 32 random bytes, base64url.
+fn unknown_ceremony_id() -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = (0..2).flat_map(|_| *uuid::Uuid::new_v4().as_bytes()).collect();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// Every RPC of both services: the success path and the main failures.
@@ -551,6 +559,108 @@ pub(super) async fn drive_every_rpc(app: &TestApp, smtp: &SmtpServer, tester: &P
             factor_id: factors[0].id.clone(),
         },
         &fresh.access_token,
+    ))
+    .await
+    .unwrap();
+
+    // Passkeys: one registered (and a finish with an unknown ceremony), a
+    // passwordless login (and its ceremony replayed), logins naming the
+    // account and naming nobody, the passkey as the second factor of a
+    // password login and of a step-up, then removed.
+    let dee_email = "dee@plans.example";
+    app.register(dee_email, PASSWORD).await;
+    let dee = app.tokens_of(dee_email).await;
+    let mut dee_key = SoftKey::new();
+    let passkey = register_passkey(app, &dee.access_token, &mut dee_key).await;
+    // The registration proved a factor: the session's next token says so.
+    let dee = app.refresh(&dee.refresh_token).await.unwrap();
+    let started = auth
+        .start_passkey_registration(with_bearer(
+            pb::StartPasskeyRegistrationRequest::default(),
+            &dee.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut spare = SoftKey::new();
+    let credential = spare.create(started.options.as_ref().unwrap());
+    assert_error(
+        auth.finish_passkey_registration(with_bearer(
+            pb::FinishPasskeyRegistrationRequest {
+                ceremony_id: unknown_ceremony_id(),
+                credential: Some(to_struct(credential)),
+            },
+            &dee.access_token,
+        ))
+        .await,
+        Code::NotFound,
+        "CEREMONY_EXPIRED",
+    );
+    let alone = passkey_login(app, &mut dee_key).await.unwrap();
+    assert_eq!(alone.user.unwrap().email, dee_email);
+    let started = auth
+        .start_passkey_login(pb::StartPasskeyLoginRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let assertion = to_struct(dee_key.get(started.options.as_ref().unwrap()));
+    let finish = |ceremony_id: &str| pb::FinishPasskeyLoginRequest {
+        ceremony_id: ceremony_id.into(),
+        credential: Some(assertion.clone()),
+    };
+    auth.finish_passkey_login(finish(&started.ceremony_id))
+        .await
+        .unwrap();
+    assert_error(
+        auth.finish_passkey_login(finish(&started.ceremony_id)).await,
+        Code::NotFound,
+        "CEREMONY_EXPIRED",
+    );
+    for login in [dee_email, "seed_14", "nobody@plans.example"] {
+        auth.start_passkey_login(pb::StartPasskeyLoginRequest { login: login.into() })
+            .await
+            .unwrap();
+    }
+    let challenge = app
+        .login(dee_email, PASSWORD)
+        .await
+        .unwrap()
+        .mfa_required
+        .unwrap();
+    let assertion = dee_key.get(challenge.passkey_options.as_ref().unwrap());
+    let second = auth
+        .complete_login(pb::CompleteLoginRequest {
+            mfa_token: challenge.mfa_token,
+            proof: Some(pb::complete_login_request::Proof::PasskeyAssertion(to_struct(
+                assertion,
+            ))),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens
+        .unwrap();
+    let started = auth
+        .start_passkey_login(pb::StartPasskeyLoginRequest {
+            login: dee_email.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let assertion = dee_key.get(started.options.as_ref().unwrap());
+    auth.step_up(with_bearer(
+        pb::StepUpRequest {
+            proof: Some(pb::step_up_request::Proof::PasskeyAssertion(to_struct(assertion))),
+        },
+        &dee.access_token,
+    ))
+    .await
+    .unwrap();
+    auth.remove_factor(with_bearer(
+        pb::RemoveFactorRequest {
+            factor_id: passkey.id,
+        },
+        &second.access_token,
     ))
     .await
     .unwrap();
