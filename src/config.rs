@@ -598,8 +598,6 @@ fn path_list(v: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The host of a URL like `https://auth.example.com:8443/x`, without port or
-/// credentials; `None` for a string that is not such a URL.
 /// A WebAuthn relying party id: a domain name (lowercase letters, digits,
 /// hyphens, dots), as browsers compare it with the page's host.
 fn check_rp_id(v: &str) -> Result<String, String> {
@@ -640,6 +638,8 @@ fn check_webauthn_origin(origin: &str, rp_id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The host of a URL like `https://auth.example.com:8443/x`, without port or
+/// credentials; `None` for a string that is not such a URL.
 fn host_of(url: &str) -> Option<&str> {
     let (_, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;

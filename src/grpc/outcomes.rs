@@ -7,7 +7,11 @@ use crate::metrics::{LoginOutcome, Metrics, ThrottleKind};
 fn login_outcome<T>(result: &Result<T, AppError>) -> LoginOutcome {
     match result {
         Ok(_) => LoginOutcome::Success,
-        Err(AppError::InvalidCredentials | AppError::PasskeyInvalid) => LoginOutcome::BadCredentials,
+        // A passkey ceremony that expired or was used is a proof that did
+        // not hold, not a failure of authd's.
+        Err(AppError::InvalidCredentials | AppError::PasskeyInvalid | AppError::CeremonyExpired) => {
+            LoginOutcome::BadCredentials
+        }
         Err(AppError::Throttled(_)) => LoginOutcome::Throttled,
         Err(AppError::Validation(_)) => LoginOutcome::InvalidArgument,
         Err(AppError::Unavailable(_)) => LoginOutcome::Unavailable,

@@ -474,6 +474,23 @@ async fn failed_passkey_logins_and_their_throttling_are_counted() {
         .into_inner();
     let mut stranger = SoftKey::new();
     stranger.create(started.options.as_ref().unwrap());
+    // An answer to a ceremony authd does not know (expired, or used): the
+    // client's proof did not hold, which is no server error.
+    let answer = {
+        let started = client
+            .start_passkey_login(pb::StartPasskeyLoginRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        stranger.get(started.options.as_ref().unwrap())
+    };
+    let expired = client
+        .finish_passkey_login(pb::FinishPasskeyLoginRequest {
+            ceremony_id: "A".repeat(43),
+            credential: Some(crate::passkey_kit::to_struct(answer)),
+        })
+        .await;
+    assert_error(expired, Code::NotFound, "CEREMONY_EXPIRED");
     let mut refused = 0.0;
     let throttled = loop {
         match passkey_login(&app, &mut stranger).await {
@@ -489,7 +506,11 @@ async fn failed_passkey_logins_and_their_throttling_are_counted() {
     let text = &page.body;
     assert_value(text, r#"authd_throttled_total{kind="passkey_failures"}"#, 1.0);
     assert_value(text, r#"authd_throttled_total{kind="login_backoff"}"#, 0.0);
-    assert_value(text, r#"authd_logins_total{outcome="bad_credentials"}"#, refused);
+    assert_value(
+        text,
+        r#"authd_logins_total{outcome="bad_credentials"}"#,
+        refused + 1.0,
+    );
     assert_value(text, r#"authd_logins_total{outcome="throttled"}"#, 0.0);
     assert_value(text, r#"authd_logins_total{outcome="error"}"#, 0.0);
     let finish = "/auth.v1.AuthService/FinishPasskeyLogin";
