@@ -38,7 +38,7 @@ use zeroize::Zeroizing;
 
 use crate::cache_scenario::population;
 use crate::client::{bearer, call_each, code_label};
-use crate::procfs::{CpuWindow, TICK_US};
+use crate::procfs::CpuWindow;
 use crate::scale::paired::ORDER;
 use crate::scenarios::{self, Mix, MixRun, Op};
 use crate::seeding::{Shared, TaskState};
@@ -160,7 +160,11 @@ pub async fn run(
     }
     let [alone_run, pairs_run] = runs.map(|r| r.expect("both kinds of leg ran"));
     let mut rows = scenarios::rows(&alone, alone_run);
-    rows.extend(pair_rows(pairs_run));
+    rows.extend(pairs_run.pair_rows([
+        "login-mfa: login + complete",
+        "  login-mfa: the login step",
+        "  login-mfa: the complete step",
+    ]));
 
     let mut notes = vec![setup_note];
     notes.extend(ratios(&rows, settings));
@@ -381,28 +385,6 @@ async fn login_and_complete(
     (step, completed)
 }
 
-fn pair_rows(run: MixRun) -> Vec<Row> {
-    let MixRun { per_op, elapsed, cpu } = run;
-    let names = [
-        "login-mfa: login + complete",
-        "  login-mfa: the login step",
-        "  login-mfa: the complete step",
-    ];
-    let mut rows: Vec<Row> = names
-        .into_iter()
-        .zip(per_op)
-        .map(|(name, s)| Row::from_stats(name.to_owned(), s, elapsed))
-        .collect();
-    rows[PAIR].cpu = Some(cpu);
-    rows
-}
-
-/// authd's CPU per successful call of a row, in µs.
-fn authd_us_per_call(row: &Row) -> Option<f64> {
-    let ticks = row.cpu.as_ref()?.server?;
-    (row.ok > 0).then(|| ticks as f64 * TICK_US / row.ok as f64)
-}
-
 /// The pair against Login alone, and the second step against one Login and
 /// one argon2 hash.
 fn ratios(rows: &[Row], settings: &Settings) -> Vec<String> {
@@ -415,7 +397,7 @@ fn ratios(rows: &[Row], settings: &Settings) -> Vec<String> {
         return Vec::new();
     };
     let hash_ms = settings.hash_time.as_secs_f64() * 1000.0;
-    let cpu = match (authd_us_per_call(pair), authd_us_per_call(alone)) {
+    let cpu = match (pair.authd_us_per_call(), alone.authd_us_per_call()) {
         (Some(p), Some(a)) => format!(
             "; authd CPU per call {p:.0} / {a:.0} µs, the second step {:+.0} µs = {:.3} × one hash",
             p - a,

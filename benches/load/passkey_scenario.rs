@@ -37,7 +37,7 @@ use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 use webauthn_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse, Url};
 
 use crate::client::{authorization, bearer, call_each, code_label};
-use crate::procfs::{CpuWindow, TICK_US};
+use crate::procfs::CpuWindow;
 use crate::scale::paired::ORDER;
 use crate::scenarios::{self, Mix, MixRun, Op};
 use crate::seeding::{Shared, TaskState};
@@ -155,7 +155,11 @@ pub async fn run(
     }
     let [alone_run, pairs_run] = runs.map(|r| r.expect("both kinds of leg ran"));
     let mut rows = scenarios::rows(&alone, alone_run);
-    rows.extend(pair_rows(pairs_run));
+    rows.extend(pairs_run.pair_rows([
+        "passkey-login: start + finish",
+        "  passkey-login: StartPasskeyLogin",
+        "  passkey-login: FinishPasskeyLogin",
+    ]));
     let mut notes = vec![setup_note];
     notes.extend(ratios(&rows));
     Outcome { rows, notes }
@@ -360,28 +364,6 @@ async fn passkey_login(
     stats[PAIR].record(t, outcome);
 }
 
-fn pair_rows(run: MixRun) -> Vec<Row> {
-    let MixRun { per_op, elapsed, cpu } = run;
-    let names = [
-        "passkey-login: start + finish",
-        "  passkey-login: StartPasskeyLogin",
-        "  passkey-login: FinishPasskeyLogin",
-    ];
-    let mut rows: Vec<Row> = names
-        .into_iter()
-        .zip(per_op)
-        .map(|(name, s)| Row::from_stats(name.to_owned(), s, elapsed))
-        .collect();
-    rows[PAIR].cpu = Some(cpu);
-    rows
-}
-
-/// authd's CPU per successful call of a row, in µs.
-fn authd_us_per_call(row: &Row) -> Option<f64> {
-    let ticks = row.cpu.as_ref()?.server?;
-    (row.ok > 0).then(|| ticks as f64 * TICK_US / row.ok as f64)
-}
-
 /// The passkey login against the password login, measured in turns.
 fn ratios(rows: &[Row]) -> Vec<String> {
     let find = |prefix: &str| rows.iter().find(|r| r.name.trim_start().starts_with(prefix));
@@ -393,7 +375,7 @@ fn ratios(rows: &[Row]) -> Vec<String> {
     ) else {
         return Vec::new();
     };
-    let cpu = match (authd_us_per_call(pair), authd_us_per_call(alone)) {
+    let cpu = match (pair.authd_us_per_call(), alone.authd_us_per_call()) {
         (Some(p), Some(a)) => format!("; authd CPU per login {p:.0} / {a:.0} µs = {:.3}", p / a),
         _ => String::new(),
     };

@@ -485,6 +485,21 @@ pub struct MixRun {
 }
 
 impl MixRun {
+    /// One row per operation of a paired scenario (the pair first, then
+    /// each step), the run's CPU on the pair's row.
+    pub fn pair_rows(self, names: [&str; 3]) -> Vec<Row> {
+        let MixRun { per_op, elapsed, cpu } = self;
+        let mut rows: Vec<Row> = names
+            .into_iter()
+            .zip(per_op)
+            .map(|(name, s)| Row::from_stats(name.to_owned(), s, elapsed))
+            .collect();
+        if let Some(pair) = rows.first_mut() {
+            pair.cpu = Some(cpu);
+        }
+        rows
+    }
+
     /// Two runs of the same mix as one (the halves of a paired measurement).
     pub fn merge(mut self, other: MixRun) -> MixRun {
         for (total, s) in self.per_op.iter_mut().zip(other.per_op) {

@@ -63,6 +63,12 @@ impl Row {
         }
     }
 
+    /// authd's CPU per successful call, in µs.
+    pub fn authd_us_per_call(&self) -> Option<f64> {
+        let ticks = self.cpu.as_ref()?.server?;
+        (self.ok > 0).then(|| ticks as f64 * crate::procfs::TICK_US / self.ok as f64)
+    }
+
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
     }
