@@ -312,20 +312,11 @@ async fn drive_pairs(
             (stats, Instant::now())
         }));
     }
-    let mut per_op: Vec<Stats> = (0..3).map(|_| Stats::default()).collect();
-    let mut finished = started;
+    let mut tasks = Vec::new();
     for handle in handles {
-        let (stats, done) = handle.await.expect("login-mfa task panicked");
-        finished = finished.max(done);
-        for (total, s) in per_op.iter_mut().zip(stats) {
-            total.merge(s);
-        }
+        tasks.push(handle.await.expect("login-mfa task panicked"));
     }
-    MixRun {
-        per_op,
-        elapsed: finished - started,
-        cpu: window.close(),
-    }
+    MixRun::gather(3, started, window, tasks)
 }
 
 /// One Login and its CompleteLogin, timed together and each alone; returns

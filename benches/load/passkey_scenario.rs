@@ -294,20 +294,11 @@ async fn drive_pairs(
             (stats, Instant::now())
         }));
     }
-    let mut per_op: Vec<Stats> = (0..3).map(|_| Stats::default()).collect();
-    let mut finished = started;
+    let mut tasks = Vec::new();
     for handle in handles {
-        let (stats, done) = handle.await.expect("passkey-login task panicked");
-        finished = finished.max(done);
-        for (total, s) in per_op.iter_mut().zip(stats) {
-            total.merge(s);
-        }
+        tasks.push(handle.await.expect("passkey-login task panicked"));
     }
-    MixRun {
-        per_op,
-        elapsed: finished - started,
-        cpu: window.close(),
-    }
+    MixRun::gather(3, started, window, tasks)
 }
 
 /// One passkey login, timed as a pair and each call alone (the

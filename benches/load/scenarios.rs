@@ -485,6 +485,30 @@ pub struct MixRun {
 }
 
 impl MixRun {
+    /// The run of tasks that each measured `n_ops` operations and report
+    /// when they finished: their stats merged per operation, timed from
+    /// `started` to the last one's end.
+    pub fn gather<S: IntoIterator<Item = Stats>>(
+        n_ops: usize,
+        started: Instant,
+        window: CpuWindow,
+        tasks: impl IntoIterator<Item = (S, Instant)>,
+    ) -> MixRun {
+        let mut per_op: Vec<Stats> = (0..n_ops).map(|_| Stats::default()).collect();
+        let mut finished = started;
+        for (stats, done) in tasks {
+            finished = finished.max(done);
+            for (total, s) in per_op.iter_mut().zip(stats) {
+                total.merge(s);
+            }
+        }
+        MixRun {
+            per_op,
+            elapsed: finished - started,
+            cpu: window.close(),
+        }
+    }
+
     /// One row per operation of a paired scenario (the pair first, then
     /// each step), the run's CPU on the pair's row.
     pub fn pair_rows(self, names: [&str; 3]) -> Vec<Row> {
@@ -571,21 +595,13 @@ pub async fn drive(
             (state, stats, Instant::now())
         }));
     }
-    let mut per_op: Vec<Stats> = mix.ops.iter().map(|_| Stats::default()).collect();
-    let mut finished = started;
+    let mut tasks = Vec::new();
     for handle in handles {
         let (state, stats, done) = handle.await.expect("load task panicked");
         states.push(state);
-        finished = finished.max(done);
-        for (total, s) in per_op.iter_mut().zip(stats) {
-            total.merge(s);
-        }
+        tasks.push((stats, done));
     }
-    MixRun {
-        per_op,
-        elapsed: finished - started,
-        cpu: window.close(),
-    }
+    MixRun::gather(mix.ops.len(), started, window, tasks)
 }
 
 /// The table rows of a run: the total and, for a mix of several

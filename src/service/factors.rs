@@ -311,21 +311,8 @@ impl Core {
         }
         let first = !db::factors::has_live_factor(&mut *tx, user.id).await?;
         let row = db::factors::confirm(&mut tx, id, step, now).await?;
-        let mut codes = Vec::new();
-        if first {
-            let fresh = recovery_codes::generate().map_err(AppError::internal)?;
-            let hashes: Vec<TokenHash> = fresh.iter().map(|c| c.hash).collect();
-            db::factors::replace_recovery_codes(&mut tx, user.id, &hashes, now).await?;
-            codes = fresh.into_iter().map(|c| c.code).collect();
-        }
         // The code just proved the new factor in this session.
-        let Some((_, proof)) = db::sessions::lock_live(&mut tx, user.id, bearer.session_id, now).await?
-        else {
-            return Err(AppError::Token(TokenProblem::SessionRevoked));
-        };
-        let raised = proof.assurance.with_proof(AuthMethod::Otp, now);
-        db::sessions::record_proof(&mut *tx, user.id, bearer.session_id, &raised, now).await?;
-        db::sessions::clear_enrollment_required(&mut *tx, user.id).await?;
+        let codes = welcome_factor(&mut tx, user.id, bearer.session_id, AuthMethod::Otp, first, now).await?;
         db::throttle::forgive(&mut *tx, &throttle_key).await?;
         let mail = factor_notice(FactorNotice::Added, &user.email, now);
         db::outbox::enqueue(&mut tx, &mail, Some(user.id), now).await?;
@@ -580,6 +567,34 @@ impl Core {
             expires_in: seconds_until(now, expires_at),
         })
     }
+}
+
+/// What a new live factor brings, in the transaction that made it live:
+/// recovery codes when it is the account's `first` (returned once), the
+/// bearer's session counted as proven by it (`method`), and the end of a
+/// required enrolment.
+pub(super) async fn welcome_factor(
+    tx: &mut sqlx::PgConnection,
+    user_id: Uuid,
+    session_id: Uuid,
+    method: AuthMethod,
+    first: bool,
+    now: DateTime<Utc>,
+) -> Result<Vec<Zeroizing<String>>, AppError> {
+    let mut codes = Vec::new();
+    if first {
+        let fresh = recovery_codes::generate().map_err(AppError::internal)?;
+        let hashes: Vec<TokenHash> = fresh.iter().map(|c| c.hash).collect();
+        db::factors::replace_recovery_codes(&mut *tx, user_id, &hashes, now).await?;
+        codes = fresh.into_iter().map(|c| c.code).collect();
+    }
+    let Some((_, proof)) = db::sessions::lock_live(&mut *tx, user_id, session_id, now).await? else {
+        return Err(AppError::Token(TokenProblem::SessionRevoked));
+    };
+    let raised = proof.assurance.with_proof(method, now);
+    db::sessions::record_proof(&mut *tx, user_id, session_id, &raised, now).await?;
+    db::sessions::clear_enrollment_required(&mut *tx, user_id).await?;
+    Ok(codes)
 }
 
 /// How long a Login waits for its second factor.

@@ -16,9 +16,7 @@ use zeroize::Zeroizing;
 
 use super::{Core, TokenPair, chrono_duration};
 use crate::crypto::jwt::VerifiedAccess;
-use crate::crypto::opaque::TokenHash;
 use crate::crypto::passkeys::{Assertion, NewCredential, Refusal, base64url, base64url_decode};
-use crate::crypto::recovery_codes;
 use crate::db::passkeys::{CeremonyKind, NewCeremony, NewPasskeyRow};
 use crate::db::sessions::SessionProof;
 use crate::db::throttle::Backoff;
@@ -291,22 +289,17 @@ impl Core {
             // is the same, so it tells nothing of other accounts.
             return Err(AppError::PasskeyRefused);
         }
-        let mut codes = Vec::new();
-        if first {
-            let fresh = recovery_codes::generate().map_err(AppError::internal)?;
-            let hashes: Vec<TokenHash> = fresh.iter().map(|c| c.hash).collect();
-            db::factors::replace_recovery_codes(&mut tx, user.id, &hashes, now).await?;
-            codes = fresh.into_iter().map(|c| c.code).collect();
-        }
         // The authenticator verified its user to make the key: the session
         // counts as proven by it, as a TOTP code proves a new app.
-        let Some((_, proof)) = db::sessions::lock_live(&mut tx, user.id, bearer.session_id, now).await?
-        else {
-            return Err(AppError::Token(TokenProblem::SessionRevoked));
-        };
-        let raised = proof.assurance.with_proof(key_method(new.backup), now);
-        db::sessions::record_proof(&mut *tx, user.id, bearer.session_id, &raised, now).await?;
-        db::sessions::clear_enrollment_required(&mut *tx, user.id).await?;
+        let codes = super::factors::welcome_factor(
+            &mut tx,
+            user.id,
+            bearer.session_id,
+            key_method(new.backup),
+            first,
+            now,
+        )
+        .await?;
         if let Some(key) = &throttle_key {
             db::throttle::forgive(&mut *tx, key).await?;
         }
