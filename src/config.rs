@@ -123,6 +123,10 @@ pub struct Config {
     /// A WatchRevocations stream with nothing to deliver sends a heartbeat
     /// this often, so its subscriber can tell quiet from dead.
     pub revocation_heartbeat: Duration,
+    /// How long events stay in the log (`AUTHD_EVENT_RETENTION`): how far
+    /// back a WatchRevocations cursor resumes and how long a Shared Signals
+    /// receiver may be away without losing events.
+    pub event_retention: Duration,
     /// Session and service-key caches (`AUTHD_SESSION_CACHE`); off: every
     /// check reads the database.
     pub session_cache: bool,
@@ -184,6 +188,7 @@ impl Default for Config {
             mail_retry_base: Duration::from_secs(2),
             mail_lease: Duration::from_secs(30),
             revocation_heartbeat: Duration::from_secs(5),
+            event_retention: Duration::from_secs(7 * 86_400),
             session_cache: true,
             cleanup_interval: Duration::from_secs(600),
             cleanup_batch_size: 1000,
@@ -453,6 +458,9 @@ impl Config {
         v.read("AUTHD_REVOCATION_HEARTBEAT", |s| {
             duration_into(s, &mut self.revocation_heartbeat)
         });
+        v.read("AUTHD_EVENT_RETENTION", |s| {
+            duration_into(s, &mut self.event_retention)
+        });
         v.read("AUTHD_CLEANUP_INTERVAL", |s| {
             duration_into(s, &mut self.cleanup_interval)
         });
@@ -478,6 +486,10 @@ impl Config {
         }
         if self.revocation_heartbeat.is_zero() {
             errors.push("AUTHD_REVOCATION_HEARTBEAT must be more than 0".into());
+        }
+        if self.event_retention < Duration::from_secs(3600) || self.event_retention > Duration::from_secs(90 * 86_400)
+        {
+            errors.push("AUTHD_EVENT_RETENTION must be between 1h and 90d".into());
         }
         if self.verify_token_ttl < Duration::from_secs(60) {
             errors.push("AUTHD_VERIFY_TOKEN_TTL must be at least 1m".into());

@@ -130,6 +130,12 @@ pub enum AppError {
     /// The passkey ceremony is unknown, used, expired or another account's.
     #[error("ceremony expired")]
     CeremonyExpired,
+    /// No Shared Signals stream with that id is the caller's.
+    #[error("stream not found")]
+    StreamNotFound,
+    /// A poll of a stream delivered by push.
+    #[error("stream not polled")]
+    StreamNotPolled,
     /// A grant type authd does not offer.
     #[error("unsupported grant type")]
     UnsupportedGrantType,

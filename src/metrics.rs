@@ -383,6 +383,10 @@ struct Inner {
     key_lookups: [Counter; 2],
     /// Tokens minted for one destination, by grant.
     granted: Family<Tag, Counter>,
+    /// Shared Signals: SETs delivered by method (push, poll), and push
+    /// attempts by outcome (accepted, rejected, retry, refused).
+    ssf_delivered: Family<Tag, Counter>,
+    ssf_push: Family<Tag, Counter>,
     /// The HTTP face's requests by route and status, and their latency.
     http_requests: Family<[(&'static str, String); 2], Counter>,
     http_latency: Family<Tag, DurationHistogram, fn() -> DurationHistogram>,
@@ -632,6 +636,18 @@ impl Metrics {
             "Tokens minted for one destination, by grant (client_credentials, token_exchange, impersonation)",
             granted.clone(),
         );
+        let ssf_delivered = Family::<Tag, Counter>::default();
+        registry.register(
+            "ssf_sets_delivered",
+            "Shared Signals SETs delivered, by method (push: accepted by the receiver; poll: handed out)",
+            ssf_delivered.clone(),
+        );
+        let ssf_push = Family::<Tag, Counter>::default();
+        registry.register(
+            "ssf_push_attempts",
+            "Shared Signals push attempts, by outcome (accepted, rejected, retry, refused)",
+            ssf_push.clone(),
+        );
         let http_requests = Family::<[(&'static str, String); 2], Counter>::default();
         registry.register(
             "http_requests",
@@ -694,6 +710,8 @@ impl Metrics {
                 revocation_cut_off,
                 key_lookups,
                 granted,
+                ssf_delivered,
+                ssf_push,
                 http_requests,
                 http_latency,
                 cleanup,
@@ -831,6 +849,19 @@ impl Metrics {
     }
 
     /// A token minted by `grant`.
+    /// `n` SETs delivered by `method` (push, poll).
+    pub fn ssf_delivered(&self, method: &'static str, n: usize) {
+        self.inner
+            .ssf_delivered
+            .get_or_create(&[("method", method)])
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    /// One push attempt ended with `outcome`.
+    pub fn ssf_push(&self, outcome: &'static str) {
+        self.inner.ssf_push.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
     pub fn token_granted(&self, grant: &'static str) {
         self.inner.granted.get_or_create(&[("grant", grant)]).inc();
     }

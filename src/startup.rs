@@ -181,6 +181,7 @@ impl Application {
         let Background {
             probe,
             mail,
+            ssf_push,
             mail_stop,
             mut cleanup,
             cleanup_stop,
@@ -209,6 +210,9 @@ impl Application {
                     // The message being sent is finished, not abandoned to
                     // its lease.
                     let _ = mail.await;
+                    // The SET being pushed is finished and its lease given
+                    // back, so another replica takes the stream at once.
+                    let _ = ssf_push.await;
                     let _ = (&mut cleanup).await;
                     served
                 };
@@ -243,6 +247,8 @@ struct Background {
     probe: tokio::task::JoinHandle<()>,
     /// The mail worker: told to stop, then awaited within the drain.
     mail: tokio::task::JoinHandle<()>,
+    /// Shared Signals push delivery: stopped with the mail worker.
+    ssf_push: tokio::task::JoinHandle<()>,
     mail_stop: tokio::sync::watch::Sender<bool>,
     /// The clean-up: told to stop when shutdown begins (a pass ends between
     /// two batches), then awaited within the drain.
@@ -280,7 +286,7 @@ async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Shar
         cache: SessionCache::new(freshness.clone()),
         service_keys: ServiceKeys::new(pool.clone(), freshness.clone(), metrics.clone()),
         freshness: freshness.clone(),
-        revocation_feed: RevocationFeed::new(config.revocation_heartbeat),
+        revocation_feed: RevocationFeed::new(config.revocation_heartbeat, config.event_retention),
         mail_queued: Default::default(),
     };
     let core = Core::new(CoreParts {
@@ -301,6 +307,9 @@ async fn build_core(config: &Config, pool: PgPool) -> anyhow::Result<(Core, Shar
         service_keys: shared.service_keys.clone(),
         page_tokens: PageTokens::default(),
         revocation_feed: shared.revocation_feed.clone(),
+        ssf: crate::service::ssf::SsfSettings {
+            allow_private: config.ssf_allow_private,
+        },
         mail: MailSettings {
             reset_url: config.reset_url.clone(),
             reset_ttl: config.reset_token_ttl,
@@ -464,10 +473,24 @@ fn start_background_tasks(
     .with_metrics(shared.metrics.clone())
     .with_lease(config.mail_lease);
     let (mail_stop, mail_stopping) = tokio::sync::watch::channel(false);
+    let push = crate::jobs::ssf_worker::PushWorker::new(
+        core.clone(),
+        pool.clone(),
+        crate::jobs::ssf_push::PushClient::new(
+            Duration::from_secs(5),
+            config.ssf_push_timeout,
+            config.ssf_allow_private,
+        )?,
+        crate::jobs::ssf_worker::PushSettings {
+            retry_max: config.ssf_retry_max,
+            ..Default::default()
+        },
+    );
     let cleanup = Cleanup::new(
         pool,
         config.cleanup_interval,
         config.cleanup_batch_size,
+        config.event_retention,
         crate::jobs::cleanup::replica_name(local_addr),
         shared.metrics.clone(),
     );
@@ -478,6 +501,7 @@ fn start_background_tasks(
             health.clone(),
             config.health_check_interval,
         )),
+        ssf_push: tokio::spawn(push.run(mail_stopping.clone())),
         mail: tokio::spawn(worker.run(mail_stopping)),
         mail_stop,
         cleanup: tokio::spawn(cleanup.run(cleanup_stopping)),

@@ -20,8 +20,9 @@ use crate::db::revocations::EventRow;
 use crate::error::AppError;
 use crate::metrics::Metrics;
 
-/// How long events stay resumable; the design's contract.
-pub const RETENTION: chrono::Duration = chrono::Duration::hours(24);
+/// How long events stay resumable unless configured
+/// (`AUTHD_EVENT_RETENTION`); the design's contract.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 /// Events read per query; also bounds a catch-up's memory.
 pub const BATCH: i64 = 256;
 /// Events kept in memory for subscribers that read slower than others; a
@@ -41,6 +42,8 @@ struct Inner {
     closing: watch::Sender<bool>,
     /// A subscriber with nothing to deliver sends a heartbeat this often.
     heartbeat: Duration,
+    /// How long events stay in the log.
+    retention: chrono::Duration,
     /// Taken for a moment to publish an event or to subscribe, so that a
     /// subscriber knows exactly which events it will be sent.
     fanout: Mutex<Fanout>,
@@ -76,12 +79,13 @@ pub struct Subscription {
 }
 
 impl RevocationFeed {
-    pub fn new(heartbeat: Duration) -> Self {
+    pub fn new(heartbeat: Duration, retention: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
                 head: watch::Sender::new(0),
                 closing: watch::Sender::new(false),
                 heartbeat,
+                retention: chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7)),
                 fanout: Mutex::new(Fanout {
                     published: 0,
                     events: broadcast::Sender::new(BUFFER),
@@ -174,6 +178,10 @@ impl RevocationFeed {
         self.inner.heartbeat
     }
 
+    pub fn retention(&self) -> chrono::Duration {
+        self.inner.retention
+    }
+
     /// An event with this id has committed somewhere.
     pub fn announce(&self, event_id: i64) {
         self.inner.head.send_if_modified(|head| {
@@ -183,6 +191,12 @@ impl RevocationFeed {
             }
             newer
         });
+    }
+
+    /// Wakes whoever waits on [`Self::head`] without a new event: a
+    /// Shared Signals stream has a message of its own to deliver.
+    pub fn nudge(&self) {
+        self.inner.head.send_modify(|_| {});
     }
 
     pub fn head(&self) -> watch::Receiver<i64> {

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use super::revocations::{self, EventDetail, EventKind, FactorChange, FactorCredential};
 use crate::crypto::opaque::TokenHash;
+use crate::domain::FactorKind;
 use crate::error::AppError;
 
 /// A TOTP secret as stored: sealed, with the data key that sealed it.
@@ -216,17 +218,21 @@ pub async fn has_live_factor<'e>(db: impl PgExecutor<'e>, user_id: Uuid) -> Resu
 /// codes (they back up factors, not the password). Returns whether it
 /// existed.
 #[tracing::instrument(skip_all)]
-pub async fn remove(tx: &mut PgConnection, user_id: Uuid, factor_id: Uuid) -> Result<bool, AppError> {
-    let removed = sqlx::query!(
-        "DELETE FROM factors WHERE id = $1 AND user_id = $2 AND confirmed_at IS NOT NULL",
+pub async fn remove(
+    tx: &mut PgConnection,
+    user_id: Uuid,
+    factor_id: Uuid,
+) -> Result<Option<FactorKind>, AppError> {
+    let removed: Option<String> = sqlx::query_scalar!(
+        "DELETE FROM factors WHERE id = $1 AND user_id = $2 AND confirmed_at IS NOT NULL RETURNING kind",
         factor_id,
         user_id
     )
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
-    if removed.rows_affected() == 0 {
-        return Ok(false);
-    }
+    let Some(kind) = removed else {
+        return Ok(None);
+    };
     sqlx::query!(
         "DELETE FROM recovery_codes WHERE user_id = $1
             AND NOT EXISTS (SELECT 1 FROM factors WHERE user_id = $1 AND confirmed_at IS NOT NULL)",
@@ -234,7 +240,9 @@ pub async fn remove(tx: &mut PgConnection, user_id: Uuid, factor_id: Uuid) -> Re
     )
     .execute(&mut *tx)
     .await?;
-    Ok(true)
+    FactorKind::parse(&kind)
+        .map(Some)
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("unknown factor kind {kind:?}")))
 }
 
 /// Replaces every recovery code of the user with `hashes`.
@@ -300,21 +308,21 @@ pub async fn remove_all(tx: &mut PgConnection, user_id: Uuid) -> Result<u64, App
     Ok(u64::try_from(live).unwrap_or(0))
 }
 
-/// Records a FACTORS_CHANGED event. Takes the revocation log's counter,
-/// which every revocation waits for until this commits: call it last in
-/// the transaction.
-#[tracing::instrument(skip_all)]
+/// Records a FACTORS_CHANGED event saying which factor changed how. Takes
+/// the revocation log's counter, which every revocation waits for until
+/// this commits: call it last in the transaction.
 pub async fn record_factors_changed<'e>(
     db: impl PgExecutor<'e>,
     user_id: Uuid,
-    now: DateTime<Utc>,
+    credential: FactorCredential,
+    change: FactorChange,
 ) -> Result<(), AppError> {
-    sqlx::query!(
-        "SELECT authd_record_revocation('FACTORS_CHANGED', $1, NULL, $2)",
+    revocations::record(
+        db,
+        EventKind::FactorsChanged,
         user_id,
-        now
+        Some(&EventDetail::Factor { credential, change }),
     )
-    .fetch_one(db)
     .await?;
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod sealed_secrets;
 pub mod secrets;
 pub mod service_accounts;
 pub mod sessions;
+pub mod ssf;
 pub mod throttle;
 pub mod users;
 pub mod verification;

@@ -17,16 +17,29 @@ pub enum EventKind {
     UserSessionsEnded,
     UserDisabled,
     UserDeleted,
+    /// A second factor added or removed, recovery codes regenerated or
+    /// used, all reset; `detail` says which (see [`FactorChange`]).
     FactorsChanged,
+    /// The password was changed or reset.
+    PasswordChanged,
+    /// The account's roles were replaced; `detail` holds the new ones.
+    RolesChanged,
+    UserEnabled,
+    /// The account's address changed (the log keeps no address).
+    IdentifierChanged,
 }
 
 impl EventKind {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 9] = [
         Self::SessionEnded,
         Self::UserSessionsEnded,
         Self::UserDisabled,
         Self::UserDeleted,
         Self::FactorsChanged,
+        Self::PasswordChanged,
+        Self::RolesChanged,
+        Self::UserEnabled,
+        Self::IdentifierChanged,
     ];
 
     /// The value the `kind` column holds (its CHECK lists the same).
@@ -37,6 +50,10 @@ impl EventKind {
             Self::UserDisabled => "USER_DISABLED",
             Self::UserDeleted => "USER_DELETED",
             Self::FactorsChanged => "FACTORS_CHANGED",
+            Self::PasswordChanged => "PASSWORD_CHANGED",
+            Self::RolesChanged => "ROLES_CHANGED",
+            Self::UserEnabled => "USER_ENABLED",
+            Self::IdentifierChanged => "IDENTIFIER_CHANGED",
         }
     }
 }
@@ -65,6 +82,87 @@ pub struct EventRow {
     pub user_id: Uuid,
     pub session_ids: Vec<Uuid>,
     pub occurred_at: DateTime<Utc>,
+    /// What changed (see [`EventDetail`]); `None` for kinds that say it all.
+    pub detail: Option<serde_json::Value>,
+    /// The writing transaction: the same for every event of one change.
+    pub txn: Option<i64>,
+}
+
+/// Which second factor a FACTORS_CHANGED event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FactorCredential {
+    Totp,
+    Passkey,
+    RecoveryCodes,
+    /// Every factor (an administrator's reset).
+    All,
+}
+
+impl From<crate::domain::FactorKind> for FactorCredential {
+    fn from(kind: crate::domain::FactorKind) -> Self {
+        match kind {
+            crate::domain::FactorKind::Totp => Self::Totp,
+            crate::domain::FactorKind::Passkey => Self::Passkey,
+        }
+    }
+}
+
+/// What happened to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FactorChange {
+    Added,
+    Removed,
+    /// Recovery codes regenerated, or one of them used up.
+    Updated,
+}
+
+/// The `detail` of an event, in authd's words; the transports say it in
+/// theirs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum EventDetail {
+    Factor {
+        credential: FactorCredential,
+        change: FactorChange,
+    },
+    Roles {
+        roles: Vec<String>,
+    },
+}
+
+impl EventRow {
+    /// The row's detail, if it has one this build reads.
+    pub fn detail(&self) -> Option<EventDetail> {
+        self.detail
+            .as_ref()
+            .and_then(|d| serde_json::from_value(d.clone()).ok())
+    }
+}
+
+/// Records an event of `kind`. Takes the log's counter, which every event
+/// of every account waits for until this commits: call it last in the
+/// transaction.
+#[tracing::instrument(skip_all, fields(kind = kind.as_sql()))]
+pub async fn record<'e>(
+    db: impl PgExecutor<'e>,
+    kind: EventKind,
+    user_id: Uuid,
+    detail: Option<&EventDetail>,
+) -> Result<i64, AppError> {
+    let detail = detail
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(AppError::internal)?;
+    Ok(sqlx::query_scalar!(
+        r#"SELECT authd_record_event($1, $2, NULL, $3) AS "event!""#,
+        kind.as_sql(),
+        user_id,
+        detail
+    )
+    .fetch_one(db)
+    .await?)
 }
 
 /// The newest event id, and the id up to which events were pruned.
@@ -140,7 +238,7 @@ pub async fn start_at<'e>(db: impl PgExecutor<'e>, since: DateTime<Utc>) -> Resu
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn after<'e>(db: impl PgExecutor<'e>, cursor: i64, limit: i64) -> Result<Vec<EventRow>, AppError> {
     let rows = sqlx::query!(
-        "SELECT id, kind, user_id, session_ids, occurred_at FROM revocation_events
+        "SELECT id, kind, user_id, session_ids, occurred_at, detail, txn FROM revocation_events
           WHERE id > $1 ORDER BY id LIMIT $2",
         cursor,
         limit
@@ -155,6 +253,8 @@ pub async fn after<'e>(db: impl PgExecutor<'e>, cursor: i64, limit: i64) -> Resu
                 user_id: r.user_id,
                 session_ids: r.session_ids,
                 occurred_at: r.occurred_at,
+                detail: r.detail,
+                txn: r.txn,
             })
         })
         .collect()

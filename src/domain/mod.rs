@@ -11,6 +11,7 @@ mod profile;
 mod service_account;
 mod session;
 mod throttle_key;
+pub mod stream_config;
 pub mod token_request;
 mod user;
 mod username;

@@ -16,16 +16,19 @@ pub enum Scope {
     /// Mint a short-lived token acting for any enabled user, with no token
     /// of theirs: audited.
     UsersImpersonate,
+    /// Own Shared Signals streams and receive their events (SSF 1.0).
+    EventsReceive,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Self::UsersRead,
         Self::UsersWrite,
         Self::TokensIntrospect,
         Self::RevocationsWatch,
         Self::TokensExchange,
         Self::UsersImpersonate,
+        Self::EventsReceive,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +39,7 @@ impl Scope {
             Self::RevocationsWatch => "revocations.watch",
             Self::TokensExchange => "tokens.exchange",
             Self::UsersImpersonate => "users.impersonate",
+            Self::EventsReceive => "events.receive",
         }
     }
 

@@ -306,7 +306,7 @@ type RevocationResponses = Pin<Box<dyn Stream<Item = Result<pb::WatchRevocations
 fn revocation_event(e: RevocationEvent, include_factor_changes: bool) -> pb::WatchRevocationsResponse {
     let kind = match e.kind {
         RevocationKind::FactorsChanged if include_factor_changes => pb::RevocationKind::FactorsChanged,
-        RevocationKind::FactorsChanged => pb::RevocationKind::UserSessionsEnded,
+        RevocationKind::FactorsChanged | RevocationKind::Other => pb::RevocationKind::UserSessionsEnded,
         RevocationKind::SessionEnded => pb::RevocationKind::SessionEnded,
         RevocationKind::UserSessionsEnded => pb::RevocationKind::UserSessionsEnded,
         RevocationKind::UserDisabled => pb::RevocationKind::UserDisabled,

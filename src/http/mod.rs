@@ -16,6 +16,7 @@
 mod discovery;
 mod errors;
 mod form;
+mod ssf;
 mod token;
 
 use std::sync::Arc;
@@ -48,6 +49,11 @@ enum Route {
     Jwks,
     Token,
     Introspection,
+    SsfConfiguration,
+    SsfStreams,
+    SsfStatus,
+    SsfVerify,
+    SsfPoll,
 }
 
 impl Route {
@@ -57,6 +63,11 @@ impl Route {
             JWKS_PATH => Some(Self::Jwks),
             TOKEN_PATH => Some(Self::Token),
             INTROSPECTION_PATH => Some(Self::Introspection),
+            ssf::CONFIGURATION_PATH => Some(Self::SsfConfiguration),
+            ssf::STREAMS_PATH => Some(Self::SsfStreams),
+            ssf::STATUS_PATH => Some(Self::SsfStatus),
+            ssf::VERIFY_PATH => Some(Self::SsfVerify),
+            p if p.starts_with(ssf::POLL_PREFIX) => Some(Self::SsfPoll),
             _ => None,
         }
     }
@@ -67,6 +78,11 @@ impl Route {
             Self::Jwks => JWKS_PATH,
             Self::Token => TOKEN_PATH,
             Self::Introspection => INTROSPECTION_PATH,
+            Self::SsfConfiguration => ssf::CONFIGURATION_PATH,
+            Self::SsfStreams => ssf::STREAMS_PATH,
+            Self::SsfStatus => ssf::STATUS_PATH,
+            Self::SsfVerify => ssf::VERIFY_PATH,
+            Self::SsfPoll => ssf::POLL_PREFIX,
         }
     }
 
@@ -76,13 +92,20 @@ impl Route {
             Self::Jwks => "jwks",
             Self::Token => "token",
             Self::Introspection => "introspect",
+            Self::SsfConfiguration => "ssf_configuration",
+            Self::SsfStreams => "ssf_streams",
+            Self::SsfStatus => "ssf_status",
+            Self::SsfVerify => "ssf_verify",
+            Self::SsfPoll => "ssf_poll",
         }
     }
 
-    fn method(self) -> Method {
+    /// The one method the route answers; `None`: the route checks.
+    fn method(self) -> Option<Method> {
         match self {
-            Self::Metadata | Self::Jwks => Method::GET,
-            Self::Token | Self::Introspection => Method::POST,
+            Self::Metadata | Self::Jwks | Self::SsfConfiguration => Some(Method::GET),
+            Self::Token | Self::Introspection => Some(Method::POST),
+            Self::SsfStreams | Self::SsfStatus | Self::SsfVerify | Self::SsfPoll => None,
         }
     }
 }
@@ -92,6 +115,8 @@ struct Face {
     core: Core,
     credentials: BearerAuth,
     metadata: String,
+    /// The Shared Signals transmitter's metadata.
+    ssf_configuration: String,
     /// How long one request may take, like a gRPC call's server deadline.
     timeout: Duration,
 }
@@ -112,6 +137,7 @@ impl HttpFaceLayer {
                 core,
                 credentials,
                 metadata,
+                ssf_configuration: ssf::configuration(issuer),
                 timeout,
             }),
         }
@@ -173,12 +199,19 @@ where
 impl Face {
     async fn serve(&self, route: Route, req: Request<tonic::body::Body>) -> HttpResponse {
         let method = req.method().clone();
-        let allowed = route.method();
-        if method != allowed && !(allowed == Method::GET && method == Method::HEAD) {
+        if let Some(allowed) = route.method()
+            && method != allowed
+            && !(allowed == Method::GET && method == Method::HEAD)
+        {
             return errors::method_not_allowed(&allowed);
         }
         match route {
             Route::Metadata => document(&self.metadata, "application/json", 3600),
+            Route::SsfConfiguration => document(&self.ssf_configuration, "application/json", 3600),
+            Route::SsfStreams => ssf::streams(self, req).await,
+            Route::SsfStatus => ssf::status(self, req).await,
+            Route::SsfVerify => ssf::verify(self, req).await,
+            Route::SsfPoll => ssf::poll(self, req).await,
             Route::Jwks => document(self.core.jwks_json(), "application/jwk-set+json", 300),
             Route::Token => token::token(self, req).await,
             Route::Introspection => token::introspect(self, req).await,

@@ -7,7 +7,7 @@
 //! - throttle counters nobody touched for a day and that hold no lock;
 //! - reset and verification tokens issued more than a day ago and expired;
 //! - sent or discarded mail older than a week;
-//! - revocation events past [`RETENTION`](crate::coherence::revocation_feed::RETENTION);
+//! - revocation events past `AUTHD_EVENT_RETENTION`;
 //! - login challenges past their expiry, and factor enrollments never
 //!   confirmed past theirs.
 //!
@@ -154,6 +154,7 @@ pub struct Cleanup {
     options: PgConnectOptions,
     interval: Duration,
     batch_size: u32,
+    event_retention: chrono::Duration,
     replica: String,
     metrics: Metrics,
 }
@@ -200,6 +201,7 @@ impl Cleanup {
         pool: &PgPool,
         interval: Duration,
         batch_size: u32,
+        event_retention: Duration,
         replica: String,
         metrics: Metrics,
     ) -> Self {
@@ -214,6 +216,7 @@ impl Cleanup {
             options,
             interval,
             batch_size: batch_size.max(1),
+            event_retention: chrono::Duration::from_std(event_retention).unwrap_or(chrono::Duration::days(7)),
             replica,
             metrics,
         }
@@ -540,7 +543,7 @@ impl<'a> Pass<'a> {
     /// measured on the database's clock, which wrote the events' times and
     /// checks subscribers' `since`, not on this replica's.
     async fn prune_revocations(&mut self) -> Result<(), Halt> {
-        let retention = crate::coherence::revocation_feed::RETENTION;
+        let retention = self.cleanup.event_retention;
         let Some(horizon) = db::revocations::prune_horizon(&mut *self.conn, retention).await? else {
             return Ok(());
         };

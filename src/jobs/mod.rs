@@ -5,3 +5,4 @@
 
 pub mod cleanup;
 pub mod mail_worker;
+pub mod ssf_worker;

@@ -12,6 +12,7 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use super::Core;
+use crate::db::revocations::{EventDetail, EventKind};
 use crate::db::{self, users::LoginKey, users::PagePosition};
 use crate::domain::{Email, EndReason, FieldReason, Invalid, Role, User, Username};
 use crate::error::{AppError, Violation};
@@ -217,9 +218,15 @@ impl Core {
     #[tracing::instrument(skip_all)]
     pub async fn enable_user(&self, user_id: &str, now: DateTime<Utc>) -> Result<User, AppError> {
         let id = parse_user_id(user_id)?;
-        let user = db::users::set_disabled(&self.db, id, false, now)
+        let mut tx = super::begin(&self.db).await?;
+        let was = db::users::lock(&mut tx, id).await?.ok_or(AppError::UserNotFound)?;
+        let user = db::users::set_disabled(&mut *tx, id, false, now)
             .await?
             .ok_or(AppError::UserNotFound)?;
+        if was.disabled {
+            db::revocations::record(&mut *tx, EventKind::UserEnabled, id, None).await?;
+        }
+        tx.commit().await?;
         self.cache.evict_user(id);
         Ok(user)
     }
@@ -248,9 +255,19 @@ impl Core {
             }
         };
         let names: Vec<&str> = roles.iter().map(Role::as_str).collect();
-        let user = db::users::set_roles(&self.db, id, &names, now)
+        let mut tx = super::begin(&self.db).await?;
+        let was = db::users::lock(&mut tx, id).await?.ok_or(AppError::UserNotFound)?;
+        let user = db::users::set_roles(&mut *tx, id, &names, now)
             .await?
             .ok_or(AppError::UserNotFound)?;
+        // Only a change is an event (receivers refresh claims on it).
+        if was.roles != user.roles {
+            let detail = EventDetail::Roles {
+                roles: names.iter().map(|r| (*r).to_owned()).collect(),
+            };
+            db::revocations::record(&mut *tx, EventKind::RolesChanged, id, Some(&detail)).await?;
+        }
+        tx.commit().await?;
         self.cache.evict_user(id);
         Ok(user)
     }

@@ -14,6 +14,7 @@ use crate::crypto::opaque::{self, TokenHash, TokenKind};
 use crate::crypto::recovery_codes;
 use crate::crypto::totp::{TotpCode, TotpSecret};
 use crate::db::sealed_secrets::factor_secret_aad;
+use crate::db::revocations::{FactorChange, FactorCredential};
 use crate::db::{self, throttle::Backoff};
 use crate::domain::mail::{FactorNotice, factor_notice};
 use crate::domain::{
@@ -206,7 +207,13 @@ impl Core {
                     let mail = factor_notice(FactorNotice::RecoveryCodeUsed, &user.email, now);
                     db::outbox::enqueue(&mut tx, &mail, Some(user_id), now).await?;
                 }
-                db::factors::record_factors_changed(&mut *tx, user_id, now).await?;
+                db::factors::record_factors_changed(
+                    &mut *tx,
+                    user_id,
+                    FactorCredential::RecoveryCodes,
+                    FactorChange::Updated,
+                )
+                .await?;
                 tx.commit().await?;
                 self.mail.queued.notify_one();
                 Ok(otp(true))
@@ -316,7 +323,8 @@ impl Core {
         db::throttle::forgive(&mut *tx, &throttle_key).await?;
         let mail = factor_notice(FactorNotice::Added, &user.email, now);
         db::outbox::enqueue(&mut tx, &mail, Some(user.id), now).await?;
-        db::factors::record_factors_changed(&mut *tx, user.id, now).await?;
+        db::factors::record_factors_changed(&mut *tx, user.id, FactorCredential::Totp, FactorChange::Added)
+            .await?;
         tx.commit().await?;
         charge.checked();
         self.mail.queued.notify_one();
@@ -350,13 +358,13 @@ impl Core {
         let Some(user) = db::users::lock(&mut tx, bearer.user_id).await? else {
             return Err(AppError::Token(TokenProblem::SessionRevoked));
         };
-        if !db::factors::remove(&mut tx, user.id, factor_id).await? {
+        let Some(kind) = db::factors::remove(&mut tx, user.id, factor_id).await? else {
             return Err(AppError::FactorNotFound);
-        }
+        };
         db::sessions::lower_to_password(&mut *tx, user.id, bearer.session_id).await?;
         let mail = factor_notice(FactorNotice::Removed, &user.email, now);
         db::outbox::enqueue(&mut tx, &mail, Some(user.id), now).await?;
-        db::factors::record_factors_changed(&mut *tx, user.id, now).await?;
+        db::factors::record_factors_changed(&mut *tx, user.id, kind.into(), FactorChange::Removed).await?;
         tx.commit().await?;
         self.mail.queued.notify_one();
         Ok(())
@@ -382,7 +390,13 @@ impl Core {
         db::factors::replace_recovery_codes(&mut tx, user.id, &hashes, now).await?;
         let mail = factor_notice(FactorNotice::RecoveryCodesRegenerated, &user.email, now);
         db::outbox::enqueue(&mut tx, &mail, Some(user.id), now).await?;
-        db::factors::record_factors_changed(&mut *tx, user.id, now).await?;
+        db::factors::record_factors_changed(
+            &mut *tx,
+            user.id,
+            FactorCredential::RecoveryCodes,
+            FactorChange::Updated,
+        )
+        .await?;
         tx.commit().await?;
         self.mail.queued.notify_one();
         Ok(fresh.into_iter().map(|c| c.code).collect())
@@ -519,7 +533,8 @@ impl Core {
         let mail = factor_notice(FactorNotice::Reset, &user.email, now);
         db::outbox::enqueue(&mut tx, &mail, Some(user.id), now).await?;
         // Last: both take the revocation log's counter.
-        db::factors::record_factors_changed(&mut *tx, user.id, now).await?;
+        db::factors::record_factors_changed(&mut *tx, user.id, FactorCredential::All, FactorChange::Removed)
+            .await?;
         db::sessions::revoke_all_for_user(&mut *tx, user.id, None, EndReason::FactorsReset, now).await?;
         tx.commit().await?;
         self.cache.evict_user(user.id);

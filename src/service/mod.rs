@@ -15,6 +15,7 @@ mod recovery;
 mod revocations;
 mod session_list;
 mod sessions;
+pub mod ssf;
 mod token_grants;
 mod verification;
 
@@ -82,6 +83,8 @@ pub struct CoreParts {
     pub revocation_feed: RevocationFeed,
     /// Second factors: data keys, TOTP issuer, enforcement.
     pub factors: FactorSettings,
+    /// Shared Signals streams.
+    pub ssf: ssf::SsfSettings,
 }
 
 /// Everything the use cases need; cheap to clone (all parts are shared).
@@ -105,6 +108,7 @@ pub struct Core {
     revocation_feed: RevocationFeed,
     /// Second factors: data keys, TOTP issuer, enforcement.
     factors: FactorSettings,
+    ssf: ssf::SsfSettings,
 }
 
 impl Core {
@@ -122,6 +126,7 @@ impl Core {
             metrics,
             revocation_feed,
             factors,
+            ssf,
         } = parts;
         Self {
             db,
@@ -136,6 +141,7 @@ impl Core {
             metrics,
             revocation_feed,
             factors,
+            ssf,
         }
     }
 

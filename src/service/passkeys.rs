@@ -18,6 +18,7 @@ use super::{Core, TokenPair, chrono_duration};
 use crate::crypto::jwt::VerifiedAccess;
 use crate::crypto::passkeys::{Assertion, NewCredential, Refusal, base64url, base64url_decode};
 use crate::db::passkeys::{CeremonyKind, NewCeremony, NewPasskeyRow};
+use crate::db::revocations::{FactorChange, FactorCredential};
 use crate::db::sessions::SessionProof;
 use crate::db::throttle::Backoff;
 use crate::db::{self, users::LoginKey};
@@ -305,7 +306,13 @@ impl Core {
         }
         let mail = factor_notice(FactorNotice::PasskeyAdded, &user.email, now);
         db::outbox::enqueue(&mut tx, &mail, Some(user.id), now).await?;
-        db::factors::record_factors_changed(&mut *tx, user.id, now).await?;
+        db::factors::record_factors_changed(
+            &mut *tx,
+            user.id,
+            FactorCredential::Passkey,
+            FactorChange::Added,
+        )
+        .await?;
         tx.commit().await?;
         self.mail.queued.notify_one();
         Ok((

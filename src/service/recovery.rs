@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::{Core, chrono_duration};
 use crate::crypto::opaque::{self, NewToken, TokenKind};
+use crate::db::revocations::EventKind;
 use crate::db::{self, throttle::Backoff};
 use crate::domain::mail as outbox;
 use crate::domain::{Email, EndReason, Invalid, ThrottleKey};
@@ -163,6 +164,7 @@ impl Core {
         // Last: the revocation log's counter, which every revocation waits
         // for until this commits, must not be held while waiting for a lock.
         db::sessions::revoke_all_for_user(&mut *tx, account.id, None, EndReason::PasswordReset, now).await?;
+        db::revocations::record(&mut *tx, EventKind::PasswordChanged, account.id, None).await?;
         tx.commit().await?;
         self.cache.evict_user(account.id);
         self.mail.queued.notify_one();

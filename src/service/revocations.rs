@@ -37,6 +37,11 @@ pub enum RevocationKind {
     /// A second factor was added, removed or reset, or recovery codes
     /// changed; revokes no token.
     FactorsChanged,
+    /// An event this stream's contract does not define (a password, role,
+    /// address change or an enabled account, for Shared Signals): sent as
+    /// a USER_SESSIONS_ENDED naming no session, since the ids must stay
+    /// gapless.
+    Other,
     Heartbeat,
 }
 
@@ -58,6 +63,10 @@ impl From<EventRow> for RevocationEvent {
             EventKind::UserDisabled => RevocationKind::UserDisabled,
             EventKind::UserDeleted => RevocationKind::UserDeleted,
             EventKind::FactorsChanged => RevocationKind::FactorsChanged,
+            EventKind::PasswordChanged
+            | EventKind::RolesChanged
+            | EventKind::UserEnabled
+            | EventKind::IdentifierChanged => RevocationKind::Other,
         };
         Self {
             id: row.id,
@@ -143,7 +152,7 @@ impl Core {
                 Invalid::new(FieldReason::InvalidFormat, "is in the future"),
             ));
         }
-        if since < start.now - crate::coherence::revocation_feed::RETENTION {
+        if since < start.now - self.revocation_feed.retention() {
             return Err(AppError::CursorExpired);
         }
         let cursor = start.first_id.map_or(start.last_event_id, |id| id - 1);

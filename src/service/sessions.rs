@@ -10,6 +10,7 @@ use crate::crypto::jwt::{UserToken, VerifiedAccess, VerifiedService};
 use crate::crypto::opaque::{self, NewToken, TokenKind};
 use crate::crypto::password::Verified;
 use crate::db;
+use crate::db::revocations::EventKind;
 use crate::db::throttle::Backoff;
 use crate::domain::{EndReason, Invalid, Password, ThrottleKey, User};
 use crate::error::{AppError, TokenProblem, Violation};
@@ -231,6 +232,7 @@ impl Core {
             now,
         )
         .await?;
+        db::revocations::record(&mut *tx, EventKind::PasswordChanged, user.id, None).await?;
         tx.commit().await?;
         // The change forgave the count; nothing to give back.
         charge.checked();

@@ -11,6 +11,7 @@ use super::{Core, chrono_duration};
 use crate::crypto::jwt::VerifiedAccess;
 use crate::crypto::opaque::{self, NewToken, TokenKind};
 use crate::db;
+use crate::db::revocations::EventKind;
 use crate::db::throttle::Backoff;
 use crate::db::verification::{MailAccount, NewVerificationToken, Purpose};
 use crate::domain::mail as outbox;
@@ -266,6 +267,10 @@ impl Core {
         }
         if let Some(key) = guess_key {
             db::throttle::refund(&mut *tx, key, &Backoff::VERIFY_GUESSES).await?;
+        }
+        if token.purpose == Purpose::Change {
+            // Last: the event log's counter.
+            db::revocations::record(&mut *tx, EventKind::IdentifierChanged, user.id, None).await?;
         }
         tx.commit().await?;
         self.cache.evict_user(user.id);

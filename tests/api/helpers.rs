@@ -56,6 +56,9 @@ pub const TEST_ARGON2: Argon2Settings = Argon2Settings {
     parallelism: 1,
 };
 
+/// The event retention of test apps (see `spawn_app_with`).
+pub const TEST_EVENT_RETENTION: Duration = Duration::from_secs(86_400);
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
@@ -128,6 +131,9 @@ pub async fn spawn_app_on(database_url: &str, tweak: impl FnOnce(&mut Config)) -
         peer_rate_limit: 0.0,
         // No load balancer to tell; tests of the grace period set their own.
         shutdown_grace: Duration::ZERO,
+        // A day rather than the default week: the retention tests age
+        // events past it (`prune_revocations_through`).
+        event_retention: TEST_EVENT_RETENTION,
         ..Config::default()
     };
     tweak(&mut config);
@@ -235,7 +241,7 @@ impl TestApp {
             .execute(&self.db)
             .await
             .unwrap();
-        authd::db::revocations::prune(&self.db, authd::coherence::revocation_feed::RETENTION)
+        authd::db::revocations::prune(&self.db, chrono::Duration::from_std(TEST_EVENT_RETENTION).unwrap())
             .await
             .unwrap()
     }
