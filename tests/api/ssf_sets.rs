@@ -411,14 +411,19 @@ async fn the_poll_receiver_acknowledges_what_it_recorded_and_reports_what_it_ref
     let tokens = signer(&app);
     let good = event(&app, &Signal::IdentifierChanged, STREAM_AUDIENCE);
     let other_stream = event(&app, &Signal::IdentifierChanged, "https://someone-else.example");
-    let sets = serde_json::Map::from_iter([
-        (good.jti.clone(), json!(tokens.sign_event(&good).unwrap())),
-        (
-            other_stream.jti.clone(),
-            json!(tokens.sign_event(&other_stream).unwrap()),
-        ),
-    ]);
-    let mut server = FakePollServer::start(vec![json!({"sets": sets, "moreAvailable": false})]).await;
+    let second = event(&app, &Signal::AccountEnabled, STREAM_AUDIENCE);
+    let batch = |events: &[&SecurityEvent], more: bool| {
+        let sets: serde_json::Map<String, Value> = events
+            .iter()
+            .map(|e| (e.jti.clone(), json!(tokens.sign_event(e).unwrap())))
+            .collect();
+        json!({"sets": sets, "moreAvailable": more})
+    };
+    let mut server = FakePollServer::start(vec![
+        batch(&[&good, &other_stream], true),
+        batch(&[&second], false),
+    ])
+    .await;
     let url = format!("http://{}/ssf/poll", server.addr);
     let jwks = jwks_url(app.addr);
     let Some(run) = run_poll(&Poll {
@@ -428,8 +433,8 @@ async fn the_poll_receiver_acknowledges_what_it_recorded_and_reports_what_it_ref
         audience: STREAM_AUDIENCE,
         jwks_url: &jwks,
         max_events: 5,
-        return_immediately: true,
-        until: Some(1),
+        return_immediately: false,
+        until: Some(2),
         timeout: Duration::from_secs(30),
     })
     .await
@@ -437,9 +442,8 @@ async fn the_poll_receiver_acknowledges_what_it_recorded_and_reports_what_it_ref
         return;
     };
     assert_eq!(run.exit_code, 0, "{}", run.stderr);
-    let received = run.received();
-    assert_eq!(received.len(), 1);
-    assert_eq!(received[0]["jti"], good.jti.as_str());
+    let received: Vec<&Value> = run.received().into_iter().map(|l| &l["jti"]).collect();
+    assert_eq!(received, [&json!(good.jti), &json!(second.jti)]);
     assert_eq!(run.rejected().len(), 1);
     assert_eq!(run.rejected()[0]["rejected"], "invalid_audience");
 
@@ -452,12 +456,24 @@ async fn the_poll_receiver_acknowledges_what_it_recorded_and_reports_what_it_ref
     );
     assert_eq!(
         first,
-        json!({"maxEvents": 5, "returnImmediately": true, "ack": []})
+        json!({"maxEvents": 5, "returnImmediately": false, "ack": []})
     );
+    // RFC 8936 §2.4: the next request acknowledges the batch before and
+    // reports the SET it refused.
+    let (_, next) = server.requests.recv().await.unwrap();
+    assert_eq!(
+        next,
+        json!({
+            "maxEvents": 5, "returnImmediately": false, "ack": [good.jti],
+            "setErrs": {other_stream.jti.clone(): next["setErrs"][&other_stream.jti].clone()},
+        })
+    );
+    assert_eq!(next["setErrs"][&other_stream.jti]["err"], "invalid_audience");
     // The last batch is acknowledged without asking for more.
     let (_, last) = server.requests.recv().await.unwrap();
-    assert_eq!(last["maxEvents"], 0);
-    assert_eq!(last["ack"], json!([good.jti]));
-    assert_eq!(last["setErrs"][&other_stream.jti]["err"], "invalid_audience");
+    assert_eq!(
+        last,
+        json!({"maxEvents": 0, "returnImmediately": true, "ack": [second.jti]})
+    );
     assert!(server.requests.try_recv().is_err(), "nothing after the final ack");
 }
