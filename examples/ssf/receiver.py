@@ -20,8 +20,14 @@ Every SET is checked for:
 - `iss` equal to --issuer, `aud` naming --audience, `iat` and `jti` present,
   and no `exp` (a SET states a fact; it never expires);
 - `sub_id` shaped as RFC 9493 (and SSF's `complex`) defines it;
-- exactly one event (SSF 1.0), its type one of the URIs below spelled
-  exactly, its payload holding the members that event defines.
+- exactly one event (SSF 1.0 says SHOULD; authd promises it), its type one
+  of the nine in EVENT_TYPES (CAEP session-revoked, credential-change,
+  token-claims-change; RISC account-disabled, account-enabled,
+  account-purged, identifier-changed; SSF verification, stream-updated)
+  spelled exactly as the specifications do, its payload holding the members that
+  event defines (and no malformed optional one);
+- with --expect-state, a verification event carrying that `state` (else
+  ``invalid_state``, SSF 1.0 §8.1.4.1).
 
 Modes
 -----
@@ -37,7 +43,8 @@ prints ``listening http://HOST:PORT/events`` once ready. With
 A body that is not ``application/secevent+jwt`` gets 400. A good SET gets
 202 with an empty body; a bad one 400 with RFC 8935's JSON error
 (``{"err": ..., "description": ...}``, err one of invalid_request,
-invalid_key, invalid_issuer, invalid_audience, authentication_failed).
+invalid_key, invalid_issuer, invalid_audience, authentication_failed,
+invalid_state).
 
 poll (RFC 8936): ask --url for SETs, acknowledge those recorded::
 
@@ -78,12 +85,15 @@ SET_MEDIA_TYPE = "application/secevent+jwt"
 LEEWAY_SECONDS = 30
 MAX_BODY_BYTES = 64 * 1024
 JWKS_REFETCH_INTERVAL = 1.0
+# The `state` of the verification this receiver asked for (--expect-state).
+EXPECTED_STATE = None
 
 CAEP = "https://schemas.openid.net/secevent/caep/event-type/"
 RISC = "https://schemas.openid.net/secevent/risc/event-type/"
 SSF = "https://schemas.openid.net/secevent/ssf/event-type/"
 
 CAEP_CREDENTIAL_CHANGE_TYPES = {"create", "revoke", "update", "delete"}
+CAEP_INITIATING_ENTITIES = {"admin", "user", "policy", "system"}
 SSF_STREAM_STATUSES = {"enabled", "paused", "disabled"}
 
 
@@ -113,11 +123,21 @@ def _is_number(value):
 
 
 def _caep_common(payload):
-    # CAEP 1.0 §2: the time of the change, a NumericDate.
-    _need(_is_number(payload.get("event_timestamp")), "event_timestamp must be a NumericDate")
-    for optional in ("initiating_entity", "reason_admin", "reason_user"):
-        if optional in payload:
-            _need(payload[optional] is not None, f"{optional} must not be null")
+    # CAEP 1.0 §2: claims every event may carry, each optional.
+    if "event_timestamp" in payload:
+        _need(_is_number(payload["event_timestamp"]), "event_timestamp must be a NumericDate")
+    if "initiating_entity" in payload:
+        _need(
+            payload["initiating_entity"] in CAEP_INITIATING_ENTITIES,
+            "initiating_entity must be admin, user, policy or system",
+        )
+    for reason in ("reason_admin", "reason_user"):
+        if reason in payload:
+            messages = payload[reason]
+            _need(
+                isinstance(messages, dict) and messages and all(isinstance(m, str) for m in messages.values()),
+                f"{reason} maps language tags to messages",
+            )
 
 
 def _session_revoked(payload, sub_id):
@@ -148,6 +168,9 @@ def _verification(payload, sub_id):
     if "state" in payload:
         _need(isinstance(payload["state"], str), "verification state must be a string")
     _need(sub_id.get("format") == "opaque", "a stream's own event names the stream (opaque)")
+    # SSF 1.0 §8.1.4.1: a receiver confirms the state it asked for.
+    if EXPECTED_STATE is not None and payload.get("state") != EXPECTED_STATE:
+        raise Refused("invalid_state", f"state {payload.get('state')!r} is not the one requested")
 
 
 def _stream_updated(payload, sub_id):
@@ -170,7 +193,8 @@ EVENT_TYPES = {
 }
 
 
-# --- Subject identifiers (RFC 9493 §3, SSF 1.0 §3.2 `complex`) -----------
+# --- Subject identifiers (RFC 9493 §3; SSF 1.0 §3: `complex`, `jwt_id`,
+# `saml_assertion_id`, `ip-addresses`) ---------------------------------------
 
 SIMPLE_FORMATS = {
     "account": ("uri",),
@@ -180,8 +204,9 @@ SIMPLE_FORMATS = {
     "phone_number": ("phone_number",),
     "did": ("url",),
     "uri": ("uri",),
+    "jwt_id": ("iss", "jti"),
+    "saml_assertion_id": ("issuer", "assertion_id"),
 }
-COMPLEX_MEMBERS = ("user", "device", "session", "application", "tenant", "org_unit", "group")
 
 
 def _simple_subject(sub_id, where):
@@ -193,6 +218,13 @@ def _simple_subject(sub_id, where):
         for i, alias in enumerate(identifiers):
             _need(isinstance(alias, dict) and alias.get("format") != "aliases", f"{where}: aliases do not nest")
             _simple_subject(alias, f"{where}.identifiers[{i}]")
+        return
+    if fmt == "ip-addresses":
+        addresses = sub_id.get("ip-addresses")
+        _need(
+            isinstance(addresses, list) and addresses and all(_is_text(a) for a in addresses),
+            f"{where}: ip-addresses needs an array of addresses",
+        )
         return
     _need(fmt in SIMPLE_FORMATS, f"{where}: unknown subject format {fmt!r}")
     for member in SIMPLE_FORMATS[fmt]:
@@ -206,12 +238,12 @@ def check_subject(sub_id):
     if sub_id.get("format") != "complex":
         _simple_subject(sub_id, "sub_id")
         return
-    named = [m for m in COMPLEX_MEMBERS if m in sub_id]
-    _need(named, "a complex sub_id names at least one of " + ", ".join(COMPLEX_MEMBERS))
-    for member in named:
+    # SSF names user, device, session, application, tenant, org_unit and
+    # group, and allows other names: every member is a simple subject.
+    members = [m for m in sub_id if m != "format"]
+    _need(members, "a complex sub_id has at least one member")
+    for member in members:
         _simple_subject(sub_id[member], f"sub_id.{member}")
-    unknown = set(sub_id) - set(COMPLEX_MEMBERS) - {"format"}
-    _need(not unknown, f"complex sub_id has unknown members {sorted(unknown)}")
 
 
 # --- Keys -------------------------------------------------------------------
@@ -304,7 +336,10 @@ class Checker:
             _need(_is_text(claims["txn"]), "txn must be a non-empty string")
         events = claims.get("events")
         _need(isinstance(events, dict), "events is required and must be an object")
-        _need(len(events) == 1, f"an SSF SET carries exactly one event, not {len(events)}")
+        # SSF 1.0 §4.2.1: one event per SET (SHOULD; several only as
+        # alternative URIs of one event type). authd promises one, so this
+        # receiver holds it to that.
+        _need(len(events) == 1, f"an SSF SET carries one event, not {len(events)}")
         sub_id = claims.get("sub_id")
         check_subject(sub_id)
         for uri, payload in events.items():
@@ -531,6 +566,9 @@ def main(argv=None):
         mode.add_argument("--audience", required=True)
         mode.add_argument("--jwks", required=True, help="URL of the transmitter's JWKS")
         mode.add_argument("--out", required=True, help="file the JSON lines are appended to")
+        mode.add_argument(
+            "--expect-state", help="refuse a verification event without this state (invalid_state)"
+        )
 
     push_args = modes.add_parser("push", help="RFC 8935: receive SETs over HTTP POST")
     push_args.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0: any free)")
@@ -547,6 +585,8 @@ def main(argv=None):
     common(poll_args)
 
     args = parser.parse_args(argv)
+    global EXPECTED_STATE
+    EXPECTED_STATE = args.expect_state
     return push(args) if args.mode == "push" else poll(args)
 
 

@@ -63,6 +63,18 @@ impl PushReceiver {
         audience: &str,
         authorization: Option<&str>,
     ) -> Option<Self> {
+        Self::spawn_expecting(jwks_url, issuer, audience, authorization, None).await
+    }
+
+    /// [`Self::spawn`], refusing a verification event whose `state` is not
+    /// `state` (`invalid_state`, SSF 1.0 §8.1.4.1).
+    pub async fn spawn_expecting(
+        jwks_url: &str,
+        issuer: &str,
+        audience: &str,
+        authorization: Option<&str>,
+        state: Option<&str>,
+    ) -> Option<Self> {
         if !receiver_available().await {
             return None;
         }
@@ -81,6 +93,9 @@ impl PushReceiver {
         ];
         if let Some(authorization) = authorization {
             args.extend(["--authorization".to_owned(), authorization.to_owned()]);
+        }
+        if let Some(state) = state {
+            args.extend(["--expect-state".to_owned(), state.to_owned()]);
         }
         let (child, addr) = start(&args, "127.0.0.1:0", &dir).await;
         Some(Self {
@@ -224,6 +239,8 @@ pub struct Poll<'a> {
     /// Stop after this many SETs were recorded (then acknowledge them).
     pub until: Option<u32>,
     pub timeout: Duration,
+    /// Refuse a verification event without this `state`.
+    pub expect_state: Option<&'a str>,
 }
 
 /// How a poll run ended.
@@ -281,6 +298,9 @@ pub async fn run_poll(poll: &Poll<'_>) -> Option<PollRun> {
     }
     if let Some(until) = poll.until {
         command.args(["--until", &until.to_string()]);
+    }
+    if let Some(state) = poll.expect_state {
+        command.args(["--expect-state", state]);
     }
     let within = poll.timeout + START_TIMEOUT;
     let output = tokio::time::timeout(within, command.output())

@@ -436,6 +436,7 @@ async fn the_poll_receiver_acknowledges_what_it_recorded_and_reports_what_it_ref
         return_immediately: false,
         until: Some(2),
         timeout: Duration::from_secs(30),
+        expect_state: None,
     })
     .await
     else {
@@ -476,4 +477,42 @@ async fn the_poll_receiver_acknowledges_what_it_recorded_and_reports_what_it_ref
         json!({"maxEvents": 0, "returnImmediately": true, "ack": [second.jti]})
     );
     assert!(server.requests.try_recv().is_err(), "nothing after the final ack");
+}
+
+#[tokio::test]
+async fn a_verification_is_accepted_only_with_the_state_the_receiver_asked_for() {
+    let app = spawn_app().await;
+    let Some(receiver) = PushReceiver::spawn_expecting(
+        &jwks_url(app.addr),
+        &app.config.issuer,
+        STREAM_AUDIENCE,
+        None,
+        Some("asked-for"),
+    )
+    .await
+    else {
+        return;
+    };
+    let tokens = signer(&app);
+    let verification = |state: Option<&str>| {
+        let signal = Signal::Verification {
+            state: state.map(str::to_owned),
+        };
+        tokens.sign_event(&event(&app, &signal, STREAM_AUDIENCE)).unwrap()
+    };
+    for wrong in [None, Some("something-else")] {
+        let answer = receiver.post(&verification(wrong), None).await;
+        assert_eq!(answer.status, 400, "{wrong:?}");
+        assert_eq!(answer.json()["err"], "invalid_state", "{wrong:?}");
+    }
+    assert_eq!(
+        receiver.post(&verification(Some("asked-for")), None).await.status,
+        202
+    );
+    let received = receiver.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        received[0]["events"]["https://schemas.openid.net/secevent/ssf/event-type/verification"]["state"],
+        "asked-for"
+    );
 }
