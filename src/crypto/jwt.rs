@@ -10,7 +10,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use authd_token_rules::{
-    Actor, Leeway, PinnedKey, Refusal, Rules, SERVICE_SUBJECT_PREFIX, ServiceAccess, TokenKind, UserAccess,
+    Actor, Leeway, PinnedKey, Refusal, Rules, SERVICE_SUBJECT_PREFIX, SecurityEvent, ServiceAccess,
+    TokenKind, UserAccess,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -107,6 +108,8 @@ struct VerifyingKey {
     pinned: PinnedKey,
     /// The base64url JOSE header of tokens this key signs; it never changes.
     encoded_header: String,
+    /// The same for the Security Event Tokens it signs (`secevent+jwt`).
+    encoded_event_header: String,
 }
 
 /// Issues and verifies access tokens. Cheap to clone.
@@ -202,10 +205,13 @@ impl AccessTokens {
             let pinned = PinnedKey::new(key.alg, key.decoding.clone()).map_err(anyhow::Error::msg)?;
             let header = Rules::<UserAccess>::header(key.alg, &key.kid);
             let encoded_header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?);
+            let event_header = Rules::<SecurityEvent>::header(key.alg, &key.kid);
+            let encoded_event_header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&event_header)?);
             verifying.push(VerifyingKey {
                 key,
                 pinned,
                 encoded_header,
+                encoded_event_header,
             });
         }
         let jwks = serde_json::json!({
@@ -264,10 +270,27 @@ impl AccessTokens {
     }
 
     /// JWS compact serialization (RFC 7515 §7.1) of `claims` with the
-    /// signing key; every kind authd mints is `at+jwt`, so one header.
+    /// signing key, as an access token (`at+jwt`).
     fn sign(&self, claims: &impl serde::Serialize) -> anyhow::Result<String> {
         let signer = &self.inner.keys[0];
-        let mut token = signer.encoded_header.clone();
+        Self::sign_with(signer, &signer.encoded_header, claims)
+    }
+
+    /// A Security Event Token (RFC 8417): `event` signed with the signing
+    /// key under `typ` `secevent+jwt` and its `kid`, so a receiver checks it
+    /// against the JWKS like any token of authd, and never takes it for an
+    /// access token.
+    pub fn sign_event(&self, event: &SecurityEvent) -> anyhow::Result<String> {
+        let signer = &self.inner.keys[0];
+        Self::sign_with(signer, &signer.encoded_event_header, event)
+    }
+
+    fn sign_with(
+        signer: &VerifyingKey,
+        encoded_header: &str,
+        claims: &impl serde::Serialize,
+    ) -> anyhow::Result<String> {
+        let mut token = encoded_header.to_owned();
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(serde_json::to_vec(claims)?, &mut token);
         let signature = signer.key.signer.sign(token.as_bytes());
@@ -662,6 +685,59 @@ mod tests {
             len > MAX_REMEMBERED * 9 / 10,
             "only a sixteenth is forgotten: {len}"
         );
+    }
+
+    #[test]
+    fn a_signed_event_verifies_as_a_set_with_the_published_key_and_is_no_access_token() {
+        let es = {
+            let sk = p256::SecretKey::random(&mut rand_core::OsRng);
+            let pem = p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&sk, Default::default()).unwrap();
+            Key::from_pkcs8_pem(&pem).unwrap()
+        };
+        let ed = Key::from_pkcs8_pem(&generate_ed25519_pem().unwrap()).unwrap();
+        for key in [ed, es] {
+            let kid = key.kid.clone();
+            let t =
+                AccessTokens::new(vec![key], "https://authd.test", "svc", Duration::from_secs(900)).unwrap();
+            let user = Uuid::new_v4();
+            let event = crate::domain::security_event(
+                &crate::domain::Signal::SessionRevoked { session: None },
+                crate::domain::SetEnvelope {
+                    issuer: t.issuer(),
+                    audience: "https://receiver.test",
+                    jti: Uuid::new_v4().to_string(),
+                    iat: Utc::now().timestamp(),
+                    txn: Some("t1".to_owned()),
+                    user_id: Some(user),
+                    stream_id: None,
+                    event_time: Utc::now().timestamp(),
+                },
+            );
+            let set = t.sign_event(&event).unwrap();
+
+            let header = jsonwebtoken::decode_header(&set).unwrap();
+            assert_eq!(header.typ.as_deref(), Some("secevent+jwt"));
+            assert_eq!(header.kid.as_deref(), Some(kid.as_str()));
+            // The key as a receiver sees it: from the JWKS document.
+            let jwks: serde_json::Value = serde_json::from_str(t.jwks_json()).unwrap();
+            let jwk = &jwks["keys"][0];
+            let text = |member: &str| jwk[member].as_str().unwrap_or_default().to_owned();
+            let published =
+                PinnedKey::from_jwk(&text("kty"), &text("crv"), &text("alg"), &text("x"), &text("y"))
+                    .unwrap();
+            let rules =
+                Rules::<SecurityEvent>::new("https://authd.test", "https://receiver.test", Leeway::DEFAULT);
+            let read = rules
+                .verify(&set, Utc::now().timestamp(), |k| (k == kid).then_some(&published))
+                .unwrap();
+            assert_eq!(read, event);
+            // Signed by authd's own key, still never an access token.
+            assert_eq!(t.verify(&set, Utc::now()), Err(TokenProblem::Invalid));
+            assert_eq!(
+                t.read_user_token(&set, Utc::now()).err(),
+                Some(TokenProblem::Invalid)
+            );
+        }
     }
 
     #[test]

@@ -53,6 +53,8 @@ mod service_account_cli;
 mod session_cache;
 mod sessions;
 mod smtp;
+mod ssf_receiver_kit;
+mod ssf_sets;
 mod throttling;
 mod token_grants;
 mod tokens;

@@ -298,6 +298,10 @@ pub struct SecurityEvent {
     pub jti: String,
     /// Issued at.
     pub iat: i64,
+    /// The change these events belong to (RFC 8417 §2.2): the SETs of one
+    /// change share it, so a receiver can group them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<String>,
     /// The subject (RFC 9493), if the events do not name it themselves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_id: Option<serde_json::Value>,

@@ -395,6 +395,27 @@ fn a_security_event_token_is_never_an_access_token() {
 }
 
 #[test]
+fn a_security_events_txn_is_written_only_when_known_and_read_back() {
+    let key = TestKey::ed25519();
+    let sets = Rules::<SecurityEvent>::new(ISS, AUD, Leeway::DEFAULT);
+    let without = verify(
+        &sets,
+        &key,
+        &key.sign_typed(&set_claims(NOW), Some("secevent+jwt")),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(without.txn, None);
+    let written = serde_json::to_value(&without).unwrap();
+    assert!(written.get("txn").is_none(), "no `txn: null`: {written}");
+    let mut claims = set_claims(NOW);
+    claims["txn"] = json!("change-1");
+    let with = verify(&sets, &key, &key.sign_typed(&claims, Some("secevent+jwt")), NOW).unwrap();
+    assert_eq!(with.txn.as_deref(), Some("change-1"));
+    assert_eq!(serde_json::to_value(&with).unwrap()["txn"], "change-1");
+}
+
+#[test]
 fn a_services_token_never_passes_as_a_users_nor_the_other_way() {
     let key = TestKey::ed25519();
     let services = Rules::<ServiceAccess>::new(ISS, AUD, Leeway::DEFAULT);
