@@ -1,0 +1,588 @@
+//! Push delivery of Security Event Tokens (RFC 8935): one POST of one SET to
+//! a receiver's URL, and what its answer means for the stream's cursor.
+//!
+//! A receiver URL is chosen by whoever registers a stream, so every delivery
+//! is a request authd makes on a stranger's behalf (SSRF). The guard:
+//! - the URL is parsed once ([`PushEndpoint::parse`]): `https` only (plain
+//!   `http` only with `allow_private`, since the SET and the receiver's
+//!   `Authorization` would cross the network in clear), no userinfo, no
+//!   fragment, no ambiguous numeric host (`127.1`, `0x7f000001`), and no
+//!   literal address of the kinds below;
+//! - at every delivery the host is resolved and *every* address it resolves
+//!   to is checked ([`forbidden_class`]): loopback, unspecified, private,
+//!   shared (CGNAT), link-local (cloud metadata), documentation,
+//!   benchmarking, multicast, broadcast and reserved ranges, and IPv6 forms
+//!   that embed such an IPv4 address, are refused unless `allow_private`
+//!   (`AUTHD_SSF_ALLOW_PRIVATE`);
+//! - the socket is connected to the checked address itself, never to the
+//!   name again, so a name that resolves differently a moment later (DNS
+//!   rebinding) reaches nothing unchecked; TLS still verifies the name;
+//! - redirects are never followed, response headers and bodies are read
+//!   within a bound, and the whole exchange within a deadline.
+//!
+//! Nothing here knows the database: the worker that owns a stream's cursor
+//! decides what to do with a [`PushOutcome`].
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER, USER_AGENT,
+};
+use http::{HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig};
+
+/// Longest receiver URL accepted.
+pub const MAX_URL_LEN: usize = 2048;
+/// Most of a receiver's answer body read (an RFC 8935 error is a small JSON
+/// object); a longer one is not parsed.
+const MAX_RESPONSE_BODY: usize = 16 * 1024;
+/// Most bytes of a receiver's answer head (status line and headers).
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+/// Longest `Retry-After` honoured: a receiver asking for more is asked again
+/// then.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// How much of a receiver's own words (`err`, `description`, `Location`)
+/// are kept in an outcome, which ends up in logs and the stream's status.
+const MAX_ERR_LEN: usize = 64;
+const MAX_DESCRIPTION_LEN: usize = 512;
+
+/// Why a receiver URL is refused when a stream is configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointRefusal {
+    #[error("not an absolute http(s) URL with a host")]
+    Malformed,
+    #[error("the scheme must be https (http only with AUTHD_SSF_ALLOW_PRIVATE)")]
+    Scheme,
+    #[error("the URL must not carry a user name or password")]
+    UserInfo,
+    #[error("the URL must not have a fragment")]
+    Fragment,
+    #[error("the URL is longer than 2048 characters")]
+    TooLong,
+    #[error("the URL's host is a loopback, private, link-local or otherwise internal address")]
+    PrivateAddress,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Host {
+    Name(String),
+    Ip(IpAddr),
+}
+
+/// A receiver's push URL, checked by [`PushEndpoint::parse`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushEndpoint {
+    url: String,
+    tls: bool,
+    host: Host,
+    port: u16,
+    /// `host[:port]` as written, for the `Host` header.
+    authority: String,
+    path_and_query: String,
+}
+
+impl PushEndpoint {
+    /// Checks a receiver URL once, when a stream is created or changed. A
+    /// host name passes here whatever it resolves to: [`PushClient::deliver`]
+    /// checks its addresses at each delivery.
+    pub fn parse(url: &str, allow_private: bool) -> Result<Self, EndpointRefusal> {
+        if url.len() > MAX_URL_LEN {
+            return Err(EndpointRefusal::TooLong);
+        }
+        if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(EndpointRefusal::Malformed);
+        }
+        // The scheme first, so `file:///…` or `gopher://…` are named for
+        // what they are rather than for what http::Uri makes of them.
+        let scheme = url
+            .split_once(':')
+            .map(|(s, _)| s)
+            .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)))
+            .ok_or(EndpointRefusal::Malformed)?;
+        let tls = match scheme.to_ascii_lowercase().as_str() {
+            "https" => true,
+            "http" if allow_private => false,
+            _ => return Err(EndpointRefusal::Scheme),
+        };
+        if url.contains('#') {
+            return Err(EndpointRefusal::Fragment);
+        }
+        let uri: http::Uri = url.parse().map_err(|_| EndpointRefusal::Malformed)?;
+        let authority = uri.authority().ok_or(EndpointRefusal::Malformed)?;
+        if authority.as_str().contains('@') {
+            return Err(EndpointRefusal::UserInfo);
+        }
+        if authority.as_str().ends_with(':') {
+            return Err(EndpointRefusal::Malformed);
+        }
+        let port = match authority.port_u16() {
+            Some(0) => return Err(EndpointRefusal::Malformed),
+            Some(port) => port,
+            None if tls => 443,
+            None => 80,
+        };
+        let host = parse_host(authority.host()).ok_or(EndpointRefusal::Malformed)?;
+        if let Host::Ip(ip) = host
+            && !allow_private
+            && forbidden_class(ip).is_some()
+        {
+            return Err(EndpointRefusal::PrivateAddress);
+        }
+        let path_and_query = match uri.path_and_query().map(|p| p.as_str()) {
+            None | Some("") => "/".to_owned(),
+            Some(p) if p.starts_with('?') => format!("/{p}"),
+            Some(p) => p.to_owned(),
+        };
+        Ok(Self {
+            url: url.to_owned(),
+            tls,
+            host,
+            port,
+            authority: authority.as_str().to_owned(),
+            path_and_query,
+        })
+    }
+
+    /// The URL as it was given.
+    pub fn as_str(&self) -> &str {
+        &self.url
+    }
+}
+
+impl fmt::Display for PushEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+/// An IP literal (IPv6 in brackets) or a DNS name of letters, digits, `-`
+/// and `_`. A name whose last label is numeric is refused: resolvers read
+/// `127.1` or `2130706433` as IPv4 addresses, which would hide a literal
+/// address from the check above (the check at delivery would still catch
+/// it, but the stream's owner deserves to hear it now).
+fn parse_host(host: &str) -> Option<Host> {
+    if let Some(inner) = host.strip_prefix('[') {
+        let inner = inner.strip_suffix(']')?;
+        return inner.parse::<Ipv6Addr>().ok().map(|ip| Host::Ip(IpAddr::V6(ip)));
+    }
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return Some(Host::Ip(IpAddr::V4(ip)));
+    }
+    let name = host.to_ascii_lowercase();
+    if name.is_empty() || name.len() > 253 {
+        return None;
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if !labels.iter().all(label_ok) {
+        return None;
+    }
+    let last = labels.last()?;
+    let numeric = last.chars().all(|c| c.is_ascii_digit())
+        || (last.starts_with("0x") && last[2..].chars().all(|c| c.is_ascii_hexdigit()));
+    if numeric {
+        return None;
+    }
+    Some(Host::Name(name))
+}
+
+/// What kind of internal address `ip` is, or `None` for a public one a
+/// receiver may be at.
+pub fn forbidden_class(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => forbidden_v4(v4),
+        IpAddr::V6(v6) => forbidden_v6(v6),
+    }
+}
+
+fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, c, _] = ip.octets();
+    Some(match (a, b, c) {
+        _ if ip.is_loopback() => "loopback",
+        _ if ip.is_broadcast() => "broadcast",
+        (0, _, _) => "unspecified (this network)",
+        (10, _, _) | (172, 16..=31, _) | (192, 168, _) => "private",
+        (100, 64..=127, _) => "shared (CGNAT)",
+        (169, 254, _) => "link-local (cloud metadata)",
+        (192, 0, 0) => "IETF protocol assignment",
+        (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => "documentation",
+        (198, 18..=19, _) => "benchmarking",
+        (224..=239, _, _) => "multicast",
+        (240..=255, _, _) => "reserved",
+        _ => return None,
+    })
+}
+
+fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        return Some("unspecified");
+    }
+    if ip.is_loopback() {
+        return Some("loopback");
+    }
+    let seg = ip.segments();
+    // Forms that carry an IPv4 address: mapped (::ffff:a.b.c.d), the old
+    // compatible form (::a.b.c.d) and the NAT64 well-known prefix
+    // (64:ff9b::/96), which a NAT64 gateway forwards to that IPv4 address.
+    let embedded = Ipv4Addr::new(
+        (seg[6] >> 8) as u8,
+        seg[6] as u8,
+        (seg[7] >> 8) as u8,
+        seg[7] as u8,
+    );
+    if seg[..6] == [0, 0, 0, 0, 0, 0xffff] {
+        return forbidden_v4(embedded);
+    }
+    if seg[..6] == [0; 6] {
+        return Some(forbidden_v4(embedded).unwrap_or("IPv4-compatible (deprecated)"));
+    }
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return forbidden_v4(embedded);
+    }
+    Some(match seg[0] {
+        0xfc00..=0xfdff => "unique local (private)",
+        0xfe80..=0xfebf => "link-local",
+        0xfec0..=0xfeff => "site-local",
+        0xff00..=0xffff => "multicast",
+        0x2001 if seg[1] == 0x0db8 => "documentation",
+        0x0100 if seg[1..4] == [0, 0, 0] => "discard",
+        _ => return None,
+    })
+}
+
+/// What became of one delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Any 2xx: RFC 8935 answers 202, and a receiver that answers 200 or 204
+    /// has taken the SET just the same (sending it again would only
+    /// duplicate it).
+    Accepted,
+    /// 400 with an RFC 8935 error object: the receiver judged this SET and
+    /// refused it; sending it again gets the same answer. `err` is the
+    /// receiver's code (`invalid_request`, `invalid_key`, `invalid_issuer`,
+    /// `invalid_audience`, `authentication_failed`, `access_denied`); the
+    /// last two and `invalid_key` are about the stream's configuration or
+    /// keys rather than this SET.
+    Rejected {
+        err: String,
+        description: Option<String>,
+    },
+    /// Try again later: a 5xx, 429, 401/403, any other 4xx, a 400 without an
+    /// error object, a 3xx (never followed), a timeout, a connection or TLS
+    /// failure, a name that does not resolve. `after` is the receiver's
+    /// `Retry-After` in seconds (at most an hour; an HTTP-date is ignored).
+    Retry { reason: String, after: Option<Duration> },
+    /// The guard refused the address the host resolves to now, or the
+    /// stream's `Authorization` is not a header value; nothing was sent.
+    /// Later, DNS or the configuration may have changed.
+    Refused { reason: String },
+}
+
+impl PushOutcome {
+    fn retry(reason: impl Into<String>) -> Self {
+        Self::Retry {
+            reason: reason.into(),
+            after: None,
+        }
+    }
+}
+
+/// Delivers SETs; cheap to clone, one per process is enough (each delivery
+/// opens its own connection).
+#[derive(Clone)]
+pub struct PushClient {
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    allow_private: bool,
+    /// Without any CA certificate on the machine, https receivers cannot be
+    /// verified: their deliveries are retried with this reason rather than
+    /// authd refusing to start.
+    tls: Result<TlsConnector, String>,
+}
+
+impl fmt::Debug for PushClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PushClient")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("allow_private", &self.allow_private)
+            .field("tls", &self.tls.as_ref().map(|_| "OS trust store"))
+            .finish()
+    }
+}
+
+impl PushClient {
+    /// `connect_timeout` bounds resolving, connecting and the TLS handshake;
+    /// `request_timeout` then bounds sending the SET and reading the answer.
+    pub fn new(
+        connect_timeout: Duration,
+        request_timeout: Duration,
+        allow_private: bool,
+    ) -> anyhow::Result<Self> {
+        Self::with_extra_roots(connect_timeout, request_timeout, allow_private, Vec::new())
+    }
+
+    /// Like [`PushClient::new`], trusting `extra_roots` besides the OS
+    /// trust store (tests; a private CA could use it too).
+    fn with_extra_roots(
+        connect_timeout: Duration,
+        request_timeout: Duration,
+        allow_private: bool,
+        extra_roots: Vec<CertificateDer<'static>>,
+    ) -> anyhow::Result<Self> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()?;
+        let tls = rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider)
+            .map(|verifier| {
+                let mut config = builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(verifier))
+                    .with_no_client_auth();
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                TlsConnector::from(Arc::new(config))
+            })
+            .map_err(|e| format!("no trust store to verify https receivers: {e}"));
+        if let Err(e) = &tls {
+            tracing::warn!("{e}");
+        }
+        Ok(Self {
+            connect_timeout,
+            request_timeout,
+            allow_private,
+            tls,
+        })
+    }
+
+    /// POSTs `set` to the endpoint as `application/secevent+jwt`, with
+    /// `Accept: application/json` and the stream's `Authorization` value
+    /// when it has one. Never follows a redirect; never panics or errors:
+    /// every failure is an outcome.
+    pub async fn deliver(
+        &self,
+        endpoint: &PushEndpoint,
+        authorization: Option<&str>,
+        set: &str,
+    ) -> PushOutcome {
+        let request = match build_request(endpoint, authorization, set) {
+            Ok(request) => request,
+            Err(outcome) => return outcome,
+        };
+        let io = match tokio::time::timeout(self.connect_timeout, self.connect(endpoint)).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(outcome)) => return outcome,
+            Err(_) => {
+                return PushOutcome::retry(format!(
+                    "no connection to {} within {:?}",
+                    endpoint.authority, self.connect_timeout
+                ));
+            }
+        };
+        match tokio::time::timeout(self.request_timeout, exchange(io, request)).await {
+            Ok(outcome) => outcome,
+            Err(_) => PushOutcome::retry(format!(
+                "no answer from {} within {:?}",
+                endpoint.authority, self.request_timeout
+            )),
+        }
+    }
+
+    /// Resolves, checks every address, connects to a checked one, and
+    /// speaks TLS when the URL says https.
+    async fn connect(&self, endpoint: &PushEndpoint) -> Result<Box<dyn Io>, PushOutcome> {
+        let addrs: Vec<SocketAddr> = match &endpoint.host {
+            Host::Ip(ip) => vec![SocketAddr::new(*ip, endpoint.port)],
+            Host::Name(name) => tokio::net::lookup_host((name.as_str(), endpoint.port))
+                .await
+                .map_err(|e| PushOutcome::retry(format!("resolving {name}: {e}")))?
+                .collect(),
+        };
+        if !self.allow_private {
+            // One internal address among public ones refuses the lot: a
+            // name that points inside is not a receiver's.
+            if let Some((addr, class)) = addrs
+                .iter()
+                .find_map(|a| forbidden_class(a.ip()).map(|class| (a, class)))
+            {
+                return Err(PushOutcome::Refused {
+                    reason: format!(
+                        "{} is at {}, a {class} address (AUTHD_SSF_ALLOW_PRIVATE is off)",
+                        endpoint.authority,
+                        addr.ip()
+                    ),
+                });
+            }
+        }
+        let mut last_error = format!("{} resolves to no address", endpoint.authority);
+        let mut connected = None;
+        for addr in &addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    connected = Some(stream);
+                    break;
+                }
+                Err(e) => last_error = format!("connecting to {addr}: {e}"),
+            }
+        }
+        let tcp = connected.ok_or_else(|| PushOutcome::retry(last_error))?;
+        // One small write per request: no reason to wait for more.
+        let _ = tcp.set_nodelay(true);
+        if !endpoint.tls {
+            return Ok(Box::new(tcp));
+        }
+        let connector = self.tls.as_ref().map_err(|e| PushOutcome::retry(e.clone()))?;
+        let server_name = match &endpoint.host {
+            Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
+            Host::Name(name) => ServerName::try_from(name.clone())
+                .map_err(|e| PushOutcome::retry(format!("TLS name {name}: {e}")))?,
+        };
+        let tls = connector
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| PushOutcome::retry(format!("TLS with {}: {e}", endpoint.authority)))?;
+        Ok(Box::new(tls))
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+fn build_request(
+    endpoint: &PushEndpoint,
+    authorization: Option<&str>,
+    set: &str,
+) -> Result<Request<Full<Bytes>>, PushOutcome> {
+    let mut builder = Request::builder()
+        .method(Method::POST)
+        .uri(endpoint.path_and_query.as_str())
+        .header(HOST, endpoint.authority.as_str())
+        .header(CONTENT_TYPE, "application/secevent+jwt")
+        .header(ACCEPT, "application/json")
+        .header(CONTENT_LENGTH, set.len())
+        .header(USER_AGENT, concat!("authd/", env!("CARGO_PKG_VERSION")));
+    if let Some(value) = authorization {
+        let mut value = HeaderValue::from_str(value).map_err(|_| PushOutcome::Refused {
+            reason: "the stream's authorization is not a valid header value".into(),
+        })?;
+        value.set_sensitive(true);
+        builder = builder.header(AUTHORIZATION, value);
+    }
+    builder
+        .body(Full::new(Bytes::copy_from_slice(set.as_bytes())))
+        .map_err(|e| PushOutcome::Refused {
+            reason: format!("building the request: {e}"),
+        })
+}
+
+/// Aborts the task driving a connection when the delivery is over (or was
+/// dropped at its deadline), so a receiver that never answers holds no
+/// socket beyond it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn exchange(io: Box<dyn Io>, request: Request<Full<Bytes>>) -> PushOutcome {
+    let handshake = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(MAX_RESPONSE_HEAD)
+        .handshake::<_, Full<Bytes>>(TokioIo::new(io))
+        .await;
+    let (mut sender, connection) = match handshake {
+        Ok(pair) => pair,
+        Err(e) => return PushOutcome::retry(format!("HTTP: {e}")),
+    };
+    let _driver = AbortOnDrop(tokio::spawn(async move {
+        // Its failure shows in send_request's result.
+        let _ = connection.await;
+    }));
+    let response = match sender.send_request(request).await {
+        Ok(response) => response,
+        Err(e) => return PushOutcome::retry(format!("HTTP: {e}")),
+    };
+    let status = response.status();
+    if status.is_success() {
+        return PushOutcome::Accepted;
+    }
+    let after = retry_after(response.headers().get(RETRY_AFTER));
+    if status.is_redirection() {
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .map(|l| clip(&String::from_utf8_lossy(l.as_bytes()), MAX_DESCRIPTION_LEN))
+            .unwrap_or_default();
+        return PushOutcome::Retry {
+            reason: format!("{status} to {location:?}, not followed"),
+            after,
+        };
+    }
+    if status == StatusCode::BAD_REQUEST {
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BODY)
+            .collect()
+            .await
+            .map(|b| b.to_bytes());
+        return match body {
+            Ok(body) => match serde_json::from_slice::<ErrorBody>(&body) {
+                Ok(e) => PushOutcome::Rejected {
+                    err: clip(&e.err, MAX_ERR_LEN),
+                    description: e.description.map(|d| clip(&d, MAX_DESCRIPTION_LEN)),
+                },
+                Err(_) => PushOutcome::Retry {
+                    reason: "400 without an RFC 8935 error object".into(),
+                    after,
+                },
+            },
+            Err(e) => PushOutcome::Retry {
+                reason: format!("400 with an unreadable body: {e}"),
+                after,
+            },
+        };
+    }
+    let reason = match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            format!("{status}: the receiver refused the stream's authorization")
+        }
+        _ => format!("the receiver answered {status}"),
+    };
+    PushOutcome::Retry { reason, after }
+}
+
+/// RFC 8935 §2.3's error object.
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    err: String,
+    description: Option<String>,
+}
+
+/// `Retry-After` as delta-seconds, capped; an HTTP-date would need the
+/// clock and is rare from receivers: the worker's own back-off applies.
+fn retry_after(value: Option<&HeaderValue>) -> Option<Duration> {
+    let seconds: u64 = value?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+}
+
+/// A receiver's words, cut to `max` characters, control characters
+/// blanked (they end up in log lines).
+fn clip(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
