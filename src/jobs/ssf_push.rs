@@ -122,12 +122,16 @@ impl PushEndpoint {
         if authority.as_str().contains('@') {
             return Err(EndpointRefusal::UserInfo);
         }
-        if authority.as_str().ends_with(':') {
-            return Err(EndpointRefusal::Malformed);
-        }
-        let port = match authority.port_u16() {
-            Some(0) => return Err(EndpointRefusal::Malformed),
-            Some(port) => port,
+        // http::Uri reads a port past u16 as none at all.
+        let after_host = authority
+            .as_str()
+            .rsplit_once(']')
+            .map_or(authority.as_str(), |(_, rest)| rest);
+        let port = match after_host.rsplit_once(':') {
+            Some((_, port)) => match port.parse::<u16>() {
+                Ok(port) if port != 0 => port,
+                _ => return Err(EndpointRefusal::Malformed),
+            },
             None if tls => 443,
             None => 80,
         };
@@ -585,4 +589,584 @@ fn clip(s: &str, max: usize) -> String {
         .take(max)
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use proptest::prelude::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+    use tokio_rustls::TlsAcceptor;
+    use tokio_rustls::rustls::ServerConfig;
+    use tokio_rustls::rustls::pki_types::PrivateKeyDer;
+
+    use super::*;
+
+    const SET: &str = "eyJhbGciOiJFZERTQSIsInR5cCI6InNlY2V2ZW50K2p3dCJ9.e30.c2ln";
+
+    /// What a test receiver does once it has read a request.
+    #[derive(Clone)]
+    enum Answer {
+        /// Writes these bytes and closes.
+        Bytes(&'static [u8]),
+        /// Writes this head, then body bytes for as long as the client reads.
+        Endless(&'static [u8]),
+        /// Never answers.
+        Stall,
+    }
+
+    /// One request as it arrived on the wire.
+    struct Seen {
+        head: String,
+        body: Vec<u8>,
+        /// The TLS server name the client sent (SNI), when over TLS.
+        sni: Option<String>,
+    }
+
+    /// A receiver on a real socket, written against the bytes rather than
+    /// with an HTTP library, so the test sees exactly what authd sent.
+    struct Receiver {
+        addr: SocketAddr,
+        seen: mpsc::UnboundedReceiver<Seen>,
+        connections: Arc<AtomicUsize>,
+    }
+
+    async fn receiver(answer: Answer) -> Receiver {
+        receiver_with(answer, None).await
+    }
+
+    async fn receiver_with(answer: Answer, tls: Option<TlsAcceptor>) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, seen) = mpsc::unbounded_channel();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&connections);
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let (tx, answer, tls) = (tx.clone(), answer.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match tls {
+                        None => serve(tcp, None, answer, tx).await,
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            let sni = stream.get_ref().1.server_name().map(str::to_owned);
+                            serve(stream, sni, answer, tx).await;
+                        }
+                    }
+                });
+            }
+        });
+        Receiver {
+            addr,
+            seen,
+            connections,
+        }
+    }
+
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        mut stream: S,
+        sni: Option<String>,
+        answer: Answer,
+        tx: mpsc::UnboundedSender<Seen>,
+    ) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        while buf.len() < head_end + length {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = buf[head_end..head_end + length].to_vec();
+        let _ = tx.send(Seen { head, body, sni });
+        match answer {
+            Answer::Bytes(bytes) => {
+                let _ = stream.write_all(bytes).await;
+                let _ = stream.shutdown().await;
+            }
+            Answer::Endless(head) => {
+                if stream.write_all(head).await.is_err() {
+                    return;
+                }
+                let filler = [b'x'; 4096];
+                while stream.write_all(&filler).await.is_ok() {}
+            }
+            Answer::Stall => {
+                // Holds the connection open, reading nothing more, until
+                // the client goes away.
+                let _ = stream.read(&mut chunk).await;
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    fn client(allow_private: bool) -> PushClient {
+        PushClient::new(Duration::from_secs(5), Duration::from_secs(30), allow_private).unwrap()
+    }
+
+    fn endpoint(url: &str) -> PushEndpoint {
+        PushEndpoint::parse(url, true).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_202_is_accepted_and_the_request_is_exactly_rfc_8935s() {
+        let mut rx = receiver(Answer::Bytes(
+            b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n",
+        ))
+        .await;
+        let url = format!("http://{}/ssf/events?stream=7", rx.addr);
+        let outcome = client(true)
+            .deliver(&endpoint(&url), Some("Bearer receiver-secret"), SET)
+            .await;
+        assert_eq!(outcome, PushOutcome::Accepted);
+
+        let seen = rx.seen.recv().await.unwrap();
+        let mut lines = seen.head.lines();
+        assert_eq!(lines.next(), Some("POST /ssf/events?stream=7 HTTP/1.1"));
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.to_ascii_lowercase(), v.trim().to_owned())
+            })
+            .collect();
+        let header = |name: &str| {
+            let values: Vec<&str> = headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert_eq!(values.len(), 1, "{name} once in {headers:?}");
+            values[0].to_owned()
+        };
+        assert_eq!(header("host"), rx.addr.to_string());
+        assert_eq!(header("content-type"), "application/secevent+jwt");
+        assert_eq!(header("accept"), "application/json");
+        assert_eq!(header("authorization"), "Bearer receiver-secret");
+        assert_eq!(header("content-length"), SET.len().to_string());
+        assert_eq!(seen.body, SET.as_bytes());
+        assert_eq!(seen.sni, None);
+    }
+
+    #[tokio::test]
+    async fn no_authorization_configured_sends_none() {
+        let mut rx = receiver(Answer::Bytes(b"HTTP/1.1 202 Accepted\r\n\r\n")).await;
+        let url = format!("http://{}/", rx.addr);
+        let outcome = client(true).deliver(&endpoint(&url), None, SET).await;
+        assert_eq!(outcome, PushOutcome::Accepted);
+        let seen = rx.seen.recv().await.unwrap();
+        assert!(
+            !seen.head.to_ascii_lowercase().contains("authorization"),
+            "{}",
+            seen.head
+        );
+    }
+
+    #[tokio::test]
+    async fn a_200_or_204_counts_as_accepted() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"[..],
+            &b"HTTP/1.1 204 No Content\r\n\r\n"[..],
+        ] {
+            let rx = receiver(Answer::Bytes(answer)).await;
+            let url = format!("http://{}/events", rx.addr);
+            let outcome = client(true).deliver(&endpoint(&url), None, SET).await;
+            assert_eq!(outcome, PushOutcome::Accepted);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_400_with_an_error_object_is_rejected_for_good() {
+        let body = r#"{"err":"invalid_audience","description":"not\nfor me","x":1}"#;
+        let answer = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let rx = receiver(Answer::Bytes(Box::leak(answer.into_bytes().into_boxed_slice()))).await;
+        let url = format!("http://{}/events", rx.addr);
+        let outcome = client(true).deliver(&endpoint(&url), None, SET).await;
+        assert_eq!(
+            outcome,
+            PushOutcome::Rejected {
+                err: "invalid_audience".into(),
+                // The newline a receiver sent does not reach a log line.
+                description: Some("not for me".into()),
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_400_without_an_error_object_is_retried() {
+        let rx = receiver(Answer::Bytes(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/html\r\ncontent-length: 17\r\n\r\n<h1>go away</h1>\n",
+        ))
+        .await;
+        let url = format!("http://{}/events", rx.addr);
+        let outcome = client(true).deliver(&endpoint(&url), None, SET).await;
+        assert!(matches!(outcome, PushOutcome::Retry { .. }), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn unavailable_throttled_or_unauthorised_receivers_are_retried_with_their_retry_after() {
+        let cases: [(&'static [u8], Option<Duration>); 5] = [
+            (
+                b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 7\r\ncontent-length: 0\r\n\r\n",
+                Some(Duration::from_secs(7)),
+            ),
+            (
+                b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 99999999\r\ncontent-length: 0\r\n\r\n",
+                Some(MAX_RETRY_AFTER),
+            ),
+            (
+                b"HTTP/1.1 429 Too Many Requests\r\nretry-after: Wed, 21 Oct 2015 07:28:00 GMT\r\ncontent-length: 0\r\n\r\n",
+                None,
+            ),
+            (b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n", None),
+            (b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n", None),
+        ];
+        for (answer, expected_after) in cases {
+            let rx = receiver(Answer::Bytes(answer)).await;
+            let url = format!("http://{}/events", rx.addr);
+            match client(true).deliver(&endpoint(&url), None, SET).await {
+                PushOutcome::Retry { after, .. } => assert_eq!(after, expected_after),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_never_followed() {
+        let target = receiver(Answer::Bytes(b"HTTP/1.1 202 Accepted\r\n\r\n")).await;
+        let location: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 302 Found\r\nlocation: http://{}/events\r\ncontent-length: 0\r\n\r\n",
+                target.addr
+            )
+            .into_boxed_str(),
+        );
+        let rx = receiver(Answer::Bytes(location.as_bytes())).await;
+        let url = format!("http://{}/events", rx.addr);
+        let outcome = client(true).deliver(&endpoint(&url), None, SET).await;
+        match outcome {
+            PushOutcome::Retry { reason, .. } => {
+                assert!(
+                    reason.contains("302") && reason.contains("not followed"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // deliver has returned: had it followed, it would have connected.
+        assert_eq!(target.connections.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_never_answers_is_retried_at_the_request_timeout() {
+        let rx = receiver(Answer::Stall).await;
+        let url = format!("http://{}/events", rx.addr);
+        let client = PushClient::new(Duration::from_secs(5), Duration::from_millis(300), true).unwrap();
+        match client.deliver(&endpoint(&url), None, SET).await {
+            PushOutcome::Retry { reason, .. } => {
+                assert!(reason.contains("no answer"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endless_error_body_is_read_only_to_its_bound() {
+        // The request timeout is far away: the bound, not the clock, ends it.
+        let rx = receiver(Answer::Endless(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 1000000000\r\n\r\n",
+        ))
+        .await;
+        let url = format!("http://{}/events", rx.addr);
+        match client(true).deliver(&endpoint(&url), None, SET).await {
+            PushOutcome::Retry { reason, .. } => {
+                assert!(reason.contains("unreadable body"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A chunked one, with no length announced, likewise.
+        let rx = receiver(Answer::Endless(
+            b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n1000\r\n",
+        ))
+        .await;
+        let url = format!("http://{}/events", rx.addr);
+        match client(true).deliver(&endpoint(&url), None, SET).await {
+            PushOutcome::Retry { reason, .. } => {
+                assert!(reason.contains("unreadable body"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_accepting_receiver_with_an_endless_body_is_not_read() {
+        let rx = receiver(Answer::Endless(
+            b"HTTP/1.1 202 Accepted\r\ncontent-length: 1000000000\r\n\r\n",
+        ))
+        .await;
+        let url = format!("http://{}/events", rx.addr);
+        let outcome = client(true).deliver(&endpoint(&url), None, SET).await;
+        assert_eq!(outcome, PushOutcome::Accepted);
+    }
+
+    #[tokio::test]
+    async fn an_endless_answer_head_is_cut_off() {
+        let rx = receiver(Answer::Endless(b"HTTP/1.1 202 Accepted\r\nx-filler: ")).await;
+        let url = format!("http://{}/events", rx.addr);
+        match client(true).deliver(&endpoint(&url), None, SET).await {
+            PushOutcome::Retry { reason, .. } => assert!(reason.contains("HTTP"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_retried() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let url = format!("http://{addr}/events");
+        match client(true).deliver(&endpoint(&url), None, SET).await {
+            PushOutcome::Retry { reason, .. } => assert!(reason.contains("connecting"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_authorization_that_is_no_header_value_sends_nothing() {
+        let rx = receiver(Answer::Bytes(b"HTTP/1.1 202 Accepted\r\n\r\n")).await;
+        let url = format!("http://{}/events", rx.addr);
+        let outcome = client(true)
+            .deliver(&endpoint(&url), Some("Bearer x\r\nX-Injected: 1"), SET)
+            .await;
+        assert!(matches!(outcome, PushOutcome::Refused { .. }), "{outcome:?}");
+        assert_eq!(rx.connections.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn the_guard_checks_the_resolved_address_at_delivery() {
+        let rx = receiver(Answer::Bytes(b"HTTP/1.1 202 Accepted\r\n\r\n")).await;
+        let port = rx.addr.port();
+        // Names pass parsing whatever they resolve to; `localhost` resolves
+        // to loopback at delivery, and a URL accepted while private
+        // addresses were allowed is refused once they no longer are.
+        for url in [
+            format!("https://localhost:{port}/events"),
+            format!("http://127.0.0.1:{port}/events"),
+        ] {
+            let endpoint = PushEndpoint::parse(&url, true).unwrap();
+            match client(false).deliver(&endpoint, Some("Bearer s"), SET).await {
+                PushOutcome::Refused { reason } => {
+                    assert!(reason.contains("loopback"), "{reason}")
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            PushEndpoint::parse("https://localhost/events", false)
+                .unwrap()
+                .as_str(),
+            "https://localhost/events"
+        );
+        assert_eq!(rx.connections.load(Ordering::SeqCst), 0, "nothing was sent");
+    }
+
+    #[test]
+    fn receiver_urls_are_checked_when_a_stream_is_configured() {
+        use EndpointRefusal::*;
+        let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
+        let refused: &[(&str, EndpointRefusal)] = &[
+            ("https://127.0.0.1/events", PrivateAddress),
+            ("https://127.0.0.1:8443/events", PrivateAddress),
+            ("https://[::1]/events", PrivateAddress),
+            ("https://169.254.169.254/latest/meta-data", PrivateAddress),
+            ("https://[fd00:ec2::254]/", PrivateAddress),
+            ("https://10.1.2.3/events", PrivateAddress),
+            ("https://172.16.0.1/events", PrivateAddress),
+            ("https://192.168.1.1/events", PrivateAddress),
+            ("https://100.64.0.1/events", PrivateAddress),
+            ("https://0.0.0.0/events", PrivateAddress),
+            ("https://[::]/events", PrivateAddress),
+            ("https://[::ffff:127.0.0.1]/events", PrivateAddress),
+            ("https://[::ffff:169.254.169.254]/events", PrivateAddress),
+            ("https://[64:ff9b::a9fe:a9fe]/events", PrivateAddress),
+            ("https://[fe80::1]/events", PrivateAddress),
+            ("https://224.0.0.1/events", PrivateAddress),
+            ("https://255.255.255.255/events", PrivateAddress),
+            ("https://user:pass@example.com/events", UserInfo),
+            ("https://token@example.com/events", UserInfo),
+            ("https://example.com/events#frag", Fragment),
+            ("http://example.com/events", Scheme),
+            ("ftp://example.com/events", Scheme),
+            ("file:///etc/passwd", Scheme),
+            ("gopher://example.com:70/_", Scheme),
+            ("javascript:alert(1)", Scheme),
+            ("/events", Malformed),
+            ("example.com/events", Malformed),
+            ("https://", Malformed),
+            ("https:///events", Malformed),
+            ("https://example.com:/events", Malformed),
+            ("https://example.com:0/events", Malformed),
+            ("https://example.com:99999/events", Malformed),
+            ("https://exa mple.com/events", Malformed),
+            ("https://example.com/ev\nents", Malformed),
+            ("https://exa%6dple.com/events", Malformed),
+            ("https://127.1/events", Malformed),
+            ("https://2130706433/events", Malformed),
+            ("https://0x7f000001/events", Malformed),
+            ("https://[127.0.0.1]/events", Malformed),
+            (&long, TooLong),
+        ];
+        for (url, refusal) in refused {
+            assert_eq!(PushEndpoint::parse(url, false), Err(*refusal), "{url}");
+        }
+
+        // AUTHD_SSF_ALLOW_PRIVATE: internal addresses and plain http pass.
+        for url in [
+            "http://127.0.0.1:8080/events",
+            "https://[::1]/events",
+            "http://10.1.2.3/events",
+            "https://169.254.169.254/",
+        ] {
+            assert!(PushEndpoint::parse(url, true).is_ok(), "{url}");
+        }
+        // Whatever is allowed, the rest stays refused.
+        assert_eq!(PushEndpoint::parse("http://u:p@127.0.0.1/", true), Err(UserInfo));
+        assert_eq!(PushEndpoint::parse("ftp://127.0.0.1/", true), Err(Scheme));
+
+        let ok = PushEndpoint::parse("HTTPS://Receiver.Example.COM?x=1", false).unwrap();
+        assert_eq!(ok.as_str(), "HTTPS://Receiver.Example.COM?x=1");
+        assert_eq!(ok.host, Host::Name("receiver.example.com".into()));
+        assert_eq!((ok.tls, ok.port), (true, 443));
+        assert_eq!(ok.path_and_query, "/?x=1");
+        let ok = PushEndpoint::parse("https://[2001:4860::8888]:8443/ssf", false).unwrap();
+        assert_eq!(ok.authority, "[2001:4860::8888]:8443");
+        assert_eq!(ok.port, 8443);
+        assert!(PushEndpoint::parse("https://8.8.8.8/events", false).is_ok());
+        assert!(PushEndpoint::parse("https://ssf_receiver.example.com/events", false).is_ok());
+    }
+
+    #[test]
+    fn internal_addresses_are_named() {
+        let class = |s: &str| forbidden_class(s.parse().unwrap());
+        assert_eq!(class("127.0.0.1"), Some("loopback"));
+        assert_eq!(class("127.255.0.9"), Some("loopback"));
+        assert_eq!(class("169.254.169.254"), Some("link-local (cloud metadata)"));
+        assert_eq!(class("172.31.255.255"), Some("private"));
+        assert_eq!(class("172.32.0.1"), None);
+        assert_eq!(class("100.128.0.1"), None);
+        assert_eq!(class("::ffff:10.0.0.1"), Some("private"));
+        assert_eq!(class("::ffff:8.8.8.8"), None);
+        assert_eq!(class("::8.8.8.8"), Some("IPv4-compatible (deprecated)"));
+        assert_eq!(class("64:ff9b::7f00:1"), Some("loopback"));
+        assert_eq!(class("64:ff9b::808:808"), None);
+        assert_eq!(class("fd00:ec2::254"), Some("unique local (private)"));
+        assert_eq!(class("fe80::1"), Some("link-local"));
+        assert_eq!(class("ff02::1"), Some("multicast"));
+        assert_eq!(class("2001:db8::1"), Some("documentation"));
+        assert_eq!(class("2606:4700:4700::1111"), None);
+        assert_eq!(class("1.1.1.1"), None);
+    }
+
+    proptest! {
+        /// An IPv4 address judged inside an IPv6 one (mapped or NAT64) gets
+        /// the same verdict as on its own, and the standard library's own
+        /// notions of internal never disagree with ours.
+        #[test]
+        fn embedded_ipv4_is_judged_like_ipv4(bits: u32) {
+            let v4 = Ipv4Addr::from(bits);
+            let verdict = forbidden_v4(v4);
+            prop_assert_eq!(forbidden_class(IpAddr::V6(v4.to_ipv6_mapped())), verdict);
+            let [a, b, c, d] = v4.octets();
+            let nat64 = Ipv6Addr::new(
+                0x64, 0xff9b, 0, 0, 0, 0,
+                u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]),
+            );
+            prop_assert_eq!(forbidden_class(IpAddr::V6(nat64)), verdict);
+            if v4.is_private() || v4.is_loopback() || v4.is_link_local() || v4.is_unspecified()
+                || v4.is_multicast() || v4.is_broadcast() || v4.is_documentation()
+            {
+                prop_assert!(verdict.is_some());
+            }
+        }
+
+        #[test]
+        fn internal_ipv6_ranges_are_refused(bits: u128) {
+            let v6 = Ipv6Addr::from(bits);
+            if v6.is_loopback() || v6.is_unspecified() || v6.is_multicast()
+                || v6.is_unicast_link_local() || v6.is_unique_local()
+            {
+                prop_assert!(forbidden_v6(v6).is_some());
+            }
+        }
+    }
+
+    fn tls_receiver_identity() -> (TlsAcceptor, CertificateDer<'static>) {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = key.cert.der().clone();
+        let private = PrivateKeyDer::try_from(key.signing_key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], private)
+            .unwrap();
+        (TlsAcceptor::from(Arc::new(config)), cert)
+    }
+
+    #[tokio::test]
+    async fn https_receivers_are_verified_and_get_the_host_name_as_sni() {
+        let (acceptor, cert) = tls_receiver_identity();
+        let mut rx = receiver_with(
+            Answer::Bytes(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n"),
+            Some(acceptor),
+        )
+        .await;
+        let url = format!("https://localhost:{}/events", rx.addr.port());
+        let trusting =
+            PushClient::with_extra_roots(Duration::from_secs(5), Duration::from_secs(30), true, vec![cert])
+                .unwrap();
+        let outcome = trusting.deliver(&endpoint(&url), Some("Bearer s"), SET).await;
+        assert_eq!(outcome, PushOutcome::Accepted);
+        let seen = rx.seen.recv().await.unwrap();
+        assert_eq!(seen.sni.as_deref(), Some("localhost"));
+        assert_eq!(seen.body, SET.as_bytes());
+
+        // Without that certificate in its trust store, nothing is sent.
+        match client(true).deliver(&endpoint(&url), Some("Bearer s"), SET).await {
+            PushOutcome::Retry { reason, .. } => assert!(reason.contains("TLS"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(rx.seen.try_recv().is_err());
+    }
 }
