@@ -409,6 +409,15 @@ impl PushClient {
     /// Resolves, checks every address, connects to a checked one, and
     /// speaks TLS when the URL says https.
     async fn connect(&self, endpoint: &PushEndpoint) -> Result<Box<dyn Io>, PushOutcome> {
+        // A URL accepted while the setting was on is judged by today's.
+        if !endpoint.tls && !self.allow_private {
+            return Err(PushOutcome::Refused {
+                reason: format!(
+                    "{} is plain http (AUTHD_SSF_ALLOW_PRIVATE is off)",
+                    endpoint.authority
+                ),
+            });
+        }
         let addrs: Vec<SocketAddr> = match &endpoint.host {
             Host::Ip(ip) => vec![SocketAddr::new(*ip, endpoint.port)],
             Host::Name(name) => tokio::net::lookup_host((name.as_str(), endpoint.port))
@@ -981,7 +990,8 @@ mod tests {
         // addresses were allowed is refused once they no longer are.
         for url in [
             format!("https://localhost:{port}/events"),
-            format!("http://127.0.0.1:{port}/events"),
+            format!("https://127.0.0.1:{port}/events"),
+            format!("https://[::ffff:127.0.0.1]:{port}/events"),
         ] {
             let endpoint = PushEndpoint::parse(&url, true).unwrap();
             match client(false).deliver(&endpoint, Some("Bearer s"), SET).await {
@@ -990,6 +1000,13 @@ mod tests {
                 }
                 other => panic!("{url}: {other:?}"),
             }
+        }
+        // Plain http likewise: the SET and the receiver's authorization
+        // would cross the network in clear.
+        let plain = PushEndpoint::parse("http://receiver.example.com/events", true).unwrap();
+        match client(false).deliver(&plain, Some("Bearer s"), SET).await {
+            PushOutcome::Refused { reason } => assert!(reason.contains("plain http"), "{reason}"),
+            other => panic!("{other:?}"),
         }
         assert_eq!(
             PushEndpoint::parse("https://localhost/events", false)
