@@ -136,6 +136,12 @@ pub struct Config {
     /// Most rows one clean-up batch (one short transaction) deletes from a
     /// table (`AUTHD_CLEANUP_BATCH_SIZE`).
     pub cleanup_batch_size: u32,
+    /// Shared Signals push receivers may be at loopback, private, link-local
+    /// and other internal addresses, and on plain `http`
+    /// (`AUTHD_SSF_ALLOW_PRIVATE`): development and in-cluster receivers
+    /// only, since it lets whoever registers a stream make authd POST to
+    /// its internal network.
+    pub ssf_allow_private: bool,
 }
 
 impl Default for Config {
@@ -192,6 +198,7 @@ impl Default for Config {
             session_cache: true,
             cleanup_interval: Duration::from_secs(600),
             cleanup_batch_size: 1000,
+            ssf_allow_private: false,
         }
     }
 }
@@ -466,6 +473,10 @@ impl Config {
         });
         v.read("AUTHD_CLEANUP_BATCH_SIZE", |s| {
             parse_into(s, &mut self.cleanup_batch_size)
+        });
+        v.read("AUTHD_SSF_ALLOW_PRIVATE", |s| {
+            self.ssf_allow_private = parse_bool(s)?;
+            Ok(())
         });
     }
 
@@ -884,6 +895,18 @@ mod tests {
         assert_eq!(c.verify_token_ttl, Duration::from_secs(86_400));
         assert_eq!(c.email_change_ttl, Duration::from_secs(3_600));
         assert!(!c.require_verified_email);
+        assert!(!c.ssf_allow_private);
+    }
+
+    #[test]
+    fn private_push_receivers_are_allowed_only_when_asked_for() {
+        for (value, on) in [("true", true), ("on", true), ("0", false), ("no", false)] {
+            let c =
+                Config::from_lookup(|k| (k == "AUTHD_SSF_ALLOW_PRIVATE").then(|| value.to_owned())).unwrap();
+            assert_eq!(c.ssf_allow_private, on, "{value}");
+        }
+        let bad = Config::from_lookup(|k| (k == "AUTHD_SSF_ALLOW_PRIVATE").then(|| "maybe".to_owned()));
+        assert!(bad.unwrap_err().to_string().contains("AUTHD_SSF_ALLOW_PRIVATE"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod mail;
 mod mfa_requirement;
 mod password;
 mod profile;
+pub mod push_endpoint;
 mod service_account;
 mod session;
 pub mod signal;
