@@ -142,6 +142,12 @@ pub struct Config {
     /// only, since it lets whoever registers a stream make authd POST to
     /// its internal network.
     pub ssf_allow_private: bool,
+    /// How long one push to a receiver may take once connected
+    /// (`AUTHD_SSF_PUSH_TIMEOUT`): a slow receiver holds only its stream.
+    pub ssf_push_timeout: Duration,
+    /// The longest wait between attempts to reach a failing receiver
+    /// (`AUTHD_SSF_RETRY_MAX`); waits double from 1 s up to it.
+    pub ssf_retry_max: Duration,
 }
 
 impl Default for Config {
@@ -199,6 +205,8 @@ impl Default for Config {
             cleanup_interval: Duration::from_secs(600),
             cleanup_batch_size: 1000,
             ssf_allow_private: false,
+            ssf_push_timeout: Duration::from_secs(10),
+            ssf_retry_max: Duration::from_secs(300),
         }
     }
 }
@@ -478,6 +486,10 @@ impl Config {
             self.ssf_allow_private = parse_bool(s)?;
             Ok(())
         });
+        v.read("AUTHD_SSF_PUSH_TIMEOUT", |s| {
+            duration_into(s, &mut self.ssf_push_timeout)
+        });
+        v.read("AUTHD_SSF_RETRY_MAX", |s| duration_into(s, &mut self.ssf_retry_max));
     }
 
     /// Settings that are each valid but not together.
@@ -501,6 +513,12 @@ impl Config {
         if self.event_retention < Duration::from_secs(3600) || self.event_retention > Duration::from_secs(90 * 86_400)
         {
             errors.push("AUTHD_EVENT_RETENTION must be between 1h and 90d".into());
+        }
+        if self.ssf_push_timeout < Duration::from_millis(100) || self.ssf_push_timeout > Duration::from_secs(60) {
+            errors.push("AUTHD_SSF_PUSH_TIMEOUT must be between 100ms and 60s".into());
+        }
+        if self.ssf_retry_max < Duration::from_secs(1) || self.ssf_retry_max > Duration::from_secs(3600) {
+            errors.push("AUTHD_SSF_RETRY_MAX must be between 1s and 1h".into());
         }
         if self.verify_token_ttl < Duration::from_secs(60) {
             errors.push("AUTHD_VERIFY_TOKEN_TTL must be at least 1m".into());

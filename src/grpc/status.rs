@@ -318,6 +318,14 @@ impl From<AppError> for Status {
                 "no such passkey ceremony, or it was used or expired; start again",
                 ErrorReason::CeremonyExpired,
             ),
+            // The HTTP face's Shared Signals endpoints answer these; no
+            // RPC does.
+            AppError::StreamNotFound => plain(Code::NotFound, "no such stream", ErrorReason::Unspecified),
+            AppError::StreamNotPolled => plain(
+                Code::FailedPrecondition,
+                "this stream is delivered by push",
+                ErrorReason::Unspecified,
+            ),
             AppError::UnsupportedGrantType => Status::from(AppError::invalid(
                 "grant_type",
                 crate::domain::Invalid::format(format!(

@@ -67,25 +67,47 @@ fn from_app(e: AppError) -> HttpResponse {
 }
 
 /// The caller, if its credential is a service's with `events.receive`.
-async fn caller(face: &Face, req: &Request<tonic::body::Body>, path: &str) -> Result<std::sync::Arc<ServiceIdentity>, HttpResponse> {
-    let peer = face.credentials.peer_of(req);
-    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
+async fn caller(
+    face: &Face,
+    presented: Presented,
+    path: &str,
+) -> Result<std::sync::Arc<ServiceIdentity>, HttpResponse> {
+    let Presented { peer, secret } = presented;
+    let Some(secret) = secret else {
         return Err(errors::invalid_client("send one Authorization: Bearer header"));
     };
-    let Some(secret) = value
+    face.credentials
+        .check_service(&secret, Some(Scope::EventsReceive), peer, path)
+        .await
+        .map_err(from_app)
+}
+
+/// What the request presents, read before any await (a request is not
+/// `Sync`, so no future may hold a reference to it).
+struct Presented {
+    peer: Option<std::net::IpAddr>,
+    secret: Option<String>,
+}
+
+fn presented(face: &Face, req: &Request<tonic::body::Body>) -> Presented {
+    Presented {
+        peer: face.credentials.peer_of(req),
+        secret: bearer(req),
+    }
+}
+
+fn bearer(req: &Request<tonic::body::Body>) -> Option<String> {
+    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    value
         .to_str()
         .ok()
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .filter(|s| !s.is_empty())
-    else {
-        return Err(errors::invalid_client("send one Authorization: Bearer header"));
-    };
-    face.credentials
-        .check_service(secret, Some(Scope::EventsReceive), peer, path)
-        .await
-        .map_err(from_app)
+        .map(str::to_owned)
 }
 
 /// The request's JSON body (empty body: `null`).
@@ -136,7 +158,7 @@ fn validation(errors: Vec<crate::domain::stream_config::FieldError>) -> HttpResp
 /// `/ssf/streams`: create (POST), read (GET, one with `stream_id`, else
 /// all of the caller's), replace (PUT), patch (PATCH), delete (DELETE).
 pub async fn streams(face: &Face, req: Request<tonic::body::Body>) -> HttpResponse {
-    let owner = match caller(face, &req, STREAMS_PATH).await {
+    let owner = match caller(face, presented(face, &req), STREAMS_PATH).await {
         Ok(owner) => owner,
         Err(refusal) => return refusal,
     };
@@ -212,7 +234,7 @@ fn empty(status: StatusCode) -> HttpResponse {
 
 /// `/ssf/status`: GET `?stream_id=`, POST `{stream_id, status, reason}`.
 pub async fn status(face: &Face, req: Request<tonic::body::Body>) -> HttpResponse {
-    let owner = match caller(face, &req, STATUS_PATH).await {
+    let owner = match caller(face, presented(face, &req), STATUS_PATH).await {
         Ok(owner) => owner,
         Err(refusal) => return refusal,
     };
@@ -264,7 +286,7 @@ pub async fn verify(face: &Face, req: Request<tonic::body::Body>) -> HttpRespons
     if req.method() != Method::POST {
         return errors::method_not_allowed(&Method::POST);
     }
-    let owner = match caller(face, &req, VERIFY_PATH).await {
+    let owner = match caller(face, presented(face, &req), VERIFY_PATH).await {
         Ok(owner) => owner,
         Err(refusal) => return refusal,
     };
@@ -297,7 +319,7 @@ pub async fn poll(face: &Face, req: Request<tonic::body::Body>) -> HttpResponse 
         .strip_prefix(POLL_PREFIX)
         .unwrap_or("")
         .to_owned();
-    let owner = match caller(face, &req, POLL_PREFIX).await {
+    let owner = match caller(face, presented(face, &req), POLL_PREFIX).await {
         Ok(owner) => owner,
         Err(refusal) => return refusal,
     };

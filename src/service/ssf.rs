@@ -351,7 +351,7 @@ impl Core {
             AppError::Validation(
                 errors
                     .into_iter()
-                    .map(|(field, e)| crate::domain::Violation::new(field, e))
+                    .map(|(field, e)| crate::error::Violation::new(field, e))
                     .collect(),
             )
         })?;
