@@ -414,19 +414,46 @@ def push(args):
             recorder.rejected(refused, jti)
             self._answer(400, {"err": refused.err, "description": refused.description})
 
+        def _body(self):
+            """The request body, at most MAX_BODY_BYTES; None once answered."""
+            if (self.headers.get("Transfer-Encoding") or "").strip().lower() == "chunked":
+                body = b""
+                while True:
+                    size_line = self.rfile.readline(100).split(b";")[0].strip()
+                    try:
+                        size = int(size_line, 16)
+                    except ValueError:
+                        self.close_connection = True
+                        self._answer(400)
+                        return None
+                    if size == 0:
+                        while self.rfile.readline(1000) not in (b"\r\n", b"\n", b""):
+                            pass  # trailers
+                        return body
+                    if len(body) + size > MAX_BODY_BYTES:
+                        self.close_connection = True
+                        self._answer(413)
+                        return None
+                    body += self.rfile.read(size)
+                    self.rfile.readline(10)
+            length = self.headers.get("Content-Length")
+            if length is None or not length.isdigit():
+                self.close_connection = True
+                self._answer(411)
+                return None
+            if int(length) > MAX_BODY_BYTES:
+                self.close_connection = True
+                self._answer(413)
+                return None
+            return self.rfile.read(int(length))
+
         def do_POST(self):
             if self.path != "/events":
                 self._answer(404)
                 return
-            length = self.headers.get("Content-Length")
-            if length is None or not length.isdigit():
-                self._answer(411)
+            body = self._body()
+            if body is None:
                 return
-            if int(length) > MAX_BODY_BYTES:
-                self.close_connection = True
-                self._answer(413)
-                return
-            body = self.rfile.read(int(length))
             if args.authorization is not None and self.headers.get("Authorization") != args.authorization:
                 recorder.rejected(Refused("authentication_failed", "wrong or missing Authorization"))
                 self._answer(
