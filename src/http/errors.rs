@@ -10,13 +10,18 @@ use crate::grpc::middleware::HttpResponse;
 
 /// A JSON body that is never cached (RFC 6749 §5.1: token responses).
 pub fn json(status: StatusCode, body: &serde_json::Value) -> HttpResponse {
+    json_text(status, body.to_string())
+}
+
+/// [`json`] for a body already written.
+pub fn json_text(status: StatusCode, body: String) -> HttpResponse {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CACHE_CONTROL, "no-store")
         .header(header::PRAGMA, "no-cache")
         .body(tonic::body::Body::new(http_body_util::Full::new(
-            bytes::Bytes::from(body.to_string()),
+            bytes::Bytes::from(body),
         )))
         .unwrap_or_else(|_| server_error())
 }

@@ -52,6 +52,7 @@ mod security_claims;
 mod service_account_cli;
 mod session_cache;
 mod sessions;
+mod shared_signals;
 mod smtp;
 mod ssf_receiver_kit;
 mod ssf_sets;
