@@ -4,7 +4,8 @@
 //! `http` only with `allow_private`, `AUTHD_SSF_ALLOW_PRIVATE`, since the SET
 //! and the receiver's `Authorization` would cross the network in clear), no
 //! userinfo, no fragment, no ambiguous numeric host (`127.1`,
-//! `0x7f000001`), and no literal internal address ([`forbidden_class`]).
+//! `0x7f000001`), and no literal internal address ([`forbidden_class`]) nor
+//! `localhost`.
 //! The second half runs at every delivery (`jobs::ssf_push`): the host's
 //! addresses as resolved then, each judged by [`forbidden_class`].
 
@@ -53,8 +54,9 @@ pub struct PushEndpoint {
 
 impl PushEndpoint {
     /// Checks a receiver URL once, when a stream is created or changed. A
-    /// host name passes here whatever it resolves to: [`PushClient::deliver`]
-    /// checks its addresses at each delivery.
+    /// host name passes here whatever it resolves to (`localhost` aside):
+    /// `jobs::ssf_push::PushClient::deliver` checks its addresses at each
+    /// delivery.
     pub fn parse(url: &str, allow_private: bool) -> Result<Self, EndpointRefusal> {
         if url.len() > MAX_URL_LEN {
             return Err(EndpointRefusal::TooLong);
@@ -96,10 +98,12 @@ impl PushEndpoint {
             None => 80,
         };
         let host = parse_host(authority.host()).ok_or(EndpointRefusal::Malformed)?;
-        if let PushHost::Ip(ip) = host
-            && !allow_private
-            && forbidden_class(ip).is_some()
-        {
+        let internal = match &host {
+            PushHost::Ip(ip) => forbidden_class(*ip).is_some(),
+            // RFC 6761 §6.3: always loopback, whatever DNS says.
+            PushHost::Name(name) => name == "localhost" || name.ends_with(".localhost"),
+        };
+        if internal && !allow_private {
             return Err(EndpointRefusal::PrivateAddress);
         }
         let path_and_query = match uri.path_and_query().map(|p| p.as_str()) {
@@ -280,6 +284,9 @@ mod tests {
             ("https://0.0.0.0/events", PrivateAddress),
             ("https://[::]/events", PrivateAddress),
             ("https://[::ffff:127.0.0.1]/events", PrivateAddress),
+            ("https://localhost/events", PrivateAddress),
+            ("https://LocalHost:8443/events", PrivateAddress),
+            ("https://api.localhost/events", PrivateAddress),
             ("https://[::ffff:169.254.169.254]/events", PrivateAddress),
             ("https://[64:ff9b::a9fe:a9fe]/events", PrivateAddress),
             ("https://[fe80::1]/events", PrivateAddress),
@@ -319,6 +326,7 @@ mod tests {
             "https://[::1]/events",
             "http://10.1.2.3/events",
             "https://169.254.169.254/",
+            "http://localhost:8080/events",
         ] {
             assert!(PushEndpoint::parse(url, true).is_ok(), "{url}");
         }
