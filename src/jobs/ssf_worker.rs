@@ -197,9 +197,9 @@ impl PushWorker {
                         return Ok(Round::Gone);
                     }
                 }
-                PushOutcome::Rejected { err, description } => {
-                    // The receiver judged this SET bad; sending it again
-                    // gets the same answer. Passed over, and said.
+                PushOutcome::Rejected { err, description } if err == "invalid_request" => {
+                    // The receiver judged this SET malformed; sending it
+                    // again gets the same answer. Passed over, and said.
                     self.core.metrics().ssf_push("rejected");
                     tracing::warn!(stream_id = %row.id, jti = set.jti, err, description, "receiver rejected a SET");
                     if !self.delivered(&row, &set).await? {
@@ -208,6 +208,16 @@ impl PushWorker {
                     self.core
                         .ssf_note_rejection(row.id, &format!("{}: rejected ({err})", set.jti))
                         .await?;
+                }
+                PushOutcome::Rejected { err, description } => {
+                    // The other RFC 8935 errors (a key, issuer, audience or
+                    // credential the receiver does not accept) are about
+                    // the stream's set-up, not this SET: skipping would lose
+                    // every event until it is fixed, so it is retried, and
+                    // the stream's status says why.
+                    self.core.metrics().ssf_push("rejected");
+                    let reason = format!("receiver refused: {err} {}", description.unwrap_or_default());
+                    return self.failed(&row, reason.trim_end(), None).await;
                 }
                 PushOutcome::Retry { reason, after } => {
                     self.core.metrics().ssf_push("retry");

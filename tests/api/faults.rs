@@ -333,13 +333,13 @@ async fn calls_end_within_their_deadline_while_the_database_is_frozen() {
 }
 
 /// `authd serve` as a real process, with its log on stdout (JSON).
-struct Served {
-    child: tokio::process::Child,
-    addr: std::net::SocketAddr,
-    data_dir: PathBuf,
+pub struct Served {
+    pub child: tokio::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub data_dir: PathBuf,
 }
 
-async fn serve_binary(database_url: &str, data_dir: &Path, env: &[(&str, &str)]) -> Served {
+pub async fn serve_binary(database_url: &str, data_dir: &Path, env: &[(&str, &str)]) -> Served {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_authd"));
     command
         .arg("serve")
@@ -372,11 +372,11 @@ impl Served {
             .connect_lazy()
     }
 
-    fn client(&self) -> Client {
+    pub fn client(&self) -> Client {
         Client::new(self.channel())
     }
 
-    fn signal(&self, name: &str) {
+    pub fn signal(&self, name: &str) {
         signal(self.child.id().unwrap(), name);
     }
 }

@@ -24,7 +24,7 @@ mod deadlines;
 mod descriptor;
 mod error_contract;
 mod factors;
-mod faults;
+pub mod faults;
 mod grpc_web;
 mod health;
 mod http1;

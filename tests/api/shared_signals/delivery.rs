@@ -1,6 +1,7 @@
 //! Every event kind reaches a push and a poll receiver, in order, once.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use authd::pb::auth::v1 as pb;
 use serde_json::{Value, json};
@@ -8,6 +9,8 @@ use serde_json::{Value, json};
 use super::*;
 use crate::factors::add_totp;
 use crate::helpers::{TestApp, session_of, with_bearer};
+use crate::http1::Request;
+use crate::ssf_receiver_kit::{PushReceiver, jwks_url};
 use crate::lifecycle::{CHANGE_SUBJECT, app_with_mail, change_email, delete_me, link_token, nth_mail, verify};
 
 use crate::helpers::PASSWORD;
@@ -170,4 +173,159 @@ fn check_sets(sets: &[Value], user_id: &str, ended: &[String]) {
     assert_ne!(sets[0]["txn"], sets[1]["txn"]);
     // DisableUser's too.
     assert_eq!(sets[5]["txn"], sets[6]["txn"]);
+}
+
+/// The event id a SET's `jti` names (`{event}-{index}-{stream}`).
+fn event_of(set: &Value) -> (i64, i64) {
+    let jti = set["jti"].as_str().expect("jti");
+    let mut parts = jti.split('-');
+    let event = parts.next().and_then(|p| p.parse().ok()).expect("event id");
+    let index = parts.next().and_then(|p| p.parse().ok()).expect("index");
+    (event, index)
+}
+
+/// Every SET once, in the log's order.
+fn assert_once_in_order(sets: &[Value]) {
+    let places: Vec<(i64, i64)> = sets.iter().map(event_of).collect();
+    let mut sorted = places.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(places, sorted, "in order, each once: {places:?}");
+}
+
+/// A user's session ended by Logout; its id.
+async fn logout_one(app: &TestApp, email: &str) -> String {
+    let pair = app.tokens_of(email).await;
+    app.logout(&pair.refresh_token).await.unwrap();
+    session_of(&pair.access_token)
+}
+
+#[tokio::test]
+async fn a_receiver_down_for_a_minute_then_back_gets_everything_in_order_exactly_once() {
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.ssf_allow_private = true;
+        c.ssf_retry_max = Duration::from_secs(2);
+    })
+    .await;
+    let key = app.service_key("receiver-down", &["events.receive"]).await;
+    let Some(mut pushed) = receiver(&app, "receiver-down", "Bearer d").await else {
+        return;
+    };
+    push_stream(&app, &key, &pushed, "Bearer d").await;
+    let email = crate::helpers::fresh_email();
+    app.register(&email, PASSWORD).await;
+    let mut ended = vec![logout_one(&app, &email).await];
+    pushed.wait_for(1, WAIT).await;
+
+    pushed.kill().await;
+    let down = std::time::Instant::now();
+    // Sessions end all through the outage.
+    while down.elapsed() < Duration::from_secs(60) {
+        ended.push(logout_one(&app, &email).await);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let failures: i32 = sqlx::query_scalar("SELECT failures FROM ssf_streams")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(failures > 0, "the receiver was down: pushes failed");
+    pushed.restart_same_port().await;
+
+    let received = pushed.wait_for(ended.len(), WAIT).await;
+    // Give a duplicate the time to show up, if one were coming.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let received = pushed.received();
+    assert_eq!(received.len(), ended.len(), "{received:#?}");
+    assert_once_in_order(&received);
+    let sessions: Vec<String> = received
+        .iter()
+        .map(|s| s["sub_id"]["session"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(sessions, ended);
+}
+
+#[tokio::test]
+async fn a_replica_killed_mid_delivery_leaves_the_stream_to_another_without_loss() {
+    let url = crate::helpers::fresh_database().await;
+    let data_dir = crate::helpers::scratch_dir("ssf-kill");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let env = [
+        ("AUTHD_SSF_ALLOW_PRIVATE", "true"),
+        ("AUTHD_SSF_RETRY_MAX", "1s"),
+        ("AUTHD_ISSUER", ISSUER),
+    ];
+    let first = crate::faults::serve_binary(&url, &data_dir, &env).await;
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    let key = authd::crypto::opaque::NewToken::generate(authd::crypto::opaque::TokenKind::ServiceKey).unwrap();
+    authd::db::service_accounts::add_key(&db, "receiver-k", &["events.receive".to_owned()], &key.hash, chrono::Utc::now())
+        .await
+        .unwrap();
+    let key = key.expose().to_owned();
+    let Some(mut pushed) = PushReceiver::spawn(&jwks_url(first.addr), ISSUER, "receiver-k", Some("Bearer k")).await
+    else {
+        return;
+    };
+    let created = Request::new("POST", "/ssf/streams")
+        .bearer(&key)
+        .json(&json!({"delivery": {"method": PUSH, "endpoint_url": pushed.url, "authorization_header": "Bearer k"}}))
+        .send(first.addr)
+        .await;
+    assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
+
+    let client = first.client();
+    let email = crate::helpers::fresh_email();
+    let mut register = client.clone();
+    register
+        .register(pb::RegisterRequest {
+            email: email.clone(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let logout = |client: crate::helpers::Client, email: String| async move {
+        let mut client = client;
+        let pair = client
+            .login(pb::LoginRequest {
+                login: email,
+                password: PASSWORD.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tokens
+            .unwrap();
+        client
+            .logout(pb::LogoutRequest {
+                refresh_token: pair.refresh_token.clone(),
+            })
+            .await
+            .unwrap();
+        session_of(&pair.access_token)
+    };
+    // One delivered while all is well (the receiver learns the keys).
+    let mut ended = vec![logout(client.clone(), email.clone()).await];
+    pushed.wait_for(1, WAIT).await;
+    // The receiver goes away; sessions keep ending; the replica holding
+    // the stream is killed while it retries them.
+    pushed.kill().await;
+    for _ in 0..5 {
+        ended.push(logout(client.clone(), email.clone()).await);
+    }
+    first.signal("KILL");
+    drop(first);
+    pushed.restart_same_port().await;
+    let second = crate::faults::serve_binary(&url, &data_dir, &env).await;
+
+    // The killed replica's lease lapses (15 s); the other takes over.
+    let received = pushed.wait_for(ended.len(), Duration::from_secs(60)).await;
+    assert_eq!(received.len(), ended.len(), "{received:#?}");
+    assert_once_in_order(&received);
+    let sessions: Vec<String> = received
+        .iter()
+        .map(|s| s["sub_id"]["session"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(sessions, ended);
+    drop(second);
 }
