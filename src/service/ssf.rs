@@ -104,7 +104,9 @@ fn parse_jti(stream: Uuid, jti: &str) -> Option<Named> {
         Some(owner) if owner == stream.simple().to_string() => {
             Some(Named::Event(first.parse().ok()?, second.parse().ok()?))
         }
-        None if second == stream.simple().to_string() => Some(Named::Message(first.strip_prefix('m')?.parse().ok()?)),
+        None if second == stream.simple().to_string() => {
+            Some(Named::Message(first.strip_prefix('m')?.parse().ok()?))
+        }
         _ => None,
     }
 }
@@ -277,7 +279,11 @@ impl Core {
         }
     }
 
-    fn seal_authorization(&self, id: Uuid, config: &StreamConfig) -> Result<Option<(Vec<u8>, String)>, AppError> {
+    fn seal_authorization(
+        &self,
+        id: Uuid,
+        config: &StreamConfig,
+    ) -> Result<Option<(Vec<u8>, String)>, AppError> {
         match &config.delivery {
             Delivery::Push {
                 authorization: Some(value),
@@ -736,7 +742,12 @@ impl Core {
     /// Records that `set` was delivered by push from `replica`: a stream
     /// message is dropped, an event's SET moves the cursor (fenced by the
     /// lease). False when the lease is no longer this replica's.
-    pub async fn ssf_delivered(&self, row: &StreamRow, set: &RenderedSet, replica: Uuid) -> Result<bool, AppError> {
+    pub async fn ssf_delivered(
+        &self,
+        row: &StreamRow,
+        set: &RenderedSet,
+        replica: Uuid,
+    ) -> Result<bool, AppError> {
         if let Some(Named::Message(id)) = parse_jti(row.id, &set.jti) {
             db::ssf::remove_messages(&self.db, row.id, &[id]).await?;
             return Ok(true);

@@ -10,8 +10,10 @@ use super::*;
 use crate::factors::add_totp;
 use crate::helpers::{TestApp, session_of, with_bearer};
 use crate::http1::Request;
+use crate::lifecycle::{
+    CHANGE_SUBJECT, app_with_mail, change_email, delete_me, link_token, nth_mail, verify,
+};
 use crate::ssf_receiver_kit::{PushReceiver, jwks_url};
-use crate::lifecycle::{CHANGE_SUBJECT, app_with_mail, change_email, delete_me, link_token, nth_mail, verify};
 
 use crate::helpers::PASSWORD;
 const NEW_PASSWORD: &str = "another long passphrase for later";
@@ -231,7 +233,7 @@ async fn a_receiver_down_for_a_minute_then_back_gets_everything_in_order_exactly
     assert!(failures > 0, "the receiver was down: pushes failed");
     pushed.restart_same_port().await;
 
-    let received = pushed.wait_for(ended.len(), WAIT).await;
+    pushed.wait_for(ended.len(), WAIT).await;
     // Give a duplicate the time to show up, if one were coming.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let received = pushed.received();
@@ -256,12 +258,20 @@ async fn a_replica_killed_mid_delivery_leaves_the_stream_to_another_without_loss
     ];
     let first = crate::faults::serve_binary(&url, &data_dir, &env).await;
     let db = sqlx::PgPool::connect(&url).await.unwrap();
-    let key = authd::crypto::opaque::NewToken::generate(authd::crypto::opaque::TokenKind::ServiceKey).unwrap();
-    authd::db::service_accounts::add_key(&db, "receiver-k", &["events.receive".to_owned()], &key.hash, chrono::Utc::now())
-        .await
-        .unwrap();
+    let key =
+        authd::crypto::opaque::NewToken::generate(authd::crypto::opaque::TokenKind::ServiceKey).unwrap();
+    authd::db::service_accounts::add_key(
+        &db,
+        "receiver-k",
+        &["events.receive".to_owned()],
+        &key.hash,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
     let key = key.expose().to_owned();
-    let Some(mut pushed) = PushReceiver::spawn(&jwks_url(first.addr), ISSUER, "receiver-k", Some("Bearer k")).await
+    let Some(mut pushed) =
+        PushReceiver::spawn(&jwks_url(first.addr), ISSUER, "receiver-k", Some("Bearer k")).await
     else {
         return;
     };
@@ -313,14 +323,27 @@ async fn a_replica_killed_mid_delivery_leaves_the_stream_to_another_without_loss
     for _ in 0..5 {
         ended.push(logout(client.clone(), email.clone()).await);
     }
+    let addr = first.addr;
     first.signal("KILL");
     drop(first);
     pushed.restart_same_port().await;
+    // On the killed one's address, where the receiver fetches the keys.
+    let listen = addr.to_string();
+    let mut env = env.to_vec();
+    env.push(("AUTHD_LISTEN", &listen));
     let second = crate::faults::serve_binary(&url, &data_dir, &env).await;
 
     // The killed replica's lease lapses (15 s); the other takes over.
     let received = pushed.wait_for(ended.len(), Duration::from_secs(60)).await;
-    assert_eq!(received.len(), ended.len(), "{received:#?}");
+    if received.len() != ended.len() {
+        let row: (String, i64, i32, Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT status, cursor_event, failures, last_error, lease_owner::text FROM ssf_streams",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        panic!("{row:?}\n{:#?}", pushed.lines());
+    }
     assert_once_in_order(&received);
     let sessions: Vec<String> = received
         .iter()
@@ -328,4 +351,132 @@ async fn a_replica_killed_mid_delivery_leaves_the_stream_to_another_without_loss
         .collect();
     assert_eq!(sessions, ended);
     drop(second);
+}
+
+/// A receiver written for this test: answers every POST with 202 and
+/// records (path, SET) pairs; or, `stall`, accepts and never answers.
+struct TinyReceiver {
+    addr: std::net::SocketAddr,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl TinyReceiver {
+    async fn start(stall: bool) -> Self {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = got.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let (head_end, length) = loop {
+                        let Ok(n) = socket.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                            let length = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break (end + 4, length);
+                        }
+                    };
+                    while buf.len() < head_end + length {
+                        let Ok(n) = socket.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    if stall {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    let body = String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned();
+                    record.lock().unwrap().push((path, body));
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                });
+            }
+        });
+        Self { addr, got }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}/{path}", self.addr)
+    }
+
+    /// The paths that received a SET naming `session`.
+    fn paths_with(&self, session: &str) -> HashSet<String> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, set)| crate::helpers::jwt_claims(set)["sub_id"]["session"]["id"] == session)
+            .map(|(path, _)| path.clone())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn one_stalled_receiver_among_a_hundred_streams_holds_up_no_other() {
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.ssf_allow_private = true;
+        // Far longer than the others may take: a stream waiting behind
+        // the stalled one would show.
+        c.ssf_push_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let key = app.service_key("receiver-many", &["events.receive"]).await;
+    let alive = TinyReceiver::start(false).await;
+    let stalled = TinyReceiver::start(true).await;
+    create_stream(
+        &app,
+        &key,
+        &json!({"delivery": {"method": PUSH, "endpoint_url": stalled.url("dead")}}),
+    )
+    .await;
+    for i in 0..99 {
+        create_stream(
+            &app,
+            &key,
+            &json!({"delivery": {"method": PUSH, "endpoint_url": alive.url(&format!("s{i}"))}}),
+        )
+        .await;
+    }
+    let email = crate::helpers::fresh_email();
+    app.register(&email, PASSWORD).await;
+    // The stalled receiver now holds a push for 30 s; every other stream
+    // gets each SET long before that.
+    for _ in 0..3 {
+        let session = logout_one(&app, &email).await;
+        let started = std::time::Instant::now();
+        while alive.paths_with(&session).len() < 99 {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "{} of 99 streams got the SET",
+                alive.paths_with(&session).len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(stalled.got.lock().unwrap().is_empty());
 }

@@ -6,7 +6,6 @@
 mod delivery;
 mod streams;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -21,12 +20,15 @@ pub const POLL: &str = "urn:ietf:rfc:8936";
 
 pub const SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
 pub const CREDENTIAL_CHANGE: &str = "https://schemas.openid.net/secevent/caep/event-type/credential-change";
-pub const TOKEN_CLAIMS_CHANGE: &str = "https://schemas.openid.net/secevent/caep/event-type/token-claims-change";
+pub const TOKEN_CLAIMS_CHANGE: &str =
+    "https://schemas.openid.net/secevent/caep/event-type/token-claims-change";
 pub const ACCOUNT_DISABLED: &str = "https://schemas.openid.net/secevent/risc/event-type/account-disabled";
 pub const ACCOUNT_ENABLED: &str = "https://schemas.openid.net/secevent/risc/event-type/account-enabled";
 pub const ACCOUNT_PURGED: &str = "https://schemas.openid.net/secevent/risc/event-type/account-purged";
 pub const IDENTIFIER_CHANGED: &str = "https://schemas.openid.net/secevent/risc/event-type/identifier-changed";
+#[allow(dead_code)] // the stream tests use them
 pub const VERIFICATION: &str = "https://schemas.openid.net/secevent/ssf/event-type/verification";
+#[allow(dead_code)]
 pub const STREAM_UPDATED: &str = "https://schemas.openid.net/secevent/ssf/event-type/stream-updated";
 
 /// Generous: the suite runs many servers on two cores.
@@ -44,7 +46,12 @@ pub async fn ssf(app: &TestApp, method: &str, path: &str, key: &str, body: Optio
 /// Creates a stream; panics unless 201.
 pub async fn create_stream(app: &TestApp, key: &str, body: &Value) -> Value {
     let response = ssf(app, "POST", "/ssf/streams", key, Some(body)).await;
-    assert_eq!(response.status, 201, "{}", String::from_utf8_lossy(&response.body));
+    assert_eq!(
+        response.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
     response.json()
 }
 
@@ -76,7 +83,13 @@ pub fn event_types<'a>(lines: impl IntoIterator<Item = &'a Value>) -> Vec<String
 }
 
 /// Polls `stream` with receiver.py until it recorded `until` SETs.
-pub async fn poll_until(app: &TestApp, key: &str, stream: &Value, audience: &str, until: u32) -> Option<PollRun> {
+pub async fn poll_until(
+    app: &TestApp,
+    key: &str,
+    stream: &Value,
+    audience: &str,
+    until: u32,
+) -> Option<PollRun> {
     let url = stream["delivery"]["endpoint_url"].as_str().expect("poll URL");
     // The receiver polls the app itself, by its real address.
     let url = url.replace(ISSUER, &format!("http://{}", app.addr));
@@ -95,11 +108,6 @@ pub async fn poll_until(app: &TestApp, key: &str, stream: &Value, audience: &str
         expect_state: None,
     })
     .await
-}
-
-/// The app's address as a receiver's URL sees it.
-pub fn base(addr: SocketAddr) -> String {
-    format!("http://{addr}")
 }
 
 /// An admin key that may change accounts.
