@@ -81,7 +81,6 @@ CREATE TABLE ssf_streams (
     CHECK ((delivery_method = 'push') = (endpoint_url IS NOT NULL))
 );
 CREATE INDEX ssf_streams_owner_idx ON ssf_streams (owner_id);
-CREATE INDEX ssf_streams_push_idx ON ssf_streams (lease_until) WHERE delivery_method = 'push';
 
 -- SETs about a stream itself (verification, stream-updated), delivered
 -- before the log's next event.

@@ -247,7 +247,7 @@ pub async fn status(face: &Face, req: Request<tonic::body::Body>) -> HttpRespons
         Err(refusal) => return refusal,
     };
     let core = &face.core;
-    let answer = |row: &crate::db::ssf::StreamRow| {
+    let answer = |row: &crate::service::ssf::StreamRow| {
         let mut body = json!({"stream_id": row.id.to_string(), "status": row.status});
         if let Some(reason) = &row.status_reason {
             body["reason"] = Value::from(reason.as_str());

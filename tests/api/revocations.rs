@@ -57,6 +57,19 @@ async fn next_event(stream: &mut Streaming<pb::WatchRevocationsResponse>) -> pb:
     }
 }
 
+/// The next event is one this stream's contract does not define (a
+/// password change, say, which Shared Signals receivers hear of): it comes
+/// as a USER_SESSIONS_ENDED naming no session, right after `previous`.
+async fn assert_other_event(stream: &mut Streaming<pb::WatchRevocationsResponse>, previous: i64) {
+    let other = next_event(stream).await;
+    assert_eq!(other.event_id, previous + 1);
+    assert_eq!(other.kind(), RevocationKind::UserSessionsEnded, "{other:?}");
+    assert!(
+        other.session_ids.is_empty() && other.session_id.is_empty(),
+        "{other:?}"
+    );
+}
+
 /// Asserts that nothing but heartbeats arrives for `quiet`.
 async fn assert_no_event(stream: &mut Streaming<pb::WatchRevocationsResponse>, quiet: Duration) {
     let deadline = Instant::now() + quiet;
@@ -136,6 +149,7 @@ async fn logout_refresh_reuse_and_change_password_each_emit_their_event() {
             session_of(&other_b.access_token),
         ],
     );
+    assert_other_event(&mut stream, third.event_id).await;
     assert_no_event(&mut stream, Duration::from_millis(300)).await;
 }
 
@@ -154,6 +168,7 @@ async fn reset_password_disable_user_and_revoke_user_sessions_emit_their_events(
     let event = next_event(&mut stream).await;
     assert_eq!(event.kind(), RevocationKind::UserSessionsEnded);
     assert_eq!(event.session_ids, vec![session_of(&tokens.access_token)]);
+    assert_other_event(&mut stream, event.event_id).await;
 
     // DisableUser: the sessions, then the account.
     let (user, tokens) = app.signed_in_user().await;

@@ -110,6 +110,8 @@ async fn every_event_kind_reaches_a_push_and_a_poll_receiver_in_order() {
     assert_eq!(push["aud"], "receiver-a");
     assert_eq!(push["iss"], ISSUER);
     assert_eq!(push["delivery"]["authorization_header"], "(set)", "{push}");
+    // Kept sealed: the receiver's credential is nowhere in the database.
+    assert_eq!(app.rows_holding_text_or_hex("ssf_streams", "rcv-a").await, 0);
     let polled = create_stream(&app, &key, &json!({"delivery": {"method": POLL}})).await;
     assert!(
         polled["delivery"]["endpoint_url"]
