@@ -301,7 +301,6 @@ async fn a_replica_killed_mid_delivery_leaves_the_stream_to_another_without_loss
             .login(pb::LoginRequest {
                 login: email,
                 password: PASSWORD.into(),
-                ..Default::default()
             })
             .await
             .unwrap()
