@@ -43,9 +43,10 @@ pub struct ResealReport {
     /// Secrets changed or removed between the read and the write (a new
     /// enrolment, a removal, another re-seal): left as they are.
     pub changed_meanwhile: u64,
-    /// Secrets under a key that is not loaded, by factor.
+    /// Secrets under a key that is not loaded, by factor (or stream).
     pub unknown_key: Vec<(Uuid, String)>,
-    /// Secrets that did not open under their (loaded) key, by factor.
+    /// Secrets that did not open under their (loaded) key, by factor (or
+    /// stream).
     pub corrupt: Vec<Uuid>,
     /// After the pass: how many secrets each key id seals.
     pub by_key: BTreeMap<String, i64>,
@@ -141,7 +142,29 @@ pub async fn reseal(db: &PgPool, keys: &DataKeys, batch_size: i64) -> anyhow::Re
         report.resealed += replaced;
         report.changed_meanwhile += batch.len() as u64 - replaced;
     }
-    report.by_key = sealed::factor_secrets_by_key(db)
+    // Push streams' Authorization values: few, one at a time.
+    for row in sealed::stream_authorizations_not_under(db, primary)
+        .await
+        .context("reading sealed stream authorizations")?
+    {
+        let aad = sealed::stream_authorization_aad(row.stream_id);
+        match keys.open(&row.key_id, &row.sealed, &aad) {
+            Ok(secret) => {
+                let again = keys.seal(&secret, &aad)?;
+                if sealed::replace_stream_authorization(db, primary, &row, &again.bytes)
+                    .await
+                    .context("writing a re-sealed stream authorization")?
+                {
+                    report.resealed += 1;
+                } else {
+                    report.changed_meanwhile += 1;
+                }
+            }
+            Err(DataKeyError::UnknownKey) => report.unknown_key.push((row.stream_id, row.key_id)),
+            Err(DataKeyError::Corrupt) => report.corrupt.push(row.stream_id),
+        }
+    }
+    report.by_key = sealed::secrets_by_key(db)
         .await
         .context("counting sealed secrets")?
         .into_iter()
@@ -173,10 +196,12 @@ fn report(keys: &DataKeys, report: &ResealReport) -> anyhow::Result<()> {
     }
     print_stdout(&out)?;
     for (factor, key_id) in &report.unknown_key {
-        eprintln!("factor {factor}: sealed under key {key_id}, which AUTHD_DATA_KEYS does not list");
+        eprintln!(
+            "factor or stream {factor}: sealed under key {key_id}, which AUTHD_DATA_KEYS does not list"
+        );
     }
     for factor in &report.corrupt {
-        eprintln!("factor {factor}: its secret does not open under its key (altered or damaged)");
+        eprintln!("factor or stream {factor}: its secret does not open under its key (altered or damaged)");
     }
     let left = report.left_behind(primary);
     if left > 0 {

@@ -1,5 +1,6 @@
 //! Secrets sealed under a data key, as the re-seal after a key rotation
-//! reads and rewrites them: today the TOTP secrets of `factors`.
+//! reads and rewrites them: the TOTP secrets of `factors` and the
+//! `Authorization` values of Shared Signals push streams.
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -12,6 +13,63 @@ pub fn factor_secret_aad(factor_id: Uuid, user_id: Uuid) -> [u8; 32] {
     aad[..16].copy_from_slice(factor_id.as_bytes());
     aad[16..].copy_from_slice(user_id.as_bytes());
     aad
+}
+
+/// The associated data a push stream's `Authorization` value is sealed
+/// with: a label and the stream's id, so it opens for that stream only.
+pub fn stream_authorization_aad(stream_id: Uuid) -> Vec<u8> {
+    let mut aad = b"ssf-stream-authorization:".to_vec();
+    aad.extend_from_slice(stream_id.as_bytes());
+    aad
+}
+
+/// A push stream's sealed `Authorization` value as stored.
+#[derive(Debug, Clone)]
+pub struct SealedStreamAuthorization {
+    pub stream_id: Uuid,
+    pub key_id: String,
+    pub sealed: Vec<u8>,
+}
+
+/// Every stream authorization not sealed under `key_id` (streams are few:
+/// a couple of hundred per receiver).
+pub async fn stream_authorizations_not_under(
+    db: &PgPool,
+    key_id: &str,
+) -> Result<Vec<SealedStreamAuthorization>, sqlx::Error> {
+    sqlx::query_as!(
+        SealedStreamAuthorization,
+        r#"SELECT id AS stream_id, authorization_key_id AS "key_id!", authorization_sealed AS "sealed!"
+             FROM ssf_streams
+            WHERE authorization_sealed IS NOT NULL AND authorization_key_id IS NOT NULL
+              AND authorization_key_id <> $1
+            ORDER BY id"#,
+        key_id,
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Stores a re-sealed stream authorization under `key_id` if the row still
+/// holds what was read; whether it did.
+pub async fn replace_stream_authorization(
+    db: &PgPool,
+    key_id: &str,
+    old: &SealedStreamAuthorization,
+    sealed: &[u8],
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        "UPDATE ssf_streams SET authorization_sealed = $4, authorization_key_id = $5
+          WHERE id = $1 AND authorization_key_id = $2 AND authorization_sealed = $3",
+        old.stream_id,
+        old.key_id,
+        old.sealed,
+        sealed,
+        key_id,
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() > 0)
 }
 
 /// A factor's secret as stored.
@@ -91,14 +149,16 @@ pub async fn replace_factor_secrets(
     Ok(done.rows_affected())
 }
 
-/// How many factor secrets each data key seals, by key id.
-pub async fn factor_secrets_by_key(db: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+/// How many secrets (factor secrets and stream authorizations) each data
+/// key seals, by key id.
+pub async fn secrets_by_key(db: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"SELECT secret_key_id AS "key_id!", count(*) AS "sealed!"
-             FROM factors
-            WHERE secret_key_id IS NOT NULL
-            GROUP BY secret_key_id
-            ORDER BY secret_key_id"#,
+        r#"SELECT key_id AS "key_id!", count(*) AS "sealed!"
+             FROM (SELECT secret_key_id AS key_id FROM factors WHERE secret_key_id IS NOT NULL
+                   UNION ALL
+                   SELECT authorization_key_id FROM ssf_streams WHERE authorization_key_id IS NOT NULL) s
+            GROUP BY key_id
+            ORDER BY key_id"#,
     )
     .fetch_all(db)
     .await?;

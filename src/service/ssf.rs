@@ -208,9 +208,7 @@ fn config_of(row: &StreamRow, authorization: Option<String>) -> StreamConfig {
 
 impl Core {
     fn stream_aad(id: Uuid) -> Vec<u8> {
-        let mut aad = b"ssf-stream-authorization:".to_vec();
-        aad.extend_from_slice(id.as_bytes());
-        aad
+        db::sealed_secrets::stream_authorization_aad(id)
     }
 
     /// The receiver's Authorization value for a push stream, opened.

@@ -181,6 +181,42 @@ async fn reseal_moves_every_secret_to_the_first_key_and_the_old_key_can_go() {
     rotated.get_me(&tokens.access_token).await.unwrap();
 }
 
+#[tokio::test]
+async fn reseal_moves_a_push_streams_authorization_too() {
+    let dir = KeyDir::new();
+    let (a, b) = (dir.key("a"), dir.key("b"));
+    let app = spawn_app_with(|c| {
+        c.data_keys = vec![a.clone()];
+        c.ssf_allow_private = true;
+    })
+    .await;
+    let only_b = DataKeys::load(std::slice::from_ref(&b)).unwrap();
+    let key = app.service_key("rotating-receiver", &["events.receive"]).await;
+    let stream = crate::shared_signals::create_stream(
+        &app,
+        &key,
+        &serde_json::json!({"delivery": {"method": crate::shared_signals::PUSH,
+            "endpoint_url": "http://127.0.0.1:9/events", "authorization_header": "Bearer kept-secret"}}),
+    )
+    .await;
+    let id: Uuid = stream["stream_id"].as_str().unwrap().parse().unwrap();
+
+    let run = authd(&app, &[&b, &a], &["data-keys", "reseal"]).await;
+    assert!(run.success, "{}", run.stderr);
+    assert!(run.stdout.starts_with("re-sealed 1 secrets"), "{}", run.stdout);
+    let (key_id, sealed): (String, Vec<u8>) =
+        sqlx::query_as("SELECT authorization_key_id, authorization_sealed FROM ssf_streams WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(key_id, only_b.primary_id());
+    let opened = only_b
+        .open(&key_id, &sealed, &sealed_secrets::stream_authorization_aad(id))
+        .unwrap();
+    assert_eq!(opened.as_slice(), b"Bearer kept-secret");
+}
+
 /// The stored form of each factor, before a re-seal.
 async fn stored_forms(app: &TestApp, factors: &[(Uuid, &[u8], Uuid)]) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
@@ -224,7 +260,7 @@ async fn a_secret_no_listed_key_opens_is_named_and_the_reseal_fails() {
     assert!(run.stdout.starts_with("re-sealed 1 secrets"), "{}", run.stdout);
     assert!(
         run.stderr.contains(&format!(
-            "factor {stranded}: sealed under key {}, which AUTHD_DATA_KEYS does not list",
+            "factor or stream {stranded}: sealed under key {}, which AUTHD_DATA_KEYS does not list",
             lost_keys.primary_id()
         )),
         "{}",
@@ -232,7 +268,7 @@ async fn a_secret_no_listed_key_opens_is_named_and_the_reseal_fails() {
     );
     assert!(
         run.stderr
-            .contains(&format!("factor {damaged}: its secret does not open")),
+            .contains(&format!("factor or stream {damaged}: its secret does not open")),
         "{}",
         run.stderr
     );
