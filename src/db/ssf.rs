@@ -277,21 +277,31 @@ pub async fn expire<'e>(
     Ok(())
 }
 
-/// A SET about the stream itself, delivered before the log's next.
+/// Stream messages one stream may have waiting: a receiver that asks for
+/// verifications and never takes them cannot grow the table.
+pub const MAX_PENDING_MESSAGES: i64 = 100;
+
+/// A SET about the stream itself, delivered before the log's next; false
+/// when the stream has [`MAX_PENDING_MESSAGES`] waiting already.
 pub async fn enqueue_message<'e>(
     db: impl PgExecutor<'e>,
     stream_id: Uuid,
     event: &serde_json::Value,
     now: DateTime<Utc>,
-) -> Result<i64, AppError> {
+) -> Result<bool, AppError> {
     Ok(sqlx::query_scalar!(
-        "INSERT INTO ssf_stream_messages (stream_id, event, created_at) VALUES ($1, $2, $3) RETURNING id",
+        "INSERT INTO ssf_stream_messages (stream_id, event, created_at)
+         SELECT $1, $2, $3
+          WHERE (SELECT count(*) FROM ssf_stream_messages WHERE stream_id = $1) < $4
+         RETURNING id",
         stream_id,
         event,
-        now
+        now,
+        MAX_PENDING_MESSAGES
     )
-    .fetch_one(db)
-    .await?)
+    .fetch_optional(db)
+    .await?
+    .is_some())
 }
 
 #[derive(Debug, Clone)]

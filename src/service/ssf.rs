@@ -78,6 +78,16 @@ fn invalid(field: &'static str, description: &str) -> AppError {
     AppError::invalid(field, Invalid::new(FieldReason::InvalidFormat, description))
 }
 
+fn too_many_messages() -> AppError {
+    invalid(
+        "stream_id",
+        &format!(
+            "the stream has {} status and verification events waiting; take them first",
+            db::ssf::MAX_PENDING_MESSAGES
+        ),
+    )
+}
+
 fn parse_stream_id(input: &str) -> Result<Uuid, AppError> {
     Uuid::parse_str(input.trim()).map_err(|_| invalid("stream_id", "must be a stream id (UUID)"))
 }
@@ -410,7 +420,9 @@ impl Core {
             .await?
             .ok_or(AppError::StreamNotFound)?;
         let message = json!({"kind": "stream-updated", "status": status.as_str(), "reason": reason});
-        db::ssf::enqueue_message(&mut *tx, id, &message, now).await?;
+        if !db::ssf::enqueue_message(&mut *tx, id, &message, now).await? {
+            return Err(too_many_messages());
+        }
         tx.commit().await?;
         self.revocation_feed.nudge();
         Ok(row)
@@ -429,7 +441,9 @@ impl Core {
             return Err(invalid("state", "must be at most 1024 bytes"));
         }
         let message = json!({"kind": "verification", "state": state});
-        db::ssf::enqueue_message(&self.db, row.id, &message, now).await?;
+        if !db::ssf::enqueue_message(&self.db, row.id, &message, now).await? {
+            return Err(too_many_messages());
+        }
         self.revocation_feed.nudge();
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! poll.
 
 mod delivery;
+mod limits;
 mod streams;
 
 use std::time::Duration;
