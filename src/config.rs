@@ -489,7 +489,9 @@ impl Config {
         v.read("AUTHD_SSF_PUSH_TIMEOUT", |s| {
             duration_into(s, &mut self.ssf_push_timeout)
         });
-        v.read("AUTHD_SSF_RETRY_MAX", |s| duration_into(s, &mut self.ssf_retry_max));
+        v.read("AUTHD_SSF_RETRY_MAX", |s| {
+            duration_into(s, &mut self.ssf_retry_max)
+        });
     }
 
     /// Settings that are each valid but not together.
@@ -510,11 +512,14 @@ impl Config {
         if self.revocation_heartbeat.is_zero() {
             errors.push("AUTHD_REVOCATION_HEARTBEAT must be more than 0".into());
         }
-        if self.event_retention < Duration::from_secs(3600) || self.event_retention > Duration::from_secs(90 * 86_400)
+        if self.event_retention < Duration::from_secs(3600)
+            || self.event_retention > Duration::from_secs(90 * 86_400)
         {
             errors.push("AUTHD_EVENT_RETENTION must be between 1h and 90d".into());
         }
-        if self.ssf_push_timeout < Duration::from_millis(100) || self.ssf_push_timeout > Duration::from_secs(60) {
+        if self.ssf_push_timeout < Duration::from_millis(100)
+            || self.ssf_push_timeout > Duration::from_secs(60)
+        {
             errors.push("AUTHD_SSF_PUSH_TIMEOUT must be between 100ms and 60s".into());
         }
         if self.ssf_retry_max < Duration::from_secs(1) || self.ssf_retry_max > Duration::from_secs(3600) {

@@ -82,7 +82,11 @@ pub async fn by_owner<'e>(db: impl PgExecutor<'e>, owner_id: Uuid) -> Result<Vec
 
 /// The stream, if it exists and `owner_id` owns it (another account's
 /// stream is as absent as one that never existed).
-pub async fn get<'e>(db: impl PgExecutor<'e>, owner_id: Uuid, id: Uuid) -> Result<Option<StreamRow>, AppError> {
+pub async fn get<'e>(
+    db: impl PgExecutor<'e>,
+    owner_id: Uuid,
+    id: Uuid,
+) -> Result<Option<StreamRow>, AppError> {
     Ok(sqlx::query_as!(
         StreamRow,
         "SELECT id, owner_id, audience, description, events_requested, events_delivered,
@@ -123,9 +127,12 @@ pub async fn insert(
     fields: &StreamFields<'_>,
     now: DateTime<Utc>,
 ) -> Result<Option<StreamRow>, AppError> {
-    sqlx::query!("SELECT id FROM service_accounts WHERE id = $1 FOR UPDATE", owner_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "SELECT id FROM service_accounts WHERE id = $1 FOR UPDATE",
+        owner_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
     let count: i64 = sqlx::query_scalar!(
         r#"SELECT count(*) AS "n!" FROM ssf_streams WHERE owner_id = $1"#,
         owner_id
@@ -294,7 +301,11 @@ pub struct MessageRow {
     pub created_at: DateTime<Utc>,
 }
 
-pub async fn messages<'e>(db: impl PgExecutor<'e>, stream_id: Uuid, limit: i64) -> Result<Vec<MessageRow>, AppError> {
+pub async fn messages<'e>(
+    db: impl PgExecutor<'e>,
+    stream_id: Uuid,
+    limit: i64,
+) -> Result<Vec<MessageRow>, AppError> {
     Ok(sqlx::query_as!(
         MessageRow,
         "SELECT id, event, created_at FROM ssf_stream_messages WHERE stream_id = $1 ORDER BY id LIMIT $2",
@@ -306,7 +317,11 @@ pub async fn messages<'e>(db: impl PgExecutor<'e>, stream_id: Uuid, limit: i64) 
 }
 
 /// Removes delivered (or acknowledged) stream messages.
-pub async fn remove_messages<'e>(db: impl PgExecutor<'e>, stream_id: Uuid, ids: &[i64]) -> Result<(), AppError> {
+pub async fn remove_messages<'e>(
+    db: impl PgExecutor<'e>,
+    stream_id: Uuid,
+    ids: &[i64],
+) -> Result<(), AppError> {
     sqlx::query!(
         "DELETE FROM ssf_stream_messages WHERE stream_id = $1 AND id = ANY($2)",
         stream_id,

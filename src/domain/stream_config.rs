@@ -115,7 +115,10 @@ impl StreamConfig {
         if let Some(a) = &self.audience {
             merged.insert("aud".into(), Value::from(a.as_str()));
         }
-        merged.insert("events_requested".into(), Value::from(self.events_requested.clone()));
+        merged.insert(
+            "events_requested".into(),
+            Value::from(self.events_requested.clone()),
+        );
         merged.insert("delivery".into(), self.delivery_json());
         if let Some(d) = &self.description {
             merged.insert("description".into(), Value::from(d.as_str()));
@@ -210,7 +213,10 @@ fn delivery(v: &Value) -> Result<Delivery, FieldError> {
                 _ => {
                     return Err((
                         "delivery.endpoint_url",
-                        Invalid::new(super::FieldReason::Required, "push delivery needs the receiver's URL"),
+                        Invalid::new(
+                            super::FieldReason::Required,
+                            "push delivery needs the receiver's URL",
+                        ),
                     ));
                 }
             };

@@ -127,7 +127,10 @@ async fn body(req: Request<tonic::body::Body>) -> Result<Value, HttpResponse> {
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
     }
-    let bytes = match http_body_util::Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let bytes = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(_) => return Err(errors::invalid_request("the body could not be read")),
@@ -202,7 +205,12 @@ pub async fn streams(face: &Face, req: Request<tonic::body::Body>) -> HttpRespon
                 Ok(body) => body,
                 Err(refusal) => return refusal,
             };
-            let Some(id) = body.get("stream_id").and_then(Value::as_str).map(str::to_owned).or(query_id) else {
+            let Some(id) = body
+                .get("stream_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .or(query_id)
+            else {
                 return errors::invalid_request("stream_id is required");
             };
             match core
@@ -395,7 +403,14 @@ fn poll_request(body: &Value) -> Result<PollRequest, String> {
         Some(Value::Object(errs)) if errs.len() <= 1000 => errs
             .iter()
             .map(|(jti, e)| {
-                let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").chars().take(256).collect();
+                let text = |k: &str| {
+                    e.get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .chars()
+                        .take(256)
+                        .collect()
+                };
                 (jti.clone(), text("err"), text("description"))
             })
             .collect(),

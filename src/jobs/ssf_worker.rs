@@ -90,20 +90,16 @@ impl PushWorker {
                 break;
             }
             tasks.retain(|_, task| !task.is_finished());
-            let claimed = match crate::db::ssf::claim_push(
-                &worker.db,
-                worker.replica,
-                worker.settings.lease,
-                10_000,
-            )
-            .await
-            {
-                Ok(claimed) => claimed,
-                Err(e) => {
-                    tracing::debug!(error = %e, "could not claim push streams");
-                    continue;
-                }
-            };
+            let claimed =
+                match crate::db::ssf::claim_push(&worker.db, worker.replica, worker.settings.lease, 10_000)
+                    .await
+                {
+                    Ok(claimed) => claimed,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not claim push streams");
+                        continue;
+                    }
+                };
             for id in claimed {
                 if tasks.contains_key(&id) {
                     continue;
@@ -259,12 +255,21 @@ impl PushWorker {
 
     /// Moves the cursor past `set` (or drops the stream message it was);
     /// false when this replica lost the stream meanwhile.
-    async fn delivered(&self, row: &StreamRow, set: &crate::service::ssf::RenderedSet) -> Result<bool, AppError> {
+    async fn delivered(
+        &self,
+        row: &StreamRow,
+        set: &crate::service::ssf::RenderedSet,
+    ) -> Result<bool, AppError> {
         self.core.metrics().ssf_delivered("push", 1);
         self.core.ssf_delivered(row, set, self.replica).await
     }
 
-    async fn failed(&self, row: &StreamRow, reason: &str, after: Option<Duration>) -> Result<Round, AppError> {
+    async fn failed(
+        &self,
+        row: &StreamRow,
+        reason: &str,
+        after: Option<Duration>,
+    ) -> Result<Round, AppError> {
         let failures = u32::try_from(row.failures.max(0)).unwrap_or(u32::MAX);
         let backoff = backoff(self.settings, failures, rand_fraction());
         let wait = after.map_or(backoff, |a| a.max(backoff).min(self.settings.retry_max));

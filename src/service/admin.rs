@@ -219,7 +219,9 @@ impl Core {
     pub async fn enable_user(&self, user_id: &str, now: DateTime<Utc>) -> Result<User, AppError> {
         let id = parse_user_id(user_id)?;
         let mut tx = super::begin(&self.db).await?;
-        let was = db::users::lock(&mut tx, id).await?.ok_or(AppError::UserNotFound)?;
+        let was = db::users::lock(&mut tx, id)
+            .await?
+            .ok_or(AppError::UserNotFound)?;
         let user = db::users::set_disabled(&mut *tx, id, false, now)
             .await?
             .ok_or(AppError::UserNotFound)?;
@@ -256,7 +258,9 @@ impl Core {
         };
         let names: Vec<&str> = roles.iter().map(Role::as_str).collect();
         let mut tx = super::begin(&self.db).await?;
-        let was = db::users::lock(&mut tx, id).await?.ok_or(AppError::UserNotFound)?;
+        let was = db::users::lock(&mut tx, id)
+            .await?
+            .ok_or(AppError::UserNotFound)?;
         let user = db::users::set_roles(&mut *tx, id, &names, now)
             .await?
             .ok_or(AppError::UserNotFound)?;

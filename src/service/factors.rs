@@ -13,8 +13,8 @@ use crate::crypto::jwt::{Subject, VerifiedAccess};
 use crate::crypto::opaque::{self, TokenHash, TokenKind};
 use crate::crypto::recovery_codes;
 use crate::crypto::totp::{TotpCode, TotpSecret};
-use crate::db::sealed_secrets::factor_secret_aad;
 use crate::db::revocations::{FactorChange, FactorCredential};
+use crate::db::sealed_secrets::factor_secret_aad;
 use crate::db::{self, throttle::Backoff};
 use crate::domain::mail::{FactorNotice, factor_notice};
 use crate::domain::{

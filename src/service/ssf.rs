@@ -104,7 +104,9 @@ fn parse_jti(stream: Uuid, jti: &str) -> Option<Named> {
         Some(owner) if owner == stream.simple().to_string() => {
             Some(Named::Event(first.parse().ok()?, second.parse().ok()?))
         }
-        None if second == stream.simple().to_string() => Some(Named::Message(first.strip_prefix('m')?.parse().ok()?)),
+        None if second == stream.simple().to_string() => {
+            Some(Named::Message(first.strip_prefix('m')?.parse().ok()?))
+        }
         _ => None,
     }
 }
@@ -277,7 +279,11 @@ impl Core {
         }
     }
 
-    fn seal_authorization(&self, id: Uuid, config: &StreamConfig) -> Result<Option<(Vec<u8>, String)>, AppError> {
+    fn seal_authorization(
+        &self,
+        id: Uuid,
+        config: &StreamConfig,
+    ) -> Result<Option<(Vec<u8>, String)>, AppError> {
         match &config.delivery {
             Delivery::Push {
                 authorization: Some(value),
@@ -698,6 +704,19 @@ impl Core {
                 };
             }
         }
+        // An ack the walk could not consume but the cursor has passed (an
+        // index the event never had, or a SET the stream did not ask for)
+        // would otherwise stay forever and fill MAX_ACKED with junk, after
+        // which real out-of-order acks were dropped.
+        acked.retain(|jti| match parse_jti(row.id, jti) {
+            Some(Named::Event(event, index)) => {
+                Cursor {
+                    event: event - 1,
+                    sets: i32::try_from(index).unwrap_or(i32::MAX),
+                } >= cursor
+            }
+            _ => false,
+        });
         let acked: Vec<String> = acked.into_iter().collect();
         db::ssf::advance(&self.db, row.id, cursor, &acked, None).await?;
         Ok(StreamRow {
@@ -736,7 +755,12 @@ impl Core {
     /// Records that `set` was delivered by push from `replica`: a stream
     /// message is dropped, an event's SET moves the cursor (fenced by the
     /// lease). False when the lease is no longer this replica's.
-    pub async fn ssf_delivered(&self, row: &StreamRow, set: &RenderedSet, replica: Uuid) -> Result<bool, AppError> {
+    pub async fn ssf_delivered(
+        &self,
+        row: &StreamRow,
+        set: &RenderedSet,
+        replica: Uuid,
+    ) -> Result<bool, AppError> {
         if let Some(Named::Message(id)) = parse_jti(row.id, &set.jti) {
             db::ssf::remove_messages(&self.db, row.id, &[id]).await?;
             return Ok(true);

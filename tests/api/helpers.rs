@@ -241,9 +241,12 @@ impl TestApp {
             .execute(&self.db)
             .await
             .unwrap();
-        authd::db::revocations::prune(&self.db, chrono::Duration::from_std(TEST_EVENT_RETENTION).unwrap())
-            .await
-            .unwrap()
+        authd::db::revocations::prune(
+            &self.db,
+            chrono::Duration::from_std(TEST_EVENT_RETENTION).unwrap(),
+        )
+        .await
+        .unwrap()
     }
 
     /// Stops the server gracefully and reports how that went.

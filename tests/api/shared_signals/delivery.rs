@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use super::*;
 use crate::factors::add_totp;
 use crate::helpers::{TestApp, session_of, with_bearer};
-use crate::lifecycle::{CHANGE_SUBJECT, app_with_mail, change_email, delete_me, link_token, nth_mail, verify};
+use crate::lifecycle::{
+    CHANGE_SUBJECT, app_with_mail, change_email, delete_me, link_token, nth_mail, verify,
+};
 
 use crate::helpers::PASSWORD;
 const NEW_PASSWORD: &str = "another long passphrase for later";

@@ -3,6 +3,7 @@
 //! independent receiver that checks them against the RFCs), by push and by
 //! poll.
 
+mod adversarial;
 mod delivery;
 mod streams;
 
@@ -21,7 +22,8 @@ pub const POLL: &str = "urn:ietf:rfc:8936";
 
 pub const SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
 pub const CREDENTIAL_CHANGE: &str = "https://schemas.openid.net/secevent/caep/event-type/credential-change";
-pub const TOKEN_CLAIMS_CHANGE: &str = "https://schemas.openid.net/secevent/caep/event-type/token-claims-change";
+pub const TOKEN_CLAIMS_CHANGE: &str =
+    "https://schemas.openid.net/secevent/caep/event-type/token-claims-change";
 pub const ACCOUNT_DISABLED: &str = "https://schemas.openid.net/secevent/risc/event-type/account-disabled";
 pub const ACCOUNT_ENABLED: &str = "https://schemas.openid.net/secevent/risc/event-type/account-enabled";
 pub const ACCOUNT_PURGED: &str = "https://schemas.openid.net/secevent/risc/event-type/account-purged";
@@ -44,7 +46,12 @@ pub async fn ssf(app: &TestApp, method: &str, path: &str, key: &str, body: Optio
 /// Creates a stream; panics unless 201.
 pub async fn create_stream(app: &TestApp, key: &str, body: &Value) -> Value {
     let response = ssf(app, "POST", "/ssf/streams", key, Some(body)).await;
-    assert_eq!(response.status, 201, "{}", String::from_utf8_lossy(&response.body));
+    assert_eq!(
+        response.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
     response.json()
 }
 
@@ -76,7 +83,13 @@ pub fn event_types<'a>(lines: impl IntoIterator<Item = &'a Value>) -> Vec<String
 }
 
 /// Polls `stream` with receiver.py until it recorded `until` SETs.
-pub async fn poll_until(app: &TestApp, key: &str, stream: &Value, audience: &str, until: u32) -> Option<PollRun> {
+pub async fn poll_until(
+    app: &TestApp,
+    key: &str,
+    stream: &Value,
+    audience: &str,
+    until: u32,
+) -> Option<PollRun> {
     let url = stream["delivery"]["endpoint_url"].as_str().expect("poll URL");
     // The receiver polls the app itself, by its real address.
     let url = url.replace(ISSUER, &format!("http://{}", app.addr));
@@ -117,4 +130,54 @@ pub async fn disable(app: &TestApp, key: &str, user_id: &str) {
         ))
         .await
         .unwrap();
+}
+
+pub async fn enable(app: &TestApp, key: &str, user_id: &str) {
+    app.admin()
+        .enable_user(with_bearer(
+            authd::pb::auth::v1::EnableUserRequest {
+                user_id: user_id.into(),
+            },
+            key,
+        ))
+        .await
+        .unwrap();
+}
+
+/// A new account, disabled then enabled: one account-disabled and one
+/// account-enabled SET for a stream that asked for those. Its id.
+pub async fn disable_and_enable(app: &TestApp, admin: &str) -> String {
+    let user = app
+        .register(&crate::helpers::fresh_email(), crate::helpers::PASSWORD)
+        .await;
+    disable(app, admin, &user.id).await;
+    enable(app, admin, &user.id).await;
+    user.id
+}
+
+/// The account events the status and delivery tests count on: one SET per
+/// change, whatever else the change writes to the log.
+pub fn account_events() -> Value {
+    json!([ACCOUNT_DISABLED, ACCOUNT_ENABLED])
+}
+
+/// The stream's row as the tests look at it: (cursor_event, cursor_sets,
+/// acked, last_error).
+pub async fn stream_row(app: &TestApp, stream_id: &str) -> (i64, i32, Vec<String>, Option<String>) {
+    sqlx::query_as("SELECT cursor_event, cursor_sets, acked, last_error FROM ssf_streams WHERE id = $1::uuid")
+        .bind(stream_id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+/// The `sub` a SET is about (its user, in a complex subject too).
+pub fn subject(set: &Value) -> Option<&str> {
+    let sub_id = &set["sub_id"];
+    let user = if sub_id["format"] == "complex" {
+        &sub_id["user"]
+    } else {
+        sub_id
+    };
+    user["sub"].as_str()
 }
