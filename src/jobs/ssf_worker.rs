@@ -163,16 +163,21 @@ impl PushWorker {
         if row.endpoint_url.is_none() {
             return Ok(Round::Gone);
         }
-        if row.status != "enabled" {
-            // Paused: its events wait; disabled: nothing to send. A status
-            // message about the change still goes out.
-            return self.send_messages_only(&row).await;
-        }
+        // Before the status: a paused or disabled stream's messages go to
+        // the same failing receiver, which was otherwise asked again at
+        // every wake-up (every event in the log), whatever its back-off
+        // or Retry-After. A status change clears retry_at, so the
+        // stream-updated SET still goes out at once.
         if let Some(retry_at) = row.retry_at {
             let now = Utc::now();
             if retry_at > now {
                 return Ok(Round::Until((retry_at - now).to_std().unwrap_or_default()));
             }
+        }
+        if row.status != "enabled" {
+            // Paused: its events wait; disabled: nothing to send. A status
+            // message about the change still goes out.
+            return self.send_messages_only(&row).await;
         }
         if !self.core.ssf_check_retention(&row, Utc::now()).await? {
             return Ok(Round::Busy);

@@ -454,6 +454,8 @@ async fn poll_acknowledgements_that_name_nothing_of_the_stream_move_nothing() {
 enum Answer {
     Accept,
     Unavailable,
+    /// 503 asking to be left alone for an hour.
+    Busy,
     Redirect,
     Stall,
 }
@@ -491,6 +493,9 @@ impl Scripted {
                         }
                         Answer::Unavailable => "HTTP/1.1 503 Service Unavailable\r\nretry-after: 0\r\n\
                                                 content-length: 0\r\nconnection: close\r\n\r\n"
+                            .to_owned(),
+                        Answer::Busy => "HTTP/1.1 503 Service Unavailable\r\nretry-after: 3600\r\n\
+                                         content-length: 0\r\nconnection: close\r\n\r\n"
                             .to_owned(),
                         Answer::Redirect => format!(
                             "HTTP/1.1 302 Found\r\nlocation: {redirect_to}\r\ncontent-length: 0\r\n\
@@ -692,4 +697,60 @@ async fn receivers_that_fail_redirect_or_stall_get_every_set_once_in_order_once_
         assert_eq!(subject(&got[5]), Some(third.as_str()), "{name}");
         assert_eq!(subject(&got[6]), Some(third.as_str()), "{name}");
     }
+}
+
+fn always_busy(_: usize) -> Answer {
+    Answer::Busy
+}
+
+fn always_accepts(_: usize) -> Answer {
+    Answer::Accept
+}
+
+#[tokio::test]
+async fn a_paused_streams_failing_receiver_waits_its_backoff_whatever_happens_in_the_log() {
+    let app = spawn_app_with(|c| c.ssf_allow_private = true).await;
+    let key = app.service_key("receiver-a", &["events.receive"]).await;
+    let admin = admin_key(&app).await;
+    let busy = Scripted::spawn(always_busy, String::new()).await;
+    let fine = Scripted::spawn(always_accepts, String::new()).await;
+    let mut ids = Vec::new();
+    for receiver in [&busy, &fine] {
+        let stream = create_stream(
+            &app,
+            &key,
+            &json!({"events_requested": account_events(),
+                    "delivery": {"method": PUSH, "endpoint_url": receiver.url}}),
+        )
+        .await;
+        ids.push(stream["stream_id"].as_str().unwrap().to_owned());
+    }
+    // The pause is said to the busy receiver, which asks for an hour.
+    let paused = ssf(
+        &app,
+        "POST",
+        "/ssf/status",
+        &key,
+        Some(&json!({"stream_id": ids[0], "status": "paused"})),
+    )
+    .await;
+    assert_eq!(paused.status, 200);
+    assert!(eventually(|| async { busy.requests.load(Ordering::SeqCst) >= 1 }).await);
+    assert!(
+        eventually(|| async { stream_row(&app, &ids[0]).await.3.is_some() }).await,
+        "the failure was recorded"
+    );
+
+    // Every change in the log wakes every stream's task; the paused one
+    // must still wait out its back-off rather than try again each time.
+    for _ in 0..5 {
+        disable_and_enable(&app, &admin).await;
+    }
+    let got = fine.wait_for(10).await;
+    assert_eq!(got.len(), 10);
+    assert_eq!(
+        busy.requests.load(Ordering::SeqCst),
+        1,
+        "the paused stream's receiver was asked again within its Retry-After"
+    );
 }
