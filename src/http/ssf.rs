@@ -312,6 +312,19 @@ pub async fn verify(face: &Face, req: Request<tonic::body::Body>) -> HttpRespons
     };
     match face.core.ssf_verify(&owner, id, state, chrono::Utc::now()).await {
         Ok(()) => empty(StatusCode::NO_CONTENT),
+        // Too many verifications waiting for the stream (not the failed
+        // authentications the shared mapping of Throttled describes).
+        Err(AppError::Throttled(wait)) => {
+            let mut response = errors::oauth(
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                "too many verification requests are waiting for this stream; take its SETs first",
+            );
+            if let Ok(value) = http::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            response
+        }
         Err(e) => from_app(e),
     }
 }

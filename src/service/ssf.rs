@@ -34,6 +34,11 @@ const DEFAULT_MAX_EVENTS: usize = 100;
 const MAX_EVENTS: usize = 1000;
 /// Acknowledgements kept beyond the cursor (acks out of order).
 const MAX_ACKED: usize = 4096;
+/// Verification requests waiting for one stream at most: a receiver that
+/// asks without taking the SETs (a dead push URL, a poll never acked)
+/// would otherwise grow `ssf_stream_messages` without bound. SSF 1.0
+/// §8.1.4.2 lets a transmitter answer such a receiver with 429.
+const MAX_PENDING_VERIFICATIONS: usize = 100;
 
 /// How Shared Signals streams are served.
 #[derive(Debug, Clone, Copy, Default)]
@@ -428,6 +433,10 @@ impl Core {
         let row = self.ssf_stream(owner, stream_id).await?;
         if state.is_some_and(|s| s.len() > 1024) {
             return Err(invalid("state", "must be at most 1024 bytes"));
+        }
+        let limit = i64::try_from(MAX_PENDING_VERIFICATIONS).unwrap_or(i64::MAX);
+        if db::ssf::messages(&self.db, row.id, limit).await?.len() >= MAX_PENDING_VERIFICATIONS {
+            return Err(AppError::Throttled(Duration::from_secs(60)));
         }
         let message = json!({"kind": "verification", "state": state});
         db::ssf::enqueue_message(&self.db, row.id, &message, now).await?;

@@ -754,3 +754,42 @@ async fn a_paused_streams_failing_receiver_waits_its_backoff_whatever_happens_in
         "the paused stream's receiver was asked again within its Retry-After"
     );
 }
+
+#[tokio::test]
+async fn verification_requests_a_receiver_does_not_take_are_bounded() {
+    let app = spawn_app().await;
+    let key = app.service_key("receiver-a", &["events.receive"]).await;
+    let stream = create_stream(&app, &key, &json!({"delivery": {"method": POLL}})).await;
+    let id = stream["stream_id"].as_str().unwrap();
+    let body = json!({"stream_id": id, "state": "s"});
+    let verify = || ssf(&app, "POST", "/ssf/verify", &key, Some(&body));
+    for _ in 0..100 {
+        assert_eq!(verify().await.status, 204);
+    }
+    // Never polled: the 101st waits for the receiver to take them.
+    let refused = verify().await;
+    assert_eq!(refused.status, 429, "{}", text(&refused));
+    assert!(refused.header("retry-after").is_some());
+    assert!(text(&refused).contains("verification"), "{}", text(&refused));
+    let (pending,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM ssf_stream_messages WHERE stream_id = $1::uuid")
+            .bind(id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(pending, 100);
+
+    // Taken and acknowledged: the receiver may ask again.
+    let polled = poll_raw(
+        &app,
+        &key,
+        id,
+        &json!({"maxEvents": 1000, "returnImmediately": true}),
+    )
+    .await;
+    let taken = jtis(&polled.json());
+    assert_eq!(taken.len(), 100);
+    let acked = poll_raw(&app, &key, id, &json!({"ack": taken, "returnImmediately": true})).await;
+    assert_eq!(acked.json()["sets"], json!({}));
+    assert_eq!(verify().await.status, 204);
+}
