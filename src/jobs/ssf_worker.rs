@@ -186,6 +186,16 @@ impl PushWorker {
         if sets.is_empty() {
             return Ok(Round::Idle);
         }
+        // The status was read before the SETs: a pause committed in
+        // between put its stream-updated SET in `sets`, with events after
+        // it, which would go out while paused. Read again now that `sets`
+        // is fixed: still enabled means every SET in it came before any
+        // later pause (whose message then goes in the next round).
+        match self.core.ssf_stream_for_delivery(id).await? {
+            Some(now) if now.status == "enabled" => {}
+            Some(_) => return Ok(Round::Busy),
+            None => return Ok(Round::Gone),
+        }
         let Some(target) = self.target(&row)? else {
             return Ok(Round::Idle);
         };

@@ -793,3 +793,86 @@ async fn verification_requests_a_receiver_does_not_take_are_bounded() {
     assert_eq!(acked.json()["sets"], json!({}));
     assert_eq!(verify().await.status, 204);
 }
+
+#[tokio::test]
+async fn nothing_of_the_log_reaches_a_receiver_between_paused_and_enabled_under_load() {
+    let app = spawn_app_with(|c| c.ssf_allow_private = true).await;
+    let key = app.service_key("receiver-a", &["events.receive"]).await;
+    let admin = admin_key(&app).await;
+    let receiver = Scripted::spawn(always_accepts, String::new()).await;
+    let stream = create_stream(
+        &app,
+        &key,
+        &json!({"events_requested": account_events(),
+                "delivery": {"method": PUSH, "endpoint_url": receiver.url}}),
+    )
+    .await;
+    let id = stream["stream_id"].as_str().unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let changes = async {
+        while !stop.load(Ordering::SeqCst) {
+            disable_and_enable(&app, &admin).await;
+        }
+    };
+    let flips = async {
+        for status in ["paused", "enabled"].iter().cycle().take(60) {
+            let response = ssf(
+                &app,
+                "POST",
+                "/ssf/status",
+                &key,
+                Some(&json!({"stream_id": id, "status": status})),
+            )
+            .await;
+            assert_eq!(response.status, 200);
+            // Let some of the log through between two flips.
+            let seen = receiver.accepted().len();
+            eventually(|| async { receiver.accepted().len() > seen }).await;
+        }
+        stop.store(true, Ordering::SeqCst);
+    };
+    tokio::join!(changes, flips);
+    let verified = ssf(
+        &app,
+        "POST",
+        "/ssf/verify",
+        &key,
+        Some(&json!({"stream_id": id, "state": "end"})),
+    )
+    .await;
+    assert_eq!(verified.status, 204);
+    assert!(
+        eventually(|| async {
+            receiver
+                .accepted()
+                .iter()
+                .any(|s| s["events"][VERIFICATION]["state"] == "end")
+        })
+        .await
+    );
+    let got = receiver.accepted();
+    let mut paused = false;
+    let mut flips = 0;
+    for (i, set) in got.iter().enumerate() {
+        match event_type(set).as_str() {
+            STREAM_UPDATED => {
+                flips += 1;
+                paused = set["events"][STREAM_UPDATED]["status"] == "paused";
+            }
+            VERIFICATION => {}
+            other => assert!(
+                !paused,
+                "SET {i} ({other}) sent while paused: {:?}",
+                got[i.saturating_sub(4)..=i]
+                    .iter()
+                    .map(|s| (
+                        event_type(s),
+                        s["events"][STREAM_UPDATED]["status"].clone(),
+                        s["jti"].clone()
+                    ))
+                    .collect::<Vec<_>>()
+            ),
+        }
+    }
+    assert_eq!(flips, 60);
+}
