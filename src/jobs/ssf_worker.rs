@@ -182,7 +182,10 @@ impl PushWorker {
         if !self.core.ssf_check_retention(&row, Utc::now()).await? {
             return Ok(Round::Busy);
         }
-        let (sets, more) = self.core.ssf_pending(&row, ROUND, &BTreeSet::new()).await?;
+        let (sets, more) = self
+            .core
+            .ssf_pending(&row, ROUND, &BTreeSet::new(), Utc::now())
+            .await?;
         if sets.is_empty() {
             return Ok(Round::Idle);
         }
@@ -237,7 +240,7 @@ impl PushWorker {
         let Some(target) = self.target(row)? else {
             return Ok(Round::Idle);
         };
-        let messages = self.core.ssf_messages(row).await?;
+        let messages = self.core.ssf_messages(row, Utc::now()).await?;
         if messages.is_empty() {
             return Ok(Round::Idle);
         }

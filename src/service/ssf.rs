@@ -445,7 +445,12 @@ impl Core {
     }
 
     /// The SET a stream message becomes.
-    pub fn ssf_render_message(&self, row: &StreamRow, message: &MessageRow) -> RenderedSet {
+    pub fn ssf_render_message(
+        &self,
+        row: &StreamRow,
+        message: &MessageRow,
+        now: DateTime<Utc>,
+    ) -> RenderedSet {
         let kind = message.event.get("kind").and_then(Value::as_str).unwrap_or("");
         let text = |key: &str| message.event.get(key).and_then(Value::as_str).map(str::to_owned);
         let signal = match kind {
@@ -465,7 +470,7 @@ impl Core {
                 issuer: self.issuer(),
                 audience: &row.audience,
                 jti: jti.clone(),
-                iat: Utc::now().timestamp(),
+                iat: now.timestamp(),
                 txn: None,
                 user_id: None,
                 stream_id: Some(row.id),
@@ -482,7 +487,13 @@ impl Core {
 
     /// The SETs of `event` for `stream` that it asked for, each with the
     /// cursor it leaves behind once delivered; none before `cursor`.
-    pub fn ssf_render_event(&self, row: &StreamRow, event: &EventRow, cursor: Cursor) -> Vec<RenderedSet> {
+    pub fn ssf_render_event(
+        &self,
+        row: &StreamRow,
+        event: &EventRow,
+        cursor: Cursor,
+        now: DateTime<Utc>,
+    ) -> Vec<RenderedSet> {
         let signals = signals_of(event);
         let total = signals.len();
         let skip = if event.id == cursor.event + 1 {
@@ -490,7 +501,7 @@ impl Core {
         } else {
             0
         };
-        let iat = Utc::now().timestamp();
+        let iat = now.timestamp();
         signals
             .into_iter()
             .enumerate()
@@ -561,11 +572,12 @@ impl Core {
         row: &StreamRow,
         limit: usize,
         skip: &BTreeSet<String>,
+        now: DateTime<Utc>,
     ) -> Result<(Vec<RenderedSet>, bool), AppError> {
         let mut out = Vec::new();
         let want = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
         for message in db::ssf::messages(&self.db, row.id, want).await? {
-            let set = self.ssf_render_message(row, &message);
+            let set = self.ssf_render_message(row, &message, now);
             if !skip.contains(&set.jti) {
                 out.push(set);
             }
@@ -580,7 +592,7 @@ impl Core {
                 break;
             };
             for event in &events {
-                for set in self.ssf_render_event(row, event, cursor) {
+                for set in self.ssf_render_event(row, event, cursor, now) {
                     if !skip.contains(&set.jti) {
                         out.push(set);
                     }
@@ -627,7 +639,7 @@ impl Core {
             .cloned()
             .collect();
         if !acks.is_empty() {
-            row = self.ssf_acknowledge(row, &acks).await?;
+            row = self.ssf_acknowledge(row, &acks, now).await?;
         }
         if row.status != "enabled" || !self.ssf_check_retention(&row, now).await? {
             return Ok(PollBatch::default());
@@ -637,10 +649,13 @@ impl Core {
             return Ok(PollBatch::default());
         }
         let mut head = self.revocation_feed.head();
-        let deadline = tokio::time::Instant::now() + wait;
+        let started = tokio::time::Instant::now();
+        let deadline = started + wait;
         loop {
             let skip: BTreeSet<String> = row.acked.iter().cloned().collect();
-            let (sets, more) = self.ssf_pending(&row, limit, &skip).await?;
+            // `iat` is when the SETs are handed out, after a long wait too.
+            let issued = now + chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
+            let (sets, more) = self.ssf_pending(&row, limit, &skip, issued).await?;
             if !sets.is_empty() || request.return_immediately || tokio::time::Instant::now() >= deadline {
                 let signed = sets
                     .iter()
@@ -667,7 +682,12 @@ impl Core {
     /// stream's acknowledgements, drops acknowledged stream messages, and
     /// moves the cursor over the acknowledged prefix. Unknown jtis are
     /// ignored (RFC 8936 has no error for them).
-    async fn ssf_acknowledge(&self, row: StreamRow, acks: &[String]) -> Result<StreamRow, AppError> {
+    async fn ssf_acknowledge(
+        &self,
+        row: StreamRow,
+        acks: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<StreamRow, AppError> {
         let state = db::revocations::state(&self.db).await?;
         let mut acked: BTreeSet<String> = row.acked.iter().cloned().collect();
         let mut messages = Vec::new();
@@ -679,11 +699,10 @@ impl Core {
                         && Cursor {
                             event: event - 1,
                             sets: i32::try_from(index).unwrap_or(i32::MAX),
-                        } >= row.cursor() =>
+                        } >= row.cursor()
+                        && acked.len() < MAX_ACKED =>
                 {
-                    if acked.len() < MAX_ACKED {
-                        acked.insert(jti.clone());
-                    }
+                    acked.insert(jti.clone());
                 }
                 _ => {}
             }
@@ -699,7 +718,7 @@ impl Core {
                 break;
             }
             for event in &events {
-                for set in self.ssf_render_event(&row, event, cursor) {
+                for set in self.ssf_render_event(&row, event, cursor, now) {
                     if !acked.remove(&set.jti) {
                         break 'walk;
                     }
@@ -753,11 +772,15 @@ impl Core {
     }
 
     /// The stream's own pending messages (verification, stream-updated).
-    pub async fn ssf_messages(&self, row: &StreamRow) -> Result<Vec<RenderedSet>, AppError> {
+    pub async fn ssf_messages(
+        &self,
+        row: &StreamRow,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<RenderedSet>, AppError> {
         Ok(db::ssf::messages(&self.db, row.id, 64)
             .await?
             .iter()
-            .map(|m| self.ssf_render_message(row, m))
+            .map(|m| self.ssf_render_message(row, m, now))
             .collect())
     }
 
