@@ -262,6 +262,15 @@ impl Core {
         body
     }
 
+    /// A stream's status (SSF 1.0 §8.1.2.1).
+    pub fn ssf_status_json(&self, row: &StreamRow) -> Value {
+        let mut body = json!({"stream_id": row.id.to_string(), "status": row.status});
+        if let Some(reason) = &row.status_reason {
+            body["reason"] = Value::from(reason.as_str());
+        }
+        body
+    }
+
     fn stream_fields<'a>(
         &self,
         owner: &'a ServiceIdentity,
