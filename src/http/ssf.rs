@@ -247,20 +247,16 @@ pub async fn status(face: &Face, req: Request<tonic::body::Body>) -> HttpRespons
         Err(refusal) => return refusal,
     };
     let core = &face.core;
-    let answer = |row: &crate::service::ssf::StreamRow| {
-        let mut body = json!({"stream_id": row.id.to_string(), "status": row.status});
-        if let Some(reason) = &row.status_reason {
-            body["reason"] = Value::from(reason.as_str());
-        }
-        errors::json(StatusCode::OK, &body)
-    };
+    // The row's type is the database layer's, which this layer may not
+    // name (tests/api/layering.rs): the use case renders it.
+    let answer = |body: Value| errors::json(StatusCode::OK, &body);
     match req.method().clone() {
         Method::GET | Method::HEAD => {
             let Some(id) = query_param(&req, "stream_id") else {
                 return errors::invalid_request("stream_id is required");
             };
             match core.ssf_stream(&owner, &id).await {
-                Ok(row) => answer(&row),
+                Ok(row) => answer(core.ssf_status_json(&row)),
                 Err(e) => from_app(e),
             }
         }
@@ -280,7 +276,7 @@ pub async fn status(face: &Face, req: Request<tonic::body::Body>) -> HttpRespons
                 .ssf_set_status(&owner, id, status, reason, chrono::Utc::now())
                 .await
             {
-                Ok(row) => answer(&row),
+                Ok(row) => answer(core.ssf_status_json(&row)),
                 Err(e) => from_app(e),
             }
         }
@@ -312,6 +308,19 @@ pub async fn verify(face: &Face, req: Request<tonic::body::Body>) -> HttpRespons
     };
     match face.core.ssf_verify(&owner, id, state, chrono::Utc::now()).await {
         Ok(()) => empty(StatusCode::NO_CONTENT),
+        // Too many verifications waiting for the stream (not the failed
+        // authentications the shared mapping of Throttled describes).
+        Err(AppError::Throttled(wait)) => {
+            let mut response = errors::oauth(
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                "too many verification requests are waiting for this stream; take its SETs first",
+            );
+            if let Ok(value) = http::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            response
+        }
         Err(e) => from_app(e),
     }
 }

@@ -163,16 +163,21 @@ impl PushWorker {
         if row.endpoint_url.is_none() {
             return Ok(Round::Gone);
         }
-        if row.status != "enabled" {
-            // Paused: its events wait; disabled: nothing to send. A status
-            // message about the change still goes out.
-            return self.send_messages_only(&row).await;
-        }
+        // Before the status: a paused or disabled stream's messages go to
+        // the same failing receiver, which was otherwise asked again at
+        // every wake-up (every event in the log), whatever its back-off
+        // or Retry-After. A status change clears retry_at, so the
+        // stream-updated SET still goes out at once.
         if let Some(retry_at) = row.retry_at {
             let now = Utc::now();
             if retry_at > now {
                 return Ok(Round::Until((retry_at - now).to_std().unwrap_or_default()));
             }
+        }
+        if row.status != "enabled" {
+            // Paused: its events wait; disabled: nothing to send. A status
+            // message about the change still goes out.
+            return self.send_messages_only(&row).await;
         }
         if !self.core.ssf_check_retention(&row, Utc::now()).await? {
             return Ok(Round::Busy);
@@ -184,8 +189,19 @@ impl PushWorker {
         if sets.is_empty() {
             return Ok(Round::Idle);
         }
-        let Some(target) = self.target(&row)? else {
-            return Ok(Round::Idle);
+        // The status was read before the SETs: a pause committed in
+        // between put its stream-updated SET in `sets`, with events after
+        // it, which would go out while paused. Read again now that `sets`
+        // is fixed: still enabled means every SET in it came before any
+        // later pause (whose message then goes in the next round).
+        match self.core.ssf_stream_for_delivery(id).await? {
+            Some(now) if now.status == "enabled" => {}
+            Some(_) => return Ok(Round::Busy),
+            None => return Ok(Round::Gone),
+        }
+        let target = match self.target(&row)? {
+            Ok(target) => target,
+            Err(reason) => return self.failed(&row, &reason, None).await,
         };
         for set in sets {
             let signed = self.core.ssf_sign(&set.set)?;
@@ -232,13 +248,14 @@ impl PushWorker {
     }
 
     async fn send_messages_only(&self, row: &StreamRow) -> Result<Round, AppError> {
-        let Some(target) = self.target(row)? else {
-            return Ok(Round::Idle);
-        };
         let messages = self.core.ssf_messages(row, Utc::now()).await?;
         if messages.is_empty() {
             return Ok(Round::Idle);
         }
+        let target = match self.target(row)? {
+            Ok(target) => target,
+            Err(reason) => return self.failed(row, &reason, None).await,
+        };
         for set in messages {
             let signed = self.core.ssf_sign(&set.set)?;
             match self.client.deliver(&target.0, target.1.as_deref(), &signed).await {
@@ -252,18 +269,30 @@ impl PushWorker {
         Ok(Round::Busy)
     }
 
-    fn target(&self, row: &StreamRow) -> Result<Option<(PushEndpoint, Option<String>)>, AppError> {
+    /// Where to push and with what credential; `Err` with the reason when
+    /// today's guard refuses the stored URL (stored while
+    /// `AUTHD_SSF_ALLOW_PRIVATE` was on, say): a failure like any other,
+    /// kept in the stream's `last_error` and retried with back-off, so the
+    /// stream does not sit silently idle.
+    #[allow(clippy::type_complexity)]
+    fn target(&self, row: &StreamRow) -> Result<Result<(PushEndpoint, Option<String>), String>, AppError> {
         let Some(url) = &row.endpoint_url else {
-            return Ok(None);
+            return Ok(Err("the stream has no push URL".into()));
         };
-        let endpoint = match PushEndpoint::parse(url, self.core.ssf_allows_private()) {
+        let allow_private = self.core.ssf_allows_private();
+        let endpoint = match PushEndpoint::parse(url, allow_private) {
             Ok(endpoint) => endpoint,
             Err(e) => {
-                tracing::warn!(stream_id = %row.id, error = %e, "push URL refused");
-                return Ok(None);
+                self.core.metrics().ssf_push("refused");
+                let switch = if allow_private {
+                    ""
+                } else {
+                    " (AUTHD_SSF_ALLOW_PRIVATE is off)"
+                };
+                return Ok(Err(format!("push URL refused: {e}{switch}")));
             }
         };
-        Ok(Some((endpoint, self.core.ssf_authorization(row)?)))
+        Ok(Ok((endpoint, self.core.ssf_authorization(row)?)))
     }
 
     /// Moves the cursor past `set` (or drops the stream message it was);

@@ -35,7 +35,6 @@ const DEFAULT_MAX_EVENTS: usize = 100;
 const MAX_EVENTS: usize = 1000;
 /// Acknowledgements kept beyond the cursor (acks out of order).
 const MAX_ACKED: usize = 4096;
-
 /// How Shared Signals streams are served.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SsfSettings {
@@ -78,14 +77,11 @@ fn invalid(field: &'static str, description: &str) -> AppError {
     AppError::invalid(field, Invalid::new(FieldReason::InvalidFormat, description))
 }
 
+/// SSF 1.0 §8.1.4.2 lets a transmitter answer 429 to verification
+/// requests that come too often: here, when the stream has
+/// `db::ssf::MAX_PENDING_MESSAGES` of its own events waiting.
 fn too_many_messages() -> AppError {
-    invalid(
-        "stream_id",
-        &format!(
-            "the stream has {} status and verification events waiting; take them first",
-            db::ssf::MAX_PENDING_MESSAGES
-        ),
-    )
+    AppError::Throttled(Duration::from_secs(60))
 }
 
 fn parse_stream_id(input: &str) -> Result<Uuid, AppError> {
@@ -262,6 +258,15 @@ impl Core {
         });
         if let Some(d) = &row.description {
             body["description"] = Value::from(d.as_str());
+        }
+        body
+    }
+
+    /// A stream's status (SSF 1.0 §8.1.2.1).
+    pub fn ssf_status_json(&self, row: &StreamRow) -> Value {
+        let mut body = json!({"stream_id": row.id.to_string(), "status": row.status});
+        if let Some(reason) = &row.status_reason {
+            body["reason"] = Value::from(reason.as_str());
         }
         body
     }
@@ -653,10 +658,13 @@ impl Core {
             return Ok(PollBatch::default());
         }
         let mut head = self.revocation_feed.head();
-        let deadline = tokio::time::Instant::now() + wait;
+        let started = tokio::time::Instant::now();
+        let deadline = started + wait;
         loop {
             let skip: BTreeSet<String> = row.acked.iter().cloned().collect();
-            let (sets, more) = self.ssf_pending(&row, limit, &skip, now).await?;
+            // `iat` is when the SETs are handed out, after a long wait too.
+            let issued = now + chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
+            let (sets, more) = self.ssf_pending(&row, limit, &skip, issued).await?;
             if !sets.is_empty() || request.return_immediately || tokio::time::Instant::now() >= deadline {
                 let signed = sets
                     .iter()
@@ -733,6 +741,19 @@ impl Core {
                 };
             }
         }
+        // An ack the walk could not consume but the cursor has passed (an
+        // index the event never had, or a SET the stream did not ask for)
+        // would otherwise stay forever and fill MAX_ACKED with junk, after
+        // which real out-of-order acks were dropped.
+        acked.retain(|jti| match parse_jti(row.id, jti) {
+            Some(Named::Event(event, index)) => {
+                Cursor {
+                    event: event - 1,
+                    sets: i32::try_from(index).unwrap_or(i32::MAX),
+                } >= cursor
+            }
+            _ => false,
+        });
         let acked: Vec<String> = acked.into_iter().collect();
         db::ssf::advance(&self.db, row.id, cursor, &acked, None).await?;
         Ok(StreamRow {

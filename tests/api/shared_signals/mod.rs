@@ -3,8 +3,8 @@
 //! independent receiver that checks them against the RFCs), by push and by
 //! poll.
 
+mod adversarial;
 mod delivery;
-mod limits;
 mod streams;
 
 use std::time::Duration;
@@ -111,6 +111,11 @@ pub async fn poll_until(
     .await
 }
 
+/// The app's address as a receiver's URL sees it.
+pub fn base(addr: std::net::SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
 /// An admin key that may change accounts.
 pub async fn admin_key(app: &TestApp) -> String {
     app.service_key("ssf-admin", &["users.read", "users.write"]).await
@@ -126,4 +131,54 @@ pub async fn disable(app: &TestApp, key: &str, user_id: &str) {
         ))
         .await
         .unwrap();
+}
+
+pub async fn enable(app: &TestApp, key: &str, user_id: &str) {
+    app.admin()
+        .enable_user(with_bearer(
+            authd::pb::auth::v1::EnableUserRequest {
+                user_id: user_id.into(),
+            },
+            key,
+        ))
+        .await
+        .unwrap();
+}
+
+/// A new account, disabled then enabled: one account-disabled and one
+/// account-enabled SET for a stream that asked for those. Its id.
+pub async fn disable_and_enable(app: &TestApp, admin: &str) -> String {
+    let user = app
+        .register(&crate::helpers::fresh_email(), crate::helpers::PASSWORD)
+        .await;
+    disable(app, admin, &user.id).await;
+    enable(app, admin, &user.id).await;
+    user.id
+}
+
+/// The account events the status and delivery tests count on: one SET per
+/// change, whatever else the change writes to the log.
+pub fn account_events() -> Value {
+    json!([ACCOUNT_DISABLED, ACCOUNT_ENABLED])
+}
+
+/// The stream's row as the tests look at it: (cursor_event, cursor_sets,
+/// acked, last_error).
+pub async fn stream_row(app: &TestApp, stream_id: &str) -> (i64, i32, Vec<String>, Option<String>) {
+    sqlx::query_as("SELECT cursor_event, cursor_sets, acked, last_error FROM ssf_streams WHERE id = $1::uuid")
+        .bind(stream_id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+}
+
+/// The `sub` a SET is about (its user, in a complex subject too).
+pub fn subject(set: &Value) -> Option<&str> {
+    let sub_id = &set["sub_id"];
+    let user = if sub_id["format"] == "complex" {
+        &sub_id["user"]
+    } else {
+        sub_id
+    };
+    user["sub"].as_str()
 }
