@@ -35,13 +35,14 @@ struct Args {
     /// Comma-separated, in order [default: all:
     /// health,getme,getuser,lookupuser,listusers,listsessions,introspect,jwks,client-credentials,exchange,
     /// client-credentials-http,exchange-http,refresh,mix,login,register,login-mfa,passkey-login,cache,revocation,
-    /// startup (passkey-login answers as a page on authd's default AUTHD_WEBAUTHN_ORIGINS, http://localhost:3000,
-    /// its tasks each from an address of its own in x-forwarded-for: with --addr, start authd with
+    /// ssf-push,ssf-poll,ssf-push-dead,startup (passkey-login answers as a page on authd's default
+    /// AUTHD_WEBAUTHN_ORIGINS, http://localhost:3000, its tasks each from an address of its own in
+    /// x-forwarded-for: with --addr, start authd with
     /// AUTHD_TRUSTED_PROXY_HEADER=x-forwarded-for);
     /// also available: flood (Logins at 1×, 2×, 4× the argon2 ceiling), retry-flood (clients retrying
     /// refused Logins politely, then every 0.2 s); with --addr, cache and login-mfa
     /// only with --database-url, revocation only with --watch-key, the four token grants only with
-    /// --token-client;
+    /// --token-client, the three Shared Signals scenarios only with --ssf-key;
     /// with --scale: startup, cleanup and the call scenarios, default
     /// startup,health,getme,introspect,refresh,listsessions,getuser,lookupuser,listusers,mix,login,register,cleanup]
     #[arg(long, value_name = "LIST", value_parser = scenario_list)]

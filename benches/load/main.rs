@@ -197,7 +197,10 @@ async fn main() -> std::process::ExitCode {
         None => None,
     };
 
-    let ssf_key = match (&options.ssf_key, options.scenarios.iter().any(Scenario::receives_signals)) {
+    let ssf_key = match (
+        &options.ssf_key,
+        options.scenarios.iter().any(Scenario::receives_signals),
+    ) {
         (_, false) => None,
         (Some(key), true) => Some(key.clone()),
         (None, true) => server::create_service_key(&server, "load-ssf", &["events.receive"]).await,

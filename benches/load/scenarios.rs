@@ -25,7 +25,7 @@ pub const SCALE: &str = "startup,health,getme,introspect,refresh,listsessions,ge
 /// Every scenario, in the order a run without `--scenarios` takes them.
 pub const ALL: &str = "health,getme,getuser,lookupuser,listusers,listsessions,introspect,jwks,client-credentials,\
                        exchange,client-credentials-http,exchange-http,refresh,mix,login,register,login-mfa,\
-                       passkey-login,cache,revocation,startup";
+                       passkey-login,cache,revocation,ssf-push,ssf-poll,ssf-push-dead,startup";
 
 #[derive(Debug, Clone)]
 pub enum Scenario {
@@ -131,7 +131,10 @@ impl Scenario {
     /// Whether the scenario is a Shared Signals receiver, so against
     /// `--addr` it needs `--ssf-key`.
     pub fn receives_signals(&self) -> bool {
-        matches!(self, Scenario::SsfPush | Scenario::SsfPoll | Scenario::SsfPushDead)
+        matches!(
+            self,
+            Scenario::SsfPush | Scenario::SsfPoll | Scenario::SsfPushDead
+        )
     }
 
     /// Whether the scenario mints tokens for [`grant_scenario::AUDIENCE`]

@@ -98,7 +98,10 @@ pub async fn run(
             match delivery {
                 Delivery::Push => {
                     let receiver = PushReceiver::spawn(stream, &board).await;
-                    ids.push(face.push_stream(&receiver.url, Some(&receiver.authorization)).await);
+                    ids.push(
+                        face.push_stream(&receiver.url, Some(&receiver.authorization))
+                            .await,
+                    );
                     receivers.push(receiver);
                 }
                 Delivery::Poll => {
@@ -109,7 +112,13 @@ pub async fn run(
             }
         }
         let label = format!("{}, {n} stream{}", delivery.name(), if n == 1 { "" } else { "s" });
-        let measured = measure(&label, shared, &board, n, n, settings, server_pid).await;
+        let plan = Plan {
+            label: &label,
+            warm_up_streams: n,
+            counted: n,
+            logouts: settings.logouts,
+        };
+        let measured = measure(shared, &board, &plan, settings.clients, server_pid).await;
         for poller in &pollers {
             poller.abort();
         }
@@ -123,8 +132,17 @@ pub async fn run(
 
 /// `ssf-push-dead`: 99 live push streams throughout, and a 100th whose
 /// receiver is alive, silent, then refusing; one row pair each, and the
-/// ratios of the 99's latencies.
-pub async fn run_dead(addr: &str, key: &str, shared: &Shared, settings: &Settings, server_pid: Option<u32>) -> Outcome {
+/// ratios of the 99's latencies. With 20 Logouts or more the three take
+/// turns twice, in the order A B C C B A, half the Logouts each time, so
+/// that drift of this shared machine falls on all three alike.
+pub async fn run_dead(
+    addr: &str,
+    key: &str,
+    shared: &Shared,
+    settings: &Settings,
+    server_pid: Option<u32>,
+) -> Outcome {
+    const VARIANTS: [&str; 3] = ["alive", "silent", "refusing"];
     let counted = DEAD_STREAMS - 1;
     let board = Arc::new(Board::default());
     let face = Face::connect(addr, key, 1).await;
@@ -132,58 +150,88 @@ pub async fn run_dead(addr: &str, key: &str, shared: &Shared, settings: &Setting
     let mut ids = Vec::with_capacity(counted);
     for stream in 0..counted {
         let receiver = PushReceiver::spawn(stream, &board).await;
-        ids.push(face.push_stream(&receiver.url, Some(&receiver.authorization)).await);
+        ids.push(
+            face.push_stream(&receiver.url, Some(&receiver.authorization))
+                .await,
+        );
         receivers.push(receiver);
     }
+    let order: &[usize] = if settings.logouts >= 20 {
+        &[0, 1, 2, 2, 1, 0]
+    } else {
+        &[0, 1, 2]
+    };
+    let logouts = settings.logouts / (order.len() / VARIANTS.len());
+    let mut results: Vec<Option<Measured>> = (0..VARIANTS.len()).map(|_| None).collect();
+    let mut silent_accepted = 0;
+    for &v in order {
+        let label = format!("ssf-push-dead, 99 + 1 {}", VARIANTS[v]);
+        let (odd_id, measured) = if v == 0 {
+            let odd = PushReceiver::spawn(counted, &board).await;
+            let id = face.push_stream(&odd.url, Some(&odd.authorization)).await;
+            // The warm-up waits for the 100th too: it is claimed and live.
+            let plan = Plan {
+                label: &label,
+                warm_up_streams: DEAD_STREAMS,
+                counted,
+                logouts,
+            };
+            let measured = measure(shared, &board, &plan, settings.clients, server_pid).await;
+            drop(odd);
+            (id, measured)
+        } else {
+            let dead = if v == 1 {
+                DeadReceiver::silent().await
+            } else {
+                DeadReceiver::refusing().await
+            };
+            let id = face.push_stream(&dead.url, None).await;
+            // authd claims new push streams every 2 s; the dead one must be
+            // failing before the clock starts (the warm-up Logout gives it
+            // its first SET to fail with).
+            tokio::time::sleep(Duration::from_millis(2_100)).await;
+            let plan = Plan {
+                label: &label,
+                warm_up_streams: counted,
+                counted,
+                logouts,
+            };
+            let measured = measure(shared, &board, &plan, settings.clients, server_pid).await;
+            silent_accepted += dead.accepted.load(std::sync::atomic::Ordering::Relaxed);
+            (id, measured)
+        };
+        face.delete_streams(std::slice::from_ref(&odd_id), &board).await;
+        results[v] = Some(match results[v].take() {
+            Some(before) => before.merge(measured),
+            None => measured,
+        });
+    }
+    face.delete_streams(&ids, &board).await;
+    drop(receivers);
     let mut outcome = Outcome {
         rows: Vec::new(),
         notes: Vec::new(),
     };
     let mut p99s: Vec<(&str, f64, f64)> = Vec::new();
-    for variant in ["alive", "silent", "refusing"] {
-        let label = format!("ssf-push-dead, 99 + 1 {variant}");
-        let (odd_id, accepted, measured) = match variant {
-            "alive" => {
-                let odd = PushReceiver::spawn(counted, &board).await;
-                let id = face.push_stream(&odd.url, Some(&odd.authorization)).await;
-                // The warm-up waits for the 100th too: it is claimed and live.
-                let measured = measure(&label, shared, &board, DEAD_STREAMS, counted, settings, server_pid).await;
-                drop(odd);
-                (id, None, measured)
-            }
-            _ => {
-                let dead = if variant == "silent" {
-                    DeadReceiver::silent().await
-                } else {
-                    DeadReceiver::refusing().await
-                };
-                let id = face.push_stream(&dead.url, None).await;
-                // authd claims new push streams every 2 s; the dead one
-                // must be failing before the clock starts.
-                tokio::time::sleep(Duration::from_millis(2_100)).await;
-                let measured = measure(&label, shared, &board, counted, counted, settings, server_pid).await;
-                (id, Some(dead.accepted.load(std::sync::atomic::Ordering::Relaxed)), measured)
-            }
-        };
-        face.delete_streams(std::slice::from_ref(&odd_id), &board).await;
+    for (v, measured) in results.into_iter().enumerate() {
+        let Some(measured) = measured else { continue };
+        let label = format!("ssf-push-dead, 99 + 1 {}", VARIANTS[v]);
         outcome.notes.extend(measured.notes(&label, &board));
-        if let Some(accepted) = accepted
-            && variant == "silent"
-        {
-            outcome.notes.push(format!(
-                "{label}: the silent receiver accepted {accepted} connection(s) and answered none"
-            ));
-        }
         let rows = measured.rows(&label, counted, &board);
         p99s.push((
-            variant,
+            VARIANTS[v],
             rows.first().map_or(f64::NAN, |r| r.p99_ms),
             rows.last().map_or(f64::NAN, |r| r.p99_ms),
         ));
         outcome.rows.extend(rows);
     }
-    face.delete_streams(&ids, &board).await;
-    drop(receivers);
+    outcome.notes.push(format!(
+        "ssf-push-dead: {} turn(s) per variant (order {}); the silent receiver accepted {silent_accepted} \
+         connection(s) and answered none; strays are mostly the uncounted 100th stream's SETs arriving \
+         after the 99 others'",
+        order.len() / VARIANTS.len(),
+        order.iter().map(|&v| VARIANTS[v]).collect::<Vec<_>>().join(" "),
+    ));
     if let Some(&(_, alive_each, alive_last)) = p99s.first() {
         for &(variant, each, last) in &p99s[1..] {
             outcome.notes.push(format!(
@@ -203,6 +251,16 @@ pub async fn run_dead(addr: &str, key: &str, shared: &Shared, settings: &Setting
     outcome
 }
 
+/// What one measurement does: `logouts` Logouts whose SETs must reach
+/// streams `0..counted`, after a warm-up Logout that must reach streams
+/// `0..warm_up_streams`.
+struct Plan<'a> {
+    label: &'a str,
+    warm_up_streams: usize,
+    counted: usize,
+    logouts: usize,
+}
+
 /// One measurement's results.
 struct Measured {
     /// Every SET at every counted stream.
@@ -218,11 +276,29 @@ struct Measured {
 }
 
 impl Measured {
+    /// Two turns of the same variant as one.
+    fn merge(mut self, later: Measured) -> Measured {
+        self.each.merge(later.each);
+        self.last.merge(later.last);
+        self.logout_us.extend(later.logout_us);
+        self.early += later.early;
+        self.cpu = self.cpu.merge(self.elapsed, later.cpu, later.elapsed);
+        self.elapsed += later.elapsed;
+        self.warm_up = match (self.warm_up, later.warm_up) {
+            (Ok(a), Ok(b)) => Ok(a.max(b)),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        self
+    }
+
     fn notes(&self, label: &str, board: &Board) -> Vec<String> {
         let mut logout_us = self.logout_us.clone();
         logout_us.sort_unstable();
         let warm_up = match &self.warm_up {
-            Ok(took) => format!("warm-up Logout reached every stream in {:.0} ms", took.as_secs_f64() * 1e3),
+            Ok(took) => format!(
+                "the warm-up Logout(s) reached every stream within {:.0} ms",
+                took.as_secs_f64() * 1e3
+            ),
             Err(e) => format!("warm-up Logout: {e}"),
         };
         vec![format!(
@@ -300,18 +376,17 @@ async fn logout_and_wait(
     Ok((latencies, micros(answered - sent), early))
 }
 
-/// Logs `settings.logouts` (+1) sessions in, makes one warm-up Logout that
-/// must reach streams `0..warm_up_streams`, then times the Logouts.
+/// Logs the sessions in, makes the warm-up Logout, then times the
+/// Logouts with `clients` in flight.
 async fn measure(
-    label: &str,
     shared: &Shared,
     board: &Arc<Board>,
-    warm_up_streams: usize,
-    counted: usize,
-    settings: &Settings,
+    plan: &Plan<'_>,
+    clients: usize,
     server_pid: Option<u32>,
 ) -> Measured {
-    let mut sessions = sign_in(shared, settings.logouts + 1).await;
+    let (label, warm_up_streams, counted) = (plan.label, plan.warm_up_streams, plan.counted);
+    let mut sessions = sign_in(shared, plan.logouts + 1).await;
     let warm = sessions.pop().expect("one session to warm up with");
     let mut client = AuthServiceClient::new(shared.channels[0].clone());
     let t = Instant::now();
@@ -326,8 +401,8 @@ async fn measure(
     let queue = Arc::new(Mutex::new(sessions));
     let window = CpuWindow::open(server_pid);
     let started = window.started();
-    let mut tasks = Vec::with_capacity(settings.clients);
-    for c in 0..settings.clients {
+    let mut tasks = Vec::with_capacity(clients);
+    for c in 0..clients {
         let mut client = AuthServiceClient::new(shared.channels[c % shared.channels.len()].clone());
         let queue = Arc::clone(&queue);
         let board = Arc::clone(board);

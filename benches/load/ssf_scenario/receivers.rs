@@ -109,7 +109,9 @@ impl Board {
 /// RFCs; here only their arrival is timed.
 fn revoked_session(set: &str) -> Option<String> {
     let payload = set.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
     let claims: Value = serde_json::from_slice(&bytes).ok()?;
     claims["events"].get(SESSION_REVOKED)?;
     claims["sub_id"]["session"]["id"].as_str().map(str::to_owned)
@@ -169,7 +171,9 @@ impl PushReceiver {
             authorization: HeaderValue::from_str(&authorization).unwrap(),
             board: Arc::clone(board),
         });
-        let app = axum::Router::new().route("/", post(accept_set)).with_state(target);
+        let app = axum::Router::new()
+            .route("/", post(accept_set))
+            .with_state(target);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -312,7 +316,12 @@ impl Face {
     /// A new stream; its id.
     pub async fn create_stream(&self, delivery: Value) -> String {
         let (status, body) = self
-            .call(0, Method::POST, "/ssf/streams", Some(&json!({ "delivery": delivery })))
+            .call(
+                0,
+                Method::POST,
+                "/ssf/streams",
+                Some(&json!({ "delivery": delivery })),
+            )
             .await
             .unwrap_or_else(|e| panic!("ssf scenario: creating a stream: {e}"));
         assert_eq!(
@@ -362,7 +371,13 @@ const MAX_EVENTS: usize = 100;
 /// A poll client for stream number `stream` (id `id`): long polls
 /// (`returnImmediately: false`) one after another, each acknowledging the
 /// SETs of the one before, until aborted.
-pub fn spawn_poller(face: &Arc<Face>, lane: usize, stream: usize, id: &str, board: &Arc<Board>) -> JoinHandle<()> {
+pub fn spawn_poller(
+    face: &Arc<Face>,
+    lane: usize,
+    stream: usize,
+    id: &str,
+    board: &Arc<Board>,
+) -> JoinHandle<()> {
     let (face, board) = (Arc::clone(face), Arc::clone(board));
     let path = format!("/ssf/poll/{id}");
     tokio::spawn(async move {
