@@ -35,13 +35,14 @@ struct Args {
     /// Comma-separated, in order [default: all:
     /// health,getme,getuser,lookupuser,listusers,listsessions,introspect,jwks,client-credentials,exchange,
     /// client-credentials-http,exchange-http,refresh,mix,login,register,login-mfa,passkey-login,cache,revocation,
-    /// startup (passkey-login answers as a page on authd's default AUTHD_WEBAUTHN_ORIGINS, http://localhost:3000,
-    /// its tasks each from an address of its own in x-forwarded-for: with --addr, start authd with
+    /// ssf-push,ssf-poll,ssf-push-dead,startup (passkey-login answers as a page on authd's default
+    /// AUTHD_WEBAUTHN_ORIGINS, http://localhost:3000, its tasks each from an address of its own in
+    /// x-forwarded-for: with --addr, start authd with
     /// AUTHD_TRUSTED_PROXY_HEADER=x-forwarded-for);
     /// also available: flood (Logins at 1×, 2×, 4× the argon2 ceiling), retry-flood (clients retrying
     /// refused Logins politely, then every 0.2 s); with --addr, cache and login-mfa
     /// only with --database-url, revocation only with --watch-key, the four token grants only with
-    /// --token-client;
+    /// --token-client, the three Shared Signals scenarios only with --ssf-key;
     /// with --scale: startup, cleanup and the call scenarios, default
     /// startup,health,getme,introspect,refresh,listsessions,getuser,lookupuser,listusers,mix,login,register,cleanup]
     #[arg(long, value_name = "LIST", value_parser = scenario_list)]
@@ -91,6 +92,27 @@ struct Args {
     /// included (e.g. 1,100,1000)
     #[arg(long, value_name = "N,…", value_delimiter = ',', value_parser = positive, default_values_t = [1, 100])]
     revocation_subscribers: Vec<usize>,
+
+    /// Shared Signals scenarios: the stream counts measured
+    #[arg(long, value_name = "N,…", value_delimiter = ',', value_parser = at_most_200, default_values_t = [1, 100])]
+    ssf_streams: Vec<usize>,
+
+    /// Shared Signals scenarios: Logouts timed per measurement
+    /// [default: 200; --smoke: 5]
+    #[arg(long, value_name = "N", value_parser = positive)]
+    ssf_logouts: Option<usize>,
+
+    /// Shared Signals scenarios: Logouts in flight, each waiting for its
+    /// SET at every stream before the next
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = positive)]
+    ssf_clients: usize,
+
+    /// With --addr: a service key (sk_…) with scope events.receive, for the
+    /// Shared Signals scenarios (ssf-push, ssf-poll, ssf-push-dead); the
+    /// server needs AUTHD_SSF_ALLOW_PRIVATE=true for the push receivers on
+    /// 127.0.0.1. A started authd gets both
+    #[arg(long, value_name = "KEY")]
+    ssf_key: Option<String>,
 
     /// Extra environment for the started authd (repeatable), e.g.
     /// AUTHD_HASH_WORKERS=3 or MALLOC_ARENA_MAX=2
@@ -166,6 +188,10 @@ pub struct Options {
     pub token_client: Option<(String, String)>,
     pub revocation_logouts: usize,
     pub revocation_subscribers: Vec<usize>,
+    pub ssf_streams: Vec<usize>,
+    pub ssf_logouts: usize,
+    pub ssf_clients: usize,
+    pub ssf_key: Option<String>,
     pub server_env: Vec<(String, String)>,
     pub cache_sessions: usize,
     pub cache_changes_per_sec: u32,
@@ -189,6 +215,7 @@ pub fn parse() -> Options {
     let no_database = args.addr.is_some() && args.database_url.is_none();
     let no_watch_key = args.addr.is_some() && args.watch_key.is_none();
     let no_token_client = args.addr.is_some() && args.token_client.is_none();
+    let no_ssf_key = args.addr.is_some() && args.ssf_key.is_none();
     let scale_only = |s: &Scenario| matches!(s, Scenario::Cleanup);
     let scenarios = match args.scenarios {
         Some(list) => list.0,
@@ -201,6 +228,7 @@ pub fn parse() -> Options {
                 .filter(|s| !(no_database && s.fills_database()))
                 .filter(|s| !(no_watch_key && matches!(s, Scenario::Revocation)))
                 .filter(|s| !(no_token_client && s.grants_tokens()))
+                .filter(|s| !(no_ssf_key && s.receives_signals()))
                 .collect()
         }
     };
@@ -248,6 +276,15 @@ pub fn parse() -> Options {
             )
             .exit();
     }
+    if no_ssf_key && scenarios.iter().any(Scenario::receives_signals) {
+        Args::command()
+            .error(
+                ErrorKind::MissingRequiredArgument,
+                "the Shared Signals scenarios against --addr need --ssf-key (a key with scope events.receive, \
+                 on a server started with AUTHD_SSF_ALLOW_PRIVATE=true)",
+            )
+            .exit();
+    }
     Options {
         duration: args
             .duration
@@ -264,6 +301,10 @@ pub fn parse() -> Options {
         token_client: args.token_client,
         revocation_logouts: args.revocation_logouts.unwrap_or(if smoke { 10 } else { 300 }),
         revocation_subscribers: args.revocation_subscribers,
+        ssf_streams: args.ssf_streams,
+        ssf_logouts: args.ssf_logouts.unwrap_or(if smoke { 5 } else { 200 }),
+        ssf_clients: args.ssf_clients,
+        ssf_key: args.ssf_key,
         server_env: args.server_env,
         cache_sessions: args.cache_sessions.unwrap_or(if smoke { 2_000 } else { 100_000 }),
         cache_changes_per_sec: args.cache_changes,
@@ -306,6 +347,14 @@ fn positive(v: &str) -> Result<usize, String> {
     match v.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
         _ => Err("must be a positive integer".into()),
+    }
+}
+
+/// A service account owns at most 200 streams.
+fn at_most_200(v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if (1..=200).contains(&n) => Ok(n),
+        _ => Err("must be an integer from 1 to 200".into()),
     }
 }
 

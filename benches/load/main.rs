@@ -47,6 +47,7 @@ mod scale_seed;
 mod scenarios;
 mod seeding;
 mod server;
+mod ssf_scenario;
 mod startup;
 mod stats;
 
@@ -135,6 +136,12 @@ async fn main() -> std::process::ExitCode {
             passkey_scenario::FORWARDED.to_owned(),
         ));
     }
+    // The Shared Signals receivers listen on 127.0.0.1.
+    if options.scenarios.iter().any(Scenario::receives_signals)
+        && !server_env.iter().any(|(k, _)| k == "AUTHD_SSF_ALLOW_PRIVATE")
+    {
+        server_env.push(("AUTHD_SSF_ALLOW_PRIVATE".to_owned(), "true".to_owned()));
+    }
     let scratch = std::env::temp_dir().join(format!("authd-bench-{}", uuid::Uuid::new_v4().simple()));
     let built = server::pin_binary(&scratch);
     let mut server = match &options.addr {
@@ -188,6 +195,15 @@ async fn main() -> std::process::ExitCode {
             Some(grant_scenario::TokenClient::connect(&server.addr, &name, &key, options.connections).await)
         }
         None => None,
+    };
+
+    let ssf_key = match (
+        &options.ssf_key,
+        options.scenarios.iter().any(Scenario::receives_signals),
+    ) {
+        (_, false) => None,
+        (Some(key), true) => Some(key.clone()),
+        (None, true) => server::create_service_key(&server, "load-ssf", &["events.receive"]).await,
     };
 
     let channels = client::connect(&server.addr, options.connections).await;
@@ -297,6 +313,34 @@ async fn main() -> std::process::ExitCode {
                 };
                 let outcome = cache_scenario::run(&server.addr, db, &shared, &settings, server.pid).await;
                 notes.extend(outcome.notes);
+                outcome.rows
+            }
+            Scenario::SsfPush | Scenario::SsfPoll | Scenario::SsfPushDead => {
+                let key = ssf_key
+                    .as_deref()
+                    .expect("args::parse requires --ssf-key for the Shared Signals scenarios against --addr");
+                let settings = ssf_scenario::Settings {
+                    streams: options.ssf_streams.clone(),
+                    logouts: options.ssf_logouts,
+                    clients: options.ssf_clients,
+                };
+                let t = Instant::now();
+                let outcome = match scenario {
+                    Scenario::SsfPush => {
+                        let push = ssf_scenario::Delivery::Push;
+                        ssf_scenario::run(push, &server.addr, key, &shared, &settings, server.pid).await
+                    }
+                    Scenario::SsfPoll => {
+                        let poll = ssf_scenario::Delivery::Poll;
+                        ssf_scenario::run(poll, &server.addr, key, &shared, &settings, server.pid).await
+                    }
+                    _ => ssf_scenario::run_dead(&server.addr, key, &shared, &settings, server.pid).await,
+                };
+                notes.extend(outcome.notes);
+                notes.push(format!(
+                    "{scenario:?} took {:.1} s in all",
+                    t.elapsed().as_secs_f64()
+                ));
                 outcome.rows
             }
             Scenario::Flood => {

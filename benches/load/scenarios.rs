@@ -25,7 +25,7 @@ pub const SCALE: &str = "startup,health,getme,introspect,refresh,listsessions,ge
 /// Every scenario, in the order a run without `--scenarios` takes them.
 pub const ALL: &str = "health,getme,getuser,lookupuser,listusers,listsessions,introspect,jwks,client-credentials,\
                        exchange,client-credentials-http,exchange-http,refresh,mix,login,register,login-mfa,\
-                       passkey-login,cache,revocation,startup";
+                       passkey-login,cache,revocation,ssf-push,ssf-poll,ssf-push-dead,startup";
 
 #[derive(Debug, Clone)]
 pub enum Scenario {
@@ -43,6 +43,14 @@ pub enum Scenario {
     /// subscribers, and the verifier's cost per call (see
     /// `revocation_scenario`).
     Revocation,
+    /// Logout → session-revoked SET at every push receiver, 1 and 100
+    /// streams (see `ssf_scenario`).
+    SsfPush,
+    /// The same with poll receivers long polling (see `ssf_scenario`).
+    SsfPoll,
+    /// 100 push streams, one of whose receivers is alive, silent, then
+    /// refusing: the 99 others' latencies (see `ssf_scenario`).
+    SsfPushDead,
     /// Logins offered at 1×, 2× and 4× the argon2 ceiling with deadlines
     /// (see `flood`); not in the default list.
     Flood,
@@ -103,6 +111,9 @@ impl Scenario {
             "passkey-login" => Scenario::PasskeyLogin,
             "cache" => Scenario::Cache,
             "revocation" => Scenario::Revocation,
+            "ssf-push" => Scenario::SsfPush,
+            "ssf-poll" => Scenario::SsfPoll,
+            "ssf-push-dead" => Scenario::SsfPushDead,
             "flood" => Scenario::Flood,
             "retry-flood" => Scenario::RetryFlood,
             "startup" => Scenario::Startup,
@@ -115,6 +126,15 @@ impl Scenario {
     /// against `--addr` it needs `--database-url`.
     pub fn fills_database(&self) -> bool {
         matches!(self, Scenario::Cache | Scenario::LoginMfa)
+    }
+
+    /// Whether the scenario is a Shared Signals receiver, so against
+    /// `--addr` it needs `--ssf-key`.
+    pub fn receives_signals(&self) -> bool {
+        matches!(
+            self,
+            Scenario::SsfPush | Scenario::SsfPoll | Scenario::SsfPushDead
+        )
     }
 
     /// Whether the scenario mints tokens for [`grant_scenario::AUDIENCE`]
@@ -136,7 +156,13 @@ impl Scenario {
                 .iter()
                 .any(|(op, _)| matches!(op, Op::Login | Op::Register)),
             Scenario::Flood | Scenario::RetryFlood | Scenario::LoginMfa | Scenario::PasskeyLogin => true,
-            Scenario::Cache | Scenario::Revocation | Scenario::Startup | Scenario::Cleanup => false,
+            Scenario::Cache
+            | Scenario::Revocation
+            | Scenario::SsfPush
+            | Scenario::SsfPoll
+            | Scenario::SsfPushDead
+            | Scenario::Startup
+            | Scenario::Cleanup => false,
         }
     }
 }

@@ -109,7 +109,7 @@ fn micros(d: Duration) -> u32 {
 }
 
 /// `n` fresh sessions over the seeded accounts (Login is not timed).
-async fn sign_in(shared: &Shared, n: usize) -> Vec<pb::TokenPair> {
+pub async fn sign_in(shared: &Shared, n: usize) -> Vec<pb::TokenPair> {
     let accounts: Vec<(String, String)> = (0..n)
         .map(|i| {
             let account = &shared.accounts[i % shared.accounts.len()];
@@ -128,7 +128,7 @@ async fn sign_in(shared: &Shared, n: usize) -> Vec<pb::TokenPair> {
     .await;
     answers
         .into_iter()
-        .map(|a| a.unwrap_or_else(|e| panic!("revocation scenario: Login failed: {e}")))
+        .map(|a| a.unwrap_or_else(|e| panic!("Login failed: {e}")))
         .collect()
 }
 

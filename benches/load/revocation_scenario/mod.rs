@@ -18,6 +18,9 @@
 mod logouts;
 mod per_call;
 
+/// Sessions logged in before a timed run (the Shared Signals scenarios too).
+pub use logouts::sign_in;
+
 use std::time::Duration;
 
 use authd::pb::auth::v1::auth_service_client::AuthServiceClient;
