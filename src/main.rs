@@ -49,8 +49,15 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let app = Application::build(config).await?;
-    app.run_until_stopped(shutdown_signal()).await
+    // Before anything listens: a SIGTERM from then on is a graceful stop.
+    // One during start-up (a database that does not answer, say) stops it
+    // there, as the default action did.
+    let mut stop = Box::pin(shutdown_signal());
+    let app = tokio::select! {
+        app = Application::build(config) => app?,
+        () = &mut stop => return Ok(()),
+    };
+    app.run_until_stopped(stop).await
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {

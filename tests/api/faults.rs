@@ -1013,3 +1013,41 @@ async fn an_overloaded_login_is_refused_before_it_reads_the_database() {
     );
     assert!(took < patience, "the refusal took {took:?} of {patience:?}");
 }
+
+/// A process manager may stop authd at any moment, starting-up included:
+/// SIGTERM then is a clean exit (status 0), never death by the signal.
+/// Before the handlers were installed ahead of start-up, authd still
+/// waiting for its database was killed by SIGTERM outright (and, by a
+/// narrower window, so was one that had just said it listens).
+#[tokio::test]
+async fn sigterm_while_starting_up_is_a_clean_stop() {
+    let data_dir = scratch_dir("sigterm-starting");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_authd"))
+        .arg("serve")
+        // Nothing listens there: start-up waits for the database.
+        .env("DATABASE_URL", "postgres://authd@127.0.0.1:1/authd")
+        .env("AUTHD_DATA_DIR", &data_dir)
+        .env("AUTHD_LISTEN", "127.0.0.1:0")
+        .env("AUTHD_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "authd gave up on its database within a second; this test needs it still starting"
+    );
+    signal(child.id().unwrap(), "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("authd did not stop after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "SIGTERM while starting: {status:?}");
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
