@@ -326,14 +326,18 @@ pub async fn messages<'e>(
     .await?)
 }
 
-/// Removes delivered (or acknowledged) stream messages.
+/// Removes delivered (or acknowledged) stream messages. A delivery is a
+/// success like a moved cursor: the stream's failures in a row, its next
+/// attempt's wait and its last error go with them, in the same statement.
 pub async fn remove_messages<'e>(
     db: impl PgExecutor<'e>,
     stream_id: Uuid,
     ids: &[i64],
 ) -> Result<(), AppError> {
     sqlx::query!(
-        "DELETE FROM ssf_stream_messages WHERE stream_id = $1 AND id = ANY($2)",
+        "WITH removed AS (DELETE FROM ssf_stream_messages WHERE stream_id = $1 AND id = ANY($2) RETURNING 1)
+         UPDATE ssf_streams SET failures = 0, retry_at = NULL, last_error = NULL
+          WHERE id = $1 AND EXISTS (SELECT 1 FROM removed)",
         stream_id,
         ids
     )

@@ -481,3 +481,52 @@ async fn one_stalled_receiver_among_a_hundred_streams_holds_up_no_other() {
     }
     assert!(stalled.got.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_delivered_verification_clears_the_streams_failures() {
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.ssf_allow_private = true;
+        c.ssf_retry_max = Duration::from_secs(1);
+    })
+    .await;
+    let key = app.service_key("receiver-back", &["events.receive"]).await;
+    let Some(mut pushed) = receiver(&app, "receiver-back", "Bearer b").await else {
+        return;
+    };
+    let stream = push_stream(&app, &key, &pushed, "Bearer b").await;
+    let id = stream["stream_id"].as_str().unwrap().to_owned();
+    pushed.kill().await;
+    let verified = ssf(
+        &app,
+        "POST",
+        "/ssf/verify",
+        &key,
+        Some(&json!({"stream_id": id, "state": "s1"})),
+    )
+    .await;
+    assert_eq!(verified.status, 204);
+    let failing = std::time::Instant::now();
+    while stream_row(&app, &id).await.3.is_none() {
+        assert!(failing.elapsed() < WAIT, "the push never failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pushed.restart_same_port().await;
+    pushed.wait_for(1, WAIT).await;
+    // Delivered: the stream is healthy again, as its owner reads it.
+    let settled = std::time::Instant::now();
+    loop {
+        let failures: i32 = sqlx::query_scalar("SELECT failures FROM ssf_streams WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+        if failures == 0 && stream_row(&app, &id).await.3.is_none() {
+            break;
+        }
+        assert!(
+            settled.elapsed() < Duration::from_secs(5),
+            "failures {failures} stayed after a delivery"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
