@@ -80,11 +80,12 @@ pub async fn by_owner<'e>(db: impl PgExecutor<'e>, owner_id: Uuid) -> Result<Vec
     .await?)
 }
 
-/// The stream, if it exists and `owner_id` owns it (another account's
-/// stream is as absent as one that never existed).
+/// The stream, if it exists and `owner` owns it (another account's stream
+/// is as absent as one that never existed); `owner` `None`: whoever owns
+/// it (its delivery task).
 pub async fn get<'e>(
     db: impl PgExecutor<'e>,
-    owner_id: Uuid,
+    owner: Option<Uuid>,
     id: Uuid,
 ) -> Result<Option<StreamRow>, AppError> {
     Ok(sqlx::query_as!(
@@ -93,24 +94,9 @@ pub async fn get<'e>(
                 delivery_method, endpoint_url, authorization_sealed, authorization_key_id, status,
                 status_reason, cursor_event, cursor_sets, acked, failures, last_error, retry_at,
                 created_at, updated_at
-           FROM ssf_streams WHERE id = $1 AND owner_id = $2",
+           FROM ssf_streams WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2)",
         id,
-        owner_id
-    )
-    .fetch_optional(db)
-    .await?)
-}
-
-/// The stream for its delivery task, whoever owns it.
-pub async fn by_id<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<StreamRow>, AppError> {
-    Ok(sqlx::query_as!(
-        StreamRow,
-        "SELECT id, owner_id, audience, description, events_requested, events_delivered,
-                delivery_method, endpoint_url, authorization_sealed, authorization_key_id, status,
-                status_reason, cursor_event, cursor_sets, acked, failures, last_error, retry_at,
-                created_at, updated_at
-           FROM ssf_streams WHERE id = $1",
-        id
+        owner
     )
     .fetch_optional(db)
     .await?)

@@ -98,22 +98,31 @@ pub async fn read(req: http::Request<tonic::body::Body>) -> Result<(http::reques
     if !is_form(req.headers()) {
         return Err(FormError::ContentType);
     }
+    let (parts, bytes) = read_bounded(req, MAX_BODY_BYTES).await?;
+    Ok((parts, Form::parse(&bytes)?))
+}
+
+/// The whole body of `req`, refused as [`FormError::TooLarge`] past `max`
+/// bytes (before reading, when its Content-Length says so).
+pub async fn read_bounded(
+    req: http::Request<tonic::body::Body>,
+    max: usize,
+) -> Result<(http::request::Parts, bytes::Bytes), FormError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|n| n > max as u64) {
         return Err(FormError::TooLarge);
     }
     let (parts, body) = req.into_parts();
-    let limited = http_body_util::Limited::new(body, MAX_BODY_BYTES);
-    let bytes = match limited.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(FormError::TooLarge),
-        Err(_) => return Err(FormError::Unreadable),
-    };
-    Ok((parts, Form::parse(&bytes)?))
+    let limited = http_body_util::Limited::new(body, max);
+    match limited.collect().await {
+        Ok(collected) => Ok((parts, collected.to_bytes())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(FormError::TooLarge),
+        Err(_) => Err(FormError::Unreadable),
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 //! token); a stream is visible to its owner only.
 
 use http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 use super::Face;
@@ -112,27 +111,15 @@ fn bearer(req: &Request<tonic::body::Body>) -> Option<String> {
 
 /// The request's JSON body (empty body: `null`).
 async fn body(req: Request<tonic::body::Body>) -> Result<Value, HttpResponse> {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let too_large = || {
-        errors::oauth(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request",
-            &format!("the body must be at most {MAX_BODY} bytes"),
-        )
-    };
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(too_large());
-    }
-    let bytes = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+    let bytes = match super::form::read_bounded(req, MAX_BODY).await {
+        Ok((_, bytes)) => bytes,
+        Err(super::form::FormError::TooLarge) => {
+            return Err(errors::oauth(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                &format!("the body must be at most {MAX_BODY} bytes"),
+            ));
+        }
         Err(_) => return Err(errors::invalid_request("the body could not be read")),
     };
     if bytes.iter().all(u8::is_ascii_whitespace) {

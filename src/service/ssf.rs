@@ -22,9 +22,9 @@ use crate::db::revocations::{EventDetail, EventKind, EventRow, FactorChange, Fac
 pub use crate::db::ssf::StreamRow;
 use crate::db::ssf::{Cursor, MessageRow, StreamFields};
 use crate::db::{self};
+use crate::domain::Invalid;
 use crate::domain::signal::{ChangeType, CredentialType, SetEnvelope, Signal, StreamStatus};
 use crate::domain::stream_config::{Delivery, POLL_METHOD, PUSH_METHOD, StreamConfig};
-use crate::domain::{FieldReason, Invalid};
 use crate::error::AppError;
 
 /// Events read per batch while rendering a stream's SETs.
@@ -74,7 +74,7 @@ pub struct PollRequest {
 }
 
 fn invalid(field: &'static str, description: &str) -> AppError {
-    AppError::invalid(field, Invalid::new(FieldReason::InvalidFormat, description))
+    AppError::invalid(field, Invalid::format(description))
 }
 
 /// SSF 1.0 §8.1.4.2 lets a transmitter answer 429 to verification
@@ -213,10 +213,6 @@ fn config_of(row: &StreamRow, authorization: Option<String>) -> StreamConfig {
 }
 
 impl Core {
-    fn stream_aad(id: Uuid) -> Vec<u8> {
-        db::sealed_secrets::stream_authorization_aad(id)
-    }
-
     /// The receiver's Authorization value for a push stream, opened.
     pub fn ssf_authorization(&self, row: &StreamRow) -> Result<Option<String>, AppError> {
         let (Some(sealed), Some(key_id)) = (&row.authorization_sealed, &row.authorization_key_id) else {
@@ -225,7 +221,11 @@ impl Core {
         let opened = self
             .factors
             .data_keys
-            .open(key_id, sealed, &Self::stream_aad(row.id))
+            .open(
+                key_id,
+                sealed,
+                &db::sealed_secrets::stream_authorization_aad(row.id),
+            )
             .map_err(AppError::internal)?;
         String::from_utf8(opened.to_vec())
             .map(Some)
@@ -306,7 +306,10 @@ impl Core {
                 let sealed = self
                     .factors
                     .data_keys
-                    .seal(value.as_bytes(), &Self::stream_aad(id))
+                    .seal(
+                        value.as_bytes(),
+                        &db::sealed_secrets::stream_authorization_aad(id),
+                    )
                     .map_err(AppError::internal)?;
                 Ok(Some((sealed.bytes, sealed.key_id)))
             }
@@ -347,7 +350,7 @@ impl Core {
 
     pub async fn ssf_stream(&self, owner: &ServiceIdentity, stream_id: &str) -> Result<StreamRow, AppError> {
         let id = parse_stream_id(stream_id)?;
-        db::ssf::get(&self.db, owner.account_id, id)
+        db::ssf::get(&self.db, Some(owner.account_id), id)
             .await?
             .ok_or(AppError::StreamNotFound)
     }
@@ -777,7 +780,7 @@ impl Core {
     }
 
     pub async fn ssf_stream_for_delivery(&self, id: Uuid) -> Result<Option<StreamRow>, AppError> {
-        db::ssf::by_id(&self.db, id).await
+        db::ssf::get(&self.db, None, id).await
     }
 
     /// The stream's own pending messages (verification, stream-updated).
