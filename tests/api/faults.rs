@@ -510,8 +510,10 @@ async fn sigterm_under_load_says_not_serving_first_loses_no_call_and_streams_do_
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut child = served.child;
-    signal(child.id().unwrap(), "TERM");
+    // Taken before `kill` runs: authd may get the signal, and its grace
+    // start, well before a `kill` process forked on a busy machine returns.
     let terminated = epoch.elapsed();
+    signal(child.id().unwrap(), "TERM");
     let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("authd did not exit within 10 s (a stream held the drain?)")
