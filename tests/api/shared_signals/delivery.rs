@@ -188,6 +188,26 @@ fn event_of(set: &Value) -> (i64, i64) {
     (event, index)
 }
 
+/// Waits until the (only) stream's cursor has passed `set`: the receiver's
+/// 202 reached authd. A receiver killed after recording a SET but before
+/// its answer arrived is rightly sent that SET again (at least once), which
+/// a test that kills it next must not count as a duplicate.
+async fn delivered(db: &sqlx::PgPool, set: &Value) {
+    let (event, _) = event_of(set);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let cursor: i64 = sqlx::query_scalar("SELECT cursor_event FROM ssf_streams")
+            .fetch_one(db)
+            .await
+            .unwrap();
+        if cursor >= event {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the cursor stayed at {cursor}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Every SET once, in the log's order.
 fn assert_once_in_order(sets: &[Value]) {
     let places: Vec<(i64, i64)> = sets.iter().map(event_of).collect();
@@ -219,7 +239,8 @@ async fn a_receiver_down_for_a_minute_then_back_gets_everything_in_order_exactly
     let email = crate::helpers::fresh_email();
     app.register(&email, PASSWORD).await;
     let mut ended = vec![logout_one(&app, &email).await];
-    pushed.wait_for(1, WAIT).await;
+    let first = pushed.wait_for(1, WAIT).await;
+    delivered(&app.db, &first[0]).await;
 
     pushed.kill().await;
     let down = std::time::Instant::now();
@@ -317,7 +338,8 @@ async fn a_replica_killed_mid_delivery_leaves_the_stream_to_another_without_loss
     };
     // One delivered while all is well (the receiver learns the keys).
     let mut ended = vec![logout(client.clone(), email.clone()).await];
-    pushed.wait_for(1, WAIT).await;
+    let delivered_first = pushed.wait_for(1, WAIT).await;
+    delivered(&db, &delivered_first[0]).await;
     // The receiver goes away; sessions keep ending; the replica holding
     // the stream is killed while it retries them.
     pushed.kill().await;
