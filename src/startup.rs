@@ -61,6 +61,9 @@ const PROBE_WHILE_DOWN: Duration = Duration::from_millis(200);
 /// How often the revocation log is read while someone watches it, in case
 /// a notification was lost: the worst-case delay of an event then.
 const REVOCATION_POLL: Duration = Duration::from_secs(1);
+/// How long a stopping replica spends numbering the events its last calls
+/// recorded.
+const FINAL_NUMBERING: Duration = Duration::from_secs(2);
 
 type ServeFuture = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
 
@@ -231,6 +234,21 @@ impl Application {
         cleanup.abort();
         for task in others {
             task.abort();
+        }
+        // Events the last calls recorded get their ids now: other replicas
+        // would number them too, but a lone one must not leave them pending
+        // until it starts again.
+        let numbering = crate::jobs::event_numbering::EventNumbering::new(
+            self.shared.pool.clone(),
+            self.shared.revocation_feed.clone(),
+        );
+        if tokio::time::timeout(FINAL_NUMBERING, numbering.number_all())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "recorded events left unnumbered at shutdown; the next replica to start numbers them"
+            );
         }
         self.shared.pool.close().await;
         if let Some(pg) = self.local_pg {
@@ -522,6 +540,13 @@ fn start_background_tasks(
                     .revocation_feed
                     .clone()
                     .fan_out(pool.clone(), shared.metrics.clone()),
+            ),
+            tokio::spawn(
+                crate::jobs::event_numbering::EventNumbering::new(
+                    pool.clone(),
+                    shared.revocation_feed.clone(),
+                )
+                .run(),
             ),
         ],
     })

@@ -25,8 +25,10 @@ use std::sync::Arc;
 const SESSION_ENDED: &str = "authd_session_ended";
 const USER_CHANGED: &str = "authd_user_changed";
 const SERVICE_KEYS_CHANGED: &str = "authd_service_keys_changed";
-/// `authd_record_revocation` announces each event id here.
+/// Numbering announces the log's new head here.
 const REVOCATION: &str = "authd_revocation";
+/// Each transaction that recorded events, at its commit: they wait for ids.
+const PENDING: &str = "authd_revocation_pending";
 /// Every replica's beats, `<replica>:<stamp>`; each listens for its own.
 const BEAT_CHANNEL: &str = "authd_listener_beat";
 
@@ -129,13 +131,16 @@ impl ChangeListener {
                 USER_CHANGED,
                 SERVICE_KEYS_CHANGED,
                 REVOCATION,
+                PENDING,
                 BEAT_CHANNEL,
             ])
             .await?;
         // Whatever was committed while nobody listened is unknown: start
         // empty. The caches stay silent until the first beat is heard.
+        // Events recorded meanwhile may wait for their ids.
         self.cache.flush();
         self.keys.flush();
+        self.revocations.events_pending();
         let mine = format!("{}:", self.replica);
         while let Some(notification) = listener.try_recv().await? {
             let payload = notification.payload();
@@ -159,6 +164,7 @@ impl ChangeListener {
                         self.revocations.announce(id);
                     }
                 }
+                PENDING => self.revocations.events_pending(),
                 channel => match (channel, Uuid::parse_str(payload)) {
                     (SESSION_ENDED, Ok(id)) => self.cache.evict_session(id),
                     (USER_CHANGED, Ok(id)) => self.cache.evict_user(id),

@@ -1,6 +1,7 @@
 //! What feeds WatchRevocations subscribers on this replica. The newest
 //! event id known to exist is raised by the change listener's
-//! `authd_revocation` notifications and, as a safety net for a lost
+//! `authd_revocation` notifications (and by this replica's numbering of
+//! pending events) and, as a safety net for a lost
 //! notification, by a poll of the log while anyone is subscribed. One
 //! reader task ([`RevocationFeed::fan_out`]) reads the new events once and
 //! broadcasts them to every subscriber through a bounded in-memory buffer,
@@ -47,6 +48,8 @@ struct Inner {
     /// Taken for a moment to publish an event or to subscribe, so that a
     /// subscriber knows exactly which events it will be sent.
     fanout: Mutex<Fanout>,
+    /// Events were recorded and wait for their ids (`authd_revocation_pending`).
+    pending: tokio::sync::Notify,
 }
 
 struct Fanout {
@@ -90,6 +93,7 @@ impl RevocationFeed {
                     published: 0,
                     events: broadcast::Sender::new(BUFFER),
                 }),
+                pending: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -197,6 +201,19 @@ impl RevocationFeed {
     /// Shared Signals stream has a message of its own to deliver.
     pub fn nudge(&self) {
         self.inner.head.send_modify(|_| {});
+    }
+
+    /// Events committed somewhere wait for their ids: wakes this replica's
+    /// numbering task (`jobs::event_numbering`). A wake-up while it runs is
+    /// kept, so it runs again for what committed after its last look.
+    pub fn events_pending(&self) {
+        self.inner.pending.notify_one();
+    }
+
+    /// Returns at the next [`Self::events_pending`] (or at once for one
+    /// that came while nobody waited).
+    pub async fn pending_events(&self) {
+        self.inner.pending.notified().await;
     }
 
     pub fn head(&self) -> watch::Receiver<i64> {

@@ -141,9 +141,9 @@ impl EventRow {
     }
 }
 
-/// Records an event of `kind`. Takes the log's counter, which every event
-/// of every account waits for until this commits: call it last in the
-/// transaction.
+/// Records an event of `kind`, unnumbered: it gets its id right after the
+/// transaction commits, from a replica's numbering task
+/// ([`number_pending`]). Takes no lock another account's change waits for.
 #[tracing::instrument(skip_all, fields(kind = kind.as_sql()))]
 pub async fn record<'e>(
     db: impl PgExecutor<'e>,
@@ -165,6 +165,63 @@ pub async fn record<'e>(
     .await?)
 }
 
+/// Events numbered per transaction: one batch holds the counter for a few
+/// milliseconds at most.
+pub const NUMBERING_BATCH: i32 = 1000;
+
+/// What one call of [`number_pending`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Numbering {
+    /// Events were numbered; the log's head is now this id.
+    Head(i64),
+    /// No committed event waits for an id.
+    NothingPending,
+    /// The counter is held (another numberer, the clean-up): try again
+    /// shortly.
+    CounterBusy,
+}
+
+/// Gives up to `limit` committed pending events the log's next ids, oldest
+/// first, in one short transaction under the counter (see the migration
+/// `revocation_numbering`), and announces the new head on
+/// `authd_revocation`.
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn number_pending<'e>(db: impl PgExecutor<'e>, limit: i32) -> Result<Numbering, AppError> {
+    let head: i64 = sqlx::query_scalar!(r#"SELECT authd_number_events($1) AS "head!""#, limit)
+        .fetch_one(db)
+        .await?;
+    Ok(match head {
+        0 => Numbering::NothingPending,
+        h if h < 0 => Numbering::CounterBusy,
+        h => Numbering::Head(h),
+    })
+}
+
+/// Numbers batches until no committed event is pending; the log's head
+/// after the last batch this call numbered, if any. A counter held by
+/// another numberer is waited out with short sleeps (that numberer may have
+/// begun before the newest events committed). For "from now" to leave out
+/// every change committed before it, and for the numbering task.
+pub async fn number_all_pending(db: &PgPool, limit: i32) -> Result<Option<i64>, AppError> {
+    const BUSY_FIRST: std::time::Duration = std::time::Duration::from_millis(2);
+    const BUSY_MAX: std::time::Duration = std::time::Duration::from_millis(200);
+    let mut busy = BUSY_FIRST;
+    let mut head = None;
+    loop {
+        match number_pending(db, limit).await? {
+            Numbering::Head(h) => {
+                head = Some(h);
+                busy = BUSY_FIRST;
+            }
+            Numbering::NothingPending => return Ok(head),
+            Numbering::CounterBusy => {
+                tokio::time::sleep(busy).await;
+                busy = (busy * 2).min(BUSY_MAX);
+            }
+        }
+    }
+}
+
 /// The newest event id, and the id up to which events were pruned.
 #[derive(Debug, Clone, Copy, sqlx::FromRow)]
 pub struct LogState {
@@ -174,8 +231,7 @@ pub struct LogState {
 
 /// Records USER_DISABLED if the account was disabled at `now` (by this
 /// transaction's `set_disabled`); disabling a disabled account records
-/// nothing. Call it after the account's sessions ended: the log's counter
-/// must be the last lock a transaction takes.
+/// nothing.
 #[tracing::instrument(skip_all)]
 pub async fn record_user_disabled<'e>(
     db: impl PgExecutor<'e>,

@@ -287,7 +287,9 @@ async fn seeded(seed: Seed) -> (String, PgPool) {
          SELECT authd_record_revocation('SESSION_ENDED', md5('cleanup user 2')::uuid,
                                         ARRAY[gen_random_uuid()], now())
            FROM generate_series(1, {recent_events});
-         -- Events are timed by the database when written: aged here.
+         -- Numbered as a replica would right after the commit.
+         SELECT authd_number_events(1000000);
+         -- Events are timed by the database when numbered: aged here.
          UPDATE revocation_events
             SET occurred_at = occurred_at - CASE user_id WHEN md5('cleanup user 1')::uuid
                                                          THEN interval '25 hours'

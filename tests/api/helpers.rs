@@ -231,11 +231,31 @@ fn capture_logs() {
     let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
+/// Gives every committed pending event its id now, as a replica's
+/// numbering task does right after the commit (`jobs::event_numbering`):
+/// for tests that record events with SQL, or read the log right after a
+/// call, without waiting for the task. Another numberer may hold the
+/// counter meanwhile; when this returns nothing committed is pending.
+pub async fn number_events(db: &sqlx::PgPool) {
+    loop {
+        let head: i64 = sqlx::query_scalar("SELECT authd_number_events(1000000)")
+            .fetch_one(db)
+            .await
+            .unwrap();
+        match head {
+            0 => return,
+            h if h < 0 => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            _ => {}
+        }
+    }
+}
+
 impl TestApp {
     /// Ages the revocation events up to `through` (all with `i64::MAX`)
     /// past the 24 h retention and prunes them as the clean-up does;
     /// returns how many went.
     pub async fn prune_revocations_through(&self, through: i64) -> u64 {
+        number_events(&self.db).await;
         sqlx::query("UPDATE revocation_events SET occurred_at = now() - interval '25 hours' WHERE id <= $1")
             .bind(through)
             .execute(&self.db)

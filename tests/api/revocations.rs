@@ -259,8 +259,13 @@ async fn a_rolled_back_change_emits_nothing_and_leaves_no_gap() {
     let (user, tokens) = app.signed_in_user().await;
 
     // The statement Logout runs, inside a transaction that rolls back.
+    crate::helpers::number_events(&app.db).await;
+    let head: i64 = sqlx::query_scalar("SELECT last_event_id FROM revocation_log")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
     let mut tx = app.db.begin().await.unwrap();
-    let recorded: i64 = sqlx::query_scalar(
+    let _pending: i64 = sqlx::query_scalar(
         "WITH ended AS (UPDATE sessions SET revoked_at = now(), revoked_reason = 'test'
                          WHERE user_id = $1::uuid AND revoked_at IS NULL RETURNING id, user_id)
          SELECT authd_record_revocation('SESSION_ENDED', user_id, ARRAY[id], now()) FROM ended",
@@ -277,7 +282,11 @@ async fn a_rolled_back_change_emits_nothing_and_leaves_no_gap() {
 
     app.logout(&tokens.refresh_token).await.unwrap();
     let event = next_event(&mut stream).await;
-    assert_eq!(event.event_id, recorded, "the rolled-back id is reused: no gap");
+    assert_eq!(
+        event.event_id,
+        head + 1,
+        "the rolled-back event took no id: no gap"
+    );
     assert_eq!(event.session_id, session_of(&tokens.access_token));
 }
 
@@ -519,6 +528,7 @@ async fn events_pruned_before_a_slow_subscriber_read_them_end_its_stream_with_cu
     .execute(&app.db)
     .await
     .unwrap();
+    crate::helpers::number_events(&app.db).await;
     // A resumable cursor; the subscriber catches up slowly.
     let mut stream = watch(&app, &key, 1).await.unwrap();
     assert_eq!(next_event(&mut stream).await.event_id, 2);
@@ -653,10 +663,15 @@ async fn a_log_the_replica_cannot_read_ends_the_streams_instead_of_vouching_with
     let (user, _) = app.signed_in_user().await;
     // An event this build cannot decode (as a newer build might write):
     // the replica's reader fails on it.
-    sqlx::query("ALTER TABLE revocation_events DROP CONSTRAINT revocation_events_kind_check")
-        .execute(&app.db)
-        .await
-        .unwrap();
+    for (table, check) in [
+        ("revocation_events", "revocation_events_kind_check"),
+        ("revocation_pending", "revocation_pending_kind_check"),
+    ] {
+        sqlx::query(&format!("ALTER TABLE {table} DROP CONSTRAINT {check}"))
+            .execute(&app.db)
+            .await
+            .unwrap();
+    }
     sqlx::query("SELECT authd_record_revocation('FROM_THE_FUTURE', $1::uuid, '{}', now())")
         .bind(&user.id)
         .execute(&app.db)
@@ -780,4 +795,136 @@ async fn a_subscriber_that_never_reads_is_cut_off_with_its_cursor_and_a_reader_i
     );
     let mut resumed = watch(&app, &key, last).await.unwrap();
     assert_eq!(next_event(&mut resumed).await.event_id, last + 1);
+}
+
+/// The statement Logout runs, for `user`'s live sessions, inside `tx`.
+async fn end_sessions_in(tx: &mut sqlx::PgConnection, user: &pb::User) {
+    sqlx::query(
+        "WITH ended AS (UPDATE sessions SET revoked_at = now(), revoked_reason = 'test'
+                         WHERE user_id = $1::uuid AND revoked_at IS NULL RETURNING id, user_id)
+         SELECT authd_record_revocation('SESSION_ENDED', user_id, ARRAY[id], now()) FROM ended",
+    )
+    .bind(&user.id)
+    .fetch_one(tx)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_revocation_does_not_wait_for_another_accounts_uncommitted_one() {
+    let app = spawn_app().await;
+    let (_key, mut stream) = watcher(&app).await;
+    let (slow, slow_tokens) = app.signed_in_user().await;
+    let (_, tokens) = app.signed_in_user().await;
+    // One account's sessions end in a transaction that has not committed
+    // yet (a slow DeleteMe, a long admin change).
+    let mut open = app.db.begin().await.unwrap();
+    end_sessions_in(&mut open, &slow).await;
+
+    // Another account's Logout neither waits for it nor waits to be seen.
+    tokio::time::timeout(Duration::from_secs(5), app.logout(&tokens.refresh_token))
+        .await
+        .expect("Logout waited for another account's open transaction")
+        .unwrap();
+    let first = next_event(&mut stream).await;
+    assert_eq!(first.session_id, session_of(&tokens.access_token));
+
+    // The open one commits and takes the next id: no gap, no reordering
+    // of what a subscriber already holds.
+    open.commit().await.unwrap();
+    let second = next_event(&mut stream).await;
+    assert_eq!(second.event_id, first.event_id + 1);
+    assert_eq!(second.session_id, session_of(&slow_tokens.access_token));
+}
+
+#[tokio::test]
+async fn concurrent_revocations_on_two_replicas_reach_a_subscriber_once_each_with_gapless_ids() {
+    let a = spawn_app().await;
+    let b = spawn_app_on(&a.database_url(), |c| {
+        c.signing_keys = a.config.signing_keys.clone()
+    })
+    .await;
+    let (_key, mut stream) = watcher(&a).await;
+    let mut ended = std::collections::BTreeSet::new();
+    let mut pairs = Vec::new();
+    for _ in 0..40 {
+        let (_, tokens) = a.signed_in_user().await;
+        ended.insert(session_of(&tokens.access_token));
+        pairs.push(tokens);
+    }
+    // Forty Logouts at once, half through each replica.
+    let logouts = pairs.iter().enumerate().map(|(i, tokens)| {
+        let mut client = if i % 2 == 0 {
+            a.client.clone()
+        } else {
+            b.client.clone()
+        };
+        let refresh_token = tokens.refresh_token.clone();
+        async move { client.logout(pb::LogoutRequest { refresh_token }).await }
+    });
+    for outcome in crate::register::futures_join_all(logouts).await {
+        outcome.unwrap();
+    }
+    let first = next_event(&mut stream).await;
+    let mut seen = vec![first.session_id.clone()];
+    let mut last = first.event_id;
+    while seen.len() < ended.len() {
+        let event = next_event(&mut stream).await;
+        assert_eq!(event.event_id, last + 1, "ids without gaps, in order");
+        last = event.event_id;
+        seen.push(event.session_id);
+    }
+    let seen_set: std::collections::BTreeSet<String> = seen.iter().cloned().collect();
+    assert_eq!(seen_set.len(), seen.len(), "each session once");
+    assert_eq!(seen_set, ended);
+    assert_no_event(&mut stream, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn events_recorded_while_no_replica_ran_are_numbered_when_one_starts() {
+    let first = spawn_app().await;
+    let url = first.database_url();
+    let (user, _) = first.signed_in_user().await;
+    crate::helpers::number_events(&first.db).await;
+    let head: i64 = sqlx::query_scalar("SELECT last_event_id FROM revocation_log")
+        .fetch_one(&first.db)
+        .await
+        .unwrap();
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    first.stop().await.unwrap();
+    // Written with no replica running (an operator's SQL, a replica killed
+    // right after the commit): the events wait, unnumbered.
+    let mut conn = db.acquire().await.unwrap();
+    end_sessions_in(&mut conn, &user).await;
+    drop(conn);
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM revocation_pending")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(pending, 1);
+
+    // A replica that starts numbers them without being told.
+    let second = spawn_app_on(&url, |_| {}).await;
+    let deadline = Instant::now() + EVENT_WAIT;
+    loop {
+        let now_head: i64 = sqlx::query_scalar("SELECT last_event_id FROM revocation_log")
+            .fetch_one(&second.db)
+            .await
+            .unwrap();
+        if now_head == head + 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still unnumbered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (kind, user_id): (String, uuid::Uuid) =
+        sqlx::query_as("SELECT kind, user_id FROM revocation_events WHERE id = $1")
+            .bind(head + 1)
+            .fetch_one(&second.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        (kind.as_str(), user_id.to_string()),
+        ("SESSION_ENDED", user.id.clone())
+    );
 }

@@ -203,7 +203,10 @@ async fn delivered(db: &sqlx::PgPool, set: &Value) {
         if cursor >= event {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "the cursor stayed at {cursor}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cursor stayed at {cursor}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
