@@ -374,6 +374,7 @@ async fn main() -> std::process::ExitCode {
                     deadline: std::time::Duration::from_secs(5),
                 };
                 let (lines, wrong) = retry_flood::run(
+                    &server.addr,
                     &shared.channels,
                     &shared.run_id,
                     &states,

@@ -3,8 +3,9 @@
 //! over and over for T seconds, first politely (a refused call waits the
 //! RetryInfo delay it came with), then impolitely (every refused or timed
 //! out call is retried after 0.2 s, whatever RetryInfo said). Meanwhile a
-//! few signed-in tasks call GetMe at a steady pace, so the cheap calls'
-//! latency during each flood shows whether the flood starves them. Per
+//! few signed-in tasks call GetMe at a steady pace, as another service
+//! would (a thread, runtime and connection of their own), so the cheap
+//! calls' latency during each flood shows whether the flood starves them. Per
 //! phase: goodput (successful Logins per second), refusals by reason,
 //! timeouts, GetMe p50/p99, the change listener's lapses (its "caches off"
 //! warnings in authd's log: a lapse sends every session check to the
@@ -57,9 +58,68 @@ struct Phase {
     getme_p99_ms: f64,
 }
 
+/// The GetMe probes of one phase, as another service would call during
+/// the flood: a thread, a runtime and a connection of their own. On the
+/// flood's runtime and connections they measured the load generator's own
+/// queues (1 200 clients on two worker threads, HTTP/2 streams queued
+/// behind the flood's) as much as authd. Returns each call's latency in µs
+/// and the failures.
+fn probe_getme(
+    addr: &str,
+    probes: &[TaskState],
+    settings: &Settings,
+    until: Instant,
+) -> std::thread::JoinHandle<(Vec<u32>, u64)> {
+    let addr = addr.to_owned();
+    let authorizations: Vec<_> = probes
+        .iter()
+        .take(settings.getme_tasks)
+        .map(|p| p.authorization.clone())
+        .collect();
+    let pause = settings.getme_pause;
+    std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return (Vec::new(), 1);
+        };
+        runtime.block_on(async move {
+            let channel = crate::client::connect(&addr, 1).await.remove(0);
+            let mut probes = Vec::new();
+            for authorization in authorizations {
+                let channel = channel.clone();
+                probes.push(tokio::spawn(async move {
+                    let mut client = AuthServiceClient::new(channel);
+                    let mut latencies = Vec::new();
+                    let mut failures = 0u64;
+                    while Instant::now() < until {
+                        let t = Instant::now();
+                        match get_me(&mut client, &authorization).await {
+                            Ok(()) => {
+                                latencies.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                            }
+                            Err(_) => failures += 1,
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                    (latencies, failures)
+                }));
+            }
+            let mut latencies = Vec::new();
+            let mut failures = 0;
+            for probe in probes {
+                if let Ok((l, f)) = probe.await {
+                    latencies.extend(l);
+                    failures += f;
+                }
+            }
+            (latencies, failures)
+        })
+    })
+}
+
 /// Runs both phases; returns the lines to print, and how many outcomes
 /// were wrong (neither a success, a refusal with RetryInfo nor a timeout).
 pub async fn run(
+    addr: &str,
     channels: &[Channel],
     run_id: &str,
     probes: &[TaskState],
@@ -122,40 +182,15 @@ pub async fn run(
                 }
             }));
         }
-        let mut probe_tasks = Vec::new();
-        for (probe, channel) in probes
-            .iter()
-            .take(settings.getme_tasks)
-            .zip(channels.iter().cycle())
-        {
-            let (authorization, channel, pause) =
-                (probe.authorization.clone(), channel.clone(), settings.getme_pause);
-            probe_tasks.push(tokio::spawn(async move {
-                let mut client = AuthServiceClient::new(channel);
-                let mut latencies = Vec::new();
-                let mut failures = 0u64;
-                while Instant::now() < until {
-                    let t = Instant::now();
-                    match get_me(&mut client, &authorization).await {
-                        Ok(()) => latencies.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX)),
-                        Err(_) => failures += 1,
-                    }
-                    tokio::time::sleep(pause).await;
-                }
-                (latencies, failures)
-            }));
-        }
+        let probing = probe_getme(addr, probes, settings, until);
         for task in tasks {
             let _ = task.await;
         }
-        let mut latencies = Vec::new();
-        let mut getme_failures = 0;
-        for task in probe_tasks {
-            if let Ok((l, f)) = task.await {
-                latencies.extend(l);
-                getme_failures += f;
-            }
-        }
+        let (mut latencies, getme_failures) = tokio::task::spawn_blocking(move || probing.join())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         let elapsed = started.elapsed();
         let cpu = cpu.close();
         latencies.sort_unstable();

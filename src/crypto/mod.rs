@@ -1,7 +1,6 @@
 //! Password hashing, access-token signing, opaque secrets and the data keys
 //! that seal stored secrets.
 
-pub mod cpu_workers;
 pub mod data_keys;
 pub mod jwt;
 pub mod keys;

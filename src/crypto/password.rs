@@ -1,10 +1,9 @@
-//! argon2id hashing on a bounded pool of low-priority threads.
+//! argon2id hashing on a bounded blocking pool.
 //!
 //! Each hash takes ~19 MiB and tens of milliseconds of CPU, so it runs on
-//! threads of its own at a lower priority ([`crate::crypto::cpu_workers`])
-//! behind a semaphore of about the core count: the async executor never
-//! stalls, cheap calls are answered ahead of hashes, and memory stays bounded
-//! however many logins arrive at once.
+//! tokio's blocking threads behind a semaphore of about the core count: the
+//! async executor never stalls and memory stays bounded however many logins
+//! arrive at once.
 //!
 //! The working memory of argon2 is allocated once per worker and reused.
 //! Allocating 19 MiB per hash made glibc keep freed buffers in per-thread
@@ -21,7 +20,6 @@ use rand_core::OsRng;
 use tokio::sync::Semaphore;
 
 use crate::config::Argon2Settings;
-use crate::crypto::cpu_workers::CpuWorkers;
 use crate::domain::Password;
 use crate::error::AppError;
 use crate::metrics::{DurationHistogram, QUEUE_WAIT_BUCKETS};
@@ -47,8 +45,6 @@ const PROBE_AFTER: Duration = Duration::from_secs(2);
 struct Inner {
     params: Params,
     permits: Arc<Semaphore>,
-    /// One thread per permit.
-    threads: CpuWorkers,
     /// A hash of a random password: unknown accounts are verified against it
     /// so they take as long as known ones.
     dummy_hash: String,
@@ -130,7 +126,6 @@ impl PasswordHasher {
             inner: Arc::new(Inner {
                 params,
                 permits: Arc::new(Semaphore::new(workers.max(1))),
-                threads: CpuWorkers::start("authd-hash", workers.max(1))?,
                 dummy_hash,
                 memory: Mutex::new(vec![memory]),
                 workers: workers.max(1),
@@ -244,7 +239,7 @@ impl PasswordHasher {
     }
 
     /// Runs CPU-heavy work (hashing, password strength estimation) on the
-    /// bounded pool of low-priority threads, never on the async executor.
+    /// bounded blocking pool, never on the async executor.
     ///
     /// Inside a call with a deadline (`crate::deadline`), work that could
     /// not be finished by then is refused at once with
@@ -285,16 +280,15 @@ impl PasswordHasher {
         // it causes) is attributed to the RPC and use case that asked.
         let span = tracing::Span::current();
         let inner = self.inner.clone();
-        self.inner
-            .threads
-            .run(move || {
-                let _permit = permit;
-                let started = Instant::now();
-                let done = span.in_scope(work);
-                inner.record_work(started.elapsed(), probe && !waited);
-                done
-            })
-            .await
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let started = Instant::now();
+            let done = span.in_scope(work);
+            inner.record_work(started.elapsed(), probe && !waited);
+            done
+        })
+        .await
+        .map_err(AppError::internal)
     }
 }
 

@@ -308,9 +308,8 @@ pub async fn remove_all(tx: &mut PgConnection, user_id: Uuid) -> Result<u64, App
     Ok(u64::try_from(live).unwrap_or(0))
 }
 
-/// Records a FACTORS_CHANGED event saying which factor changed how. Takes
-/// the revocation log's counter, which every revocation waits for until
-/// this commits: call it last in the transaction.
+/// Records a FACTORS_CHANGED event saying which factor changed how
+/// (numbered after the commit, see `revocations::record`).
 pub async fn record_factors_changed<'e>(
     db: impl PgExecutor<'e>,
     user_id: Uuid,

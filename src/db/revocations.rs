@@ -1,7 +1,9 @@
 //! The revocation log (`revocation_events`, `revocation_log`) that
-//! WatchRevocations streams. Session ends record their events in the
-//! statements of `sessions`; the deletion of an account by a trigger;
-//! this module records disables and reads the log.
+//! WatchRevocations and Shared Signals streams read. Session ends record
+//! their events in the statements of `sessions`; the deletion of an account
+//! by a trigger; this module records the other kinds, numbers recorded
+//! events after their commit (`revocation_pending` → the log) and reads the
+//! log.
 
 use chrono::{DateTime, Utc};
 use sqlx::{Connection as _, PgConnection, PgExecutor, PgPool};
@@ -358,8 +360,9 @@ pub struct Pruned {
 /// past them in the same transaction, so that cursors before it are
 /// refused (CURSOR_EXPIRED) rather than silently skipping what was deleted,
 /// and the events left are always the contiguous tail after it. The log's
-/// counter row is the last lock taken, as everywhere, and is held for the
-/// commit only. `None` when nothing up to `horizon` is left.
+/// counter row is the last lock taken and is held for the commit only
+/// (numbering waits that long). `None` when nothing up to `horizon` is
+/// left.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn prune_batch(
     conn: &mut PgConnection,

@@ -681,8 +681,7 @@ pub enum OwnSessionEnded {
 }
 
 /// Ends one session of `user_id`, in one statement, recording its
-/// SESSION_ENDED event only when a live session actually ended; the event
-/// counter is the last lock the statement takes.
+/// SESSION_ENDED event only when a live session actually ended.
 #[tracing::instrument(skip_all)]
 pub async fn revoke_of_user<'e>(
     db: impl PgExecutor<'e>,

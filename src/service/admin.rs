@@ -284,8 +284,7 @@ impl Core {
     pub async fn revoke_user_sessions(&self, user_id: &str, now: DateTime<Utc>) -> Result<u64, AppError> {
         let id = parse_user_id(user_id)?;
         let mut tx = super::begin(&self.db).await?;
-        // The account first, in the order every other change locks it; the
-        // revocation log's counter last.
+        // The account first, in the order every other change locks it.
         if db::users::lock(&mut tx, id).await?.is_none() {
             return Err(AppError::UserNotFound);
         }

@@ -532,7 +532,6 @@ impl Core {
         db::users::rotate_security_stamp(&mut tx, user.id).await?;
         let mail = factor_notice(FactorNotice::Reset, &user.email, now);
         db::outbox::enqueue(&mut tx, &mail, Some(user.id), now).await?;
-        // Last: both take the revocation log's counter.
         db::factors::record_factors_changed(&mut *tx, user.id, FactorCredential::All, FactorChange::Removed)
             .await?;
         db::sessions::revoke_all_for_user(&mut *tx, user.id, None, EndReason::FactorsReset, now).await?;

@@ -225,8 +225,7 @@ impl Core {
             .await?;
 
         let mut tx = super::begin(&self.db).await?;
-        // Every lock before the deletion, whose trigger takes the revocation
-        // log's counter last.
+        // Every lock before the deletion (whose trigger records the event).
         let account = db::users::lock(&mut tx, bearer.user_id).await?;
         let live = db::sessions::lock_live(&mut tx, bearer.user_id, bearer.session_id, now).await?;
         let (Some(account), Some(_)) = (account, live) else {

@@ -1,10 +1,10 @@
 //! Lock order: every transaction that touches an account locks the account
-//! row before its sessions and tokens, and takes the revocation log's
-//! counter last. Each test holds, in its own transaction, the locks another
-//! RPC takes first, lets the RPC under test block behind them, then takes
-//! the next lock that RPC would: with the order kept, the RPC waits and
-//! answers normally; with it broken, PostgreSQL finds a deadlock (or every
-//! revocation in the system stalls).
+//! row before its sessions and tokens; recording an event takes no shared
+//! lock at all (events are numbered after commit). Each test holds, in its
+//! own transaction, the locks another RPC takes first, lets the RPC under
+//! test block behind them, then takes the next lock that RPC would: with
+//! the order kept, the RPC waits and answers normally; with it broken,
+//! PostgreSQL finds a deadlock (or every revocation in the system stalls).
 
 use std::time::Duration;
 
