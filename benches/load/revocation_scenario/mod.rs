@@ -14,7 +14,11 @@
 //! 3. `per_call`: one tonic service in this process, on two sockets: bare,
 //!    and behind `VerifierLayer`; the same closed loop of calls with the same
 //!    bearer header against each, alternating, so the ratio is of one run.
+//! 4. `fanout_floor`: with 100 subscribers or more, the CPU a bare tonic
+//!    server in this process pays per subscriber per event at the largest
+//!    count: the floor under authd's fan-out cost.
 
+mod fanout_floor;
 mod logouts;
 mod per_call;
 
@@ -82,6 +86,17 @@ pub async fn run(
         .await;
         rows.push(measured.row);
         notes.extend(measured.notes);
+    }
+
+    // At the largest count only: with one subscriber the floor is far
+    // below /proc's 10 ms tick over a few hundred events.
+    if let Some(&most) = settings.subscribers.iter().max().filter(|n| **n >= 100) {
+        let floor = fanout_floor::measure(most, settings.logouts).await;
+        notes.push(format!(
+            "fan-out floor (bare tonic, one prebuilt message put in every call's channel, no task per call): \
+             {} subscribers, {} events: {:.0} µs of server CPU per event, {:.2} µs per subscriber per event",
+            floor.subscribers, floor.events, floor.us_per_event, floor.us_per_subscriber_event
+        ));
     }
 
     // A session of its own that no scenario ends, issued after the
