@@ -97,6 +97,13 @@ impl Core {
                 Invalid::new(FieldReason::InvalidFormat, "must be 0 (from now) or an event id"),
             ));
         }
+        if after_event_id == 0 {
+            // "From now" (or from a time) is read from the log once every
+            // change committed before this call has its id: events are
+            // numbered just after their commit, and one committed a moment
+            // ago might still be waiting, to be sent as if it came later.
+            db::revocations::number_all_pending(&self.db, db::revocations::NUMBERING_BATCH).await?;
+        }
         let (cursor, head) = match (after_event_id, since) {
             (0, Some(since)) => self.cursor_at(since).await?,
             (_, Some(_)) => {

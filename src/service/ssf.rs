@@ -319,9 +319,10 @@ impl Core {
 
     /// Gives every change committed before now its event id, so that "the
     /// log's present" a stream starts at (created, or enabled after being
-    /// disabled) leaves all of them out: events are numbered just after
-    /// their commit (`db::revocations::number_all_pending`), and one
-    /// committed a moment ago might still be waiting.
+    /// disabled) leaves all of them out, and a poll hands out all of them:
+    /// events are numbered just after their commit
+    /// (`db::revocations::number_all_pending`), and one committed a moment
+    /// ago might still be waiting.
     async fn number_what_committed(&self) -> Result<(), AppError> {
         db::revocations::number_all_pending(&self.db, crate::db::revocations::NUMBERING_BATCH)
             .await
@@ -673,6 +674,9 @@ impl Core {
         if limit == 0 {
             return Ok(PollBatch::default());
         }
+        // A poll answers with every change committed before it, like a
+        // read of the log would: the last ones may still wait for their ids.
+        self.number_what_committed().await?;
         let mut head = self.revocation_feed.head();
         let started = tokio::time::Instant::now();
         let deadline = started + wait;

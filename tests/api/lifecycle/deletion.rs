@@ -84,7 +84,9 @@ async fn after_delete_me_nothing_of_the_account_remains_and_its_names_are_free()
     }
 
     // No table holds anything of the account; only the revocation log
-    // keeps its id, which tells other services it is gone.
+    // keeps its id, which tells other services it is gone (once numbered:
+    // until then its event waits in `revocation_pending`).
+    crate::helpers::number_events(&app.db).await;
     let traces = [
         ("id", user.id.clone()),
         ("email", email.clone()),
