@@ -674,9 +674,13 @@ impl Core {
         if limit == 0 {
             return Ok(PollBatch::default());
         }
-        // A poll answers with every change committed before it, like a
-        // read of the log would: the last ones may still wait for their ids.
-        self.number_what_committed().await?;
+        // A poll that returns at once answers with every change committed
+        // before it, like a read of the log would: the last ones may still
+        // wait for their ids. A long poll need not pay for that on every
+        // call: what is still waiting wakes it a moment later.
+        if request.return_immediately {
+            self.number_what_committed().await?;
+        }
         let mut head = self.revocation_feed.head();
         let started = tokio::time::Instant::now();
         let deadline = started + wait;
