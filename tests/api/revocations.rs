@@ -928,3 +928,60 @@ async fn events_recorded_while_no_replica_ran_are_numbered_when_one_starts() {
         ("SESSION_ENDED", user.id.clone())
     );
 }
+
+#[tokio::test]
+async fn an_event_whose_notification_was_lost_is_numbered_by_the_sweep() {
+    let app = spawn_app().await;
+    let (_key, mut stream) = watcher(&app).await;
+    let (user, _) = app.signed_in_user().await;
+    // Written as authd_record_event does, but without its notification
+    // (a listener that was reconnecting when it was sent).
+    sqlx::query(
+        "INSERT INTO revocation_pending (kind, user_id, session_ids, txn)
+         VALUES ('USER_SESSIONS_ENDED', $1::uuid, '{}', pg_current_xact_id()::text::bigint)",
+    )
+    .bind(&user.id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+    // The sweep runs every second: within about that, the event is
+    // numbered and reaches the subscriber.
+    let started = Instant::now();
+    let event = next_event(&mut stream).await;
+    assert_eq!(event.user_id, user.id);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "numbered after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_stopping_replica_numbers_what_its_last_calls_recorded() {
+    let app = spawn_app().await;
+    let url = app.database_url();
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    let (user, _) = app.signed_in_user().await;
+    crate::helpers::number_events(&db).await;
+    // A change committed as the replica stops, whose notification it will
+    // not be there to hear (nor the next sweep, a second away).
+    sqlx::query(
+        "INSERT INTO revocation_pending (kind, user_id, session_ids, txn)
+         VALUES ('USER_SESSIONS_ENDED', $1::uuid, '{}', pg_current_xact_id()::text::bigint)",
+    )
+    .bind(&user.id)
+    .execute(&db)
+    .await
+    .unwrap();
+    app.stop().await.unwrap();
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM revocation_pending")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0, "the stopped replica left its last events without ids");
+    let kind: String = sqlx::query_scalar("SELECT kind FROM revocation_events ORDER BY id DESC LIMIT 1")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(kind, "USER_SESSIONS_ENDED");
+}
