@@ -212,6 +212,20 @@ fn seconds_until(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
     Duration::from_secs(u64::try_from((millis + 500) / 1000).unwrap_or(0))
 }
 
+impl Core {
+    /// Gives every change committed before now its event id. Events are
+    /// numbered just after their commit (`jobs::event_numbering`), so one
+    /// committed a moment ago might still be waiting: a read of "the log's
+    /// present" (a stream's start, a poll that answers at once) calls this
+    /// first so that it leaves out, or hands out, all of them. One
+    /// statement when nothing is pending.
+    async fn number_committed_events(&self) -> Result<(), AppError> {
+        crate::db::revocations::number_all_pending(&self.db, crate::db::revocations::NUMBERING_BATCH)
+            .await
+            .map(|_| ())
+    }
+}
+
 /// A transaction bounded by the call that runs it (`db::calls`): its
 /// statements end when the call is abandoned (cancelled by the client, or
 /// past its deadline) instead of holding a pooled connection behind a

@@ -102,7 +102,7 @@ impl Core {
             // change committed before this call has its id: events are
             // numbered just after their commit, and one committed a moment
             // ago might still be waiting, to be sent as if it came later.
-            db::revocations::number_all_pending(&self.db, db::revocations::NUMBERING_BATCH).await?;
+            self.number_committed_events().await?;
         }
         let (cursor, head) = match (after_event_id, since) {
             (0, Some(since)) => self.cursor_at(since).await?,

@@ -317,18 +317,6 @@ impl Core {
         }
     }
 
-    /// Gives every change committed before now its event id, so that "the
-    /// log's present" a stream starts at (created, or enabled after being
-    /// disabled) leaves all of them out, and a poll hands out all of them:
-    /// events are numbered just after their commit
-    /// (`db::revocations::number_all_pending`), and one committed a moment
-    /// ago might still be waiting.
-    async fn number_what_committed(&self) -> Result<(), AppError> {
-        db::revocations::number_all_pending(&self.db, crate::db::revocations::NUMBERING_BATCH)
-            .await
-            .map(|_| ())
-    }
-
     /// Creates a stream for `owner`, starting at the log's present.
     pub async fn ssf_create_stream(
         &self,
@@ -340,7 +328,7 @@ impl Core {
         let delivered = delivered(&config.events_requested);
         let sealed = self.seal_authorization(id, &config)?;
         let fields = self.stream_fields(owner, &config, &delivered, sealed.as_ref());
-        self.number_what_committed().await?;
+        self.number_committed_events().await?;
         let mut tx = super::begin(&self.db).await?;
         let Some(row) = db::ssf::insert(&mut tx, owner.account_id, id, &fields, now).await? else {
             return Err(invalid(
@@ -436,7 +424,7 @@ impl Core {
         if reason.is_some_and(|r| r.chars().count() > 1024) {
             return Err(invalid("reason", "must be at most 1024 characters"));
         }
-        self.number_what_committed().await?;
+        self.number_committed_events().await?;
         let mut tx = super::begin(&self.db).await?;
         let row = db::ssf::set_status(&mut *tx, owner.account_id, id, status.as_str(), reason, now)
             .await?
@@ -679,7 +667,7 @@ impl Core {
         // wait for their ids. A long poll need not pay for that on every
         // call: what is still waiting wakes it a moment later.
         if request.return_immediately {
-            self.number_what_committed().await?;
+            self.number_committed_events().await?;
         }
         let mut head = self.revocation_feed.head();
         let started = tokio::time::Instant::now();

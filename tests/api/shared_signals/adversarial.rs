@@ -641,15 +641,7 @@ async fn receivers_that_fail_redirect_or_stall_get_every_set_once_in_order_once_
     let second = disable_and_enable(&app, &admin).await;
     // Closes each record: nothing is sent after it but what follows it.
     for id in &streams {
-        let verified = ssf(
-            &app,
-            "POST",
-            "/ssf/verify",
-            &key,
-            Some(&json!({"stream_id": id, "state": "last"})),
-        )
-        .await;
-        assert_eq!(verified.status, 204);
+        verify(&app, &key, id, "last").await;
     }
 
     for ((name, receiver), id) in receivers.iter().zip(&streams) {
@@ -841,15 +833,7 @@ async fn nothing_of_the_log_reaches_a_receiver_between_paused_and_enabled_under_
         stop.store(true, Ordering::SeqCst);
     };
     tokio::join!(changes, flips);
-    let verified = ssf(
-        &app,
-        "POST",
-        "/ssf/verify",
-        &key,
-        Some(&json!({"stream_id": id, "state": "end"})),
-    )
-    .await;
-    assert_eq!(verified.status, 204);
+    verify(&app, &key, id, "end").await;
     assert!(
         eventually(|| async {
             receiver

@@ -521,15 +521,7 @@ async fn a_delivered_verification_clears_the_streams_failures() {
     let stream = push_stream(&app, &key, &pushed, "Bearer b").await;
     let id = stream["stream_id"].as_str().unwrap().to_owned();
     pushed.kill().await;
-    let verified = ssf(
-        &app,
-        "POST",
-        "/ssf/verify",
-        &key,
-        Some(&json!({"stream_id": id, "state": "s1"})),
-    )
-    .await;
-    assert_eq!(verified.status, 204);
+    super::verify(&app, &key, &id, "s1").await;
     let failing = std::time::Instant::now();
     while stream_row(&app, &id).await.3.is_none() {
         assert!(failing.elapsed() < WAIT, "the push never failed");

@@ -182,3 +182,21 @@ pub fn subject(set: &Value) -> Option<&str> {
     };
     user["sub"].as_str()
 }
+
+/// Asks for a verification SET carrying `state`; authd must accept (204).
+pub async fn verify(app: &TestApp, key: &str, id: &str, state: &str) {
+    let response = ssf(
+        app,
+        "POST",
+        "/ssf/verify",
+        key,
+        Some(&json!({"stream_id": id, "state": state})),
+    )
+    .await;
+    assert_eq!(
+        response.status,
+        204,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+}

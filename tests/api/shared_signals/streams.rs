@@ -302,23 +302,6 @@ async fn set_status(app: &TestApp, key: &str, id: &str, status: &str) {
     );
 }
 
-async fn verify(app: &TestApp, key: &str, id: &str, state: &str) {
-    let response = ssf(
-        app,
-        "POST",
-        "/ssf/verify",
-        key,
-        Some(&json!({"stream_id": id, "state": state})),
-    )
-    .await;
-    assert_eq!(
-        response.status,
-        204,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
-}
-
 fn status_of(set: &Value) -> &str {
     set["events"][STREAM_UPDATED]["status"].as_str().unwrap_or("")
 }
